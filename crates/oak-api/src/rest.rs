@@ -1,0 +1,116 @@
+//! Request and response bodies of the public REST API that are not stored objects.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::Member;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    /// Organization to log in to; `root` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Access token (10 minutes).
+    pub token: String,
+    /// Refresh token (7 days), for `POST /api/auth/refresh`.
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefreshResponse {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Roles in the caller's organization.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    #[serde(rename = "oldPassword")]
+    pub old_password: String,
+    #[serde(rename = "newPassword")]
+    pub new_password: String,
+}
+
+/// Admin update of a user: any field left out stays as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UserUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Sets a new password (admin reset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Replaces the user's roles in the caller's organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrganizationRequest {
+    pub name: String,
+    #[serde(default)]
+    pub member: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PermissionsResponse {
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageResponse {
+    pub message: String,
+}
+
+impl MessageResponse {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IdResponse {
+    pub id: String,
+}
+
+/// Answer of `POST /api/service/`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateServicesResponse {
+    /// Id of the last service created.
+    pub job_id: String,
+    pub deployed_services: Vec<DeployedService>,
+    /// Always empty: a request that cannot create all its services creates none.
+    pub failed_services: Vec<DeployedService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployedService {
+    pub service_name: String,
+    pub job_id: String,
+    pub status: u16,
+}
+
+/// Answer of `POST /api/service/<id>/instance`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceRequested {
+    pub message: String,
+    pub instance_number: u32,
+    /// Status right after the request (a negative scheduling status if no cluster fits).
+    pub status: String,
+}

@@ -1,0 +1,97 @@
+//! Persistent state of the root orchestrator: the [`RootStore`] trait and its SQLite backend.
+//!
+//! The trait is what the root's logic sees, so another backend (e.g. PostgreSQL for an HA root)
+//! can be added without touching it. Operations that must not leave half a change behind
+//! (an application with its services, a deletion with everything under it) are single calls.
+
+mod migrations;
+mod sqlite;
+
+use oak_api::model::{Application, Cluster, Instance, Organization, Service};
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// A user account as stored: unlike [`oak_api::model::User`] it holds the password hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub created_at: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule would be broken; the message names the clashing value.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored document is corrupt: {0}")]
+    Corrupt(String),
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything the root keeps across restarts.
+pub trait RootStore: Send + Sync + 'static {
+    // --- users ---
+    fn insert_user(&self, user: &UserRecord) -> Result<()>;
+    fn update_user(&self, user: &UserRecord) -> Result<()>;
+    fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>>;
+    fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>>;
+    fn list_users(&self) -> Result<Vec<UserRecord>>;
+    /// Deletes the user and their memberships in every organization.
+    fn delete_user(&self, name: &str) -> Result<()>;
+
+    // --- organizations ---
+    fn insert_organization(&self, org: &Organization) -> Result<()>;
+    fn update_organization(&self, org: &Organization) -> Result<()>;
+    fn organization_by_id(&self, id: &str) -> Result<Option<Organization>>;
+    fn organization_by_name(&self, name: &str) -> Result<Option<Organization>>;
+    fn list_organizations(&self) -> Result<Vec<Organization>>;
+    fn delete_organization(&self, id: &str) -> Result<()>;
+
+    // --- applications and services ---
+    /// Inserts an application with its services, all or nothing.
+    fn create_application(&self, app: &Application, services: &[Service]) -> Result<()>;
+    fn update_application(&self, app: &Application) -> Result<()>;
+    fn application(&self, id: &str) -> Result<Option<Application>>;
+    /// Applications of `owner`, or of everyone when `None`, oldest first.
+    fn list_applications(&self, owner: Option<&str>) -> Result<Vec<Application>>;
+    /// Deletes the application, its services and their instances.
+    fn delete_application(&self, id: &str) -> Result<()>;
+
+    /// Adds services to an existing application (and their ids to its `microservices`), all or nothing.
+    fn add_services(&self, app_id: &str, services: &[Service]) -> Result<()>;
+    /// Replaces a service document (its `instance_list` is ignored: instances have their own calls).
+    fn update_service(&self, service: &Service) -> Result<()>;
+    /// A service with its `instance_list`.
+    fn service(&self, id: &str) -> Result<Option<Service>>;
+    /// Services of one application, or all services when `None`.
+    fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>>;
+    /// Deletes a service with its instances and removes it from its application.
+    fn delete_service(&self, id: &str) -> Result<()>;
+
+    /// Inserts or replaces one instance of a service.
+    fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()>;
+    fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()>;
+    /// Updates the service document and one instance together.
+    fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()>;
+
+    // --- clusters ---
+    fn list_clusters(&self) -> Result<Vec<Cluster>>;
+
+    // --- small settings (key material, bootstrap markers) ---
+    fn meta(&self, key: &str) -> Result<Option<String>>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+}

@@ -1,0 +1,50 @@
+//! Versioned schema migrations, applied in order at open; `PRAGMA user_version` records the last.
+
+/// Each entry moves the schema from version `i` to `i + 1`. Never edit a released entry: append.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: users, organizations, applications, services, instances, clusters, settings
+    r#"
+    CREATE TABLE users (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        doc  TEXT NOT NULL
+    );
+    CREATE TABLE organizations (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        doc  TEXT NOT NULL
+    );
+    CREATE TABLE applications (
+        id        TEXT PRIMARY KEY,
+        seq       INTEGER NOT NULL,
+        owner     TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        doc       TEXT NOT NULL,
+        UNIQUE (owner, name, namespace)
+    );
+    CREATE TABLE services (
+        id       TEXT PRIMARY KEY,
+        seq      INTEGER NOT NULL,
+        app_id   TEXT NOT NULL REFERENCES applications(id) ON DELETE CASCADE,
+        job_name TEXT NOT NULL UNIQUE,
+        doc      TEXT NOT NULL
+    );
+    CREATE INDEX services_app ON services(app_id);
+    CREATE TABLE instances (
+        service_id      TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        instance_number INTEGER NOT NULL,
+        doc             TEXT NOT NULL,
+        PRIMARY KEY (service_id, instance_number)
+    );
+    CREATE TABLE clusters (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        doc  TEXT NOT NULL
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];

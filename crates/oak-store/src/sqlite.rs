@@ -1,0 +1,402 @@
+//! SQLite backend: one database file in the data directory, WAL journal, JSON documents in
+//! `doc` columns next to the few columns that carry uniqueness rules and lookups.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use oak_api::model::{Application, Cluster, Instance, Organization, Service};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::migrations::MIGRATIONS;
+use crate::{Result, RootStore, StoreError, UserRecord};
+
+/// The root's store in `<data_dir>/root.db`.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Current schema version of a database.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this program knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn to_doc<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn query_docs<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let docs = stmt.query_map(args, |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    docs.iter().map(|d| from_doc(d)).collect()
+}
+
+fn query_doc<T: DeserializeOwned>(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Option<T>> {
+    let doc: Option<String> = conn.query_row(sql, args, |r| r.get(0)).optional()?;
+    doc.map(|d| from_doc(&d)).transpose()
+}
+
+fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<bool> {
+    Ok(conn.query_row(sql, args, |_| Ok(())).optional()?.is_some())
+}
+
+fn expect_changed(n: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if n == 0 {
+        Err(StoreError::NotFound(what()))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_app_unique(tx: &Connection, app: &Application) -> Result<()> {
+    if exists(
+        tx,
+        "SELECT 1 FROM applications WHERE owner = ?1 AND name = ?2 AND namespace = ?3 AND id <> ?4",
+        params![app.user_id, app.application_name, app.application_namespace, app.id],
+    )? {
+        return Err(StoreError::Conflict(format!(
+            "an application named {:?} in namespace {:?} already exists",
+            app.application_name, app.application_namespace
+        )));
+    }
+    Ok(())
+}
+
+fn insert_services(tx: &Transaction<'_>, app_id: &str, services: &[Service]) -> Result<()> {
+    for s in services {
+        if exists(tx, "SELECT 1 FROM services WHERE job_name = ?1", params![s.job_name])? {
+            return Err(StoreError::Conflict(format!("a service named {:?} already exists", s.job_name)));
+        }
+        let mut doc = s.clone();
+        doc.instance_list.clear();
+        tx.execute(
+            "INSERT INTO services (id, seq, app_id, job_name, doc)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM services), ?2, ?3, ?4)",
+            params![s.id, app_id, s.job_name, to_doc(&doc)?],
+        )?;
+        for inst in &s.instance_list {
+            put_instance_tx(tx, &s.id, inst)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_instance_tx(tx: &Connection, service_id: &str, inst: &Instance) -> Result<()> {
+    tx.execute(
+        "INSERT INTO instances (service_id, instance_number, doc) VALUES (?1, ?2, ?3)
+         ON CONFLICT (service_id, instance_number) DO UPDATE SET doc = excluded.doc",
+        params![service_id, inst.instance_number, to_doc(inst)?],
+    )?;
+    Ok(())
+}
+
+fn update_service_tx(tx: &Connection, s: &Service) -> Result<()> {
+    if exists(tx, "SELECT 1 FROM services WHERE job_name = ?1 AND id <> ?2", params![s.job_name, s.id])? {
+        return Err(StoreError::Conflict(format!("a service named {:?} already exists", s.job_name)));
+    }
+    let mut doc = s.clone();
+    doc.instance_list.clear();
+    let n = tx.execute(
+        "UPDATE services SET job_name = ?2, doc = ?3 WHERE id = ?1",
+        params![s.id, s.job_name, to_doc(&doc)?],
+    )?;
+    expect_changed(n, || format!("service {}", s.id))
+}
+
+fn load_instances(conn: &Connection, service: &mut Service) -> Result<()> {
+    service.instance_list = query_docs(
+        conn,
+        "SELECT doc FROM instances WHERE service_id = ?1 ORDER BY instance_number",
+        params![service.id],
+    )?;
+    Ok(())
+}
+
+fn update_app_tx(tx: &Connection, app: &Application) -> Result<()> {
+    check_app_unique(tx, app)?;
+    let n = tx.execute(
+        "UPDATE applications SET name = ?2, namespace = ?3, doc = ?4 WHERE id = ?1",
+        params![app.id, app.application_name, app.application_namespace, to_doc(app)?],
+    )?;
+    expect_changed(n, || format!("application {}", app.id))
+}
+
+impl RootStore for SqliteStore {
+    fn insert_user(&self, user: &UserRecord) -> Result<()> {
+        self.write(|tx| {
+            if exists(tx, "SELECT 1 FROM users WHERE name = ?1", params![user.name])? {
+                return Err(StoreError::Conflict(format!("a user named {:?} already exists", user.name)));
+            }
+            tx.execute("INSERT INTO users (id, name, doc) VALUES (?1, ?2, ?3)", params![user.id, user.name, to_doc(user)?])?;
+            Ok(())
+        })
+    }
+
+    fn update_user(&self, user: &UserRecord) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1", params![user.id, user.name, to_doc(user)?])?;
+            expect_changed(n, || format!("user {}", user.name))
+        })
+    }
+
+    fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
+        query_doc(&self.lock(), "SELECT doc FROM users WHERE name = ?1", params![name])
+    }
+
+    fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>> {
+        query_doc(&self.lock(), "SELECT doc FROM users WHERE id = ?1", params![id])
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>> {
+        query_docs(&self.lock(), "SELECT doc FROM users ORDER BY rowid", [])
+    }
+
+    fn delete_user(&self, name: &str) -> Result<()> {
+        self.write(|tx| {
+            let user: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE name = ?1", params![name])?
+                .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))?;
+            let orgs: Vec<Organization> = query_docs(tx, "SELECT doc FROM organizations", [])?;
+            for mut org in orgs {
+                let before = org.member.len();
+                org.member.retain(|m| m.user_id != user.id);
+                if org.member.len() != before {
+                    tx.execute("UPDATE organizations SET doc = ?2 WHERE id = ?1", params![org.id, to_doc(&org)?])?;
+                }
+            }
+            tx.execute("DELETE FROM users WHERE id = ?1", params![user.id])?;
+            Ok(())
+        })
+    }
+
+    fn insert_organization(&self, org: &Organization) -> Result<()> {
+        self.write(|tx| {
+            if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1", params![org.name])? {
+                return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
+            }
+            tx.execute(
+                "INSERT INTO organizations (id, name, doc) VALUES (?1, ?2, ?3)",
+                params![org.id, org.name, to_doc(org)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn update_organization(&self, org: &Organization) -> Result<()> {
+        self.write(|tx| {
+            if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1 AND id <> ?2", params![org.name, org.id])? {
+                return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
+            }
+            let n = tx.execute(
+                "UPDATE organizations SET name = ?2, doc = ?3 WHERE id = ?1",
+                params![org.id, org.name, to_doc(org)?],
+            )?;
+            expect_changed(n, || format!("organization {}", org.id))
+        })
+    }
+
+    fn organization_by_id(&self, id: &str) -> Result<Option<Organization>> {
+        query_doc(&self.lock(), "SELECT doc FROM organizations WHERE id = ?1", params![id])
+    }
+
+    fn organization_by_name(&self, name: &str) -> Result<Option<Organization>> {
+        query_doc(&self.lock(), "SELECT doc FROM organizations WHERE name = ?1", params![name])
+    }
+
+    fn list_organizations(&self) -> Result<Vec<Organization>> {
+        query_docs(&self.lock(), "SELECT doc FROM organizations ORDER BY rowid", [])
+    }
+
+    fn delete_organization(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM organizations WHERE id = ?1", params![id])?;
+            expect_changed(n, || format!("organization {id}"))
+        })
+    }
+
+    fn create_application(&self, app: &Application, services: &[Service]) -> Result<()> {
+        self.write(|tx| {
+            check_app_unique(tx, app)?;
+            tx.execute(
+                "INSERT INTO applications (id, seq, owner, name, namespace, doc)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM applications), ?2, ?3, ?4, ?5)",
+                params![app.id, app.user_id, app.application_name, app.application_namespace, to_doc(app)?],
+            )?;
+            insert_services(tx, &app.id, services)
+        })
+    }
+
+    fn update_application(&self, app: &Application) -> Result<()> {
+        self.write(|tx| update_app_tx(tx, app))
+    }
+
+    fn application(&self, id: &str) -> Result<Option<Application>> {
+        query_doc(&self.lock(), "SELECT doc FROM applications WHERE id = ?1", params![id])
+    }
+
+    fn list_applications(&self, owner: Option<&str>) -> Result<Vec<Application>> {
+        let conn = self.lock();
+        match owner {
+            Some(o) => query_docs(&conn, "SELECT doc FROM applications WHERE owner = ?1 ORDER BY seq", params![o]),
+            None => query_docs(&conn, "SELECT doc FROM applications ORDER BY seq", []),
+        }
+    }
+
+    fn delete_application(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            // Instances and services go with it (ON DELETE CASCADE).
+            let n = tx.execute("DELETE FROM applications WHERE id = ?1", params![id])?;
+            expect_changed(n, || format!("application {id}"))
+        })
+    }
+
+    fn add_services(&self, app_id: &str, services: &[Service]) -> Result<()> {
+        self.write(|tx| {
+            let mut app: Application = query_doc(tx, "SELECT doc FROM applications WHERE id = ?1", params![app_id])?
+                .ok_or_else(|| StoreError::NotFound(format!("application {app_id}")))?;
+            insert_services(tx, app_id, services)?;
+            app.microservices.extend(services.iter().map(|s| s.id.clone()));
+            update_app_tx(tx, &app)
+        })
+    }
+
+    fn update_service(&self, service: &Service) -> Result<()> {
+        self.write(|tx| update_service_tx(tx, service))
+    }
+
+    fn service(&self, id: &str) -> Result<Option<Service>> {
+        let conn = self.lock();
+        let mut service: Option<Service> = query_doc(&conn, "SELECT doc FROM services WHERE id = ?1", params![id])?;
+        if let Some(s) = service.as_mut() {
+            load_instances(&conn, s)?;
+        }
+        Ok(service)
+    }
+
+    fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>> {
+        let conn = self.lock();
+        let mut services: Vec<Service> = match app_id {
+            Some(a) => query_docs(&conn, "SELECT doc FROM services WHERE app_id = ?1 ORDER BY seq", params![a])?,
+            None => query_docs(&conn, "SELECT doc FROM services ORDER BY seq", [])?,
+        };
+        for s in &mut services {
+            load_instances(&conn, s)?;
+        }
+        Ok(services)
+    }
+
+    fn delete_service(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let app_id: Option<String> =
+                tx.query_row("SELECT app_id FROM services WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+            let app_id = app_id.ok_or_else(|| StoreError::NotFound(format!("service {id}")))?;
+            tx.execute("DELETE FROM services WHERE id = ?1", params![id])?;
+            if let Some(mut app) =
+                query_doc::<Application>(tx, "SELECT doc FROM applications WHERE id = ?1", params![app_id])?
+            {
+                app.microservices.retain(|s| s != id);
+                tx.execute("UPDATE applications SET doc = ?2 WHERE id = ?1", params![app.id, to_doc(&app)?])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()> {
+        self.write(|tx| put_instance_tx(tx, service_id, instance))
+    }
+
+    fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "DELETE FROM instances WHERE service_id = ?1 AND instance_number = ?2",
+                params![service_id, instance_number],
+            )?;
+            expect_changed(n, || format!("instance {instance_number} of service {service_id}"))
+        })
+    }
+
+    fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()> {
+        self.write(|tx| {
+            update_service_tx(tx, service)?;
+            put_instance_tx(tx, &service.id, instance)
+        })
+    }
+
+    fn list_clusters(&self) -> Result<Vec<Cluster>> {
+        query_docs(&self.lock(), "SELECT doc FROM clusters ORDER BY rowid", [])
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.lock().query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+}

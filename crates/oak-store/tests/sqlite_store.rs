@@ -1,0 +1,113 @@
+//! The SQLite store against a real database file: uniqueness, atomicity, cascades, reopen.
+
+use oak_api::model::{Application, Instance, Member, Organization, Service};
+use oak_api::sla::Microservice;
+use oak_store::{RootStore, SqliteStore, StoreError, UserRecord};
+use serde_json::Map;
+
+fn app(id: &str, owner: &str, name: &str) -> Application {
+    Application {
+        id: id.into(),
+        application_id: id.into(),
+        application_name: name.into(),
+        application_namespace: "test".into(),
+        application_desc: String::new(),
+        microservices: vec![],
+        user_id: owner.into(),
+        extra: Map::new(),
+    }
+}
+
+fn service(id: &str, app: &Application, name: &str) -> Service {
+    let spec: Microservice = serde_json::from_value(serde_json::json!({
+        "microservice_name": name, "microservice_namespace": "test",
+        "virtualization": "docker", "code": "docker.io/library/nginx:latest"
+    }))
+    .unwrap();
+    Service {
+        id: id.into(),
+        job_name: format!("{}.{}.{}.test", app.application_name, app.application_namespace, name),
+        application_id: app.id.clone(),
+        app_name: app.application_name.clone(),
+        app_ns: app.application_namespace.clone(),
+        service_name: name.into(),
+        service_ns: "test".into(),
+        image: spec.code.clone(),
+        rr_ip: None,
+        rr_ip_v6: None,
+        next_instance_progressive_number: 0,
+        status: None,
+        status_detail: None,
+        generation: 0,
+        instance_list: vec![],
+        spec,
+    }
+}
+
+#[test]
+fn state_survives_reopen_and_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .insert_user(&UserRecord {
+                id: "u1".into(),
+                name: "alice".into(),
+                email: "a@x".into(),
+                created_at: "now".into(),
+                password_hash: "h".into(),
+            })
+            .unwrap();
+        store
+            .insert_organization(&Organization {
+                id: "o1".into(),
+                name: "root".into(),
+                member: vec![Member { user_id: "u1".into(), roles: vec!["Admin".into()] }],
+            })
+            .unwrap();
+        let mut a = app("a1", "alice", "shop");
+        a.microservices = vec!["s1".into()];
+        store.create_application(&a, &[service("s1", &a, "web")]).unwrap();
+        store.put_instance("s1", &Instance::new(0, "REQUESTED", "", 1.0)).unwrap();
+
+        // same name+namespace for the same owner: conflict, nothing written
+        let dup = app("a2", "alice", "shop");
+        assert!(matches!(store.create_application(&dup, &[]), Err(StoreError::Conflict(_))));
+        // a second app whose service clashes on job_name: nothing of it is written
+        let other = app("a3", "bob", "shop");
+        let err = store.create_application(&other, &[service("s2", &other, "web")]);
+        assert!(matches!(err, Err(StoreError::Conflict(m)) if m.contains("shop.test.web.test")));
+        assert!(store.application("a3").unwrap().is_none());
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.user_by_name("alice").unwrap().unwrap().id, "u1");
+    assert_eq!(store.organization_by_name("root").unwrap().unwrap().member.len(), 1);
+    let s = store.service("s1").unwrap().unwrap();
+    assert_eq!(s.instance_list.len(), 1);
+    assert_eq!(store.list_applications(Some("alice")).unwrap().len(), 1);
+    assert!(store.list_applications(Some("bob")).unwrap().is_empty());
+
+    store.delete_service("s1").unwrap();
+    assert!(store.application("a1").unwrap().unwrap().microservices.is_empty());
+    assert!(matches!(store.delete_service("s1"), Err(StoreError::NotFound(_))));
+
+    store.delete_user("alice").unwrap();
+    assert!(store.organization_by_name("root").unwrap().unwrap().member.is_empty());
+}
+
+#[test]
+fn deleting_an_application_removes_services_and_instances() {
+    let store = SqliteStore::in_memory().unwrap();
+    let a = app("a1", "alice", "shop");
+    store.create_application(&a, &[]).unwrap();
+    store.add_services("a1", &[service("s1", &a, "web"), service("s2", &a, "db")]).unwrap();
+    assert_eq!(store.application("a1").unwrap().unwrap().microservices, vec!["s1", "s2"]);
+    store.put_instance("s1", &Instance::new(0, "REQUESTED", "", 1.0)).unwrap();
+    store.delete_application("a1").unwrap();
+    assert!(store.service("s1").unwrap().is_none());
+    assert!(store.list_services(None).unwrap().is_empty());
+    // a new service may now reuse the job name
+    let b = app("b1", "alice", "shop");
+    store.create_application(&b, &[service("s3", &b, "web")]).unwrap();
+}
