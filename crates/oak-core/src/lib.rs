@@ -4,4 +4,6 @@
 //! every tier.
 
 pub mod authz;
+pub mod jobs;
+pub mod placement;
 pub mod sla;

@@ -1,1 +1,84 @@
-//! placeholder
+//! The Oakestra root orchestrator: public REST API (users, organizations, applications,
+//! services, instances, clusters), authentication, and the root's share of scheduling.
+//!
+//! [`Root::open`] prepares a data directory (database, signing key, first `Admin`), and
+//! [`Root::serve`] answers HTTP until the shutdown future resolves.
+
+mod api;
+mod auth;
+mod body;
+mod bootstrap;
+mod error;
+mod ids;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::ServiceExt;
+use oak_store::SqliteStore;
+use tower::Layer;
+
+pub use api::ApiDoc;
+pub use state::AppState;
+
+#[derive(Debug, Clone)]
+pub struct RootConfig {
+    pub api_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Password for the `Admin` user created at first start; `None` means the default `Admin`.
+    pub admin_password: Option<String>,
+}
+
+pub struct Root {
+    config: RootConfig,
+    state: AppState,
+}
+
+impl Root {
+    /// Opens the data directory: creates it, migrates the database, loads or creates the
+    /// signing key and the first `Admin`. Any error here is a configuration problem.
+    pub async fn open(config: RootConfig) -> anyhow::Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let store = SqliteStore::open(&dir.join("root.db")).with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        let key = bootstrap::signing_key(dir)?;
+        bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
+        let state = AppState {
+            store: Arc::new(store),
+            tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
+            limiter: Arc::new(auth::limiter::LoginLimiter::default()),
+        };
+        Ok(Root { config, state })
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The whole HTTP service (routes plus trailing-slash handling), for in-process tests.
+    pub fn service(&self) -> impl tower::Service<
+        axum::http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state.clone()))
+    }
+
+    /// Serves the API until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.config.api_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.config.api_addr))?;
+        tracing::info!(addr = %self.config.api_addr, data_dir = %self.config.data_dir.display(), "root orchestrator API listening");
+        let service = tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state));
+        axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the API server failed")
+    }
+}

@@ -65,6 +65,8 @@ pub trait RootStore: Send + Sync + 'static {
     /// Inserts an application with its services, all or nothing.
     fn create_application(&self, app: &Application, services: &[Service]) -> Result<()>;
     fn update_application(&self, app: &Application) -> Result<()>;
+    /// Updates an application and some of its services together (a rename changes job names).
+    fn update_application_with_services(&self, app: &Application, services: &[Service]) -> Result<()>;
     fn application(&self, id: &str) -> Result<Option<Application>>;
     /// Applications of `owner`, or of everyone when `None`, oldest first.
     fn list_applications(&self, owner: Option<&str>) -> Result<Vec<Application>>;

@@ -290,6 +290,13 @@ impl RootStore for SqliteStore {
         self.write(|tx| update_app_tx(tx, app))
     }
 
+    fn update_application_with_services(&self, app: &Application, services: &[Service]) -> Result<()> {
+        self.write(|tx| {
+            update_app_tx(tx, app)?;
+            services.iter().try_for_each(|s| update_service_tx(tx, s))
+        })
+    }
+
     fn application(&self, id: &str) -> Result<Option<Application>> {
         query_doc(&self.lock(), "SELECT doc FROM applications WHERE id = ?1", params![id])
     }

@@ -60,7 +60,11 @@ pub(super) fn show_str(s: &str) -> String {
 }
 
 pub(super) fn type_error(errors: &mut Vec<FieldError>, path: &str, expected: &str, got: &Value) {
-    push(errors, path, format!("expected {expected}, got {}", show(got)));
+    push(
+        errors,
+        path,
+        format!("expected {expected}, got {}", show(got)),
+    );
 }
 
 /// The fields of one JSON object found at `path`.
@@ -142,7 +146,11 @@ impl<'a> Fields<'a> {
         match v.as_u64() {
             Some(n) => Some(n),
             None => {
-                push(errors, &self.path_of(key), format!("{} is not an integer >= 0", show(v)));
+                push(
+                    errors,
+                    &self.path_of(key),
+                    format!("{} is not an integer >= 0", show(v)),
+                );
                 None
             }
         }

@@ -65,12 +65,11 @@ fn parse_entry(entry: &str) -> Result<PortMapping, String> {
 /// Digits only (no sign, no blanks), value 0–65535.
 fn parse_port(text: &str, entry: &str) -> Result<u16, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{} is not a port mapping ({SYNTAX})", show_str(entry)));
-    }
-    text.parse::<u16>().map_err(|_| {
-        format!(
-            "{}: port {text} is out of range 0-65535",
+        return Err(format!(
+            "{} is not a port mapping ({SYNTAX})",
             show_str(entry)
-        )
-    })
+        ));
+    }
+    text.parse::<u16>()
+        .map_err(|_| format!("{}: port {text} is out of range 0-65535", show_str(entry)))
 }

@@ -1,0 +1,15 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+
+use oak_store::RootStore;
+
+use crate::auth::limiter::LoginLimiter;
+use crate::auth::tokens::TokenKeys;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn RootStore>,
+    pub tokens: Arc<TokenKeys>,
+    pub limiter: Arc<LoginLimiter>,
+}
