@@ -1,1 +1,248 @@
-//! placeholder
+//! Typed client for the Oakestra root's public REST API.
+//!
+//! One async method per endpoint, returning the `oak-api` wire types, so the CLI, the integration
+//! tests and benchmarks share one definition of every path and every document. Errors are
+//! [`ClientError`]s whose `Display` is a single line fit for a terminal.
+
+mod error;
+
+use std::time::Duration;
+
+use oak_api::model::{Application, Cluster, Service};
+use oak_api::rest::{InstanceRequested, LoginRequest, LoginResponse, MessageResponse, RefreshResponse};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::ClientError;
+
+/// How long one request may take before it fails as a transport error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to one root's REST API, optionally authenticated with an access token.
+///
+/// Cheap to clone (the HTTP connection pool is shared), so a caller can retry an operation with a
+/// renewed token on a copy.
+#[derive(Clone)]
+pub struct Client {
+    base_url: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Never prints the token: debug output ends up in logs.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for the root at `base_url` (e.g. `http://localhost:10000`), without a token.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            // Building only fails when TLS back-ends cannot initialise; this client has none.
+            .unwrap_or_default();
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        Self { base_url, token: None, http }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Replaces the access token (e.g. after a refresh).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The base URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    // --- auth ---
+
+    /// `POST /api/auth/login`: access and refresh token for a user (in `organization`, else `root`).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        organization: Option<&str>,
+    ) -> Result<LoginResponse, ClientError> {
+        let body = LoginRequest {
+            username: username.to_string(),
+            password: password.to_string(),
+            organization_name: organization.map(str::to_string),
+        };
+        self.send(Method::POST, &["api", "auth", "login"], Some(&body), None).await
+    }
+
+    /// `POST /api/auth/refresh`: a new access token, authenticated with the refresh token (not
+    /// with this client's access token).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshResponse, ClientError> {
+        self.send::<(), _>(Method::POST, &["api", "auth", "refresh"], None, Some(refresh_token)).await
+    }
+
+    // --- applications ---
+
+    /// `POST /api/application/`: creates the applications of an SLA descriptor; answers with all
+    /// of the caller's applications.
+    pub async fn create_application(&self, sla: &serde_json::Value) -> Result<Vec<Application>, ClientError> {
+        self.authed(Method::POST, &["api", "application", ""], Some(sla)).await
+    }
+
+    /// `GET /api/applications/`
+    pub async fn list_applications(&self) -> Result<Vec<Application>, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "applications", ""], None).await
+    }
+
+    /// `GET /api/application/{id}`
+    pub async fn get_application(&self, id: &str) -> Result<Application, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "application", id], None).await
+    }
+
+    /// `DELETE /api/application/{id}`: undeploys every service of the application, then deletes it.
+    pub async fn delete_application(&self, id: &str) -> Result<MessageResponse, ClientError> {
+        self.authed::<(), _>(Method::DELETE, &["api", "application", id], None).await
+    }
+
+    // --- services ---
+
+    /// `GET /api/services/`: all of the caller's services.
+    pub async fn list_services(&self) -> Result<Vec<Service>, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "services", ""], None).await
+    }
+
+    /// `GET /api/services/{app_id}`: the services of one application.
+    pub async fn list_app_services(&self, app_id: &str) -> Result<Vec<Service>, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "services", app_id], None).await
+    }
+
+    /// `GET /api/service/{id}`, with its `instance_list`.
+    pub async fn get_service(&self, id: &str) -> Result<Service, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "service", id], None).await
+    }
+
+    /// `DELETE /api/service/{id}`: undeploys every instance and deletes the service.
+    pub async fn delete_service(&self, id: &str) -> Result<MessageResponse, ClientError> {
+        self.authed::<(), _>(Method::DELETE, &["api", "service", id], None).await
+    }
+
+    /// `POST /api/service/{id}/instance`: requests one more instance (scale up by one).
+    pub async fn request_instance(&self, id: &str) -> Result<InstanceRequested, ClientError> {
+        self.authed::<(), _>(Method::POST, &["api", "service", id, "instance"], None).await
+    }
+
+    /// `DELETE /api/service/{id}/instance/{n}`: undeploys instance number `n`.
+    pub async fn remove_instance(&self, id: &str, instance_number: u32) -> Result<MessageResponse, ClientError> {
+        let n = instance_number.to_string();
+        self.authed::<(), _>(Method::DELETE, &["api", "service", id, "instance", &n], None).await
+    }
+
+    // --- clusters ---
+
+    /// `GET /api/clusters/`: every registered cluster.
+    pub async fn list_clusters(&self) -> Result<Vec<Cluster>, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "clusters", ""], None).await
+    }
+
+    /// `GET /api/clusters/active`: clusters that reported recently.
+    pub async fn list_active_clusters(&self) -> Result<Vec<Cluster>, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "clusters", "active"], None).await
+    }
+
+    // --- plumbing ---
+
+    async fn authed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.send(method, path, body, self.token.as_deref()).await
+    }
+
+    /// Sends one request and decodes a 2xx answer as `T`, any other status as an `ErrorBody`.
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<&B>,
+        bearer: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path)?;
+        let what = format!("{method} {}", url.path());
+        let mut request = self.http.request(method, url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            let body = error::error_body(status.as_u16(), status.canonical_reason(), &text);
+            return Err(ClientError::Api { status: status.as_u16(), body });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("unexpected answer to {what}: {e}")))
+    }
+
+    fn transport(&self, err: &reqwest::Error) -> ClientError {
+        ClientError::Transport(format!("cannot reach {}: {}", self.base_url, error::transport_reason(err)))
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded, so an id can never change the
+    /// path it is sent to. An empty last segment gives the trailing slash of list endpoints.
+    fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        let invalid = |why: &str| ClientError::InvalidUrl(format!("invalid URL {:?}: {why}", self.base_url));
+        let mut url = Url::parse(&self.base_url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("only http:// and https:// are supported"));
+        }
+        url.path_segments_mut().map_err(|()| invalid("cannot be a base URL"))?.pop_if_empty().extend(segments);
+        Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_prefixes_and_encode_ids() {
+        let c = Client::new("http://localhost:10000/");
+        assert_eq!(c.base_url(), "http://localhost:10000");
+        assert_eq!(c.url(&["api", "applications", ""]).unwrap().as_str(), "http://localhost:10000/api/applications/");
+        assert_eq!(
+            c.url(&["api", "service", "a/../b"]).unwrap().as_str(),
+            "http://localhost:10000/api/service/a%2F..%2Fb"
+        );
+        let prefixed = Client::new("http://host/oak");
+        assert_eq!(
+            prefixed.url(&["api", "clusters", "active"]).unwrap().as_str(),
+            "http://host/oak/api/clusters/active"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_reported() {
+        assert!(matches!(Client::new("localhost:10000").url(&["api"]), Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(Client::new("not a url").url(&["api"]), Err(ClientError::InvalidUrl(_))));
+    }
+}

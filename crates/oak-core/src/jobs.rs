@@ -17,7 +17,12 @@ pub fn new_service(id: String, app: &Application, mut ms: Microservice) -> Servi
     let addresses = ms.addresses.clone().unwrap_or_default();
     Service {
         id,
-        job_name: job_name(&app.application_name, &app.application_namespace, &ms.microservice_name, &ms.microservice_namespace),
+        job_name: job_name(
+            &app.application_name,
+            &app.application_namespace,
+            &ms.microservice_name,
+            &ms.microservice_namespace,
+        ),
         application_id: app.id.clone(),
         app_name: app.application_name.clone(),
         app_ns: app.application_namespace.clone(),
@@ -56,7 +61,11 @@ pub fn job_status(instances: &[Instance]) -> Option<(String, String)> {
         Some(i) if instances.len() == 1 => Some((i.status.clone(), i.status_detail.clone())),
         Some(i) => Some((
             i.status.clone(),
-            format!("instance {}: {}", i.instance_number, if i.status_detail.is_empty() { &first.status } else { &i.status_detail }),
+            format!(
+                "instance {}: {}",
+                i.instance_number,
+                if i.status_detail.is_empty() { &first.status } else { &i.status_detail }
+            ),
         )),
     }
 }
@@ -75,6 +84,9 @@ mod tests {
         assert_eq!(job_status(&[inst(0, "RUNNING"), inst(1, "RUNNING")]).unwrap().0, "RUNNING");
         let (s, d) = job_status(&[inst(0, "RUNNING"), inst(1, "FAILED")]).unwrap();
         assert_eq!((s.as_str(), d.as_str()), ("FAILED", "instance 1: why"));
-        assert_eq!(job_status(&[inst(0, "TargetClusterNotActive")]).unwrap(), ("TargetClusterNotActive".into(), "why".into()));
+        assert_eq!(
+            job_status(&[inst(0, "TargetClusterNotActive")]).unwrap(),
+            ("TargetClusterNotActive".into(), "why".into())
+        );
     }
 }

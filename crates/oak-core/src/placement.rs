@@ -28,10 +28,7 @@ pub fn choose_cluster<'a>(service: &Service, clusters: &'a [Cluster]) -> Result<
     active
         .filter(|c| fits(service, c))
         .max_by(|a, b| {
-            a.memory
-                .cmp(&b.memory)
-                .then(a.vcpus.total_cmp(&b.vcpus))
-                .then_with(|| b.cluster_name.cmp(&a.cluster_name))
+            a.memory.cmp(&b.memory).then(a.vcpus.total_cmp(&b.vcpus)).then_with(|| b.cluster_name.cmp(&a.cluster_name))
         })
         .ok_or(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)
 }
@@ -49,15 +46,19 @@ pub fn explain(negative: &str) -> &'static str {
 
 fn fits(service: &Service, c: &Cluster) -> bool {
     let spec = &service.spec;
-    let allowed = spec.constraints.iter().filter(|k| k.kind == "clusters").all(|k| {
-        k.allowed.as_ref().is_some_and(|names| names.iter().any(|n| *n == c.cluster_name))
-    });
-    let addons = spec.constraints.iter().filter(|k| k.kind == "addons").all(|k| {
-        k.needs.as_ref().is_none_or(|needs| needs.iter().all(|n| c.supported_addons.contains(n)))
-    });
+    let allowed = spec
+        .constraints
+        .iter()
+        .filter(|k| k.kind == "clusters")
+        .all(|k| k.allowed.as_ref().is_some_and(|names| names.contains(&c.cluster_name)));
+    let addons = spec
+        .constraints
+        .iter()
+        .filter(|k| k.kind == "addons")
+        .all(|k| k.needs.as_ref().is_none_or(|needs| needs.iter().all(|n| c.supported_addons.contains(n))));
     allowed
         && addons
-        && c.virtualization.iter().any(|v| *v == spec.virtualization)
+        && c.virtualization.contains(&spec.virtualization)
         && c.vcpus >= spec.vcpus as f64
         && c.memory >= spec.memory
         && c.vgpus >= spec.vgpus
@@ -103,11 +104,19 @@ mod tests {
     }
 
     fn allowed(names: &[&str]) -> Constraint {
-        Constraint { kind: "clusters".into(), allowed: Some(names.iter().map(|s| s.to_string()).collect()), ..Default::default() }
+        Constraint {
+            kind: "clusters".into(),
+            allowed: Some(names.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
     }
 
     fn addons(needs: &[&str]) -> Constraint {
-        Constraint { kind: "addons".into(), needs: Some(needs.iter().map(|s| s.to_string()).collect()), ..Default::default() }
+        Constraint {
+            kind: "addons".into(),
+            needs: Some(needs.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -116,20 +125,46 @@ mod tests {
         let b = cluster("b", true, 8.0, 4000);
         let off = cluster("off", false, 64.0, 64000);
         let all = vec![a.clone(), b.clone(), off.clone()];
-        let cases: Vec<(&str, Service, Vec<Cluster>, Result<&str, &str>)> = vec![
+        type Case = (&'static str, Service, Vec<Cluster>, Result<&'static str, &'static str>);
+        let cases: Vec<Case> = vec![
             ("no clusters", service(1, 100, vec![]), vec![], Err(status::TARGET_CLUSTER_NOT_ACTIVE)),
             ("only inactive", service(1, 100, vec![]), vec![off.clone()], Err(status::TARGET_CLUSTER_NOT_ACTIVE)),
             ("most free memory wins", service(1, 100, vec![]), all.clone(), Ok("b")),
-            ("memory too large for all", service(1, 5000, vec![]), all.clone(), Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)),
+            (
+                "memory too large for all",
+                service(1, 5000, vec![]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
             ("vcpus select", service(6, 100, vec![]), vec![a.clone(), b.clone()], Ok("b")),
             ("direct found", service(1, 100, vec![direct("a")]), all.clone(), Ok("a")),
             ("direct unknown", service(1, 100, vec![direct("zz")]), all.clone(), Err(status::TARGET_CLUSTER_NOT_FOUND)),
-            ("direct inactive", service(1, 100, vec![direct("off")]), all.clone(), Err(status::TARGET_CLUSTER_NOT_ACTIVE)),
-            ("direct no capacity", service(1, 2000, vec![direct("a")]), all.clone(), Err(status::TARGET_CLUSTER_NO_CAPACITY)),
+            (
+                "direct inactive",
+                service(1, 100, vec![direct("off")]),
+                all.clone(),
+                Err(status::TARGET_CLUSTER_NOT_ACTIVE),
+            ),
+            (
+                "direct no capacity",
+                service(1, 2000, vec![direct("a")]),
+                all.clone(),
+                Err(status::TARGET_CLUSTER_NO_CAPACITY),
+            ),
             ("clusters allowed", service(1, 100, vec![allowed(&["a"])]), all.clone(), Ok("a")),
-            ("clusters allowed none fit", service(1, 100, vec![allowed(&["off"])]), all.clone(), Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)),
+            (
+                "clusters allowed none fit",
+                service(1, 100, vec![allowed(&["off"])]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
             ("addons present", service(1, 100, vec![addons(&["gpu-monitor"])]), all.clone(), Ok("b")),
-            ("addons missing", service(1, 100, vec![addons(&["flops"])]), all.clone(), Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)),
+            (
+                "addons missing",
+                service(1, 100, vec![addons(&["flops"])]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
         ];
         for (name, svc, clusters, want) in cases {
             let got = choose_cluster(&svc, &clusters).map(|c| c.cluster_name.as_str());

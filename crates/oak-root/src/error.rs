@@ -18,7 +18,10 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// 422 for a well-formed body of the wrong shape.
     Unprocessable(String),
-    TooManyRequests { message: String, retry_after_secs: u64 },
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// A fault of the server itself (database broken); never used for bad input.
     Internal(String),
 }

@@ -44,7 +44,8 @@ impl Root {
     pub async fn open(config: RootConfig) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        let store = SqliteStore::open(&dir.join("root.db")).with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        let store = SqliteStore::open(&dir.join("root.db"))
+            .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         let key = bootstrap::signing_key(dir)?;
         bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
         let state = AppState {
@@ -60,7 +61,9 @@ impl Root {
     }
 
     /// The whole HTTP service (routes plus trailing-slash handling), for in-process tests.
-    pub fn service(&self) -> impl tower::Service<
+    pub fn service(
+        &self,
+    ) -> impl tower::Service<
         axum::http::Request<axum::body::Body>,
         Response = axum::response::Response,
         Error = std::convert::Infallible,

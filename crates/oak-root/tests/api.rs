@@ -34,12 +34,15 @@ impl Api {
         let resp = self.root.service().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
     }
 
     async fn login(&self, user: &str, password: &str) -> String {
-        let (s, v) = self.call(Method::POST, "/api/auth/login", None, Some(json!({"username": user, "password": password}))).await;
+        let (s, v) = self
+            .call(Method::POST, "/api/auth/login", None, Some(json!({"username": user, "password": password})))
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["token"].as_str().unwrap().to_string()
     }
@@ -47,7 +50,12 @@ impl Api {
     /// Registers `name` with `roles` (as Admin) and logs them in.
     async fn user(&self, admin: &str, name: &str, roles: &[&str]) -> String {
         let (s, v) = self
-            .call(Method::POST, "/api/auth/register", Some(admin), Some(json!({"name": name, "password": "password-1", "email": "x@y", "roles": roles})))
+            .call(
+                Method::POST,
+                "/api/auth/register",
+                Some(admin),
+                Some(json!({"name": name, "password": "password-1", "email": "x@y", "roles": roles})),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert!(v.get("password_hash").is_none() && v.get("password").is_none());
@@ -56,9 +64,13 @@ impl Api {
 }
 
 async fn open(dir: &std::path::Path) -> Root {
-    Root::open(RootConfig { api_addr: "127.0.0.1:0".parse().unwrap(), data_dir: dir.to_path_buf(), admin_password: None })
-        .await
-        .unwrap()
+    Root::open(RootConfig {
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        admin_password: None,
+    })
+    .await
+    .unwrap()
 }
 
 fn sla(name: &str) -> Value {
@@ -73,7 +85,8 @@ fn sla(name: &str) -> Value {
 #[tokio::test]
 async fn login_and_token_errors() {
     let api = Api::new().await;
-    let (s, v) = api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "nope"}))).await;
+    let (s, v) =
+        api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "nope"}))).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(v["message"], "invalid username or password");
     assert_eq!(v["code"], 401);
@@ -85,7 +98,8 @@ async fn login_and_token_errors() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(v["message"].as_str().unwrap().contains("malformed"));
 
-    let (s, v) = api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
+    let (s, v) =
+        api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
     assert_eq!(s, StatusCode::OK);
     let refresh = v["refresh_token"].as_str().unwrap();
     // a refresh token does not authorize requests, but refreshes
@@ -98,7 +112,12 @@ async fn login_and_token_errors() {
 
     // unknown organization, malformed body, empty body
     let (s, _) = api
-        .call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin", "organization_name": "nope"})))
+        .call(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "Admin", "password": "Admin", "organization_name": "nope"})),
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v) = api.raw(Method::POST, "/api/auth/login", None, Some("{not json".into())).await;
@@ -114,11 +133,13 @@ async fn login_and_token_errors() {
 async fn login_is_rate_limited() {
     let api = Api::new().await;
     for _ in 0..5 {
-        let (s, _) = api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "x"}))).await;
+        let (s, _) =
+            api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "x"}))).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     // even the right password is refused while blocked
-    let (s, v) = api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
+    let (s, v) =
+        api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
 }
 
@@ -210,13 +231,18 @@ async fn application_lifecycle() {
     assert_eq!(v["job_name"], "shop.prod.nginx.test");
 
     // update the service (the original answers 501)
-    let mut ms: Value = serde_json::from_str::<Value>(CLIENTSRVR).unwrap()["applications"][0]["microservices"][1].clone();
+    let mut ms: Value =
+        serde_json::from_str::<Value>(CLIENTSRVR).unwrap()["applications"][0]["microservices"][1].clone();
     ms["code"] = json!("docker.io/library/nginx:1.27");
     ms["memory"] = json!(256);
     let (s, v) = api.call(Method::PUT, &format!("/api/service/{svc_id}"), t, Some(ms)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!((v["image"].as_str(), v["memory"].as_u64(), v["generation"].as_u64()), (Some("docker.io/library/nginx:1.27"), Some(256), Some(2)));
-    let (s, v) = api.call(Method::PUT, &format!("/api/service/{svc_id}"), t, Some(json!({"microservice_name": "x y"}))).await;
+    assert_eq!(
+        (v["image"].as_str(), v["memory"].as_u64(), v["generation"].as_u64()),
+        (Some("docker.io/library/nginx:1.27"), Some(256), Some(2))
+    );
+    let (s, v) =
+        api.call(Method::PUT, &format!("/api/service/{svc_id}"), t, Some(json!({"microservice_name": "x y"}))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 
     // add a service with the seed's service descriptor
@@ -224,7 +250,8 @@ async fn application_lifecycle() {
     let (s, v) = api.raw(Method::POST, "/api/service/", t, Some(add.clone())).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["deployed_services"][0]["service_name"], "web");
-    let (s, _) = api.raw(Method::POST, "/api/service/", t, Some(add.replace(&app_id, "0123456789abcdef01234567"))).await;
+    let (s, _) =
+        api.raw(Method::POST, "/api/service/", t, Some(add.replace(&app_id, "0123456789abcdef01234567"))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // delete the service, then the application with what is left
@@ -252,7 +279,9 @@ async fn roles_and_ownership() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let app_id = v[0]["_id"].as_str().unwrap().to_string();
     // bob cannot see or change it, and it is not in his lists; the Admin can
-    for (m, path) in [(Method::GET, format!("/api/application/{app_id}")), (Method::DELETE, format!("/api/application/{app_id}"))] {
+    for (m, path) in
+        [(Method::GET, format!("/api/application/{app_id}")), (Method::DELETE, format!("/api/application/{app_id}"))]
+    {
         let (s, _) = api.call(m, &path, Some(&bob), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
     }
@@ -286,16 +315,31 @@ async fn roles_and_ownership() {
 
     // password change: own account only, old password checked
     let (s, _) = api
-        .call(Method::POST, "/api/user/alice", Some(&alice), Some(json!({"oldPassword": "wrong", "newPassword": "password-2"})))
+        .call(
+            Method::POST,
+            "/api/user/alice",
+            Some(&alice),
+            Some(json!({"oldPassword": "wrong", "newPassword": "password-2"})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = api
-        .call(Method::POST, "/api/user/alice", Some(&alice), Some(json!({"oldPassword": "password-1", "newPassword": "password-2"})))
+        .call(
+            Method::POST,
+            "/api/user/alice",
+            Some(&alice),
+            Some(json!({"oldPassword": "password-1", "newPassword": "password-2"})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     api.login("alice", "password-2").await;
     let (s, _) = api
-        .call(Method::POST, "/api/user/alice", Some(&bob), Some(json!({"oldPassword": "password-2", "newPassword": "password-3"})))
+        .call(
+            Method::POST,
+            "/api/user/alice",
+            Some(&bob),
+            Some(json!({"oldPassword": "password-2", "newPassword": "password-3"})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
@@ -320,7 +364,14 @@ async fn organizations_clusters_and_docs() {
     let id = v["_id"].as_str().unwrap().to_string();
     let (s, _) = api.call(Method::POST, "/api/organization", t, Some(json!({"name": "lab"}))).await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = api.call(Method::PUT, &format!("/api/organization/{id}"), t, Some(json!({"name": "lab2", "member": [{"user_id": "nope", "roles": []}]}))).await;
+    let (s, _) = api
+        .call(
+            Method::PUT,
+            &format!("/api/organization/{id}"),
+            t,
+            Some(json!({"name": "lab2", "member": [{"user_id": "nope", "roles": []}]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let (_, v) = api.call(Method::GET, "/api/organization", t, None).await;
     assert_eq!(v.as_array().unwrap().len(), 2);
@@ -362,7 +413,9 @@ async fn state_survives_restart() {
     {
         let api = Api { root: open(dir.path()).await, _dir: None };
         token = api.login("Admin", "Admin").await;
-        let (_, v) = api.call(Method::POST, "/api/application", Some(&token), Some(serde_json::from_str(CLIENTSRVR).unwrap())).await;
+        let (_, v) = api
+            .call(Method::POST, "/api/application", Some(&token), Some(serde_json::from_str(CLIENTSRVR).unwrap()))
+            .await;
         app_id = v[0]["_id"].as_str().unwrap().to_string();
         let (_, v) = api.call(Method::GET, &format!("/api/services/{app_id}"), Some(&token), None).await;
         let svc = v[0]["_id"].as_str().unwrap();

@@ -82,11 +82,7 @@ fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
     serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn query_docs<T: DeserializeOwned>(
-    conn: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-) -> Result<Vec<T>> {
+fn query_docs<T: DeserializeOwned>(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let docs = stmt.query_map(args, |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
     docs.iter().map(|d| from_doc(d)).collect()
@@ -188,14 +184,20 @@ impl RootStore for SqliteStore {
             if exists(tx, "SELECT 1 FROM users WHERE name = ?1", params![user.name])? {
                 return Err(StoreError::Conflict(format!("a user named {:?} already exists", user.name)));
             }
-            tx.execute("INSERT INTO users (id, name, doc) VALUES (?1, ?2, ?3)", params![user.id, user.name, to_doc(user)?])?;
+            tx.execute(
+                "INSERT INTO users (id, name, doc) VALUES (?1, ?2, ?3)",
+                params![user.id, user.name, to_doc(user)?],
+            )?;
             Ok(())
         })
     }
 
     fn update_user(&self, user: &UserRecord) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute("UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1", params![user.id, user.name, to_doc(user)?])?;
+            let n = tx.execute(
+                "UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1",
+                params![user.id, user.name, to_doc(user)?],
+            )?;
             expect_changed(n, || format!("user {}", user.name))
         })
     }

@@ -56,7 +56,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn call(url: &str, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut req = client.request(method, format!("{url}{path}"));
     if let Some(t) = token {
@@ -83,9 +89,18 @@ async fn root_process_end_to_end_and_restart() {
     let url = root.url.clone();
     let sla: Value = serde_json::from_str(include_str!("../../../examples/sla/clientsrvr.json")).unwrap();
 
-    let (s, v) = call(&url, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
+    let (s, v) =
+        call(&url, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"})))
+            .await;
     assert_eq!(s, 401, "--admin-password replaced the default: {v}");
-    let (s, v) = call(&url, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "admin-secret"}))).await;
+    let (s, v) = call(
+        &url,
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "admin-secret"})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let token = v["token"].as_str().unwrap().to_string();
     let t = Some(token.as_str());
@@ -126,7 +141,14 @@ async fn root_process_end_to_end_and_restart() {
 
     root.stop();
     let root = RootProcess::start(&data, port);
-    let (s, v) = call(&url, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "admin-secret"}))).await;
+    let (s, v) = call(
+        &url,
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "admin-secret"})),
+    )
+    .await;
     assert_eq!(s, 200);
     let token = v["token"].as_str().unwrap().to_string();
     let t = Some(token.as_str());

@@ -65,10 +65,7 @@ pub(super) fn validate_addresses(v: &Value, path: &str, errors: &mut Vec<FieldEr
             push(
                 errors,
                 &fields.path_of("closest_ip"),
-                format!(
-                    "{} is the same address as rr_ip",
-                    show_str(&closest.to_string())
-                ),
+                format!("{} is the same address as rr_ip", show_str(&closest.to_string())),
             );
         }
     }
@@ -79,10 +76,7 @@ pub(super) fn validate_addresses(v: &Value, path: &str, errors: &mut Vec<FieldEr
             push(
                 errors,
                 &fields.path_of("closest_ip_v6"),
-                format!(
-                    "{} is the same address as rr_ip_v6",
-                    show_str(&closest6.to_string())
-                ),
+                format!("{} is the same address as rr_ip_v6", show_str(&closest6.to_string())),
             );
         }
     }

@@ -31,20 +31,12 @@ fn validate_constraint(v: &Value, path: &str, errors: &mut Vec<FieldError>) {
     c.number("threshold", errors);
     if let Some(r) = c.number("rigidness", errors) {
         if !(0.0..=1.0).contains(&r) {
-            push(
-                errors,
-                &c.path_of("rigidness"),
-                format!("{} is not within [0, 1]", show(&c.map["rigidness"])),
-            );
+            push(errors, &c.path_of("rigidness"), format!("{} is not within [0, 1]", show(&c.map["rigidness"])));
         }
     }
     if let Some(t) = c.get("convergence_time") {
         if t.as_u64().and_then(|n| i64::try_from(n).ok()).is_none() {
-            push(
-                errors,
-                &c.path_of("convergence_time"),
-                format!("{} is not an integer >= 0", show(t)),
-            );
+            push(errors, &c.path_of("convergence_time"), format!("{} is not an integer >= 0", show(t)));
         }
     }
 
@@ -55,11 +47,7 @@ fn validate_constraint(v: &Value, path: &str, errors: &mut Vec<FieldError>) {
             if let Some(allowed) = non_empty_list(&c, "allowed", "cluster", errors) {
                 for (i, name) in allowed.iter().enumerate() {
                     if name.is_empty() {
-                        push(
-                            errors,
-                            &index(&c.path_of("allowed"), i),
-                            "must not be empty",
-                        );
+                        push(errors, &index(&c.path_of("allowed"), i), "must not be empty");
                     }
                 }
             }
@@ -77,65 +65,38 @@ fn validate_constraint(v: &Value, path: &str, errors: &mut Vec<FieldError>) {
             if c.get("location").is_some() {
                 check_location(&c, Need::Optional, errors);
             } else if !has_area {
-                push(
-                    errors,
-                    path,
-                    "latency constraint needs a non-empty area or a location",
-                );
+                push(errors, path, "latency constraint needs a non-empty area or a location");
             }
         }
         Some(other) => push(
             errors,
             &c.path_of("type"),
-            format!(
-                "{} is not a constraint type ({})",
-                show_str(other),
-                KINDS.join(", ")
-            ),
+            format!("{} is not a constraint type ({})", show_str(other), KINDS.join(", ")),
         ),
     }
 }
 
 /// `direct` pins a service to a cluster and/or to nodes (`;`-separated host names).
-fn check_direct(
-    c: &Fields,
-    cluster: Option<&str>,
-    node: Option<&str>,
-    errors: &mut Vec<FieldError>,
-) {
+fn check_direct(c: &Fields, cluster: Option<&str>, node: Option<&str>, errors: &mut Vec<FieldError>) {
     let has_cluster = cluster.is_some_and(|s| !s.is_empty());
     let has_node = node.is_some_and(|s| !s.is_empty());
     if !has_cluster && !has_node {
         // A cluster or node of the wrong type was already reported.
-        let mistyped = (c.get("cluster").is_some() && cluster.is_none())
-            || (c.get("node").is_some() && node.is_none());
+        let mistyped = (c.get("cluster").is_some() && cluster.is_none()) || (c.get("node").is_some() && node.is_none());
         if !mistyped {
-            push(
-                errors,
-                c.path,
-                "direct constraint needs a non-empty cluster or node",
-            );
+            push(errors, c.path, "direct constraint needs a non-empty cluster or node");
         }
         return;
     }
     if let Some(node) = node.filter(|s| !s.is_empty()) {
         if node.split(';').any(|host| host.trim().is_empty()) {
-            push(
-                errors,
-                &c.path_of("node"),
-                format!("{} has an empty host name", show_str(node)),
-            );
+            push(errors, &c.path_of("node"), format!("{} has an empty host name", show_str(node)));
         }
     }
 }
 
 /// A list that the constraint kind needs with at least one element.
-fn non_empty_list<'a>(
-    c: &Fields<'a>,
-    key: &str,
-    what: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<Vec<&'a str>> {
+fn non_empty_list<'a>(c: &Fields<'a>, key: &str, what: &str, errors: &mut Vec<FieldError>) -> Option<Vec<&'a str>> {
     match c.get(key) {
         None => {
             push(errors, &c.path_of(key), "is required");
@@ -145,11 +106,7 @@ fn non_empty_list<'a>(
         Some(v) => {
             let items = v.as_array()?;
             if items.is_empty() {
-                push(
-                    errors,
-                    &c.path_of(key),
-                    format!("must list at least one {what}"),
-                );
+                push(errors, &c.path_of(key), format!("must list at least one {what}"));
                 return None;
             }
             items.iter().map(Value::as_str).collect()
@@ -162,11 +119,7 @@ fn check_threshold(c: &Fields, errors: &mut Vec<FieldError>) {
         None => push(errors, &c.path_of("threshold"), "is required"),
         Some(v) => {
             if v.as_f64().is_some_and(|t| t <= 0.0) {
-                push(
-                    errors,
-                    &c.path_of("threshold"),
-                    format!("{} is not greater than 0", show(v)),
-                );
+                push(errors, &c.path_of("threshold"), format!("{} is not greater than 0", show(v)));
             }
         }
     }
@@ -200,16 +153,10 @@ pub(super) fn parse_location(s: &str) -> Result<(f64, f64), String> {
         return Err(malformed());
     }
     if !(-90.0..=90.0).contains(&lat) {
-        return Err(format!(
-            "{}: latitude {lat} is not within [-90, 90]",
-            show_str(s)
-        ));
+        return Err(format!("{}: latitude {lat} is not within [-90, 90]", show_str(s)));
     }
     if !(-180.0..=180.0).contains(&long) {
-        return Err(format!(
-            "{}: longitude {long} is not within [-180, 180]",
-            show_str(s)
-        ));
+        return Err(format!("{}: longitude {long} is not within [-180, 180]", show_str(s)));
     }
     Ok((lat, long))
 }

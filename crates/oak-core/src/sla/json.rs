@@ -60,11 +60,7 @@ pub(super) fn show_str(s: &str) -> String {
 }
 
 pub(super) fn type_error(errors: &mut Vec<FieldError>, path: &str, expected: &str, got: &Value) {
-    push(
-        errors,
-        path,
-        format!("expected {expected}, got {}", show(got)),
-    );
+    push(errors, path, format!("expected {expected}, got {}", show(got)));
 }
 
 /// The fields of one JSON object found at `path`.
@@ -114,12 +110,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A string that must also not be empty when present.
-    pub fn non_empty_string(
-        &self,
-        key: &str,
-        need: Need,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<&'a str> {
+    pub fn non_empty_string(&self, key: &str, need: Need, errors: &mut Vec<FieldError>) -> Option<&'a str> {
         let s = self.string(key, need, errors)?;
         if s.is_empty() {
             push(errors, &self.path_of(key), "must not be empty");
@@ -146,11 +137,7 @@ impl<'a> Fields<'a> {
         match v.as_u64() {
             Some(n) => Some(n),
             None => {
-                push(
-                    errors,
-                    &self.path_of(key),
-                    format!("{} is not an integer >= 0", show(v)),
-                );
+                push(errors, &self.path_of(key), format!("{} is not an integer >= 0", show(v)));
                 None
             }
         }
@@ -168,12 +155,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn array(
-        &self,
-        key: &str,
-        need: Need,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<&'a [Value]> {
+    pub fn array(&self, key: &str, need: Need, errors: &mut Vec<FieldError>) -> Option<&'a [Value]> {
         let v = self.present(key, need, errors)?;
         match v.as_array() {
             Some(items) => Some(items.as_slice()),
@@ -186,12 +168,7 @@ impl<'a> Fields<'a> {
 
     /// An array whose elements are all strings; `None` (with one error per bad element) otherwise,
     /// so callers can index the result like the JSON array.
-    pub fn strings(
-        &self,
-        key: &str,
-        need: Need,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<Vec<&'a str>> {
+    pub fn strings(&self, key: &str, need: Need, errors: &mut Vec<FieldError>) -> Option<Vec<&'a str>> {
         let items = self.array(key, need, errors)?;
         let path = self.path_of(key);
         let mut out = Vec::with_capacity(items.len());
@@ -208,12 +185,7 @@ impl<'a> Fields<'a> {
         all_strings.then_some(out)
     }
 
-    pub fn object(
-        &self,
-        key: &str,
-        need: Need,
-        errors: &mut Vec<FieldError>,
-    ) -> Option<&'a Map<String, Value>> {
+    pub fn object(&self, key: &str, need: Need, errors: &mut Vec<FieldError>) -> Option<&'a Map<String, Value>> {
         let v = self.present(key, need, errors)?;
         match v.as_object() {
             Some(map) => Some(map),

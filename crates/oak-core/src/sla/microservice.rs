@@ -13,15 +13,7 @@ use super::ports::parse_port_mappings;
 /// advertises (`runc`, `runsc`, ...) is accepted as well.
 const KNOWN_VIRTUALIZATIONS: [&str; 4] = ["container", "docker", "unikernel", "crosvm"];
 const ARCHES: [&str; 4] = ["amd64", "arm64", "arm", "riscv64"];
-const COUNTS: [&str; 7] = [
-    "memory",
-    "vcpus",
-    "vgpus",
-    "vtpus",
-    "bandwidth_in",
-    "bandwidth_out",
-    "storage",
-];
+const COUNTS: [&str; 7] = ["memory", "vcpus", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage"];
 
 /// Validates one microservice object found at `path` (e.g. `applications[0].microservices[1]`,
 /// or `""` for a bare microservice), pushing one error per problem.
@@ -73,9 +65,7 @@ pub fn validate_microservice(ms: &Value, path: &str, errors: &mut Vec<FieldError
 
 /// A runtime name: 1–64 letters, digits, `-`, `_` or `.`, which covers the known values too.
 fn is_runtime_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn check_virtualization<'a>(f: &Fields<'a>, errors: &mut Vec<FieldError>) -> Option<&'a str> {
@@ -105,9 +95,7 @@ fn check_environment(f: &Fields, errors: &mut Vec<FieldError>) {
     for (i, var) in vars.iter().enumerate() {
         let key = var.split_once('=').map(|(key, _)| key);
         let valid = key.is_some_and(|key| {
-            key.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            key.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         });
         if !valid {
@@ -125,20 +113,11 @@ fn check_environment(f: &Fields, errors: &mut Vec<FieldError>) {
 }
 
 /// Unikernels ship one kernel per architecture: `code` lists their URLs aligned with `arch`.
-fn check_arch(
-    f: &Fields,
-    virtualization: Option<&str>,
-    code: Option<&str>,
-    errors: &mut Vec<FieldError>,
-) {
+fn check_arch(f: &Fields, virtualization: Option<&str>, code: Option<&str>, errors: &mut Vec<FieldError>) {
     let path = f.path_of("arch");
     let is_unikernel = virtualization == Some("unikernel");
     if is_unikernel && f.get("arch").is_none() {
-        push(
-            errors,
-            &path,
-            "is required when virtualization is \"unikernel\"",
-        );
+        push(errors, &path, "is required when virtualization is \"unikernel\"");
         return;
     }
     let Some(arches) = f.strings("arch", Need::Optional, errors) else {
@@ -149,11 +128,7 @@ fn check_arch(
             push(
                 errors,
                 &index(&path, i),
-                format!(
-                    "{} is not an architecture ({})",
-                    show_str(arch),
-                    ARCHES.join(", ")
-                ),
+                format!("{} is not an architecture ({})", show_str(arch), ARCHES.join(", ")),
             );
         }
     }
@@ -161,11 +136,7 @@ fn check_arch(
         return;
     }
     if arches.is_empty() {
-        push(
-            errors,
-            &path,
-            "must list at least one architecture when virtualization is \"unikernel\"",
-        );
+        push(errors, &path, "must list at least one architecture when virtualization is \"unikernel\"");
         return;
     }
     let Some(code) = code else {
@@ -173,11 +144,7 @@ fn check_arch(
     };
     let urls: Vec<&str> = code.split(',').map(str::trim).collect();
     if urls.iter().any(|url| url.is_empty()) {
-        push(
-            errors,
-            &f.path_of("code"),
-            format!("{} has an empty kernel url", show_str(code)),
-        );
+        push(errors, &f.path_of("code"), format!("{} has an empty kernel url", show_str(code)));
     } else if urls.len() != arches.len() {
         push(
             errors,

@@ -50,10 +50,7 @@ pub fn validate_sla(doc: &Value, purpose: Purpose) -> Result<Sla, Vec<FieldError
                     push(
                         &mut errors,
                         "applications",
-                        format!(
-                            "adding services takes exactly one application, got {}",
-                            apps.len()
-                        ),
+                        format!("adding services takes exactly one application, got {}", apps.len()),
                     );
                 }
                 &apps[..apps.len().min(1)]
@@ -78,11 +75,7 @@ pub fn validate_service_update(doc: &Value) -> Result<Microservice, Vec<FieldErr
     let is_sla = doc.get("applications").is_some() || doc.get("sla_version").is_some();
     if !is_sla {
         validate_microservice(doc, "", &mut errors);
-        return if errors.is_empty() {
-            decoded(serde_json::from_value(doc.clone()), "")
-        } else {
-            Err(errors)
-        };
+        return if errors.is_empty() { decoded(serde_json::from_value(doc.clone()), "") } else { Err(errors) };
     }
 
     let ms_path = "applications[0].microservices[0]";
@@ -92,10 +85,7 @@ pub fn validate_service_update(doc: &Value) -> Result<Microservice, Vec<FieldErr
             push(
                 &mut errors,
                 "applications",
-                format!(
-                    "a service update takes exactly one application, got {}",
-                    apps.len()
-                ),
+                format!("a service update takes exactly one application, got {}", apps.len()),
             );
         } else if let Some(app) = Fields::of(&apps[0], "applications[0]", &mut errors) {
             if let Some(services) = app.array("microservices", Need::Required, &mut errors) {
@@ -106,10 +96,7 @@ pub fn validate_service_update(doc: &Value) -> Result<Microservice, Vec<FieldErr
                     push(
                         &mut errors,
                         &app.path_of("microservices"),
-                        format!(
-                            "a service update takes exactly one microservice, got {}",
-                            services.len()
-                        ),
+                        format!("a service update takes exactly one microservice, got {}", services.len()),
                     );
                 }
             }
@@ -123,9 +110,7 @@ pub fn validate_service_update(doc: &Value) -> Result<Microservice, Vec<FieldErr
 
 /// Validates `{application_name, application_namespace, application_desc?}` of an application
 /// update; other fields are ignored. Returns `(name, namespace, desc)`.
-pub fn validate_application_update(
-    doc: &Value,
-) -> Result<(String, String, Option<String>), Vec<FieldError>> {
+pub fn validate_application_update(doc: &Value) -> Result<(String, String, Option<String>), Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(f) = Fields::of(doc, "", &mut errors) else {
         return Err(errors);
@@ -134,11 +119,9 @@ pub fn validate_application_update(
     let namespace = check_name(&f, "application_namespace", NameRule::Required, &mut errors);
     let desc = f.string("application_desc", Need::Optional, &mut errors);
     match (name, namespace) {
-        (Some(name), Some(namespace)) if errors.is_empty() => Ok((
-            name.to_string(),
-            namespace.to_string(),
-            desc.map(str::to_string),
-        )),
+        (Some(name), Some(namespace)) if errors.is_empty() => {
+            Ok((name.to_string(), namespace.to_string(), desc.map(str::to_string)))
+        }
         _ => Err(errors),
     }
 }
@@ -149,29 +132,16 @@ fn validate_envelope<'a>(doc: &'a Value, errors: &mut Vec<FieldError>) -> Option
     let f = Fields::of(doc, "", errors)?;
     match f.string("sla_version", Need::Required, errors) {
         None | Some("v2.0") => {}
-        Some("v1.0") => push(
-            errors,
-            "sla_version",
-            "\"v1.0\" is deprecated, only \"v2.0\" is accepted",
-        ),
-        Some(other) => push(
-            errors,
-            "sla_version",
-            format!(
-                "{} is not a supported version, expected \"v2.0\"",
-                show_str(other)
-            ),
-        ),
+        Some("v1.0") => push(errors, "sla_version", "\"v1.0\" is deprecated, only \"v2.0\" is accepted"),
+        Some(other) => {
+            push(errors, "sla_version", format!("{} is not a supported version, expected \"v2.0\"", show_str(other)))
+        }
     }
     f.string("customerID", Need::Required, errors);
     f.strings("args", Need::Optional, errors);
     let apps = f.array("applications", Need::Required, errors)?;
     if apps.is_empty() {
-        push(
-            errors,
-            "applications",
-            "must contain at least one application",
-        );
+        push(errors, "applications", "must contain at least one application");
         return None;
     }
     Some(apps)
@@ -200,11 +170,7 @@ fn validate_application(app: &Value, path: &str, purpose: Purpose, errors: &mut 
     };
     let services_path = f.path_of("microservices");
     if services.is_empty() && purpose == Purpose::NewServices {
-        push(
-            errors,
-            &services_path,
-            "must contain at least one microservice",
-        );
+        push(errors, &services_path, "must contain at least one microservice");
     }
     // Name and namespace make the job name, which must be unique.
     let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
@@ -301,14 +267,7 @@ fn clash<K: std::hash::Hash + Eq + std::fmt::Display>(
 ) {
     let field = join(&join(ms_path, "addresses"), key);
     match seen.get(&ip) {
-        Some(first) => push(
-            errors,
-            &field,
-            format!(
-                "{} is already requested by {first}",
-                show_str(&ip.to_string())
-            ),
-        ),
+        Some(first) => push(errors, &field, format!("{} is already requested by {first}", show_str(&ip.to_string()))),
         None => {
             seen.insert(ip, ms_path.to_string());
         }

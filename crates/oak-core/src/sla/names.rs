@@ -35,11 +35,7 @@ pub(super) fn check_name<'a>(
         return None;
     }
     if !is_name(name) {
-        push(
-            errors,
-            &fields.path_of(key),
-            format!("{} must be 1 to 30 ascii letters or digits", show_str(name)),
-        );
+        push(errors, &fields.path_of(key), format!("{} must be 1 to 30 ascii letters or digits", show_str(name)));
         return None;
     }
     Some(name)

@@ -43,33 +43,19 @@ fn parse_entry(entry: &str) -> Result<PortMapping, String> {
         None => (entry, Protocol::Tcp),
         Some((ports, "tcp")) => (ports, Protocol::Tcp),
         Some((ports, "udp")) => (ports, Protocol::Udp),
-        Some((_, other)) => {
-            return Err(format!(
-                "{}: protocol {} is not tcp or udp",
-                show_str(entry),
-                show_str(other)
-            ))
-        }
+        Some((_, other)) => return Err(format!("{}: protocol {} is not tcp or udp", show_str(entry), show_str(other))),
     };
     let (host, container) = match ports.split_once(':') {
         None => (ports, ports),
         Some(pair) => pair,
     };
-    Ok(PortMapping {
-        host: parse_port(host, entry)?,
-        container: parse_port(container, entry)?,
-        protocol,
-    })
+    Ok(PortMapping { host: parse_port(host, entry)?, container: parse_port(container, entry)?, protocol })
 }
 
 /// Digits only (no sign, no blanks), value 0–65535.
 fn parse_port(text: &str, entry: &str) -> Result<u16, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{} is not a port mapping ({SYNTAX})",
-            show_str(entry)
-        ));
+        return Err(format!("{} is not a port mapping ({SYNTAX})", show_str(entry)));
     }
-    text.parse::<u16>()
-        .map_err(|_| format!("{}: port {text} is out of range 0-65535", show_str(entry)))
+    text.parse::<u16>().map_err(|_| format!("{}: port {text} is out of range 0-65535", show_str(entry)))
 }

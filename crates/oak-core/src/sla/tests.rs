@@ -77,25 +77,11 @@ struct Case {
 }
 
 fn case(name: &'static str, doc: Value, expect: Vec<(&'static str, &'static str)>) -> Case {
-    Case {
-        name,
-        purpose: Purpose::NewApplications,
-        doc,
-        expect,
-    }
+    Case { name, purpose: Purpose::NewApplications, doc, expect }
 }
 
-fn services_case(
-    name: &'static str,
-    doc: Value,
-    expect: Vec<(&'static str, &'static str)>,
-) -> Case {
-    Case {
-        name,
-        purpose: Purpose::NewServices,
-        doc,
-        expect,
-    }
+fn services_case(name: &'static str, doc: Value, expect: Vec<(&'static str, &'static str)>) -> Case {
+    Case { name, purpose: Purpose::NewServices, doc, expect }
 }
 
 fn expand(field: &str) -> String {
@@ -107,21 +93,12 @@ fn expand(field: &str) -> String {
 
 /// Checks that `errors` are exactly the `expect`ed ones, whatever their order.
 fn check_errors(name: &str, errors: &[FieldError], expect: &[(&str, &str)]) {
-    let listing = errors
-        .iter()
-        .map(|e| format!("\n  {e}"))
-        .collect::<String>();
-    assert_eq!(
-        errors.len(),
-        expect.len(),
-        "{name}: wrong number of errors:{listing}"
-    );
+    let listing = errors.iter().map(|e| format!("\n  {e}")).collect::<String>();
+    assert_eq!(errors.len(), expect.len(), "{name}: wrong number of errors:{listing}");
     let mut unmatched: Vec<&FieldError> = errors.iter().collect();
     for (field, fragment) in expect {
         let field = expand(field);
-        let found = unmatched
-            .iter()
-            .position(|e| e.field == field && e.message.contains(fragment));
+        let found = unmatched.iter().position(|e| e.field == field && e.message.contains(fragment));
         match found {
             Some(i) => {
                 unmatched.remove(i);
@@ -151,11 +128,7 @@ fn cases() -> Vec<Case> {
         case(
             "empty object",
             json!({}),
-            vec![
-                ("sla_version", "is required"),
-                ("customerID", "is required"),
-                ("applications", "is required"),
-            ],
+            vec![("sla_version", "is required"), ("customerID", "is required"), ("applications", "is required")],
         ),
         case(
             "sla v1.0 is deprecated",
@@ -329,10 +302,7 @@ fn cases() -> Vec<Case> {
         case(
             "booleans",
             svc(json!({"one_shot": "yes", "privileged": 1})),
-            vec![
-                ("~.one_shot", "expected a boolean, got \"yes\""),
-                ("~.privileged", "expected a boolean, got 1"),
-            ],
+            vec![("~.one_shot", "expected a boolean, got \"yes\""), ("~.privileged", "expected a boolean, got 1")],
         ),
         case(
             "valid optional fields",
@@ -365,7 +335,11 @@ fn cases() -> Vec<Case> {
         ),
         case("port 70000", svc(json!({"port": "70000"})), vec![("~.port", "out of range 0-65535")]),
         case("port 80/sctp", svc(json!({"port": "80/sctp"})), vec![("~.port", "\"sctp\" is not tcp or udp")]),
-        case("port 80;;81", svc(json!({"port": "80;;81"})), vec![("~.port", "\"80;;81\" has an empty port mapping entry")]),
+        case(
+            "port 80;;81",
+            svc(json!({"port": "80;;81"})),
+            vec![("~.port", "\"80;;81\" has an empty port mapping entry")],
+        ),
         case("port as a number", svc(json!({"port": 80})), vec![("~.port", "expected a string, got 80")]),
         // --- architectures and unikernels ---
         case(
@@ -542,7 +516,10 @@ fn cases() -> Vec<Case> {
                 {"type": "direct", "cluster": "c", "rigidness": 0, "convergence_time": 2.5}
             ])),
             vec![
-                ("~.constraints[0].type", "\"nearby\" is not a constraint type (direct, clusters, geo, latency, addons)"),
+                (
+                    "~.constraints[0].type",
+                    "\"nearby\" is not a constraint type (direct, clusters, geo, latency, addons)",
+                ),
                 ("~.constraints[1].type", "is required"),
                 ("~.constraints[2]", "expected an object, got \"direct\""),
                 ("~.constraints[3].rigidness", "1.5 is not within [0, 1]"),
@@ -632,10 +609,7 @@ fn examples_become_typed_values() {
     assert_eq!(app.microservices.len(), 2);
     let nginx = &app.microservices[1];
     assert_eq!(nginx.port, "80:80/tcp");
-    assert_eq!(
-        nginx.addresses.as_ref().and_then(|a| a.rr_ip.as_deref()),
-        Some("10.30.55.55")
-    );
+    assert_eq!(nginx.addresses.as_ref().and_then(|a| a.rr_ip.as_deref()), Some("10.30.55.55"));
     assert_eq!(nginx.extra.get("state"), Some(&json!("")));
 
     let sla = validate_sla(&example(NGINX_SERVICE), Purpose::NewServices).expect("valid");
@@ -665,10 +639,7 @@ fn unknown_fields_are_kept() {
     let ms = &app.microservices[0];
     assert_eq!(ms.extra.get("ms_extra"), Some(&json!({"k": "v"})));
     assert_eq!(ms.extra.get("args"), Some(&json!(["x"])));
-    assert_eq!(
-        ms.extra.get("volumes"),
-        Some(&json!([{"volume_id": "v", "csi_driver": "d"}]))
-    );
+    assert_eq!(ms.extra.get("volumes"), Some(&json!([{"volume_id": "v", "csi_driver": "d"}])));
     let addresses = ms.addresses.as_ref().expect("addresses");
     assert_eq!(addresses.extra.get("addr_extra"), Some(&json!("a")));
     assert_eq!(ms.constraints[0].extra.get("con_extra"), Some(&json!(2)));
@@ -676,23 +647,12 @@ fn unknown_fields_are_kept() {
 
 #[test]
 fn port_mappings() {
-    let tcp = |host, container| PortMapping {
-        host,
-        container,
-        protocol: Protocol::Tcp,
-    };
-    let udp = |host, container| PortMapping {
-        host,
-        container,
-        protocol: Protocol::Udp,
-    };
+    let tcp = |host, container| PortMapping { host, container, protocol: Protocol::Tcp };
+    let udp = |host, container| PortMapping { host, container, protocol: Protocol::Udp };
     assert_eq!(parse_port_mappings(""), Ok(vec![]));
     assert_eq!(parse_port_mappings("80"), Ok(vec![tcp(80, 80)]));
     assert_eq!(parse_port_mappings("6080:60/tcp"), Ok(vec![tcp(6080, 60)]));
-    assert_eq!(
-        parse_port_mappings("8080:80;5353/udp"),
-        Ok(vec![tcp(8080, 80), udp(5353, 5353)])
-    );
+    assert_eq!(parse_port_mappings("8080:80;5353/udp"), Ok(vec![tcp(8080, 80), udp(5353, 5353)]));
     assert_eq!(parse_port_mappings("0:65535/udp"), Ok(vec![udp(0, 65535)]));
     assert_eq!(
         parse_port_mappings("80:x"),
@@ -730,11 +690,8 @@ fn names() {
 
 #[test]
 fn service_update_bare_microservice() {
-    let update = validate_service_update(&with(
-        ms(),
-        json!({"microserviceID": "66a1b2c3", "memory": 5}),
-    ))
-    .expect("valid");
+    let update =
+        validate_service_update(&with(ms(), json!({"microserviceID": "66a1b2c3", "memory": 5}))).expect("valid");
     assert_eq!(update.microservice_id, "66a1b2c3");
     assert_eq!(update.memory, 5);
 
@@ -742,49 +699,27 @@ fn service_update_bare_microservice() {
     check_errors("bare update", &errors, &[("code", "is required")]);
 
     let errors = validate_service_update(&json!("web")).expect_err("invalid");
-    check_errors(
-        "bare update not an object",
-        &errors,
-        &[("$", "expected an object")],
-    );
+    check_errors("bare update not an object", &errors, &[("$", "expected an object")]);
 }
 
 #[test]
 fn service_update_whole_sla() {
-    let doc = sla(vec![existing_app(vec![with(
-        ms(),
-        json!({"microserviceID": "abc"}),
-    )])]);
+    let doc = sla(vec![existing_app(vec![with(ms(), json!({"microserviceID": "abc"}))])]);
     let update = validate_service_update(&doc).expect("valid");
     assert_eq!(update.microservice_id, "abc");
     assert_eq!(update.microservice_name, "web");
 
     let doc = sla(vec![app(vec![with(ms(), json!({"port": "x"}))])]);
     let errors = validate_service_update(&doc).expect_err("invalid");
-    check_errors(
-        "update port",
-        &errors,
-        &[("~.port", "\"x\" is not a port mapping")],
-    );
+    check_errors("update port", &errors, &[("~.port", "\"x\" is not a port mapping")]);
 
     let doc = sla(vec![app(vec![ms(), ms()])]);
     let errors = validate_service_update(&doc).expect_err("invalid");
-    check_errors(
-        "update two",
-        &errors,
-        &[(
-            "applications[0].microservices",
-            "exactly one microservice, got 2",
-        )],
-    );
+    check_errors("update two", &errors, &[("applications[0].microservices", "exactly one microservice, got 2")]);
 
     let doc = sla(vec![app(vec![ms()]), app(vec![ms()])]);
     let errors = validate_service_update(&doc).expect_err("invalid");
-    check_errors(
-        "update two apps",
-        &errors,
-        &[("applications", "exactly one application, got 2")],
-    );
+    check_errors("update two apps", &errors, &[("applications", "exactly one application, got 2")]);
 
     let doc = with(sla(vec![app(vec![ms()])]), json!({"sla_version": "v1.0"}));
     let errors = validate_service_update(&doc).expect_err("invalid");
@@ -793,18 +728,11 @@ fn service_update_whole_sla() {
 
 #[test]
 fn application_update() {
-    let doc =
-        json!({"application_name": "app", "application_namespace": "test", "microservices": []});
-    assert_eq!(
-        validate_application_update(&doc),
-        Ok(("app".into(), "test".into(), None))
-    );
+    let doc = json!({"application_name": "app", "application_namespace": "test", "microservices": []});
+    assert_eq!(validate_application_update(&doc), Ok(("app".into(), "test".into(), None)));
 
     let doc = json!({"application_name": "app", "application_namespace": "test", "application_desc": "d"});
-    assert_eq!(
-        validate_application_update(&doc),
-        Ok(("app".into(), "test".into(), Some("d".into())))
-    );
+    assert_eq!(validate_application_update(&doc), Ok(("app".into(), "test".into(), Some("d".into()))));
 
     let doc = json!({"application_name": "my app", "application_desc": 1});
     let errors = validate_application_update(&doc).expect_err("invalid");
@@ -819,11 +747,7 @@ fn application_update() {
     );
 
     let errors = validate_application_update(&json!(null)).expect_err("invalid");
-    check_errors(
-        "application update null",
-        &errors,
-        &[("$", "expected an object, got null")],
-    );
+    check_errors("application update null", &errors, &[("$", "expected an object, got null")]);
 }
 
 /// Values that break type expectations of every kind.
@@ -885,14 +809,8 @@ fn check_message_style(errors: &[FieldError]) {
     for e in errors {
         assert!(!e.field.is_empty(), "empty field: {e}");
         assert!(!e.message.ends_with('.'), "trailing period: {e}");
-        assert!(
-            !e.message.starts_with(|c: char| c.is_uppercase()),
-            "capitalized: {e}"
-        );
-        assert!(
-            !e.message.contains("cannot be decoded"),
-            "decoding failed: {e}"
-        );
+        assert!(!e.message.starts_with(|c: char| c.is_uppercase()), "capitalized: {e}");
+        assert!(!e.message.contains("cannot be decoded"), "decoding failed: {e}");
     }
 }
 

@@ -44,7 +44,10 @@ pub fn check_rr_ips(st: &AppState, new: &[Service]) -> ApiResult<()> {
     for s in new {
         if let Some(ip) = s.rr_ip.as_deref() {
             if let Some((_, other)) = seen.iter().find(|(taken, _)| *taken == ip) {
-                return Err(ApiError::Conflict(format!("rr_ip {ip} of service {} is already used by service {other}", s.job_name)));
+                return Err(ApiError::Conflict(format!(
+                    "rr_ip {ip} of service {} is already used by service {other}",
+                    s.job_name
+                )));
             }
             seen.push((ip, s.job_name.as_str()));
         }
@@ -55,7 +58,9 @@ pub fn check_rr_ips(st: &AppState, new: &[Service]) -> ApiResult<()> {
 fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Application, Vec<Service>)>> {
     let mut planned: Vec<(Application, Vec<Service>)> = Vec::new();
     for (i, a) in sla.applications.into_iter().enumerate() {
-        let clash = |x: &Application| x.application_name == a.application_name && x.application_namespace == a.application_namespace;
+        let clash = |x: &Application| {
+            x.application_name == a.application_name && x.application_namespace == a.application_namespace
+        };
         if existing.iter().any(clash) || planned.iter().any(|(p, _)| clash(p)) {
             return Err(ApiError::Conflict(format!(
                 "applications[{i}]: an application named {:?} in namespace {:?} already exists",
@@ -77,7 +82,8 @@ fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Appl
             user_id: owner.to_string(),
             extra,
         };
-        let services: Vec<Service> = a.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
+        let services: Vec<Service> =
+            a.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
         app.microservices = services.iter().map(|s| s.id.clone()).collect();
         planned.push((app, services));
     }
@@ -89,7 +95,11 @@ fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Appl
 #[utoipa::path(post, path = "/api/application", tag = "applications", security(("bearerAuth" = [])),
     request_body(content = Sla, description = "SLA v2.0 descriptor"),
     responses((status = 200, body = [Application]), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn create(State(st): State<AppState>, caller: Caller, JsonBody(doc): JsonBody<Value>) -> ApiResult<Json<Vec<Application>>> {
+pub async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    JsonBody(doc): JsonBody<Value>,
+) -> ApiResult<Json<Vec<Application>>> {
     caller.require(Action::CreateApplication, "")?;
     let sla = validate_sla(&doc, Purpose::NewApplications).map_err(ApiError::Invalid)?;
     let owner = caller.principal.username.as_str();
@@ -122,7 +132,11 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
 /// Applications of one user, named by user id or name (yourself, or anyone for an Admin).
 #[utoipa::path(get, path = "/api/applications/{user}", tag = "applications", security(("bearerAuth" = [])),
     responses((status = 200, body = [Application]), (status = 404, body = ErrorBody)))]
-pub async fn list_of_user(State(st): State<AppState>, caller: Caller, Path(user): Path<String>) -> ApiResult<Json<Vec<Application>>> {
+pub async fn list_of_user(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Vec<Application>>> {
     let record = match st.store.user_by_id(&user)? {
         Some(u) => Some(u),
         None => st.store.user_by_name(&user)?,
@@ -179,7 +193,11 @@ pub async fn update(
 /// Delete an application with its services and their instances.
 #[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
     responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<MessageResponse>> {
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageResponse>> {
     owned_app(&st, &caller, &id, true)?;
     st.store.delete_application(&id)?;
     Ok(Json(MessageResponse::new("Application Deleted")))

@@ -49,7 +49,10 @@ pub async fn login(
     };
     st.limiter.record_success(&req.username, &addr);
     let org_name = req.organization_name.or(org_alias).unwrap_or_else(|| ROOT_ORGANIZATION.to_string());
-    let org = st.store.organization_by_name(&org_name)?.ok_or_else(|| ApiError::not_found(format!("organization {org_name:?}")))?;
+    let org = st
+        .store
+        .organization_by_name(&org_name)?
+        .ok_or_else(|| ApiError::not_found(format!("organization {org_name:?}")))?;
     let roles = roles_in(&org, &user.id);
     Ok(Json(LoginResponse {
         token: st.tokens.issue(TokenKind::Access, &user.name, &roles, &org.id, true),

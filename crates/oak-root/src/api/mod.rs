@@ -54,12 +54,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/register", post(auth::register))
-        .route("/api/user/{username}", get(users::get_user).put(users::update_user).delete(users::delete_user).post(users::change_password))
+        .route(
+            "/api/user/{username}",
+            get(users::get_user).put(users::update_user).delete(users::delete_user).post(users::change_password),
+        )
         .route("/api/permission/{username}", get(users::permissions))
         .route("/api/users", get(users::list_users))
         .route("/api/users/{organization_id}", get(users::list_org_users))
         .route("/api/organization", get(organizations::list).post(organizations::create))
-        .route("/api/organization/{id}", get(organizations::get).put(organizations::update).delete(organizations::delete))
+        .route(
+            "/api/organization/{id}",
+            get(organizations::get).put(organizations::update).delete(organizations::delete),
+        )
         .route("/api/application", post(applications::create))
         .route("/api/application/{id}", get(applications::get).put(applications::update).delete(applications::delete))
         .route("/api/applications", get(applications::list))

@@ -16,7 +16,9 @@ use crate::ids;
 use crate::state::AppState;
 
 fn validate(st: &AppState, req: &OrganizationRequest) -> ApiResult<()> {
-    let name_ok = !req.name.is_empty() && req.name.len() <= 64 && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    let name_ok = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
     if !name_ok {
         return Err(ApiError::Unprocessable(format!(
             "organization name {:?} is invalid: use 1 to 64 letters, digits, '_', '-' or '.'",
@@ -88,7 +90,11 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/organization/{id}", tag = "organizations", security(("bearerAuth" = [])),
     responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<MessageResponse>> {
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageResponse>> {
     caller.require(Action::ManageOrganizations, "")?;
     if existing(&st, &id)?.name == ROOT_ORGANIZATION {
         return Err(ApiError::Conflict("the root organization cannot be deleted".into()));

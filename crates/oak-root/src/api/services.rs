@@ -45,7 +45,8 @@ pub async fn create(
         return Err(ApiError::Invalid(vec![FieldError::new("applications", "one application is needed")]));
     };
     let app = owned_app(&st, &caller, &requested.application_id, true)?;
-    let services: Vec<Service> = requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
+    let services: Vec<Service> =
+        requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
     check_rr_ips(&st, &services)?;
     st.store.add_services(&app.id, &services)?;
     let deployed: Vec<DeployedService> = services
@@ -85,7 +86,8 @@ pub async fn update(
             format!("{:?} does not match the service being updated ({id})", ms.microservice_id),
         )]));
     }
-    let new_name = job_name(&app.application_name, &app.application_namespace, &ms.microservice_name, &ms.microservice_namespace);
+    let new_name =
+        job_name(&app.application_name, &app.application_namespace, &ms.microservice_name, &ms.microservice_namespace);
     if new_name != service.job_name && !service.instance_list.is_empty() {
         return Err(ApiError::Conflict(format!(
             "cannot rename service {} to {new_name} while it has instances: undeploy them first",
@@ -101,7 +103,11 @@ pub async fn update(
 /// Delete a service with all its instances.
 #[utoipa::path(delete, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
     responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<MessageResponse>> {
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageResponse>> {
     owned_service(&st, &caller, &id, true)?;
     st.store.delete_service(&id)?;
     Ok(Json(MessageResponse::new("Job deleted")))
@@ -110,7 +116,11 @@ pub async fn delete(State(st): State<AppState>, caller: Caller, Path(id): Path<S
 /// Services of one application.
 #[utoipa::path(get, path = "/api/services/{app_id}", tag = "services", security(("bearerAuth" = [])),
     responses((status = 200, body = [Service]), (status = 404, body = ErrorBody)))]
-pub async fn list_of_app(State(st): State<AppState>, caller: Caller, Path(app_id): Path<String>) -> ApiResult<Json<Vec<Service>>> {
+pub async fn list_of_app(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(app_id): Path<String>,
+) -> ApiResult<Json<Vec<Service>>> {
     owned_app(&st, &caller, &app_id, false)?;
     Ok(Json(st.store.list_services(Some(&app_id))?))
 }

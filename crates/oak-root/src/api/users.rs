@@ -22,12 +22,19 @@ pub fn roles_in(org: &Organization, user_id: &str) -> Vec<String> {
 
 pub fn user_view(st: &AppState, user: &UserRecord, org_id: &str) -> ApiResult<User> {
     let roles = st.store.organization_by_id(org_id)?.map(|o| roles_in(&o, &user.id)).unwrap_or_default();
-    Ok(User { id: user.id.clone(), name: user.name.clone(), email: user.email.clone(), created_at: user.created_at.clone(), roles })
+    Ok(User {
+        id: user.id.clone(),
+        name: user.name.clone(),
+        email: user.email.clone(),
+        created_at: user.created_at.clone(),
+        roles,
+    })
 }
 
 /// Replaces the roles of `user_id` in organization `org_id` (membership removed when empty).
 pub fn set_roles(st: &AppState, org_id: &str, user_id: &str, roles: Vec<String>) -> ApiResult<()> {
-    let mut org = st.store.organization_by_id(org_id)?.ok_or_else(|| ApiError::not_found(format!("organization {org_id}")))?;
+    let mut org =
+        st.store.organization_by_id(org_id)?.ok_or_else(|| ApiError::not_found(format!("organization {org_id}")))?;
     org.member.retain(|m| m.user_id != user_id);
     if !roles.is_empty() {
         org.member.push(Member { user_id: user_id.to_string(), roles });
@@ -37,9 +44,8 @@ pub fn set_roles(st: &AppState, org_id: &str, user_id: &str, roles: Vec<String>)
 }
 
 pub fn validate_username(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c));
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c));
     if ok {
         Ok(())
     } else {
@@ -93,7 +99,11 @@ pub async fn update_user(
 /// Delete a user and their memberships; answers the remaining users.
 #[utoipa::path(delete, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
     responses((status = 200, body = [User]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Vec<User>>> {
+pub async fn delete_user(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<User>>> {
     caller.require(Action::ManageUsers, "")?;
     if name == caller.principal.username {
         return Err(ApiError::Conflict("you cannot delete your own account".into()));
@@ -171,6 +181,7 @@ pub async fn list_org_users(
     if !caller.is_admin() && org_id != caller.org_id {
         return Err(ApiError::Forbidden("an Organization_Admin can list only their own organization".into()));
     }
-    let org = st.store.organization_by_id(&org_id)?.ok_or_else(|| ApiError::not_found(format!("organization {org_id}")))?;
+    let org =
+        st.store.organization_by_id(&org_id)?.ok_or_else(|| ApiError::not_found(format!("organization {org_id}")))?;
     list(&st, &org.id, Some(&org))
 }

@@ -58,10 +58,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (claims, _user) = verified(parts, state, TokenKind::Access)?;
-        Ok(Caller {
-            principal: Principal { username: claims.sub, roles: claims.roles },
-            org_id: claims.organization,
-        })
+        Ok(Caller { principal: Principal { username: claims.sub, roles: claims.roles }, org_id: claims.organization })
     }
 }
 

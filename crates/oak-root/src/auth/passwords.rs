@@ -10,7 +10,10 @@ pub fn hash(password: &str) -> String {
     let mut salt = [0u8; 16];
     crate::ids::random_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).expect("16 bytes always encode as a salt");
-    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 with default parameters cannot fail").to_string()
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters cannot fail")
+        .to_string()
 }
 
 /// True if `password` matches the stored hash; a corrupt hash never matches.

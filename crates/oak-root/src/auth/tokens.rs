@@ -61,7 +61,8 @@ impl TokenKeys {
             exp: now + ttl,
             jti: crate::ids::new_id(),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 signing of plain claims cannot fail")
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
     }
 
     /// Checks signature, expiry and kind; the error says what is wrong with the token.

@@ -1,0 +1,62 @@
+//! `oakestra login`: trade a user name and password for tokens and save them.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use oak_client::Client;
+
+use super::credentials::{self, Credentials};
+use super::output::{emit, emit_json};
+use super::ClientOpts;
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(short, long, default_value = "Admin")]
+    pub username: String,
+    /// Password; read from the first line of standard input when not given.
+    #[arg(short, long, env = "OAKESTRA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Organization to log in to (the root uses `root` when not given).
+    #[arg(long)]
+    pub organization: Option<String>,
+}
+
+pub async fn run(opts: &ClientOpts, args: LoginArgs) -> Result<()> {
+    let password = match args.password {
+        Some(p) => p,
+        None => read_password()?,
+    };
+    let client = Client::new(&opts.url);
+    let tokens = client.login(&args.username, &password, args.organization.as_deref()).await?;
+    let creds = Credentials {
+        url: client.base_url().to_string(),
+        username: args.username,
+        token: tokens.token,
+        refresh_token: tokens.refresh_token,
+    };
+    creds.save(&credentials::default_path()?)?;
+    if opts.json {
+        emit_json(&serde_json::json!({ "url": creds.url, "username": creds.username }))
+    } else {
+        emit(&format!("logged in to {} as {}\n", creds.url, creds.username));
+        Ok(())
+    }
+}
+
+/// One line from stdin, so scripts can pipe a password instead of putting it on the command line
+/// (where `ps` would show it). Prompts only when a person is typing.
+fn read_password() -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line).context("cannot read the password from standard input")?;
+    if read == 0 {
+        bail!("no password given: pass --password, set OAKESTRA_PASSWORD or write it to standard input");
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

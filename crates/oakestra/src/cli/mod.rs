@@ -1,0 +1,72 @@
+//! Client subcommands of `oakestra`: talk to a root orchestrator's REST API.
+//!
+//! `login` saves tokens; every other command reuses them through a [`session::Session`], which
+//! renews the access token when it expires. Results print as aligned tables, or as the root's
+//! JSON with `--json`; failures print one `error: …` line and exit with 1.
+
+mod apps;
+mod clusters;
+mod credentials;
+mod login;
+mod output;
+mod services;
+mod session;
+mod table;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use session::Session;
+
+#[derive(Args)]
+pub struct ClientOpts {
+    /// URL of the root orchestrator's REST API.
+    #[arg(long, global = true, env = "OAKESTRA_URL", default_value = "http://localhost:10000")]
+    pub url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Log in to a root orchestrator and save the tokens for the other commands.
+    Login(login::LoginArgs),
+    /// Create, list, show and delete applications.
+    #[command(subcommand, alias = "apps")]
+    App(apps::AppCommand),
+    /// List and inspect services, scale them up and undeploy them.
+    #[command(subcommand, alias = "services")]
+    Service(services::ServiceCommand),
+    /// List the clusters (by default only the active ones).
+    Clusters(clusters::ClustersArgs),
+}
+
+/// Runs one client command on a single-threaded runtime (one request at a time needs no more)
+/// and turns any failure into a one-line message on stderr.
+pub fn run(opts: &ClientOpts, cmd: ClientCommand) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(dispatch(opts, cmd)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("error: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Login(args) => login::run(opts, args).await,
+        ClientCommand::App(cmd) => apps::run(&mut Session::open(opts)?, opts.json, cmd).await,
+        ClientCommand::Service(cmd) => services::run(&mut Session::open(opts)?, opts.json, cmd).await,
+        ClientCommand::Clusters(args) => clusters::run(&mut Session::open(opts)?, opts.json, args).await,
+    }
+}

@@ -1,0 +1,79 @@
+//! An authenticated connection for the commands after `login`: the saved credentials plus a
+//! transparent renewal of the short-lived access token.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use oak_client::{Client, ClientError};
+
+use super::credentials::{self, Credentials};
+use super::ClientOpts;
+
+pub struct Session {
+    client: Client,
+    creds: Credentials,
+    path: PathBuf,
+}
+
+impl Session {
+    /// Loads the saved login; refuses to send its token to a root other than the one it came
+    /// from, since it could not be valid there and would leak to it.
+    pub fn open(opts: &ClientOpts) -> Result<Self> {
+        let path = credentials::default_path()?;
+        let Some(creds) = Credentials::load(&path)? else {
+            bail!("not logged in: run \"oakestra login\" first");
+        };
+        if normalize(&creds.url) != normalize(&opts.url) {
+            bail!(
+                "not logged in to {} (the saved login is for {}): run \"oakestra login --url {}\" first",
+                normalize(&opts.url),
+                creds.url,
+                normalize(&opts.url)
+            );
+        }
+        let client = Client::new(&opts.url).with_token(creds.token.clone());
+        Ok(Self { client, creds, path })
+    }
+
+    /// Runs `op`; when the root answers 401 (the access token lasts 10 minutes), renews the
+    /// token once with the refresh token, saves it, and runs `op` again.
+    pub async fn call<T, F, Fut>(&mut self, op: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        match op(self.client.clone()).await {
+            Err(err) if err.status() == Some(401) => {
+                self.renew(&err).await?;
+                Ok(op(self.client.clone()).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn renew(&mut self, rejected: &ClientError) -> Result<()> {
+        let renewed = match self.client.refresh(&self.creds.refresh_token).await {
+            Ok(renewed) => renewed,
+            Err(err @ ClientError::Api { .. }) => {
+                return Err(anyhow!(
+                    "the saved login was rejected ({rejected}) and could not be renewed ({err}): \
+                     run \"oakestra login\" again"
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.creds.token = renewed.token;
+        self.client.set_token(Some(self.creds.token.clone()));
+        // The renewed token works for this command either way; only the next one would renew again.
+        if let Err(e) = self.creds.save(&self.path) {
+            eprintln!("warning: {e:#}");
+        }
+        Ok(())
+    }
+}
+
+/// URLs compare equal regardless of a trailing slash.
+fn normalize(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
