@@ -26,9 +26,7 @@ const RESERVED_APP_KEYS: &[&str] = &["_id", "applicationID", "userId", "microser
 pub fn owned_app(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiResult<Application> {
     let what = format!("application {id}");
     let app = st.store.application(id)?.ok_or_else(|| ApiError::not_found(&what))?;
-    let owner = app.user_id.as_str();
-    let action = if modify { Action::ModifyOwned { owner } } else { Action::ReadOwned { owner } };
-    caller.require(action, &what)?;
+    caller.require_owner(&app.user_id, modify, &what)?;
     Ok(app)
 }
 

@@ -25,8 +25,7 @@ fn owned_service(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiR
     let what = format!("service {id}");
     let service = st.store.service(id)?.ok_or_else(|| ApiError::not_found(&what))?;
     let app = st.store.application(&service.application_id)?.ok_or_else(|| ApiError::not_found(&what))?;
-    let owner = app.user_id.as_str();
-    caller.require(if modify { Action::ModifyOwned { owner } } else { Action::ReadOwned { owner } }, &what)?;
+    caller.require_owner(&app.user_id, modify, &what)?;
     Ok((service, app))
 }
 

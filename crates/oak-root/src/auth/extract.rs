@@ -26,6 +26,12 @@ impl Caller {
         authorize(&self.principal, action).map_err(|d| ApiError::denied(d, what))
     }
 
+    /// 404 unless the caller may read (or, with `modify`, change) an object owned by `owner`.
+    pub fn require_owner(&self, owner: &str, modify: bool, what: impl std::fmt::Display) -> Result<(), ApiError> {
+        let action = if modify { Action::ModifyOwned { owner } } else { Action::ReadOwned { owner } };
+        self.require(action, what)
+    }
+
     pub fn is_admin(&self) -> bool {
         self.principal.is_admin()
     }
