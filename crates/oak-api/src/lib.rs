@@ -4,8 +4,10 @@
 //! tests agree on one definition of every JSON document. Field names follow the original
 //! Oakestra API (spec §2–§4) so that existing descriptors and clients keep working.
 
+pub mod channel;
 pub mod error;
 pub mod model;
+pub mod node;
 pub mod rest;
 pub mod sla;
 pub mod status;

@@ -1,10 +1,13 @@
 //! Stored objects as the API shows them: applications, services (jobs), instances, clusters,
 //! users and organizations (spec §4.3). Ids are plain strings.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::channel::ResourceTotals;
 use crate::sla::Microservice;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -163,6 +166,11 @@ pub struct Cluster {
     pub total_gpu_cores: u64,
     pub virtualization: Vec<String>,
     pub supported_addons: Vec<String>,
+    /// The same resource totals per CPU architecture of the cluster's active workers (free
+    /// amounts included), as the cluster reports them.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub aggregation_per_architecture: BTreeMap<String, ResourceTotals>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -114,3 +114,9 @@ pub struct InstanceRequested {
     /// Status right after the request (a negative scheduling status if no cluster fits).
     pub status: String,
 }
+
+/// A new cluster join token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterToken {
+    pub token: String,
+}

@@ -164,6 +164,11 @@ impl Client {
         self.authed::<(), _>(Method::GET, &["api", "clusters", "active"], None).await
     }
 
+    /// `POST /api/clusters/tokens`: a new cluster join token (Admin only).
+    pub async fn create_cluster_token(&self) -> Result<oak_api::rest::ClusterToken, ClientError> {
+        self.authed::<(), _>(Method::POST, &["api", "clusters", "tokens"], None).await
+    }
+
     // --- plumbing ---
 
     async fn authed<B: Serialize, T: DeserializeOwned>(

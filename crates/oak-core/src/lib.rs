@@ -5,5 +5,13 @@
 
 pub mod authz;
 pub mod jobs;
+/// The cluster tier's scheduler and resource report: which worker runs an instance, a node's
+/// free capacity after its placed instances, and the totals a cluster sends the root. Pure so
+/// both the cluster and the tests run exactly the same rules.
+pub mod node_placement;
 pub mod placement;
+/// Capacity the root promised to clusters since their last report, so a burst of root placements
+/// cannot over-commit a cluster between two reports.
+pub mod reservations;
 pub mod sla;
+pub mod stats;

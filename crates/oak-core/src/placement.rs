@@ -1,11 +1,21 @@
 //! The root scheduler's decision: which cluster gets a new instance (spec §6, defects fixed).
 //!
 //! Only clusters that are active now are candidates. A cluster fits when it runs the service's
-//! virtualization, has the free vCPUs, memory and GPUs asked for, and satisfies the `direct`,
-//! `clusters` and `addons` constraints. Among fitting clusters the one with the most free memory
-//! wins, then the most free vCPUs, then the lowest name (deterministic, unlike the original's
-//! unstable sort on a mis-computed score).
-
+//! virtualization, has the free vCPUs, memory and GPUs asked for (`Cluster::vcpus`, `memory` and
+//! `vgpus` are *free* amounts: what the cluster's workers have left after the instances placed on
+//! them), and satisfies the `direct` (cluster), `clusters` and `addons` constraints. When the
+//! service lists architectures (`arch`, non-empty), the cluster must also have, in its
+//! `aggregation_per_architecture`, one of those architectures with enough free vCPUs, memory and
+//! GPUs on its own (a unikernel only runs on a node of an architecture it has a kernel for).
+//!
+//! Among fitting clusters the one with the most free memory wins, then the most free vCPUs, then
+//! the lowest name: deterministic. The original's ranking is deliberately not copied: it meant to
+//! score `(100 − cpu_percent) + memory`, but a typo (`scoreA` uses `b.memory`) makes it pick the
+//! cluster with the **lowest `cpu_percent`**, with ties broken by an unstable sort (spec §6.2).
+//!
+//! Before deciding, the root subtracts the capacity it already promised since each cluster's last
+//! report ([`crate::reservations::Reservations::apply`]), so a burst of placements does not
+//! over-commit a cluster between two reports.
 use oak_api::model::{Cluster, Service};
 use oak_api::status;
 
@@ -56,8 +66,17 @@ fn fits(service: &Service, c: &Cluster) -> bool {
         .iter()
         .filter(|k| k.kind == "addons")
         .all(|k| k.needs.as_ref().is_none_or(|needs| needs.iter().all(|n| c.supported_addons.contains(n))));
+    let arch = match spec.arch.as_deref() {
+        None | Some([]) => true,
+        Some(archs) => archs.iter().any(|a| {
+            c.aggregation_per_architecture.get(a).is_some_and(|t| {
+                t.free_vcpus >= spec.vcpus as f64 && t.free_memory_mb >= spec.memory && t.free_gpus >= spec.vgpus
+            })
+        }),
+    };
     allowed
         && addons
+        && arch
         && c.virtualization.contains(&spec.virtualization)
         && c.vcpus >= spec.vcpus as f64
         && c.memory >= spec.memory
@@ -67,6 +86,9 @@ fn fits(service: &Service, c: &Cluster) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_placement::Demand;
+    use crate::reservations::Reservations;
+    use oak_api::channel::ResourceTotals;
     use oak_api::model::Application;
     use oak_api::sla::{Constraint, Microservice};
 
@@ -178,5 +200,131 @@ mod tests {
         c.virtualization = vec!["unikernel".into()];
         let cs = [c];
         assert_eq!(choose_cluster(&service(1, 1, vec![]), &cs).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+    }
+
+    fn with_arch(mut c: Cluster, arch: &str, vcpus: f64, memory: u64, gpus: u64) -> Cluster {
+        let t = ResourceTotals {
+            nodes: 1,
+            free_vcpus: vcpus,
+            free_memory_mb: memory,
+            free_gpus: gpus,
+            ..Default::default()
+        };
+        c.aggregation_per_architecture.insert(arch.into(), t);
+        c
+    }
+
+    fn arch_service(vcpus: u64, memory: u64, archs: &[&str], constraints: Vec<Constraint>) -> Service {
+        let mut s = service(vcpus, memory, constraints);
+        s.spec.arch = Some(archs.iter().map(|a| a.to_string()).collect());
+        s
+    }
+
+    #[test]
+    fn architecture_table() {
+        // a: small, arm64 and amd64 workers; b: big, amd64 only; old: reports no per-arch data.
+        let a = with_arch(with_arch(cluster("a", true, 4.0, 3000), "arm64", 2.0, 1000, 0), "amd64", 2.0, 2000, 0);
+        let b = with_arch(cluster("b", true, 8.0, 8000), "amd64", 8.0, 8000, 0);
+        let old = cluster("old", true, 64.0, 64000);
+        let all = vec![a.clone(), b.clone(), old.clone()];
+        type Case = (&'static str, Service, Vec<Cluster>, Result<&'static str, &'static str>);
+        let cases: Vec<Case> = vec![
+            ("no arch: most free memory", arch_service(1, 100, &[], vec![]), all.clone(), Ok("old")),
+            ("arm64 only on a", arch_service(1, 500, &["arm64"], vec![]), all.clone(), Ok("a")),
+            (
+                "arm64 entry too small even though the cluster total fits",
+                arch_service(1, 1500, &["arm64"], vec![]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
+            (
+                "arm64 vcpus too few",
+                arch_service(3, 100, &["arm64"], vec![]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
+            (
+                "arch nobody has",
+                arch_service(1, 100, &["riscv64"], vec![]),
+                all.clone(),
+                Err(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY),
+            ),
+            (
+                "either arch: best cluster with one",
+                arch_service(1, 100, &["arm64", "amd64"], vec![]),
+                all.clone(),
+                Ok("b"),
+            ),
+            (
+                "one of the archs big enough",
+                arch_service(1, 1500, &["arm64", "amd64"], vec![]),
+                vec![a.clone()],
+                Ok("a"),
+            ),
+            (
+                "direct cluster without the arch",
+                arch_service(1, 100, &["arm64"], vec![direct("b")]),
+                all.clone(),
+                Err(status::TARGET_CLUSTER_NO_CAPACITY),
+            ),
+            (
+                "gpus checked per arch",
+                arch_service(1, 100, &["amd64"], vec![]),
+                vec![with_arch(cluster("g", true, 4.0, 4000), "amd64", 4.0, 4000, 0)],
+                Ok("g"),
+            ),
+        ];
+        for (name, svc, clusters, want) in cases {
+            let got = choose_cluster(&svc, &clusters).map(|c| c.cluster_name.as_str());
+            assert_eq!(got, want, "{name}");
+        }
+        let mut gpu = arch_service(1, 100, &["amd64"], vec![]);
+        gpu.spec.vgpus = 1;
+        let mut g = with_arch(cluster("g", true, 4.0, 4000), "amd64", 4.0, 4000, 0);
+        g.vgpus = 1;
+        assert_eq!(choose_cluster(&gpu, std::slice::from_ref(&g)).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+    }
+
+    /// A burst of placements between two reports, each decision on the reported free amounts minus
+    /// the reservations so far: never more than the clusters reported free.
+    #[test]
+    fn burst_with_reservations_never_over_commits() {
+        let clusters = vec![cluster("a", true, 4.0, 4000), cluster("b", true, 8.0, 8000)];
+        let svc = service(1, 1000, vec![]);
+        let mut r = Reservations::new();
+        let mut placed = Vec::new();
+        for k in 0..20u32 {
+            let view = r.applied(&clusters);
+            match choose_cluster(&svc, &view) {
+                Ok(c) => {
+                    r.reserve(&c.id, u64::from(k) + 1, (svc.id.clone(), k), Demand::of(&svc.spec));
+                    placed.push(c.cluster_name.clone());
+                }
+                Err(e) => assert_eq!(e, status::NO_ACTIVE_CLUSTER_WITH_CAPACITY, "instance {k}"),
+            }
+        }
+        assert_eq!(placed.len(), 12, "4 fit on a, 8 on b: {placed:?}");
+        assert_eq!(placed.iter().filter(|n| *n == "a").count(), 4);
+        for c in &clusters {
+            let used = r.outstanding(&c.id);
+            assert!(used.vcpus <= c.vcpus && used.memory_mb <= c.memory, "{} over-committed", c.cluster_name);
+        }
+        // Without reservations the same burst would have put everything on b.
+        assert_eq!(choose_cluster(&svc, &clusters).unwrap().cluster_name, "b");
+
+        // b reports again after applying every deploy: its free amounts now include the eight
+        // instances, so confirming drops exactly those reservations.
+        let mut reported = clusters.clone();
+        reported[1].vcpus = 0.0;
+        reported[1].memory = 0;
+        r.confirm("id-b", 20);
+        assert_eq!(r.outstanding("id-b"), Demand::default());
+        assert_eq!(r.outstanding("id-a").memory_mb, 4000);
+        assert_eq!(choose_cluster(&svc, &r.applied(&reported)).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+
+        // Undeploying one instance on a frees its reservation: one more fits there.
+        let on_a = (0..20u32).map(|k| (svc.id.clone(), k)).find(|k| r.clone().release(k).as_deref() == Some("id-a"));
+        assert_eq!(r.release(&on_a.unwrap()).as_deref(), Some("id-a"));
+        assert_eq!(choose_cluster(&svc, &r.applied(&reported)).unwrap().cluster_name, "a");
     }
 }

@@ -8,7 +8,9 @@ mod api;
 mod auth;
 mod body;
 mod bootstrap;
+pub mod cluster_tokens;
 mod error;
+pub mod fleet;
 mod ids;
 mod state;
 
@@ -28,9 +30,12 @@ pub use state::AppState;
 #[derive(Debug, Clone)]
 pub struct RootConfig {
     pub api_addr: SocketAddr,
+    /// Where clusters dial in (the cluster channel).
+    pub channel_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// Password for the `Admin` user created at first start; `None` means the default `Admin`.
     pub admin_password: Option<String>,
+    pub fleet: fleet::FleetConfig,
 }
 
 pub struct Root {
@@ -48,8 +53,11 @@ impl Root {
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         let key = bootstrap::signing_key(dir)?;
         bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
+        cluster_tokens::ensure_first(&store, dir)?;
+        let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
         let state = AppState {
-            store: Arc::new(store),
+            fleet: fleet::Fleet::new(store.clone(), config.fleet.clone()),
+            store,
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
             limiter: Arc::new(auth::limiter::LoginLimiter::default()),
         };
@@ -72,16 +80,46 @@ impl Root {
         tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state.clone()))
     }
 
-    /// Serves the API until `shutdown` resolves.
+    /// Serves the API and the cluster channel, and runs the retry loop, until `shutdown`
+    /// resolves.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.api_addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.config.api_addr))?;
-        tracing::info!(addr = %self.config.api_addr, data_dir = %self.config.data_dir.display(), "root orchestrator API listening");
-        let service = tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state));
-        axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
+        let channel = tokio::net::TcpListener::bind(self.config.channel_addr)
             .await
-            .context("the API server failed")
+            .with_context(|| format!("cannot listen for clusters on {}", self.config.channel_addr))?;
+        self.serve_on(listener, channel, shutdown).await
+    }
+
+    /// Like [`Root::serve`], on listeners bound by the caller (tests bind port 0).
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        channel: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, channel = %channel.local_addr()?,
+            data_dir = %self.config.data_dir.display(), "root orchestrator listening");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let channel_task = tokio::spawn(fleet::serve_channel(channel, self.state.fleet.clone(), stopped()));
+        let retry_task = tokio::spawn(fleet::run_retries(self.state.fleet.clone(), stopped()));
+        let service = tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state));
+        let result = axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await
+            .context("the API server failed");
+        let _ = channel_task.await;
+        let _ = retry_task.await;
+        result
     }
 }

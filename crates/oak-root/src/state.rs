@@ -6,10 +6,12 @@ use oak_store::RootStore;
 
 use crate::auth::limiter::LoginLimiter;
 use crate::auth::tokens::TokenKeys;
+use crate::fleet::Fleet;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn RootStore>,
     pub tokens: Arc<TokenKeys>,
     pub limiter: Arc<LoginLimiter>,
+    pub fleet: Arc<Fleet>,
 }

@@ -66,8 +66,10 @@ impl Api {
 async fn open(dir: &std::path::Path) -> Root {
     Root::open(RootConfig {
         api_addr: "127.0.0.1:0".parse().unwrap(),
+        channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         admin_password: None,
+        fleet: Default::default(),
     })
     .await
     .unwrap()

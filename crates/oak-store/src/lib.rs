@@ -92,6 +92,28 @@ pub trait RootStore: Send + Sync + 'static {
 
     // --- clusters ---
     fn list_clusters(&self) -> Result<Vec<Cluster>>;
+    /// Takes the next instance number of a service (atomically: concurrent requests never share
+    /// a number).
+    fn allocate_instance_number(&self, service_id: &str) -> Result<u32>;
+    /// Creates or replaces a cluster (by id); names are unique.
+    fn put_cluster(&self, cluster: &Cluster) -> Result<()>;
+    fn cluster(&self, id: &str) -> Result<Option<Cluster>>;
+    fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>>;
+    /// Services with, in `instance_list`, only their instances assigned to `cluster_id`.
+    fn cluster_instances(&self, cluster_id: &str) -> Result<Vec<Service>>;
+    /// `(service id, instance number)` of every instance whose status is one of `statuses`.
+    fn instances_in_status(&self, statuses: &[&str]) -> Result<Vec<(String, u32)>>;
+    /// Loads each instance named in `keys` and lets `change` edit it (returning whether to save),
+    /// all in one transaction; answers which keys existed.
+    fn update_instances(
+        &self,
+        keys: &[(String, u32)],
+        change: &mut dyn FnMut(usize, &mut Instance) -> bool,
+    ) -> Result<Vec<bool>>;
+
+    // --- cluster join tokens (stored as hashes) ---
+    fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()>;
+    fn cluster_token_known(&self, hash: &str) -> Result<bool>;
 
     // --- small settings (key material, bootstrap markers) ---
     fn meta(&self, key: &str) -> Result<Option<String>>;

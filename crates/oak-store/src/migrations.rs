@@ -47,4 +47,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: instance columns for the cluster channel (lookups by cluster and by status), join tokens
+    r#"
+    ALTER TABLE instances ADD COLUMN cluster_id TEXT;
+    ALTER TABLE instances ADD COLUMN status TEXT NOT NULL DEFAULT '';
+    UPDATE instances SET cluster_id = json_extract(doc, '$.cluster_id'),
+                         status = COALESCE(json_extract(doc, '$.status'), '');
+    CREATE INDEX instances_cluster ON instances(cluster_id);
+    CREATE INDEX instances_status ON instances(status);
+    CREATE TABLE cluster_tokens (
+        hash       TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    );
+    "#,
 ];

@@ -140,9 +140,10 @@ fn insert_services(tx: &Transaction<'_>, app_id: &str, services: &[Service]) -> 
 
 fn put_instance_tx(tx: &Connection, service_id: &str, inst: &Instance) -> Result<()> {
     tx.execute(
-        "INSERT INTO instances (service_id, instance_number, doc) VALUES (?1, ?2, ?3)
-         ON CONFLICT (service_id, instance_number) DO UPDATE SET doc = excluded.doc",
-        params![service_id, inst.instance_number, to_doc(inst)?],
+        "INSERT INTO instances (service_id, instance_number, doc, cluster_id, status) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (service_id, instance_number)
+         DO UPDATE SET doc = excluded.doc, cluster_id = excluded.cluster_id, status = excluded.status",
+        params![service_id, inst.instance_number, to_doc(inst)?, inst.cluster_id, inst.status],
     )?;
     Ok(())
 }
@@ -393,6 +394,106 @@ impl RootStore for SqliteStore {
 
     fn list_clusters(&self) -> Result<Vec<Cluster>> {
         query_docs(&self.lock(), "SELECT doc FROM clusters ORDER BY rowid", [])
+    }
+
+    fn allocate_instance_number(&self, service_id: &str) -> Result<u32> {
+        self.write(|tx| {
+            let mut service: Service = query_doc(tx, "SELECT doc FROM services WHERE id = ?1", params![service_id])?
+                .ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
+            let number = service.next_instance_progressive_number;
+            service.next_instance_progressive_number += 1;
+            tx.execute("UPDATE services SET doc = ?2 WHERE id = ?1", params![service_id, to_doc(&service)?])?;
+            Ok(number)
+        })
+    }
+
+    fn put_cluster(&self, cluster: &Cluster) -> Result<()> {
+        self.write(|tx| {
+            if exists(tx, "SELECT 1 FROM clusters WHERE name = ?1 AND id <> ?2", params![cluster.cluster_name, cluster.id])? {
+                return Err(StoreError::Conflict(format!("a cluster named {:?} already exists", cluster.cluster_name)));
+            }
+            tx.execute(
+                "INSERT INTO clusters (id, name, doc) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, doc = excluded.doc",
+                params![cluster.id, cluster.cluster_name, to_doc(cluster)?],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cluster(&self, id: &str) -> Result<Option<Cluster>> {
+        query_doc(&self.lock(), "SELECT doc FROM clusters WHERE id = ?1", params![id])
+    }
+
+    fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>> {
+        query_doc(&self.lock(), "SELECT doc FROM clusters WHERE name = ?1", params![name])
+    }
+
+    fn cluster_instances(&self, cluster_id: &str) -> Result<Vec<Service>> {
+        let conn = self.lock();
+        let mut services: Vec<Service> = query_docs(
+            &conn,
+            "SELECT doc FROM services WHERE id IN (SELECT DISTINCT service_id FROM instances WHERE cluster_id = ?1)
+             ORDER BY seq",
+            params![cluster_id],
+        )?;
+        for s in &mut services {
+            s.instance_list = query_docs(
+                &conn,
+                "SELECT doc FROM instances WHERE service_id = ?1 AND cluster_id = ?2 ORDER BY instance_number",
+                params![s.id, cluster_id],
+            )?;
+        }
+        Ok(services)
+    }
+
+    fn instances_in_status(&self, statuses: &[&str]) -> Result<Vec<(String, u32)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT service_id, instance_number FROM instances WHERE status IN (SELECT value FROM json_each(?1))
+             ORDER BY service_id, instance_number",
+        )?;
+        let list = serde_json::to_string(statuses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = stmt.query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn update_instances(
+        &self,
+        keys: &[(String, u32)],
+        change: &mut dyn FnMut(usize, &mut Instance) -> bool,
+    ) -> Result<Vec<bool>> {
+        self.write(|tx| {
+            let mut found = Vec::with_capacity(keys.len());
+            for (i, (service_id, number)) in keys.iter().enumerate() {
+                let doc: Option<Instance> = query_doc(
+                    tx,
+                    "SELECT doc FROM instances WHERE service_id = ?1 AND instance_number = ?2",
+                    params![service_id, number],
+                )?;
+                found.push(doc.is_some());
+                if let Some(mut inst) = doc {
+                    if change(i, &mut inst) {
+                        put_instance_tx(tx, service_id, &inst)?;
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO cluster_tokens (hash, created_at) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
+                params![hash, created_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cluster_token_known(&self, hash: &str) -> Result<bool> {
+        exists(&self.lock(), "SELECT 1 FROM cluster_tokens WHERE hash = ?1", params![hash])
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {

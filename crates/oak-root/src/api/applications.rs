@@ -197,6 +197,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<Json<MessageResponse>> {
     owned_app(&st, &caller, &id, true)?;
+    let services = st.store.list_services(Some(&id))?;
     st.store.delete_application(&id)?;
+    for s in &services {
+        st.fleet.undeploy(&s.id, &s.instance_list);
+    }
     Ok(Json(MessageResponse::new("Application Deleted")))
 }

@@ -3,24 +3,17 @@
 use axum::extract::State;
 use axum::Json;
 use oak_api::model::Cluster;
+use oak_api::rest::ClusterToken;
 use oak_api::ErrorBody;
 use oak_core::authz::Action;
 
 use crate::auth::extract::Caller;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// A cluster that has not reported for this long is inactive (not listed as active, not scheduled).
-pub const CLUSTER_FRESHNESS_SECS: f64 = 30.0;
-
-/// Every stored cluster with `active` computed from its last report.
+/// Every registered cluster; `active` = connected now and reported recently.
 pub fn clusters_now(st: &AppState) -> ApiResult<Vec<Cluster>> {
-    let now = crate::ids::now();
-    let mut clusters = st.store.list_clusters()?;
-    for c in &mut clusters {
-        c.active = now - c.last_modified_timestamp <= CLUSTER_FRESHNESS_SECS;
-    }
-    Ok(clusters)
+    Ok(st.fleet.clusters_now()?)
 }
 
 #[utoipa::path(get, path = "/api/clusters", tag = "clusters", security(("bearerAuth" = [])),
@@ -35,4 +28,32 @@ pub async fn all(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<V
 pub async fn active(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
     caller.require(Action::ViewClusters, "")?;
     Ok(Json(clusters_now(&st)?.into_iter().filter(|c| c.active).collect()))
+}
+
+/// Issue another cluster join token (Admin only); hand it to `oakestra cluster --token`.
+#[utoipa::path(post, path = "/api/clusters/tokens", tag = "clusters", security(("bearerAuth" = [])),
+    responses((status = 200, body = ClusterToken), (status = 403, body = ErrorBody)))]
+pub async fn create_token(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<ClusterToken>> {
+    if !caller.is_admin() {
+        return Err(ApiError::Forbidden("only an Admin can issue cluster join tokens".into()));
+    }
+    Ok(Json(ClusterToken { token: crate::cluster_tokens::create(&*st.store)? }))
+}
+
+/// Prometheus metrics of the root: clusters, placement decision times.
+pub async fn metrics(State(st): State<AppState>) -> ApiResult<String> {
+    let clusters = st.fleet.clusters_now()?;
+    let active = clusters.iter().filter(|c| c.active).count();
+    let (p50, p99, count) = st.fleet.placement_stats();
+    Ok(format!(
+        "# TYPE oakestra_clusters gauge\noakestra_clusters {}\n\
+         # TYPE oakestra_clusters_active gauge\noakestra_clusters_active {active}\n\
+         # TYPE oakestra_placement_seconds summary\n\
+         oakestra_placement_seconds{{quantile=\"0.5\"}} {}\n\
+         oakestra_placement_seconds{{quantile=\"0.99\"}} {}\n\
+         oakestra_placement_seconds_count {count}\n",
+        clusters.len(),
+        p50 / 1e6,
+        p99 / 1e6,
+    ))
 }

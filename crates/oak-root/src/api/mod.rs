@@ -30,7 +30,7 @@ use crate::state::AppState;
         applications::update, applications::delete,
         services::create, services::get, services::update, services::delete, services::list_of_app, services::list,
         services::request_instance, services::delete_instance,
-        clusters::all, clusters::active,
+        clusters::all, clusters::active, clusters::create_token,
     ),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "users"), (name = "organizations"), (name = "applications"),
@@ -78,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/services/{app_id}", get(services::list_of_app))
         .route("/api/clusters", get(clusters::all))
         .route("/api/clusters/active", get(clusters::active))
+        .route("/api/clusters/tokens", post(clusters::create_token))
+        .route("/metrics", get(clusters::metrics))
         .fallback(not_found)
         .with_state(state);
     let doc = ApiDoc::openapi();

@@ -2,18 +2,16 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use oak_api::model::{Application, Instance, Service};
+use oak_api::model::{Application, Service};
 use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse};
 use oak_api::sla::Sla;
-use oak_api::{status, ErrorBody, FieldError};
+use oak_api::{ErrorBody, FieldError};
 use oak_core::authz::Action;
 use oak_core::jobs::{apply_update, job_status, new_service};
-use oak_core::placement::{choose_cluster, explain};
 use oak_core::sla::{job_name, validate_service_update, validate_sla, Purpose};
 use serde_json::Value;
 
 use super::applications::{check_rr_ips, owned_app};
-use super::clusters::clusters_now;
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
@@ -63,7 +61,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
     responses((status = 200, body = Service), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Service>> {
-    Ok(Json(owned_service(&st, &caller, &id, false)?.0))
+    Ok(Json(with_job_status(owned_service(&st, &caller, &id, false)?.0)))
 }
 
 /// Replace a service's descriptor (a bare microservice object or an SLA holding exactly one).
@@ -107,8 +105,9 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<MessageResponse>> {
-    owned_service(&st, &caller, &id, true)?;
+    let (service, _) = owned_service(&st, &caller, &id, true)?;
     st.store.delete_service(&id)?;
+    st.fleet.undeploy(&id, &service.instance_list);
     Ok(Json(MessageResponse::new("Job deleted")))
 }
 
@@ -121,7 +120,7 @@ pub async fn list_of_app(
     Path(app_id): Path<String>,
 ) -> ApiResult<Json<Vec<Service>>> {
     owned_app(&st, &caller, &app_id, false)?;
-    Ok(Json(st.store.list_services(Some(&app_id))?))
+    Ok(Json(st.store.list_services(Some(&app_id))?.into_iter().map(with_job_status).collect()))
 }
 
 /// The caller's services (an Admin sees everyone's).
@@ -129,17 +128,28 @@ pub async fn list_of_app(
     responses((status = 200, body = [Service])))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Service>>> {
     if caller.is_admin() {
-        return Ok(Json(st.store.list_services(None)?));
+        return Ok(Json(st.store.list_services(None)?.into_iter().map(with_job_status).collect()));
     }
     let mut out = Vec::new();
     for app in st.store.list_applications(Some(&caller.principal.username))? {
         out.extend(st.store.list_services(Some(&app.id))?);
     }
-    Ok(Json(out))
+    Ok(Json(out.into_iter().map(with_job_status).collect()))
 }
 
-/// Request one more instance. The root scheduler picks a cluster at once; when none fits the
-/// instance is kept with the negative scheduling status (e.g. `TargetClusterNotActive`).
+/// A job's status follows its instances (spec §4.5, computed when read so that every instance
+/// report is reflected without rewriting the service).
+pub fn with_job_status(mut service: Service) -> Service {
+    if let Some((s, detail)) = job_status(&service.instance_list) {
+        service.status = Some(s);
+        service.status_detail = Some(detail);
+    }
+    service
+}
+
+/// Request one more instance. The root scheduler picks a cluster at once and sends the instance
+/// there; when none fits the instance keeps the negative scheduling status (e.g.
+/// `TargetClusterNotActive`) and is placed as soon as a cluster can take it.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "instances", security(("bearerAuth" = [])),
     responses((status = 200, body = InstanceRequested), (status = 404, body = ErrorBody)))]
 pub async fn request_instance(
@@ -147,26 +157,14 @@ pub async fn request_instance(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRequested>> {
-    let (mut service, _) = owned_service(&st, &caller, &id, true)?;
-    let number = service.next_instance_progressive_number;
-    service.next_instance_progressive_number += 1;
-    let clusters = clusters_now(&st)?;
-    let now = ids::now();
-    let instance = match choose_cluster(&service, &clusters) {
-        Ok(cluster) => {
-            let mut i = Instance::new(number, status::CLUSTER_SCHEDULED, "cluster chosen", now);
-            i.cluster_id = Some(cluster.id.clone());
-            i.cluster_location = Some(cluster.cluster_location.clone());
-            i
-        }
-        Err(negative) => Instance::new(number, negative, explain(negative), now),
-    };
-    service.instance_list.push(instance.clone());
-    if let Some((s, detail)) = job_status(&service.instance_list) {
-        service.status = Some(s);
-        service.status_detail = Some(detail);
+    let (service, _) = owned_service(&st, &caller, &id, true)?;
+    let number = st.store.allocate_instance_number(&id)?;
+    let instance = st.fleet.place(&service, number, None);
+    if let Err(e) = st.store.put_instance(&id, &instance) {
+        st.fleet.undeploy(&id, std::slice::from_ref(&instance));
+        return Err(e.into());
     }
-    st.store.put_service_and_instance(&service, &instance)?;
+    st.fleet.dispatch(&service, &instance);
     Ok(Json(InstanceRequested { message: "ok".into(), instance_number: number, status: instance.status }))
 }
 
@@ -181,23 +179,11 @@ pub async fn delete_instance(
     let number: u32 = number
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("instance number {number:?} is not a non-negative integer")))?;
-    let (mut service, _) = owned_service(&st, &caller, &id, true)?;
-    let before = service.instance_list.len();
-    service.instance_list.retain(|i| i.instance_number != number);
-    if service.instance_list.len() == before {
+    let (service, _) = owned_service(&st, &caller, &id, true)?;
+    let Some(instance) = service.instance_list.iter().find(|i| i.instance_number == number) else {
         return Err(ApiError::not_found(format!("instance {number} of service {id}")));
-    }
-    match job_status(&service.instance_list) {
-        Some((s, detail)) => {
-            service.status = Some(s);
-            service.status_detail = Some(detail);
-        }
-        None => {
-            service.status = None;
-            service.status_detail = Some("no instances".into());
-        }
-    }
-    st.store.update_service(&service)?;
+    };
     st.store.delete_instance(&id, number)?;
+    st.fleet.undeploy(&id, std::slice::from_ref(instance));
     Ok(Json(MessageResponse::new(format!("instance {number} undeployed"))))
 }

@@ -1,0 +1,148 @@
+//! The cluster channel (cluster ↔ root, default port 50052).
+//!
+//! One TCP connection, opened by the cluster, carrying length-prefixed JSON frames: a 4-byte
+//! big-endian length, then one [`ClusterMsg`] or [`RootMsg`]. The first frame is the cluster's
+//! `Hello` with its join token; the root answers `Welcome` (or `Refused` and closes). After that
+//! both sides send full state first (the root every instance it wants on the cluster, the cluster
+//! every instance it has), then changes. A reconnect repeats the full exchange, so no lost message
+//! matters (level-triggered).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::JobSpec;
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Protocol version sent in `Hello`; the root refuses versions it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Cluster → root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterMsg {
+    Hello {
+        protocol: u32,
+        token: String,
+        /// The id the root gave this cluster before, if any.
+        #[serde(default)]
+        cluster_id: String,
+        cluster_name: String,
+        cluster_location: String,
+    },
+    /// Aggregated resources, sent every few seconds.
+    Report { resources: ClusterResources },
+    /// Instance states. `full` = this is every instance the cluster holds; the root treats
+    /// instances it assigned to the cluster but not listed as lost by the cluster.
+    Instances {
+        #[serde(default)]
+        full: bool,
+        updates: Vec<InstanceReport>,
+    },
+}
+
+/// Root → cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RootMsg {
+    Welcome { cluster_id: String },
+    Refused { message: String },
+    /// Instances the cluster must run. `full` = this is the complete desired set; the cluster
+    /// removes whatever else it runs.
+    Deploy {
+        #[serde(default)]
+        full: bool,
+        /// Sequence number of this message on the connection; reports echo the last one seen.
+        seq: u64,
+        instances: Vec<DeployInstance>,
+    },
+    /// Instances to remove.
+    Undeploy { instances: Vec<InstanceRef> },
+}
+
+/// One instance the root asks a cluster to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployInstance {
+    pub instance_number: u32,
+    pub job: JobSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceRef {
+    pub job_id: String,
+    pub instance_number: u32,
+}
+
+/// What a cluster knows about one instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceReport {
+    pub job_id: String,
+    pub instance_number: u32,
+    pub status: String,
+    pub status_detail: String,
+    pub worker_id: Option<String>,
+    pub host_ip: Option<String>,
+    pub host_port: Option<String>,
+    pub publicip: Option<String>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    pub disk: Option<u64>,
+    pub logs: Option<String>,
+}
+
+/// A cluster's resources (spec §5.3 with its defects fixed): free amounts are what is left after
+/// the instances the cluster already placed, so the root can schedule on them directly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterResources {
+    /// Highest `Deploy.seq` the cluster had applied when it computed this report.
+    pub deploy_seq: u64,
+    pub active_nodes: u64,
+    #[serde(flatten)]
+    pub totals: ResourceTotals,
+    pub virtualization: Vec<String>,
+    pub supported_addons: Vec<String>,
+    pub csi_drivers: Vec<String>,
+    /// The same totals per CPU architecture of the active nodes.
+    pub aggregation_per_architecture: BTreeMap<String, ResourceTotals>,
+}
+
+/// Capacity and use summed over a set of nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResourceTotals {
+    pub nodes: u64,
+    /// Logical cores.
+    pub total_cpu_cores: f64,
+    /// Cores not requested by placed instances.
+    pub free_vcpus: f64,
+    /// Mean CPU utilisation of the nodes, 0–100.
+    pub cpu_percent: f64,
+    pub memory_in_mb: u64,
+    /// MB not requested by placed instances (and available on the node).
+    pub free_memory_mb: u64,
+    pub memory_percent: f64,
+    pub total_gpus: u64,
+    pub free_gpus: u64,
+}
+
+/// Encodes one message as a frame: length prefix and JSON.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("channel messages always serialize");
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Reads a frame's body length from its 4-byte header, refusing oversized frames.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, String> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}"));
+    }
+    Ok(len)
+}

@@ -1,0 +1,188 @@
+//! Worker ↔ cluster wire types: the node registration call (`POST /api/node/register`, spec §5.2)
+//! and the MQTT payloads under `nodes/<node_id>/…` (spec §5.4). Keys follow the original so that
+//! tools written against it can read the traffic.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::sla::Microservice;
+
+/// What a worker says about itself: sent at registration and, every 2 s, on
+/// `nodes/<id>/information`. Unlike the original, every report carries the full description (no
+/// empty strings overwriting the host name or architecture).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeInfo {
+    /// The node id the worker was given before ("" at its first registration).
+    pub id: String,
+    /// Node name (host name by default); what `direct` constraints match.
+    pub host: String,
+    pub ip: String,
+    pub port: String,
+    pub system_info: SystemInfo,
+    /// CPU utilisation of the whole node, 0–100.
+    pub cpu_percent: f64,
+    /// Logical cores.
+    pub vcpus: u32,
+    /// `amd64`, `arm64`, … (Go's names, as in the original).
+    pub architecture: String,
+    pub memory_percent: f64,
+    /// Available memory in MB.
+    pub memory: u64,
+    /// Total memory in MB.
+    pub memory_total: u64,
+    /// Free disk in MB on the data directory's file system.
+    pub disk_free: u64,
+    pub disk_info: Map<String, Value>,
+    pub network_info: Map<String, Value>,
+    pub gpu_driver: String,
+    pub gpu_usage: f64,
+    pub vgpus: u32,
+    pub gpu_temp: f64,
+    pub vram_percent: f64,
+    /// GPU memory in MiB, summed over GPUs.
+    pub vram: u64,
+    /// Runtimes this worker can run, e.g. `["docker"]`.
+    pub virtualization: Vec<String>,
+    pub supported_addons: Vec<String>,
+    pub csi_drivers: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SystemInfo {
+    pub kernel_version: String,
+    pub architecture: String,
+    pub os_version: String,
+    pub uptime: String,
+}
+
+/// Body of `POST /api/node/register`: the node description plus proof that the worker may join.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegisterNodeRequest {
+    #[serde(flatten)]
+    pub node: NodeInfo,
+    /// The cluster's worker join token.
+    #[serde(default)]
+    pub token: String,
+    /// The MQTT password the cluster gave this node before: proves a re-registering worker owns
+    /// the id it asks to keep.
+    #[serde(default)]
+    pub node_secret: String,
+}
+
+/// Answer to a registration: the node id to keep and how to reach the broker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegisterNodeResponse {
+    pub id: String,
+    /// Broker port, a string as in the original.
+    #[serde(rename = "MQTT_BROKER_PORT")]
+    pub mqtt_broker_port: String,
+    /// Broker host; empty means the cluster address the worker registered with.
+    #[serde(default)]
+    pub mqtt_host: String,
+    pub mqtt_username: String,
+    pub mqtt_password: String,
+}
+
+/// What a worker needs to run one instance: the job document plus the instance number
+/// (`nodes/<id>/control/deploy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployCommand {
+    #[serde(flatten)]
+    pub job: JobSpec,
+    pub instance_number: u32,
+}
+
+/// The runnable part of a service, as the cluster and the worker see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Service (job) id at the root.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub job_name: String,
+    /// Image reference (the descriptor's `code`).
+    pub image: String,
+    #[serde(flatten)]
+    pub spec: Microservice,
+}
+
+/// `nodes/<id>/control/delete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteCommand {
+    pub job_name: String,
+    #[serde(default)]
+    pub virtualization: String,
+    pub instance_number: u32,
+}
+
+/// `nodes/<id>/job`: an instance changed state on the worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobStatusReport {
+    /// The job name (original key).
+    pub sname: String,
+    pub status: String,
+    pub status_detail: String,
+    pub instance: u32,
+    pub publicip: String,
+}
+
+/// `nodes/<id>/jobs/resources`: every instance the worker runs, with its usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResourcesReport {
+    pub services: Vec<ServiceResources>,
+}
+
+/// Usage of one running instance. Numbers are strings, as in the original protocol.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceResources {
+    pub job_name: String,
+    pub instance: u32,
+    pub virtualization: String,
+    /// Percent of one node's CPU capacity.
+    pub cpu_percent: String,
+    /// Percent of the node's memory (0–100, not the original's 0..1 ratio).
+    pub memory_percent: String,
+    /// Bytes of disk used by the instance.
+    pub disk: String,
+    /// Last 1024 bytes of the instance's output.
+    pub logs: String,
+}
+
+/// Published on `nodes/<id>/control/error` when the cluster cannot use what a node sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlError {
+    pub message: String,
+}
+
+/// Topic names under `nodes/<node_id>/`.
+pub mod topic {
+    pub fn information(node: &str) -> String {
+        format!("nodes/{node}/information")
+    }
+    pub fn job(node: &str) -> String {
+        format!("nodes/{node}/job")
+    }
+    pub fn resources(node: &str) -> String {
+        format!("nodes/{node}/jobs/resources")
+    }
+    pub fn deploy(node: &str) -> String {
+        format!("nodes/{node}/control/deploy")
+    }
+    pub fn delete(node: &str) -> String {
+        format!("nodes/{node}/control/delete")
+    }
+    pub fn error(node: &str) -> String {
+        format!("nodes/{node}/control/error")
+    }
+
+    /// Splits `nodes/<id>/<rest>` into `(id, rest)`.
+    pub fn parse(topic: &str) -> Option<(&str, &str)> {
+        let rest = topic.strip_prefix("nodes/")?;
+        let (id, kind) = rest.split_once('/')?;
+        (!id.is_empty()).then_some((id, kind))
+    }
+}

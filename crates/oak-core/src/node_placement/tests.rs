@@ -1,0 +1,456 @@
+use super::*;
+use oak_api::sla::Constraint;
+
+const CLUSTER: &str = "edge-1";
+
+fn node(name: &str, arch: &str, free_vcpus: f64, free_memory_mb: u64, free_gpus: u64) -> NodeView {
+    NodeView {
+        id: format!("id-{name}"),
+        name: name.into(),
+        active: true,
+        architecture: arch.into(),
+        virtualization: vec!["docker".into()],
+        total_vcpus: free_vcpus,
+        free_vcpus,
+        memory_total_mb: free_memory_mb,
+        free_memory_mb,
+        total_gpus: free_gpus,
+        free_gpus,
+        ..Default::default()
+    }
+}
+
+fn job(vcpus: u64, memory: u64, vgpus: u64) -> Microservice {
+    let mut ms: Microservice = serde_json::from_value(serde_json::json!({
+        "microservice_name": "web", "microservice_namespace": "test",
+        "virtualization": "docker", "code": "img"
+    }))
+    .unwrap();
+    ms.vcpus = vcpus;
+    ms.memory = memory;
+    ms.vgpus = vgpus;
+    ms
+}
+
+fn with(mut ms: Microservice, f: impl FnOnce(&mut Microservice)) -> Microservice {
+    f(&mut ms);
+    ms
+}
+
+fn constrained(constraints: Vec<Constraint>) -> Microservice {
+    with(job(1, 100, 0), |j| j.constraints = constraints)
+}
+
+fn direct(nodes: Option<&str>, cluster: Option<&str>) -> Constraint {
+    Constraint {
+        kind: "direct".into(),
+        node: nodes.map(Into::into),
+        cluster: cluster.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn addons(needs: &[&str]) -> Constraint {
+    Constraint {
+        kind: "addons".into(),
+        needs: Some(needs.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+fn arch(archs: &[&str]) -> Microservice {
+    with(job(1, 100, 0), |j| j.arch = Some(archs.iter().map(|s| s.to_string()).collect()))
+}
+
+fn inactive(mut n: NodeView) -> NodeView {
+    n.active = false;
+    n
+}
+
+fn runs(mut n: NodeView, virt: &[&str]) -> NodeView {
+    n.virtualization = virt.iter().map(|s| s.to_string()).collect();
+    n
+}
+
+fn addon_node(mut n: NodeView, addons: &[&str]) -> NodeView {
+    n.supported_addons = addons.iter().map(|s| s.to_string()).collect();
+    n
+}
+
+fn id(mut n: NodeView, id: &str) -> NodeView {
+    n.id = id.into();
+    n
+}
+
+#[test]
+fn choose_node_table() {
+    let small = node("small", "amd64", 2.0, 1000, 0);
+    let big = node("big", "amd64", 8.0, 8000, 0);
+    let arm = node("arm", "arm64", 4.0, 4000, 0);
+    let gpu = node("gpu", "amd64", 4.0, 2000, 2);
+    let fleet = vec![small.clone(), big.clone(), arm.clone(), gpu.clone()];
+    let three =
+        vec![node("n1", "amd64", 2.0, 1000, 0), node("n2", "amd64", 4.0, 3000, 0), node("n3", "amd64", 2.0, 2000, 0)];
+
+    type Case = (&'static str, Microservice, Vec<NodeView>, Result<&'static str, &'static str>);
+    let cases: Vec<Case> = vec![
+        // no candidates at all
+        ("no nodes", job(1, 100, 0), vec![], Err(status::NO_WORKER_CAPACITY)),
+        ("only inactive nodes", job(1, 100, 0), vec![inactive(big.clone())], Err(status::NO_WORKER_CAPACITY)),
+        ("inactive node skipped", job(1, 100, 0), vec![inactive(big.clone()), small.clone()], Ok("small")),
+        // ranking
+        ("most free memory wins", job(1, 100, 0), fleet.clone(), Ok("big")),
+        (
+            "memory tie: most free vcpus",
+            job(1, 100, 0),
+            vec![node("a", "amd64", 2.0, 4000, 0), node("b", "amd64", 6.0, 4000, 0)],
+            Ok("b"),
+        ),
+        (
+            "memory and vcpus tie: lowest name",
+            job(1, 100, 0),
+            vec![node("m", "amd64", 2.0, 4000, 0), node("c", "amd64", 2.0, 4000, 0), node("x", "amd64", 2.0, 4000, 0)],
+            Ok("c"),
+        ),
+        (
+            "full tie: lowest id",
+            job(1, 100, 0),
+            vec![id(node("same", "amd64", 2.0, 4000, 0), "id-9"), id(node("same", "amd64", 2.0, 4000, 0), "id-3")],
+            Ok("id-3"),
+        ),
+        // vcpus
+        ("vcpus exactly enough", job(8, 100, 0), fleet.clone(), Ok("big")),
+        ("vcpus pick the only fitting", job(5, 100, 0), vec![small.clone(), arm.clone(), big.clone()], Ok("big")),
+        ("vcpus too many for all", job(9, 100, 0), fleet.clone(), Err(status::NO_WORKER_CAPACITY)),
+        // memory
+        ("memory exactly enough", job(1, 4000, 0), vec![small.clone(), arm.clone()], Ok("arm")),
+        ("memory too much for all", job(1, 8001, 0), fleet.clone(), Err(status::NO_WORKER_CAPACITY)),
+        // gpus
+        ("gpus: only the gpu node fits", job(1, 100, 2), fleet.clone(), Ok("gpu")),
+        ("gpus too many", job(1, 100, 3), fleet.clone(), Err(status::NO_WORKER_CAPACITY)),
+        // virtualization
+        (
+            "virtualization missing everywhere",
+            with(job(1, 100, 0), |j| j.virtualization = "unikernel".into()),
+            fleet.clone(),
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        (
+            "virtualization selects the unikernel node",
+            with(job(1, 100, 0), |j| j.virtualization = "unikernel".into()),
+            vec![big.clone(), runs(small.clone(), &["docker", "unikernel"])],
+            Ok("small"),
+        ),
+        // architecture
+        ("arch selects arm64", arch(&["arm64"]), fleet.clone(), Ok("arm")),
+        ("arch nobody has", arch(&["riscv64"]), fleet.clone(), Err(status::NO_QUALIFIED_WORKER_FOUND)),
+        ("arch empty list does not restrict", arch(&[]), fleet.clone(), Ok("big")),
+        ("arch list of two: best of both", arch(&["arm64", "amd64"]), vec![small.clone(), arm.clone()], Ok("arm")),
+        (
+            "arch: node without architecture does not qualify",
+            arch(&["amd64"]),
+            vec![node("anon", "", 8.0, 8000, 0)],
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        // addons
+        (
+            "addons present on one node",
+            constrained(vec![addons(&["gpu-monitor"])]),
+            vec![big.clone(), addon_node(small.clone(), &["gpu-monitor"])],
+            Ok("small"),
+        ),
+        (
+            "addons: all needs required",
+            constrained(vec![addons(&["a", "b"])]),
+            vec![addon_node(big.clone(), &["a"]), addon_node(small.clone(), &["b", "a"])],
+            Ok("small"),
+        ),
+        (
+            "addons missing",
+            constrained(vec![addons(&["flops"])]),
+            fleet.clone(),
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        // direct
+        ("direct one node", constrained(vec![direct(Some("small"), None)]), fleet.clone(), Ok("small")),
+        (
+            "direct several names, whitespace and empties",
+            constrained(vec![direct(Some(" n1 ; ;n3 ;"), None)]),
+            three.clone(),
+            Ok("n3"),
+        ),
+        (
+            "direct unknown node",
+            constrained(vec![direct(Some("nope"), None)]),
+            fleet.clone(),
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        ("direct this cluster and node", constrained(vec![direct(Some("n1"), Some(CLUSTER))]), three.clone(), Ok("n1")),
+        ("direct this cluster only", constrained(vec![direct(None, Some(CLUSTER))]), three.clone(), Ok("n2")),
+        (
+            "direct another cluster",
+            constrained(vec![direct(Some("n1"), Some("elsewhere"))]),
+            three.clone(),
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        ("direct only separators", constrained(vec![direct(Some(" ; ;"), None)]), three.clone(), Ok("n2")),
+        (
+            "direct: two constraints intersect",
+            constrained(vec![direct(Some("n1;n2"), None), direct(Some("n2;n3"), None)]),
+            three.clone(),
+            Ok("n2"),
+        ),
+        (
+            "direct node without resources",
+            with(constrained(vec![direct(Some("n1"), None)]), |j| j.memory = 2000),
+            three.clone(),
+            Err(status::NO_WORKER_CAPACITY),
+        ),
+        (
+            "direct names only an inactive node",
+            constrained(vec![direct(Some("n1"), None)]),
+            vec![inactive(three[0].clone()), three[1].clone()],
+            Err(status::NO_QUALIFIED_WORKER_FOUND),
+        ),
+        // mixed
+        (
+            "qualified node lacks capacity, unqualified has it",
+            with(arch(&["arm64"]), |j| j.memory = 5000),
+            fleet.clone(),
+            Err(status::NO_WORKER_CAPACITY),
+        ),
+        (
+            "latency and geo constraints are ignored",
+            constrained(vec![
+                Constraint {
+                    kind: "latency".into(),
+                    area: Some("munich".into()),
+                    threshold: Some(1.0),
+                    ..Default::default()
+                },
+                Constraint {
+                    kind: "geo".into(),
+                    location: Some("0,0".into()),
+                    threshold: Some(1.0),
+                    ..Default::default()
+                },
+                Constraint { kind: "clusters".into(), allowed: Some(vec!["other".into()]), ..Default::default() },
+            ]),
+            fleet.clone(),
+            Ok("big"),
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (name, job, nodes, want) in cases {
+        let got = choose_node(&job, CLUSTER, &nodes).map(|i| {
+            let n = &nodes[i];
+            if n.id == format!("id-{}", n.name) {
+                n.name.as_str()
+            } else {
+                n.id.as_str()
+            }
+        });
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn explain_covers_node_statuses() {
+    assert!(explain(status::NO_QUALIFIED_WORKER_FOUND).contains("constraints"));
+    assert!(explain(status::NO_WORKER_CAPACITY).contains("free resources"));
+    assert_eq!(explain("whatever"), "not scheduled");
+}
+
+fn d(vcpus: f64, memory_mb: u64, gpus: u64) -> Demand {
+    Demand { vcpus, memory_mb, gpus }
+}
+
+fn f(vcpus: f64, memory_mb: u64, gpus: u64) -> Free {
+    Free { vcpus, memory_mb, gpus }
+}
+
+#[test]
+fn free_resources_table() {
+    type Case = (&'static str, (f64, u64, u64, u64), Vec<Demand>, Free);
+    let cases: Vec<Case> = vec![
+        ("nothing placed: available memory bounds", (4.0, 8000, 6000, 1), vec![], f(4.0, 6000, 1)),
+        ("placements subtract", (4.0, 8000, 8000, 2), vec![d(1.0, 2000, 1), d(0.5, 1000, 0)], f(2.5, 5000, 1)),
+        ("available lower than total minus placed", (4.0, 8000, 3000, 0), vec![d(1.0, 2000, 0)], f(3.0, 3000, 0)),
+        ("vcpus over-committed clamp to 0", (2.0, 1000, 1000, 0), vec![d(3.0, 0, 0)], f(0.0, 1000, 0)),
+        ("memory over-committed saturates", (4.0, 1000, 1000, 0), vec![d(0.0, 600, 0), d(0.0, 600, 0)], f(4.0, 0, 0)),
+        ("gpus over-committed saturate", (4.0, 1000, 1000, 1), vec![d(0.0, 0, 2)], f(4.0, 1000, 0)),
+        ("unknown total memory uses available", (4.0, 0, 3000, 0), vec![d(1.0, 1000, 0)], f(3.0, 2000, 0)),
+        (
+            "huge demands do not overflow",
+            (1.0, 10, 10, 1),
+            vec![d(0.0, u64::MAX, u64::MAX), d(0.0, 5, 5)],
+            f(1.0, 0, 0),
+        ),
+    ];
+    for (name, (cores, total, avail, gpus), placed, want) in cases {
+        assert_eq!(free_resources(cores, total, avail, gpus, placed), want, "{name}");
+    }
+}
+
+#[test]
+fn demand_arithmetic() {
+    assert_eq!(Demand::of(&job(2, 512, 1)), d(2.0, 512, 1));
+    assert_eq!(d(1.0, 100, 1).plus(d(0.5, 50, 2)), d(1.5, 150, 3));
+    assert_eq!(d(1.0, 100, 1).minus(d(0.5, 50, 0)), d(0.5, 50, 1));
+    assert_eq!(d(1.0, 100, 1).minus(d(2.0, 500, 3)), Demand::default());
+}
+
+#[test]
+fn view_from_node_info() {
+    let info = NodeInfo {
+        id: "n-1".into(),
+        host: "pi".into(),
+        vcpus: 4,
+        memory: 3000,
+        memory_total: 4000,
+        vgpus: 1,
+        architecture: "arm64".into(),
+        cpu_percent: 12.5,
+        memory_percent: 25.0,
+        virtualization: vec!["docker".into()],
+        supported_addons: vec!["x".into()],
+        csi_drivers: vec![
+            serde_json::json!("csi.a"),
+            serde_json::json!({"csi_driver_name": "csi.b"}),
+            serde_json::json!(""),
+            serde_json::json!(7),
+        ],
+        ..Default::default()
+    };
+    let v = NodeView::from_info(&info, true, [d(1.0, 1500, 1)]);
+    assert_eq!((v.id.as_str(), v.name.as_str(), v.active, v.architecture.as_str()), ("n-1", "pi", true, "arm64"));
+    assert_eq!((v.total_vcpus, v.free_vcpus), (4.0, 3.0));
+    assert_eq!((v.memory_total_mb, v.free_memory_mb), (4000, 2500));
+    assert_eq!((v.total_gpus, v.free_gpus), (1, 0));
+    assert_eq!(v.csi_drivers, vec!["csi.a".to_string(), "csi.b".to_string()]);
+    assert_eq!((v.cpu_percent, v.memory_percent), (12.5, 25.0));
+}
+
+fn loaded(name: &str, arch: &str, cpu: f64, mem: f64) -> NodeView {
+    let mut n = node(name, arch, 4.0, 4000, 1);
+    n.total_vcpus = 8.0;
+    n.memory_total_mb = 8000;
+    n.total_gpus = 2;
+    n.cpu_percent = cpu;
+    n.memory_percent = mem;
+    n
+}
+
+#[test]
+fn aggregate_over_active_nodes() {
+    let mut a = addon_node(runs(loaded("a", "amd64", 10.0, 20.0), &["docker", "unikernel"]), &["z", "y"]);
+    a.csi_drivers = vec!["csi.b".into()];
+    let mut b = addon_node(loaded("b", "amd64", 30.0, 40.0), &["y"]);
+    b.csi_drivers = vec!["csi.a".into(), "csi.b".into()];
+    let c = runs(loaded("c", "arm64", 0.0, 0.0), &["docker"]);
+    let off = addon_node(runs(inactive(loaded("off", "riscv64", 100.0, 100.0)), &["crosvm"]), &["gone"]);
+    let anon = loaded("anon", "", 20.0, 40.0);
+    let r = aggregate(&[a, b, off, c, anon]);
+
+    assert_eq!(r.deploy_seq, 0);
+    assert_eq!(r.active_nodes, 4);
+    let t = &r.totals;
+    assert_eq!(t.nodes, 4);
+    assert_eq!((t.total_cpu_cores, t.free_vcpus), (32.0, 16.0));
+    assert_eq!((t.memory_in_mb, t.free_memory_mb), (32000, 16000));
+    assert_eq!((t.total_gpus, t.free_gpus), (8, 4));
+    // means over every active node, zeros included, inactive excluded
+    assert_eq!((t.cpu_percent, t.memory_percent), (15.0, 25.0));
+    assert_eq!(r.virtualization, vec!["docker", "unikernel"]);
+    assert_eq!(r.supported_addons, vec!["y", "z"]);
+    assert_eq!(r.csi_drivers, vec!["csi.a", "csi.b"]);
+
+    let keys: Vec<&str> = r.aggregation_per_architecture.keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["amd64", "arm64"], "inactive riscv64 and the node without arch are left out");
+    let amd = &r.aggregation_per_architecture["amd64"];
+    assert_eq!(
+        (amd.nodes, amd.total_cpu_cores, amd.free_vcpus, amd.free_memory_mb, amd.free_gpus),
+        (2, 16.0, 8.0, 8000, 2)
+    );
+    assert_eq!((amd.cpu_percent, amd.memory_percent), (20.0, 30.0));
+    let arm = &r.aggregation_per_architecture["arm64"];
+    assert_eq!((arm.nodes, arm.memory_in_mb, arm.total_gpus, arm.cpu_percent), (1, 8000, 2, 0.0));
+}
+
+#[test]
+fn aggregate_nothing_active() {
+    let r = aggregate(&[inactive(loaded("off", "amd64", 50.0, 50.0))]);
+    assert_eq!(r, ClusterResources::default());
+    assert_eq!(aggregate(&[]), ClusterResources::default());
+}
+
+/// 1,000 instances placed one after another on 1,000 nodes, each decision seeing the free
+/// capacity left by the previous ones: every instance lands and no node is over-committed.
+#[test]
+fn thousand_placements_never_over_commit() {
+    struct Node {
+        cores: f64,
+        memory: u64,
+        gpus: u64,
+        placed: Vec<Demand>,
+    }
+    let mut nodes: Vec<Node> = (0..1000)
+        .map(|i| Node {
+            cores: (1 + i % 4) as f64,
+            memory: 256 * (1 + i % 5) as u64,
+            gpus: (i % 3) as u64,
+            placed: vec![],
+        })
+        .collect();
+    let view = |i: usize, n: &Node| {
+        let free = free_resources(n.cores, n.memory, n.memory, n.gpus, n.placed.iter().copied());
+        NodeView {
+            id: format!("{i:04}"),
+            name: format!("node-{i:04}"),
+            active: true,
+            architecture: "amd64".into(),
+            virtualization: vec!["docker".into()],
+            total_vcpus: n.cores,
+            free_vcpus: free.vcpus,
+            memory_total_mb: n.memory,
+            free_memory_mb: free.memory_mb,
+            total_gpus: n.gpus,
+            free_gpus: free.gpus,
+            ..Default::default()
+        }
+    };
+    let mut views: Vec<NodeView> = nodes.iter().enumerate().map(|(i, n)| view(i, n)).collect();
+    let mut placed = 0;
+    for k in 0..1000u64 {
+        let j = job(1 + k % 2, 128 * (1 + k % 4), u64::from(k % 5 == 0));
+        let i = choose_node(&j, CLUSTER, &views).unwrap_or_else(|e| panic!("instance {k}: {e}"));
+        nodes[i].placed.push(Demand::of(&j));
+        views[i] = view(i, &nodes[i]);
+        placed += 1;
+    }
+    assert_eq!(placed, 1000);
+    for (i, n) in nodes.iter().enumerate() {
+        let used = n.placed.iter().copied().fold(Demand::default(), Demand::plus);
+        assert!(used.vcpus <= n.cores, "node {i} vcpus {} > {}", used.vcpus, n.cores);
+        assert!(used.memory_mb <= n.memory, "node {i} memory {} > {}", used.memory_mb, n.memory);
+        assert!(used.gpus <= n.gpus, "node {i} gpus {} > {}", used.gpus, n.gpus);
+    }
+    // Demand beyond what is left is refused with the capacity status.
+    assert_eq!(choose_node(&job(1, 100_000, 0), CLUSTER, &views), Err(status::NO_WORKER_CAPACITY));
+}
+
+/// One decision over 1,000 mixed nodes picks the best fit (its speed is measured by the `hollow`
+/// benchmark, never asserted here).
+#[test]
+fn thousand_nodes_pick_the_best_fit() {
+    let nodes: Vec<NodeView> = (0..1000)
+        .map(|i| {
+            let arch = if i % 2 == 0 { "amd64" } else { "arm64" };
+            addon_node(node(&format!("node-{i:04}"), arch, (i % 8) as f64, 100 * (i % 50) as u64, 0), &["a", "b"])
+        })
+        .collect();
+    let job =
+        with(constrained(vec![addons(&["b"]), direct(None, Some(CLUSTER))]), |j| j.arch = Some(vec!["arm64".into()]));
+    let i = choose_node(&job, CLUSTER, &nodes).unwrap();
+    assert_eq!(nodes[i].name, "node-0199", "4,900 MB and 7 vCPUs, lowest such name");
+}

@@ -1,0 +1,145 @@
+//! The cluster channel server (default port 50052): clusters dial in, say `Hello` with their
+//! join token, and then exchange length-prefixed JSON frames (`oak_api::channel`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oak_api::channel::{self, ClusterMsg, RootMsg, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::Fleet;
+
+/// How long a new connection may take to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts cluster connections until `shutdown` resolves.
+pub async fn serve_channel(listener: TcpListener, fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let fleet = fleet.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(fleet, stream).await {
+                            tracing::info!(%peer, error = %e, "cluster channel closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a cluster connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClusterMsg>(&mut rd)).await {
+        Err(_) => return Err("no hello within 10 s".into()),
+        Ok(r) => r?,
+    };
+    let ClusterMsg::Hello { protocol, token, cluster_id, cluster_name, cluster_location } = hello else {
+        return refuse(&mut wr, "the first message must be a hello".into()).await;
+    };
+    if protocol != PROTOCOL_VERSION {
+        return refuse(&mut wr, format!("protocol version {protocol} is not supported (this root speaks {PROTOCOL_VERSION})")).await;
+    }
+    let joined = match fleet.join(&token, &cluster_id, &cluster_name, &cluster_location) {
+        Ok(j) => j,
+        Err(refusal) => {
+            tracing::warn!(cluster = %cluster_name, reason = %refusal.0, "cluster refused");
+            return refuse(&mut wr, refusal.0).await;
+        }
+    };
+    let id = joined.cluster_id.clone();
+    tracing::info!(cluster = %id, name = %cluster_name, "cluster joined");
+    let desired = match fleet.desired_for(&id) {
+        Ok(d) => d,
+        Err(e) => return refuse(&mut wr, format!("the root cannot read its database: {e}")).await,
+    };
+    let mut rx = joined.rx;
+    let first = vec![
+        RootMsg::Welcome { cluster_id: id.clone() },
+        RootMsg::Deploy { full: true, seq: 0, instances: desired },
+    ];
+    let writer = tokio::spawn(async move { write_loop(&mut wr, first, &mut rx).await });
+
+    let result = read_loop(&fleet, &id, joined.conn, &mut rd).await;
+    fleet.leave(&id, joined.conn);
+    writer.abort();
+    result
+}
+
+async fn refuse(wr: &mut (impl AsyncWriteExt + Unpin), message: String) -> Result<(), String> {
+    let _ = wr.write_all(&channel::encode(&RootMsg::Refused { message: message.clone() })).await;
+    let _ = wr.shutdown().await;
+    Err(format!("refused: {message}"))
+}
+
+async fn read_loop(
+    fleet: &Fleet,
+    id: &str,
+    conn: u64,
+    rd: &mut (impl AsyncRead + Unpin),
+) -> Result<(), String> {
+    loop {
+        let msg = match tokio::time::timeout(fleet.config.idle_timeout, read_frame::<ClusterMsg>(rd)).await {
+            Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),
+            Ok(m) => m?,
+        };
+        match msg {
+            ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
+            ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
+            ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
+        }
+    }
+}
+
+/// Writes queued messages, coalescing whatever is queued into one write.
+async fn write_loop(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    first: Vec<RootMsg>,
+    rx: &mut mpsc::UnboundedReceiver<RootMsg>,
+) {
+    let mut buf: Vec<u8> = first.iter().flat_map(channel::encode).collect();
+    loop {
+        while buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(m) => buf.extend(channel::encode(&m)),
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+        match rx.recv().await {
+            Some(m) => buf.extend(channel::encode(&m)),
+            None => {
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one frame; a garbled or oversized frame ends the connection with a message naming it.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin)) -> Result<T, String> {
+    let mut header = [0u8; 4];
+    rd.read_exact(&mut header).await.map_err(|e| format!("connection closed: {e}"))?;
+    let len = channel::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("malformed message: {e}"))
+}

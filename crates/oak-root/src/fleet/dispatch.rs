@@ -1,0 +1,184 @@
+//! Placing instances on clusters, sending them there, and taking the clusters' instance reports.
+
+use std::time::Instant;
+
+use oak_api::channel::{DeployInstance, InstanceRef, InstanceReport, RootMsg};
+use oak_api::model::{Cluster, Instance, Service};
+use oak_api::node::JobSpec;
+use oak_api::status;
+use oak_core::node_placement::Demand;
+use oak_core::placement::{choose_cluster, explain};
+
+use super::Fleet;
+use crate::ids;
+
+impl Fleet {
+    /// Decides where instance `number` of `service` goes and reserves the capacity there. The
+    /// answer is the instance document to store: `CLUSTER_SCHEDULED` with its cluster, or a
+    /// negative scheduling status that the retry loop will revisit.
+    pub fn place(&self, service: &Service, number: u32, previous: Option<&Instance>) -> Instance {
+        let now = ids::now();
+        // Registered but unconnected clusters matter to `direct` constraints (not active vs
+        // not found); only then is the store consulted.
+        let offline = if service.spec.constraints.iter().any(|c| c.kind == "direct") {
+            self.store.list_clusters().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let started = Instant::now();
+        let mut inner = self.lock();
+        let mut candidates: Vec<Cluster> = Vec::with_capacity(inner.links.len() + offline.len());
+        for (id, link) in &inner.links {
+            let mut c = link.view.clone();
+            c.active = self.is_fresh(link);
+            inner.reservations.apply(&mut c);
+            debug_assert_eq!(&c.id, id);
+            candidates.push(c);
+        }
+        for mut c in offline {
+            if !inner.links.contains_key(&c.id) {
+                c.active = false;
+                candidates.push(c);
+            }
+        }
+        let decision = choose_cluster(service, &candidates).map(|c| (c.id.clone(), c.cluster_location.clone()));
+        let mut instance = previous.cloned().unwrap_or_else(|| Instance::new(number, status::REQUESTED, "", now));
+        instance.last_modified_timestamp = now;
+        match decision {
+            Ok((cluster_id, location)) => {
+                inner.reservations.reserve(
+                    &cluster_id,
+                    u64::MAX,
+                    (service.id.clone(), number),
+                    Demand::of(&service.spec),
+                );
+                instance.status = status::CLUSTER_SCHEDULED.into();
+                instance.status_detail = "waiting for the cluster to choose a worker".into();
+                instance.cluster_id = Some(cluster_id);
+                instance.cluster_location = Some(location);
+                instance.worker_id = None;
+            }
+            Err(negative) => {
+                instance.status = negative.into();
+                instance.status_detail = explain(negative).into();
+                instance.cluster_id = None;
+                instance.cluster_location = None;
+            }
+        }
+        drop(inner);
+        self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(started.elapsed().as_micros() as u64);
+        instance
+    }
+
+    /// Sends a `CLUSTER_SCHEDULED` instance to its cluster (after it was stored). A cluster
+    /// that is not connected gets it in the full desired set when it re-dials.
+    pub fn dispatch(&self, service: &Service, instance: &Instance) {
+        if instance.status != status::CLUSTER_SCHEDULED {
+            return;
+        }
+        let Some(cluster_id) = instance.cluster_id.as_deref() else { return };
+        let mut inner = self.lock();
+        if let Some(link) = inner.links.get_mut(cluster_id) {
+            link.seq += 1;
+            let msg = RootMsg::Deploy {
+                full: false,
+                seq: link.seq,
+                instances: vec![DeployInstance { instance_number: instance.instance_number, job: job_spec(service) }],
+            };
+            let _ = link.tx.send(msg);
+        }
+    }
+
+    /// Removes instances from the cluster running them and frees what they reserved.
+    pub fn undeploy(&self, service_id: &str, instances: &[Instance]) {
+        let mut inner = self.lock();
+        for inst in instances {
+            inner.reservations.release(&(service_id.to_string(), inst.instance_number));
+            inner.backoff.remove(&(service_id.to_string(), inst.instance_number));
+            let Some(link) = inst.cluster_id.as_deref().and_then(|c| inner.links.get(c)) else { continue };
+            let _ = link.tx.send(RootMsg::Undeploy {
+                instances: vec![InstanceRef { job_id: service_id.to_string(), instance_number: inst.instance_number }],
+            });
+        }
+    }
+
+    /// Applies a cluster's instance reports. Reports about instances the root does not know, or
+    /// that now belong to another cluster (they moved), change nothing and are undeployed there.
+    pub(super) fn on_instances(&self, cluster_id: &str, conn: u64, updates: Vec<InstanceReport>) {
+        let now = ids::now();
+        let keys: Vec<(String, u32)> = updates.iter().map(|u| (u.job_id.clone(), u.instance_number)).collect();
+        let mut foreign = vec![false; updates.len()];
+        let found = self.store.update_instances(&keys, &mut |i, inst| {
+            if inst.cluster_id.as_deref() != Some(cluster_id) {
+                foreign[i] = true;
+                return false;
+            }
+            merge_report(inst, &updates[i], now);
+            true
+        });
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(cluster = cluster_id, error = %e, "cannot store instance reports");
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        let Some(link) = inner.links.get(cluster_id).filter(|l| l.conn == conn) else { return };
+        let epoch = link.reports;
+        let mut stray = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            if !found[i] || foreign[i] {
+                stray.push(InstanceRef { job_id: key.0, instance_number: key.1 });
+            } else if updates[i].status != status::CLUSTER_SCHEDULED {
+                // The cluster has placed (or failed) it: its next report accounts for it.
+                inner.reservations.acknowledge(&key, epoch);
+            }
+        }
+        if !stray.is_empty() {
+            tracing::info!(cluster = cluster_id, count = stray.len(), "undeploying instances the root does not assign there");
+            if let Some(link) = inner.links.get(cluster_id) {
+                let _ = link.tx.send(RootMsg::Undeploy { instances: stray });
+            }
+        }
+    }
+
+    /// The full desired set of a cluster, sent when it connects.
+    pub(super) fn desired_for(&self, cluster_id: &str) -> oak_store::Result<Vec<DeployInstance>> {
+        let services = self.store.cluster_instances(cluster_id)?;
+        let mut out = Vec::new();
+        for s in &services {
+            let job = job_spec(s);
+            for inst in &s.instance_list {
+                out.push(DeployInstance { instance_number: inst.instance_number, job: job.clone() });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a cluster needs to run instances of a service.
+pub fn job_spec(service: &Service) -> JobSpec {
+    JobSpec {
+        id: service.id.clone(),
+        job_name: service.job_name.clone(),
+        image: if service.image.is_empty() { service.spec.code.clone() } else { service.image.clone() },
+        spec: service.spec.clone(),
+    }
+}
+
+fn merge_report(inst: &mut Instance, r: &InstanceReport, now: f64) {
+    inst.status = r.status.clone();
+    inst.status_detail = r.status_detail.clone();
+    inst.worker_id = r.worker_id.clone();
+    inst.host_ip = r.host_ip.clone();
+    inst.host_port = r.host_port.clone();
+    inst.publicip = r.publicip.clone();
+    inst.cpu_percent = r.cpu_percent;
+    inst.memory_percent = r.memory_percent;
+    inst.disk = r.disk;
+    if r.logs.is_some() {
+        inst.logs = r.logs.clone();
+    }
+    inst.last_modified_timestamp = now;
+}

@@ -1,0 +1,95 @@
+//! The root's side of its clusters: who is connected, what each can still take, and the
+//! dispatch of instances to them over the cluster channel.
+//!
+//! Decisions come from `oak-core` (`placement`, `reservations`); this module only keeps the live
+//! state (links, reported resources, reservations, retry back-off) and performs the effects.
+//! Everything durable is in the store, so a restarted root rebuilds this from the database and
+//! from the clusters' full reports when they re-dial.
+
+mod channel;
+mod dispatch;
+mod links;
+mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use oak_core::reservations::Reservations;
+use oak_core::stats::Samples;
+use oak_store::RootStore;
+use tokio::sync::Notify;
+
+pub use channel::serve_channel;
+pub use links::ClusterLive;
+pub use retry::run_retries;
+
+/// Timing knobs of the root's control loops.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// A connected cluster whose last report is older than this is not scheduled onto.
+    pub report_freshness: Duration,
+    /// How often instances waiting for a cluster are re-examined.
+    pub retry_tick: Duration,
+    /// Longest wait between two placement attempts of the same instance.
+    pub retry_max: Duration,
+    /// How long a cluster may send nothing before its connection is considered dead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            report_freshness: Duration::from_secs(15),
+            retry_tick: Duration::from_millis(500),
+            retry_max: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared by the API handlers, the channel connections and the retry loop.
+pub struct Fleet {
+    store: Arc<dyn RootStore>,
+    config: FleetConfig,
+    inner: Mutex<Inner>,
+    /// Woken when placing again may now succeed (a cluster joined or reported).
+    wake: Notify,
+    /// Root placement decision times, in microseconds.
+    placement: Mutex<Samples>,
+}
+
+struct Inner {
+    links: HashMap<String, links::Link>,
+    reservations: Reservations,
+    backoff: HashMap<(String, u32), retry::Backoff>,
+    next_conn: u64,
+}
+
+impl Fleet {
+    pub fn new(store: Arc<dyn RootStore>, config: FleetConfig) -> Arc<Self> {
+        Arc::new(Fleet {
+            store,
+            config,
+            inner: Mutex::new(Inner {
+                links: HashMap::new(),
+                reservations: Reservations::default(),
+                backoff: HashMap::new(),
+                next_conn: 1,
+            }),
+            wake: Notify::new(),
+            placement: Mutex::new(Samples::new(100_000)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves `Inner` consistent before any call that could panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Placement decision times so far (microseconds): p50, p99, count.
+    pub fn placement_stats(&self) -> (f64, f64, usize) {
+        let s = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        (s.quantile(0.5), s.quantile(0.99), s.len())
+    }
+}
