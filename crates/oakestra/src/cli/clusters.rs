@@ -1,7 +1,7 @@
 //! `oakestra clusters`: the clusters the root can schedule onto.
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 use oak_api::model::Cluster;
 
 use super::output::{emit, emit_json};
@@ -13,6 +13,25 @@ pub struct ClustersArgs {
     /// Also list clusters that have not reported recently.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a new join token and print it (give it to `oakestra cluster --token`).
+    Create,
+}
+
+pub async fn run_token(session: &mut Session, json: bool, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create => {
+            let token = session.call(|c| async move { c.create_cluster_token().await }).await?;
+            if json {
+                return emit_json(&token);
+            }
+            emit(&format!("{}\n", token.token));
+            Ok(())
+        }
+    }
 }
 
 pub async fn run(session: &mut Session, json: bool, args: ClustersArgs) -> Result<()> {

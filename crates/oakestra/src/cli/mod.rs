@@ -42,6 +42,9 @@ pub enum ClientCommand {
     Service(services::ServiceCommand),
     /// List the clusters (by default only the active ones).
     Clusters(clusters::ClustersArgs),
+    /// Issue cluster join tokens (Admin only).
+    #[command(subcommand, name = "cluster-token")]
+    ClusterToken(clusters::TokenCommand),
 }
 
 /// Runs one client command on a single-threaded runtime (one request at a time needs no more)
@@ -68,5 +71,6 @@ async fn dispatch(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
         ClientCommand::App(cmd) => apps::run(&mut Session::open(opts)?, opts.json, cmd).await,
         ClientCommand::Service(cmd) => services::run(&mut Session::open(opts)?, opts.json, cmd).await,
         ClientCommand::Clusters(args) => clusters::run(&mut Session::open(opts)?, opts.json, args).await,
+        ClientCommand::ClusterToken(cmd) => clusters::run_token(&mut Session::open(opts)?, opts.json, cmd).await,
     }
 }

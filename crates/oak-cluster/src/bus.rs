@@ -1,0 +1,198 @@
+//! The cluster's MQTT side. By default it embeds the broker (`oak-mqtt`) and talks to it
+//! in-process; with `--mqtt-url` it is a client of an external broker (e.g. Mosquitto). Either
+//! way the rest of the cluster sees one stream of `(topic, payload)` from workers and one
+//! `publish`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use oak_mqtt::{AuthError, Authorizer, Broker, BrokerHandle, LocalPublisher, Principal};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use crate::credentials;
+use crate::Ctx;
+
+/// Where the workers' broker is.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// Run the broker in this process, listening on `addr`.
+    Embedded { addr: SocketAddr },
+    /// Use an external broker: `mqtt://[user:password@]host:port`. `worker_port` is what
+    /// workers are told to connect to.
+    External { url: String },
+}
+
+/// The topics the cluster listens to.
+const FILTERS: &[&str] = &["nodes/+/information", "nodes/+/job", "nodes/+/jobs/resources"];
+
+pub struct Bus {
+    kind: Kind,
+    worker_port: u16,
+}
+
+enum Kind {
+    Embedded { publisher: LocalPublisher, handle: BrokerHandle, stop: tokio::sync::watch::Sender<bool> },
+    External { client: AsyncClient },
+}
+
+pub type Incoming = mpsc::Receiver<(String, Bytes)>;
+
+impl Bus {
+    pub async fn start(mode: &MqttMode, auth: Arc<dyn Authorizer>) -> anyhow::Result<(Bus, Incoming)> {
+        let (tx, rx) = mpsc::channel(65_536);
+        match mode {
+            MqttMode::Embedded { addr } => {
+                let broker = Broker::bind(*addr, auth).await.with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+                let handle = broker.handle();
+                let mut local = broker.local_client("cluster");
+                for f in FILTERS {
+                    local.subscribe(f).map_err(|e| anyhow::anyhow!("cannot subscribe {f}: {e}"))?;
+                }
+                let publisher = local.publisher();
+                let worker_port = broker.local_addr().port();
+                let (stop, mut stopped) = tokio::sync::watch::channel(false);
+                tokio::spawn(broker.run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }));
+                tokio::spawn(async move {
+                    while let Some(m) = local.recv().await {
+                        if tx.send((m.topic, m.payload)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Ok((Bus { kind: Kind::Embedded { publisher, handle, stop }, worker_port }, rx))
+            }
+            MqttMode::External { url } => {
+                let ext = parse_url(url)?;
+                let mut options = MqttOptions::new(format!("oakestra-cluster-{}", credentials::new_node_id()), &ext.host, ext.port);
+                options.set_keep_alive(Duration::from_secs(5));
+                options.set_max_packet_size(1 << 20, 1 << 20);
+                if let Some((user, password)) = &ext.credentials {
+                    options.set_credentials(user, password);
+                }
+                let (client, mut eventloop) = AsyncClient::new(options, 65_536);
+                let subscriber = client.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                for f in FILTERS {
+                                    let _ = subscriber.try_subscribe(*f, QoS::AtLeastOnce);
+                                }
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                if tx.send((p.topic, p.payload)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "external MQTT broker connection failed; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                });
+                Ok((Bus { kind: Kind::External { client }, worker_port: ext.port }, rx))
+            }
+        }
+    }
+
+    /// The port workers connect to.
+    pub fn worker_port(&self) -> u16 {
+        self.worker_port
+    }
+
+    pub fn publish(&self, topic: String, payload: Vec<u8>) {
+        match &self.kind {
+            Kind::Embedded { publisher, .. } => {
+                if let Err(e) = publisher.publish_with_qos(topic, payload, rumqttc::QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "cannot publish to workers");
+                }
+            }
+            Kind::External { client } => {
+                if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                    tracing::warn!(error = %e, "cannot publish to workers");
+                }
+            }
+        }
+    }
+
+    /// Ends a node's broker sessions (its credentials changed).
+    pub fn kick(&self, node_id: &str) {
+        if let Kind::Embedded { handle, .. } = &self.kind {
+            handle.disconnect_node(node_id);
+        }
+    }
+
+    pub fn shutdown(&self) {
+        if let Kind::Embedded { stop, .. } = &self.kind {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Worker credentials for the embedded broker: user name = node id, password = the secret the
+/// node got at registration. Resolves the context lazily (the broker starts before it exists).
+pub fn node_authorizer(ctx: Arc<OnceLock<Weak<Ctx>>>) -> Arc<dyn Authorizer> {
+    Arc::new(oak_mqtt::from_fn(move |_client_id, username, password| {
+        let ctx = ctx.get().and_then(Weak::upgrade).ok_or(AuthError::Unavailable("cluster starting".into()))?;
+        let (Some(user), Some(password)) = (username, password) else { return Err(AuthError::BadCredentials) };
+        let st = ctx.state();
+        let hash = st.node_secret_hash(user).ok_or(AuthError::BadCredentials)?;
+        if credentials::matches(password, hash) {
+            Ok(Principal::node(user))
+        } else {
+            Err(AuthError::BadCredentials)
+        }
+    }))
+}
+
+struct ExternalBroker {
+    host: String,
+    port: u16,
+    credentials: Option<(String, String)>,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<ExternalBroker> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| anyhow::anyhow!("--mqtt-url {url:?} must start with mqtt:// (TLS brokers are not supported yet)"))?;
+    let rest = rest.trim_end_matches('/');
+    let (credentials, hostport) = match rest.rsplit_once('@') {
+        Some((cred, hp)) => {
+            let (u, p) = cred.split_once(':').unwrap_or((cred, ""));
+            (Some((u.to_string(), p.to_string())), hp)
+        }
+        None => (None, rest),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("--mqtt-url {url:?}: bad port {p:?}"))?),
+        None => (hostport, 1883),
+    };
+    anyhow::ensure!(!host.is_empty(), "--mqtt-url {url:?} has no host");
+    Ok(ExternalBroker { host: host.trim_matches(['[', ']']).to_string(), port, credentials })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn external_broker_urls() {
+        let b = parse_url("mqtt://127.0.0.1:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.credentials), ("127.0.0.1", 1884, None));
+        let b = parse_url("mqtt://admin:pw@broker.local").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("broker.local", 1883));
+        assert_eq!(b.credentials, Some(("admin".into(), "pw".into())));
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("mqtt://x:notaport").is_err());
+        assert!(parse_url("mqtt://:1883").is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! The Oakestra cluster orchestrator: registers workers (node API, port 10100), talks to them
+//! over MQTT (embedded broker on 10003, or an external one), places the instances the root sends
+//! onto them, and reports resources and instance states to the root over the cluster channel.
+//!
+//! One [`Ctx`] holds the working state behind a mutex; every input (a worker's MQTT message, a
+//! root command, a registration, a timer tick) locks it, applies a transition from
+//! [`state::ClusterState`] and performs the returned effects after unlocking.
+
+mod bus;
+mod credentials;
+mod node_api;
+mod root_link;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use oak_api::channel::{ClusterMsg, RootMsg};
+use oak_api::node::{topic, JobStatusReport, NodeInfo, ResourcesReport};
+use tokio::sync::{mpsc, watch};
+
+pub use bus::MqttMode;
+pub use root_link::Refused;
+use state::{ClusterState, Effect, Timing};
+use store::ClusterStore;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// `lat,long[,radius_m]` or a free name.
+    pub location: String,
+    /// `host:port` of the root's cluster channel.
+    pub root_channel: String,
+    /// The root's API URL (shown to operators; the channel carries all traffic).
+    pub root_url: String,
+    /// Join token issued by the root.
+    pub root_token: String,
+    pub api_addr: SocketAddr,
+    pub mqtt: MqttMode,
+    /// Broker host workers should use, when it is not the address they registered with.
+    pub mqtt_advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub report_interval: Duration,
+    pub timing: Timing,
+}
+
+/// Everything the cluster's tasks share.
+pub struct Ctx {
+    config: ClusterConfig,
+    state: Mutex<ClusterState>,
+    store: ClusterStore,
+    bus: bus::Bus,
+    node_token_hash: String,
+    root: Mutex<Option<mpsc::UnboundedSender<ClusterMsg>>>,
+}
+
+/// A cluster orchestrator bound to its ports, ready to run.
+pub struct Cluster {
+    ctx: Arc<Ctx>,
+    api: tokio::net::TcpListener,
+    incoming: mpsc::Receiver<(String, bytes::Bytes)>,
+}
+
+impl Cluster {
+    /// Opens the data directory and binds the node API and the broker. Errors here are
+    /// configuration problems (bad directory, port in use, unreachable external broker URL).
+    pub async fn open(config: ClusterConfig) -> anyhow::Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        let store = ClusterStore::open(&dir.join("cluster.db"))
+            .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        let token = credentials::node_token(dir)?;
+        let now = Instant::now();
+        let state = ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
+        let api = tokio::net::TcpListener::bind(config.api_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+        let ctx_cell: Arc<std::sync::OnceLock<std::sync::Weak<Ctx>>> = Arc::new(std::sync::OnceLock::new());
+        let (bus, incoming) = bus::Bus::start(&config.mqtt, bus::node_authorizer(ctx_cell.clone())).await?;
+        let ctx = Arc::new(Ctx {
+            node_token_hash: credentials::hash(token.as_bytes()),
+            state: Mutex::new(state),
+            store,
+            bus,
+            root: Mutex::new(None),
+            config,
+        });
+        let _ = ctx_cell.set(Arc::downgrade(&ctx));
+        Ok(Cluster { ctx, api, incoming })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.ctx.bus.worker_port()
+    }
+
+    /// Runs until `shutdown` resolves. Fails if the root refuses this cluster.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Cluster { ctx, api, mut incoming } = self;
+        tracing::info!(name = %ctx.config.name, api = %api.local_addr()?, mqtt_port = ctx.bus.worker_port(),
+            root = %ctx.config.root_channel, "cluster orchestrator started");
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let http = {
+            let mut stop = stop_rx.clone();
+            let app = node_api::router(ctx.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(api, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        };
+        let mqtt = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                while let Some((topic, payload)) = incoming.recv().await {
+                    ctx.on_mqtt(&topic, &payload);
+                }
+            })
+        };
+        let ticker = {
+            let ctx = ctx.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_report = Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                    let report = last_report.elapsed() >= ctx.config.report_interval;
+                    if report {
+                        last_report = Instant::now();
+                    }
+                    let c = ctx.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.tick(report)).await;
+                }
+                // Last changes reach the disk before exit.
+                let c = ctx.clone();
+                let _ = tokio::task::spawn_blocking(move || c.flush()).await;
+            })
+        };
+        let root = tokio::spawn(root_link::run(ctx.clone(), stop_rx.clone()));
+
+        let mut root = root;
+        let outcome = tokio::select! {
+            _ = shutdown => Ok(()),
+            r = &mut root => match r {
+                Ok(Err(refused)) => Err(anyhow::Error::new(refused)),
+                _ => Ok(()),
+            },
+        };
+        let _ = stop_tx.send(true);
+        let _ = ticker.await;
+        let _ = http.await;
+        root.abort();
+        mqtt.abort();
+        ctx.bus.shutdown();
+        outcome
+    }
+}
+
+impl Ctx {
+    fn state(&self) -> MutexGuard<'_, ClusterState> {
+        // Transitions leave the state consistent before anything that could panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_root(&self, tx: Option<mpsc::UnboundedSender<ClusterMsg>>) {
+        *self.root.lock().unwrap_or_else(|e| e.into_inner()) = tx;
+    }
+
+    fn send_root(&self, msg: ClusterMsg) -> bool {
+        match &*self.root.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    fn root_connected(&self) -> bool {
+        self.root.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// A worker's message. Garbled payloads are answered on the node's error topic and dropped.
+    fn on_mqtt(&self, topic_name: &str, payload: &[u8]) {
+        let Some((node, kind)) = topic::parse(topic_name) else { return };
+        let now = Instant::now();
+        let effects = match kind {
+            "information" => match serde_json::from_slice::<NodeInfo>(payload) {
+                Ok(info) => self.state().node_information(node, info, now),
+                Err(e) => vec![garbled(node, kind, e)],
+            },
+            "job" => match serde_json::from_slice::<JobStatusReport>(payload) {
+                Ok(r) => self.state().job_report(node, r, now),
+                Err(e) => vec![garbled(node, kind, e)],
+            },
+            "jobs/resources" => match serde_json::from_slice::<ResourcesReport>(payload) {
+                Ok(r) => self.state().resources_report(node, r, now),
+                Err(e) => vec![garbled(node, kind, e)],
+            },
+            _ => Vec::new(),
+        };
+        self.perform(effects);
+    }
+
+    fn on_root_message(&self, msg: RootMsg) {
+        let now = Instant::now();
+        let effects = {
+            let mut st = self.state();
+            let mut fx = match msg {
+                RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
+                RootMsg::Undeploy { instances } => st.undeploy(&instances),
+                RootMsg::Welcome { .. } | RootMsg::Refused { .. } => Vec::new(),
+            };
+            fx.extend(st.schedule(now));
+            fx
+        };
+        self.perform(effects);
+    }
+
+    /// One control-loop step: timeouts, placement, reports to the root, store writes.
+    fn tick(&self, report: bool) {
+        let now = Instant::now();
+        let connected = self.root_connected();
+        let (effects, updates, resources, batch) = {
+            let mut st = self.state();
+            let mut fx = st.check_timeouts(now);
+            fx.extend(st.schedule(now));
+            let updates = if connected { st.root_updates(false, now) } else { Vec::new() };
+            let resources = (connected && report).then(|| st.resources(now));
+            (fx, updates, resources, st.take_batch())
+        };
+        self.perform(effects);
+        if !updates.is_empty() {
+            self.send_root(ClusterMsg::Instances { full: false, updates });
+        }
+        if let Some(resources) = resources {
+            self.send_root(ClusterMsg::Report { resources });
+        }
+        if !batch.is_empty() {
+            if let Err(e) = self.store.write(batch) {
+                tracing::error!(error = %e, "cannot write cluster state");
+            }
+        }
+    }
+
+    fn flush(&self) {
+        let batch = self.state().take_batch();
+        if !batch.is_empty() {
+            if let Err(e) = self.store.write(batch) {
+                tracing::error!(error = %e, "cannot write cluster state");
+            }
+        }
+    }
+
+    fn perform(&self, effects: Vec<Effect>) {
+        for e in effects {
+            let (topic_name, payload) = match &e {
+                Effect::Deploy { node, cmd } => (topic::deploy(node), serde_json::to_vec(cmd)),
+                Effect::Delete { node, cmd } => (topic::delete(node), serde_json::to_vec(cmd)),
+                Effect::NodeError { node, message } => (
+                    topic::error(node),
+                    serde_json::to_vec(&oak_api::node::ControlError { message: message.clone() }),
+                ),
+            };
+            match payload {
+                Ok(p) => self.bus.publish(topic_name, p),
+                Err(err) => tracing::error!(error = %err, "cannot encode a command"),
+            }
+        }
+    }
+}
+
+fn garbled(node: &str, kind: &str, e: serde_json::Error) -> Effect {
+    tracing::warn!(node, topic = kind, error = %e, "malformed message from worker");
+    Effect::NodeError { node: node.into(), message: format!("malformed {kind} message: {e}") }
+}

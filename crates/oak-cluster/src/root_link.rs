@@ -1,0 +1,145 @@
+//! The cluster's end of the cluster channel: dial the root, say hello with the join token, then
+//! exchange full state and changes. A broken connection is re-dialled with back-off and both
+//! sides resynchronise from full state, so nothing depends on a message that was lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oak_api::channel::{self, ClusterMsg, RootMsg, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::Ctx;
+
+/// The root said no (wrong token, name taken, protocol): retrying will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("the root refused this cluster: {0}")]
+pub struct Refused(pub String);
+
+const META_CLUSTER_ID: &str = "cluster_id";
+
+/// Keeps the channel up until shutdown; returns only on shutdown or refusal.
+pub async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) -> Result<(), Refused> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = session(&ctx) => r,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        ctx.set_root(None);
+        match outcome {
+            Err(SessionError::Refused(m)) => return Err(Refused(m)),
+            Err(SessionError::Lost(e)) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    delay = Duration::from_millis(250);
+                }
+                tracing::warn!(root = %ctx.config.root_channel, error = %e, retry_in = ?delay, "root channel down");
+            }
+            Ok(()) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+enum SessionError {
+    Refused(String),
+    Lost(String),
+}
+
+impl From<std::io::Error> for SessionError {
+    fn from(e: std::io::Error) -> Self {
+        SessionError::Lost(e.to_string())
+    }
+}
+
+async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
+    let addr = &ctx.config.root_channel;
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| SessionError::Lost(format!("connecting to {addr} timed out")))??;
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let known_id = ctx.store.meta(META_CLUSTER_ID).ok().flatten().unwrap_or_default();
+    let hello = ClusterMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        token: ctx.config.root_token.clone(),
+        cluster_id: known_id.clone(),
+        cluster_name: ctx.config.name.clone(),
+        cluster_location: ctx.config.location.clone(),
+    };
+    wr.write_all(&channel::encode(&hello)).await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), read_frame::<RootMsg>(&mut rd))
+        .await
+        .map_err(|_| SessionError::Lost("the root did not answer the hello within 10 s".into()))?
+        .map_err(SessionError::Lost)?;
+    let cluster_id = match first {
+        RootMsg::Welcome { cluster_id } => cluster_id,
+        RootMsg::Refused { message } => return Err(SessionError::Refused(message)),
+        other => return Err(SessionError::Lost(format!("unexpected first message from the root: {other:?}"))),
+    };
+    if cluster_id != known_id {
+        if let Err(e) = ctx.store.set_meta(META_CLUSTER_ID, &cluster_id) {
+            tracing::error!(error = %e, "cannot store the cluster id");
+        }
+    }
+    tracing::info!(cluster_id = %cluster_id, root = %addr, "joined the root");
+
+    // Full state first: every instance we hold, and our resources.
+    let (tx, mut rx) = mpsc::unbounded_channel::<ClusterMsg>();
+    {
+        let now = Instant::now();
+        let mut st = ctx.state();
+        let _ = tx.send(ClusterMsg::Instances { full: true, updates: st.root_updates(true, now) });
+        let _ = tx.send(ClusterMsg::Report { resources: st.resources(now) });
+    }
+    ctx.set_root(Some(tx));
+    let writer = async move {
+        let mut buf = Vec::new();
+        while let Some(m) = rx.recv().await {
+            buf.extend(channel::encode(&m));
+            while buf.len() < 1 << 20 {
+                match rx.try_recv() {
+                    Ok(m) => buf.extend(channel::encode(&m)),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = wr.write_all(&buf).await {
+                return SessionError::Lost(format!("cannot write to the root: {e}"));
+            }
+            buf.clear();
+        }
+        SessionError::Lost("writer closed".into())
+    };
+    let reader = async {
+        loop {
+            match read_frame::<RootMsg>(&mut rd).await {
+                Ok(msg) => ctx.on_root_message(msg),
+                Err(e) => return SessionError::Lost(e),
+            }
+        }
+    };
+    let err = tokio::select! {
+        e = writer => e,
+        e = reader => e,
+    };
+    Err(err)
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin)) -> Result<T, String> {
+    let mut header = [0u8; 4];
+    rd.read_exact(&mut header).await.map_err(|e| format!("connection closed: {e}"))?;
+    let len = channel::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("malformed message from the root: {e}"))
+}

@@ -1,0 +1,644 @@
+//! The cluster's working state and its transitions: nodes with their liveness and placed
+//! demand, instances with their lifecycle (spec §4.5, defects fixed). Every method takes the
+//! current time and returns the effects to perform (MQTT commands, reports to the root), so the
+//! rules are tested without sockets or clocks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oak_api::channel::{ClusterResources, DeployInstance, InstanceRef, InstanceReport};
+use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
+use oak_api::status;
+use oak_core::node_placement::{aggregate, choose_node, explain, Demand, NodeView};
+use oak_core::stats::Samples;
+
+use crate::store::{Batch, InstanceRecord, NodeRecord};
+
+pub type Key = (String, u32);
+
+/// Timing rules of the control loop.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// A node that sent no information for this long is inactive; its instances move.
+    pub node_timeout: Duration,
+    /// An instance sent to a worker that has not started it after this long is re-placed.
+    pub deploy_timeout: Duration,
+    /// Longest wait between two placement attempts of one instance.
+    pub retry_max: Duration,
+    /// Metrics-only changes are sent to the root at most this often per instance.
+    pub metrics_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            node_timeout: Duration::from_secs(6),
+            deploy_timeout: Duration::from_secs(120),
+            retry_max: Duration::from_secs(30),
+            metrics_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Something to do outside the state: the caller performs these after releasing its lock.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Deploy { node: String, cmd: DeployCommand },
+    Delete { node: String, cmd: DeleteCommand },
+    NodeError { node: String, message: String },
+}
+
+pub struct Node {
+    pub record: NodeRecord,
+    pub last_seen: Option<Instant>,
+    /// Sum of what the instances placed here requested.
+    pub placed: Demand,
+}
+
+pub struct Inst {
+    pub job: Arc<JobSpec>,
+    pub number: u32,
+    pub status: String,
+    pub detail: String,
+    pub worker_id: Option<String>,
+    pub host_ip: Option<String>,
+    pub publicip: Option<String>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    pub disk: Option<u64>,
+    pub logs: Option<String>,
+    pub attempts: u32,
+    /// Earliest time of the next placement attempt.
+    pub next_try: Instant,
+    /// When the current status was entered.
+    pub since: Instant,
+    metrics_sent: Option<Instant>,
+}
+
+/// Statuses in which an instance waits for (another) placement.
+fn wants_placement(s: &str) -> bool {
+    matches!(s, status::REQUESTED | status::NO_WORKER_CAPACITY | status::NO_QUALIFIED_WORKER_FOUND)
+        || s == status::FAILED
+        || s == status::DEAD
+}
+
+/// Statuses in which an instance occupies its node.
+fn on_node(s: &str) -> bool {
+    matches!(s, status::NODE_SCHEDULED | status::RUNNING)
+}
+
+pub struct ClusterState {
+    pub name: String,
+    pub timing: Timing,
+    pub nodes: BTreeMap<String, Node>,
+    pub instances: BTreeMap<Key, Inst>,
+    /// job name → job id, to read workers' reports (they name jobs by name).
+    by_name: HashMap<String, String>,
+    /// Instances whose state the root has not seen yet.
+    to_root: BTreeSet<Key>,
+    /// Instances with metrics the root has not seen yet.
+    metrics_to_root: BTreeSet<Key>,
+    /// Changes not yet written to the store.
+    dirty_nodes: BTreeSet<String>,
+    dirty: BTreeSet<Key>,
+    removed: BTreeSet<Key>,
+    /// Placement decision times in microseconds.
+    pub placement: Samples,
+    /// Whether some instance may be placeable now (skip scheduling passes otherwise).
+    pending: bool,
+}
+
+impl ClusterState {
+    pub fn new(name: String, timing: Timing, nodes: Vec<NodeRecord>, instances: Vec<InstanceRecord>, now: Instant) -> Self {
+        let mut st = ClusterState {
+            name,
+            timing,
+            nodes: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            by_name: HashMap::new(),
+            to_root: BTreeSet::new(),
+            metrics_to_root: BTreeSet::new(),
+            dirty_nodes: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            placement: Samples::new(100_000),
+            pending: true,
+        };
+        for record in nodes {
+            st.nodes.insert(record.id.clone(), Node { record, last_seen: None, placed: Demand::default() });
+        }
+        for r in instances {
+            let job = Arc::new(r.job);
+            st.by_name.insert(job.job_name.clone(), job.id.clone());
+            let key = (job.id.clone(), r.instance_number);
+            let inst = Inst {
+                job,
+                number: r.instance_number,
+                status: r.status,
+                detail: r.status_detail,
+                worker_id: r.worker_id,
+                host_ip: None,
+                publicip: None,
+                cpu_percent: None,
+                memory_percent: None,
+                disk: None,
+                logs: None,
+                attempts: r.attempts,
+                next_try: now,
+                since: now,
+                metrics_sent: None,
+            };
+            if on_node(&inst.status) {
+                if let Some(node) = inst.worker_id.as_ref().and_then(|w| st.nodes.get_mut(w)) {
+                    node.placed = node.placed.plus(Demand::of(&inst.job.spec));
+                }
+            }
+            st.instances.insert(key, inst);
+        }
+        st
+    }
+
+    // ---------------------------------------------------------------- nodes
+
+    /// A node registered (or re-registered): keep its record, it becomes active when it reports.
+    pub fn register_node(&mut self, record: NodeRecord) {
+        let id = record.id.clone();
+        match self.nodes.get_mut(&id) {
+            Some(node) => node.record = record,
+            None => {
+                self.nodes.insert(id.clone(), Node { record, last_seen: None, placed: Demand::default() });
+            }
+        }
+        self.dirty_nodes.insert(id);
+    }
+
+    pub fn node_secret_hash(&self, id: &str) -> Option<&str> {
+        self.nodes.get(id).map(|n| n.record.secret_hash.as_str())
+    }
+
+    /// `nodes/<id>/information`.
+    pub fn node_information(&mut self, node_id: &str, mut info: NodeInfo, now: Instant) -> Vec<Effect> {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return vec![Effect::NodeError {
+                node: node_id.into(),
+                message: "Node not registered to the cluster".into(),
+            }];
+        };
+        let was_active = node.last_seen.is_some_and(|t| now.duration_since(t) <= self.timing.node_timeout);
+        info.id = node_id.to_string();
+        if info.host.is_empty() {
+            info.host = node.record.info.host.clone();
+        }
+        node.record.info = info;
+        node.last_seen = Some(now);
+        if !was_active {
+            tracing::info!(node = node_id, name = %node.record.info.host, "worker active");
+            self.dirty_nodes.insert(node_id.to_string());
+            self.pending = true;
+        }
+        Vec::new()
+    }
+
+    fn is_active(&self, node: &Node, now: Instant) -> bool {
+        node.last_seen.is_some_and(|t| now.duration_since(t) <= self.timing.node_timeout)
+    }
+
+    pub fn active_nodes(&self, now: Instant) -> usize {
+        self.nodes.values().filter(|n| self.is_active(n, now)).count()
+    }
+
+    fn views(&self, now: Instant) -> Vec<NodeView> {
+        self.nodes
+            .values()
+            .map(|n| NodeView::from_info(&n.record.info, self.is_active(n, now), std::iter::once(n.placed)))
+            .collect()
+    }
+
+    /// Resources for the root: free amounts after what is placed.
+    pub fn resources(&self, now: Instant) -> ClusterResources {
+        aggregate(&self.views(now))
+    }
+
+    // ---------------------------------------------------------------- root commands
+
+    /// The root wants these instances here. With `full`, it wants nothing else.
+    pub fn deploy(&mut self, list: Vec<DeployInstance>, full: bool, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut wanted = BTreeSet::new();
+        for d in list {
+            let key = (d.job.id.clone(), d.instance_number);
+            wanted.insert(key.clone());
+            self.by_name.insert(d.job.job_name.clone(), d.job.id.clone());
+            match self.instances.get_mut(&key) {
+                Some(inst) => {
+                    if *inst.job != d.job {
+                        inst.job = Arc::new(d.job);
+                        self.dirty.insert(key.clone());
+                    }
+                    // Tell the root where it stands (it may have missed our last report).
+                    self.to_root.insert(key);
+                }
+                None => {
+                    let inst = Inst {
+                        job: Arc::new(d.job),
+                        number: d.instance_number,
+                        status: status::REQUESTED.into(),
+                        detail: "waiting for a worker".into(),
+                        worker_id: None,
+                        host_ip: None,
+                        publicip: None,
+                        cpu_percent: None,
+                        memory_percent: None,
+                        disk: None,
+                        logs: None,
+                        attempts: 0,
+                        next_try: now,
+                        since: now,
+                        metrics_sent: None,
+                    };
+                    self.instances.insert(key.clone(), inst);
+                    self.dirty.insert(key.clone());
+                    self.removed.remove(&key);
+                    self.pending = true;
+                }
+            }
+        }
+        if full {
+            let extra: Vec<Key> = self.instances.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+            for key in extra {
+                effects.extend(self.remove(&key));
+            }
+        }
+        effects
+    }
+
+    /// The root no longer wants these instances here.
+    pub fn undeploy(&mut self, refs: &[InstanceRef]) -> Vec<Effect> {
+        refs.iter().flat_map(|r| self.remove(&(r.job_id.clone(), r.instance_number))).collect()
+    }
+
+    fn remove(&mut self, key: &Key) -> Vec<Effect> {
+        let Some(mut inst) = self.instances.remove(key) else { return Vec::new() };
+        let effect = self.leave_node(&mut inst);
+        self.removed.insert(key.clone());
+        self.dirty.remove(key);
+        self.to_root.remove(key);
+        self.metrics_to_root.remove(key);
+        self.pending = true;
+        effect.into_iter().collect()
+    }
+
+    /// Takes an instance off its node: frees the capacity and, if the worker may still run it,
+    /// asks it to stop.
+    fn leave_node(&mut self, inst: &mut Inst) -> Option<Effect> {
+        let node_id = inst.worker_id.take()?;
+        let was_on_node = on_node(&inst.status);
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            if was_on_node {
+                node.placed = minus(node.placed, Demand::of(&inst.job.spec));
+            }
+        }
+        Some(Effect::Delete {
+            node: node_id,
+            cmd: DeleteCommand {
+                job_name: inst.job.job_name.clone(),
+                virtualization: inst.job.spec.virtualization.clone(),
+                instance_number: inst.number,
+            },
+        })
+    }
+
+    // ---------------------------------------------------------------- scheduling
+
+    /// Places every instance that waits for a node and whose back-off has passed.
+    pub fn schedule(&mut self, now: Instant) -> Vec<Effect> {
+        if !self.pending {
+            return Vec::new();
+        }
+        self.pending = false;
+        let due: Vec<Key> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| wants_placement(&i.status) && i.next_try <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Instances still waiting keep the loop looking.
+        self.pending = self.instances.values().any(|i| wants_placement(&i.status));
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let mut views = self.views(now);
+        let mut effects = Vec::new();
+        for key in due {
+            let started = Instant::now();
+            let job = self.instances[&key].job.clone();
+            let decision = choose_node(&job.spec, &self.name, &views);
+            self.placement.record(started.elapsed().as_micros() as u64);
+            let inst = self.instances.get_mut(&key).expect("due instances exist");
+            match decision {
+                Ok(i) => {
+                    let demand = Demand::of(&job.spec);
+                    let view = &mut views[i];
+                    view.free_vcpus = (view.free_vcpus - demand.vcpus).max(0.0);
+                    view.free_memory_mb = view.free_memory_mb.saturating_sub(demand.memory_mb);
+                    view.free_gpus = view.free_gpus.saturating_sub(demand.gpus);
+                    let node = self.nodes.get_mut(&view.id).expect("views come from nodes");
+                    node.placed = node.placed.plus(demand);
+                    inst.status = status::NODE_SCHEDULED.into();
+                    inst.detail = format!("sent to worker {}", node.record.info.host);
+                    inst.worker_id = Some(view.id.clone());
+                    inst.host_ip = Some(node.record.info.ip.clone());
+                    inst.since = now;
+                    effects.push(Effect::Deploy {
+                        node: view.id.clone(),
+                        cmd: DeployCommand { job: (*job).clone(), instance_number: inst.number },
+                    });
+                }
+                Err(negative) => {
+                    inst.attempts = inst.attempts.saturating_add(1);
+                    inst.next_try = now + backoff(inst.attempts, self.timing.retry_max);
+                    if inst.status != negative {
+                        inst.status = negative.into();
+                        inst.detail = explain(negative).into();
+                        inst.since = now;
+                    } else {
+                        continue;
+                    }
+                }
+            }
+            self.dirty.insert(key.clone());
+            self.to_root.insert(key);
+        }
+        effects
+    }
+
+    // ---------------------------------------------------------------- worker reports
+
+    /// `nodes/<id>/job`: an instance changed state on a worker.
+    pub fn job_report(&mut self, node_id: &str, r: JobStatusReport, now: Instant) -> Vec<Effect> {
+        let Some(job_id) = self.by_name.get(&r.sname).cloned() else {
+            return stale_delete(node_id, &r.sname, r.instance, &r.status);
+        };
+        let key = (job_id, r.instance);
+        let Some(inst) = self.instances.get_mut(&key) else {
+            return stale_delete(node_id, &r.sname, r.instance, &r.status);
+        };
+        if inst.worker_id.as_deref() != Some(node_id) {
+            // A late report from a worker the instance has left: never let it overwrite.
+            return stale_delete(node_id, &r.sname, r.instance, &r.status);
+        }
+        if !on_node(&inst.status) {
+            return Vec::new();
+        }
+        if !r.publicip.is_empty() {
+            inst.publicip = Some(r.publicip.clone());
+        }
+        match r.status.as_str() {
+            status::CREATED | status::CREATING => {
+                inst.detail = "created on the worker".into();
+                self.to_root.insert(key);
+                Vec::new()
+            }
+            status::RUNNING => {
+                self.set_running(&key, now);
+                Vec::new()
+            }
+            status::COMPLETED => {
+                let mut inst = self.instances.remove(&key).expect("present");
+                let _ = self.leave_node(&mut inst);
+                inst.status = status::COMPLETED.into();
+                inst.detail = if r.status_detail.is_empty() { "finished".into() } else { r.status_detail };
+                inst.since = now;
+                self.instances.insert(key.clone(), inst);
+                self.mark(key);
+                Vec::new()
+            }
+            status::FAILED | status::DEAD | status::UNDEPLOYED => {
+                let detail = if r.status_detail.is_empty() {
+                    format!("{} on worker {node_id}", r.status)
+                } else {
+                    r.status_detail.clone()
+                };
+                let s = if r.status == status::UNDEPLOYED { status::DEAD } else { r.status.as_str() };
+                self.fail(&key, s, detail, now, false)
+            }
+            other => {
+                tracing::debug!(node = node_id, status = other, "ignoring unknown instance status");
+                Vec::new()
+            }
+        }
+    }
+
+    /// `nodes/<id>/jobs/resources`: the instances a worker runs, with usage.
+    pub fn resources_report(&mut self, node_id: &str, r: ResourcesReport, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for s in r.services {
+            let Some(job_id) = self.by_name.get(&s.job_name).cloned() else {
+                effects.extend(stale_delete(node_id, &s.job_name, s.instance, status::RUNNING));
+                continue;
+            };
+            let key = (job_id, s.instance);
+            let Some(inst) = self.instances.get_mut(&key) else {
+                effects.extend(stale_delete(node_id, &s.job_name, s.instance, status::RUNNING));
+                continue;
+            };
+            if inst.worker_id.as_deref() != Some(node_id) || !on_node(&inst.status) {
+                effects.extend(stale_delete(node_id, &s.job_name, s.instance, status::RUNNING));
+                continue;
+            }
+            inst.cpu_percent = s.cpu_percent.parse().ok();
+            inst.memory_percent = s.memory_percent.parse().ok();
+            inst.disk = s.disk.parse::<f64>().ok().map(|d| d as u64);
+            if !s.logs.is_empty() {
+                inst.logs = Some(s.logs);
+            }
+            self.metrics_to_root.insert(key.clone());
+            self.set_running(&key, now);
+        }
+        effects
+    }
+
+    fn set_running(&mut self, key: &Key, now: Instant) {
+        let Some(inst) = self.instances.get_mut(key) else { return };
+        if inst.status != status::RUNNING {
+            inst.status = status::RUNNING.into();
+            inst.detail = "running".into();
+            inst.since = now;
+            inst.attempts = 0;
+            self.mark(key.clone());
+        }
+    }
+
+    fn mark(&mut self, key: Key) {
+        self.dirty.insert(key.clone());
+        self.to_root.insert(key);
+    }
+
+    /// The instance failed where it was: free the node, retry elsewhere after a back-off.
+    fn fail(&mut self, key: &Key, s: &str, detail: String, now: Instant, stop_it: bool) -> Vec<Effect> {
+        let Some(mut inst) = self.instances.remove(key) else { return Vec::new() };
+        let delete = self.leave_node(&mut inst);
+        inst.status = s.into();
+        inst.detail = detail;
+        inst.since = now;
+        inst.attempts = inst.attempts.saturating_add(1);
+        inst.next_try = now + backoff(inst.attempts.saturating_sub(1), self.timing.retry_max);
+        self.instances.insert(key.clone(), inst);
+        self.mark(key.clone());
+        self.pending = true;
+        if stop_it {
+            delete.into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Liveness and timeouts: instances of silent workers and stuck deployments move on.
+    pub fn check_timeouts(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let silent: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.last_seen.is_some_and(|t| now.duration_since(t) > self.timing.node_timeout))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut moves = Vec::new();
+        for (key, inst) in &self.instances {
+            if !on_node(&inst.status) {
+                continue;
+            }
+            let worker = inst.worker_id.as_deref().unwrap_or("");
+            if silent.contains(worker) {
+                moves.push((key.clone(), format!("worker {worker} stopped reporting"), false));
+            } else if !self.nodes.contains_key(worker) {
+                moves.push((key.clone(), format!("worker {worker} is not registered"), false));
+            } else if inst.status == status::NODE_SCHEDULED && now.duration_since(inst.since) > self.timing.deploy_timeout
+            {
+                moves.push((
+                    key.clone(),
+                    format!("worker {worker} did not start it within {}s", self.timing.deploy_timeout.as_secs()),
+                    true,
+                ));
+            }
+        }
+        for (key, detail, stuck) in moves {
+            tracing::warn!(job = %key.0, instance = key.1, reason = %detail, "re-placing instance");
+            // A silent worker gets the delete too: if it comes back it must not keep a copy.
+            effects.extend(self.fail(&key, status::FAILED, detail, now, true));
+            if !stuck {
+                if let Some(inst) = self.instances.get_mut(&key) {
+                    // Moving off a dead worker is not the instance's fault: no back-off.
+                    inst.next_try = now;
+                    inst.attempts = inst.attempts.saturating_sub(1);
+                }
+            }
+        }
+        for id in silent {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                if node.last_seen.is_some() {
+                    tracing::warn!(node = %id, "worker inactive");
+                }
+                node.last_seen = None;
+            }
+        }
+        effects
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// Reports for the root: state changes now, metrics-only changes at most every
+    /// `metrics_interval` per instance. With `full`, every instance.
+    pub fn root_updates(&mut self, full: bool, now: Instant) -> Vec<InstanceReport> {
+        let keys: Vec<Key> = if full {
+            self.to_root.clear();
+            self.metrics_to_root.clear();
+            self.instances.keys().cloned().collect()
+        } else {
+            let mut keys: BTreeSet<Key> = std::mem::take(&mut self.to_root);
+            let interval = self.timing.metrics_interval;
+            let instances = &self.instances;
+            self.metrics_to_root.retain(|k| {
+                let due = instances.get(k).is_some_and(|i| i.metrics_sent.is_none_or(|t| now.duration_since(t) >= interval));
+                if due {
+                    keys.insert(k.clone());
+                }
+                !due && instances.contains_key(k)
+            });
+            keys.into_iter().collect()
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(inst) = self.instances.get_mut(&key) else { continue };
+            inst.metrics_sent = Some(now);
+            out.push(InstanceReport {
+                job_id: key.0.clone(),
+                instance_number: key.1,
+                status: inst.status.clone(),
+                status_detail: inst.detail.clone(),
+                worker_id: inst.worker_id.clone(),
+                host_ip: inst.host_ip.clone(),
+                host_port: None,
+                publicip: inst.publicip.clone(),
+                cpu_percent: inst.cpu_percent,
+                memory_percent: inst.memory_percent,
+                disk: inst.disk,
+                logs: inst.logs.clone(),
+            });
+        }
+        out
+    }
+
+    /// Changes to write to the store since the last call.
+    pub fn take_batch(&mut self) -> Batch {
+        let nodes = std::mem::take(&mut self.dirty_nodes)
+            .into_iter()
+            .filter_map(|id| self.nodes.get(&id).map(|n| n.record.clone()))
+            .collect();
+        let instances = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|k| {
+                self.instances.get(&k).map(|i| InstanceRecord {
+                    job: (*i.job).clone(),
+                    instance_number: i.number,
+                    status: i.status.clone(),
+                    status_detail: i.detail.clone(),
+                    worker_id: i.worker_id.clone(),
+                    attempts: i.attempts,
+                })
+            })
+            .collect();
+        let removed = std::mem::take(&mut self.removed).into_iter().collect();
+        Batch { nodes, instances, removed }
+    }
+}
+
+/// An instance a worker should not run (unknown, removed, or moved elsewhere): tell it to stop,
+/// unless the report already says it stopped.
+fn stale_delete(node: &str, job_name: &str, instance: u32, reported: &str) -> Vec<Effect> {
+    if matches!(reported, status::UNDEPLOYED | status::DEAD | status::COMPLETED | status::FAILED) {
+        return Vec::new();
+    }
+    vec![Effect::Delete {
+        node: node.into(),
+        cmd: DeleteCommand { job_name: job_name.into(), virtualization: String::new(), instance_number: instance },
+    }]
+}
+
+fn minus(a: Demand, b: Demand) -> Demand {
+    Demand {
+        vcpus: (a.vcpus - b.vcpus).max(0.0),
+        memory_mb: a.memory_mb.saturating_sub(b.memory_mb),
+        gpus: a.gpus.saturating_sub(b.gpus),
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to `max`.
+fn backoff(attempts: u32, max: Duration) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(16)).min(max)
+}
+
+#[cfg(test)]
+mod tests;

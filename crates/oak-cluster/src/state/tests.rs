@@ -1,0 +1,229 @@
+//! Lifecycle rules of the cluster state, without sockets: time is passed in.
+
+use std::time::{Duration, Instant};
+
+use oak_api::channel::{DeployInstance, InstanceRef};
+use oak_api::node::{JobSpec, JobStatusReport, NodeInfo, ResourcesReport, ServiceResources};
+use oak_api::sla::Microservice;
+use oak_api::status;
+
+use super::{ClusterState, Effect, Timing};
+use crate::store::NodeRecord;
+
+fn job(name: &str, memory: u64) -> JobSpec {
+    let mut spec: Microservice = serde_json::from_value(serde_json::json!({
+        "microservice_name": name, "microservice_namespace": "test",
+        "virtualization": "docker", "code": "img"
+    }))
+    .unwrap();
+    spec.memory = memory;
+    spec.vcpus = 1;
+    JobSpec { id: format!("id-{name}"), job_name: format!("app.test.{name}.test"), image: "img".into(), spec }
+}
+
+fn info(name: &str, memory: u64) -> NodeInfo {
+    NodeInfo {
+        host: name.into(),
+        ip: "10.0.0.1".into(),
+        vcpus: 4,
+        memory,
+        memory_total: memory,
+        architecture: "amd64".into(),
+        virtualization: vec!["docker".into()],
+        ..Default::default()
+    }
+}
+
+fn state(nodes: &[(&str, u64)], t0: Instant) -> ClusterState {
+    let mut st = ClusterState::new("c1".into(), Timing::default(), Vec::new(), Vec::new(), t0);
+    for (id, mem) in nodes {
+        st.register_node(NodeRecord { id: id.to_string(), secret_hash: String::new(), info: info(id, *mem) });
+        assert!(st.node_information(id, info(id, *mem), t0).is_empty());
+    }
+    st
+}
+
+fn deploy(st: &mut ClusterState, j: &JobSpec, n: u32, t: Instant) -> Vec<Effect> {
+    let mut fx = st.deploy(vec![DeployInstance { instance_number: n, job: j.clone() }], false, t);
+    fx.extend(st.schedule(t));
+    fx
+}
+
+fn placed_on(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Deploy { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn running(st: &mut ClusterState, node: &str, j: &JobSpec, n: u32, t: Instant) -> Vec<Effect> {
+    let report = ResourcesReport {
+        services: vec![ServiceResources {
+            job_name: j.job_name.clone(),
+            instance: n,
+            cpu_percent: "1.5".into(),
+            memory_percent: "2".into(),
+            ..Default::default()
+        }],
+    };
+    st.resources_report(node, report, t)
+}
+
+fn status_of(st: &ClusterState, j: &JobSpec, n: u32) -> String {
+    st.instances[&(j.id.clone(), n)].status.clone()
+}
+
+#[test]
+fn placement_reserves_capacity_until_undeploy() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("web", 400);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["a"]);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 1, t)), ["a"]);
+    // 800 of 1000 MB are reserved: a third 400 MB instance does not fit before any report.
+    assert!(placed_on(&deploy(&mut st, &j, 2, t)).is_empty());
+    assert_eq!(status_of(&st, &j, 2), status::NO_WORKER_CAPACITY);
+    assert_eq!(st.resources(t).totals.free_memory_mb, 200);
+    // Undeploying one frees its share; the waiting one is placed at its next try.
+    let fx = st.undeploy(&[InstanceRef { job_id: j.id.clone(), instance_number: 0 }]);
+    assert!(matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a"));
+    assert_eq!(placed_on(&st.schedule(t + Duration::from_secs(5))), ["a"]);
+}
+
+#[test]
+fn resources_report_makes_instances_running_and_reports_them_once() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("web", 100);
+    deploy(&mut st, &j, 0, t);
+    assert_eq!(status_of(&st, &j, 0), status::NODE_SCHEDULED);
+    assert!(running(&mut st, "a", &j, 0, t).is_empty());
+    assert_eq!(status_of(&st, &j, 0), status::RUNNING);
+    let first = st.root_updates(false, t);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].status, status::RUNNING);
+    assert_eq!(first[0].worker_id.as_deref(), Some("a"));
+    assert_eq!(first[0].cpu_percent, Some(1.5));
+    // Metrics-only changes wait for the metrics interval.
+    running(&mut st, "a", &j, 0, t + Duration::from_secs(1));
+    assert!(st.root_updates(false, t + Duration::from_secs(1)).is_empty());
+    assert_eq!(st.root_updates(false, t + Duration::from_secs(11)).len(), 1);
+}
+
+#[test]
+fn silent_worker_loses_its_instances_and_late_reports_are_ignored() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 900)], t);
+    let j = job("web", 100);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["a"]);
+    running(&mut st, "a", &j, 0, t);
+    // b keeps reporting, a goes silent.
+    let later = t + Duration::from_secs(7);
+    st.node_information("b", info("b", 900), later);
+    let fx = st.check_timeouts(later);
+    assert!(matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a"), "{fx:?}");
+    assert_eq!(status_of(&st, &j, 0), status::FAILED);
+    assert_eq!(placed_on(&st.schedule(later)), ["b"]);
+    // a comes back and reports the old copy: it must not overwrite, and a is told to stop it.
+    let fx = running(&mut st, "a", &j, 0, later);
+    assert!(matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a"));
+    let old = JobStatusReport { sname: j.job_name.clone(), status: status::DEAD.into(), instance: 0, ..Default::default() };
+    assert!(st.job_report("a", old, later).is_empty());
+    assert_eq!(status_of(&st, &j, 0), status::NODE_SCHEDULED);
+    assert_eq!(st.instances[&(j.id.clone(), 0)].worker_id.as_deref(), Some("b"));
+}
+
+#[test]
+fn failed_instances_are_retried_with_backoff() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("web", 100);
+    deploy(&mut st, &j, 0, t);
+    let failed = JobStatusReport {
+        sname: j.job_name.clone(),
+        status: status::FAILED.into(),
+        status_detail: "image pull failed".into(),
+        instance: 0,
+        ..Default::default()
+    };
+    st.job_report("a", failed.clone(), t);
+    assert_eq!(status_of(&st, &j, 0), status::FAILED);
+    assert_eq!(st.instances[&(j.id.clone(), 0)].detail, "image pull failed");
+    assert_eq!(st.resources(t).totals.free_memory_mb, 1000, "failure releases the node's capacity");
+    // First retry after 1 s, not before.
+    assert!(placed_on(&st.schedule(t)).is_empty());
+    let t1 = t + Duration::from_secs(1);
+    assert_eq!(placed_on(&st.schedule(t1)), ["a"]);
+    st.job_report("a", failed, t1);
+    // Second failure: 2 s back-off.
+    assert!(placed_on(&st.schedule(t1 + Duration::from_millis(1500))).is_empty());
+    assert_eq!(placed_on(&st.schedule(t1 + Duration::from_secs(2))), ["a"]);
+}
+
+#[test]
+fn completed_one_shot_frees_the_node_and_stays_completed() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("batch", 600);
+    deploy(&mut st, &j, 0, t);
+    running(&mut st, "a", &j, 0, t);
+    let done = JobStatusReport { sname: j.job_name.clone(), status: status::COMPLETED.into(), instance: 0, ..Default::default() };
+    st.job_report("a", done, t);
+    assert_eq!(status_of(&st, &j, 0), status::COMPLETED);
+    assert!(st.schedule(t + Duration::from_secs(60)).is_empty());
+    assert_eq!(st.resources(t).totals.free_memory_mb, 1000);
+}
+
+#[test]
+fn stuck_deployments_time_out_and_move() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("web", 100);
+    deploy(&mut st, &j, 0, t);
+    let late = t + Duration::from_secs(121);
+    st.node_information("a", info("a", 1000), late);
+    let fx = st.check_timeouts(late);
+    assert!(matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a"));
+    assert_eq!(status_of(&st, &j, 0), status::FAILED);
+    assert!(st.instances[&(j.id.clone(), 0)].detail.contains("did not start it"));
+}
+
+#[test]
+fn full_desired_set_removes_what_the_root_no_longer_wants() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let (j1, j2) = (job("one", 100), job("two", 100));
+    deploy(&mut st, &j1, 0, t);
+    deploy(&mut st, &j2, 0, t);
+    let fx = st.deploy(vec![DeployInstance { instance_number: 0, job: j2.clone() }], true, t);
+    assert!(matches!(&fx[..], [Effect::Delete { cmd, .. }] if cmd.job_name == j1.job_name));
+    assert_eq!(st.instances.len(), 1);
+    let batch = st.take_batch();
+    assert_eq!(batch.removed, vec![(j1.id.clone(), 0)]);
+}
+
+#[test]
+fn unknown_nodes_and_unknown_jobs_get_clear_answers() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let fx = st.node_information("ghost", info("ghost", 1), t);
+    assert!(matches!(&fx[..], [Effect::NodeError { node, message }] if node == "ghost" && message.contains("not registered")));
+    let j = job("web", 100);
+    let fx = running(&mut st, "a", &j, 3, t);
+    assert!(matches!(&fx[..], [Effect::Delete { cmd, .. }] if cmd.instance_number == 3), "orphans are stopped");
+}
+
+#[test]
+fn direct_constraint_names_nodes() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 500)], t);
+    let mut j = job("web", 100);
+    j.spec.constraints = vec![oak_api::sla::Constraint {
+        kind: "direct".into(),
+        node: Some("b".into()),
+        ..Default::default()
+    }];
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["b"]);
+}

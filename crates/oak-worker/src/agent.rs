@@ -1,0 +1,193 @@
+//! `run`: one worker from registration to shutdown. Everything a worker owns lives in this call
+//! (no globals, no signal handlers), so a process can run many workers side by side.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oak_runtime::{Runtime, RuntimeEvent};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::engine::{Engine, EngineMsg, Shared};
+use crate::host_info::NodeInfoSource;
+use crate::reporter::{NodeStamp, Reporter};
+use crate::reports::Outgoing;
+use crate::session::{self, Carry, SessionEnd};
+use crate::{identity, register, WorkerConfig, WorkerError};
+
+/// How long the engine may take to write its last state at shutdown.
+const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a worker is given rather than configured with: its runtimes, where its node
+/// description comes from, and the HTTP client to register with (shared between workers).
+#[derive(Clone)]
+pub struct WorkerDeps {
+    /// One per virtualization; the first of several with the same name wins.
+    pub runtimes: Vec<Arc<dyn Runtime>>,
+    pub node_source: Arc<dyn NodeInfoSource>,
+    pub http: reqwest::Client,
+}
+
+/// Runs a worker until `shutdown` completes or a fatal error (e.g. the cluster refused the join
+/// token). Transient failures (cluster or broker unreachable, broker forgot the node) are retried
+/// with back-off. Shutting down leaves the instances running: a restarted worker adopts them.
+pub async fn run(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
+    config.validate()?;
+    let runtimes = distinct_runtimes(deps.runtimes);
+    if runtimes.is_empty() {
+        return Err(WorkerError::NoRuntime);
+    }
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
+    let span = tracing::info_span!("worker", node = %config.node_name, node_id = tracing::field::Empty);
+    let deps = WorkerDeps { runtimes, ..deps };
+    run_worker(config, deps, shutdown).instrument(span).await
+}
+
+async fn run_worker(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
+    let shared = Arc::new(Shared::new());
+    let (engine_tx, engine_rx) = mpsc::unbounded_channel();
+    let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
+    let stamp = NodeStamp {
+        node_name: config.node_name.clone(),
+        virtualization: deps.runtimes.iter().map(|r| r.name().to_string()).collect(),
+    };
+
+    // Subscribe to runtime events before adopting, so no exit falls between the two.
+    let mut tasks = JoinSet::new();
+    for (index, rt) in deps.runtimes.iter().enumerate() {
+        tasks.spawn(forward_events(index, rt.events(), engine_tx.clone()).in_current_span());
+    }
+    let (stop_engine, engine_stopped) = oneshot::channel();
+    let engine = Engine::new(deps.runtimes.clone(), config.data_dir.clone(), shared.clone(), outbox_tx.clone());
+    let engine_task = tokio::spawn(engine.run(engine_rx, engine_stopped).in_current_span());
+    tasks.spawn(
+        Reporter {
+            interval: config.report_interval,
+            runtimes: deps.runtimes.clone(),
+            source: deps.node_source.clone(),
+            stamp: stamp.clone(),
+            shared: shared.clone(),
+            engine: engine_tx.clone(),
+            outbox: outbox_tx,
+        }
+        .run()
+        .in_current_span(),
+    );
+
+    let result = tokio::select! {
+        result = stay_connected(&config, &deps, &stamp, &mut outbox_rx, &engine_tx, &shared) => result,
+        () = shutdown => {
+            tracing::info!("worker shutting down");
+            Ok(())
+        }
+    };
+
+    tasks.shutdown().await;
+    let _ = stop_engine.send(());
+    let abort = engine_task.abort_handle();
+    if tokio::time::timeout(ENGINE_STOP_TIMEOUT, engine_task).await.is_err() {
+        tracing::warn!("engine did not stop in time");
+        abort.abort();
+    }
+    result
+}
+
+/// Registers, keeps an MQTT session, and registers again whenever the broker refuses the
+/// credentials. Returns only on a fatal registration error.
+async fn stay_connected(
+    config: &WorkerConfig,
+    deps: &WorkerDeps,
+    stamp: &NodeStamp,
+    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+    engine: &mpsc::UnboundedSender<EngineMsg>,
+    shared: &Shared,
+) -> Result<(), WorkerError> {
+    let mut identity = identity::load(&config.data_dir).await;
+    let mut carry = Carry::default();
+    let mut refused = Backoff::reconnect();
+    loop {
+        let registration = register::register_with_retry(&deps.http, config, identity.as_ref(), || async {
+            stamp.apply(deps.node_source.sample().await)
+        })
+        .await?;
+        if !registration.node_ip.is_empty() {
+            carry.ip.clone_from(&registration.node_ip);
+        }
+        let node_id = registration.identity.id.clone();
+        tracing::Span::current().record("node_id", node_id.as_str());
+        if identity.as_ref() != Some(&registration.identity) {
+            if let Some(old) = identity.as_ref().filter(|old| old.id != node_id) {
+                tracing::warn!(old_id = %old.id, new_id = %node_id, "the cluster gave this worker a new node id");
+            }
+            if let Err(e) = identity::save(&config.data_dir, &registration.identity).await {
+                tracing::error!(error = %e, "cannot persist the node identity; a restart registers as a new node");
+            }
+            identity = Some(registration.identity.clone());
+        }
+        tracing::info!(%node_id, broker = %format!("{}:{}", registration.mqtt.host, registration.mqtt.port), "registered with the cluster");
+
+        let session_span = tracing::info_span!("session", %node_id);
+        let end = session::run(&registration, outbox, &mut carry, engine, shared).instrument(session_span).await;
+        match end {
+            SessionEnd::CredentialsRefused { was_connected } => {
+                if was_connected {
+                    refused.reset();
+                }
+                let delay = refused.next_delay();
+                tracing::warn!(retry_in_s = delay.as_secs(), "registering again after the broker refused the credentials");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Passes a runtime's exit events to the engine. A lagging subscription loses events; the next
+/// observation of the runtime catches up.
+async fn forward_events(
+    runtime: usize,
+    mut events: broadcast::Receiver<RuntimeEvent>,
+    engine: mpsc::UnboundedSender<EngineMsg>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(RuntimeEvent::Exited { job_name, instance, code }) => {
+                if engine.send(EngineMsg::Exited { runtime, job_name, instance, code }).is_err() {
+                    return;
+                }
+            }
+            Ok(other) => tracing::debug!(?other, "ignoring runtime event"),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed runtime events; the next observation catches up");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn distinct_runtimes(runtimes: Vec<Arc<dyn Runtime>>) -> Vec<Arc<dyn Runtime>> {
+    let mut names = HashSet::new();
+    runtimes
+        .into_iter()
+        .filter(|rt| {
+            let first = names.insert(rt.name().to_string());
+            if !first {
+                tracing::warn!(runtime = rt.name(), "ignoring a second runtime with the same name");
+            }
+            first
+        })
+        .collect()
+}

@@ -1,0 +1,550 @@
+//! The instance state machine of one worker. A single task owns every instance's state and
+//! handles control commands, runtime events, finished runtime calls and periodic observations
+//! one at a time, so no two decisions about an instance race. Runtime calls themselves run as
+//! separate tasks: a slow image pull never blocks other commands.
+//!
+//! Desired state (what the cluster asked for) is persisted after every change; observed state
+//! comes from the runtimes' events and, as the source of truth, from `list` every report
+//! interval, so a missed event is caught up with.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use oak_api::node::{DeployCommand, ResourcesReport, ServiceResources};
+use oak_api::status;
+use oak_runtime::{task_id, InstanceState, InstanceStatus, Runtime, RuntimeError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::commands;
+use crate::desired;
+use crate::reports::{self, Outgoing};
+
+/// An instance: job name and instance number.
+pub(crate) type Key = (String, u32);
+
+/// State shared between the engine, the reporter and the MQTT session.
+pub(crate) struct Shared {
+    /// Whether the broker connection is up; periodic reports are skipped while it is not.
+    pub connected: AtomicBool,
+    /// Increases at every change of what runs: lets the engine tell whether an observation was
+    /// started before or after a change (an instance deployed after `list` began is not missing).
+    pub seq: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self { connected: AtomicBool::new(false), seq: AtomicU64::new(1) }
+    }
+}
+
+/// What the engine is told.
+#[derive(Debug)]
+pub(crate) enum EngineMsg {
+    /// Raw payload of `control/deploy`.
+    Deploy(Vec<u8>),
+    /// Raw payload of `control/delete`.
+    Delete(Vec<u8>),
+    /// A runtime event: the instance stopped by itself.
+    Exited { runtime: usize, job_name: String, instance: u32, code: i32 },
+    /// What every runtime runs, listed after `seq` was read; one result per runtime, in order.
+    Observed { seq: u64, runtimes: Vec<Result<Observation, RuntimeError>> },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Observation {
+    pub instances: Vec<InstanceState>,
+    pub stats: Vec<ServiceResources>,
+}
+
+struct Entry {
+    /// `None` for instances the worker never received a command for (deletes of unknown
+    /// instances, clean-up of leftovers).
+    cmd: Option<DeployCommand>,
+    /// Index into the runtimes; `None` means "whichever holds it".
+    runtime: Option<usize>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// `deploy` is running. A delete or an exit that arrives meanwhile is remembered and handled
+    /// when it returns.
+    Deploying { exit_code: Option<i32>, delete_requested: bool },
+    /// Started; `since` is the `seq` at which it was last known to be started.
+    Running { since: u64 },
+    /// `undeploy` is running (deleted, or cleaning up after an exit).
+    Stopping { report_undeployed: bool, then_deploy: Option<(DeployCommand, usize)> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Deploy,
+    Undeploy,
+}
+
+pub(crate) struct Engine {
+    runtimes: Vec<Arc<dyn Runtime>>,
+    data_dir: PathBuf,
+    shared: Arc<Shared>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    entries: HashMap<Key, Entry>,
+    /// Instances removed recently, with the `seq` of their removal: an observation started
+    /// before that may still list them and must not resurrect them.
+    tombstones: HashMap<Key, u64>,
+    ops: JoinSet<Result<(), RuntimeError>>,
+    op_keys: HashMap<tokio::task::Id, (Key, OpKind)>,
+    /// Whether the desired set may have changed since it was last written.
+    dirty: bool,
+    saved: Option<Vec<DeployCommand>>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        runtimes: Vec<Arc<dyn Runtime>>,
+        data_dir: PathBuf,
+        shared: Arc<Shared>,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+    ) -> Self {
+        Self {
+            runtimes,
+            data_dir,
+            shared,
+            outbox,
+            entries: HashMap::new(),
+            tombstones: HashMap::new(),
+            ops: JoinSet::new(),
+            op_keys: HashMap::new(),
+            dirty: false,
+            saved: None,
+        }
+    }
+
+    /// Adopts what survived a restart, then handles messages until `stop` fires or every sender
+    /// is gone. Runtime calls still running at that point are abandoned (their instances are
+    /// reconciled at the next start).
+    pub(crate) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<EngineMsg>, mut stop: oneshot::Receiver<()>) {
+        self.adopt().await;
+        self.persist().await;
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Some(joined) = self.ops.join_next_with_id() => self.on_joined(joined),
+                _ = &mut stop => break,
+            }
+            self.persist().await;
+        }
+        self.persist().await;
+    }
+
+    fn handle(&mut self, msg: EngineMsg) {
+        match msg {
+            EngineMsg::Deploy(payload) => self.on_deploy(&payload),
+            EngineMsg::Delete(payload) => self.on_delete(&payload),
+            EngineMsg::Exited { runtime, job_name, instance, code } => self.on_exit_event(runtime, (job_name, instance), code),
+            EngineMsg::Observed { seq, runtimes } => self.on_observed(seq, runtimes),
+        }
+    }
+
+    // ---- control commands ----
+
+    fn on_deploy(&mut self, payload: &[u8]) {
+        let cmd = match commands::parse_deploy(payload) {
+            Ok(cmd) => cmd,
+            Err(rejected) => {
+                tracing::warn!(job = %rejected.job_name, instance = rejected.instance, detail = %rejected.detail, "rejecting deploy command");
+                self.report(&rejected.job_name, rejected.instance, status::FAILED, rejected.detail);
+                return;
+            }
+        };
+        let key: Key = (cmd.job.job_name.clone(), cmd.instance_number);
+        let Some(runtime) = self.runtime_index(&cmd.job.spec.virtualization) else {
+            let detail = format!(
+                "unknown virtualization {:?}: this worker runs {}",
+                cmd.job.spec.virtualization,
+                self.runtime_names().join(", ")
+            );
+            tracing::warn!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
+            self.report(&key.0, key.1, status::FAILED, detail);
+            return;
+        };
+        self.dirty = true;
+        let Some(entry) = self.entries.get_mut(&key) else {
+            self.start_deploy(key, runtime, cmd);
+            return;
+        };
+        match &mut entry.phase {
+            Phase::Deploying { delete_requested, .. } => {
+                tracing::debug!(job = %key.0, instance = key.1, "deploy already in progress");
+                *delete_requested = false;
+            }
+            Phase::Running { .. } => {
+                tracing::debug!(job = %key.0, instance = key.1, "instance already running; reporting it again");
+                self.report(&key.0, key.1, status::RUNNING, "instance is already running");
+            }
+            Phase::Stopping { then_deploy, .. } => *then_deploy = Some((cmd, runtime)),
+        }
+    }
+
+    fn on_delete(&mut self, payload: &[u8]) {
+        let cmd = match commands::parse_delete(payload) {
+            Ok(cmd) => cmd,
+            Err(rejected) => {
+                tracing::warn!(detail = %rejected.detail, "ignoring delete command");
+                return;
+            }
+        };
+        let key: Key = (cmd.job_name, cmd.instance_number);
+        self.dirty = true;
+        let Some(entry) = self.entries.get_mut(&key) else {
+            // Unknown here, but a runtime may still hold it (e.g. from before a lost state file):
+            // remove it wherever it is and confirm, so deletes are idempotent.
+            let runtime = self.runtime_index(&cmd.virtualization);
+            let phase = Phase::Stopping { report_undeployed: true, then_deploy: None };
+            self.entries.insert(key.clone(), Entry { cmd: None, runtime, phase });
+            self.spawn_undeploy(key, runtime);
+            return;
+        };
+        match &mut entry.phase {
+            Phase::Deploying { delete_requested, .. } => *delete_requested = true,
+            Phase::Running { .. } => {
+                entry.phase = Phase::Stopping { report_undeployed: true, then_deploy: None };
+                let runtime = entry.runtime;
+                self.spawn_undeploy(key, runtime);
+            }
+            Phase::Stopping { report_undeployed, then_deploy } => {
+                *report_undeployed = true;
+                *then_deploy = None;
+            }
+        }
+    }
+
+    // ---- runtime observations ----
+
+    fn on_exit_event(&mut self, runtime: usize, key: Key, code: i32) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            tracing::debug!(job = %key.0, instance = key.1, runtime, "exit of an instance this worker does not track");
+            return;
+        };
+        match &mut entry.phase {
+            Phase::Deploying { exit_code, .. } => *exit_code = Some(code),
+            Phase::Running { .. } => self.handle_exit(key, code),
+            Phase::Stopping { .. } => {}
+        }
+    }
+
+    /// Reports the exit of a running instance and removes what is left of it.
+    fn handle_exit(&mut self, key: Key, code: i32) {
+        let Some(entry) = self.entries.get_mut(&key) else { return };
+        let one_shot = entry.cmd.as_ref().is_some_and(|c| c.job.spec.one_shot);
+        let status = reports::exit_status(one_shot, code);
+        tracing::info!(job = %key.0, instance = key.1, code, status, "instance exited");
+        entry.phase = Phase::Stopping { report_undeployed: false, then_deploy: None };
+        let runtime = entry.runtime;
+        self.dirty = true;
+        self.report(&key.0, key.1, status, format!("exited with code {code}"));
+        self.spawn_undeploy(key, runtime);
+    }
+
+    fn on_observed(&mut self, seq: u64, results: Vec<Result<Observation, RuntimeError>>) {
+        let mut services = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, result) in results.into_iter().enumerate() {
+            let Some(runtime) = self.runtimes.get(index).cloned() else { continue };
+            let observation = match result {
+                Ok(observation) => observation,
+                Err(e) => {
+                    tracing::warn!(runtime = runtime.name(), error = %e, "cannot observe runtime");
+                    continue;
+                }
+            };
+            self.reconcile(index, seq, &observation.instances);
+            for mut usage in observation.stats {
+                let key: Key = (usage.job_name.clone(), usage.instance);
+                let include = match self.entries.get(&key) {
+                    Some(entry) => matches!(entry.phase, Phase::Running { .. }),
+                    None => !self.removed_after(&key, seq),
+                };
+                // One entry per instance, even if two runtimes see the same one.
+                if include && seen.insert(key) {
+                    if usage.virtualization.is_empty() {
+                        usage.virtualization = runtime.name().to_string();
+                    }
+                    services.push(usage);
+                }
+            }
+        }
+        // Later observations start after every removal recorded so far.
+        self.tombstones.retain(|_, removed| *removed > seq);
+        services.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));
+        let _ = self.outbox.send(Outgoing::Resources(ResourcesReport { services }));
+    }
+
+    /// Compares what runtime `index` lists with what the engine believes runs there.
+    fn reconcile(&mut self, index: usize, seq: u64, listed: &[InstanceState]) {
+        let listed: HashMap<Key, InstanceStatus> =
+            listed.iter().map(|i| ((i.job_name.clone(), i.instance), i.state)).collect();
+        let running: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.runtime == Some(index) && matches!(e.phase, Phase::Running { since } if since <= seq))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in running {
+            match listed.get(&key) {
+                Some(InstanceStatus::Running | InstanceStatus::Creating) => {}
+                Some(InstanceStatus::Exited { code }) => self.handle_exit(key, *code),
+                None => {
+                    let name = self.runtimes[index].name().to_string();
+                    tracing::warn!(job = %key.0, instance = key.1, runtime = %name, "instance disappeared");
+                    self.report(&key.0, key.1, status::DEAD, format!("instance no longer exists in runtime {name}"));
+                    self.remove(&key);
+                }
+            }
+        }
+        // Exited leftovers nobody asked for (e.g. after a lost state file): clean them up.
+        for (key, state) in listed {
+            if matches!(state, InstanceStatus::Exited { .. })
+                && !self.entries.contains_key(&key)
+                && !self.removed_after(&key, seq)
+            {
+                tracing::info!(job = %key.0, instance = key.1, "removing an exited instance this worker does not track");
+                let phase = Phase::Stopping { report_undeployed: false, then_deploy: None };
+                self.entries.insert(key.clone(), Entry { cmd: None, runtime: Some(index), phase });
+                self.spawn_undeploy(key, Some(index));
+            }
+        }
+    }
+
+    // ---- finished runtime calls ----
+
+    fn on_joined(&mut self, joined: Result<(tokio::task::Id, Result<(), RuntimeError>), tokio::task::JoinError>) {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) => (e.id(), Err(RuntimeError::Failed(format!("runtime call failed: {e}")))),
+        };
+        let Some((key, kind)) = self.op_keys.remove(&id) else { return };
+        self.dirty = true;
+        match kind {
+            OpKind::Deploy => self.on_deployed(key, result),
+            OpKind::Undeploy => self.on_undeployed(key, result),
+        }
+    }
+
+    fn on_deployed(&mut self, key: Key, result: Result<(), RuntimeError>) {
+        let Some(entry) = self.entries.get_mut(&key) else { return };
+        let Phase::Deploying { exit_code, delete_requested } = entry.phase else {
+            tracing::error!(job = %key.0, instance = key.1, "deploy finished for an instance that was not deploying");
+            return;
+        };
+        match result {
+            Ok(()) if delete_requested => {
+                entry.phase = Phase::Stopping { report_undeployed: true, then_deploy: None };
+                let runtime = entry.runtime;
+                self.spawn_undeploy(key, runtime);
+            }
+            Ok(()) => {
+                tracing::info!(job = %key.0, instance = key.1, "instance deployed");
+                entry.phase = Phase::Running { since: self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1 };
+                self.report(&key.0, key.1, status::CREATED, "");
+                if let Some(code) = exit_code {
+                    self.handle_exit(key, code);
+                }
+            }
+            Err(e) => {
+                if delete_requested {
+                    self.report(&key.0, key.1, status::UNDEPLOYED, "");
+                } else {
+                    tracing::warn!(job = %key.0, instance = key.1, error = %e, "deploy failed");
+                    self.report(&key.0, key.1, status::FAILED, e.to_string());
+                }
+                self.remove(&key);
+            }
+        }
+    }
+
+    fn on_undeployed(&mut self, key: Key, result: Result<(), RuntimeError>) {
+        let Some(entry) = self.entries.get_mut(&key) else { return };
+        let Phase::Stopping { report_undeployed, then_deploy } =
+            std::mem::replace(&mut entry.phase, Phase::Running { since: 0 })
+        else {
+            tracing::error!(job = %key.0, instance = key.1, "undeploy finished for an instance that was not stopping");
+            return;
+        };
+        match result {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => {
+                if report_undeployed {
+                    tracing::info!(job = %key.0, instance = key.1, "instance undeployed");
+                    self.report(&key.0, key.1, status::UNDEPLOYED, "");
+                }
+            }
+            // Still listed, so reported as unknown: the cluster deletes it again.
+            Err(e) => tracing::warn!(job = %key.0, instance = key.1, error = %e, "undeploy failed"),
+        }
+        self.remove(&key);
+        if let Some((cmd, runtime)) = then_deploy {
+            self.start_deploy(key, runtime, cmd);
+        }
+    }
+
+    // ---- helpers ----
+
+    fn start_deploy(&mut self, key: Key, runtime: usize, cmd: DeployCommand) {
+        let phase = Phase::Deploying { exit_code: None, delete_requested: false };
+        self.entries.insert(key.clone(), Entry { cmd: Some(cmd.clone()), runtime: Some(runtime), phase });
+        let rt = self.runtimes[runtime].clone();
+        let span = tracing::info_span!("deploy", job = %key.0, instance = key.1);
+        let handle = self.ops.spawn(async move { rt.deploy(&cmd).await }.instrument(span));
+        self.op_keys.insert(handle.id(), (key, OpKind::Deploy));
+    }
+
+    fn spawn_undeploy(&mut self, key: Key, runtime: Option<usize>) {
+        let targets: Vec<Arc<dyn Runtime>> = match runtime {
+            Some(index) => vec![self.runtimes[index].clone()],
+            None => self.runtimes.clone(),
+        };
+        let (job, instance) = key.clone();
+        let span = tracing::info_span!("undeploy", job = %job, instance);
+        let handle = self.ops.spawn(
+            async move {
+                // Removed from any runtime counts as success; "not found" everywhere too.
+                let mut outcome = Err(RuntimeError::NotFound(task_id(&job, instance)));
+                for rt in targets {
+                    match rt.undeploy(&job, instance).await {
+                        Ok(()) => outcome = Ok(()),
+                        Err(RuntimeError::NotFound(_)) => {}
+                        Err(e) if outcome.is_err() => outcome = Err(e),
+                        Err(e) => tracing::warn!(runtime = rt.name(), error = %e, "undeploy failed"),
+                    }
+                }
+                outcome
+            }
+            .instrument(span),
+        );
+        self.op_keys.insert(handle.id(), (key, OpKind::Undeploy));
+    }
+
+    fn remove(&mut self, key: &Key) {
+        self.entries.remove(key);
+        self.dirty = true;
+        let now = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tombstones.insert(key.clone(), now);
+    }
+
+    /// Whether `key` was removed after an observation that started at `seq`.
+    fn removed_after(&self, key: &Key, seq: u64) -> bool {
+        self.tombstones.get(key).is_some_and(|removed| *removed > seq)
+    }
+
+    fn report(&self, job_name: &str, instance: u32, status: &str, detail: impl Into<String>) {
+        let _ = self.outbox.send(reports::job(job_name, instance, status, detail));
+    }
+
+    fn runtime_index(&self, virtualization: &str) -> Option<usize> {
+        let exact = self.runtimes.iter().position(|r| r.name() == virtualization);
+        // The SLA's `container` means the container runtime, advertised as `docker`.
+        exact.or_else(|| (virtualization == "container").then(|| self.runtime_index("docker")).flatten())
+    }
+
+    fn runtime_names(&self) -> Vec<&str> {
+        self.runtimes.iter().map(|r| r.name()).collect()
+    }
+
+    // ---- persistence and adoption ----
+
+    fn desired(&self) -> Vec<DeployCommand> {
+        let mut desired: Vec<&DeployCommand> = self
+            .entries
+            .values()
+            .filter_map(|entry| match &entry.phase {
+                Phase::Deploying { delete_requested: false, .. } | Phase::Running { .. } => entry.cmd.as_ref(),
+                Phase::Stopping { then_deploy: Some((cmd, _)), .. } => Some(cmd),
+                _ => None,
+            })
+            .collect();
+        desired.sort_by(|a, b| (&a.job.job_name, a.instance_number).cmp(&(&b.job.job_name, b.instance_number)));
+        desired.into_iter().cloned().collect()
+    }
+
+    async fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let desired = self.desired();
+        if self.saved.as_ref() == Some(&desired) {
+            return;
+        }
+        match desired::save(&self.data_dir, &desired).await {
+            Ok(()) => self.saved = Some(desired),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist desired instances; a restart may not adopt them");
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// After a restart: keeps desired instances that still run (without touching them), reports
+    /// the ones that stopped meanwhile, and cleans up interrupted deploys.
+    async fn adopt(&mut self) {
+        let desired = desired::load(&self.data_dir).await;
+        self.saved = Some(desired.clone());
+        if desired.is_empty() {
+            return;
+        }
+        let mut listings: Vec<Option<HashMap<Key, InstanceStatus>>> = Vec::with_capacity(self.runtimes.len());
+        for rt in &self.runtimes {
+            match rt.list().await {
+                Ok(list) => listings.push(Some(list.into_iter().map(|i| ((i.job_name, i.instance), i.state)).collect())),
+                Err(e) => {
+                    tracing::warn!(runtime = rt.name(), error = %e, "cannot list runtime; adopting its instances unchecked");
+                    listings.push(None);
+                }
+            }
+        }
+        self.dirty = true;
+        for cmd in desired {
+            let key: Key = (cmd.job.job_name.clone(), cmd.instance_number);
+            if self.entries.contains_key(&key) {
+                continue;
+            }
+            let Some(index) = self.runtime_index(&cmd.job.spec.virtualization) else {
+                let detail = format!("virtualization {:?} is no longer configured on this worker", cmd.job.spec.virtualization);
+                self.report(&key.0, key.1, status::DEAD, detail);
+                continue;
+            };
+            let listed = listings[index].as_ref().map(|l| l.get(&key).copied());
+            let running = Entry { cmd: Some(cmd), runtime: Some(index), phase: Phase::Running { since: 0 } };
+            match listed {
+                // The runtime could not be asked: the next observation decides.
+                None => {
+                    self.entries.insert(key, running);
+                }
+                Some(Some(InstanceStatus::Running)) => {
+                    tracing::info!(job = %key.0, instance = key.1, "adopted running instance");
+                    self.report(&key.0, key.1, status::RUNNING, "adopted after a worker restart");
+                    self.entries.insert(key, running);
+                }
+                Some(Some(InstanceStatus::Exited { code })) => {
+                    self.entries.insert(key.clone(), running);
+                    self.handle_exit(key, code);
+                }
+                Some(Some(InstanceStatus::Creating)) => {
+                    self.report(&key.0, key.1, status::FAILED, "deploy interrupted by a worker restart");
+                    let phase = Phase::Stopping { report_undeployed: false, then_deploy: None };
+                    self.entries.insert(key.clone(), Entry { phase, ..running });
+                    self.spawn_undeploy(key, Some(index));
+                }
+                Some(None) => {
+                    tracing::info!(job = %key.0, instance = key.1, "desired instance stopped while the worker was down");
+                    self.report(&key.0, key.1, status::DEAD, "instance stopped while the worker was down");
+                }
+            }
+        }
+    }
+}

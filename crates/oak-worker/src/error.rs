@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a worker stopped. Transient problems (cluster or broker unreachable) are retried and never
+/// end up here; these need a person to act.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("no runtime configured: a worker needs at least one virtualization")]
+    NoRuntime,
+    /// The cluster answered 401/403 to the registration: the join token is wrong or revoked.
+    #[error("cluster refused the join token: {0}")]
+    TokenRefused(String),
+    /// Any other 4xx: retrying the same request cannot help.
+    #[error("cluster rejected the registration ({status}): {message}")]
+    RegistrationRejected { status: u16, message: String },
+    #[error("cluster sent an invalid registration answer: {0}")]
+    BadRegistration(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

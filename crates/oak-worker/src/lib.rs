@@ -1,0 +1,30 @@
+//! The worker tier (NodeEngine) as a library.
+//!
+//! A worker registers with its cluster over HTTP (`POST /api/node/register`), then talks MQTT
+//! only: it receives `control/deploy` and `control/delete` commands, runs instances through its
+//! [`oak_runtime::Runtime`]s, reports state changes on `job` and, every report interval, its
+//! instances' usage on `jobs/resources` and its own description on `information` (spec §5, §7).
+//!
+//! Module map: `agent` (run, task wiring), `register` (HTTP join), `identity` and `desired`
+//! (state files), `session` (MQTT), `engine` (instance state machine), `commands` (payload
+//! decoding), `reporter` (periodic reports), `reports` (messages), `host_info` (the machine).
+
+mod agent;
+mod backoff;
+mod commands;
+mod config;
+mod desired;
+mod engine;
+mod error;
+mod files;
+mod host_info;
+mod identity;
+mod register;
+mod reporter;
+mod reports;
+mod session;
+
+pub use agent::{run, WorkerDeps};
+pub use config::{default_node_name, WorkerConfig, DEFAULT_CLUSTER_PORT, DEFAULT_REPORT_INTERVAL};
+pub use error::WorkerError;
+pub use host_info::{HostInfo, NodeInfoSource};

@@ -1,0 +1,230 @@
+//! One MQTT connection to the cluster's broker, with the credentials of one registration.
+//!
+//! The rumqttc event loop runs in its own task (it must be polled continuously and must not be
+//! cancelled mid-packet); this task subscribes on every (re)connect, hands control messages to
+//! the engine and publishes the outbox. The session ends only when the broker refuses the
+//! credentials, so that the worker registers again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use oak_api::node::topic;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::engine::{EngineMsg, Shared};
+use crate::register::Registration;
+use crate::reports::Outgoing;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Deploy commands carry a whole job document.
+const MAX_INCOMING: usize = 1024 * 1024;
+/// A resources report grows with the instances (each carries up to 1 KiB of logs).
+const MAX_OUTGOING: usize = 16 * 1024 * 1024;
+const REQUEST_CAPACITY: usize = 64;
+
+pub(crate) enum SessionEnd {
+    /// The broker refused the credentials (e.g. the cluster forgot this node).
+    CredentialsRefused { was_connected: bool },
+}
+
+/// What outlives one session: status reports not yet published and the node's last known IP.
+#[derive(Default)]
+pub(crate) struct Carry {
+    pub pending: VecDeque<Outgoing>,
+    pub ip: String,
+}
+
+enum PumpEvent {
+    Connected,
+    Message { topic: String, payload: Vec<u8> },
+    Disconnected(String),
+    Refused(String),
+}
+
+pub(crate) async fn run(
+    registration: &Registration,
+    outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+    carry: &mut Carry,
+    engine: &mpsc::UnboundedSender<EngineMsg>,
+    shared: &Shared,
+) -> SessionEnd {
+    let node_id = registration.identity.id.as_str();
+    let endpoint = &registration.mqtt;
+    let mut options = MqttOptions::new(format!("{node_id}-ne"), endpoint.host.clone(), endpoint.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_credentials(endpoint.username.clone(), endpoint.password.clone())
+        // The broker keeps QoS 1 commands sent while the worker was away.
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let _pump = AbortOnDrop(tokio::spawn(pump(eventloop, events_tx).in_current_span()));
+
+    let mut session = Session { client, node_id, connected: false, was_connected: false };
+    let result = loop {
+        tokio::select! {
+            biased;
+            event = events.recv() => match event {
+                Some(PumpEvent::Connected) => {
+                    tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "connected to the broker");
+                    session.connected = true;
+                    session.was_connected = true;
+                    shared.connected.store(true, Ordering::Relaxed);
+                    session.subscribe().await;
+                    while let Some(pending) = carry.pending.pop_front() {
+                        if let Some(kept) = session.publish(pending, carry).await {
+                            carry.pending.push_front(kept);
+                            break;
+                        }
+                    }
+                }
+                Some(PumpEvent::Message { topic, payload }) => session.dispatch(&topic, payload, engine),
+                Some(PumpEvent::Disconnected(reason)) => {
+                    if session.connected {
+                        tracing::warn!(%reason, "lost the broker connection; reconnecting");
+                    } else {
+                        tracing::debug!(%reason, "cannot connect to the broker; retrying");
+                    }
+                    session.connected = false;
+                    shared.connected.store(false, Ordering::Relaxed);
+                }
+                Some(PumpEvent::Refused(reason)) => {
+                    tracing::warn!(%reason, "the broker refused this node's credentials");
+                    break SessionEnd::CredentialsRefused { was_connected: session.was_connected };
+                }
+                None => break SessionEnd::CredentialsRefused { was_connected: session.was_connected },
+            },
+            msg = outbox.recv(), if session.connected => match msg {
+                Some(msg) => {
+                    if let Some(kept) = session.publish(msg, carry).await {
+                        carry.pending.push_back(kept);
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            },
+        }
+    };
+    shared.connected.store(false, Ordering::Relaxed);
+    result
+}
+
+struct Session<'a> {
+    client: AsyncClient,
+    node_id: &'a str,
+    connected: bool,
+    was_connected: bool,
+}
+
+impl Session<'_> {
+    async fn subscribe(&self) {
+        for topic in [topic::deploy(self.node_id), topic::delete(self.node_id)] {
+            if let Err(e) = self.client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
+                tracing::warn!(%topic, error = %e, "cannot subscribe");
+            }
+        }
+    }
+
+    fn dispatch(&self, topic_name: &str, payload: Vec<u8>, engine: &mpsc::UnboundedSender<EngineMsg>) {
+        let msg = match topic::parse(topic_name) {
+            Some((id, "control/deploy")) if id == self.node_id => EngineMsg::Deploy(payload),
+            Some((id, "control/delete")) if id == self.node_id => EngineMsg::Delete(payload),
+            _ => {
+                tracing::debug!(topic = topic_name, "ignoring message");
+                return;
+            }
+        };
+        let _ = engine.send(msg);
+    }
+
+    /// Publishes one message. A status report that cannot be handed to the client is returned,
+    /// to be kept for the next connection; periodic reports are simply dropped.
+    async fn publish(&self, msg: Outgoing, carry: &mut Carry) -> Option<Outgoing> {
+        let (topic, qos, payload, keep) = match msg {
+            Outgoing::Job(mut report) => {
+                if report.publicip.is_empty() {
+                    report.publicip = carry.ip.clone();
+                }
+                let payload = serde_json::to_vec(&report);
+                (topic::job(self.node_id), QoS::AtLeastOnce, payload, Some(Outgoing::Job(report)))
+            }
+            Outgoing::Resources(report) => {
+                (topic::resources(self.node_id), QoS::AtMostOnce, serde_json::to_vec(&report), None)
+            }
+            Outgoing::Info(mut info) => {
+                info.id = self.node_id.to_string();
+                if !info.ip.is_empty() {
+                    carry.ip.clone_from(&info.ip);
+                }
+                (topic::information(self.node_id), QoS::AtMostOnce, serde_json::to_vec(&info), None)
+            }
+        };
+        let payload = match payload {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(%topic, error = %e, "cannot encode message");
+                return None;
+            }
+        };
+        match self.client.publish(topic.clone(), qos, false, payload).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(%topic, error = %e, "cannot publish; keeping status reports for the next connection");
+                keep
+            }
+        }
+    }
+}
+
+/// Polls the event loop forever, reconnecting with back-off, until the broker refuses the
+/// credentials or the session is gone.
+async fn pump(mut eventloop: EventLoop, events: mpsc::UnboundedSender<PumpEvent>) {
+    let mut backoff = Backoff::reconnect();
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                PumpEvent::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                PumpEvent::Message { topic: publish.topic, payload: publish.payload.to_vec() }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    tracing::warn!("the broker refused a subscription; control commands may not arrive");
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            )) => {
+                let _ = events.send(PumpEvent::Refused(format!("{code:?}").to_lowercase()));
+                return;
+            }
+            Err(e) => {
+                if events.send(PumpEvent::Disconnected(e.to_string())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when the session ends, closing its connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,133 @@
+//! `oakestra cluster`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{block_on, config_error, init_logging, read_token, shutdown_signal};
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Cluster name, unique under its root.
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub name: Option<String>,
+    /// `lat,long[,radius_m]` or a free name.
+    #[arg(long, env = "CLUSTER_LOCATION", default_value = "")]
+    pub location: String,
+    /// Root host: sets --root-url http://HOST:10000 and --root-channel HOST:50052 unless given.
+    #[arg(long = "system-manager", env = "SYSTEM_MANAGER_URL")]
+    pub system_manager: Option<String>,
+    /// The root's REST API.
+    #[arg(long)]
+    pub root_url: Option<String>,
+    /// `host:port` of the root's cluster channel.
+    #[arg(long)]
+    pub root_channel: Option<String>,
+    /// Cluster join token issued by the root.
+    #[arg(long, env = "OAKESTRA_CLUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the cluster join token (e.g. the root's `<data-dir>/cluster-token`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Address the node API and the embedded broker listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_addr: std::net::IpAddr,
+    /// Port of the node API (worker registration).
+    #[arg(long, default_value_t = 10100)]
+    pub api_port: u16,
+    /// Port of the embedded MQTT broker.
+    #[arg(long, default_value_t = 10003)]
+    pub mqtt_port: u16,
+    /// Use this external broker (`mqtt://[user:pass@]host:port`) instead of the embedded one.
+    #[arg(long)]
+    pub mqtt_url: Option<String>,
+    /// Broker host workers are told to use (default: the address they registered with).
+    #[arg(long)]
+    pub mqtt_advertise: Option<String>,
+    /// Directory of the cluster's database and worker join token.
+    #[arg(long, default_value = "/var/lib/oakestra/cluster", env = "OAKESTRA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Seconds between resource reports to the root.
+    #[arg(long, default_value_t = 2.0)]
+    pub report_interval: f64,
+    /// Seconds without node information after which a worker is inactive and its instances move.
+    #[arg(long, default_value_t = 6.0)]
+    pub node_timeout: f64,
+    /// Seconds a worker may take to start an instance before it is placed elsewhere.
+    #[arg(long, default_value_t = 120.0)]
+    pub deploy_timeout: f64,
+}
+
+impl ClusterArgs {
+    pub fn config(self) -> Result<oak_cluster::ClusterConfig, String> {
+        let name = self.name.filter(|n| !n.trim().is_empty()).ok_or("no cluster name: set CLUSTER_NAME or --name")?;
+        let host = self.system_manager.as_deref().map(|h| {
+            let h = h.trim_start_matches("http://").trim_end_matches('/');
+            h.split(':').next().unwrap_or(h).to_string()
+        });
+        let root_channel = self
+            .root_channel
+            .or_else(|| host.as_ref().map(|h| format!("{h}:50052")))
+            .ok_or("no root address: set SYSTEM_MANAGER_URL or --root-channel")?;
+        if root_channel.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("--root-channel {root_channel:?} is not host:port"));
+        }
+        let root_url = self
+            .root_url
+            .or_else(|| host.as_ref().map(|h| format!("http://{h}:10000")))
+            .unwrap_or_else(|| format!("http://{}:10000", root_channel.rsplit_once(':').map_or("", |(h, _)| h)));
+        let root_token = read_token(self.token, self.token_file.as_deref(), "cluster join token")?;
+        let seconds = |v: f64, flag: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!("--{flag} must be a positive number of seconds"))
+            }
+        };
+        let mqtt = match self.mqtt_url {
+            Some(url) => oak_cluster::MqttMode::External { url },
+            None => oak_cluster::MqttMode::Embedded { addr: SocketAddr::new(self.listen_addr, self.mqtt_port) },
+        };
+        Ok(oak_cluster::ClusterConfig {
+            name,
+            location: self.location,
+            root_channel,
+            root_url,
+            root_token,
+            api_addr: SocketAddr::new(self.listen_addr, self.api_port),
+            mqtt,
+            mqtt_advertise: self.mqtt_advertise,
+            data_dir: self.data_dir,
+            report_interval: seconds(self.report_interval, "report-interval")?,
+            timing: oak_cluster::state::Timing {
+                node_timeout: seconds(self.node_timeout, "node-timeout")?,
+                deploy_timeout: seconds(self.deploy_timeout, "deploy-timeout")?,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+pub fn run(args: ClusterArgs) -> ExitCode {
+    init_logging();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return config_error("cluster", e),
+    };
+    block_on("cluster", async {
+        let cluster = match oak_cluster::Cluster::open(config).await {
+            Ok(c) => c,
+            Err(e) => return config_error("cluster", format!("{e:#}")),
+        };
+        match cluster.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oakestra cluster: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

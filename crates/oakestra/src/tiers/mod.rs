@@ -1,0 +1,72 @@
+//! Flags of the server tiers and the glue that starts them: parse, validate (exit 64 with one
+//! line before any socket is bound), set up logging, run until SIGINT/SIGTERM.
+
+pub mod cluster;
+pub mod root;
+pub mod up;
+pub mod worker;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Exit code for invalid configuration (sysexits EX_USAGE), reported before any socket is bound.
+pub const EXIT_CONFIG: u8 = 64;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs `body` on a multi-threaded runtime; its error is printed as `oakestra <tier>: …`.
+pub fn block_on(tier: &str, body: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt.block_on(body),
+        Err(e) => {
+            eprintln!("oakestra {tier}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A configuration error: one line, exit 64.
+pub fn config_error(tier: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("oakestra {tier}: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Reads a token given inline or in a file (first line, trimmed).
+pub fn read_token(inline: Option<String>, file: Option<&std::path::Path>, what: &str) -> Result<String, String> {
+    let token = match (inline, file) {
+        (Some(t), _) => t,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the {what} from {}: {e}", path.display()))?,
+        (None, None) => return Err(format!("no {what}: pass --token or --token-file")),
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the {what} is empty"));
+    }
+    Ok(token)
+}
+
+/// Resolves on SIGINT or SIGTERM, so every tier shuts down cleanly under systemd and Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

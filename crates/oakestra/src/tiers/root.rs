@@ -1,0 +1,58 @@
+//! `oakestra root`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{block_on, config_error, init_logging, shutdown_signal};
+
+#[derive(Args)]
+pub struct RootArgs {
+    /// Port of the public REST API.
+    #[arg(long, default_value_t = 10000, env = "OAKESTRA_API_PORT")]
+    pub api_port: u16,
+    /// Address the REST API and the cluster channel listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "OAKESTRA_API_ADDR")]
+    pub api_addr: std::net::IpAddr,
+    /// Port clusters dial (the cluster channel).
+    #[arg(long, default_value_t = 50052, env = "OAKESTRA_CLUSTER_PORT")]
+    pub cluster_port: u16,
+    /// Directory of the root's database and key material.
+    #[arg(long, default_value = "/var/lib/oakestra/root", env = "OAKESTRA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Password of the `Admin` user created at first start (default `Admin`, with a warning).
+    #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+}
+
+impl RootArgs {
+    pub fn config(&self) -> oak_root::RootConfig {
+        oak_root::RootConfig {
+            api_addr: SocketAddr::new(self.api_addr, self.api_port),
+            channel_addr: SocketAddr::new(self.api_addr, self.cluster_port),
+            data_dir: self.data_dir.clone(),
+            admin_password: self.admin_password.clone(),
+            fleet: Default::default(),
+        }
+    }
+}
+
+pub fn run(args: RootArgs) -> ExitCode {
+    init_logging();
+    let config = args.config();
+    block_on("root", async {
+        let root = match oak_root::Root::open(config).await {
+            Ok(root) => root,
+            Err(e) => return config_error("root", format!("{e:#}")),
+        };
+        match root.serve(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oakestra root: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,279 @@
+//! The whole control plane in one process on loopback: a root, two clusters and four workers
+//! (fake runtime, real registration, real MQTT, real cluster channel), driven through the public
+//! API and the CLI binary.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oak_api::model::{Cluster, Service};
+use oak_api::node::NodeInfo;
+use oak_client::Client;
+use oak_runtime::FakeRuntime;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oakestra");
+const CLIENTSRVR: &str = include_str!("../../../examples/sla/clientsrvr.json");
+
+/// A fixed machine: 4 cores, 4 GB.
+struct Machine {
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl oak_worker::NodeInfoSource for Machine {
+    async fn sample(&self) -> NodeInfo {
+        NodeInfo {
+            host: self.name.clone(),
+            ip: "127.0.0.1".into(),
+            vcpus: 4,
+            memory: 4096,
+            memory_total: 4096,
+            architecture: "amd64".into(),
+            cpu_percent: 5.0,
+            memory_percent: 10.0,
+            ..Default::default()
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), oak_worker::WorkerError>>,
+}
+
+struct ClusterHandle {
+    api: SocketAddr,
+    dir: PathBuf,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>) {
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let channel = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (api_addr, channel_addr) = (api.local_addr().unwrap(), channel.local_addr().unwrap());
+    let root = oak_root::Root::open(oak_root::RootConfig {
+        api_addr,
+        channel_addr,
+        data_dir: dir.to_path_buf(),
+        admin_password: None,
+        fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
+    })
+    .await
+    .unwrap();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(root.serve_on(api, channel, stopped(&rx)));
+    (format!("http://{api_addr}"), channel_addr, stop)
+}
+
+async fn start_cluster(name: &str, dir: &Path, channel: SocketAddr, token: &str) -> ClusterHandle {
+    let config = oak_cluster::ClusterConfig {
+        name: name.into(),
+        location: "48.1,11.6".into(),
+        root_channel: channel.to_string(),
+        root_url: String::new(),
+        root_token: token.into(),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt: oak_cluster::MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
+        mqtt_advertise: None,
+        data_dir: dir.to_path_buf(),
+        report_interval: Duration::from_millis(300),
+        timing: oak_cluster::state::Timing { node_timeout: Duration::from_secs(2), ..Default::default() },
+    };
+    let cluster = oak_cluster::Cluster::open(config).await.unwrap();
+    let api = cluster.api_addr();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(cluster.run(stopped(&rx)));
+    ClusterHandle { api, dir: dir.to_path_buf(), stop, task }
+}
+
+fn start_worker(name: &str, cluster: &ClusterHandle, dir: &Path, token: Option<String>) -> Worker {
+    let token = token.unwrap_or_else(|| std::fs::read_to_string(cluster.dir.join("node-token")).unwrap());
+    let mut config = oak_worker::WorkerConfig::new("127.0.0.1", dir, token.trim());
+    config.cluster_port = cluster.api.port();
+    config.node_name = name.into();
+    config.report_interval = Duration::from_millis(300);
+    let deps = oak_worker::WorkerDeps {
+        runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
+        node_source: Arc::new(Machine { name: name.into() }),
+        http: reqwest::Client::new(),
+    };
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
+    Worker { name: name.into(), stop, task }
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn active_clusters(client: &Client) -> BTreeMap<String, Cluster> {
+    client.list_active_clusters().await.unwrap().into_iter().map(|c| (c.cluster_name.clone(), c)).collect()
+}
+
+async fn service(client: &Client, id: &str) -> Service {
+    client.get_service(id).await.unwrap()
+}
+
+fn all_running(s: &Service, n: usize) -> bool {
+    s.instance_list.len() == n && s.instance_list.iter().all(|i| i.status == "RUNNING")
+}
+
+fn cli(url: &str, home: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .args(["--url", url])
+        .env("OAKESTRA_CONFIG_DIR", home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "oakestra {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn root_two_clusters_four_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, channel, _root_stop) = start_root(&tmp.path().join("root")).await;
+    let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
+    let token = token.trim();
+
+    // A wrong join token is refused with a clear error, and the cluster stops.
+    let bad = start_cluster("intruder", &tmp.path().join("bad"), channel, "oakc_wrong").await;
+    let err = tokio::time::timeout(Duration::from_secs(20), bad.task).await.unwrap().unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("join token is not valid"), "{err:#}");
+
+    let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token).await;
+    let c2 = start_cluster("c2", &tmp.path().join("c2"), channel, token).await;
+
+    // A worker with a wrong token is refused with a clear error.
+    let intruder = start_worker("w-bad", &c1, &tmp.path().join("w-bad"), Some("oakn_nope".into()));
+    let err = tokio::time::timeout(Duration::from_secs(20), intruder.task).await.unwrap().unwrap().unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+
+    let mut workers = vec![
+        start_worker("w1", &c1, &tmp.path().join("w1"), None),
+        start_worker("w2", &c1, &tmp.path().join("w2"), None),
+        start_worker("w3", &c2, &tmp.path().join("w3"), None),
+        start_worker("w4", &c2, &tmp.path().join("w4"), None),
+    ];
+
+    let mut client = Client::new(url.clone());
+    let login = client.login("Admin", "Admin", None).await.unwrap();
+    client.set_token(Some(login.token));
+
+    let clusters = eventually("both clusters active with two workers each", async || {
+        let c = active_clusters(&client).await;
+        (c.len() == 2 && c.values().all(|c| c.active_nodes == 2)).then_some(c)
+    })
+    .await;
+    let c2_view = &clusters["c2"];
+    assert_eq!(c2_view.total_cpu_cores, 8.0);
+    assert_eq!(c2_view.memory_in_mb, 8192);
+    assert_eq!(c2_view.virtualization, vec!["docker".to_string()]);
+    assert_eq!(c2_view.cluster_location, "48.1,11.6");
+    let free_before = c2_view.memory;
+
+    // clientsrvr, the nginx service restricted to cluster c2.
+    let mut sla: Value = serde_json::from_str(CLIENTSRVR).unwrap();
+    sla["applications"][0]["microservices"][1]["constraints"] = json!([{"type": "clusters", "allowed": ["c2"]}]);
+    let apps = client.create_application(&sla).await.unwrap();
+    let services = client.list_app_services(&apps[0].id).await.unwrap();
+    let nginx = services.iter().find(|s| s.service_name == "nginx").unwrap().id.clone();
+    let curl = services.iter().find(|s| s.service_name == "curl").unwrap().id.clone();
+    for _ in 0..3 {
+        client.request_instance(&nginx).await.unwrap();
+    }
+    client.request_instance(&curl).await.unwrap();
+
+    let s = eventually("3 nginx instances RUNNING", async || {
+        let s = service(&client, &nginx).await;
+        all_running(&s, 3).then_some(s)
+    })
+    .await;
+    assert_eq!(s.status.as_deref(), Some("RUNNING"));
+    let c2_id = clusters["c2"].id.clone();
+    for i in &s.instance_list {
+        assert_eq!(i.cluster_id.as_deref(), Some(c2_id.as_str()), "clusters constraint honoured: {i:?}");
+        assert!(i.worker_id.is_some(), "{i:?}");
+        assert!(!i.status_detail.is_empty());
+    }
+    eventually("curl RUNNING", async || all_running(&service(&client, &curl).await, 1).then_some(())).await;
+
+    // The CLI shows the same.
+    let home = tmp.path().join("cli");
+    let out = std::process::Command::new(BIN)
+        .args(["login", "--url", &url, "--username", "Admin", "--password", "Admin"])
+        .env("OAKESTRA_CONFIG_DIR", &home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = cli(&url, &home, &["service", "show", &nginx]);
+    assert_eq!(shown.matches("RUNNING").count(), 3 + 1, "{shown}");
+    let listed = cli(&url, &home, &["clusters"]);
+    assert!(listed.contains("c1") && listed.contains("c2"), "{listed}");
+
+    // Kill the connection of the worker holding most nginx instances: they move to the other
+    // worker of c2 and run there; the late reports of the old worker never win.
+    let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for i in &s.instance_list {
+        *per_worker.entry(i.worker_id.clone().unwrap()).or_default() += 1;
+    }
+    let (victim_id, _) = per_worker.iter().max_by_key(|(_, n)| **n).unwrap();
+    let victim_id = victim_id.clone();
+    // Worker ids are node ids; find which of w3/w4 it is from their identity files.
+    let victim = workers
+        .iter()
+        .position(|w| {
+            std::fs::read_to_string(tmp.path().join(&w.name).join("node.json")).unwrap_or_default().contains(&victim_id)
+        })
+        .expect("the victim is one of our workers");
+    let w = workers.remove(victim);
+    let _ = w.stop.send(true);
+    let _ = w.task.await;
+    let moved = eventually("nginx re-placed and RUNNING on the surviving worker", async || {
+        let s = service(&client, &nginx).await;
+        (all_running(&s, 3) && s.instance_list.iter().all(|i| i.worker_id.as_deref() != Some(victim_id.as_str())))
+            .then_some(s)
+    })
+    .await;
+    assert!(moved.instance_list.iter().all(|i| i.cluster_id.as_deref() == Some(c2_id.as_str())));
+
+    // Undeploy everything: capacity is released.
+    client.delete_application(&apps[0].id).await.unwrap();
+    eventually("c2 capacity released", async || {
+        let c = active_clusters(&client).await;
+        let c2 = c.get("c2")?;
+        // One worker of c2 is gone: everything the survivor has is free again.
+        (c2.active_nodes == 1 && c2.memory == free_before / 2).then_some(())
+    })
+    .await;
+
+    for w in workers {
+        let _ = w.stop.send(true);
+        let _ = w.task.await;
+    }
+    for c in [c1, c2] {
+        let _ = c.stop.send(true);
+        let _ = c.task.await;
+    }
+}
