@@ -5,8 +5,9 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# System packages: a C toolchain for SQLite (bundled) and a few -sys crates.
-PACKAGES=(build-essential pkg-config ca-certificates curl)
+# System packages: a C toolchain for SQLite (bundled) and a few -sys crates; Mosquitto, the
+# external MQTT broker and the real MQTT peers the tests use.
+PACKAGES=(build-essential pkg-config ca-certificates curl mosquitto mosquitto-clients)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,130 +2,19 @@
 //! (fake runtime, real registration, real MQTT, real cluster channel), driven through the public
 //! API and the CLI binary.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{embedded, eventually, start_cluster, start_root, start_worker};
 use oak_api::model::{Cluster, Service};
-use oak_api::node::NodeInfo;
 use oak_client::Client;
-use oak_runtime::FakeRuntime;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oakestra");
 const CLIENTSRVR: &str = include_str!("../../../examples/sla/clientsrvr.json");
-
-/// A fixed machine: 4 cores, 4 GB.
-struct Machine {
-    name: String,
-}
-
-#[async_trait::async_trait]
-impl oak_worker::NodeInfoSource for Machine {
-    async fn sample(&self) -> NodeInfo {
-        NodeInfo {
-            host: self.name.clone(),
-            ip: "127.0.0.1".into(),
-            vcpus: 4,
-            memory: 4096,
-            memory_total: 4096,
-            architecture: "amd64".into(),
-            cpu_percent: 5.0,
-            memory_percent: 10.0,
-            ..Default::default()
-        }
-    }
-}
-
-struct Worker {
-    name: String,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), oak_worker::WorkerError>>,
-}
-
-struct ClusterHandle {
-    api: SocketAddr,
-    dir: PathBuf,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = rx.clone();
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
-}
-
-async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>) {
-    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let channel = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (api_addr, channel_addr) = (api.local_addr().unwrap(), channel.local_addr().unwrap());
-    let root = oak_root::Root::open(oak_root::RootConfig {
-        api_addr,
-        channel_addr,
-        data_dir: dir.to_path_buf(),
-        admin_password: None,
-        fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
-    })
-    .await
-    .unwrap();
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(root.serve_on(api, channel, stopped(&rx)));
-    (format!("http://{api_addr}"), channel_addr, stop)
-}
-
-async fn start_cluster(name: &str, dir: &Path, channel: SocketAddr, token: &str) -> ClusterHandle {
-    let config = oak_cluster::ClusterConfig {
-        name: name.into(),
-        location: "48.1,11.6".into(),
-        root_channel: channel.to_string(),
-        root_url: String::new(),
-        root_token: token.into(),
-        api_addr: "127.0.0.1:0".parse().unwrap(),
-        mqtt: oak_cluster::MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
-        mqtt_advertise: None,
-        data_dir: dir.to_path_buf(),
-        report_interval: Duration::from_millis(300),
-        timing: oak_cluster::state::Timing { node_timeout: Duration::from_secs(2), ..Default::default() },
-    };
-    let cluster = oak_cluster::Cluster::open(config).await.unwrap();
-    let api = cluster.api_addr();
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(cluster.run(stopped(&rx)));
-    ClusterHandle { api, dir: dir.to_path_buf(), stop, task }
-}
-
-fn start_worker(name: &str, cluster: &ClusterHandle, dir: &Path, token: Option<String>) -> Worker {
-    let token = token.unwrap_or_else(|| std::fs::read_to_string(cluster.dir.join("node-token")).unwrap());
-    let mut config = oak_worker::WorkerConfig::new("127.0.0.1", dir, token.trim());
-    config.cluster_port = cluster.api.port();
-    config.node_name = name.into();
-    config.report_interval = Duration::from_millis(300);
-    let deps = oak_worker::WorkerDeps {
-        runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
-        node_source: Arc::new(Machine { name: name.into() }),
-        http: reqwest::Client::new(),
-    };
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
-    Worker { name: name.into(), stop, task }
-}
-
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn active_clusters(client: &Client) -> BTreeMap<String, Cluster> {
     client.list_active_clusters().await.unwrap().into_iter().map(|c| (c.cluster_name.clone(), c)).collect()
@@ -158,12 +47,12 @@ async fn root_two_clusters_four_workers() {
     let token = token.trim();
 
     // A wrong join token is refused with a clear error, and the cluster stops.
-    let bad = start_cluster("intruder", &tmp.path().join("bad"), channel, "oakc_wrong").await;
+    let bad = start_cluster("intruder", &tmp.path().join("bad"), channel, "oakc_wrong", embedded()).await;
     let err = tokio::time::timeout(Duration::from_secs(20), bad.task).await.unwrap().unwrap().unwrap_err();
     assert!(format!("{err:#}").contains("join token is not valid"), "{err:#}");
 
-    let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token).await;
-    let c2 = start_cluster("c2", &tmp.path().join("c2"), channel, token).await;
+    let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token, embedded()).await;
+    let c2 = start_cluster("c2", &tmp.path().join("c2"), channel, token, embedded()).await;
 
     // A worker with a wrong token is refused with a clear error.
     let intruder = start_worker("w-bad", &c1, &tmp.path().join("w-bad"), Some("oakn_nope".into()));
