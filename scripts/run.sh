@@ -7,5 +7,5 @@ source scripts/install-deps.sh
 cargo build --release --locked -p oakestra
 bin="${CARGO_TARGET_DIR:-target}/release/oakestra"
 data="${OAKESTRA_DATA_DIR:-/var/lib/oakestra}"
-echo "starting the root orchestrator on http://localhost:10000 (API docs at /api/docs), data in $data" >&2
-exec "$bin" root --data-dir "$data/root" "$@"
+echo "starting root, cluster and worker (1-DOC) on http://localhost:10000 (API docs at /api/docs), data in $data" >&2
+exec "$bin" up --data-dir "$data" "$@"

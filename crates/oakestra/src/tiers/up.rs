@@ -99,9 +99,9 @@ pub fn run(args: UpArgs) -> ExitCode {
 
         println!(
             "Oakestra is up (1-DOC): API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
-             Log in:   oakestra login --url http://127.0.0.1:{port} --username Admin\n\
-             Deploy:   oakestra app create examples/sla/nginx.json && oakestra service list\n\
-             Scale:    oakestra service scale <service id>",
+             Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin -p Admin\n\
+             Deploy:   oakestra app create -f examples/sla/nginx.json && oakestra service list\n\
+             Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
             port = args.api_port
         );
         shutdown_signal().await;
