@@ -170,6 +170,18 @@ fn packet_name(packet: &Packet) -> &'static str {
     }
 }
 
+/// The protocol level of the CONNECT at the start of `buf`, once enough of it has arrived.
+fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    // Fixed header: the type byte, then 1 to 4 remaining-length bytes (high bit: more follow).
+    let length_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_at = 1 + length_bytes;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(name_at)?, *buf.get(name_at + 1)?]));
+    buf.get(name_at + 2 + name_len).copied()
+}
+
 /// Makes sure a read has room to go into.
 fn make_room(rbuf: &mut BytesMut) {
     if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
@@ -197,6 +209,12 @@ impl Connection {
     async fn read_connect(&mut self) -> Result<Connect, Close> {
         let max = self.shared.config.effective_max_packet_size();
         loop {
+            // An MQTT 3.1 or 5 CONNECT does not parse as 3.1.1, so its version is checked first:
+            // such clients get the "unacceptable protocol version" CONNACK they understand.
+            if connect_protocol_level(&self.rbuf).is_some_and(|level| level != 4) {
+                put(&mut self.wbuf, Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)));
+                return Err(Close::Refused("unsupported protocol version (only MQTT 3.1.1 is)".into()));
+            }
             match Packet::read(&mut self.rbuf, max) {
                 Ok(Packet::Connect(connect)) => return Ok(connect),
                 Ok(other) => return Err(Close::Protocol(format!("{} before CONNECT", packet_name(&other)))),
@@ -296,7 +314,8 @@ impl Connection {
         username: Option<String>,
         password: Option<Vec<u8>>,
     ) -> Result<Principal, AuthError> {
-        let permit = self.shared.auth_permits.clone().acquire_owned().await;
+        // The semaphore is never closed, so this always yields a permit.
+        let permit = self.shared.auth_permits.clone().acquire_owned().await.ok();
         let auth = self.shared.auth.clone();
         let client_id = client_id.to_owned();
         let result = tokio::task::spawn_blocking(move || {
@@ -339,10 +358,12 @@ impl Connection {
                     *wbuf = BytesMut::new();
                 }
             }
+            if let Some(reason) = session.kill.reason() {
+                return Close::Kicked(reason);
+            }
             make_room(rbuf);
             let room = wbuf.len() < WRITE_HIGH_WATER;
             tokio::select! {
-                biased;
                 reason = session.kill.tripped() => return Close::Kicked(reason),
                 written = writer.write_buf(wbuf), if !wbuf.is_empty() => match written {
                     Ok(0) => return Close::PeerClosed,
@@ -513,7 +534,7 @@ impl Session {
                 // QoS 2 is granted as QoS 1, which MQTT allows.
                 let qos = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
                 if !self.shared.router.subscribe(self.registration.id, path, qos) {
-                    return Err(Close::Kicked(KickReason::TakenOver));
+                    return Err(Close::Kicked(self.kill.reason().unwrap_or(KickReason::Shutdown)));
                 }
                 codes.push(SubscribeReasonCode::Success(qos));
             }
@@ -544,5 +565,24 @@ impl Session {
             warn!(client = %self.label, topic = %out.topic, error = %e, "could not encode a PUBLISH");
         }
         out.payload = Bytes::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_protocol_level;
+
+    #[test]
+    fn protocol_level_is_found_once_it_arrived() {
+        let v311 = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0];
+        let v31 = [0x10, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 0];
+        let long_length = [0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
+        assert_eq!(connect_protocol_level(&v311), Some(4));
+        assert_eq!(connect_protocol_level(&v311[..8]), None);
+        assert_eq!(connect_protocol_level(&v31), Some(3));
+        assert_eq!(connect_protocol_level(&long_length), Some(5));
+        assert_eq!(connect_protocol_level(&[0x30, 0, 0, 4, b'M', b'Q', b'T', b'T', 5]), None);
+        assert_eq!(connect_protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(connect_protocol_level(&[]), None);
     }
 }

@@ -31,7 +31,7 @@ fn tools_available() -> bool {
 
 fn spawn(tool: &str, port: u16, args: &[&str]) -> Child {
     Command::new(tool)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -127,6 +127,20 @@ async fn mosquitto_clients_interoperate_and_are_confined() {
     assert!(!out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(stderr.contains("bad user name or password"), "{}", describe(&out));
+
+    // MQTT 5 is refused with the 3.1.1 "unacceptable protocol version" code, which v5 clients understand.
+    let out = finish(spawn(
+        "mosquitto_pub",
+        port,
+        &["-V", "mqttv5", "-i", "v5", "-u", "n1", "-P", "pw1", "-t", "nodes/n1/job", "-m", "x"],
+    ))
+    .await;
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).to_lowercase().contains("unsupported protocol version"),
+        "{}",
+        describe(&out)
+    );
 
     // Another node's topic: the connection is closed and the message never reaches the cluster.
     let out = finish(spawn(

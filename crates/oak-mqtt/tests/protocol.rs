@@ -65,12 +65,14 @@ async fn garbage_closes_only_that_connection() {
     let mut http = b"GET / HTTP/1.1\r\nHost: cluster\r\n\r\n".to_vec();
     http.resize(512, b' ');
     let mqtt31 = [&[0x10u8, 15, 0, 6][..], b"MQIsdp", &[3, 0x02, 0, 10, 0, 1, b'x']].concat();
+    let mqtt5 = [&[0x10u8, 14, 0, 4][..], b"MQTT", &[5, 0x02, 0, 10, 0, 0, 1, b'x']].concat();
     let after_connect = |tail: &[u8]| [connect_bytes("g", "n2", "pw2"), tail.to_vec()].concat();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("0xff bytes", vec![0xff; 64]),
         ("reserved packet type 0", vec![0x00, 0x00]),
         ("HTTP request", http),
         ("MQTT 3.1 CONNECT", mqtt31),
+        ("MQTT 5 CONNECT", mqtt5),
         ("PUBLISH before CONNECT", encode(Packet::Publish(Publish::new("nodes/n2/x", QoS::AtMostOnce, "x")))),
         ("reserved type 15 after CONNECT", after_connect(&[0xf0, 0x00])),
         ("200 MB remaining length", after_connect(&[0x30, 0xff, 0xff, 0xff, 0x5f])),
@@ -101,7 +103,7 @@ async fn garbage_closes_only_that_connection() {
         let seen = raw.until_closed().await;
         // At most the CONNACK (success, or the protocol-version refusal) comes back.
         assert!(seen.len() <= 1 && seen.iter().all(|p| matches!(p, Packet::ConnAck(_))), "{case}: {seen:?}");
-        if case == "MQTT 3.1 CONNECT" {
+        if case.starts_with("MQTT ") {
             assert!(
                 matches!(&seen[..], [Packet::ConnAck(a)] if a.code == ConnectReturnCode::RefusedProtocolVersion),
                 "{seen:?}"

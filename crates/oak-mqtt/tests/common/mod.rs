@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use oak_mqtt::{Broker, BrokerConfig, BrokerHandle, StaticAuthorizer, Stats};
+use oak_mqtt::{Authorizer, Broker, BrokerConfig, BrokerHandle, StaticAuthorizer, Stats};
 use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,9 +42,11 @@ impl TestBroker {
     }
 
     pub async fn start_with(config: BrokerConfig) -> TestBroker {
-        let broker = Broker::bind_with_config("127.0.0.1:0".parse().unwrap(), Arc::new(nodes()), config)
-            .await
-            .expect("bind broker");
+        Self::start_with_auth(config, Arc::new(nodes())).await
+    }
+
+    pub async fn start_with_auth(config: BrokerConfig, auth: Arc<dyn Authorizer>) -> TestBroker {
+        let broker = Broker::bind_with_config("127.0.0.1:0".parse().unwrap(), auth, config).await.expect("bind broker");
         let addr = broker.local_addr();
         let handle = broker.handle();
         let (stop, stopped) = oneshot::channel::<()>();
