@@ -46,7 +46,8 @@ impl Bus {
         let (tx, rx) = mpsc::channel(65_536);
         match mode {
             MqttMode::Embedded { addr } => {
-                let broker = Broker::bind(*addr, auth).await.with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+                let broker =
+                    Broker::bind(*addr, auth).await.with_context(|| format!("cannot listen for MQTT on {addr}"))?;
                 let handle = broker.handle();
                 let mut local = broker.local_client("cluster");
                 for f in FILTERS {
@@ -69,7 +70,8 @@ impl Bus {
             }
             MqttMode::External { url } => {
                 let ext = parse_url(url)?;
-                let mut options = MqttOptions::new(format!("oakestra-cluster-{}", credentials::new_node_id()), &ext.host, ext.port);
+                let mut options =
+                    MqttOptions::new(format!("oakestra-cluster-{}", credentials::new_node_id()), &ext.host, ext.port);
                 options.set_keep_alive(Duration::from_secs(5));
                 options.set_max_packet_size(1 << 20, 1 << 20);
                 if let Some((user, password)) = &ext.credentials {
@@ -160,10 +162,9 @@ struct ExternalBroker {
 }
 
 fn parse_url(url: &str) -> anyhow::Result<ExternalBroker> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| anyhow::anyhow!("--mqtt-url {url:?} must start with mqtt:// (TLS brokers are not supported yet)"))?;
+    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).ok_or_else(|| {
+        anyhow::anyhow!("--mqtt-url {url:?} must start with mqtt:// (TLS brokers are not supported yet)")
+    })?;
     let rest = rest.trim_end_matches('/');
     let (credentials, hostport) = match rest.rsplit_once('@') {
         Some((cred, hp)) => {

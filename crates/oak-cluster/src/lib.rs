@@ -75,7 +75,8 @@ impl Cluster {
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         let token = credentials::node_token(dir)?;
         let now = Instant::now();
-        let state = ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
+        let state =
+            ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
         let api = tokio::net::TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.api_addr))?;
@@ -269,10 +270,9 @@ impl Ctx {
             let (topic_name, payload) = match &e {
                 Effect::Deploy { node, cmd } => (topic::deploy(node), serde_json::to_vec(cmd)),
                 Effect::Delete { node, cmd } => (topic::delete(node), serde_json::to_vec(cmd)),
-                Effect::NodeError { node, message } => (
-                    topic::error(node),
-                    serde_json::to_vec(&oak_api::node::ControlError { message: message.clone() }),
-                ),
+                Effect::NodeError { node, message } => {
+                    (topic::error(node), serde_json::to_vec(&oak_api::node::ControlError { message: message.clone() }))
+                }
             };
             match payload {
                 Ok(p) => self.bus.publish(topic_name, p),

@@ -44,7 +44,7 @@ impl Default for Timing {
 /// Something to do outside the state: the caller performs these after releasing its lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Deploy { node: String, cmd: DeployCommand },
+    Deploy { node: String, cmd: Box<DeployCommand> },
     Delete { node: String, cmd: DeleteCommand },
     NodeError { node: String, message: String },
 }
@@ -110,7 +110,13 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub fn new(name: String, timing: Timing, nodes: Vec<NodeRecord>, instances: Vec<InstanceRecord>, now: Instant) -> Self {
+    pub fn new(
+        name: String,
+        timing: Timing,
+        nodes: Vec<NodeRecord>,
+        instances: Vec<InstanceRecord>,
+        now: Instant,
+    ) -> Self {
         let mut st = ClusterState {
             name,
             timing,
@@ -352,7 +358,7 @@ impl ClusterState {
                     inst.since = now;
                     effects.push(Effect::Deploy {
                         node: view.id.clone(),
-                        cmd: DeployCommand { job: (*job).clone(), instance_number: inst.number },
+                        cmd: Box::new(DeployCommand { job: (*job).clone(), instance_number: inst.number }),
                     });
                 }
                 Err(negative) => {
@@ -515,7 +521,8 @@ impl ClusterState {
                 moves.push((key.clone(), format!("worker {worker} stopped reporting"), false));
             } else if !self.nodes.contains_key(worker) {
                 moves.push((key.clone(), format!("worker {worker} is not registered"), false));
-            } else if inst.status == status::NODE_SCHEDULED && now.duration_since(inst.since) > self.timing.deploy_timeout
+            } else if inst.status == status::NODE_SCHEDULED
+                && now.duration_since(inst.since) > self.timing.deploy_timeout
             {
                 moves.push((
                     key.clone(),
@@ -561,7 +568,8 @@ impl ClusterState {
             let interval = self.timing.metrics_interval;
             let instances = &self.instances;
             self.metrics_to_root.retain(|k| {
-                let due = instances.get(k).is_some_and(|i| i.metrics_sent.is_none_or(|t| now.duration_since(t) >= interval));
+                let due =
+                    instances.get(k).is_some_and(|i| i.metrics_sent.is_none_or(|t| now.duration_since(t) >= interval));
                 if due {
                     keys.insert(k.clone());
                 }

@@ -43,4 +43,3 @@ fn main() -> ExitCode {
         Command::Client(cmd) => cli::run(&cli.client, cmd),
     }
 }
-

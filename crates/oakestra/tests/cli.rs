@@ -34,7 +34,10 @@ impl RootProcess {
         let child = Command::new(BIN)
             .args(["root", "--api-port", &port.to_string(), "--api-addr", "127.0.0.1", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--cluster-port", &TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()])
+            .args([
+                "--cluster-port",
+                &TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string(),
+            ])
             .args(["--admin-password", ADMIN_PASSWORD])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

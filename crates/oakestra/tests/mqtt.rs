@@ -41,9 +41,11 @@ fn mosquitto(dir: &Path) -> Option<Mosquitto> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
     let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Owned from here on: dropping it kills and reaps the broker.
+    let broker = Mosquitto { child, port };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Mosquitto { child, port });
+            return Some(broker);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

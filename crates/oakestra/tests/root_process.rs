@@ -172,7 +172,14 @@ fn invalid_configuration_exits_64_before_serving() {
     let file = tempfile::NamedTempFile::new().unwrap();
     // a data directory below a regular file cannot be created
     let status = Command::new(env!("CARGO_BIN_EXE_oakestra"))
-        .args(["root", "--api-port", &free_port().to_string(), "--cluster-port", &free_port().to_string(), "--data-dir"])
+        .args([
+            "root",
+            "--api-port",
+            &free_port().to_string(),
+            "--cluster-port",
+            &free_port().to_string(),
+            "--data-dir",
+        ])
         .arg(file.path().join("sub"))
         .stderr(Stdio::piped())
         .output()

@@ -129,7 +129,8 @@ fn silent_worker_loses_its_instances_and_late_reports_are_ignored() {
     // a comes back and reports the old copy: it must not overwrite, and a is told to stop it.
     let fx = running(&mut st, "a", &j, 0, later);
     assert!(matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a"));
-    let old = JobStatusReport { sname: j.job_name.clone(), status: status::DEAD.into(), instance: 0, ..Default::default() };
+    let old =
+        JobStatusReport { sname: j.job_name.clone(), status: status::DEAD.into(), instance: 0, ..Default::default() };
     assert!(st.job_report("a", old, later).is_empty());
     assert_eq!(status_of(&st, &j, 0), status::NODE_SCHEDULED);
     assert_eq!(st.instances[&(j.id.clone(), 0)].worker_id.as_deref(), Some("b"));
@@ -169,7 +170,12 @@ fn completed_one_shot_frees_the_node_and_stays_completed() {
     let j = job("batch", 600);
     deploy(&mut st, &j, 0, t);
     running(&mut st, "a", &j, 0, t);
-    let done = JobStatusReport { sname: j.job_name.clone(), status: status::COMPLETED.into(), instance: 0, ..Default::default() };
+    let done = JobStatusReport {
+        sname: j.job_name.clone(),
+        status: status::COMPLETED.into(),
+        instance: 0,
+        ..Default::default()
+    };
     st.job_report("a", done, t);
     assert_eq!(status_of(&st, &j, 0), status::COMPLETED);
     assert!(st.schedule(t + Duration::from_secs(60)).is_empty());
@@ -209,7 +215,9 @@ fn unknown_nodes_and_unknown_jobs_get_clear_answers() {
     let t = Instant::now();
     let mut st = state(&[("a", 1000)], t);
     let fx = st.node_information("ghost", info("ghost", 1), t);
-    assert!(matches!(&fx[..], [Effect::NodeError { node, message }] if node == "ghost" && message.contains("not registered")));
+    assert!(
+        matches!(&fx[..], [Effect::NodeError { node, message }] if node == "ghost" && message.contains("not registered"))
+    );
     let j = job("web", 100);
     let fx = running(&mut st, "a", &j, 3, t);
     assert!(matches!(&fx[..], [Effect::Delete { cmd, .. }] if cmd.instance_number == 3), "orphans are stopped");
@@ -220,10 +228,7 @@ fn direct_constraint_names_nodes() {
     let t = Instant::now();
     let mut st = state(&[("a", 1000), ("b", 500)], t);
     let mut j = job("web", 100);
-    j.spec.constraints = vec![oak_api::sla::Constraint {
-        kind: "direct".into(),
-        node: Some("b".into()),
-        ..Default::default()
-    }];
+    j.spec.constraints =
+        vec![oak_api::sla::Constraint { kind: "direct".into(), node: Some("b".into()), ..Default::default() }];
     assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["b"]);
 }

@@ -51,7 +51,11 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> 
         return refuse(&mut wr, "the first message must be a hello".into()).await;
     };
     if protocol != PROTOCOL_VERSION {
-        return refuse(&mut wr, format!("protocol version {protocol} is not supported (this root speaks {PROTOCOL_VERSION})")).await;
+        return refuse(
+            &mut wr,
+            format!("protocol version {protocol} is not supported (this root speaks {PROTOCOL_VERSION})"),
+        )
+        .await;
     }
     let joined = match fleet.join(&token, &cluster_id, &cluster_name, &cluster_location) {
         Ok(j) => j,
@@ -67,10 +71,8 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> 
         Err(e) => return refuse(&mut wr, format!("the root cannot read its database: {e}")).await,
     };
     let mut rx = joined.rx;
-    let first = vec![
-        RootMsg::Welcome { cluster_id: id.clone() },
-        RootMsg::Deploy { full: true, seq: 0, instances: desired },
-    ];
+    let first =
+        vec![RootMsg::Welcome { cluster_id: id.clone() }, RootMsg::Deploy { full: true, seq: 0, instances: desired }];
     let writer = tokio::spawn(async move { write_loop(&mut wr, first, &mut rx).await });
 
     let result = read_loop(&fleet, &id, joined.conn, &mut rd).await;
@@ -85,12 +87,7 @@ async fn refuse(wr: &mut (impl AsyncWriteExt + Unpin), message: String) -> Resul
     Err(format!("refused: {message}"))
 }
 
-async fn read_loop(
-    fleet: &Fleet,
-    id: &str,
-    conn: u64,
-    rd: &mut (impl AsyncRead + Unpin),
-) -> Result<(), String> {
+async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead + Unpin)) -> Result<(), String> {
     loop {
         let msg = match tokio::time::timeout(fleet.config.idle_timeout, read_frame::<ClusterMsg>(rd)).await {
             Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),

@@ -136,7 +136,11 @@ impl Fleet {
             }
         }
         if !stray.is_empty() {
-            tracing::info!(cluster = cluster_id, count = stray.len(), "undeploying instances the root does not assign there");
+            tracing::info!(
+                cluster = cluster_id,
+                count = stray.len(),
+                "undeploying instances the root does not assign there"
+            );
             if let Some(link) = inner.links.get(cluster_id) {
                 let _ = link.tx.send(RootMsg::Undeploy { instances: stray });
             }

@@ -40,13 +40,7 @@ pub(super) struct Joined {
 impl Fleet {
     /// Admits a cluster presenting `token`: finds or creates its stable id, records it, and
     /// replaces any older connection of the same cluster.
-    pub(super) fn join(
-        &self,
-        token: &str,
-        claimed_id: &str,
-        name: &str,
-        location: &str,
-    ) -> Result<Joined, Refusal> {
+    pub(super) fn join(&self, token: &str, claimed_id: &str, name: &str, location: &str) -> Result<Joined, Refusal> {
         if name.trim().is_empty() {
             return Err(Refusal("cluster_name is empty: set CLUSTER_NAME or --name".into()));
         }

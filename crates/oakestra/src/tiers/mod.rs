@@ -39,8 +39,9 @@ pub fn config_error(tier: &str, e: impl std::fmt::Display) -> ExitCode {
 pub fn read_token(inline: Option<String>, file: Option<&std::path::Path>, what: &str) -> Result<String, String> {
     let token = match (inline, file) {
         (Some(t), _) => t,
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the {what} from {}: {e}", path.display()))?,
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the {what} from {}: {e}", path.display()))?
+        }
         (None, None) => return Err(format!("no {what}: pass --token or --token-file")),
     };
     let token = token.trim().to_string();

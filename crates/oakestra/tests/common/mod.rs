@@ -71,7 +71,13 @@ pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>)
     (format!("http://{api_addr}"), channel_addr, stop)
 }
 
-pub async fn start_cluster(name: &str, dir: &Path, channel: SocketAddr, token: &str, mqtt: oak_cluster::MqttMode) -> ClusterHandle {
+pub async fn start_cluster(
+    name: &str,
+    dir: &Path,
+    channel: SocketAddr,
+    token: &str,
+    mqtt: oak_cluster::MqttMode,
+) -> ClusterHandle {
     let config = oak_cluster::ClusterConfig {
         name: name.into(),
         location: "48.1,11.6".into(),
@@ -118,7 +124,6 @@ pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
 
 /// The embedded broker on a free loopback port.
 pub fn embedded() -> oak_cluster::MqttMode {
