@@ -23,6 +23,7 @@ struct State {
     instances: BTreeMap<(String, u32), Fake>,
     failing_images: HashMap<String, String>,
     held_images: HashMap<String, watch::Receiver<bool>>,
+    held_undeploys: Option<watch::Receiver<bool>>,
     deploys: u64,
     undeploys: u64,
 }
@@ -32,7 +33,7 @@ struct Fake {
     cmd: DeployCommand,
 }
 
-/// Holds deploys of one image until [`ImageGate::release`] (a slow image pull).
+/// Holds deploys of one image (a slow image pull), or undeploys, until [`ImageGate::release`].
 pub struct ImageGate(watch::Sender<bool>);
 
 impl ImageGate {
@@ -60,6 +61,13 @@ impl FakeRuntime {
     pub fn hold_image(&self, image: &str) -> ImageGate {
         let (tx, rx) = watch::channel(false);
         self.state().held_images.insert(image.to_string(), rx);
+        ImageGate(tx)
+    }
+
+    /// Every `undeploy` waits until the returned gate is released (a slow stop).
+    pub fn hold_undeploys(&self) -> ImageGate {
+        let (tx, rx) = watch::channel(false);
+        self.state().held_undeploys = Some(rx);
         ImageGate(tx)
     }
 
@@ -132,13 +140,22 @@ impl Runtime for FakeRuntime {
                 fake.status = InstanceStatus::Running;
                 Ok(())
             }
-            None => Err(RuntimeError::Failed(format!("instance {} was removed while starting", task_id(&key.0, key.1)))),
+            None => {
+                Err(RuntimeError::Failed(format!("instance {} was removed while starting", task_id(&key.0, key.1))))
+            }
         }
     }
 
     async fn undeploy(&self, job_name: &str, instance: u32) -> Result<(), RuntimeError> {
+        let gate = {
+            let mut state = self.state();
+            state.undeploys += 1;
+            state.held_undeploys.clone()
+        };
+        if let Some(mut gate) = gate {
+            let _ = gate.wait_for(|released| *released).await;
+        }
         let mut state = self.state();
-        state.undeploys += 1;
         match state.instances.remove(&(job_name.to_string(), instance)) {
             Some(_) => Ok(()),
             None => Err(RuntimeError::NotFound(task_id(job_name, instance))),
@@ -214,7 +231,10 @@ mod tests {
         assert!(matches!(rt.deploy(&cmd("a.b.c.d", 0, "img")).await, Err(RuntimeError::AlreadyDeployed(_))));
         assert_eq!(rt.stats().await.unwrap().len(), 1);
         assert!(rt.exit("a.b.c.d", 0, 3));
-        assert_eq!(events.recv().await.unwrap(), RuntimeEvent::Exited { job_name: "a.b.c.d".into(), instance: 0, code: 3 });
+        assert_eq!(
+            events.recv().await.unwrap(),
+            RuntimeEvent::Exited { job_name: "a.b.c.d".into(), instance: 0, code: 3 }
+        );
         let listed = rt.list().await.unwrap();
         assert_eq!(listed[0].state, InstanceStatus::Exited { code: 3 });
         assert!(rt.stats().await.unwrap().is_empty());

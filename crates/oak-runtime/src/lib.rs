@@ -40,7 +40,9 @@ pub enum InstanceStatus {
     Running,
     /// Stopped by itself; stays listed until [`Runtime::undeploy`] removes it, so the exit code
     /// can still be observed by a worker that missed the event.
-    Exited { code: i32 },
+    Exited {
+        code: i32,
+    },
 }
 
 /// Something a runtime observed without being asked.

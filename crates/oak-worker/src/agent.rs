@@ -26,7 +26,8 @@ const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// description comes from, and the HTTP client to register with (shared between workers).
 #[derive(Clone)]
 pub struct WorkerDeps {
-    /// One per virtualization; the first of several with the same name wins.
+    /// One per virtualization; the first of several with the same name wins. May be empty: the
+    /// worker then joins and reports, and answers every deploy with `FAILED`.
     pub runtimes: Vec<Arc<dyn Runtime>>,
     pub node_source: Arc<dyn NodeInfoSource>,
     pub http: reqwest::Client,
@@ -43,7 +44,7 @@ pub async fn run(
     config.validate()?;
     let runtimes = distinct_runtimes(deps.runtimes);
     if runtimes.is_empty() {
-        return Err(WorkerError::NoRuntime);
+        tracing::warn!(node = %config.node_name, "no runtime configured: the worker registers and reports but runs nothing");
     }
     tokio::fs::create_dir_all(&config.data_dir)
         .await
@@ -148,7 +149,10 @@ async fn stay_connected(
                     refused.reset();
                 }
                 let delay = refused.next_delay();
-                tracing::warn!(retry_in_s = delay.as_secs(), "registering again after the broker refused the credentials");
+                tracing::warn!(
+                    retry_in_s = delay.as_secs(),
+                    "registering again after the broker refused the credentials"
+                );
                 tokio::time::sleep(delay).await;
             }
         }

@@ -33,10 +33,17 @@ pub(crate) fn parse_deploy(payload: &[u8]) -> Result<DeployCommand, Rejected> {
 pub(crate) fn parse_delete(payload: &[u8]) -> Result<DeleteCommand, Rejected> {
     let value = parse_object(payload, "delete")?;
     let (job_name, instance) = best_effort_ids(&value);
-    let cmd: DeleteCommand = serde_json::from_value(value)
-        .map_err(|e| Rejected { job_name, instance, detail: format!("invalid delete command: {e}") })?;
+    let cmd: DeleteCommand = serde_json::from_value(value).map_err(|e| Rejected {
+        job_name,
+        instance,
+        detail: format!("invalid delete command: {e}"),
+    })?;
     if cmd.job_name.trim().is_empty() {
-        return Err(Rejected { job_name: String::new(), instance, detail: "invalid delete command: job_name is empty".into() });
+        return Err(Rejected {
+            job_name: String::new(),
+            instance,
+            detail: "invalid delete command: job_name is empty".into(),
+        });
     }
     Ok(cmd)
 }
@@ -104,7 +111,10 @@ mod tests {
         assert!(parse_deploy(doc.to_string().as_bytes()).unwrap_err().detail.contains("invalid type"));
         let mut doc = deploy_json();
         doc["job_name"] = json!("");
-        assert_eq!(parse_deploy(doc.to_string().as_bytes()).unwrap_err().detail, "invalid deploy command: job_name is empty");
+        assert_eq!(
+            parse_deploy(doc.to_string().as_bytes()).unwrap_err().detail,
+            "invalid deploy command: job_name is empty"
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// A configuration with the defaults: port 10100, the host name as node name, 2 s reports,
     /// overlay on.
-    pub fn new(cluster_address: impl Into<String>, data_dir: impl Into<PathBuf>, join_token: impl Into<String>) -> Self {
+    pub fn new(
+        cluster_address: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        join_token: impl Into<String>,
+    ) -> Self {
         Self {
             cluster_address: cluster_address.into(),
             cluster_port: DEFAULT_CLUSTER_PORT,

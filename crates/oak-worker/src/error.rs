@@ -8,8 +8,6 @@ use thiserror::Error;
 pub enum WorkerError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("no runtime configured: a worker needs at least one virtualization")]
-    NoRuntime,
     /// The cluster answered 401/403 to the registration: the join token is wrong or revoked.
     #[error("cluster refused the join token: {0}")]
     TokenRefused(String),

@@ -33,11 +33,15 @@ pub(crate) struct Registration {
 #[derive(Debug)]
 pub(crate) enum AttemptError {
     Transient(String),
+    /// 409: the cluster does not accept the stored id and secret (e.g. the worker crashed before
+    /// persisting a new secret, or its data directory was copied to another machine).
+    IdRefused(String),
     Fatal(WorkerError),
 }
 
 /// Registers, retrying transport errors and 5xx answers with back-off (1 s doubling to 30 s);
-/// returns only on success or on an answer that retrying cannot change. `info` is called before
+/// returns only on success or on an answer that retrying cannot change. If the cluster refuses
+/// the stored identity, registers as a new node instead of giving up. `info` is called before
 /// every attempt so the cluster gets a current description.
 pub(crate) async fn register_with_retry<F, Fut>(
     http: &reqwest::Client,
@@ -50,10 +54,15 @@ where
     Fut: std::future::Future<Output = NodeInfo>,
 {
     let mut backoff = Backoff::reconnect();
+    let mut previous = previous;
     loop {
         match register_once(http, config, previous, info().await).await {
             Ok(registration) => return Ok(registration),
             Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::IdRefused(reason)) => {
+                tracing::warn!(%reason, "the cluster refused the stored node id; registering as a new node");
+                previous = None;
+            }
             Err(AttemptError::Transient(reason)) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(%reason, retry_in_s = delay.as_secs(), "registration with the cluster failed");
@@ -90,6 +99,7 @@ pub(crate) async fn register_once(
         let message = server_message(&text, status);
         return Err(match status.as_u16() {
             401 | 403 => AttemptError::Fatal(WorkerError::TokenRefused(message)),
+            409 if previous.is_some() => AttemptError::IdRefused(message),
             408 | 429 => AttemptError::Transient(format!("cluster answered {status}: {message}")),
             code @ 400..=499 => AttemptError::Fatal(WorkerError::RegistrationRejected { status: code, message }),
             _ => AttemptError::Transient(format!("cluster answered {status}: {message}")),

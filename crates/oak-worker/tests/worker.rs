@@ -154,7 +154,10 @@ async fn bad_deploys_fail_with_the_reason_and_the_agent_stays_alive() {
         .observer
         .wait_for("FAILED for malformed JSON", |msgs| {
             msgs.iter()
-                .find(|m| m.body["status"] == "FAILED" && m.body["status_detail"].as_str().is_some_and(|d| d.starts_with("malformed deploy command")))
+                .find(|m| {
+                    m.body["status"] == "FAILED"
+                        && m.body["status_detail"].as_str().is_some_and(|d| d.starts_with("malformed deploy command"))
+                })
                 .map(|m| m.body.clone())
         })
         .await;
@@ -240,7 +243,8 @@ async fn exits_report_dead_or_completed() {
         })
         .await;
     let reports = s.cluster.observer.job_reports(&s.node);
-    let for_job: Vec<&str> = reports.iter().filter(|r| r["sname"] == JOB).map(|r| r["status"].as_str().unwrap()).collect();
+    let for_job: Vec<&str> =
+        reports.iter().filter(|r| r["sname"] == JOB).map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(for_job, ["CREATED", "DEAD"], "no report after the exit: {reports:?}");
     s.worker.stop().await.unwrap();
 }
@@ -309,5 +313,75 @@ async fn a_restarted_worker_adopts_running_instances() {
     // The adopted instance is fully managed again.
     obs.publish(topic::delete(&node), delete_cmd("app.ns.keep.ns", 0).to_string()).await;
     obs.job_status(&node, "app.ns.keep.ns", 0, "UNDEPLOYED").await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn registration_is_retried_while_the_cluster_is_unavailable() {
+    let Some(cluster) = FakeCluster::start().await else { return };
+    cluster.state.lock().unwrap().unavailable = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = RunningWorker::start(cluster.config(dir.path(), TOKEN), vec![Arc::new(FakeRuntime::new("docker"))]);
+    let node = cluster.observer.node_id_after(0).await;
+    assert_eq!(cluster.registrations().len(), 2);
+    assert_eq!(cluster.answers()[0].id, node);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_stored_identity_registers_as_a_new_node() {
+    let Some(cluster) = FakeCluster::start().await else { return };
+    cluster.state.lock().unwrap().secrets.insert("node-taken".into(), "current".into());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("node.json"), r#"{"id":"node-taken","node_secret":"stale"}"#).unwrap();
+
+    let worker = RunningWorker::start(cluster.config(dir.path(), TOKEN), vec![Arc::new(FakeRuntime::new("docker"))]);
+    let node = cluster.observer.node_id_after(0).await;
+    assert_ne!(node, "node-taken");
+    let registrations = cluster.registrations();
+    assert_eq!(registrations[0].node.id, "node-taken");
+    assert_eq!(registrations[1].node.id, "");
+    let stored: Value = serde_json::from_slice(&std::fs::read(dir.path().join("node.json")).unwrap()).unwrap();
+    assert_eq!(stored["id"], node.as_str());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_broker_credentials_make_the_worker_register_again() {
+    let Some(cluster) = FakeCluster::start_with_auth().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let docker = Arc::new(FakeRuntime::new("docker"));
+    let worker = RunningWorker::start(cluster.config(dir.path(), TOKEN), vec![docker.clone()]);
+    let node = cluster.observer.node_id_after(0).await;
+    let first = cluster.answers()[0].clone();
+
+    // The cluster forgets the node: its broker account is gone and its connection dropped.
+    cluster.broker.remove_user(&node);
+    cluster.broker.restart();
+    let seen = cluster.observer.messages().len();
+
+    let again = cluster.observer.node_id_after(seen).await;
+    assert_eq!(again, node, "re-registered under the same id");
+    let registrations = cluster.registrations();
+    assert!(registrations.len() >= 2);
+    assert_eq!(registrations[1].node.id, node);
+    assert_eq!(registrations[1].node_secret, first.mqtt_password);
+
+    // Commands work on the new connection.
+    cluster.observer.publish(topic::deploy(&node), deploy_cmd(JOB, 0, "nginx", "docker", false).to_string()).await;
+    cluster.observer.job_status(&node, JOB, 0, "CREATED").await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_without_runtimes_joins_and_refuses_deploys() {
+    let Some(cluster) = FakeCluster::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let worker = RunningWorker::start(cluster.config(dir.path(), TOKEN), Vec::new());
+    let node = cluster.observer.node_id_after(0).await;
+    assert!(cluster.registrations()[0].node.virtualization.is_empty());
+    cluster.observer.publish(topic::deploy(&node), deploy_cmd(JOB, 0, "nginx", "docker", false).to_string()).await;
+    let failed = cluster.observer.job_status(&node, JOB, 0, "FAILED").await;
+    assert_eq!(failed["status_detail"], "unknown virtualization \"docker\": this worker has no runtime");
     worker.stop().await.unwrap();
 }

@@ -58,7 +58,11 @@ fn run_with_timeout(nvidia_smi: &Path) -> std::io::Result<String> {
             if let Some(mut stdout) = child.stdout.take() {
                 std::io::Read::read_to_string(&mut stdout, &mut out)?;
             }
-            return if status.success() { Ok(out) } else { Err(std::io::Error::other(format!("exited with {status}"))) };
+            return if status.success() {
+                Ok(out)
+            } else {
+                Err(std::io::Error::other(format!("exited with {status}")))
+            };
         }
         if started.elapsed() > TIMEOUT {
             let _ = child.kill();

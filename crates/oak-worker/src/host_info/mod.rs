@@ -115,7 +115,8 @@ impl Inner {
             (cpu, if refresh { None } else { state.ip.clone() })
         };
         let ip = ip.unwrap_or_else(|| {
-            let ip = net::node_ipv4(&self.cluster_address, self.cluster_port).map(|ip| ip.to_string()).unwrap_or_default();
+            let ip =
+                net::node_ipv4(&self.cluster_address, self.cluster_port).map(|ip| ip.to_string()).unwrap_or_default();
             let mut state = self.lock();
             state.ip = Some(ip.clone());
             state.samples_since_ip = 0;

@@ -50,7 +50,8 @@ pub(crate) fn first_interface_ipv4() -> Option<Ipv4Addr> {
             let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             if !ip.is_loopback() {
-                let name = if entry.ifa_name.is_null() { "" } else { CStr::from_ptr(entry.ifa_name).to_str().unwrap_or("") };
+                let name =
+                    if entry.ifa_name.is_null() { "" } else { CStr::from_ptr(entry.ifa_name).to_str().unwrap_or("") };
                 tracing::trace!(interface = name, %ip, "node address from interface");
                 found = Some(ip);
                 break;

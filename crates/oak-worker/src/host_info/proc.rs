@@ -64,9 +64,8 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<MemInfo> {
         })
     };
     let total_kib = field("MemTotal")?;
-    let available_kib = field("MemAvailable").or_else(|| {
-        Some(field("MemFree")? + field("Buffers").unwrap_or(0) + field("Cached").unwrap_or(0))
-    })?;
+    let available_kib = field("MemAvailable")
+        .or_else(|| Some(field("MemFree")? + field("Buffers").unwrap_or(0) + field("Cached").unwrap_or(0)))?;
     Some(MemInfo { total_kib, available_kib: available_kib.min(total_kib) })
 }
 
@@ -124,7 +123,8 @@ mod tests {
 
     #[test]
     fn meminfo() {
-        let text = "MemTotal:       16314256 kB\nMemFree:         1234567 kB\nMemAvailable:   12235692 kB\nBuffers: 1 kB\n";
+        let text =
+            "MemTotal:       16314256 kB\nMemFree:         1234567 kB\nMemAvailable:   12235692 kB\nBuffers: 1 kB\n";
         let m = parse_meminfo(text).unwrap();
         assert_eq!(m, MemInfo { total_kib: 16314256, available_kib: 12235692 });
         assert!((m.used_percent() - 25.0).abs() < 0.01);

@@ -31,24 +31,32 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- broker
 
-/// A mosquitto process on a free loopback port, killed on drop.
+/// A mosquitto process on a free loopback port, killed on drop. With authentication, accounts
+/// live in a mosquitto password file the fake cluster writes at every registration.
 pub struct Broker {
-    child: Child,
+    child: Mutex<Child>,
+    binary: PathBuf,
+    config: PathBuf,
+    passwords: Option<PathBuf>,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
 
-fn find_mosquitto() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join("mosquitto")).find(|p| p.is_file())
+pub const OBSERVER_USER: &str = "observer";
+pub const OBSERVER_PASSWORD: &str = "observer-password";
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 impl Broker {
     /// Starts mosquitto, or returns `None` after printing why the test is skipped. Under
     /// `CI=true` a missing broker fails the test instead.
-    pub fn start() -> Option<Broker> {
-        let Some(binary) = find_mosquitto() else {
+    pub fn start(authenticate: bool) -> Option<Broker> {
+        let (Some(binary), Some(_)) = (find_binary("mosquitto"), find_binary("mosquitto_passwd")) else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("mosquitto is not installed (CI=true): run scripts/install-deps.sh");
             }
@@ -58,30 +66,83 @@ impl Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = dir.path().join("mosquitto.conf");
-        std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
-            .expect("write mosquitto config");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let broker = Broker { child, port, _dir: dir };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start listening on {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut text = format!("listener {port} 127.0.0.1\npersistence false\n");
+        let passwords = authenticate.then(|| dir.path().join("passwords"));
+        match &passwords {
+            Some(file) => {
+                run_passwd(&["-c", "-b", path_str(file), OBSERVER_USER, OBSERVER_PASSWORD]);
+                // Stay root when run as root: the password file is re-read on every reload.
+                text.push_str(&format!("allow_anonymous false\npassword_file {}\nuser root\n", path_str(file)));
+            }
+            None => text.push_str("allow_anonymous true\n"),
         }
-        Some(broker)
+        std::fs::write(&config, text).expect("write mosquitto config");
+        let child = Mutex::new(spawn_mosquitto(&binary, &config, port));
+        Some(Broker { child, binary, config, passwords, port, _dir: dir })
     }
+
+    /// Creates or replaces an account and makes mosquitto re-read the accounts.
+    pub fn set_password(&self, user: &str, password: &str) {
+        let Some(file) = &self.passwords else { return };
+        run_passwd(&["-b", path_str(file), user, password]);
+        self.reload();
+    }
+
+    pub fn remove_user(&self, user: &str) {
+        let Some(file) = &self.passwords else { return };
+        run_passwd(&["-D", path_str(file), user]);
+        self.reload();
+    }
+
+    fn reload(&self) {
+        let pid = self.child.lock().unwrap().id();
+        // SAFETY: plain kill(2) on the child process this broker started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        // mosquitto reloads asynchronously; give it a moment before anyone relies on it.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Stops and starts mosquitto on the same port: every connection drops.
+    pub fn restart(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        *child = spawn_mosquitto(&self.binary, &self.config, self.port);
+    }
+}
+
+fn spawn_mosquitto(binary: &Path, config: &Path, port: u16) -> Child {
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn run_passwd(args: &[&str]) {
+    let binary = find_binary("mosquitto_passwd").expect("mosquitto_passwd");
+    let status = Command::new(binary).args(args).stdout(Stdio::null()).status().expect("run mosquitto_passwd");
+    assert!(status.success(), "mosquitto_passwd {args:?} failed");
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -99,12 +160,14 @@ pub struct ClusterState {
     pub secrets: HashMap<String, String>,
     /// Answers given, in order.
     pub answers: Vec<RegisterNodeResponse>,
+    /// Answer this many registrations with 503 first.
+    pub unavailable: u32,
     next: u32,
 }
 
 pub struct FakeCluster {
     pub http: SocketAddr,
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
     pub state: Arc<Mutex<ClusterState>>,
     pub observer: Observer,
     server: JoinHandle<()>,
@@ -118,11 +181,20 @@ impl Drop for FakeCluster {
 
 impl FakeCluster {
     pub async fn start() -> Option<FakeCluster> {
-        let broker = Broker::start()?;
+        Self::start_with(false).await
+    }
+
+    /// With a broker that only accepts the credentials this cluster handed out.
+    pub async fn start_with_auth() -> Option<FakeCluster> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(authenticate: bool) -> Option<FakeCluster> {
+        let broker = Arc::new(Broker::start(authenticate)?);
         let state = Arc::new(Mutex::new(ClusterState::default()));
         let app = Router::new()
             .route("/api/node/register", post(register))
-            .with_state(AppState { cluster: state.clone(), broker_port: broker.port });
+            .with_state(AppState { cluster: state.clone(), broker: broker.clone() });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind node API");
         let http = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
@@ -152,30 +224,49 @@ impl FakeCluster {
 #[derive(Clone)]
 struct AppState {
     cluster: Arc<Mutex<ClusterState>>,
-    broker_port: u16,
+    broker: Arc<Broker>,
 }
 
 async fn register(State(app): State<AppState>, Json(req): Json<RegisterNodeRequest>) -> Response {
-    let mut cluster = app.cluster.lock().unwrap();
-    cluster.registrations.push(req.clone());
-    if req.token != TOKEN {
-        let body = ErrorBody { code: 401, message: "invalid join token".into(), field: None, errors: vec![] };
-        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
-    }
-    cluster.next += 1;
-    let known = cluster.secrets.get(&req.node.id).is_some_and(|s| *s == req.node_secret);
-    let id = if known { req.node.id.clone() } else { format!("node-{}", cluster.next) };
-    let password = format!("pw-{}", cluster.next);
-    cluster.secrets.insert(id.clone(), password.clone());
-    let answer = RegisterNodeResponse {
-        id: id.clone(),
-        mqtt_broker_port: app.broker_port.to_string(),
-        mqtt_host: "127.0.0.1".into(),
-        mqtt_username: id,
-        mqtt_password: password,
+    let answer = {
+        let mut cluster = app.cluster.lock().unwrap();
+        cluster.registrations.push(req.clone());
+        if cluster.unavailable > 0 {
+            cluster.unavailable -= 1;
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the cluster is starting");
+        }
+        if req.token != TOKEN {
+            return error(StatusCode::UNAUTHORIZED, "invalid join token");
+        }
+        cluster.next += 1;
+        let id = match req.node.id.as_str() {
+            "" => format!("node-{}", cluster.next),
+            claimed => match cluster.secrets.get(claimed) {
+                Some(secret) if *secret != req.node_secret => {
+                    return error(StatusCode::CONFLICT, "node id belongs to another worker");
+                }
+                _ => claimed.to_string(),
+            },
+        };
+        let password = format!("pw-{}", cluster.next);
+        cluster.secrets.insert(id.clone(), password.clone());
+        let answer = RegisterNodeResponse {
+            id: id.clone(),
+            mqtt_broker_port: app.broker.port.to_string(),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_username: id,
+            mqtt_password: password,
+        };
+        cluster.answers.push(answer.clone());
+        answer
     };
-    cluster.answers.push(answer.clone());
+    app.broker.set_password(&answer.mqtt_username, &answer.mqtt_password);
     Json(answer).into_response()
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    let body = ErrorBody { code: code.as_u16(), message: message.into(), field: None, errors: vec![] };
+    (code, Json(body)).into_response()
 }
 
 // ---------------------------------------------------------------- observer
@@ -203,19 +294,23 @@ impl Drop for Observer {
 impl Observer {
     async fn connect(port: u16) -> Observer {
         let mut options = MqttOptions::new(format!("observer-{port}"), "127.0.0.1", port);
-        options.set_max_packet_size(16 << 20, 16 << 20);
+        options.set_max_packet_size(16 << 20, 16 << 20).set_credentials(OBSERVER_USER, OBSERVER_PASSWORD);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
-        client.subscribe("nodes/#", QoS::AtLeastOnce).await.expect("subscribe");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
         let (subscribed_tx, subscribed_rx) = oneshot::channel();
         let task = tokio::spawn({
             let messages = messages.clone();
             let changed = changed.clone();
+            let client = client.clone();
             async move {
                 let mut subscribed = Some(subscribed_tx);
                 loop {
                     match eventloop.poll().await {
+                        // Subscribe on every connect: a restarted broker forgot the subscription.
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            client.try_subscribe("nodes/#", QoS::AtLeastOnce).expect("subscribe");
+                        }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             if let Some(tx) = subscribed.take() {
                                 let _ = tx.send(());
@@ -278,14 +373,25 @@ impl Observer {
         let topic = format!("nodes/{node}/job");
         self.wait_for(&format!("{status} for {job}/{instance}"), |msgs| {
             msgs.iter()
-                .find(|m| m.topic == topic && m.body["sname"] == job && m.body["instance"] == instance && m.body["status"] == status)
+                .find(|m| {
+                    m.topic == topic
+                        && m.body["sname"] == job
+                        && m.body["instance"] == instance
+                        && m.body["status"] == status
+                })
                 .map(|m| m.body.clone())
         })
         .await
     }
 
     /// Waits for a resources report (after message `from`) that satisfies `check`.
-    pub async fn resources_where(&self, node: &str, from: usize, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub async fn resources_where(
+        &self,
+        node: &str,
+        from: usize,
+        what: &str,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let topic = format!("nodes/{node}/jobs/resources");
         self.wait_for(what, |msgs| {
             msgs.iter().skip(from).filter(|m| m.topic == topic).find_map(|m| {

@@ -76,7 +76,7 @@ enum Phase {
     /// Started; `since` is the `seq` at which it was last known to be started.
     Running { since: u64 },
     /// `undeploy` is running (deleted, or cleaning up after an exit).
-    Stopping { report_undeployed: bool, then_deploy: Option<(DeployCommand, usize)> },
+    Stopping { report_undeployed: bool, then_deploy: Option<Box<(DeployCommand, usize)>> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,9 @@ impl Engine {
         match msg {
             EngineMsg::Deploy(payload) => self.on_deploy(&payload),
             EngineMsg::Delete(payload) => self.on_delete(&payload),
-            EngineMsg::Exited { runtime, job_name, instance, code } => self.on_exit_event(runtime, (job_name, instance), code),
+            EngineMsg::Exited { runtime, job_name, instance, code } => {
+                self.on_exit_event(runtime, (job_name, instance), code)
+            }
             EngineMsg::Observed { seq, runtimes } => self.on_observed(seq, runtimes),
         }
     }
@@ -164,11 +166,11 @@ impl Engine {
         };
         let key: Key = (cmd.job.job_name.clone(), cmd.instance_number);
         let Some(runtime) = self.runtime_index(&cmd.job.spec.virtualization) else {
-            let detail = format!(
-                "unknown virtualization {:?}: this worker runs {}",
-                cmd.job.spec.virtualization,
-                self.runtime_names().join(", ")
-            );
+            let runs = match self.runtime_names().join(", ") {
+                names if names.is_empty() => "this worker has no runtime".to_string(),
+                names => format!("this worker runs {names}"),
+            };
+            let detail = format!("unknown virtualization {:?}: {runs}", cmd.job.spec.virtualization);
             tracing::warn!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
             self.report(&key.0, key.1, status::FAILED, detail);
             return;
@@ -187,7 +189,7 @@ impl Engine {
                 tracing::debug!(job = %key.0, instance = key.1, "instance already running; reporting it again");
                 self.report(&key.0, key.1, status::RUNNING, "instance is already running");
             }
-            Phase::Stopping { then_deploy, .. } => *then_deploy = Some((cmd, runtime)),
+            Phase::Stopping { then_deploy, .. } => *then_deploy = Some(Box::new((cmd, runtime))),
         }
     }
 
@@ -231,6 +233,10 @@ impl Engine {
             tracing::debug!(job = %key.0, instance = key.1, runtime, "exit of an instance this worker does not track");
             return;
         };
+        if entry.runtime != Some(runtime) {
+            tracing::debug!(job = %key.0, instance = key.1, runtime, "exit of a same-named instance in another runtime");
+            return;
+        }
         match &mut entry.phase {
             Phase::Deploying { exit_code, .. } => *exit_code = Some(code),
             Phase::Running { .. } => self.handle_exit(key, code),
@@ -387,7 +393,8 @@ impl Engine {
             Err(e) => tracing::warn!(job = %key.0, instance = key.1, error = %e, "undeploy failed"),
         }
         self.remove(&key);
-        if let Some((cmd, runtime)) = then_deploy {
+        if let Some(next) = then_deploy {
+            let (cmd, runtime) = *next;
             self.start_deploy(key, runtime, cmd);
         }
     }
@@ -463,7 +470,7 @@ impl Engine {
             .values()
             .filter_map(|entry| match &entry.phase {
                 Phase::Deploying { delete_requested: false, .. } | Phase::Running { .. } => entry.cmd.as_ref(),
-                Phase::Stopping { then_deploy: Some((cmd, _)), .. } => Some(cmd),
+                Phase::Stopping { then_deploy: Some(next), .. } => Some(&next.0),
                 _ => None,
             })
             .collect();
@@ -500,7 +507,9 @@ impl Engine {
         let mut listings: Vec<Option<HashMap<Key, InstanceStatus>>> = Vec::with_capacity(self.runtimes.len());
         for rt in &self.runtimes {
             match rt.list().await {
-                Ok(list) => listings.push(Some(list.into_iter().map(|i| ((i.job_name, i.instance), i.state)).collect())),
+                Ok(list) => {
+                    listings.push(Some(list.into_iter().map(|i| ((i.job_name, i.instance), i.state)).collect()))
+                }
                 Err(e) => {
                     tracing::warn!(runtime = rt.name(), error = %e, "cannot list runtime; adopting its instances unchecked");
                     listings.push(None);
@@ -514,7 +523,8 @@ impl Engine {
                 continue;
             }
             let Some(index) = self.runtime_index(&cmd.job.spec.virtualization) else {
-                let detail = format!("virtualization {:?} is no longer configured on this worker", cmd.job.spec.virtualization);
+                let detail =
+                    format!("virtualization {:?} is no longer configured on this worker", cmd.job.spec.virtualization);
                 self.report(&key.0, key.1, status::DEAD, detail);
                 continue;
             };
@@ -548,3 +558,6 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

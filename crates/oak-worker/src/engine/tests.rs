@@ -1,0 +1,227 @@
+//! The state machine driven directly (no broker): the orderings that are hard to provoke through
+//! MQTT — commands and events arriving while a runtime call is still running, and observations
+//! that started before a change.
+
+use std::time::Duration;
+
+use oak_api::node::JobStatusReport;
+use oak_runtime::FakeRuntime;
+use serde_json::json;
+
+use super::*;
+
+const JOB: &str = "app.ns.svc.ns";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Harness {
+    docker: Arc<FakeRuntime>,
+    shared: Arc<Shared>,
+    inbox: mpsc::UnboundedSender<EngineMsg>,
+    outbox: mpsc::UnboundedReceiver<Outgoing>,
+    _stop: oneshot::Sender<()>,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = Arc::new(FakeRuntime::new("docker"));
+        let shared = Arc::new(Shared::new());
+        let (outbox_tx, outbox) = mpsc::unbounded_channel();
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let engine =
+            Engine::new(vec![docker.clone() as Arc<dyn Runtime>], dir.path().into(), shared.clone(), outbox_tx);
+        tokio::spawn(engine.run(inbox_rx, stopped));
+        Harness { docker, shared, inbox, outbox, _stop: stop, dir }
+    }
+
+    fn deploy(&self, instance: u32, image: &str, one_shot: bool) {
+        let cmd = json!({
+            "_id": "s1", "job_name": JOB, "image": image, "instance_number": instance,
+            "microservice_name": "svc", "microservice_namespace": "ns", "virtualization": "docker",
+            "code": image, "one_shot": one_shot,
+        });
+        self.inbox.send(EngineMsg::Deploy(cmd.to_string().into_bytes())).unwrap();
+    }
+
+    fn delete(&self, instance: u32) {
+        let cmd = json!({"job_name": JOB, "virtualization": "docker", "instance_number": instance});
+        self.inbox.send(EngineMsg::Delete(cmd.to_string().into_bytes())).unwrap();
+    }
+
+    /// The next status report (resources reports are skipped).
+    async fn next_job(&mut self) -> JobStatusReport {
+        loop {
+            match tokio::time::timeout(WAIT, self.outbox.recv()).await.expect("a report in time").expect("engine alive")
+            {
+                Outgoing::Job(report) => return report,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next resources report.
+    async fn next_resources(&mut self) -> Vec<ServiceResources> {
+        loop {
+            match tokio::time::timeout(WAIT, self.outbox.recv()).await.expect("a report in time").expect("engine alive")
+            {
+                Outgoing::Resources(report) => return report.services,
+                Outgoing::Job(report) => panic!("unexpected status report {report:?}"),
+                Outgoing::Info(_) => continue,
+            }
+        }
+    }
+
+    /// Waits until the engine handled every message sent so far: a malformed command is
+    /// answered in order.
+    async fn barrier(&mut self) {
+        self.inbox.send(EngineMsg::Deploy(b"barrier".to_vec())).unwrap();
+        let report = self.next_job().await;
+        assert_eq!(report.status, "FAILED", "{report:?}");
+        assert!(report.status_detail.starts_with("malformed deploy command"), "{report:?}");
+    }
+
+    async fn observe(&self, seq: u64) {
+        let observation =
+            Observation { instances: self.docker.list().await.unwrap(), stats: self.docker.stats().await.unwrap() };
+        self.inbox.send(EngineMsg::Observed { seq, runtimes: vec![Ok(observation)] }).unwrap();
+    }
+
+    fn seq(&self) -> u64 {
+        self.shared.seq.load(Ordering::SeqCst)
+    }
+
+    async fn wait_until(&self, what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn desired(&self) -> Vec<DeployCommand> {
+        desired::load(self.dir.path()).await
+    }
+}
+
+fn status_of(report: &JobStatusReport) -> (&str, u32, &str) {
+    (report.sname.as_str(), report.instance, report.status.as_str())
+}
+
+#[tokio::test]
+async fn a_delete_during_a_deploy_undeploys_when_the_deploy_returns() {
+    let mut h = Harness::start();
+    let gate = h.docker.hold_image("slow");
+    h.deploy(0, "slow", false);
+    h.wait_until("deploy started", || h.docker.status(JOB, 0).is_some()).await;
+    h.delete(0);
+    h.barrier().await;
+    gate.release();
+    let report = h.next_job().await;
+    assert_eq!(status_of(&report), (JOB, 0, "UNDEPLOYED"), "no CREATED for a deleted instance");
+    h.wait_until("instance removed", || h.docker.status(JOB, 0).is_none()).await;
+    assert!(h.desired().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_exit_during_a_deploy_is_reported_after_created() {
+    let mut h = Harness::start();
+    let gate = h.docker.hold_image("slow");
+    h.deploy(0, "slow", true);
+    h.wait_until("deploy started", || h.docker.status(JOB, 0).is_some()).await;
+    h.inbox.send(EngineMsg::Exited { runtime: 0, job_name: JOB.into(), instance: 0, code: 0 }).unwrap();
+    h.barrier().await;
+    gate.release();
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "COMPLETED"));
+    h.wait_until("exited instance cleaned up", || h.docker.status(JOB, 0).is_none()).await;
+}
+
+#[tokio::test]
+async fn a_redeploy_during_a_delete_runs_after_it() {
+    let mut h = Harness::start();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    let gate = h.docker.hold_undeploys();
+    h.delete(0);
+    h.deploy(0, "img-v2", false);
+    h.barrier().await;
+    assert_eq!(h.docker.deploy_calls(), 1, "the new deploy waits for the undeploy");
+    gate.release();
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "UNDEPLOYED"));
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    assert_eq!(h.docker.command(JOB, 0).unwrap().job.image, "img-v2");
+    let desired = h.desired().await;
+    assert_eq!(desired.len(), 1);
+    assert_eq!(desired[0].job.image, "img-v2");
+}
+
+#[tokio::test]
+async fn an_observation_older_than_a_deploy_does_not_kill_it() {
+    let mut h = Harness::start();
+    let before = h.seq();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+
+    // Listed before the deploy finished: the instance is missing, but that proves nothing.
+    h.inbox.send(EngineMsg::Observed { seq: before, runtimes: vec![Ok(Observation::default())] }).unwrap();
+    assert!(h.next_resources().await.is_empty());
+
+    // A current listing that misses it does.
+    h.docker.vanish(JOB, 0);
+    h.observe(h.seq()).await;
+    let report = h.next_job().await;
+    assert_eq!(status_of(&report), (JOB, 0, "DEAD"));
+    assert_eq!(report.status_detail, "instance no longer exists in runtime docker");
+}
+
+#[tokio::test]
+async fn an_observation_older_than_a_delete_does_not_report_the_deleted_instance() {
+    let mut h = Harness::start();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    let before = h.seq();
+    let stale = Observation { instances: h.docker.list().await.unwrap(), stats: h.docker.stats().await.unwrap() };
+    h.delete(0);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "UNDEPLOYED"));
+
+    h.inbox.send(EngineMsg::Observed { seq: before, runtimes: vec![Ok(stale)] }).unwrap();
+    assert!(h.next_resources().await.is_empty(), "stale usage of a deleted instance");
+    assert_eq!(h.docker.undeploy_calls(), 1, "no second clean-up");
+}
+
+#[tokio::test]
+async fn unknown_running_instances_are_reported_and_left_alone() {
+    let mut h = Harness::start();
+    // Started behind the engine's back (e.g. before a lost state file).
+    let cmd: DeployCommand = serde_json::from_value(json!({
+        "_id": "s9", "job_name": "app.ns.orphan.ns", "image": "img", "instance_number": 3,
+        "microservice_name": "orphan", "microservice_namespace": "ns", "virtualization": "docker", "code": "img",
+    }))
+    .unwrap();
+    h.docker.deploy(&cmd).await.unwrap();
+    h.observe(h.seq()).await;
+    let services = h.next_resources().await;
+    assert_eq!(services.len(), 1);
+    assert_eq!((services[0].job_name.as_str(), services[0].instance), ("app.ns.orphan.ns", 3));
+    assert_eq!(h.docker.undeploy_calls(), 0);
+
+    // Once it exits, it is cleaned up without a status report.
+    h.docker.exit("app.ns.orphan.ns", 3, 1);
+    h.observe(h.seq()).await;
+    assert!(h.next_resources().await.is_empty());
+    h.wait_until("exited orphan removed", || h.docker.status("app.ns.orphan.ns", 3).is_none()).await;
+}
+
+#[tokio::test]
+async fn a_failed_runtime_listing_changes_nothing() {
+    let mut h = Harness::start();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    let failed = Err(RuntimeError::Unavailable("socket gone".into()));
+    h.inbox.send(EngineMsg::Observed { seq: h.seq(), runtimes: vec![failed] }).unwrap();
+    assert!(h.next_resources().await.is_empty());
+    h.observe(h.seq()).await;
+    assert_eq!(h.next_resources().await.len(), 1, "still running, still tracked");
+}
