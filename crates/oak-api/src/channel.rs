@@ -47,8 +47,12 @@ pub enum ClusterMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RootMsg {
-    Welcome { cluster_id: String },
-    Refused { message: String },
+    Welcome {
+        cluster_id: String,
+    },
+    Refused {
+        message: String,
+    },
     /// Instances the cluster must run. `full` = this is the complete desired set; the cluster
     /// removes whatever else it runs.
     Deploy {
@@ -59,7 +63,9 @@ pub enum RootMsg {
         instances: Vec<DeployInstance>,
     },
     /// Instances to remove.
-    Undeploy { instances: Vec<InstanceRef> },
+    Undeploy {
+        instances: Vec<InstanceRef>,
+    },
 }
 
 /// One instance the root asks a cluster to run.

@@ -409,7 +409,11 @@ impl RootStore for SqliteStore {
 
     fn put_cluster(&self, cluster: &Cluster) -> Result<()> {
         self.write(|tx| {
-            if exists(tx, "SELECT 1 FROM clusters WHERE name = ?1 AND id <> ?2", params![cluster.cluster_name, cluster.id])? {
+            if exists(
+                tx,
+                "SELECT 1 FROM clusters WHERE name = ?1 AND id <> ?2",
+                params![cluster.cluster_name, cluster.id],
+            )? {
                 return Err(StoreError::Conflict(format!("a cluster named {:?} already exists", cluster.cluster_name)));
             }
             tx.execute(
