@@ -58,7 +58,7 @@ pub enum RootMsg {
     Deploy {
         #[serde(default)]
         full: bool,
-        /// Sequence number of this message on the connection; reports echo the last one seen.
+        /// Sequence number of this message on the connection (0 for the full set), for diagnostics.
         seq: u64,
         instances: Vec<DeployInstance>,
     },
@@ -104,8 +104,6 @@ pub struct InstanceReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterResources {
-    /// Highest `Deploy.seq` the cluster had applied when it computed this report.
-    pub deploy_seq: u64,
     pub active_nodes: u64,
     #[serde(flatten)]
     pub totals: ResourceTotals,

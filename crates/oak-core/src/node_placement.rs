@@ -307,7 +307,7 @@ impl Sums {
 /// - `virtualization`, `supported_addons` and `csi_drivers` are de-duplicated and sorted;
 /// - `aggregation_per_architecture` holds the same totals per node architecture (nodes that did
 ///   not say their architecture are only in the overall totals);
-/// - `active_nodes` counts the active nodes; `deploy_seq` is left 0 for the caller to set.
+/// - `active_nodes` counts the active nodes.
 pub fn aggregate(nodes: &[NodeView]) -> ClusterResources {
     let mut all = Sums::default();
     let mut per_arch: BTreeMap<&str, Sums> = BTreeMap::new();
@@ -325,7 +325,6 @@ pub fn aggregate(nodes: &[NodeView]) -> ClusterResources {
     }
     let totals = all.finish();
     ClusterResources {
-        deploy_seq: 0,
         active_nodes: totals.nodes,
         totals,
         virtualization: virtualization.into_iter().collect(),

@@ -3,17 +3,18 @@
 //! A cluster reports its free resources every few seconds. Between two reports the root may place
 //! many instances on it (the original did no accounting at all, spec §6.2, so a burst landed on
 //! the same cluster regardless of its size). The root therefore *reserves* each instance's
-//! [`Demand`] on the cluster it chose, under the sequence number of the `Deploy` message that
-//! carries the instance, and subtracts the outstanding reservations from the cluster's reported
-//! free amounts ([`Reservations::apply`]) before every decision.
+//! [`Demand`] on the cluster it chose and subtracts the outstanding reservations from the
+//! cluster's reported free amounts ([`Reservations::apply`]) before every decision.
 //!
-//! A cluster's report echoes the highest `Deploy.seq` it had applied (`deploy_seq`); its free
-//! amounts then already account for every instance of those messages (placed on a node, or
-//! given up), so [`Reservations::confirm`] drops the reservations with `seq ≤ deploy_seq`.
-//! Undeploying an instance, or a placement that failed at the root, [`Reservations::release`]s
-//! it. Sequence numbers belong to one connection: when a cluster reconnects the root calls
-//! [`Reservations::forget_cluster`] (the full state exchange that follows re-establishes the
-//! truth).
+//! Each reservation carries a sequence number. The root reserves with `u64::MAX` (never
+//! confirmed); when the cluster first reports on the instance (placed on a node, or given up) the
+//! root [`Reservations::acknowledge`]s it with the number of resource reports received so far,
+//! `n`. The channel is ordered, so report `n + 1` was computed after the cluster placed the
+//! instance and accounts for it: on receiving it the root calls [`Reservations::confirm`]`(n)`,
+//! which drops every reservation with `seq ≤ n`. Undeploying an instance, or a placement that
+//! failed at the root, [`Reservations::release`]s it. Report numbers belong to one connection:
+//! when a cluster reconnects the root calls [`Reservations::forget_cluster`] (the full state
+//! exchange that follows re-establishes the truth).
 //!
 //! # Architectures
 //!

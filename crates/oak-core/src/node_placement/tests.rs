@@ -352,7 +352,6 @@ fn aggregate_over_active_nodes() {
     let anon = loaded("anon", "", 20.0, 40.0);
     let r = aggregate(&[a, b, off, c, anon]);
 
-    assert_eq!(r.deploy_seq, 0);
     assert_eq!(r.active_nodes, 4);
     let t = &r.totals;
     assert_eq!(t.nodes, 4);

@@ -76,6 +76,8 @@ impl Fleet {
         // A newer connection wins: dropping the old sender ends the old writer, whose socket
         // then closes; its reader notices and leaves without touching the new link.
         inner.links.insert(cluster_id.clone(), Link { conn, tx, view: doc, reported_at: None, reports: 0, seq: 0 });
+        // Report numbers restart with the connection; the resync re-establishes what is free.
+        inner.reservations.forget_cluster(&cluster_id);
         // Instances waiting for any cluster get an immediate attempt.
         inner.backoff.clear();
         drop(inner);
