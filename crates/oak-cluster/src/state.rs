@@ -76,6 +76,29 @@ pub struct Inst {
     metrics_sent: Option<Instant>,
 }
 
+impl Inst {
+    /// An instance on no node, due for placement now.
+    fn new(job: Arc<JobSpec>, number: u32, status: String, detail: String, now: Instant) -> Self {
+        Inst {
+            job,
+            number,
+            status,
+            detail,
+            worker_id: None,
+            host_ip: None,
+            publicip: None,
+            cpu_percent: None,
+            memory_percent: None,
+            disk: None,
+            logs: None,
+            attempts: 0,
+            next_try: now,
+            since: now,
+            metrics_sent: None,
+        }
+    }
+}
+
 /// Statuses in which an instance waits for (another) placement.
 fn wants_placement(s: &str) -> bool {
     matches!(s, status::REQUESTED | status::NO_WORKER_CAPACITY | status::NO_QUALIFIED_WORKER_FOUND)
@@ -138,23 +161,9 @@ impl ClusterState {
             let job = Arc::new(r.job);
             st.by_name.insert(job.job_name.clone(), job.id.clone());
             let key = (job.id.clone(), r.instance_number);
-            let inst = Inst {
-                job,
-                number: r.instance_number,
-                status: r.status,
-                detail: r.status_detail,
-                worker_id: r.worker_id,
-                host_ip: None,
-                publicip: None,
-                cpu_percent: None,
-                memory_percent: None,
-                disk: None,
-                logs: None,
-                attempts: r.attempts,
-                next_try: now,
-                since: now,
-                metrics_sent: None,
-            };
+            let mut inst = Inst::new(job, r.instance_number, r.status, r.status_detail, now);
+            inst.worker_id = r.worker_id;
+            inst.attempts = r.attempts;
             if on_node(&inst.status) {
                 if let Some(node) = inst.worker_id.as_ref().and_then(|w| st.nodes.get_mut(w)) {
                     node.placed = node.placed.plus(Demand::of(&inst.job.spec));
@@ -246,23 +255,13 @@ impl ClusterState {
                     self.to_root.insert(key);
                 }
                 None => {
-                    let inst = Inst {
-                        job: Arc::new(d.job),
-                        number: d.instance_number,
-                        status: status::REQUESTED.into(),
-                        detail: "waiting for a worker".into(),
-                        worker_id: None,
-                        host_ip: None,
-                        publicip: None,
-                        cpu_percent: None,
-                        memory_percent: None,
-                        disk: None,
-                        logs: None,
-                        attempts: 0,
-                        next_try: now,
-                        since: now,
-                        metrics_sent: None,
-                    };
+                    let inst = Inst::new(
+                        Arc::new(d.job),
+                        d.instance_number,
+                        status::REQUESTED.into(),
+                        "waiting for a worker".into(),
+                        now,
+                    );
                     self.instances.insert(key.clone(), inst);
                     self.dirty.insert(key.clone());
                     self.removed.remove(&key);
