@@ -79,6 +79,9 @@ pub trait RootStore: Send + Sync + 'static {
     fn update_service(&self, service: &Service) -> Result<()>;
     /// A service with its `instance_list`.
     fn service(&self, id: &str) -> Result<Option<Service>>;
+    /// A service without loading its instances (`instance_list` empty): for hot paths that only
+    /// need the descriptor.
+    fn service_spec(&self, id: &str) -> Result<Option<Service>>;
     /// Services of one application, or all services when `None`.
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>>;
     /// Deletes a service with its instances and removes it from its application.

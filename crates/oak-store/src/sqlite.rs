@@ -343,6 +343,10 @@ impl RootStore for SqliteStore {
         Ok(service)
     }
 
+    fn service_spec(&self, id: &str) -> Result<Option<Service>> {
+        query_doc(&self.lock(), "SELECT doc FROM services WHERE id = ?1", params![id])
+    }
+
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>> {
         let conn = self.lock();
         let mut services: Vec<Service> = match app_id {

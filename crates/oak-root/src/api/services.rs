@@ -20,8 +20,14 @@ use crate::state::AppState;
 
 /// Loads a service with its application, if the caller may read (or change) it.
 fn owned_service(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiResult<(Service, Application)> {
+    owned(st, caller, id, modify, true)
+}
+
+/// Like [`owned_service`]; without `instances` the instance list stays empty (cheap for big services).
+fn owned(st: &AppState, caller: &Caller, id: &str, modify: bool, instances: bool) -> ApiResult<(Service, Application)> {
     let what = format!("service {id}");
-    let service = st.store.service(id)?.ok_or_else(|| ApiError::not_found(&what))?;
+    let service = if instances { st.store.service(id)? } else { st.store.service_spec(id)? };
+    let service = service.ok_or_else(|| ApiError::not_found(&what))?;
     let app = st.store.application(&service.application_id)?.ok_or_else(|| ApiError::not_found(&what))?;
     caller.require_owner(&app.user_id, modify, &what)?;
     Ok((service, app))
@@ -157,7 +163,8 @@ pub async fn request_instance(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRequested>> {
-    let (service, _) = owned_service(&st, &caller, &id, true)?;
+    // The descriptor suffices here: loading every instance would make scaling a big service slow.
+    let (service, _) = owned(&st, &caller, &id, true, false)?;
     let number = st.store.allocate_instance_number(&id)?;
     let instance = st.fleet.place(&service, number, None);
     if let Err(e) = st.store.put_instance(&id, &instance) {
