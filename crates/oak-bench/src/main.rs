@@ -1,0 +1,49 @@
+//! `oak-bench`: the project's benchmark commands that need more than a shell script.
+//!
+//! - `hollow` (targets P3, P4, P6): one root, N clusters and thousands of hollow workers as real
+//!   processes; requests thousands of instances at once and measures how fast they reach
+//!   `RUNNING` at the root, the placement decision times of both tiers and the control plane's
+//!   memory.
+//! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
+//!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
+//!   `hollow` starts these; they can also be run by hand against any cluster.
+
+mod hollow;
+mod machine;
+mod procs;
+mod report;
+mod workers;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "oak-bench", about = "Oakestra benchmark commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Root + clusters + hollow workers as processes; 10,000 instances requested at once.
+    Hollow(hollow::HollowArgs),
+    /// Run many hollow workers (fake runtime) against one cluster, in this process.
+    HollowWorkers(workers::WorkersArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hollow(args) => hollow::main(args),
+        Command::HollowWorkers(args) => workers::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("oak-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
