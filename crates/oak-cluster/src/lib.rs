@@ -219,13 +219,13 @@ impl Ctx {
         let now = Instant::now();
         let effects = {
             let mut st = self.state();
-            let mut fx = match msg {
+            // Placement happens in the next tick (≤ 100 ms), once for everything that arrived:
+            // a burst of deploys then costs one pass over the nodes, not one per instance.
+            match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
                 RootMsg::Welcome { .. } | RootMsg::Refused { .. } => Vec::new(),
-            };
-            fx.extend(st.schedule(now));
-            fx
+            }
         };
         self.perform(effects);
     }

@@ -400,12 +400,14 @@ impl ClusterState {
             inst.publicip = Some(r.publicip.clone());
         }
         match r.status.as_str() {
-            status::CREATED | status::CREATING => {
-                inst.detail = "created on the worker".into();
+            status::CREATING => {
+                inst.detail = "being created on the worker".into();
                 self.to_root.insert(key);
                 Vec::new()
             }
-            status::RUNNING => {
+            // A runtime's deploy returns once the instance started, so CREATED means running;
+            // waiting for the next periodic usage report would add up to 2 s to every deploy.
+            status::CREATED | status::RUNNING => {
                 self.set_running(&key, now);
                 Vec::new()
             }

@@ -232,3 +232,19 @@ fn direct_constraint_names_nodes() {
         vec![oak_api::sla::Constraint { kind: "direct".into(), node: Some("b".into()), ..Default::default() }];
     assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["b"]);
 }
+
+#[test]
+fn created_on_the_worker_means_running() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("web", 100);
+    deploy(&mut st, &j, 0, t);
+    let created = JobStatusReport {
+        sname: j.job_name.clone(),
+        status: status::CREATED.into(),
+        instance: 0,
+        ..Default::default()
+    };
+    assert!(st.job_report("a", created, t).is_empty());
+    assert_eq!(status_of(&st, &j, 0), status::RUNNING);
+}
