@@ -39,6 +39,7 @@ use serde_json::json;
 use crate::machine::{Commit, Machine};
 use crate::procs::{self, Children, Kind, ProcUsage};
 use crate::report::{self, Summary, Table};
+use crate::signals::Signals;
 
 /// Targets from `targets.md`.
 const P3_MAX_P99_S: f64 = 0.001;
@@ -1319,25 +1320,6 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         },
     });
     Outcome { complete, failure, table: t, json }
-}
-
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod hollow;
 mod machine;
 mod procs;
 mod report;
+mod signals;
 mod workers;
 
 use std::process::ExitCode;

@@ -17,6 +17,8 @@ use oak_worker::{NodeInfoSource, WorkerConfig, WorkerDeps};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::signals::Signals;
+
 #[derive(Args, Debug, Clone)]
 pub struct WorkersArgs {
     /// Host of the cluster's node API.
@@ -162,25 +164,6 @@ async fn stop_all(
         eprintln!("oak-bench hollow-workers: {} workers did not stop within 10 s", workers.len());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
 }
 
 /// A made-up node: fixed capacity, all of it free, a little load.

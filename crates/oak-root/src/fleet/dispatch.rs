@@ -28,11 +28,10 @@ impl Fleet {
         let started = Instant::now();
         let mut inner = self.lock();
         let mut candidates: Vec<Cluster> = Vec::with_capacity(inner.links.len() + offline.len());
-        for (id, link) in &inner.links {
+        for link in inner.links.values() {
             let mut c = link.view.clone();
             c.active = self.is_fresh(link);
             inner.reservations.apply(&mut c);
-            debug_assert_eq!(&c.id, id);
             candidates.push(c);
         }
         for mut c in offline {

@@ -24,9 +24,6 @@ pub(super) struct Link {
     pub seq: u64,
 }
 
-/// A cluster as the API shows it: the stored document, `active` computed from the live link.
-pub type ClusterLive = Cluster;
-
 /// Why a cluster may not join.
 #[derive(Debug)]
 pub struct Refusal(pub String);
@@ -115,7 +112,7 @@ impl Fleet {
     }
 
     /// Every known cluster, `active` when connected and recently reported.
-    pub fn clusters_now(&self) -> oak_store::Result<Vec<ClusterLive>> {
+    pub fn clusters_now(&self) -> oak_store::Result<Vec<Cluster>> {
         let mut clusters = self.store.list_clusters()?;
         let inner = self.lock();
         for c in &mut clusters {

@@ -21,7 +21,6 @@ use oak_store::RootStore;
 use tokio::sync::Notify;
 
 pub use channel::serve_channel;
-pub use links::ClusterLive;
 pub use retry::run_retries;
 
 /// Timing knobs of the root's control loops.
