@@ -127,6 +127,40 @@ impl ContainerdRuntime {
         Ok(Self { inner })
     }
 
+    /// Connects to the configured containerd; if none answers on the default socket and the
+    /// `containerd` binary is installed, starts one of the worker's own under `data_dir`
+    /// (stopped when `stop` turns true). Returns the runtime and the supervisor task, if any.
+    pub async fn open(
+        mut config: ContainerdConfig,
+        data_dir: &std::path::Path,
+        default_socket: bool,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(Self, Option<tokio::task::JoinHandle<()>>), RuntimeError> {
+        let first = match Self::connect(config.clone()).await {
+            Ok(rt) => return Ok((rt, None)),
+            Err(e) => e,
+        };
+        if !default_socket || !crate::supervise::containerd_installed() {
+            let hint = if crate::supervise::containerd_installed() {
+                "start it or pass the right --containerd-socket"
+            } else {
+                "install containerd (Debian: apt-get install containerd runc) or pass --containerd-socket"
+            };
+            return Err(RuntimeError::Unavailable(format!("{first}; {hint}")));
+        }
+        let own = crate::supervise::OwnContainerd::under(data_dir);
+        tracing::info!(socket = %config.socket.display(), "no containerd answers; starting the worker's own");
+        let handle = crate::supervise::start(own.clone(), stop).await.map_err(RuntimeError::Unavailable)?;
+        config.socket = own.socket;
+        match Self::connect(config).await {
+            Ok(rt) => Ok((rt, Some(handle))),
+            Err(e) => {
+                handle.abort();
+                Err(e)
+            }
+        }
+    }
+
     /// The containerd version, for logs.
     pub async fn version(&self) -> Result<String, RuntimeError> {
         self.inner.cd.version().await
@@ -151,7 +185,10 @@ impl Inner {
             .into_iter()
             .map(|t| {
                 let status = TaskStatus::try_from(t.status).unwrap_or(TaskStatus::Unknown);
-                (t.container_id, status)
+                // containerd fills `id` (the task's, which is the container's) and not always
+                // `container_id`.
+                let id = if t.container_id.is_empty() { t.id } else { t.container_id };
+                (id, status)
             })
             .collect())
     }
@@ -490,8 +527,8 @@ impl Runtime for ContainerdRuntime {
                 job_name: job_name.to_string(),
                 instance,
                 virtualization: "docker".into(),
-                cpu_percent: format!("{cpu:.2}"),
-                memory_percent: format!("{memory_percent:.2}"),
+                cpu_percent: format!("{cpu:.6}"),
+                memory_percent: format!("{memory_percent:.6}"),
                 disk: disk.to_string(),
                 logs: inner.logs.tail(&id, 1024).unwrap_or_default(),
             });

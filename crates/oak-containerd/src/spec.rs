@@ -243,7 +243,7 @@ pub fn build(image: &ImageConfig, service: &Microservice, instance: u32, host: &
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": !privileged,
         },
         "root": {"path": "rootfs", "readonly": false},

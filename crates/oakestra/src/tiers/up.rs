@@ -25,6 +25,12 @@ pub struct UpArgs {
     /// Password of the `Admin` user created at first start (default `Admin`).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// containerd's gRPC socket (the worker starts its own if none answers on the default).
+    #[arg(long, default_value = super::worker::DEFAULT_CONTAINERD_SOCKET, env = "OAKESTRA_CONTAINERD_SOCKET")]
+    pub containerd_socket: PathBuf,
+    /// Registry (`host:port`) to pull from over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
+    pub insecure_registries: Vec<String>,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -42,6 +48,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             Err(e) => return config_error("up", format!("{e:#}")),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let containerd_stop = stop_rx.clone();
         let stopped = move || {
             let mut rx = stop_rx.clone();
             async move {
@@ -89,12 +96,22 @@ pub fn run(args: UpArgs) -> ExitCode {
             mqtt_host: None,
             no_overlay: false,
             report_interval: 2.0,
+            containerd_socket: args.containerd_socket,
+            containerd_namespace: "oakestra".into(),
+            insecure_registries: args.insecure_registries,
         };
-        let worker_config = match worker_args.config() {
+        let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,
             Err(e) => return config_error("up", e),
         };
-        let deps = super::worker::deps(&worker_config);
+        let (deps, supervisor) = match super::worker::deps(&worker_config, runtime, containerd_stop).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("oakestra up: worker: {e}");
+                let _ = stop_tx.send(true);
+                return ExitCode::FAILURE;
+            }
+        };
         let worker_task = tokio::spawn(oak_worker::run(worker_config, deps, stopped()));
 
         println!(
@@ -110,6 +127,9 @@ pub fn run(args: UpArgs) -> ExitCode {
         if let Ok(Err(e)) = worker_task.await {
             eprintln!("oakestra up: worker: {e}");
             code = ExitCode::FAILURE;
+        }
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
         }
         if let Ok(Err(e)) = cluster_task.await {
             eprintln!("oakestra up: cluster: {e:#}");

@@ -38,9 +38,44 @@ pub struct WorkerArgs {
     /// Seconds between node and instance reports.
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
+    /// containerd's gRPC socket. If nothing answers on the default one and `containerd` is
+    /// installed, the worker starts its own under `<data-dir>/containerd`.
+    #[arg(long, default_value = DEFAULT_CONTAINERD_SOCKET, env = "OAKESTRA_CONTAINERD_SOCKET")]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace of this worker's containers.
+    #[arg(long, default_value = "oakestra", env = "OAKESTRA_CONTAINERD_NAMESPACE")]
+    pub containerd_namespace: String,
+    /// Registry (`host:port`) to pull from over plain HTTP; repeatable. Loopback registries
+    /// always are.
+    #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
+    pub insecure_registries: Vec<String>,
+}
+
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// How the worker's container runtime is set up.
+pub struct RuntimeArgs {
+    pub containerd: oak_containerd::ContainerdConfig,
+    pub default_socket: bool,
 }
 
 impl WorkerArgs {
+    /// The worker's configuration and its container runtime's.
+    pub fn configs(self) -> Result<(oak_worker::WorkerConfig, RuntimeArgs), String> {
+        let namespace = self.containerd_namespace.trim().to_string();
+        if namespace.is_empty() || !namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(format!("--containerd-namespace {namespace:?}: use letters, digits, '.', '_' or '-'"));
+        }
+        let insecure: Vec<String> =
+            self.insecure_registries.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        let default_socket = self.containerd_socket.as_os_str() == DEFAULT_CONTAINERD_SOCKET;
+        let socket = self.containerd_socket.clone();
+        let config = self.config()?;
+        let mut containerd = oak_containerd::ContainerdConfig::new(socket, namespace, config.data_dir.join("logs"));
+        containerd.insecure_registries = insecure;
+        Ok((config, RuntimeArgs { containerd, default_socket }))
+    }
+
     pub fn config(self) -> Result<oak_worker::WorkerConfig, String> {
         let addr = self.cluster_addr.filter(|a| !a.trim().is_empty()).ok_or("no cluster address: pass -a HOST")?;
         let token = read_token(self.token, self.token_file.as_deref(), "worker join token")?;
@@ -59,29 +94,53 @@ impl WorkerArgs {
     }
 }
 
-/// The runtimes this build offers. Containers through containerd arrive with the runtime
-/// issue; until then a worker registers and reports but can run nothing.
-pub fn deps(config: &oak_worker::WorkerConfig) -> oak_worker::WorkerDeps {
-    oak_worker::WorkerDeps {
-        runtimes: Vec::new(),
+/// The worker's dependencies: its container runtime (containerd) and where it reads the node.
+/// Fails with a message naming the socket when no containerd can be reached or started.
+pub async fn deps(
+    config: &oak_worker::WorkerConfig,
+    runtime: RuntimeArgs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(oak_worker::WorkerDeps, Option<tokio::task::JoinHandle<()>>), String> {
+    let (containerd, supervisor) =
+        oak_containerd::ContainerdRuntime::open(runtime.containerd, &config.data_dir, runtime.default_socket, stop)
+            .await
+            .map_err(|e| e.to_string())?;
+    if let Ok(version) = containerd.version().await {
+        tracing::info!(%version, "using containerd");
+    }
+    let deps = oak_worker::WorkerDeps {
+        runtimes: vec![Arc::new(containerd)],
         node_source: Arc::new(oak_worker::HostInfo::new(
             config.data_dir.clone(),
             config.cluster_address.clone(),
             config.cluster_port,
         )),
         http: reqwest::Client::new(),
-    }
+    };
+    Ok((deps, supervisor))
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
     init_logging();
-    let config = match args.config() {
+    let (config, runtime) = match args.configs() {
         Ok(c) => c,
         Err(e) => return config_error("worker", e),
     };
     block_on("worker", async {
-        let deps = deps(&config);
-        match oak_worker::run(config, deps, shutdown_signal()).await {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (deps, supervisor) = match deps(&config, runtime, stop_rx).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("oakestra worker: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = oak_worker::run(config, deps, shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oakestra worker: {e}");

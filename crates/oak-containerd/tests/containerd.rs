@@ -1,0 +1,183 @@
+//! The runtime against a real containerd (one of the test's own, started through the
+//! supervisor), a local `docker-registry` and images built from busybox-static: pull, run, logs,
+//! metrics, exits, limits, adoption, and that undeploy leaves nothing behind.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use oak_api::node::{DeployCommand, JobSpec};
+use oak_containerd::supervise::{self, OwnContainerd};
+use oak_containerd::{ContainerdConfig, ContainerdRuntime};
+use oak_e2e::{images, Registry, Workdir};
+use oak_runtime::{InstanceStatus, Runtime, RuntimeError, RuntimeEvent};
+
+fn command(job: &str, instance: u32, image: &str, memory: u64) -> DeployCommand {
+    let spec = serde_json::from_value(serde_json::json!({
+        "microservice_name": "svc", "microservice_namespace": "test", "virtualization": "container",
+        "code": image, "memory": memory,
+    }))
+    .unwrap();
+    DeployCommand {
+        job: JobSpec { id: "0".repeat(24), job_name: job.to_string(), image: image.to_string(), spec },
+        instance_number: instance,
+    }
+}
+
+/// A namespace of this run's own: a crashed earlier run's leftovers (shims outlive a killed
+/// containerd) cannot collide with it.
+fn namespace() -> String {
+    format!("oak-rt-test-{}", std::process::id())
+}
+
+fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("ctr")
+        .arg("-a")
+        .arg(socket)
+        .args(["-n", &namespace()])
+        .args(args)
+        .output()
+        .context("running ctr")?;
+    if !out.status.success() {
+        bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn next_exit(events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>, job: &str) -> i32 {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(RuntimeEvent::Exited { job_name, code, .. }) if job_name == job => return code,
+                Ok(_) => continue,
+                Err(e) => panic!("event channel: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("no exit event within 60 s")
+}
+
+async fn state_of(rt: &ContainerdRuntime, job: &str) -> Option<InstanceStatus> {
+    rt.list().await.unwrap().into_iter().find(|i| i.job_name == job).map(|i| i.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_instances_on_real_containerd() -> Result<()> {
+    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
+        return Ok(());
+    }
+    let work = Workdir::new("containerd-runtime")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let own = OwnContainerd::under(work.path());
+    let supervisor = supervise::start(own.clone(), stop_rx).await.map_err(anyhow::Error::msg)?;
+
+    let registry = Registry::start_local()?;
+    let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
+    let config = ContainerdConfig::new(own.socket.clone(), namespace(), work.join("logs"));
+    let rt = std::sync::Arc::new(ContainerdRuntime::connect(config.clone()).await?);
+    let body = tokio::spawn(scenario(rt.clone(), config, own.clone(), registry, work.path().to_path_buf(), port));
+    let outcome = body.await;
+    // Whatever happened, remove what the scenario left, so no shim outlives the test.
+    for leftover in rt.list().await? {
+        let _ = rt.undeploy(&leftover.job_name, leftover.instance).await;
+    }
+    let _ = stop_tx.send(true);
+    supervisor.await?;
+    match outcome {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn scenario(
+    rt: std::sync::Arc<ContainerdRuntime>,
+    config: ContainerdConfig,
+    own: OwnContainerd,
+    registry: Registry,
+    work: std::path::PathBuf,
+    port: u16,
+) -> Result<()> {
+    let build = |spec: &images::ImageSpec, repo: &str| -> Result<String> {
+        let layout = images::build_image(&work.join("images"), spec)?;
+        registry.push(&layout, &spec.tag, repo)
+    };
+    let web = build(&images::http_server_on("hello from oakestra", port), "test/web")?;
+    let once = build(&images::one_shot("one shot done"), "test/once")?;
+    let crash = build(&images::crasher(), "test/crash")?;
+    let hog = build(&images::memory_hog(64), "test/hog")?;
+    let mut events = rt.events();
+
+    // An HTTP server: pulled, started, answering, logging, measured.
+    let job = "t.test.web.w";
+    rt.deploy(&command(job, 0, &web, 0)).await?;
+    assert_eq!(state_of(&rt, job).await, Some(InstanceStatus::Running));
+    let addr = format!("127.0.0.1:{port}");
+    let body =
+        oak_e2e::wait_until("the server to answer", Duration::from_secs(20), Duration::from_millis(100), || {
+            Ok(oak_e2e::http::get(&addr, "/").ok().filter(|r| r.status == 200).map(|r| r.body))
+        })?;
+    assert!(body.contains("hello from oakestra"), "{body}");
+    let hostname = oak_e2e::http::get(&addr, "/hostname")?.body;
+    assert_eq!(hostname.trim(), "instance-0");
+    let logs = rt.logs(job, 0, 4096).await?;
+    assert!(logs.contains("http server starting"), "{logs}");
+    let stats = rt.stats().await?;
+    let usage = stats.iter().find(|s| s.job_name == job).context("no stats for the server")?;
+    assert!(usage.memory_percent.parse::<f64>()? > 0.0, "{usage:?}");
+    assert!(usage.disk.parse::<u64>().is_ok(), "{usage:?}");
+    assert!(usage.logs.contains("http server starting"));
+    assert!(matches!(rt.deploy(&command(job, 0, &web, 0)).await, Err(RuntimeError::AlreadyDeployed(_))));
+
+    // A second runtime on the same namespace (a restarted worker) sees it running.
+    let adopted = ContainerdRuntime::connect(config.clone()).await?;
+    assert_eq!(state_of(&adopted, job).await, Some(InstanceStatus::Running));
+    drop(adopted);
+
+    // Undeploy removes task, container, snapshot and logs.
+    rt.undeploy(job, 0).await?;
+    assert_eq!(state_of(&rt, job).await, None);
+    assert_eq!(ctr(&own.socket, &["containers", "ls", "-q"])?.trim(), "");
+    assert_eq!(ctr(&own.socket, &["tasks", "ls", "-q"])?.trim(), "");
+    let snapshots = ctr(&own.socket, &["snapshots", "ls"])?;
+    assert!(!snapshots.contains(job), "{snapshots}");
+    assert!(!work.join("logs").join(format!("{job}.instance.0.log")).exists());
+    assert!(matches!(rt.undeploy(job, 0).await, Err(RuntimeError::NotFound(_))));
+    assert!(oak_e2e::http::get_timeout(&addr, "/", Duration::from_millis(500)).is_err(), "server still answers");
+
+    // Exits: 0, 3, and 137 when a memory limit is passed.
+    rt.deploy(&command("t.test.once.w", 0, &once, 0)).await?;
+    assert_eq!(next_exit(&mut events, "t.test.once.w").await, 0);
+    assert_eq!(state_of(&rt, "t.test.once.w").await, Some(InstanceStatus::Exited { code: 0 }));
+    assert!(rt.logs("t.test.once.w", 0, 100).await?.contains("one shot done"));
+    rt.undeploy("t.test.once.w", 0).await?;
+
+    rt.deploy(&command("t.test.crash.w", 1, &crash, 0)).await?;
+    assert_eq!(next_exit(&mut events, "t.test.crash.w").await, 3);
+    rt.undeploy("t.test.crash.w", 1).await?;
+
+    rt.deploy(&command("t.test.hog.w", 0, &hog, 32)).await?;
+    assert_eq!(next_exit(&mut events, "t.test.hog.w").await, 137, "a 64 MiB allocation under a 32 MB limit is killed");
+    rt.undeploy("t.test.hog.w", 0).await?;
+    rt.deploy(&command("t.test.hog.w", 1, &hog, 128)).await?;
+    assert_eq!(next_exit(&mut events, "t.test.hog.w").await, 0, "within its limit it completes");
+    rt.undeploy("t.test.hog.w", 1).await?;
+
+    // Failures name the reason and leave nothing behind.
+    let missing = format!("{}/test/missing:1", registry.addr());
+    let err = rt.deploy(&command("t.test.missing.w", 0, &missing, 0)).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Image { .. }) && err.to_string().contains("not found"), "{err}");
+    let err = rt.deploy(&command("t.test.bad.w", 0, "Not A Reference", 0)).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidSpec(_)), "{err}");
+    let err = rt.deploy(&command("t.test.unreach.w", 0, "127.0.0.1:1/x:1", 0)).await.unwrap_err();
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert_eq!(ctr(&own.socket, &["containers", "ls", "-q"])?.trim(), "");
+
+    // An image present locally is not pulled again: it deploys with the registry gone.
+    drop(registry);
+    rt.deploy(&command("t.test.once.w", 2, &once, 0)).await?;
+    assert_eq!(next_exit(&mut events, "t.test.once.w").await, 0);
+    rt.undeploy("t.test.once.w", 2).await?;
+    Ok(())
+}
