@@ -1,0 +1,158 @@
+//! End to end, 1-DOC: the real `oakestra up` (root, cluster and worker in one process) running
+//! an HTTP-server image from a local registry through containerd. Asserts through the public API
+//! and through `ctr`: RUNNING, the start line in the instance's logs, the server answering, and
+//! nothing left in containerd after the undeploy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use oak_e2e::{images, wait_until, Registry, Workdir};
+use serde_json::{json, Value};
+
+const API: &str = "http://127.0.0.1:10000";
+
+struct Up {
+    child: Child,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = oak_e2e::procs::terminate(&mut self.child, Duration::from_secs(15));
+    }
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+fn api(token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let mut req = http().request(method.clone(), format!("{API}{path}")).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().with_context(|| format!("{method} {path}"))?;
+    let status = resp.status();
+    let text = resp.text()?;
+    if !status.is_success() {
+        bail!("{method} {path}: {status}: {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("ctr").arg("-a").arg(socket).args(["-n", "oakestra"]).args(args).output()?;
+    if !out.status.success() {
+        bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The socket the worker uses: its own containerd's if it started one, else the system's.
+fn containerd_socket(data: &Path) -> PathBuf {
+    let own = data.join("worker/containerd/containerd.sock");
+    if own.exists() {
+        own
+    } else {
+        PathBuf::from("/run/containerd/containerd.sock")
+    }
+}
+
+#[test]
+fn one_doc_runs_an_http_server_and_cleans_up() -> Result<()> {
+    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
+        return Ok(());
+    }
+    let work = Workdir::new("e2e-1doc")?;
+    let registry = Registry::start_local()?;
+    let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
+    let layout = images::build_image(&work.join("images"), &images::http_server_on("hello from 1-DOC", port))?;
+    let image = registry.push(&layout, "latest", "e2e/web")?;
+
+    let data = work.join("data");
+    let log = std::fs::File::create(work.join("up.log"))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let _up = Up { child };
+
+    let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
+        let resp = http()
+            .post(format!("{API}/api/auth/login"))
+            .json(&json!({"username": "Admin", "password": "Admin"}))
+            .send();
+        Ok(resp
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.json::<Value>().ok())
+            .and_then(|v| v["token"].as_str().map(str::to_string)))
+    })?;
+    wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
+        let clusters = api(&token, reqwest::Method::GET, "/api/clusters/active", None)?;
+        Ok(clusters.as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["active_nodes"].as_u64() >= Some(1) && c["virtualization"].to_string().contains("docker"))
+                .cloned()
+        }))
+    })?;
+
+    let sla = json!({
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{
+            "applicationID": "", "application_name": "web", "application_namespace": "e2e", "application_desc": "",
+            "microservices": [{
+                "microserviceID": "", "microservice_name": "server", "microservice_namespace": "e2e",
+                "virtualization": "container", "cmd": [], "memory": 64, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": image, "state": "", "port": "",
+                "added_files": [], "constraints": []
+            }]
+        }]
+    });
+    api(&token, reqwest::Method::POST, "/api/application/", Some(sla))?;
+    let services = api(&token, reqwest::Method::GET, "/api/services/", None)?;
+    let service = services.as_array().and_then(|s| s.first()).context("no service")?.clone();
+    let id = service["microserviceID"].as_str().or(service["_id"].as_str()).context("service id")?.to_string();
+    let job_name = service["job_name"].as_str().context("job name")?.to_string();
+    api(&token, reqwest::Method::POST, &format!("/api/service/{id}/instance"), None)?;
+
+    let instance =
+        wait_until("the instance to be RUNNING", Duration::from_secs(90), Duration::from_millis(300), || {
+            let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
+            let inst = s["instance_list"][0].clone();
+            if inst["status"] == "FAILED" {
+                bail!("instance FAILED: {}", inst["status_detail"]);
+            }
+            Ok((inst["status"] == "RUNNING").then_some(inst))
+        })?;
+    assert!(instance["worker_id"].as_str().is_some_and(|w| !w.is_empty()), "{instance}");
+    let addr = format!("127.0.0.1:{port}");
+    let body = wait_until("the server to answer", Duration::from_secs(20), Duration::from_millis(200), || {
+        Ok(oak_e2e::http::get(&addr, "/").ok().filter(|r| r.status == 200).map(|r| r.body))
+    })?;
+    assert!(body.contains("hello from 1-DOC"), "{body}");
+    wait_until("the start line in the instance's logs", Duration::from_secs(20), Duration::from_millis(500), || {
+        let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
+        Ok(s["instance_list"][0]["logs"].as_str().filter(|l| l.contains("http server starting")).map(str::to_string))
+    })?;
+    let socket = containerd_socket(&data);
+    let container = format!("{job_name}.instance.0");
+    assert!(ctr(&socket, &["containers", "ls", "-q"])?.contains(&container));
+
+    api(&token, reqwest::Method::DELETE, &format!("/api/service/{id}/instance/0"), None)?;
+    wait_until("the container to be removed", Duration::from_secs(30), Duration::from_millis(300), || {
+        let left = ctr(&socket, &["containers", "ls", "-q"])? + &ctr(&socket, &["tasks", "ls", "-q"])?;
+        Ok((!left.contains(&container)).then_some(()))
+    })?;
+    let snapshots = ctr(&socket, &["snapshots", "ls"])?;
+    assert!(!snapshots.contains(&container), "snapshot left behind: {snapshots}");
+    assert!(!data.join(format!("worker/logs/{container}.log")).exists(), "log file left behind");
+    assert!(oak_e2e::http::get_timeout(&addr, "/", Duration::from_millis(500)).is_err(), "server still answers");
+    api(&token, reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
+    Ok(())
+}
