@@ -4,10 +4,13 @@
 //!   processes; requests thousands of instances at once and measures how fast they reach
 //!   `RUNNING` at the root, the placement decision times of both tiers and the control plane's
 //!   memory.
+//! - `deploy` (targets P1, P5): root, cluster and worker processes with real containerd; deploy
+//!   latency of a warm image against `ctr run --rm` in the same run, and the worker's idle footprint.
 //! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
 
+mod deploy;
 mod hollow;
 mod machine;
 mod procs;
@@ -30,6 +33,8 @@ struct Cli {
 enum Command {
     /// Root + clusters + hollow workers as processes; 10,000 instances requested at once.
     Hollow(hollow::HollowArgs),
+    /// 1-DOC with real containerd: deploy latency against `ctr run --rm`, worker footprint.
+    Deploy(deploy::DeployArgs),
     /// Run many hollow workers (fake runtime) against one cluster, in this process.
     HollowWorkers(workers::WorkersArgs),
 }
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hollow(args) => hollow::main(args),
+        Command::Deploy(args) => deploy::main(args),
         Command::HollowWorkers(args) => workers::main(args),
     };
     match result {

@@ -5,6 +5,7 @@
 //! Tests needing root or system tools start with [`require_root_and_tools`], so they skip on a
 //! developer machine but fail in CI (`CI=true`), where a skip would hide a broken setup.
 
+pub mod containerd;
 pub mod http;
 pub mod images;
 pub mod netns;

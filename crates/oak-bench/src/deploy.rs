@@ -1,0 +1,362 @@
+//! `oak-bench deploy`: targets P1 (deploy latency, warm image) and P5 (worker footprint).
+//!
+//! Starts `oakestra root`, `oakestra cluster` and `oakestra worker` as separate processes on
+//! this machine (1-DOC topology, real containerd, image from a local `docker-registry`, built
+//! from busybox-static), warms the image with one deploy, then `--deploys` times: request an
+//! instance, poll the root until it is `RUNNING`, undeploy it and wait until it is gone.
+//! The floor, measured in the same run on the same containerd: `ctr run --rm` of the same image
+//! (create, start, exit, remove a container). Then the worker's RSS and CPU while idle with 0
+//! and with `--idle-instances` running instances.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::machine::{Commit, Machine};
+use crate::procs::{self, Children, Kind};
+use crate::report::{self, Summary, Table};
+
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The `oakestra` binary to measure.
+    #[arg(long)]
+    pub oakestra: PathBuf,
+    /// Measured deploy/undeploy cycles.
+    #[arg(long, default_value_t = 50)]
+    pub deploys: usize,
+    /// Instances running during the second idle measurement.
+    #[arg(long, default_value_t = 20)]
+    pub idle_instances: usize,
+    /// Seconds of each idle measurement.
+    #[arg(long, default_value_t = 20)]
+    pub idle_seconds: u64,
+    /// Where the JSON result goes.
+    #[arg(long, default_value = "bench/results")]
+    pub results: PathBuf,
+}
+
+pub fn main(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
+        bail!("the deploy benchmark needs root, containerd, runc, ctr, docker-registry and skopeo");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn instances(&self, service: &str) -> anyhow::Result<Vec<Value>> {
+        let s = self.call(reqwest::Method::GET, &format!("/api/service/{service}"), None).await?;
+        Ok(s["instance_list"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Requests one instance and returns the seconds until the root shows it `RUNNING`.
+    async fn deploy_one(&self, service: &str, number: u64) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        self.call(reqwest::Method::POST, &format!("/api/service/{service}/instance"), None).await?;
+        loop {
+            let list = self.instances(service).await?;
+            if let Some(inst) = list.iter().find(|i| i["instance_number"].as_u64() == Some(number)) {
+                match inst["status"].as_str() {
+                    Some("RUNNING") => return Ok(start.elapsed().as_secs_f64()),
+                    Some("FAILED") => bail!("instance {number} FAILED: {}", inst["status_detail"]),
+                    _ => {}
+                }
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("instance {number} not RUNNING within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn undeploy_one(&self, service: &str, number: u64) -> anyhow::Result<()> {
+        self.call(reqwest::Method::DELETE, &format!("/api/service/{service}/instance/{number}"), None).await?;
+        let start = Instant::now();
+        while self.instances(service).await?.iter().any(|i| i["instance_number"].as_u64() == Some(number)) {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("instance {number} still listed 60 s after its undeploy");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let machine = Machine::read(procs::raise_nofile());
+    let work = tempfile::Builder::new().prefix("oak-bench-deploy-").tempdir_in("/var/tmp")?;
+    let dir = work.path();
+    let registry = oak_e2e::Registry::start_local()?;
+    let layout = oak_e2e::images::build_image(&dir.join("images"), &oak_e2e::images::sleeper())?;
+    let image = registry.push(&layout, "latest", "bench/sleeper")?;
+
+    let free = |n: usize| -> anyhow::Result<Vec<u16>> {
+        (0..n).map(|_| oak_e2e::registry::free_port("127.0.0.1".parse()?)).collect()
+    };
+    let ports = free(4)?;
+    let (api_port, channel_port, node_port, mqtt_port) = (ports[0], ports[1], ports[2], ports[3]);
+    let bin = &args.oakestra;
+    let s = |v: &str| v.to_string();
+    let mut children = Children::default();
+    children.spawn(
+        "root",
+        Kind::Root,
+        bin,
+        &[
+            s("root"),
+            s("--api-addr"),
+            s("127.0.0.1"),
+            s("--api-port"),
+            api_port.to_string(),
+            s("--cluster-port"),
+            channel_port.to_string(),
+            s("--data-dir"),
+            dir.join("root").display().to_string(),
+        ],
+        &dir.join("root.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{api_port}");
+    wait_file(&dir.join("root/cluster-token"), Duration::from_secs(30))?;
+    children.spawn(
+        "cluster",
+        Kind::Cluster,
+        bin,
+        &[
+            s("cluster"),
+            s("--name"),
+            s("bench"),
+            s("--root-url"),
+            url.clone(),
+            s("--root-channel"),
+            format!("127.0.0.1:{channel_port}"),
+            s("--api-port"),
+            node_port.to_string(),
+            s("--mqtt-port"),
+            mqtt_port.to_string(),
+            s("--data-dir"),
+            dir.join("cluster").display().to_string(),
+            s("--token-file"),
+            dir.join("root/cluster-token").display().to_string(),
+        ],
+        &dir.join("cluster.log"),
+    )?;
+    wait_file(&dir.join("cluster/node-token"), Duration::from_secs(30))?;
+    let worker_pid = children.spawn(
+        "worker",
+        Kind::Workers,
+        bin,
+        &[
+            s("worker"),
+            s("-a"),
+            s("127.0.0.1"),
+            s("-p"),
+            node_port.to_string(),
+            s("--node-name"),
+            s("bench-worker"),
+            s("--data-dir"),
+            dir.join("worker").display().to_string(),
+            s("--token-file"),
+            dir.join("cluster/node-token").display().to_string(),
+            s("--containerd-namespace"),
+            s("oak-bench"),
+        ],
+        &dir.join("worker.log"),
+    )?;
+
+    let result = measure(&args, &url, &image, worker_pid, &mut children, dir).await;
+    children.shutdown(Duration::from_secs(15));
+    let (latencies, floor, idle) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            for name in ["root", "cluster", "worker"] {
+                eprintln!("--- {name}.log (tail)\n{}", procs::log_tail(&dir.join(format!("{name}.log")), 4000));
+            }
+            return Err(e);
+        }
+    };
+
+    let lat = Summary::of(&latencies);
+    let fl = Summary::of(&floor);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let mut table = Table::default();
+    table.section("P1 deploy latency, warm image (request → RUNNING at the root)");
+    table.row("deploy p50", format!("{:.3} s", lat.p50), format!("≤ 3× floor: {:.2}×", ratio(lat.p50, fl.p50)));
+    table.row("deploy p99", format!("{:.3} s", lat.p99), format!("≤ 6× floor: {:.2}×", ratio(lat.p99, fl.p50)));
+    table.row("deploy min / max", format!("{:.3} / {:.3} s", lat.min, lat.max), "");
+    table.row(
+        "floor `ctr run --rm` p50 / p99",
+        format!("{:.3} / {:.3} s", fl.p50, fl.p99),
+        "same image, same containerd",
+    );
+    table.section("P5 worker footprint (overlay not built yet)");
+    for (n, rss_kb, cpu) in &idle {
+        table.row(format!("worker idle, {n} instances: RSS"), format!("{:.1} MB", *rss_kb as f64 / 1024.0), "≤ 15 MB");
+        table.row(format!("worker idle, {n} instances: CPU"), format!("{:.2} % of a core", cpu), "≤ 0.5 %");
+    }
+    print!("{}", table.render());
+    let out = json!({
+        "benchmark": "deploy",
+        "machine": machine,
+        "commit": Commit::read(),
+        "deploys": args.deploys,
+        "deploy_seconds": latencies,
+        "deploy_summary": lat,
+        "floor_seconds": floor,
+        "floor_summary": fl,
+        "ratio_p50": ratio(lat.p50, fl.p50),
+        "ratio_p99": ratio(lat.p99, fl.p50),
+        "worker_idle": idle.iter().map(|(n, rss, cpu)| json!({"instances": n, "rss_kb": rss, "cpu_percent": cpu})).collect::<Vec<_>>(),
+    });
+    let path = report::write_json(&args.results, "deploy", &out)?;
+    println!("results: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+type Measured = (Vec<f64>, Vec<f64>, Vec<(usize, u64, f64)>);
+
+async fn measure(
+    args: &DeployArgs,
+    url: &str,
+    image: &str,
+    worker_pid: u32,
+    children: &mut Children,
+    dir: &Path,
+) -> anyhow::Result<Measured> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let password = "Admin";
+    let start = Instant::now();
+    let token = loop {
+        let resp = http
+            .post(format!("{url}/api/auth/login"))
+            .json(&json!({"username": "Admin", "password": password}))
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(t) = v["token"].as_str() {
+                    break t.to_string();
+                }
+            }
+        }
+        children.check_alive()?;
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("cannot log in to the root");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let api = Api { http, url: url.to_string(), token };
+    loop {
+        let clusters = api.call(reqwest::Method::GET, "/api/clusters/active", None).await?;
+        let ready =
+            clusters.as_array().is_some_and(|cs| cs.iter().any(|c| c["virtualization"].to_string().contains("docker")));
+        if ready {
+            break;
+        }
+        children.check_alive()?;
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the worker did not become active with docker within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sla = json!({
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{"applicationID": "", "application_name": "bench", "application_namespace": "deploy", "application_desc": "",
+            "microservices": [{"microserviceID": "", "microservice_name": "sleeper", "microservice_namespace": "deploy",
+                "virtualization": "container", "cmd": [], "memory": 16, "vcpus": 0, "code": image, "port": "", "constraints": []}]}]
+    });
+    api.call(reqwest::Method::POST, "/api/application/", Some(sla)).await?;
+    let services = api.call(reqwest::Method::GET, "/api/services/", None).await?;
+    let service =
+        services[0]["microserviceID"].as_str().or(services[0]["_id"].as_str()).context("no service id")?.to_string();
+
+    // Warm-up: pulls and unpacks the image.
+    let mut number = 0u64;
+    api.deploy_one(&service, number).await.context("warm-up deploy")?;
+    api.undeploy_one(&service, number).await?;
+    number += 1;
+
+    let mut latencies = Vec::with_capacity(args.deploys);
+    for _ in 0..args.deploys {
+        latencies.push(api.deploy_one(&service, number).await?);
+        api.undeploy_one(&service, number).await?;
+        number += 1;
+    }
+
+    // Floor on the same containerd (the worker's own one if it started it).
+    let own = dir.join("worker/containerd/containerd.sock");
+    let socket = if own.exists() { own } else { PathBuf::from("/run/containerd/containerd.sock") };
+    let ctr = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "oak-bench-floor"]).args(args).output()?;
+        if !out.status.success() {
+            bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    ctr(&["images", "pull", "--plain-http", image])?;
+    let mut floor = Vec::with_capacity(args.deploys);
+    for i in 0..args.deploys {
+        let t = Instant::now();
+        ctr(&["run", "--rm", "--net-host", image, &format!("floor-{i}"), "/bin/true"])?;
+        floor.push(t.elapsed().as_secs_f64());
+    }
+    let _ = ctr(&["images", "rm", image]);
+
+    // Worker footprint: idle, then with instances running.
+    let mut idle = vec![idle_usage(worker_pid, args.idle_seconds, 0).await?];
+    let first = number;
+    for _ in 0..args.idle_instances {
+        api.deploy_one(&service, number).await?;
+        number += 1;
+    }
+    idle.push(idle_usage(worker_pid, args.idle_seconds, args.idle_instances).await?);
+    for n in first..number {
+        api.undeploy_one(&service, n).await?;
+    }
+    Ok((latencies, floor, idle))
+}
+
+/// RSS at the end and CPU % of one core over `seconds` of the worker doing nothing new.
+async fn idle_usage(pid: u32, seconds: u64, instances: usize) -> anyhow::Result<(usize, u64, f64)> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = procs::usage(pid).context("worker gone")?;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = procs::usage(pid).context("worker gone")?;
+    let cpu = (after.cpu_seconds - before.cpu_seconds) / t.elapsed().as_secs_f64() * 100.0;
+    Ok((instances, after.rss_kb, cpu))
+}
+
+fn wait_file(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        if start.elapsed() > timeout {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
