@@ -275,6 +275,7 @@ impl Inner {
         };
         let host = HostSetup {
             host_network: self.config.host_network,
+            host_netns_path: Some(format!("/proc/{}/ns/net", std::process::id())),
             cgroup_path: self.cgroup_path(&id),
             resolv_conf: std::path::Path::new("/etc/resolv.conf").exists().then(|| "/etc/resolv.conf".to_string()),
             hosts: (self.config.host_network && std::path::Path::new("/etc/hosts").exists())

@@ -35,6 +35,10 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 pub struct HostSetup {
     /// Share the node's network namespace (no overlay network yet, or `--no-overlay`).
     pub host_network: bool,
+    /// The network namespace to join when `host_network`: the worker's own (`/proc/<pid>/ns/net`),
+    /// which is not containerd's when the worker runs in a namespace of its own (tests, or a
+    /// node whose containerd is shared). `None`: the runtime's (containerd's) namespace.
+    pub host_netns_path: Option<String>,
     /// Cgroup the container gets, e.g. `/oakestra/<container id>`.
     pub cgroup_path: String,
     /// Host file bind-mounted read-only as `/etc/resolv.conf`, if any.
@@ -182,8 +186,10 @@ pub fn build(image: &ImageConfig, service: &Microservice, instance: u32, host: &
 
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
-    if !host.host_network {
-        namespaces.push(json!({"type": "network"}));
+    match (&host.host_network, &host.host_netns_path) {
+        (false, _) => namespaces.push(json!({"type": "network"})),
+        (true, Some(path)) => namespaces.push(json!({"type": "network", "path": path})),
+        (true, None) => {}
     }
 
     let mut mounts = vec![
@@ -280,6 +286,7 @@ mod tests {
     fn host() -> HostSetup {
         HostSetup {
             host_network: true,
+            host_netns_path: None,
             cgroup_path: "/oakestra/x.instance.0".into(),
             resolv_conf: Some("/etc/resolv.conf".into()),
             hosts: None,
@@ -395,6 +402,16 @@ mod tests {
             spec["mounts"].as_array().unwrap().iter().map(|m| m["destination"].as_str().unwrap()).collect();
         assert!(mounts.contains(&"/etc/resolv.conf"));
         assert!(!mounts.contains(&"/etc/hosts"));
+
+        let joined = build(
+            &image(&[], &["sh"], &[]),
+            &service(&[], &[]),
+            7,
+            &HostSetup { host_netns_path: Some("/proc/42/ns/net".into()), ..host() },
+        )
+        .unwrap();
+        let net = joined["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").cloned();
+        assert_eq!(net.unwrap()["path"], "/proc/42/ns/net", "host network of the worker: join its namespace");
     }
 
     #[test]
