@@ -401,7 +401,11 @@ impl ClusterState {
         }
         match r.status.as_str() {
             status::CREATING => {
-                inst.detail = "being created on the worker".into();
+                inst.detail = if r.status_detail.is_empty() {
+                    "being created on the worker".into()
+                } else {
+                    r.status_detail.clone()
+                };
                 self.to_root.insert(key);
                 Vec::new()
             }

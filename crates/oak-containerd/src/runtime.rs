@@ -270,7 +270,14 @@ impl Inner {
         let image = {
             let lock = self.pull_lock(&image_ref.to_string()).await;
             let _held = lock.lock().await;
-            let progress = |msg: String| tracing::info!(container = %id, "{msg}");
+            let progress = |msg: String| {
+                tracing::info!(container = %id, "{msg}");
+                let _ = self.events.send(RuntimeEvent::Progress {
+                    job_name: cmd.job.job_name.clone(),
+                    instance: cmd.instance_number,
+                    detail: msg,
+                });
+            };
             self.puller.ensure(&image_ref, &platform, &progress).await?
         };
         let host = HostSetup {

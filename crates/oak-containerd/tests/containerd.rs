@@ -113,6 +113,15 @@ async fn scenario(
     let job = "t.test.web.w";
     rt.deploy(&command(job, 0, &web, 0)).await?;
     assert_eq!(state_of(&rt, job).await, Some(InstanceStatus::Running));
+    let mut progress = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let RuntimeEvent::Progress { job_name, detail, .. } = event {
+            assert_eq!(job_name, job);
+            progress.push(detail);
+        }
+    }
+    assert!(progress.iter().any(|d| d.starts_with("pulling image")), "{progress:?}");
+    assert!(progress.iter().any(|d| d.starts_with("unpacking image")), "{progress:?}");
     let addr = format!("127.0.0.1:{port}");
     let body =
         oak_e2e::wait_until("the server to answer", Duration::from_secs(20), Duration::from_millis(100), || {

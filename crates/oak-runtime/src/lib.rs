@@ -51,6 +51,9 @@ pub enum InstanceStatus {
 pub enum RuntimeEvent {
     /// An instance stopped on its own (not through [`Runtime::undeploy`]).
     Exited { job_name: String, instance: u32, code: i32 },
+    /// What a deploy in progress is doing (pulling an image, unpacking, starting), for the
+    /// instance's `status_detail`.
+    Progress { job_name: String, instance: u32, detail: String },
 }
 
 /// A virtualization the worker can run instances with.

@@ -159,7 +159,7 @@ async fn stay_connected(
     }
 }
 
-/// Passes a runtime's exit events to the engine. A lagging subscription loses events; the next
+/// Passes a runtime's exit and progress events to the engine. A lagging subscription loses events; the next
 /// observation of the runtime catches up.
 async fn forward_events(
     runtime: usize,
@@ -170,6 +170,11 @@ async fn forward_events(
         match events.recv().await {
             Ok(RuntimeEvent::Exited { job_name, instance, code }) => {
                 if engine.send(EngineMsg::Exited { runtime, job_name, instance, code }).is_err() {
+                    return;
+                }
+            }
+            Ok(RuntimeEvent::Progress { job_name, instance, detail }) => {
+                if engine.send(EngineMsg::Progress { runtime, job_name, instance, detail }).is_err() {
                     return;
                 }
             }

@@ -50,6 +50,8 @@ pub(crate) enum EngineMsg {
     Delete(Vec<u8>),
     /// A runtime event: the instance stopped by itself.
     Exited { runtime: usize, job_name: String, instance: u32, code: i32 },
+    /// A runtime event: what a deploy in progress is doing.
+    Progress { runtime: usize, job_name: String, instance: u32, detail: String },
     /// What every runtime runs, listed after `seq` was read; one result per runtime, in order.
     Observed { seq: u64, runtimes: Vec<Result<Observation, RuntimeError>> },
 }
@@ -149,7 +151,21 @@ impl Engine {
             EngineMsg::Exited { runtime, job_name, instance, code } => {
                 self.on_exit_event(runtime, (job_name, instance), code)
             }
+            EngineMsg::Progress { runtime, job_name, instance, detail } => {
+                self.on_progress(runtime, (job_name, instance), detail)
+            }
             EngineMsg::Observed { seq, runtimes } => self.on_observed(seq, runtimes),
+        }
+    }
+
+    /// Passes a deploy's progress on as `CREATING` with the detail; ignored once the deploy is
+    /// over (a late event must not make a running instance look as if it were starting).
+    fn on_progress(&mut self, runtime: usize, key: Key, detail: String) {
+        let deploying = self.entries.get(&key).is_some_and(|e| {
+            e.runtime == Some(runtime) && matches!(e.phase, Phase::Deploying { delete_requested: false, .. })
+        });
+        if deploying {
+            self.report(&key.0, key.1, status::CREATING, detail);
         }
     }
 

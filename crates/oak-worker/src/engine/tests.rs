@@ -225,3 +225,27 @@ async fn a_failed_runtime_listing_changes_nothing() {
     h.observe(h.seq()).await;
     assert_eq!(h.next_resources().await.len(), 1, "still running, still tracked");
 }
+
+#[tokio::test]
+async fn deploy_progress_is_reported_as_creating_until_the_instance_started() {
+    let mut h = Harness::start();
+    let gate = h.docker.hold_image("slow");
+    h.deploy(0, "slow", false);
+    h.barrier().await;
+    let progress =
+        |detail: &str| EngineMsg::Progress { runtime: 0, job_name: JOB.into(), instance: 0, detail: detail.into() };
+    h.inbox.send(progress("pulling image slow")).unwrap();
+    let report = h.next_job().await;
+    assert_eq!(status_of(&report), (JOB, 0, "CREATING"));
+    assert_eq!(report.status_detail, "pulling image slow");
+    // Progress of an instance nobody deploys, or of another runtime, says nothing.
+    h.inbox
+        .send(EngineMsg::Progress { runtime: 0, job_name: "other".into(), instance: 0, detail: "x".into() })
+        .unwrap();
+    h.inbox.send(EngineMsg::Progress { runtime: 1, job_name: JOB.into(), instance: 0, detail: "x".into() }).unwrap();
+    gate.release();
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    // A late event after the start must not make it look as if it were starting again.
+    h.inbox.send(progress("unpacking image slow")).unwrap();
+    h.barrier().await;
+}
