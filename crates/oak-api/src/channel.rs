@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::JobSpec;
+use crate::node::{JobSpec, LogCursor};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -41,6 +41,16 @@ pub enum ClusterMsg {
         full: bool,
         updates: Vec<InstanceReport>,
     },
+    /// The answer to a [`RootMsg::Logs`]; `error` is empty on success.
+    Logs {
+        request_id: u64,
+        #[serde(default)]
+        data: String,
+        #[serde(default)]
+        cursor: LogCursor,
+        #[serde(default)]
+        error: String,
+    },
 }
 
 /// Root → cluster.
@@ -65,6 +75,17 @@ pub enum RootMsg {
     /// Instances to remove.
     Undeploy {
         instances: Vec<InstanceRef>,
+    },
+    /// Output of an instance, read on its worker: the last `tail` bytes, or what came after
+    /// `cursor`. Answered with [`ClusterMsg::Logs`] carrying the same `request_id`.
+    Logs {
+        request_id: u64,
+        job_id: String,
+        instance_number: u32,
+        #[serde(default)]
+        tail: u64,
+        #[serde(default)]
+        cursor: Option<LogCursor>,
     },
 }
 

@@ -152,6 +152,39 @@ pub struct ServiceResources {
     pub logs: String,
 }
 
+/// Where a reader of an instance's output left off: the rotation generation of the log file and
+/// the byte offset in it. Opaque to clients; they pass back what they were given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub generation: u64,
+    pub offset: u64,
+}
+
+/// `nodes/<id>/control/logs`: the cluster asks a worker for an instance's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    pub request_id: u64,
+    pub job_name: String,
+    pub instance_number: u32,
+    /// Without a cursor: the last `tail` bytes.
+    #[serde(default)]
+    pub tail: u64,
+    /// Output after this point (at most `tail` bytes, or a default maximum).
+    #[serde(default)]
+    pub cursor: Option<LogCursor>,
+}
+
+/// `nodes/<id>/logs`: a worker's answer to a [`LogsQuery`]; `error` is empty on success.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogsAnswer {
+    pub request_id: u64,
+    pub data: String,
+    /// Where the next read continues.
+    pub cursor: LogCursor,
+    pub error: String,
+}
+
 /// Published on `nodes/<id>/control/error` when the cluster cannot use what a node sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControlError {
@@ -177,6 +210,12 @@ pub mod topic {
     }
     pub fn error(node: &str) -> String {
         format!("nodes/{node}/control/error")
+    }
+    pub fn logs_query(node: &str) -> String {
+        format!("nodes/{node}/control/logs")
+    }
+    pub fn logs(node: &str) -> String {
+        format!("nodes/{node}/logs")
     }
 
     /// Splits `nodes/<id>/<rest>` into `(id, rest)`.

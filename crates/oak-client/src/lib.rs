@@ -169,6 +169,43 @@ impl Client {
         self.authed::<(), _>(Method::POST, &["api", "clusters", "tokens"], None).await
     }
 
+    /// An instance's output as a streaming answer (read it with `chunk()`): the last `tail`
+    /// lines, and with `follow` everything that comes after, until the instance goes away.
+    pub async fn instance_logs(
+        &self,
+        id: &str,
+        instance_number: u32,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let number = instance_number.to_string();
+        let mut url = self.url(&["api", "service", id, "instance", &number, "logs"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(tail) = tail {
+                query.append_pair("tail", &tail.to_string());
+            }
+            if follow {
+                query.append_pair("follow", "true");
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let mut request = self.http.get(url);
+        if let Some(token) = self.token.as_deref() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let body = error::error_body(status.as_u16(), status.canonical_reason(), &text);
+        Err(ClientError::Api { status: status.as_u16(), body })
+    }
+
     // --- plumbing ---
 
     async fn authed<B: Serialize, T: DeserializeOwned>(

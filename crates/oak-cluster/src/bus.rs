@@ -27,7 +27,7 @@ pub enum MqttMode {
 }
 
 /// The topics the cluster listens to.
-const FILTERS: &[&str] = &["nodes/+/information", "nodes/+/job", "nodes/+/jobs/resources"];
+const FILTERS: &[&str] = &["nodes/+/information", "nodes/+/job", "nodes/+/jobs/resources", "nodes/+/logs"];
 
 pub struct Bus {
     kind: Kind,

@@ -8,6 +8,7 @@
 
 mod bus;
 mod credentials;
+mod logs;
 mod node_api;
 mod root_link;
 pub mod state;
@@ -56,6 +57,7 @@ pub struct Ctx {
     bus: bus::Bus,
     node_token_hash: String,
     root: Mutex<Option<mpsc::UnboundedSender<ClusterMsg>>>,
+    logs: Mutex<logs::Relay>,
 }
 
 /// A cluster orchestrator bound to its ports, ready to run.
@@ -88,6 +90,7 @@ impl Cluster {
             store,
             bus,
             root: Mutex::new(None),
+            logs: Mutex::new(logs::Relay::default()),
             config,
         });
         let _ = ctx_cell.set(Arc::downgrade(&ctx));
@@ -210,6 +213,13 @@ impl Ctx {
                 Ok(r) => self.state().resources_report(node, r, now),
                 Err(e) => vec![garbled(node, kind, e)],
             },
+            "logs" => match serde_json::from_slice::<oak_api::node::LogsAnswer>(payload) {
+                Ok(answer) => {
+                    self.on_logs_answer(node, answer);
+                    Vec::new()
+                }
+                Err(e) => vec![garbled(node, kind, e)],
+            },
             _ => Vec::new(),
         };
         self.perform(effects);
@@ -217,6 +227,10 @@ impl Ctx {
 
     fn on_root_message(&self, msg: RootMsg) {
         let now = Instant::now();
+        if let RootMsg::Logs { request_id, job_id, instance_number, tail, cursor } = msg {
+            self.on_logs_request(request_id, &job_id, instance_number, tail, cursor, now);
+            return;
+        }
         let effects = {
             let mut st = self.state();
             // Placement happens in the next tick (≤ 100 ms), once for everything that arrived:
@@ -224,15 +238,56 @@ impl Ctx {
             match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
-                RootMsg::Welcome { .. } | RootMsg::Refused { .. } => Vec::new(),
+                RootMsg::Welcome { .. } | RootMsg::Refused { .. } | RootMsg::Logs { .. } => Vec::new(),
             }
         };
         self.perform(effects);
     }
 
+    /// Asks the instance's worker for its output; answers the root at once when it cannot.
+    fn on_logs_request(
+        &self,
+        root_request: u64,
+        job_id: &str,
+        number: u32,
+        tail: u64,
+        cursor: Option<oak_api::node::LogCursor>,
+        now: Instant,
+    ) {
+        let located = self.state().locate(job_id, number);
+        match located {
+            Ok((node, job_name)) => {
+                let id = self.logs.lock().unwrap_or_else(|e| e.into_inner()).start(root_request, &node, now);
+                let query =
+                    oak_api::node::LogsQuery { request_id: id, job_name, instance_number: number, tail, cursor };
+                match serde_json::to_vec(&query) {
+                    Ok(p) => self.bus.publish(topic::logs_query(&node), p),
+                    Err(e) => tracing::error!(error = %e, "cannot encode a logs query"),
+                }
+            }
+            Err(error) => {
+                let _ = self.send_root(logs::error(root_request, error));
+            }
+        }
+    }
+
+    /// A worker's answer goes to the root under the root's request id. Answers nobody waits
+    /// for (timed out, or from another node) are dropped.
+    fn on_logs_answer(&self, node: &str, answer: oak_api::node::LogsAnswer) {
+        let root_request = self.logs.lock().unwrap_or_else(|e| e.into_inner()).finish(answer.request_id, node);
+        if let Some(request_id) = root_request {
+            let msg = ClusterMsg::Logs { request_id, data: answer.data, cursor: answer.cursor, error: answer.error };
+            let _ = self.send_root(msg);
+        }
+    }
+
     /// One control-loop step: timeouts, placement, reports to the root, store writes.
     fn tick(&self, report: bool) {
         let now = Instant::now();
+        let expired = self.logs.lock().unwrap_or_else(|e| e.into_inner()).expire(now);
+        for (request_id, node) in expired {
+            let _ = self.send_root(logs::error(request_id, format!("worker {node} did not answer within 10 s")));
+        }
         let connected = self.root_connected();
         let (effects, updates, resources, batch) = {
             let mut st = self.state();

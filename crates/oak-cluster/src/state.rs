@@ -441,6 +441,17 @@ impl ClusterState {
         }
     }
 
+    /// The node running an instance and the instance's job name, or why there is none.
+    pub fn locate(&self, job_id: &str, number: u32) -> Result<(String, String), String> {
+        let Some(inst) = self.instances.get(&(job_id.to_string(), number)) else {
+            return Err(format!("instance {number} of service {job_id} is not on this cluster"));
+        };
+        match (&inst.worker_id, on_node(&inst.status)) {
+            (Some(node), true) => Ok((node.clone(), inst.job.job_name.clone())),
+            _ => Err(format!("instance {number} of service {job_id} is not on a worker (status {})", inst.status)),
+        }
+    }
+
     /// `nodes/<id>/jobs/resources`: the instances a worker runs, with usage.
     pub fn resources_report(&mut self, node_id: &str, r: ResourcesReport, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();

@@ -21,7 +21,8 @@ use containerd_client::services::v1::{
 use containerd_client::types::v1::Status as TaskStatus;
 use oak_api::node::{DeployCommand, ServiceResources};
 use oak_runtime::{
-    parse_task_id, task_id, InstanceState, InstanceStatus, Runtime, RuntimeError, RuntimeEvent, EVENT_CAPACITY,
+    parse_task_id, task_id, InstanceState, InstanceStatus, LogChunk, LogCursor, Runtime, RuntimeError, RuntimeEvent,
+    EVENT_CAPACITY,
 };
 use tokio::sync::broadcast;
 
@@ -551,6 +552,21 @@ impl Runtime for ContainerdRuntime {
             std::io::ErrorKind::NotFound => RuntimeError::NotFound(id),
             _ => RuntimeError::Io(e),
         })
+    }
+
+    async fn read_logs(
+        &self,
+        job_name: &str,
+        instance: u32,
+        from: Option<LogCursor>,
+        max_bytes: usize,
+    ) -> Result<LogChunk, RuntimeError> {
+        let id = task_id(job_name, instance);
+        match self.inner.logs.read(&id, from, max_bytes) {
+            Ok((data, cursor)) => Ok(LogChunk { data, cursor }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RuntimeError::NotFound(id)),
+            Err(e) => Err(RuntimeError::Io(e)),
+        }
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {

@@ -22,6 +22,8 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// 503: something the request needs is not reachable now (a cluster away); retry later.
+    Unavailable(String),
     /// A fault of the server itself (database broken); never used for bad input.
     Internal(String),
 }
@@ -51,6 +53,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +94,7 @@ impl IntoResponse for ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Unavailable(m)
             | ApiError::Unprocessable(m) => ErrorBody { code: code.as_u16(), message: m, field: None, errors: vec![] },
         };
         let mut response = (code, Json(body)).into_response();

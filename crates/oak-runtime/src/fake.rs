@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use oak_api::node::{DeployCommand, ServiceResources};
+use oak_api::node::{DeployCommand, LogCursor, ServiceResources};
 use tokio::sync::{broadcast, watch};
 
-use crate::{task_id, InstanceState, InstanceStatus, Runtime, RuntimeError, RuntimeEvent, EVENT_CAPACITY};
+use crate::{task_id, InstanceState, InstanceStatus, LogChunk, Runtime, RuntimeError, RuntimeEvent, EVENT_CAPACITY};
 
 /// A fake runtime. Cheap to create and to run many of; state survives as long as the value, so
 /// a test can "restart" the worker around it.
@@ -203,6 +203,27 @@ impl Runtime for FakeRuntime {
             start += 1;
         }
         Ok(full[start..].to_string())
+    }
+
+    /// The output is one fixed line per instance; a cursor is the offset in it.
+    async fn read_logs(
+        &self,
+        job_name: &str,
+        instance: u32,
+        from: Option<LogCursor>,
+        max_bytes: usize,
+    ) -> Result<LogChunk, RuntimeError> {
+        if !self.state().instances.contains_key(&(job_name.to_string(), instance)) {
+            return Err(RuntimeError::NotFound(task_id(job_name, instance)));
+        }
+        let full = format!("output of {}\n", task_id(job_name, instance));
+        let start = match from {
+            Some(c) if c.generation == 0 && (c.offset as usize) <= full.len() => c.offset as usize,
+            _ => full.len().saturating_sub(max_bytes),
+        };
+        let end = (start + max_bytes).min(full.len());
+        let data = String::from_utf8_lossy(&full.as_bytes()[start..end]).into_owned();
+        Ok(LogChunk { data, cursor: LogCursor { generation: 0, offset: end as u64 } })
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {

@@ -14,6 +14,7 @@ mod task_id;
 pub use fake::{FakeRuntime, ImageGate};
 
 pub use error::RuntimeError;
+pub use oak_api::node::LogCursor;
 pub use task_id::{parse_task_id, task_id};
 
 use async_trait::async_trait;
@@ -43,6 +44,13 @@ pub enum InstanceStatus {
     Exited {
         code: i32,
     },
+}
+
+/// A piece of an instance's output and where reading continues.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogChunk {
+    pub data: String,
+    pub cursor: LogCursor,
 }
 
 /// Something a runtime observed without being asked.
@@ -86,6 +94,17 @@ pub trait Runtime: Send + Sync {
 
     /// The last `tail_bytes` bytes of an instance's output.
     async fn logs(&self, job_name: &str, instance: u32, tail_bytes: usize) -> Result<String, RuntimeError>;
+
+    /// Output to follow: without a cursor the last `max_bytes` bytes, with one at most
+    /// `max_bytes` bytes from where it points; always with the cursor to continue from. A cursor
+    /// the runtime no longer knows (e.g. after log rotation passed it) reads the tail again.
+    async fn read_logs(
+        &self,
+        job_name: &str,
+        instance: u32,
+        from: Option<LogCursor>,
+        max_bytes: usize,
+    ) -> Result<LogChunk, RuntimeError>;
 
     /// A new subscription to this runtime's events. Events may be missed (a lagging receiver);
     /// they only make reactions faster, [`Runtime::list`] stays the source of truth.

@@ -1,7 +1,7 @@
 //! What the worker publishes, before it is given a topic: the session adds the node id and IP
 //! it is connected with.
 
-use oak_api::node::{JobStatusReport, NodeInfo, ResourcesReport};
+use oak_api::node::{JobStatusReport, LogsAnswer, NodeInfo, ResourcesReport};
 use oak_api::status;
 
 /// A message for the cluster, queued until a session can publish it.
@@ -13,6 +13,9 @@ pub(crate) enum Outgoing {
     Resources(ResourcesReport),
     /// `nodes/<id>/information` (periodic; dropped while disconnected).
     Info(Box<NodeInfo>),
+    /// `nodes/<id>/logs`: an answer to a logs query (dropped while disconnected: the cluster
+    /// answers the root with a timeout and the reader asks again).
+    Logs(LogsAnswer),
 }
 
 pub(crate) fn job(job_name: &str, instance: u32, status: &str, detail: impl Into<String>) -> Outgoing {

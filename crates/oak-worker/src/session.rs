@@ -122,7 +122,7 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn subscribe(&self) {
-        for topic in [topic::deploy(self.node_id), topic::delete(self.node_id)] {
+        for topic in [topic::deploy(self.node_id), topic::delete(self.node_id), topic::logs_query(self.node_id)] {
             if let Err(e) = self.client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
                 tracing::warn!(%topic, error = %e, "cannot subscribe");
             }
@@ -133,6 +133,7 @@ impl Session<'_> {
         let msg = match topic::parse(topic_name) {
             Some((id, "control/deploy")) if id == self.node_id => EngineMsg::Deploy(payload),
             Some((id, "control/delete")) if id == self.node_id => EngineMsg::Delete(payload),
+            Some((id, "control/logs")) if id == self.node_id => EngineMsg::Logs(payload),
             _ => {
                 tracing::debug!(topic = topic_name, "ignoring message");
                 return;
@@ -155,6 +156,7 @@ impl Session<'_> {
             Outgoing::Resources(report) => {
                 (topic::resources(self.node_id), QoS::AtMostOnce, serde_json::to_vec(&report), None)
             }
+            Outgoing::Logs(answer) => (topic::logs(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&answer), None),
             Outgoing::Info(mut info) => {
                 info.id = self.node_id.to_string();
                 if !info.ip.is_empty() {

@@ -140,6 +140,42 @@ fn one_doc_runs_an_http_server_and_cleans_up() -> Result<()> {
         let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
         Ok(s["instance_list"][0]["logs"].as_str().filter(|l| l.contains("http server starting")).map(str::to_string))
     })?;
+    // The logs endpoint reads the worker's log file: the tail, then followed output.
+    let logs_path = format!("{API}/api/service/{id}/instance/0/logs");
+    let tail = http().get(format!("{logs_path}?tail=1")).bearer_auth(&token).send()?.text()?;
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let followed = followed.clone();
+        let mut stream = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .build()?
+            .get(format!("{logs_path}?follow=true"))
+            .bearer_auth(&token)
+            .send()?;
+        assert!(stream.status().is_success(), "{}", stream.status());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stream, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                followed.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    wait_until(
+        "the followed logs to start with the start line",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || Ok(followed.lock().unwrap().contains("http server starting").then_some(())),
+    )?;
+    let before = followed.lock().unwrap().matches("response:200").count();
+    oak_e2e::http::get(&addr, "/")?;
+    wait_until("a new request line in the followed logs", Duration::from_secs(10), Duration::from_millis(100), || {
+        Ok((followed.lock().unwrap().matches("response:200").count() > before).then_some(()))
+    })?;
+
     let socket = containerd_socket(&data);
     let container = format!("{job_name}.instance.0");
     assert!(ctr(&socket, &["containers", "ls", "-q"])?.contains(&container));

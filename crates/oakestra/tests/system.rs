@@ -121,6 +121,23 @@ async fn root_two_clusters_four_workers() {
     let listed = cli(&url, &home, &["clusters"]);
     assert!(listed.contains("c1") && listed.contains("c2"), "{listed}");
 
+    // Logs travel root → cluster → worker and back, through the API and the CLI.
+    let first = &s.instance_list[0];
+    let expected = format!("output of {}.instance.{}\n", s.job_name, first.instance_number);
+    let logs = client.instance_logs(&nginx, first.instance_number, None, false).await.unwrap();
+    assert_eq!(logs.text().await.unwrap(), expected);
+    let logs = client.instance_logs(&nginx, first.instance_number, Some(0), false).await.unwrap();
+    assert_eq!(logs.text().await.unwrap(), "", "tail=0");
+    let mut followed = client.instance_logs(&nginx, first.instance_number, Some(5), true).await.unwrap();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), followed.chunk()).await.unwrap().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&chunk), expected, "follow starts with the tail");
+    drop(followed);
+    let missing = client.instance_logs(&nginx, 99, None, false).await.unwrap_err();
+    assert_eq!(missing.status(), Some(404), "{missing}");
+    let number = first.instance_number.to_string();
+    assert_eq!(cli(&url, &home, &["logs", &nginx, &number]), expected);
+    assert_eq!(cli(&url, &home, &["logs", &nginx, "--tail", "1"]), format!("output of {}.instance.0\n", s.job_name));
+
     // Kill the connection of the worker holding most nginx instances: they move to the other
     // worker of c2 and run there; the late reports of the old worker never win.
     let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();

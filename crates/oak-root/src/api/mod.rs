@@ -3,6 +3,7 @@
 mod applications;
 mod auth;
 mod clusters;
+mod logs;
 mod organizations;
 mod services;
 mod users;
@@ -29,7 +30,7 @@ use crate::state::AppState;
         applications::create, applications::list, applications::list_of_user, applications::get,
         applications::update, applications::delete,
         services::create, services::get, services::update, services::delete, services::list_of_app, services::list,
-        services::request_instance, services::delete_instance,
+        services::request_instance, services::delete_instance, logs::logs,
         clusters::all, clusters::active, clusters::create_token,
     ),
     modifiers(&BearerAuth),
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/service/{id}", get(services::get).put(services::update).delete(services::delete))
         .route("/api/service/{id}/instance", post(services::request_instance))
         .route("/api/service/{id}/instance/{number}", axum::routing::delete(services::delete_instance))
+        .route("/api/service/{id}/instance/{number}/logs", get(logs::logs))
         .route("/api/services", get(services::list))
         .route("/api/services/{app_id}", get(services::list_of_app))
         .route("/api/clusters", get(clusters::all))

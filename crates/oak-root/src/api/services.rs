@@ -19,7 +19,12 @@ use crate::ids;
 use crate::state::AppState;
 
 /// Loads a service with its application, if the caller may read (or change) it.
-fn owned_service(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiResult<(Service, Application)> {
+pub(super) fn owned_service(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    modify: bool,
+) -> ApiResult<(Service, Application)> {
     owned(st, caller, id, modify, true)
 }
 

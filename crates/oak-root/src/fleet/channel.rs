@@ -96,6 +96,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
         match msg {
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
             ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
+            ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(request_id, data, cursor, error),
             ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
         }
     }

@@ -9,6 +9,7 @@
 mod channel;
 mod dispatch;
 mod links;
+mod logs;
 mod retry;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use oak_store::RootStore;
 use tokio::sync::Notify;
 
 pub use channel::serve_channel;
+pub use logs::LogsError;
 pub use retry::run_retries;
 
 /// Timing knobs of the root's control loops.
@@ -56,6 +58,8 @@ pub struct Fleet {
     wake: Notify,
     /// Root placement decision times, in microseconds.
     placement: Mutex<Samples>,
+    /// Logs reads waiting for their cluster's answer.
+    logs: Mutex<logs::Pending>,
 }
 
 struct Inner {
@@ -78,6 +82,7 @@ impl Fleet {
             }),
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
+            logs: Mutex::new(logs::Pending::default()),
         })
     }
 

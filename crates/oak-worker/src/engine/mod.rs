@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use oak_api::node::{DeployCommand, ResourcesReport, ServiceResources};
+use oak_api::node::{DeployCommand, LogsAnswer, LogsQuery, ResourcesReport, ServiceResources};
 use oak_api::status;
 use oak_runtime::{task_id, InstanceState, InstanceStatus, Runtime, RuntimeError};
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +22,11 @@ use tracing::Instrument;
 use crate::commands;
 use crate::desired;
 use crate::reports::{self, Outgoing};
+
+/// Output returned for a logs query without `tail`, and the most one answer carries (it
+/// travels in one MQTT message and one channel frame).
+const LOGS_DEFAULT_BYTES: usize = 16 * 1024;
+const LOGS_MAX_BYTES: usize = 256 * 1024;
 
 /// An instance: job name and instance number.
 pub(crate) type Key = (String, u32);
@@ -48,6 +53,8 @@ pub(crate) enum EngineMsg {
     Deploy(Vec<u8>),
     /// Raw payload of `control/delete`.
     Delete(Vec<u8>),
+    /// Raw payload of `control/logs`.
+    Logs(Vec<u8>),
     /// A runtime event: the instance stopped by itself.
     Exited { runtime: usize, job_name: String, instance: u32, code: i32 },
     /// A runtime event: what a deploy in progress is doing.
@@ -148,6 +155,7 @@ impl Engine {
         match msg {
             EngineMsg::Deploy(payload) => self.on_deploy(&payload),
             EngineMsg::Delete(payload) => self.on_delete(&payload),
+            EngineMsg::Logs(payload) => self.on_logs(&payload),
             EngineMsg::Exited { runtime, job_name, instance, code } => {
                 self.on_exit_event(runtime, (job_name, instance), code)
             }
@@ -240,6 +248,46 @@ impl Engine {
                 *then_deploy = None;
             }
         }
+    }
+
+    /// Reads an instance's output off the runtime that holds it (or any, for instances this
+    /// worker does not track) in a task of its own, and answers on `nodes/<id>/logs`.
+    fn on_logs(&mut self, payload: &[u8]) {
+        let query: LogsQuery = match serde_json::from_slice(payload) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring malformed logs query");
+                return;
+            }
+        };
+        let key: Key = (query.job_name.clone(), query.instance_number);
+        let targets: Vec<Arc<dyn Runtime>> = match self.entries.get(&key).and_then(|e| e.runtime) {
+            Some(index) => vec![self.runtimes[index].clone()],
+            None => self.runtimes.clone(),
+        };
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let max = match query.tail {
+                0 => LOGS_DEFAULT_BYTES,
+                n => (n as usize).min(LOGS_MAX_BYTES),
+            };
+            let mut answer = LogsAnswer { request_id: query.request_id, ..LogsAnswer::default() };
+            answer.error =
+                format!("no output of instance {} of {} on this worker", query.instance_number, query.job_name);
+            for rt in targets {
+                match rt.read_logs(&query.job_name, query.instance_number, query.cursor, max).await {
+                    Ok(chunk) => {
+                        answer.data = chunk.data;
+                        answer.cursor = chunk.cursor;
+                        answer.error.clear();
+                        break;
+                    }
+                    Err(RuntimeError::NotFound(_)) => {}
+                    Err(e) => answer.error = format!("cannot read the output: {e}"),
+                }
+            }
+            let _ = outbox.send(Outgoing::Logs(answer));
+        });
     }
 
     // ---- runtime observations ----

@@ -69,6 +69,21 @@ impl Harness {
                 Outgoing::Resources(report) => return report.services,
                 Outgoing::Job(report) => panic!("unexpected status report {report:?}"),
                 Outgoing::Info(_) => continue,
+                Outgoing::Logs(answer) => panic!("unexpected logs answer {answer:?}"),
+            }
+        }
+    }
+
+    /// The next logs answer (status reports are skipped).
+    async fn next_logs(&mut self) -> oak_api::node::LogsAnswer {
+        loop {
+            match tokio::time::timeout(WAIT, self.outbox.recv())
+                .await
+                .expect("an answer in time")
+                .expect("engine alive")
+            {
+                Outgoing::Logs(answer) => return answer,
+                _ => continue,
             }
         }
     }
@@ -248,4 +263,31 @@ async fn deploy_progress_is_reported_as_creating_until_the_instance_started() {
     // A late event after the start must not make it look as if it were starting again.
     h.inbox.send(progress("unpacking image slow")).unwrap();
     h.barrier().await;
+}
+
+#[tokio::test]
+async fn logs_queries_are_answered_from_the_runtime() {
+    let mut h = Harness::start();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    let query = |id: u64, instance: u32, cursor: Option<serde_json::Value>| {
+        let q = json!({"request_id": id, "job_name": JOB, "instance_number": instance, "tail": 100, "cursor": cursor});
+        EngineMsg::Logs(q.to_string().into_bytes())
+    };
+    h.inbox.send(query(7, 0, None)).unwrap();
+    let answer = h.next_logs().await;
+    assert_eq!(answer.request_id, 7);
+    assert_eq!(answer.data, format!("output of {JOB}.instance.0\n"));
+    assert!(answer.error.is_empty());
+    // Following: nothing new after the cursor.
+    let cursor = serde_json::to_value(answer.cursor).unwrap();
+    h.inbox.send(query(8, 0, Some(cursor))).unwrap();
+    let answer = h.next_logs().await;
+    assert_eq!((answer.request_id, answer.data.as_str(), answer.error.as_str()), (8, "", ""));
+    // Unknown instance: an error naming it; a garbled query is ignored.
+    h.inbox.send(EngineMsg::Logs(b"{garbled".to_vec())).unwrap();
+    h.inbox.send(query(9, 5, None)).unwrap();
+    let answer = h.next_logs().await;
+    assert_eq!(answer.request_id, 9);
+    assert!(answer.error.contains("instance 5"), "{answer:?}");
 }

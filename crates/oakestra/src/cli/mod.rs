@@ -8,6 +8,7 @@ mod apps;
 mod clusters;
 mod credentials;
 mod login;
+mod logs;
 mod output;
 mod services;
 mod session;
@@ -40,6 +41,8 @@ pub enum ClientCommand {
     /// List and inspect services, scale them up and undeploy them.
     #[command(subcommand, alias = "services")]
     Service(services::ServiceCommand),
+    /// Print an instance's output (stdout and stderr); `-f` keeps following it.
+    Logs(logs::LogsArgs),
     /// List the clusters (by default only the active ones).
     Clusters(clusters::ClustersArgs),
     /// Issue cluster join tokens (Admin only).
@@ -70,6 +73,7 @@ async fn dispatch(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Login(args) => login::run(opts, args).await,
         ClientCommand::App(cmd) => apps::run(&mut Session::open(opts)?, opts.json, cmd).await,
         ClientCommand::Service(cmd) => services::run(&mut Session::open(opts)?, opts.json, cmd).await,
+        ClientCommand::Logs(args) => logs::run(&mut Session::open(opts)?, args).await,
         ClientCommand::Clusters(args) => clusters::run(&mut Session::open(opts)?, opts.json, args).await,
         ClientCommand::ClusterToken(cmd) => clusters::run_token(&mut Session::open(opts)?, opts.json, cmd).await,
     }
