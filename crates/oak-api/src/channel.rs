@@ -116,6 +116,7 @@ pub struct InstanceReport {
     pub publicip: Option<String>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
     pub disk: Option<u64>,
     pub logs: Option<String>,
 }

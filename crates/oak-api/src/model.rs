@@ -109,6 +109,9 @@ pub struct Instance {
     pub cpu_percent: Option<f64>,
     #[serde(default)]
     pub memory_percent: Option<f64>,
+    /// Memory the instance uses, in bytes (not in the original, which has only the percentage).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
     #[serde(default)]
     pub disk: Option<u64>,
     #[serde(default)]
@@ -132,6 +135,7 @@ impl Instance {
             publicip: None,
             cpu_percent: None,
             memory_percent: None,
+            memory_bytes: None,
             disk: None,
             logs: None,
             last_modified_timestamp: now,

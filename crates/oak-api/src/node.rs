@@ -146,6 +146,8 @@ pub struct ServiceResources {
     pub cpu_percent: String,
     /// Percent of the node's memory (0–100, not the original's 0..1 ratio).
     pub memory_percent: String,
+    /// Bytes of memory in use (without reclaimable page cache).
+    pub memory_bytes: String,
     /// Bytes of disk used by the instance.
     pub disk: String,
     /// Last 1024 bytes of the instance's output.

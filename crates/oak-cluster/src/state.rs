@@ -66,6 +66,7 @@ pub struct Inst {
     pub publicip: Option<String>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
     pub disk: Option<u64>,
     pub logs: Option<String>,
     pub attempts: u32,
@@ -89,6 +90,7 @@ impl Inst {
             publicip: None,
             cpu_percent: None,
             memory_percent: None,
+            memory_bytes: None,
             disk: None,
             logs: None,
             attempts: 0,
@@ -471,6 +473,7 @@ impl ClusterState {
             }
             inst.cpu_percent = s.cpu_percent.parse().ok();
             inst.memory_percent = s.memory_percent.parse().ok();
+            inst.memory_bytes = s.memory_bytes.parse().ok();
             inst.disk = s.disk.parse::<f64>().ok().map(|d| d as u64);
             if !s.logs.is_empty() {
                 inst.logs = Some(s.logs);
@@ -608,6 +611,7 @@ impl ClusterState {
                 publicip: inst.publicip.clone(),
                 cpu_percent: inst.cpu_percent,
                 memory_percent: inst.memory_percent,
+                memory_bytes: inst.memory_bytes,
                 disk: inst.disk,
                 logs: inst.logs.clone(),
             });

@@ -538,6 +538,7 @@ impl Runtime for ContainerdRuntime {
                 virtualization: "docker".into(),
                 cpu_percent: format!("{cpu:.6}"),
                 memory_percent: format!("{memory_percent:.6}"),
+                memory_bytes: memory.to_string(),
                 disk: disk.to_string(),
                 logs: inner.logs.tail(&id, 1024).unwrap_or_default(),
             });

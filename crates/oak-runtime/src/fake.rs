@@ -187,6 +187,7 @@ impl Runtime for FakeRuntime {
                 virtualization: self.name.clone(),
                 cpu_percent: "0.500000".into(),
                 memory_percent: "1.000000".into(),
+                memory_bytes: "1048576".into(),
                 disk: "4096".into(),
                 logs: format!("output of {}\n", task_id(job_name, *instance)),
             })

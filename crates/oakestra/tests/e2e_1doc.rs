@@ -64,7 +64,19 @@ fn one_doc_runs_an_http_server_and_cleans_up() -> Result<()> {
     if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
         return Ok(());
     }
-    let work = Workdir::new("e2e-1doc")?;
+    let mut work = Workdir::new("e2e-1doc")?;
+    let result = scenario(&work);
+    if result.is_err() {
+        // Keep the data dirs and show why.
+        work.keep();
+        let log = std::fs::read_to_string(work.join("up.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- up.log (last lines, newest first)\n{}", tail.join("\n"));
+    }
+    result
+}
+
+fn scenario(work: &Workdir) -> Result<()> {
     let registry = Registry::start_local()?;
     let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
     let layout = images::build_image(&work.join("images"), &images::http_server_on("hello from 1-DOC", port))?;
@@ -136,10 +148,20 @@ fn one_doc_runs_an_http_server_and_cleans_up() -> Result<()> {
         Ok(oak_e2e::http::get(&addr, "/").ok().filter(|r| r.status == 200).map(|r| r.body))
     })?;
     assert!(body.contains("hello from 1-DOC"), "{body}");
-    wait_until("the start line in the instance's logs", Duration::from_secs(20), Duration::from_millis(500), || {
-        let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
-        Ok(s["instance_list"][0]["logs"].as_str().filter(|l| l.contains("http server starting")).map(str::to_string))
-    })?;
+    let measured = wait_until(
+        "the start line in the instance's logs",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
+            let inst = s["instance_list"][0].clone();
+            Ok(inst["logs"].as_str().is_some_and(|l| l.contains("http server starting")).then_some(inst))
+        },
+    )?;
+    // Usage from the container's cgroup comes with the same report.
+    assert!(measured["memory_bytes"].as_u64().is_some_and(|b| b > 0), "{measured}");
+    assert!(measured["memory_percent"].as_f64().is_some_and(|p| p > 0.0), "{measured}");
+    assert!(measured["cpu_percent"].as_f64().is_some(), "{measured}");
     // The logs endpoint reads the worker's log file: the tail, then followed output.
     let logs_path = format!("{API}/api/service/{id}/instance/0/logs");
     let tail = http().get(format!("{logs_path}?tail=1")).bearer_auth(&token).send()?.text()?;

@@ -179,6 +179,7 @@ fn merge_report(inst: &mut Instance, r: &InstanceReport, now: f64) {
     inst.publicip = r.publicip.clone();
     inst.cpu_percent = r.cpu_percent;
     inst.memory_percent = r.memory_percent;
+    inst.memory_bytes = r.memory_bytes;
     inst.disk = r.disk;
     if r.logs.is_some() {
         inst.logs = r.logs.clone();
