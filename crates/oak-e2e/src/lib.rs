@@ -31,6 +31,7 @@ pub fn debian_package(tool: &str) -> &str {
         "ip" => "iproute2",
         "ctr" | "containerd" | "containerd-shim-runc-v2" => "containerd",
         "ping" => "iputils-ping",
+        "nsenter" => "util-linux",
         other => other,
     }
 }

@@ -170,17 +170,23 @@ impl Host {
         self.gateway
     }
 
-    /// `ip netns exec <netns> <program>`, to add arguments and run as needed.
+    /// `nsenter --net=/run/netns/<netns> -- <program>`, to add arguments and run as needed.
+    ///
+    /// Only the network namespace changes: the program sees the machine's mounts, as on a real
+    /// host. (`ip netns exec` would also remount `/sys` for the namespace, which hides
+    /// `/sys/fs/cgroup`, so a worker could neither read its containers' usage nor tell an OOM
+    /// kill.) The flip side: `/sys/class/net` shows the root namespace's interfaces; ask netlink
+    /// (`ip`) about the host's own.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns]).arg(program);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(program);
         c
     }
 
     /// Starts `program args` in the namespace with stdout and stderr appended to `log`.
     ///
     /// The child leads its own process group (so stopping it also stops what it forked) and is
-    /// stopped when the lab drops unless the caller waited for it first. `ip netns exec` execs
+    /// stopped when the lab drops unless the caller waited for it first. `nsenter` execs
     /// the program, so the child's pid is the program's.
     pub fn spawn(&self, program: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Child> {
         let out = OpenOptions::new()

@@ -226,6 +226,9 @@ fn lab_hosts_reach_each_other_and_the_bridge_and_drop_removes_everything() -> Re
     }
     let ifaces = a.run_ok("ip", &["-o", "addr", "show", "dev", "eth0"])?;
     assert!(ifaces.contains("10.99.231.2/24"), "{ifaces}");
+    // Hosts keep the machine's mounts: a worker in one reads its containers' cgroups.
+    let cgroups = a.run_ok("busybox", &["ls", "/sys/fs/cgroup"])?;
+    assert!(!cgroups.trim().is_empty(), "/sys/fs/cgroup is empty inside a lab host");
 
     // A service in the root namespace on the bridge address is reachable from the hosts.
     let port = crate::registry::free_port(lab.gateway().into())?;
