@@ -49,6 +49,12 @@ pub struct ClusterConfig {
     pub timing: Timing,
 }
 
+/// Period of the control loop (timeouts, placement, reports, store writes) when nothing wakes it.
+const TICK: Duration = Duration::from_millis(100);
+/// Least time between two steps when woken early, so a stream of events cannot make the loop
+/// spin; events in between are handled together.
+const MIN_TICK_GAP: Duration = Duration::from_millis(5);
+
 /// Everything the cluster's tasks share.
 pub struct Ctx {
     config: ClusterConfig,
@@ -58,6 +64,9 @@ pub struct Ctx {
     node_token_hash: String,
     root: Mutex<Option<mpsc::UnboundedSender<ClusterMsg>>>,
     logs: Mutex<logs::Relay>,
+    /// Wakes the control loop early: a deploy to place or a state change to pass on should not
+    /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
+    wake: tokio::sync::Notify,
 }
 
 /// A cluster orchestrator bound to its ports, ready to run.
@@ -91,6 +100,7 @@ impl Cluster {
             bus,
             root: Mutex::new(None),
             logs: Mutex::new(logs::Relay::default()),
+            wake: tokio::sync::Notify::new(),
             config,
         });
         let _ = ctx_cell.set(Arc::downgrade(&ctx));
@@ -135,14 +145,22 @@ impl Cluster {
             let ctx = ctx.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut tick = tokio::time::interval(TICK);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_report = Instant::now();
+                let mut last_tick = Instant::now();
                 loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
+                    let woken = tokio::select! {
+                        _ = tick.tick() => false,
+                        _ = ctx.wake.notified() => true,
                         _ = stop.wait_for(|s| *s) => break,
+                    };
+                    // A burst of wake-ups shares one step (they coalesce meanwhile).
+                    let since = last_tick.elapsed();
+                    if woken && since < MIN_TICK_GAP {
+                        tokio::time::sleep(MIN_TICK_GAP - since).await;
                     }
+                    last_tick = Instant::now();
                     let report = last_report.elapsed() >= ctx.config.report_interval;
                     if report {
                         last_report = Instant::now();
@@ -206,7 +224,12 @@ impl Ctx {
                 Err(e) => vec![garbled(node, kind, e)],
             },
             "job" => match serde_json::from_slice::<JobStatusReport>(payload) {
-                Ok(r) => self.state().job_report(node, r, now),
+                Ok(r) => {
+                    let fx = self.state().job_report(node, r, now);
+                    // The root hears of the change at once.
+                    self.wake.notify_one();
+                    fx
+                }
                 Err(e) => vec![garbled(node, kind, e)],
             },
             "jobs/resources" => match serde_json::from_slice::<ResourcesReport>(payload) {
@@ -233,14 +256,16 @@ impl Ctx {
         }
         let effects = {
             let mut st = self.state();
-            // Placement happens in the next tick (≤ 100 ms), once for everything that arrived:
-            // a burst of deploys then costs one pass over the nodes, not one per instance.
+            // Placement happens in the next step (woken at once, at least 5 ms apart), once for
+            // everything that arrived: a burst of deploys costs one pass over the nodes, not one each.
             match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
                 RootMsg::Welcome { .. } | RootMsg::Refused { .. } | RootMsg::Logs { .. } => Vec::new(),
             }
         };
+        // Placed at once rather than at the next tick.
+        self.wake.notify_one();
         self.perform(effects);
     }
 
