@@ -490,7 +490,6 @@ impl ClusterState {
             inst.status = status::RUNNING.into();
             inst.detail = "running".into();
             inst.since = now;
-            inst.attempts = 0;
             self.mark(key.clone());
         }
     }
@@ -504,6 +503,11 @@ impl ClusterState {
     fn fail(&mut self, key: &Key, s: &str, detail: String, now: Instant, stop_it: bool) -> Vec<Effect> {
         let Some(mut inst) = self.instances.remove(key) else { return Vec::new() };
         let delete = self.leave_node(&mut inst);
+        // A crash loop backs off more each time; an instance that ran for a while before it
+        // failed starts over at the shortest delay.
+        if inst.status == status::RUNNING && now.duration_since(inst.since) >= STABLE_RUN {
+            inst.attempts = 0;
+        }
         inst.status = s.into();
         inst.detail = detail;
         inst.since = now;
@@ -664,6 +668,9 @@ fn minus(a: Demand, b: Demand) -> Demand {
 }
 
 /// 1 s, 2 s, 4 s … up to `max`.
+/// How long an instance must have run for its next failure to count as a first one again.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
 fn backoff(attempts: u32, max: Duration) -> Duration {
     Duration::from_secs(1u64 << attempts.min(16)).min(max)
 }

@@ -501,8 +501,10 @@ impl Puller {
         }
     }
 
-    async fn create_lease(&self) -> Result<String, RuntimeError> {
-        let id = format!("oakestra-pull-{}", unique_suffix());
+    /// A lease that protects what is created under it from containerd's garbage collector
+    /// until it is deleted (or expires after an hour, if this worker dies first).
+    pub(crate) async fn create_lease(&self) -> Result<String, RuntimeError> {
+        let id = format!("oakestra-{}", unique_suffix());
         // Expires by itself if this worker dies mid-pull.
         let expire = rfc3339(SystemTime::now() + Duration::from_secs(3600));
         let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire)]);
@@ -514,7 +516,7 @@ impl Puller {
         Ok(id)
     }
 
-    async fn delete_lease(&self, id: &str) {
+    pub(crate) async fn delete_lease(&self, id: &str) {
         if let Err(s) = self.cd.leases().delete(self.cd.req(DeleteRequest { id: id.to_string(), sync: false })).await {
             tracing::warn!(lease = id, error = %s.message(), "cannot delete lease");
         }

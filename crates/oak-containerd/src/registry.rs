@@ -83,7 +83,7 @@ impl Session<'_> {
     pub async fn manifest(&mut self, reference: &str) -> Result<Document, RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.image.repository);
         let resp = self.get(&url, Some(MANIFEST_ACCEPT)).await?;
-        let resp = self.check(resp, &format!("image {}", self.image)).await?;
+        let resp = self.check(resp, &format!("manifest {reference:?}")).await?;
         let media_type = content_type(&resp);
         let body = read_limited(resp, &self.host()).await?;
         let digest = sha256_digest(&body);
@@ -116,7 +116,7 @@ impl Session<'_> {
     pub async fn blob(&mut self, digest: &str) -> Result<Response, RegistryError> {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.image.repository);
         let resp = self.get(&url, None).await?;
-        self.check(resp, &format!("blob {digest} of {}", self.image)).await
+        self.check(resp, &format!("blob {digest}")).await
     }
 
     /// GET with the session's token; on a bearer challenge, fetches a token once and retries.

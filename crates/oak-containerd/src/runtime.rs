@@ -312,16 +312,62 @@ impl Inner {
         parent: &str,
         spec: &serde_json::Value,
     ) -> Result<(), RuntimeError> {
+        // The snapshot is unreferenced until the container record exists: a lease keeps
+        // containerd's garbage collector off it meanwhile.
+        let lease = self.puller.create_lease().await?;
+        let created = self.create_container(id, cmd, image, parent, spec, &lease).await;
+        self.puller.delete_lease(&lease).await;
+        let mounts = created?;
+
+        let log = self.logs.prepare(id)?;
+        let log_uri = format!("file://{}", log.display());
+        self.cd
+            .tasks()
+            .create(self.cd.req(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts,
+                stdin: String::new(),
+                stdout: log_uri.clone(),
+                stderr: log_uri,
+                terminal: false,
+                checkpoint: None,
+                options: None,
+                runtime_path: String::new(),
+            }))
+            .await
+            .map_err(|e| grpc_error("create task", e))?;
+        self.watch(id.to_string());
+        self.cd
+            .tasks()
+            .start(self.cd.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
+            .await
+            .map_err(|e| grpc_error("start task", e))?;
+        Ok(())
+    }
+
+    /// The container's snapshot and record, under `lease`; returns the rootfs mounts.
+    async fn create_container(
+        &self,
+        id: &str,
+        cmd: &DeployCommand,
+        image: &str,
+        parent: &str,
+        spec: &serde_json::Value,
+        lease: &str,
+    ) -> Result<Vec<containerd_client::types::Mount>, RuntimeError> {
         let snapshotter = self.config.snapshotter.clone();
         let prepared = self
             .cd
             .snapshots()
-            .prepare(self.cd.req(PrepareSnapshotRequest {
-                snapshotter: snapshotter.clone(),
-                key: id.to_string(),
-                parent: parent.to_string(),
-                labels: HashMap::new(),
-            }))
+            .prepare(self.cd.leased(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.clone(),
+                    key: id.to_string(),
+                    parent: parent.to_string(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
             .await;
         let mounts = match prepared {
             Ok(resp) => resp.into_inner().mounts,
@@ -358,34 +404,10 @@ impl Inner {
         };
         self.cd
             .containers()
-            .create(self.cd.req(CreateContainerRequest { container: Some(container) }))
+            .create(self.cd.leased(CreateContainerRequest { container: Some(container) }, lease))
             .await
             .map_err(|e| grpc_error("create container", e))?;
-
-        let log = self.logs.prepare(id)?;
-        let log_uri = format!("file://{}", log.display());
-        self.cd
-            .tasks()
-            .create(self.cd.req(CreateTaskRequest {
-                container_id: id.to_string(),
-                rootfs: mounts,
-                stdin: String::new(),
-                stdout: log_uri.clone(),
-                stderr: log_uri,
-                terminal: false,
-                checkpoint: None,
-                options: None,
-                runtime_path: String::new(),
-            }))
-            .await
-            .map_err(|e| grpc_error("create task", e))?;
-        self.watch(id.to_string());
-        self.cd
-            .tasks()
-            .start(self.cd.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
-            .await
-            .map_err(|e| grpc_error("start task", e))?;
-        Ok(())
+        Ok(mounts)
     }
 
     /// Stops (SIGTERM, then SIGKILL after the grace time) and removes everything of `id`.

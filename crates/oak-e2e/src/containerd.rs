@@ -54,6 +54,11 @@ impl Containerd {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+
+    /// containerd's own log (gone with the temporary directory on drop: copy it to keep it).
+    pub fn log_path(&self) -> PathBuf {
+        self._dir.path().join("containerd.log")
+    }
 }
 
 impl Drop for Containerd {

@@ -164,6 +164,40 @@ fn failed_instances_are_retried_with_backoff() {
 }
 
 #[test]
+fn a_crash_loop_backs_off_more_each_time_until_it_runs_for_a_while() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = job("crasher", 100);
+    deploy(&mut st, &j, 0, t);
+    let dead = JobStatusReport {
+        sname: j.job_name.clone(),
+        status: status::DEAD.into(),
+        status_detail: "exited with code 3".into(),
+        instance: 0,
+        ..Default::default()
+    };
+    // Starts, crashes a second later, is placed again after 1 s, 2 s, 4 s.
+    let mut now = t;
+    for delay in [1u64, 2, 4] {
+        running(&mut st, "a", &j, 0, now);
+        now += Duration::from_secs(1);
+        st.job_report("a", dead.clone(), now);
+        assert_eq!(status_of(&st, &j, 0), status::DEAD);
+        assert!(placed_on(&st.schedule(now + Duration::from_secs(delay) - Duration::from_millis(1))).is_empty());
+        now += Duration::from_secs(delay);
+        st.node_information("a", info("a", 1000), now);
+        assert_eq!(placed_on(&st.schedule(now)), ["a"], "placed again after {delay} s");
+    }
+    // After a minute of running, a failure waits the shortest delay again.
+    running(&mut st, "a", &j, 0, now);
+    now += Duration::from_secs(61);
+    st.job_report("a", dead, now);
+    st.node_information("a", info("a", 1000), now);
+    assert!(placed_on(&st.schedule(now + Duration::from_millis(999))).is_empty());
+    assert_eq!(placed_on(&st.schedule(now + Duration::from_secs(1))), ["a"]);
+}
+
+#[test]
 fn completed_one_shot_frees_the_node_and_stays_completed() {
     let t = Instant::now();
     let mut st = state(&[("a", 1000)], t);
