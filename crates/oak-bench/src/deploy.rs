@@ -120,6 +120,8 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let ports = free(4)?;
     let (api_port, channel_port, node_port, mqtt_port) = (ports[0], ports[1], ports[2], ports[3]);
     let bin = &args.oakestra;
+    // A namespace of this run's own: leftovers of an interrupted run cannot collide with it.
+    let namespace = format!("oak-bench-{}", std::process::id());
     let s = |v: &str| v.to_string();
     let mut children = Children::default();
     children.spawn(
@@ -182,14 +184,14 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             s("--token-file"),
             dir.join("cluster/node-token").display().to_string(),
             s("--containerd-namespace"),
-            s("oak-bench"),
+            namespace.clone(),
         ],
         &dir.join("worker.log"),
     )?;
 
-    let result = measure(&args, &url, &image, worker_pid, &mut children, dir).await;
+    let result = measure(&args, &url, &image, worker_pid, &mut children, dir, &namespace).await;
     children.shutdown(Duration::from_secs(15));
-    let (latencies, floor, idle) = match result {
+    let Measured { latencies, floor, direct, idle } = match result {
         Ok(r) => r,
         Err(e) => {
             for name in ["root", "cluster", "worker"] {
@@ -201,6 +203,7 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
 
     let lat = Summary::of(&latencies);
     let fl = Summary::of(&floor);
+    let di = Summary::of(&direct);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let mut table = Table::default();
     table.section("P1 deploy latency, warm image (request → RUNNING at the root)");
@@ -212,6 +215,9 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         format!("{:.3} / {:.3} s", fl.p50, fl.p99),
         "same image, same containerd",
     );
+    table.section("P2 scheduler overhead (through root, cluster, MQTT vs. the runtime called directly)");
+    table.row("direct runtime deploy p50 / p99", format!("{:.3} / {:.3} s", di.p50, di.p99), "");
+    table.row("added p50", format!("{:.1} ms", (lat.p50 - di.p50) * 1000.0), "≤ 20 ms");
     table.section("P5 worker footprint (overlay not built yet)");
     for (n, rss_kb, cpu) in &idle {
         table.row(format!("worker idle, {n} instances: RSS"), format!("{:.1} MB", *rss_kb as f64 / 1024.0), "≤ 15 MB");
@@ -227,6 +233,9 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         "deploy_summary": lat,
         "floor_seconds": floor,
         "floor_summary": fl,
+        "direct_seconds": direct,
+        "direct_summary": di,
+        "overhead_p50_seconds": lat.p50 - di.p50,
         "ratio_p50": ratio(lat.p50, fl.p50),
         "ratio_p99": ratio(lat.p99, fl.p50),
         "worker_idle": idle.iter().map(|(n, rss, cpu)| json!({"instances": n, "rss_kb": rss, "cpu_percent": cpu})).collect::<Vec<_>>(),
@@ -236,7 +245,13 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-type Measured = (Vec<f64>, Vec<f64>, Vec<(usize, u64, f64)>);
+/// Deploy latencies at the root, `ctr run --rm` floor, direct runtime deploys, idle usage.
+struct Measured {
+    latencies: Vec<f64>,
+    floor: Vec<f64>,
+    direct: Vec<f64>,
+    idle: Vec<(usize, u64, f64)>,
+}
 
 async fn measure(
     args: &DeployArgs,
@@ -245,6 +260,7 @@ async fn measure(
     worker_pid: u32,
     children: &mut Children,
     dir: &Path,
+    namespace: &str,
 ) -> anyhow::Result<Measured> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let password = "Admin";
@@ -309,13 +325,15 @@ async fn measure(
     // Floor on the same containerd (the worker's own one if it started it).
     let own = dir.join("worker/containerd/containerd.sock");
     let socket = if own.exists() { own } else { PathBuf::from("/run/containerd/containerd.sock") };
-    let ctr = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", "oak-bench-floor"]).args(args).output()?;
+    let floor_ns = format!("{namespace}-floor");
+    let ctr_in = |ns: &str, args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", ns]).args(args).output()?;
         if !out.status.success() {
             bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
+    let ctr = |args: &[&str]| ctr_in(&floor_ns, args).map(|_| ());
     ctr(&["images", "pull", "--plain-http", image])?;
     let mut floor = Vec::with_capacity(args.deploys);
     for i in 0..args.deploys {
@@ -324,6 +342,28 @@ async fn measure(
         floor.push(t.elapsed().as_secs_f64());
     }
     let _ = ctr(&["images", "rm", image]);
+
+    // The same deploy straight through the worker's runtime (no root, cluster or MQTT): what
+    // scheduling and the control plane add is the difference (P2).
+    let direct_ns = format!("{namespace}-direct");
+    let config = oak_containerd::ContainerdConfig::new(socket.clone(), direct_ns.clone(), dir.join("direct-logs"));
+    let runtime = oak_containerd::ContainerdRuntime::connect(config).await?;
+    let cmd: oak_api::node::DeployCommand = serde_json::from_value(json!({
+        "_id": "direct", "job_name": "bench.direct.sleeper.direct", "image": image, "instance_number": 0,
+        "microservice_name": "sleeper", "microservice_namespace": "direct", "virtualization": "docker",
+        "code": image, "memory": 16,
+    }))?;
+    use oak_runtime::Runtime;
+    runtime.deploy(&cmd).await.context("warm-up of the direct deploy")?;
+    runtime.undeploy("bench.direct.sleeper.direct", 0).await?;
+    let mut direct = Vec::with_capacity(args.deploys);
+    for _ in 0..args.deploys {
+        let t = Instant::now();
+        runtime.deploy(&cmd).await?;
+        direct.push(t.elapsed().as_secs_f64());
+        runtime.undeploy("bench.direct.sleeper.direct", 0).await?;
+    }
+    let _ = ctr_in(&direct_ns, &["images", "rm", image]);
 
     // Worker footprint: idle, then with instances running.
     let mut idle = vec![idle_usage(worker_pid, args.idle_seconds, 0).await?];
@@ -336,7 +376,16 @@ async fn measure(
     for n in first..number {
         api.undeploy_one(&service, n).await?;
     }
-    Ok((latencies, floor, idle))
+    // The root forgets an instance before its worker has removed the container: wait for that,
+    // so stopping the worker leaves nothing running.
+    let start = Instant::now();
+    while !ctr_in(namespace, &["containers", "ls", "-q"])?.trim().is_empty() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("containers of the benchmark still exist 60 s after their undeploy");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Measured { latencies, floor, direct, idle })
 }
 
 /// RSS at the end and CPU % of one core over `seconds` of the worker doing nothing new.
