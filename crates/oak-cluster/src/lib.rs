@@ -53,7 +53,7 @@ pub struct ClusterConfig {
 const TICK: Duration = Duration::from_millis(100);
 /// Least time between two steps when woken early, so a stream of events cannot make the loop
 /// spin; events in between are handled together.
-const MIN_TICK_GAP: Duration = Duration::from_millis(5);
+const MIN_TICK_GAP: Duration = Duration::from_millis(20);
 
 /// Everything the cluster's tasks share.
 pub struct Ctx {
@@ -166,7 +166,7 @@ impl Cluster {
                         last_report = Instant::now();
                     }
                     let c = ctx.clone();
-                    let _ = tokio::task::spawn_blocking(move || c.tick(report)).await;
+                    let _ = tokio::task::spawn_blocking(move || c.tick(!woken, report)).await;
                 }
                 // Last changes reach the disk before exit.
                 let c = ctx.clone();
@@ -256,7 +256,7 @@ impl Ctx {
         }
         let effects = {
             let mut st = self.state();
-            // Placement happens in the next step (woken at once, at least 5 ms apart), once for
+            // Placement happens in the next step (woken at once, at least 20 ms apart), once for
             // everything that arrived: a burst of deploys costs one pass over the nodes, not one each.
             match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
@@ -306,8 +306,9 @@ impl Ctx {
         }
     }
 
-    /// One control-loop step: timeouts, placement, reports to the root, store writes.
-    fn tick(&self, report: bool) {
+    /// One control-loop step: placement, changes to the root, store writes; on the periodic
+    /// tick also timeouts and due metrics (scans over everything, too costly for every event).
+    fn tick(&self, periodic: bool, report: bool) {
         let now = Instant::now();
         let expired = self.logs.lock().unwrap_or_else(|e| e.into_inner()).expire(now);
         for (request_id, node) in expired {
@@ -316,7 +317,10 @@ impl Ctx {
         let connected = self.root_connected();
         let (effects, updates, resources, batch) = {
             let mut st = self.state();
-            let mut fx = st.check_timeouts(now);
+            let mut fx = if periodic { st.check_timeouts(now) } else { Vec::new() };
+            if periodic {
+                st.queue_due_metrics(now);
+            }
             fx.extend(st.schedule(now));
             let updates = if connected { st.root_updates(false, now) } else { Vec::new() };
             let resources = (connected && report).then(|| st.resources(now));

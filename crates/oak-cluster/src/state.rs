@@ -54,6 +54,16 @@ pub struct Node {
     pub last_seen: Option<Instant>,
     /// Sum of what the instances placed here requested.
     pub placed: Demand,
+    /// The scheduler's view of the node, kept between steps (building one clones the node's
+    /// names and lists, and a burst places many times per second); `None` once `record.info`
+    /// or `placed` changed.
+    view: Option<NodeView>,
+}
+
+impl Node {
+    fn new(record: NodeRecord) -> Self {
+        Node { record, last_seen: None, placed: Demand::default(), view: None }
+    }
 }
 
 pub struct Inst {
@@ -157,7 +167,7 @@ impl ClusterState {
             pending: true,
         };
         for record in nodes {
-            st.nodes.insert(record.id.clone(), Node { record, last_seen: None, placed: Demand::default() });
+            st.nodes.insert(record.id.clone(), Node::new(record));
         }
         for r in instances {
             let job = Arc::new(r.job);
@@ -169,6 +179,7 @@ impl ClusterState {
             if on_node(&inst.status) {
                 if let Some(node) = inst.worker_id.as_ref().and_then(|w| st.nodes.get_mut(w)) {
                     node.placed = node.placed.plus(Demand::of(&inst.job.spec));
+                    node.view = None;
                 }
             }
             st.instances.insert(key, inst);
@@ -182,9 +193,12 @@ impl ClusterState {
     pub fn register_node(&mut self, record: NodeRecord) {
         let id = record.id.clone();
         match self.nodes.get_mut(&id) {
-            Some(node) => node.record = record,
+            Some(node) => {
+                node.record = record;
+                node.view = None;
+            }
             None => {
-                self.nodes.insert(id.clone(), Node { record, last_seen: None, placed: Demand::default() });
+                self.nodes.insert(id.clone(), Node::new(record));
             }
         }
         self.dirty_nodes.insert(id);
@@ -208,6 +222,7 @@ impl ClusterState {
             info.host = node.record.info.host.clone();
         }
         node.record.info = info;
+        node.view = None;
         node.last_seen = Some(now);
         if !was_active {
             tracing::info!(node = node_id, name = %node.record.info.host, "worker active");
@@ -304,6 +319,7 @@ impl ClusterState {
         if let Some(node) = self.nodes.get_mut(&node_id) {
             if was_on_node {
                 node.placed = minus(node.placed, Demand::of(&inst.job.spec));
+                node.view = None;
             }
         }
         Some(Effect::Delete {
@@ -335,7 +351,21 @@ impl ClusterState {
         if due.is_empty() {
             return Vec::new();
         }
-        let mut views = self.views(now);
+        // The nodes' cached views, moved out for this step and back in after it.
+        let timeout = self.timing.node_timeout;
+        let mut views: Vec<NodeView> = self
+            .nodes
+            .values_mut()
+            .map(|n| {
+                let mut view = n
+                    .view
+                    .take()
+                    .unwrap_or_else(|| NodeView::from_info(&n.record.info, false, std::iter::once(n.placed)));
+                view.active = n.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
+                view
+            })
+            .collect();
+        let mut touched = vec![false; views.len()];
         let mut effects = Vec::new();
         for key in due {
             let started = Instant::now();
@@ -352,6 +382,7 @@ impl ClusterState {
                     view.free_gpus = view.free_gpus.saturating_sub(demand.gpus);
                     let node = self.nodes.get_mut(&view.id).expect("views come from nodes");
                     node.placed = node.placed.plus(demand);
+                    touched[i] = true;
                     inst.status = status::NODE_SCHEDULED.into();
                     inst.detail = format!("sent to worker {}", node.record.info.host);
                     inst.worker_id = Some(view.id.clone());
@@ -376,6 +407,11 @@ impl ClusterState {
             }
             self.dirty.insert(key.clone());
             self.to_root.insert(key);
+        }
+        // Nodes placed on get a fresh view next time (computed from what is placed, not from
+        // this step's running subtraction).
+        for ((node, view), touched) in self.nodes.values_mut().zip(views).zip(touched) {
+            node.view = (!touched).then_some(view);
         }
         effects
     }
@@ -581,24 +617,32 @@ impl ClusterState {
 
     /// Reports for the root: state changes now, metrics-only changes at most every
     /// `metrics_interval` per instance. With `full`, every instance.
+    /// Queues for the next [`ClusterState::root_updates`] the instances whose new metrics have
+    /// waited `metrics_interval`. A scan over the instances: the control loop runs it on its
+    /// periodic tick, not on every step an event triggers.
+    pub fn queue_due_metrics(&mut self, now: Instant) {
+        let interval = self.timing.metrics_interval;
+        let instances = &self.instances;
+        let to_root = &mut self.to_root;
+        self.metrics_to_root.retain(|k| {
+            let due =
+                instances.get(k).is_some_and(|i| i.metrics_sent.is_none_or(|t| now.duration_since(t) >= interval));
+            if due {
+                to_root.insert(k.clone());
+            }
+            !due && instances.contains_key(k)
+        });
+    }
+
+    /// Instance states for the root: with `full` every instance, else the changed ones (and
+    /// those [`ClusterState::queue_due_metrics`] queued).
     pub fn root_updates(&mut self, full: bool, now: Instant) -> Vec<InstanceReport> {
         let keys: Vec<Key> = if full {
             self.to_root.clear();
             self.metrics_to_root.clear();
             self.instances.keys().cloned().collect()
         } else {
-            let mut keys: BTreeSet<Key> = std::mem::take(&mut self.to_root);
-            let interval = self.timing.metrics_interval;
-            let instances = &self.instances;
-            self.metrics_to_root.retain(|k| {
-                let due =
-                    instances.get(k).is_some_and(|i| i.metrics_sent.is_none_or(|t| now.duration_since(t) >= interval));
-                if due {
-                    keys.insert(k.clone());
-                }
-                !due && instances.contains_key(k)
-            });
-            keys.into_iter().collect()
+            std::mem::take(&mut self.to_root).into_iter().collect()
         };
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {

@@ -37,6 +37,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement is prepared once and kept: parsing SQL was a good part of a request.
+        conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
@@ -89,12 +91,17 @@ fn query_docs<T: DeserializeOwned>(conn: &Connection, sql: &str, args: impl rusq
 }
 
 fn query_doc<T: DeserializeOwned>(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Option<T>> {
-    let doc: Option<String> = conn.query_row(sql, args, |r| r.get(0)).optional()?;
+    let doc: Option<String> = conn.prepare_cached(sql)?.query_row(args, |r| r.get(0)).optional()?;
     doc.map(|d| from_doc(&d)).transpose()
 }
 
 fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<bool> {
-    Ok(conn.query_row(sql, args, |_| Ok(())).optional()?.is_some())
+    Ok(conn.prepare_cached(sql)?.query_row(args, |_| Ok(())).optional()?.is_some())
+}
+
+/// `execute` through the statement cache.
+fn exec(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(args)
 }
 
 fn expect_changed(n: usize, what: impl FnOnce() -> String) -> Result<()> {
@@ -126,7 +133,8 @@ fn insert_services(tx: &Transaction<'_>, app_id: &str, services: &[Service]) -> 
         }
         let mut doc = s.clone();
         doc.instance_list.clear();
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO services (id, seq, app_id, job_name, doc)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM services), ?2, ?3, ?4)",
             params![s.id, app_id, s.job_name, to_doc(&doc)?],
@@ -139,7 +147,8 @@ fn insert_services(tx: &Transaction<'_>, app_id: &str, services: &[Service]) -> 
 }
 
 fn put_instance_tx(tx: &Connection, service_id: &str, inst: &Instance) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO instances (service_id, instance_number, doc, cluster_id, status) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (service_id, instance_number)
          DO UPDATE SET doc = excluded.doc, cluster_id = excluded.cluster_id, status = excluded.status",
@@ -154,7 +163,8 @@ fn update_service_tx(tx: &Connection, s: &Service) -> Result<()> {
     }
     let mut doc = s.clone();
     doc.instance_list.clear();
-    let n = tx.execute(
+    let n = exec(
+        tx,
         "UPDATE services SET job_name = ?2, doc = ?3 WHERE id = ?1",
         params![s.id, s.job_name, to_doc(&doc)?],
     )?;
@@ -172,7 +182,8 @@ fn load_instances(conn: &Connection, service: &mut Service) -> Result<()> {
 
 fn update_app_tx(tx: &Connection, app: &Application) -> Result<()> {
     check_app_unique(tx, app)?;
-    let n = tx.execute(
+    let n = exec(
+        tx,
         "UPDATE applications SET name = ?2, namespace = ?3, doc = ?4 WHERE id = ?1",
         params![app.id, app.application_name, app.application_namespace, to_doc(app)?],
     )?;
@@ -185,7 +196,8 @@ impl RootStore for SqliteStore {
             if exists(tx, "SELECT 1 FROM users WHERE name = ?1", params![user.name])? {
                 return Err(StoreError::Conflict(format!("a user named {:?} already exists", user.name)));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO users (id, name, doc) VALUES (?1, ?2, ?3)",
                 params![user.id, user.name, to_doc(user)?],
             )?;
@@ -195,7 +207,8 @@ impl RootStore for SqliteStore {
 
     fn update_user(&self, user: &UserRecord) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1",
                 params![user.id, user.name, to_doc(user)?],
             )?;
@@ -224,10 +237,10 @@ impl RootStore for SqliteStore {
                 let before = org.member.len();
                 org.member.retain(|m| m.user_id != user.id);
                 if org.member.len() != before {
-                    tx.execute("UPDATE organizations SET doc = ?2 WHERE id = ?1", params![org.id, to_doc(&org)?])?;
+                    exec(tx, "UPDATE organizations SET doc = ?2 WHERE id = ?1", params![org.id, to_doc(&org)?])?;
                 }
             }
-            tx.execute("DELETE FROM users WHERE id = ?1", params![user.id])?;
+            exec(tx, "DELETE FROM users WHERE id = ?1", params![user.id])?;
             Ok(())
         })
     }
@@ -237,7 +250,8 @@ impl RootStore for SqliteStore {
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1", params![org.name])? {
                 return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO organizations (id, name, doc) VALUES (?1, ?2, ?3)",
                 params![org.id, org.name, to_doc(org)?],
             )?;
@@ -250,7 +264,8 @@ impl RootStore for SqliteStore {
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1 AND id <> ?2", params![org.name, org.id])? {
                 return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
             }
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE organizations SET name = ?2, doc = ?3 WHERE id = ?1",
                 params![org.id, org.name, to_doc(org)?],
             )?;
@@ -272,7 +287,7 @@ impl RootStore for SqliteStore {
 
     fn delete_organization(&self, id: &str) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute("DELETE FROM organizations WHERE id = ?1", params![id])?;
+            let n = exec(tx, "DELETE FROM organizations WHERE id = ?1", params![id])?;
             expect_changed(n, || format!("organization {id}"))
         })
     }
@@ -280,7 +295,8 @@ impl RootStore for SqliteStore {
     fn create_application(&self, app: &Application, services: &[Service]) -> Result<()> {
         self.write(|tx| {
             check_app_unique(tx, app)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO applications (id, seq, owner, name, namespace, doc)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM applications), ?2, ?3, ?4, ?5)",
                 params![app.id, app.user_id, app.application_name, app.application_namespace, to_doc(app)?],
@@ -315,7 +331,7 @@ impl RootStore for SqliteStore {
     fn delete_application(&self, id: &str) -> Result<()> {
         self.write(|tx| {
             // Instances and services go with it (ON DELETE CASCADE).
-            let n = tx.execute("DELETE FROM applications WHERE id = ?1", params![id])?;
+            let n = exec(tx, "DELETE FROM applications WHERE id = ?1", params![id])?;
             expect_changed(n, || format!("application {id}"))
         })
     }
@@ -364,12 +380,12 @@ impl RootStore for SqliteStore {
             let app_id: Option<String> =
                 tx.query_row("SELECT app_id FROM services WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
             let app_id = app_id.ok_or_else(|| StoreError::NotFound(format!("service {id}")))?;
-            tx.execute("DELETE FROM services WHERE id = ?1", params![id])?;
+            exec(tx, "DELETE FROM services WHERE id = ?1", params![id])?;
             if let Some(mut app) =
                 query_doc::<Application>(tx, "SELECT doc FROM applications WHERE id = ?1", params![app_id])?
             {
                 app.microservices.retain(|s| s != id);
-                tx.execute("UPDATE applications SET doc = ?2 WHERE id = ?1", params![app.id, to_doc(&app)?])?;
+                exec(tx, "UPDATE applications SET doc = ?2 WHERE id = ?1", params![app.id, to_doc(&app)?])?;
             }
             Ok(())
         })
@@ -381,7 +397,8 @@ impl RootStore for SqliteStore {
 
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {
         self.write(|tx| {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "DELETE FROM instances WHERE service_id = ?1 AND instance_number = ?2",
                 params![service_id, instance_number],
             )?;
@@ -401,13 +418,21 @@ impl RootStore for SqliteStore {
     }
 
     fn allocate_instance_number(&self, service_id: &str) -> Result<u32> {
+        // Bumped inside SQLite: parsing and re-serializing the whole service document in Rust
+        // for one counter was most of the cost of scaling a service.
         self.write(|tx| {
-            let mut service: Service = query_doc(tx, "SELECT doc FROM services WHERE id = ?1", params![service_id])?
-                .ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
-            let number = service.next_instance_progressive_number;
-            service.next_instance_progressive_number += 1;
-            tx.execute("UPDATE services SET doc = ?2 WHERE id = ?1", params![service_id, to_doc(&service)?])?;
-            Ok(number)
+            let next: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
+                         json_extract(doc, '$.next_instance_progressive_number') + 1)
+                     WHERE id = ?1
+                     RETURNING json_extract(doc, '$.next_instance_progressive_number')",
+                )?
+                .query_row(params![service_id], |r| r.get(0))
+                .optional()?;
+            let next = next.ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
+            u32::try_from(next - 1)
+                .map_err(|_| StoreError::Corrupt(format!("service {service_id} has instance counter {next}")))
         })
     }
 
@@ -420,7 +445,8 @@ impl RootStore for SqliteStore {
             )? {
                 return Err(StoreError::Conflict(format!("a cluster named {:?} already exists", cluster.cluster_name)));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO clusters (id, name, doc) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, doc = excluded.doc",
                 params![cluster.id, cluster.cluster_name, to_doc(cluster)?],
@@ -492,7 +518,8 @@ impl RootStore for SqliteStore {
 
     fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO cluster_tokens (hash, created_at) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
                 params![hash, created_at],
             )?;
@@ -510,7 +537,8 @@ impl RootStore for SqliteStore {
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )?;

@@ -108,7 +108,9 @@ fn resources_report_makes_instances_running_and_reports_them_once() {
     assert_eq!(first[0].cpu_percent, Some(1.5));
     // Metrics-only changes wait for the metrics interval.
     running(&mut st, "a", &j, 0, t + Duration::from_secs(1));
+    st.queue_due_metrics(t + Duration::from_secs(1));
     assert!(st.root_updates(false, t + Duration::from_secs(1)).is_empty());
+    st.queue_due_metrics(t + Duration::from_secs(11));
     assert_eq!(st.root_updates(false, t + Duration::from_secs(11)).len(), 1);
 }
 
