@@ -6,6 +6,8 @@
 //!   memory.
 //! - `deploy` (targets P1, P5): root, cluster and worker processes with real containerd; deploy
 //!   latency of a warm image against `ctr run --rm` in the same run, and the worker's idle footprint.
+//! - `placement` (target P3): the decision time of both schedulers on the sizes of `targets.md`,
+//!   in a quiet process, against one pass over the same candidates.
 //! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
@@ -13,6 +15,7 @@
 mod deploy;
 mod hollow;
 mod machine;
+mod placement;
 mod procs;
 mod report;
 mod signals;
@@ -35,6 +38,8 @@ enum Command {
     Hollow(hollow::HollowArgs),
     /// 1-DOC with real containerd: deploy latency against `ctr run --rm`, worker footprint.
     Deploy(deploy::DeployArgs),
+    /// Decision time of the cluster scheduler (1,000 workers) and the root scheduler (100 clusters).
+    Placement(placement::PlacementArgs),
     /// Run many hollow workers (fake runtime) against one cluster, in this process.
     HollowWorkers(workers::WorkersArgs),
 }
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hollow(args) => hollow::main(args),
         Command::Deploy(args) => deploy::main(args),
+        Command::Placement(args) => placement::main(args),
         Command::HollowWorkers(args) => workers::main(args),
     };
     match result {
