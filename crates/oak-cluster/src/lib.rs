@@ -51,9 +51,12 @@ pub struct ClusterConfig {
 
 /// Period of the control loop (timeouts, placement, reports, store writes) when nothing wakes it.
 const TICK: Duration = Duration::from_millis(100);
-/// Least time between two steps when woken early, so a stream of events cannot make the loop
-/// spin; events in between are handled together.
-const MIN_TICK_GAP: Duration = Duration::from_millis(20);
+/// Least and most time between two steps when woken early, so a stream of events cannot make
+/// the loop spin; events in between are handled together. Within these bounds the gap is the
+/// last step's duration times [`STEP_SHARE_INVERSE`].
+const MIN_TICK_GAP: Duration = Duration::from_millis(1);
+const MAX_TICK_GAP: Duration = Duration::from_millis(50);
+const STEP_SHARE_INVERSE: u32 = 5;
 
 /// Everything the cluster's tasks share.
 pub struct Ctx {
@@ -149,6 +152,7 @@ impl Cluster {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_report = Instant::now();
                 let mut last_tick = Instant::now();
+                let mut gap = MIN_TICK_GAP;
                 loop {
                     let woken = tokio::select! {
                         _ = tick.tick() => false,
@@ -157,8 +161,8 @@ impl Cluster {
                     };
                     // A burst of wake-ups shares one step (they coalesce meanwhile).
                     let since = last_tick.elapsed();
-                    if woken && since < MIN_TICK_GAP {
-                        tokio::time::sleep(MIN_TICK_GAP - since).await;
+                    if woken && since < gap {
+                        tokio::time::sleep(gap - since).await;
                     }
                     last_tick = Instant::now();
                     let report = last_report.elapsed() >= ctx.config.report_interval;
@@ -166,7 +170,11 @@ impl Cluster {
                         last_report = Instant::now();
                     }
                     let c = ctx.clone();
+                    let started = Instant::now();
                     let _ = tokio::task::spawn_blocking(move || c.tick(!woken, report)).await;
+                    // Steps take at most about a fifth of a core: a cheap step may follow at once,
+                    // an expensive one (a burst of placements) makes the next wait.
+                    gap = (started.elapsed() * STEP_SHARE_INVERSE).clamp(MIN_TICK_GAP, MAX_TICK_GAP);
                 }
                 // Last changes reach the disk before exit.
                 let c = ctx.clone();
@@ -256,8 +264,8 @@ impl Ctx {
         }
         let effects = {
             let mut st = self.state();
-            // Placement happens in the next step (woken at once, at least 20 ms apart), once for
-            // everything that arrived: a burst of deploys costs one pass over the nodes, not one each.
+            // Placement happens in the next step (woken at once, spaced by the steps' own cost),
+            // once for everything that arrived: a burst costs one pass over the nodes, not one each.
             match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
