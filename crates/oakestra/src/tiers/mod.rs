@@ -18,8 +18,22 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Keeps the resident memory of long-running tiers close to what they use. glibc otherwise
+/// keeps big freed buffers (a login's 19 MiB argon2 work area) in the heap of each thread's
+/// arena for good: an idle root grew from 13 to 70 MB after a few logins. A fixed mmap threshold
+/// maps such buffers and unmaps them when freed; two arenas suffice for two runtime threads.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs `body` on a multi-threaded runtime; its error is printed as `oakestra <tier>: …`.
 pub fn block_on(tier: &str, body: impl Future<Output = ExitCode>) -> ExitCode {
+    tune_allocator();
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt.block_on(body),
         Err(e) => {
