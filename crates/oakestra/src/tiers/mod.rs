@@ -21,13 +21,12 @@ pub fn init_logging() {
 /// Keeps the resident memory of long-running tiers close to what they use. glibc otherwise
 /// keeps big freed buffers (a login's 19 MiB argon2 work area) in the heap of each thread's
 /// arena for good: an idle root grew from 13 to 70 MB after a few logins. A fixed mmap threshold
-/// maps such buffers and unmaps them when freed; two arenas suffice for two runtime threads.
+/// maps such buffers and unmaps them when freed.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     }
 }
 
