@@ -15,3 +15,4 @@ pub mod placement;
 pub mod reservations;
 pub mod sla;
 pub mod stats;
+pub mod utc;
