@@ -3,6 +3,7 @@
 //! Everything here is a plain function of its inputs, so it is tested by tables and reused by
 //! every tier.
 
+pub mod addresses;
 pub mod authz;
 pub mod jobs;
 /// The cluster tier's scheduler and resource report: which worker runs an instance, a node's
