@@ -11,6 +11,10 @@ use anyhow::{bail, Context, Result};
 use oak_e2e::{images, wait_until, Registry, Workdir};
 use serde_json::{json, Value};
 
+mod e2e;
+
+use e2e::http;
+
 const API: &str = "http://127.0.0.1:10000";
 
 struct Up {
@@ -23,30 +27,12 @@ impl Drop for Up {
     }
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
-}
-
 fn api(token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
-    let mut req = http().request(method.clone(), format!("{API}{path}")).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().with_context(|| format!("{method} {path}"))?;
-    let status = resp.status();
-    let text = resp.text()?;
-    if !status.is_success() {
-        bail!("{method} {path}: {status}: {text}");
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    e2e::api(API, token, method, path, body)
 }
 
 fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("ctr").arg("-a").arg(socket).args(["-n", "oakestra"]).args(args).output()?;
-    if !out.status.success() {
-        bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    e2e::ctr(socket, "oakestra", args)
 }
 
 /// The socket the worker uses: its own containerd's if it started one, else the system's.

@@ -18,6 +18,9 @@
 //! On failure the tails of every node's log, the API's last state and what `ctr` lists are
 //! printed, and the work directory (`/var/tmp/oak-e2e/e2e-lab-…`) is kept.
 
+mod e2e;
+
+use e2e::http;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -127,10 +130,6 @@ struct Topology {
     images: Images,
     /// Ids of the services created, for the final undeploy.
     services: Vec<String>,
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 #[test]
@@ -435,17 +434,7 @@ impl Topology {
     // ---------------------------------------------------------------- API, CLI, ctr
 
     fn api(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        let mut req = http().request(method.clone(), format!("{}{path}", self.api)).bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().with_context(|| format!("{method} {path}"))?;
-        let status = resp.status();
-        let text = resp.text()?;
-        if !status.is_success() {
-            bail!("{method} {path}: {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        e2e::api(&self.api, &self.token, method, path, body)
     }
 
     fn instances(&self, id: &str) -> Result<Vec<Value>> {
@@ -555,11 +544,7 @@ impl Topology {
     }
 
     fn ctr(&self, ns: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", ns]).args(args).output()?;
-        if !out.status.success() {
-            bail!("ctr -n {ns} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        e2e::ctr(&self.socket, ns, args)
     }
 
     /// Container ids in containerd namespace `ns`.
