@@ -1,0 +1,33 @@
+//! Data path of the overlay network on a worker (spec `oakestra-net.md` §4): a user-space proxy
+//! between the TUN device that receives every packet for the semantic range (10.30.0.0/16) and the
+//! UDP tunnel to the other workers.
+//!
+//! Everything except [`tun`] is pure logic: no sockets, no clock reads (the caller passes
+//! `Instant`s), so the whole translation can be tested packet by packet. The caller owns the I/O
+//! loop: read from the TUN → [`Proxy::outbound`], read from the tunnel socket →
+//! [`probe::classify`] → [`Proxy::inbound`], and act on the returned action.
+
+pub mod config;
+pub mod flows;
+pub mod packet;
+pub mod ports;
+pub mod probe;
+pub mod proxy;
+pub mod queue;
+pub mod routes;
+pub mod stats;
+pub mod tun;
+
+#[cfg(test)]
+mod proxy_tests;
+#[cfg(test)]
+mod testutil;
+
+pub use config::{ProxyConfig, QueueLimits, Timeouts};
+pub use packet::{PacketError, Protocol};
+pub use ports::{parse_port_mappings, PortError, PortMapping, Proto, DEFAULT_TUNNEL_PORT};
+pub use probe::{classify, Datagram, Probe, ProbeKind};
+pub use proxy::{Expired, Inbound, Outbound, Proxy, TableError, TableReport};
+pub use routes::Target;
+pub use stats::{DropCounts, DropReason, ProxyStats};
+pub use tun::Tun;

@@ -1,0 +1,314 @@
+//! The proxy: translation of packets between local instances and the overlay (spec §4.3).
+//!
+//! Outbound it does "DNAT service IP → chosen nsIP + SNAT sender nsIP → sender instance IP";
+//! inbound it undoes the source part for replies of tracked flows. It never performs I/O: every
+//! call returns what the caller must do with the (rewritten in place) packet.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use oak_api::net::RouteTable;
+
+use crate::config::ProxyConfig;
+use crate::flows::{Flow, FlowKey, FlowTable};
+use crate::packet::{self, PacketInfo};
+use crate::queue::{Enqueued, PendingQueue};
+use crate::routes::{Resolved, Routes, Target};
+use crate::stats::{DropReason, ProxyStats};
+
+/// What to do with a packet read from the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send the rewritten packet as the payload of a UDP datagram to this worker endpoint.
+    Tunnel(SocketAddrV4),
+    /// The target is on this node: write the rewritten packet back into the TUN.
+    Local,
+    /// The destination's table is unknown: a copy of the packet was queued; ask the cluster for
+    /// the table of this address and pass the answer to [`Proxy::apply_table`].
+    Query(Ipv4Addr),
+    /// A copy was queued behind an outstanding query; nothing to do.
+    Queued,
+    Drop(DropReason),
+}
+
+/// What to do with a packet received from the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Write the (possibly rewritten) packet into the TUN.
+    Deliver,
+    Drop(DropReason),
+}
+
+/// Jobs whose interest expired in [`Proxy::expire`]: the caller tells the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Sorted job names.
+    pub jobs: Vec<String>,
+    /// Flows removed for idleness.
+    pub flows: usize,
+}
+
+/// A table that cannot be applied at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("route table without app_name")]
+    MissingJob,
+}
+
+/// What applying a table did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableReport {
+    /// Queued packets now waiting in [`Proxy::take_released`].
+    pub released: usize,
+    /// Queued packets dropped because the table reports an error for their address.
+    pub failed: usize,
+    /// Entries of the table that were ignored, with the reason (for logging).
+    pub skipped: Vec<String>,
+}
+
+/// A local instance: its namespace address maps to its identity in the overlay.
+#[derive(Debug, Clone)]
+struct Local {
+    instance_ip: Ipv4Addr,
+    job: String,
+}
+
+/// The translation state of one worker.
+#[derive(Debug)]
+pub struct Proxy {
+    cfg: ProxyConfig,
+    locals: HashMap<Ipv4Addr, Local>,
+    routes: Routes,
+    flows: FlowTable,
+    queue: PendingQueue,
+    stats: ProxyStats,
+}
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig) -> Self {
+        Proxy {
+            locals: HashMap::new(),
+            routes: Routes::new(),
+            flows: FlowTable::new(),
+            queue: PendingQueue::new(cfg.queue),
+            stats: ProxyStats::default(),
+            cfg,
+        }
+    }
+
+    /// The worker's advertised tunnel endpoint changed (e.g. new public address).
+    pub fn set_own_endpoint(&mut self, ep: SocketAddrV4) {
+        self.cfg.own_endpoint = ep;
+    }
+
+    pub fn own_endpoint(&self) -> SocketAddrV4 {
+        self.cfg.own_endpoint
+    }
+
+    /// Registers a local instance; its job's table is kept while it exists. Re-registering an
+    /// nsIP replaces the old instance and forgets its flows.
+    pub fn add_local(&mut self, ns_ip: Ipv4Addr, instance_ip: Ipv4Addr, job: &str) {
+        let old = self.locals.insert(ns_ip, Local { instance_ip, job: job.to_string() });
+        if old.is_some() {
+            self.flows.retain(|k, _| k.src != ns_ip);
+        }
+    }
+
+    /// Unregisters a local instance and forgets the flows it started.
+    pub fn remove_local(&mut self, ns_ip: Ipv4Addr) {
+        if self.locals.remove(&ns_ip).is_some() {
+            self.flows.retain(|k, _| k.src != ns_ip);
+        }
+    }
+
+    /// Applies a table query answer or pushed update: replaces everything known about its job,
+    /// releases packets waiting for any of its addresses and drops flows whose instance is gone.
+    /// An answer with `error` set only fails the query it answers (`query_key` as an IP).
+    pub fn apply_table(&mut self, table: &RouteTable, now: Instant) -> Result<TableReport, TableError> {
+        if !table.error.is_empty() {
+            let failed = match table.query_key.trim().parse::<Ipv4Addr>() {
+                Ok(ip) => self.queue.fail(ip, now, &self.cfg.timeouts),
+                Err(_) => 0,
+            };
+            self.collect_queue_drops();
+            return Ok(TableReport { failed, ..TableReport::default() });
+        }
+        if table.app_name.trim().is_empty() {
+            return Err(TableError::MissingJob);
+        }
+        let replaced = self.routes.replace(table, now);
+        let job = table.app_name.as_str();
+        let routes = &self.routes;
+        self.flows.retain(|k, f| f.job != job || routes.still_routes(job, k.dst, &f.target));
+        let mut released = 0;
+        for ip in &replaced.addresses {
+            released += self.queue.release(*ip);
+        }
+        self.stats.released += released as u64;
+        Ok(TableReport { released, failed: 0, skipped: replaced.skipped })
+    }
+
+    /// Forgets a job's table and its flows.
+    pub fn remove_job(&mut self, job: &str) {
+        self.routes.remove(job);
+        self.flows.retain(|_, f| f.job != job);
+    }
+
+    /// Translates a packet sent by a local instance (read from the TUN), in place.
+    pub fn outbound(&mut self, pkt: &mut [u8], now: Instant) -> Outbound {
+        self.stats.packets_out += 1;
+        let action = self.translate_outbound(pkt, now);
+        match action {
+            Outbound::Tunnel(_) => self.stats.tunneled += 1,
+            Outbound::Local => self.stats.local += 1,
+            Outbound::Query(_) => self.stats.queries += 1,
+            Outbound::Queued => {}
+            Outbound::Drop(reason) => self.stats.drops.add(reason, 1),
+        }
+        action
+    }
+
+    /// Translates a packet received from the tunnel for a local instance, in place.
+    pub fn inbound(&mut self, pkt: &mut [u8], now: Instant) -> Inbound {
+        self.stats.packets_in += 1;
+        let action = match packet::parse(pkt) {
+            Err(e) => Inbound::Drop(e.into()),
+            Ok(info) => self.translate_inbound(pkt, &info, now),
+        };
+        match action {
+            Inbound::Deliver => self.stats.delivered += 1,
+            Inbound::Drop(reason) => self.stats.drops.add(reason, 1),
+        }
+        action
+    }
+
+    /// Packets released by tables since the last call; feed each through [`Self::outbound`].
+    pub fn take_released(&mut self) -> Vec<Vec<u8>> {
+        self.queue.take_released()
+    }
+
+    /// Periodic housekeeping: drops idle flows and stale queued packets, and removes the tables
+    /// of jobs without local instance unused for the interest timeout.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let t = self.cfg.timeouts;
+        let flows = self.flows.expire(now, &t);
+        self.queue.expire(now, &t);
+        self.collect_queue_drops();
+        let mut jobs: Vec<String> = self
+            .routes
+            .job_names()
+            .filter(|job| !self.locals.values().any(|l| l.job == *job))
+            .filter(|job| {
+                self.routes.last_used(job).is_some_and(|at| now.saturating_duration_since(at) >= t.interest_idle)
+            })
+            .map(str::to_string)
+            .collect();
+        jobs.sort();
+        for job in &jobs {
+            self.remove_job(job);
+        }
+        self.routes.prune_rtts(self.cfg.own_endpoint);
+        Expired { jobs, flows }
+    }
+
+    /// Records a measured round-trip time to a worker, for the closest policy.
+    pub fn set_rtt(&mut self, peer: SocketAddrV4, rtt: Duration) {
+        self.routes.set_rtt(peer, rtt);
+    }
+
+    /// Workers to probe: endpoints of instances of jobs with a closest address, except this one.
+    pub fn probe_targets(&self) -> Vec<SocketAddrV4> {
+        self.routes.probe_targets(self.cfg.own_endpoint)
+    }
+
+    /// Whether the table of `job` is known.
+    pub fn has_job(&self, job: &str) -> bool {
+        self.routes.has_job(job)
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats { flows: self.flows.len(), queued: self.queue.len(), jobs: self.routes.len(), ..self.stats }
+    }
+
+    fn translate_outbound(&mut self, pkt: &mut [u8], now: Instant) -> Outbound {
+        let info = match packet::parse(pkt) {
+            Ok(info) => info,
+            Err(e) => return Outbound::Drop(e.into()),
+        };
+        let Some(sender) = self.locals.get(&info.src) else {
+            return Outbound::Drop(DropReason::NotFromLocal);
+        };
+        let client_instance_ip = sender.instance_ip;
+        let key = FlowKey::of(&info);
+        let target = match self.existing_choice(&key, info.tcp_flags, now) {
+            Some(target) => target,
+            None => match self.routes.resolve(info.dst, self.cfg.own_endpoint) {
+                Resolved::Unknown => return self.enqueue(info.dst, pkt, now),
+                Resolved::NoTarget { job } => {
+                    self.routes.touch(&job, now);
+                    return Outbound::Drop(DropReason::NoRoutableInstance);
+                }
+                Resolved::Target { job, target } => {
+                    self.routes.touch(&job, now);
+                    self.flows.insert(key, Flow::new(job, client_instance_ip, target, now));
+                    self.flows.touch_outbound(&key, info.tcp_flags, now);
+                    target
+                }
+            },
+        };
+        packet::rewrite_addresses(pkt, &info, client_instance_ip, target.ns_ip);
+        if target.endpoint != self.cfg.own_endpoint {
+            return Outbound::Tunnel(target.endpoint);
+        }
+        let local_info = PacketInfo { src: client_instance_ip, dst: target.ns_ip, ..info };
+        match self.translate_inbound(pkt, &local_info, now) {
+            Inbound::Deliver => Outbound::Local,
+            Inbound::Drop(reason) => Outbound::Drop(reason),
+        }
+    }
+
+    /// The target of an existing flow if it may keep it; a flow whose instance is gone is dropped
+    /// so the caller re-picks.
+    fn existing_choice(&mut self, key: &FlowKey, tcp_flags: u8, now: Instant) -> Option<Target> {
+        let flow = self.flows.get(key)?;
+        if !self.routes.still_routes(&flow.job, key.dst, &flow.target) {
+            self.flows.remove(key);
+            return None;
+        }
+        let flow = self.flows.touch_outbound(key, tcp_flags, now)?;
+        self.routes.touch(&flow.job, now);
+        Some(flow.target)
+    }
+
+    fn enqueue(&mut self, dst: Ipv4Addr, pkt: &[u8], now: Instant) -> Outbound {
+        let outcome = self.queue.push(dst, pkt, now, &self.cfg.timeouts);
+        self.collect_queue_drops();
+        match outcome {
+            Enqueued::Ask => Outbound::Query(dst),
+            Enqueued::Waiting => Outbound::Queued,
+            Enqueued::Full => Outbound::Drop(DropReason::QueueFull),
+            Enqueued::KnownUnknown => Outbound::Drop(DropReason::UnknownDestination),
+        }
+    }
+
+    fn translate_inbound(&mut self, pkt: &mut [u8], info: &PacketInfo, now: Instant) -> Inbound {
+        if !self.locals.contains_key(&info.dst) {
+            return Inbound::Drop(DropReason::NotForLocal);
+        }
+        let reply = FlowKey::of(info);
+        if let Some((orig, flow)) = self.flows.match_reply(&reply, info.tcp_flags, now) {
+            packet::rewrite_addresses(pkt, info, orig.dst, info.dst);
+            self.routes.touch(&flow.job, now);
+        }
+        Inbound::Deliver
+    }
+
+    /// Moves the queue's discard counters into the drop statistics.
+    fn collect_queue_drops(&mut self) {
+        let d = self.queue.take_discarded();
+        self.stats.drops.add(DropReason::QueueExpired, d.expired as u64);
+        self.stats.drops.add(DropReason::QueueFull, d.overflow as u64);
+        self.stats.drops.add(DropReason::QueryFailed, d.failed as u64);
+    }
+}
