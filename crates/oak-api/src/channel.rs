@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::RouteTable;
 use crate::node::{JobSpec, LogCursor};
 
 /// Largest frame either side accepts.
@@ -51,6 +52,24 @@ pub enum ClusterMsg {
         #[serde(default)]
         error: String,
     },
+    /// Asks the root for a worker's overlay subnet (the same one again if the node has one);
+    /// answered with [`RootMsg::Subnet`].
+    SubnetRequest { request_id: u64, node_id: String },
+    /// Every node the cluster knows (sent after `Welcome` and when a node is removed): the root
+    /// releases the subnets of this cluster's nodes not listed.
+    Nodes { node_ids: Vec<String> },
+    /// A route-table query for a job name or a service/instance IP (exactly one is non-empty);
+    /// answered with [`RootMsg::Table`]. The root then pushes the job's changes
+    /// ([`RootMsg::Routes`]) to this cluster until it sends [`ClusterMsg::Uninterest`].
+    TableQuery {
+        request_id: u64,
+        #[serde(default)]
+        job_name: String,
+        #[serde(default)]
+        ip: String,
+    },
+    /// No worker of this cluster needs the job's routes any more.
+    Uninterest { job_name: String },
 }
 
 /// Root → cluster.
@@ -87,6 +106,25 @@ pub enum RootMsg {
         #[serde(default)]
         cursor: Option<LogCursor>,
     },
+    /// Answer to [`ClusterMsg::SubnetRequest`]: `subnet` like `10.18.0.64/26`, or `error`.
+    Subnet {
+        request_id: u64,
+        node_id: String,
+        #[serde(default)]
+        subnet: String,
+        #[serde(default)]
+        error: String,
+    },
+    /// Answer to [`ClusterMsg::TableQuery`] (`table.error` set when unknown).
+    Table {
+        request_id: u64,
+        table: RouteTable,
+    },
+    /// A job's route table changed (instance placed, running, moved, dead or removed; service
+    /// deleted: empty `instance_list`). Sent to every cluster interested in the job.
+    Routes {
+        table: RouteTable,
+    },
 }
 
 /// One instance the root asks a cluster to run.
@@ -94,6 +132,9 @@ pub enum RootMsg {
 pub struct DeployInstance {
     pub instance_number: u32,
     pub job: JobSpec,
+    /// The instance's service IP, allocated by the root when the instance was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -113,6 +154,8 @@ pub struct InstanceReport {
     pub worker_id: Option<String>,
     pub host_ip: Option<String>,
     pub host_port: Option<String>,
+    /// The instance's overlay address on its worker's bridge.
+    pub namespace_ip: Option<String>,
     pub publicip: Option<String>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,

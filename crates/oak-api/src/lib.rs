@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod error;
 pub mod model;
+pub mod net;
 pub mod node;
 pub mod rest;
 pub mod sla;

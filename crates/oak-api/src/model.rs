@@ -49,6 +49,9 @@ pub struct Service {
     pub rr_ip: Option<String>,
     #[serde(rename = "RR_ip_v6", default)]
     pub rr_ip_v6: Option<String>,
+    /// The closest-instance service IP, when the descriptor asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_ip: Option<String>,
     #[serde(default)]
     pub next_instance_progressive_number: u32,
     /// Absent until the first instance is requested, as in the original.
@@ -78,6 +81,7 @@ impl Service {
         "image",
         "RR_ip",
         "RR_ip_v6",
+        "closest_ip",
         "next_instance_progressive_number",
         "status",
         "status_detail",
@@ -103,6 +107,13 @@ pub struct Instance {
     pub host_ip: Option<String>,
     #[serde(default)]
     pub host_port: Option<String>,
+    /// The instance's service IP (10.30.x.y), allocated when the instance is created and kept
+    /// until it is removed, also when it moves.
+    #[serde(default)]
+    pub instance_ip: Option<String>,
+    /// Its current address on its worker's overlay bridge (changes when it moves).
+    #[serde(default)]
+    pub namespace_ip: Option<String>,
     #[serde(default)]
     pub publicip: Option<String>,
     #[serde(default)]
@@ -132,6 +143,8 @@ impl Instance {
             worker_id: None,
             host_ip: None,
             host_port: None,
+            instance_ip: None,
+            namespace_ip: None,
             publicip: None,
             cpu_percent: None,
             memory_percent: None,

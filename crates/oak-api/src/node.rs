@@ -46,6 +46,9 @@ pub struct NodeInfo {
     pub virtualization: Vec<String>,
     pub supported_addons: Vec<String>,
     pub csi_drivers: Vec<Value>,
+    /// Present when the worker runs the overlay network (not `--no-overlay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<crate::net::OverlayInfo>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,6 +86,10 @@ pub struct RegisterNodeResponse {
     pub mqtt_host: String,
     pub mqtt_username: String,
     pub mqtt_password: String,
+    /// The worker's overlay subnet (`10.18.0.64/26`) from the root, kept for the node's life;
+    /// empty when the worker registered without the overlay.
+    #[serde(default)]
+    pub subnet: String,
 }
 
 /// What a worker needs to run one instance: the job document plus the instance number
@@ -92,6 +99,13 @@ pub struct DeployCommand {
     #[serde(flatten)]
     pub job: JobSpec,
     pub instance_number: u32,
+    /// The instance's service IP from the root (source address of its overlay traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ip: Option<String>,
+    /// Network namespace the container joins. Never sent: the worker's overlay sets it just
+    /// before the runtime starts the instance (`None` = the worker's own namespace).
+    #[serde(skip)]
+    pub netns: Option<String>,
 }
 
 /// The runnable part of a service, as the cluster and the worker see it.
@@ -126,6 +140,9 @@ pub struct JobStatusReport {
     pub status_detail: String,
     pub instance: u32,
     pub publicip: String,
+    /// The instance's address on the worker's overlay bridge, once it has one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub nsip: String,
 }
 
 /// `nodes/<id>/jobs/resources`: every instance the worker runs, with its usage.

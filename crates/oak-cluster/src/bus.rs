@@ -26,8 +26,15 @@ pub enum MqttMode {
     External { url: String },
 }
 
-/// The topics the cluster listens to.
-const FILTERS: &[&str] = &["nodes/+/information", "nodes/+/job", "nodes/+/jobs/resources", "nodes/+/logs"];
+/// The topics the cluster listens to (not `nodes/+/net/#`: it publishes the query results there).
+const FILTERS: &[&str] = &[
+    "nodes/+/information",
+    "nodes/+/job",
+    "nodes/+/jobs/resources",
+    "nodes/+/logs",
+    "nodes/+/net/tablequery/request",
+    "nodes/+/net/interest/remove",
+];
 
 pub struct Bus {
     kind: Kind,

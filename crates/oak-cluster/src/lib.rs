@@ -11,8 +11,10 @@ mod credentials;
 mod logs;
 mod node_api;
 mod root_link;
+pub mod routes;
 pub mod state;
 pub mod store;
+mod subnets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use oak_api::channel::{ClusterMsg, RootMsg};
+use oak_api::net::{InterestRemove, TableQuery};
 use oak_api::node::{topic, JobStatusReport, NodeInfo, ResourcesReport};
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +70,8 @@ pub struct Ctx {
     node_token_hash: String,
     root: Mutex<Option<mpsc::UnboundedSender<ClusterMsg>>>,
     logs: Mutex<logs::Relay>,
+    /// Registrations waiting for a subnet from the root.
+    subnets: Mutex<subnets::Waits>,
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
@@ -103,6 +108,7 @@ impl Cluster {
             bus,
             root: Mutex::new(None),
             logs: Mutex::new(logs::Relay::default()),
+            subnets: Mutex::new(subnets::Waits::default()),
             wake: tokio::sync::Notify::new(),
             config,
         });
@@ -251,6 +257,17 @@ impl Ctx {
                 }
                 Err(e) => vec![garbled(node, kind, e)],
             },
+            oak_api::net::topic::TABLE_QUERY => match serde_json::from_slice::<TableQuery>(payload) {
+                Ok(q) => {
+                    let connected = self.root_connected();
+                    self.state().table_query(node, q, connected, now)
+                }
+                Err(e) => vec![garbled(node, kind, e)],
+            },
+            oak_api::net::topic::INTEREST_REMOVE => match serde_json::from_slice::<InterestRemove>(payload) {
+                Ok(r) => self.state().routes.remove_interest(node, r.appname.trim()),
+                Err(e) => vec![garbled(node, kind, e)],
+            },
             _ => Vec::new(),
         };
         self.perform(effects);
@@ -258,10 +275,28 @@ impl Ctx {
 
     fn on_root_message(&self, msg: RootMsg) {
         let now = Instant::now();
-        if let RootMsg::Logs { request_id, job_id, instance_number, tail, cursor } = msg {
-            self.on_logs_request(request_id, &job_id, instance_number, tail, cursor, now);
-            return;
-        }
+        let msg = match msg {
+            RootMsg::Logs { request_id, job_id, instance_number, tail, cursor } => {
+                self.on_logs_request(request_id, &job_id, instance_number, tail, cursor, now);
+                return;
+            }
+            RootMsg::Subnet { request_id, subnet, error, .. } => {
+                let answer = if error.is_empty() { Ok(subnet) } else { Err(error) };
+                self.subnets.lock().unwrap_or_else(|e| e.into_inner()).answer(request_id, answer);
+                return;
+            }
+            RootMsg::Table { request_id, table } => {
+                let effects = self.state().routes.answer(request_id, table);
+                self.perform(effects);
+                return;
+            }
+            RootMsg::Routes { table } => {
+                let effects = self.state().routes.routes(table);
+                self.perform(effects);
+                return;
+            }
+            other => other,
+        };
         let effects = {
             let mut st = self.state();
             // Placement happens in the next step (woken at once, spaced by the steps' own cost),
@@ -269,7 +304,12 @@ impl Ctx {
             match msg {
                 RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
-                RootMsg::Welcome { .. } | RootMsg::Refused { .. } | RootMsg::Logs { .. } => Vec::new(),
+                RootMsg::Welcome { .. }
+                | RootMsg::Refused { .. }
+                | RootMsg::Logs { .. }
+                | RootMsg::Subnet { .. }
+                | RootMsg::Table { .. }
+                | RootMsg::Routes { .. } => Vec::new(),
             }
         };
         // Placed at once rather than at the next tick.
@@ -328,6 +368,7 @@ impl Ctx {
             let mut fx = if periodic { st.check_timeouts(now) } else { Vec::new() };
             if periodic {
                 st.queue_due_metrics(now);
+                fx.extend(st.routes.expire(now));
             }
             fx.extend(st.schedule(now));
             let updates = if connected { st.root_updates(false, now) } else { Vec::new() };
@@ -358,12 +399,23 @@ impl Ctx {
     }
 
     fn perform(&self, effects: Vec<Effect>) {
+        let mut forgotten = false;
         for e in effects {
-            let (topic_name, payload) = match &e {
-                Effect::Deploy { node, cmd } => (topic::deploy(node), serde_json::to_vec(cmd)),
-                Effect::Delete { node, cmd } => (topic::delete(node), serde_json::to_vec(cmd)),
+            let (topic_name, payload) = match e {
+                Effect::Deploy { node, cmd } => (topic::deploy(&node), serde_json::to_vec(&cmd)),
+                Effect::Delete { node, cmd } => (topic::delete(&node), serde_json::to_vec(&cmd)),
                 Effect::NodeError { node, message } => {
-                    (topic::error(node), serde_json::to_vec(&oak_api::node::ControlError { message: message.clone() }))
+                    (topic::error(&node), serde_json::to_vec(&oak_api::node::ControlError { message }))
+                }
+                Effect::Table { node, table } => (oak_api::net::topic::table_result(&node), serde_json::to_vec(&table)),
+                Effect::Root(msg) => {
+                    self.send_root(*msg);
+                    continue;
+                }
+                Effect::Forgotten { node } => {
+                    self.bus.kick(&node);
+                    forgotten = true;
+                    continue;
                 }
             };
             match payload {
@@ -371,6 +423,48 @@ impl Ctx {
                 Err(err) => tracing::error!(error = %err, "cannot encode a command"),
             }
         }
+        if forgotten {
+            // The root gives the forgotten nodes' subnets back.
+            self.send_root(ClusterMsg::Nodes { node_ids: self.node_ids() });
+        }
+    }
+
+    /// Every node the cluster knows, for the root's subnet bookkeeping: those registering now
+    /// (read first: a registration stores its node before it stops waiting) and the stored ones.
+    fn node_ids(&self) -> Vec<String> {
+        let mut ids: std::collections::BTreeSet<String> =
+            self.subnets.lock().unwrap_or_else(|e| e.into_inner()).nodes().cloned().collect();
+        ids.extend(self.state().node_ids().cloned());
+        ids.into_iter().collect()
+    }
+
+    /// Asks the root for a node's overlay subnet. The returned guard keeps the request listed
+    /// (see [`Ctx::node_ids`]) until the caller has stored the node.
+    async fn request_subnet(&self, node_id: &str) -> (SubnetRequest<'_>, Result<String, String>) {
+        let (id, rx) = self.subnets.lock().unwrap_or_else(|e| e.into_inner()).start(node_id);
+        let guard = SubnetRequest { ctx: self, id };
+        const AWAY: &str = "the overlay needs a subnet from the root, which is not reachable";
+        if !self.send_root(ClusterMsg::SubnetRequest { request_id: id, node_id: node_id.to_string() }) {
+            return (guard, Err(format!("{AWAY}: try again later")));
+        }
+        let answer = match tokio::time::timeout(subnets::ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(Ok(subnet))) => subnets::check(&subnet).map(|()| subnet),
+            Ok(Ok(Err(e))) => Err(format!("the root cannot give this node an overlay subnet: {e}")),
+            Ok(Err(_)) | Err(_) => Err(format!("{AWAY} (no answer within {} s)", subnets::ANSWER_TIMEOUT.as_secs())),
+        };
+        (guard, answer)
+    }
+}
+
+/// A subnet request in progress; dropping it ends it.
+struct SubnetRequest<'a> {
+    ctx: &'a Ctx,
+    id: u64,
+}
+
+impl Drop for SubnetRequest<'_> {
+    fn drop(&mut self) {
+        self.ctx.subnets.lock().unwrap_or_else(|e| e.into_inner()).finish(self.id);
     }
 }
 

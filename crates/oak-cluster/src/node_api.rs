@@ -68,18 +68,53 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
                         format!("node id {claimed} belongs to another worker (its node_secret does not match)"),
                     );
                 }
+                None if ctx.store.is_forgotten(claimed).unwrap_or(false) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "node id {claimed} was forgotten after {} s of silence: register without an id to join as a new node",
+                            ctx.config.timing.node_forget_after.as_secs()
+                        ),
+                    );
+                }
                 _ => claimed.to_string(),
             }
         }
     };
+    // The overlay's subnet: the node keeps the one it has; a new one comes from the root.
+    let stored_subnet = ctx.state().node_subnet(&id).map(str::to_string);
+    let mut _waiting = None;
+    let subnet = match (&info.overlay, stored_subnet.clone()) {
+        (None, _) => String::new(),
+        (Some(_), Some(subnet)) => subnet,
+        (Some(_), None) => {
+            let (request, answer) = ctx.request_subnet(&id).await;
+            _waiting = Some(request);
+            match answer {
+                Ok(subnet) => subnet,
+                Err(message) => {
+                    tracing::warn!(node = %id, %message, "worker registration postponed");
+                    return error(StatusCode::SERVICE_UNAVAILABLE, message);
+                }
+            }
+        }
+    };
+    if let Some(overlay) = info.overlay.as_mut() {
+        overlay.subnet = subnet.clone();
+    }
     let secret = credentials::new_secret("");
     info.id = id.clone();
-    let record = NodeRecord { id: id.clone(), secret_hash: credentials::hash(secret.as_bytes()), info };
+    let record = NodeRecord {
+        id: id.clone(),
+        secret_hash: credentials::hash(secret.as_bytes()),
+        info,
+        subnet: if subnet.is_empty() { stored_subnet.unwrap_or_default() } else { subnet.clone() },
+    };
     if let Err(e) = ctx.store.put_node(&record) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the node: {e}"));
     }
-    tracing::info!(node = %id, name = %record.info.host, "worker registered");
-    ctx.state().register_node(record);
+    tracing::info!(node = %id, name = %record.info.host, subnet = %record.subnet, "worker registered");
+    ctx.state().register_node(record, Instant::now());
     // A reconnecting worker's old broker session used the old password: end it.
     ctx.bus.kick(&id);
     Json(RegisterNodeResponse {
@@ -88,6 +123,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
         mqtt_host: ctx.config.mqtt_advertise.clone().unwrap_or_default(),
         mqtt_username: id,
         mqtt_password: secret,
+        subnet,
     })
     .into_response()
 }
@@ -118,4 +154,154 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
         st.placement.len()
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use oak_api::channel::{ClusterMsg, RootMsg};
+    use oak_api::net::OverlayInfo;
+    use oak_api::node::NodeInfo;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{Cluster, ClusterConfig, MqttMode};
+
+    async fn open(dir: &std::path::Path) -> Arc<Ctx> {
+        let config = ClusterConfig {
+            name: "c1".into(),
+            location: String::new(),
+            root_channel: "127.0.0.1:1".into(),
+            root_url: String::new(),
+            root_token: "t".into(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
+            mqtt_advertise: None,
+            data_dir: dir.to_path_buf(),
+            report_interval: Duration::from_secs(1),
+            timing: Default::default(),
+        };
+        Cluster::open(config).await.unwrap().ctx
+    }
+
+    /// Stands in for the root: answers subnet requests with `answer` and counts them.
+    fn fake_root(ctx: &Arc<Ctx>, answer: Result<&'static str, &'static str>) -> Arc<AtomicUsize> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        ctx.set_root(Some(tx));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (ctx, count) = (ctx.clone(), asked.clone());
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let ClusterMsg::SubnetRequest { request_id, node_id } = msg {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let (subnet, error) = match answer {
+                        Ok(s) => (s.to_string(), String::new()),
+                        Err(e) => (String::new(), e.to_string()),
+                    };
+                    ctx.on_root_message(RootMsg::Subnet { request_id, node_id, subnet, error });
+                }
+            }
+        });
+        asked
+    }
+
+    async fn register(ctx: &Arc<Ctx>, id: &str, secret: &str, overlay: bool) -> (StatusCode, serde_json::Value) {
+        let token = credentials::node_token(&ctx.config.data_dir).unwrap();
+        let node = NodeInfo {
+            id: id.into(),
+            host: "w1".into(),
+            ip: "192.0.2.1".into(),
+            overlay: overlay.then(|| OverlayInfo {
+                public_addr: "192.0.2.1".into(),
+                tunnel_port: 50103,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = RegisterNodeRequest { node, token, node_secret: secret.into() };
+        let req = Request::post("/api/node/register")
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        let resp = router(ctx.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn overlay_workers_get_a_subnet_from_the_root_and_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        let asked = fake_root(&ctx, Ok("10.18.0.64/26"));
+        let (s, v) = register(&ctx, "", "", true).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["subnet"], "10.18.0.64/26");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        let (id, secret) = (v["id"].as_str().unwrap().to_string(), v["mqtt_password"].as_str().unwrap().to_string());
+
+        // Registering again (same id, proven): the same subnet, the root is not asked.
+        let (s, v) = register(&ctx, &id, &secret, true).await;
+        assert_eq!((s, v["subnet"].as_str()), (StatusCode::OK, Some("10.18.0.64/26")));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Without the overlay: no subnet in the answer, but the node keeps it.
+        let secret = v["mqtt_password"].as_str().unwrap().to_string();
+        let (s, v) = register(&ctx, &id, &secret, false).await;
+        assert_eq!((s, v["subnet"].as_str()), (StatusCode::OK, Some("")));
+        let secret = v["mqtt_password"].as_str().unwrap().to_string();
+
+        // A restarted cluster still knows it, also with the root away.
+        drop(ctx);
+        let ctx = open(dir.path()).await;
+        let (s, v) = register(&ctx, &id, &secret, true).await;
+        assert_eq!((s, v["subnet"].as_str()), (StatusCode::OK, Some("10.18.0.64/26")), "{v}");
+        assert_eq!(ctx.store.nodes().unwrap()[0].subnet, "10.18.0.64/26");
+    }
+
+    #[tokio::test]
+    async fn without_the_root_overlay_workers_are_told_to_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        let (s, v) = register(&ctx, "", "", true).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains("needs a subnet from the root, which is not reachable"), "{message}");
+        assert!(ctx.store.nodes().unwrap().is_empty(), "not registered");
+        // Workers without the overlay do not need the root.
+        let (s, v) = register(&ctx, "", "", false).await;
+        assert_eq!((s, v["subnet"].as_str()), (StatusCode::OK, Some("")));
+
+        // The root refusing (pool exhausted) is passed on, also as retry-later.
+        let asked = fake_root(&ctx, Err("no worker subnet is free"));
+        let (s, v) = register(&ctx, "", "", true).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(v["message"].as_str().unwrap().contains("no worker subnet is free"), "{v}");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // A malformed answer is not handed to the worker.
+        fake_root(&ctx, Ok("10.18.0.64"));
+        let (s, v) = register(&ctx, "", "", true).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(v["message"].as_str().unwrap().contains("not a /26"), "{v}");
+        assert_eq!(ctx.subnets.lock().unwrap().nodes().count(), 0, "no request left open");
+    }
+
+    #[tokio::test]
+    async fn forgotten_nodes_must_register_as_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        ctx.store.write(crate::store::Batch { forgotten: vec!["old-node".into()], ..Default::default() }).unwrap();
+        let (s, v) = register(&ctx, "old-node", "secret", false).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("forgotten"), "{v}");
+        let (s, v) = register(&ctx, "", "", false).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_ne!(v["id"], "old-node");
+        // Unknown ids that were never forgotten are still accepted (a cluster that lost its data).
+        let (s, v) = register(&ctx, "other-node", "secret", false).await;
+        assert_eq!((s, v["id"].as_str()), (StatusCode::OK, Some("other-node")));
+    }
 }

@@ -94,13 +94,22 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     }
     tracing::info!(cluster_id = %cluster_id, root = %addr, "joined the root");
 
-    // Full state first: every instance we hold, and our resources.
+    // Full state first: every instance we hold, our resources, every node (the root releases
+    // the subnets of nodes gone meanwhile), and the route tables our workers use (asked again,
+    // which registers our interest anew and refreshes them).
     let (tx, mut rx) = mpsc::unbounded_channel::<ClusterMsg>();
+    let node_ids = ctx.node_ids();
     {
         let now = Instant::now();
         let mut st = ctx.state();
         let _ = tx.send(ClusterMsg::Instances { full: true, updates: st.root_updates(true, now) });
         let _ = tx.send(ClusterMsg::Report { resources: st.resources(now) });
+        let _ = tx.send(ClusterMsg::Nodes { node_ids });
+        for effect in st.routes.resync(now) {
+            if let crate::state::Effect::Root(msg) = effect {
+                let _ = tx.send(*msg);
+            }
+        }
     }
     ctx.set_root(Some(tx));
     let writer = async move {

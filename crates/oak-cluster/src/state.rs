@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oak_api::channel::{ClusterResources, DeployInstance, InstanceRef, InstanceReport};
+use oak_api::channel::{ClusterMsg, ClusterResources, DeployInstance, InstanceRef, InstanceReport};
+use oak_api::net::{RouteTable, TableQuery};
 use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
 use oak_api::status;
 use oak_core::node_placement::{aggregate, choose_node, explain, Demand, NodeView};
 use oak_core::stats::Samples;
 
+use crate::routes::Routes;
 use crate::store::{Batch, InstanceRecord, NodeRecord};
 
 pub type Key = (String, u32);
@@ -28,6 +30,9 @@ pub struct Timing {
     pub retry_max: Duration,
     /// Metrics-only changes are sent to the root at most this often per instance.
     pub metrics_interval: Duration,
+    /// A node silent this long and holding no instances is forgotten: removed with its
+    /// credentials, and its overlay subnet given back to the root.
+    pub node_forget_after: Duration,
 }
 
 impl Default for Timing {
@@ -37,6 +42,7 @@ impl Default for Timing {
             deploy_timeout: Duration::from_secs(120),
             retry_max: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(10),
+            node_forget_after: Duration::from_secs(3600),
         }
     }
 }
@@ -44,14 +50,36 @@ impl Default for Timing {
 /// Something to do outside the state: the caller performs these after releasing its lock.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Deploy { node: String, cmd: Box<DeployCommand> },
-    Delete { node: String, cmd: DeleteCommand },
-    NodeError { node: String, message: String },
+    Deploy {
+        node: String,
+        cmd: Box<DeployCommand>,
+    },
+    Delete {
+        node: String,
+        cmd: DeleteCommand,
+    },
+    NodeError {
+        node: String,
+        message: String,
+    },
+    /// A route table for a worker (`nodes/<node>/net/tablequery/result`).
+    Table {
+        node: String,
+        table: Box<RouteTable>,
+    },
+    /// A message for the root (dropped while it is not connected).
+    Root(Box<ClusterMsg>),
+    /// The node was forgotten: end its broker sessions and tell the root the nodes left.
+    Forgotten {
+        node: String,
+    },
 }
 
 pub struct Node {
     pub record: NodeRecord,
     pub last_seen: Option<Instant>,
+    /// Its last registration or information (unlike `last_seen`, kept while it is inactive).
+    pub last_heard: Instant,
     /// Sum of what the instances placed here requested.
     pub placed: Demand,
     /// The scheduler's view of the node, kept between steps (building one clones the node's
@@ -61,8 +89,18 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(record: NodeRecord) -> Self {
-        Node { record, last_seen: None, placed: Demand::default(), view: None }
+    fn new(record: NodeRecord, now: Instant) -> Self {
+        Node { record, last_seen: None, last_heard: now, placed: Demand::default(), view: None }
+    }
+}
+
+/// Where peers reach a node's instances: the overlay's tunnel endpoint (public address, UDP
+/// port) on overlay nodes, the node's address otherwise.
+fn endpoint(info: &NodeInfo) -> (String, Option<String>) {
+    match &info.overlay {
+        Some(o) if !o.public_addr.is_empty() => (o.public_addr.clone(), Some(o.tunnel_port.to_string())),
+        Some(o) => (info.ip.clone(), Some(o.tunnel_port.to_string())),
+        None => (info.ip.clone(), None),
     }
 }
 
@@ -73,6 +111,10 @@ pub struct Inst {
     pub detail: String,
     pub worker_id: Option<String>,
     pub host_ip: Option<String>,
+    /// Its service IP from the root.
+    pub instance_ip: Option<String>,
+    /// Its address on its worker's overlay bridge, while it is there.
+    pub namespace_ip: Option<String>,
     pub publicip: Option<String>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
@@ -97,6 +139,8 @@ impl Inst {
             detail,
             worker_id: None,
             host_ip: None,
+            instance_ip: None,
+            namespace_ip: None,
             publicip: None,
             cpu_percent: None,
             memory_percent: None,
@@ -138,6 +182,9 @@ pub struct ClusterState {
     dirty_nodes: BTreeSet<String>,
     dirty: BTreeSet<Key>,
     removed: BTreeSet<Key>,
+    forgotten: BTreeSet<String>,
+    /// Route tables relayed to workers, and who wants which.
+    pub routes: Routes,
     /// Placement decision times in microseconds.
     pub placement: Samples,
     /// Whether some instance may be placeable now (skip scheduling passes otherwise).
@@ -163,11 +210,15 @@ impl ClusterState {
             dirty_nodes: BTreeSet::new(),
             dirty: BTreeSet::new(),
             removed: BTreeSet::new(),
+            forgotten: BTreeSet::new(),
+            routes: Routes::default(),
             placement: Samples::new(100_000),
             pending: true,
         };
         for record in nodes {
-            st.nodes.insert(record.id.clone(), Node::new(record));
+            // A restarted cluster cannot tell how long a node was silent: it gets the whole
+            // forget period from now.
+            st.nodes.insert(record.id.clone(), Node::new(record, now));
         }
         for r in instances {
             let job = Arc::new(r.job);
@@ -176,6 +227,8 @@ impl ClusterState {
             let mut inst = Inst::new(job, r.instance_number, r.status, r.status_detail, now);
             inst.worker_id = r.worker_id;
             inst.attempts = r.attempts;
+            inst.instance_ip = r.instance_ip;
+            inst.namespace_ip = r.namespace_ip;
             if on_node(&inst.status) {
                 if let Some(node) = inst.worker_id.as_ref().and_then(|w| st.nodes.get_mut(w)) {
                     node.placed = node.placed.plus(Demand::of(&inst.job.spec));
@@ -190,22 +243,43 @@ impl ClusterState {
     // ---------------------------------------------------------------- nodes
 
     /// A node registered (or re-registered): keep its record, it becomes active when it reports.
-    pub fn register_node(&mut self, record: NodeRecord) {
+    pub fn register_node(&mut self, record: NodeRecord, now: Instant) {
         let id = record.id.clone();
         match self.nodes.get_mut(&id) {
             Some(node) => {
+                let moved = endpoint(&node.record.info) != endpoint(&record.info);
                 node.record = record;
                 node.view = None;
+                node.last_heard = now;
+                if moved {
+                    self.endpoint_changed(&id);
+                }
             }
             None => {
-                self.nodes.insert(id.clone(), Node::new(record));
+                self.nodes.insert(id.clone(), Node::new(record, now));
             }
         }
+        // Registering just as it was being forgotten: it stays.
+        self.forgotten.remove(&id);
         self.dirty_nodes.insert(id);
     }
 
     pub fn node_secret_hash(&self, id: &str) -> Option<&str> {
         self.nodes.get(id).map(|n| n.record.secret_hash.as_str())
+    }
+
+    /// The overlay subnet a node was given, if any.
+    pub fn node_subnet(&self, id: &str) -> Option<&str> {
+        self.nodes.get(id).map(|n| n.record.subnet.as_str()).filter(|s| !s.is_empty())
+    }
+
+    /// The root hears again of every instance on `node_id`: where they are reached changed.
+    fn endpoint_changed(&mut self, node_id: &str) {
+        for (key, inst) in &self.instances {
+            if inst.worker_id.as_deref() == Some(node_id) {
+                self.to_root.insert(key.clone());
+            }
+        }
     }
 
     /// `nodes/<id>/information`.
@@ -221,13 +295,22 @@ impl ClusterState {
         if info.host.is_empty() {
             info.host = node.record.info.host.clone();
         }
+        let moved = endpoint(&node.record.info) != endpoint(&info);
+        let overlay_changed = node.record.info.overlay != info.overlay;
         node.record.info = info;
         node.view = None;
         node.last_seen = Some(now);
+        node.last_heard = now;
         if !was_active {
             tracing::info!(node = node_id, name = %node.record.info.host, "worker active");
-            self.dirty_nodes.insert(node_id.to_string());
             self.pending = true;
+        }
+        if !was_active || overlay_changed {
+            self.dirty_nodes.insert(node_id.to_string());
+        }
+        if moved {
+            tracing::info!(node = node_id, endpoint = ?endpoint(&node.record.info), "worker endpoint changed");
+            self.endpoint_changed(node_id);
         }
         Vec::new()
     }
@@ -264,21 +347,23 @@ impl ClusterState {
             self.by_name.insert(d.job.job_name.clone(), d.job.id.clone());
             match self.instances.get_mut(&key) {
                 Some(inst) => {
-                    if *inst.job != d.job {
+                    if *inst.job != d.job || inst.instance_ip != d.instance_ip {
                         inst.job = Arc::new(d.job);
+                        inst.instance_ip = d.instance_ip;
                         self.dirty.insert(key.clone());
                     }
                     // Tell the root where it stands (it may have missed our last report).
                     self.to_root.insert(key);
                 }
                 None => {
-                    let inst = Inst::new(
+                    let mut inst = Inst::new(
                         Arc::new(d.job),
                         d.instance_number,
                         status::REQUESTED.into(),
                         "waiting for a worker".into(),
                         now,
                     );
+                    inst.instance_ip = d.instance_ip;
                     self.instances.insert(key.clone(), inst);
                     self.dirty.insert(key.clone());
                     self.removed.remove(&key);
@@ -315,6 +400,8 @@ impl ClusterState {
     /// asks it to stop.
     fn leave_node(&mut self, inst: &mut Inst) -> Option<Effect> {
         let node_id = inst.worker_id.take()?;
+        // Its bridge address goes with the node.
+        inst.namespace_ip = None;
         let was_on_node = on_node(&inst.status);
         if let Some(node) = self.nodes.get_mut(&node_id) {
             if was_on_node {
@@ -388,9 +475,15 @@ impl ClusterState {
                     inst.worker_id = Some(view.id.clone());
                     inst.host_ip = Some(node.record.info.ip.clone());
                     inst.since = now;
+                    inst.namespace_ip = None;
                     effects.push(Effect::Deploy {
                         node: view.id.clone(),
-                        cmd: Box::new(DeployCommand { job: (*job).clone(), instance_number: inst.number }),
+                        cmd: Box::new(DeployCommand {
+                            job: (*job).clone(),
+                            instance_number: inst.number,
+                            instance_ip: inst.instance_ip.clone(),
+                            netns: None,
+                        }),
                     });
                 }
                 Err(negative) => {
@@ -436,6 +529,11 @@ impl ClusterState {
         }
         if !r.publicip.is_empty() {
             inst.publicip = Some(r.publicip.clone());
+        }
+        if !r.nsip.is_empty() && inst.namespace_ip.as_deref() != Some(r.nsip.as_str()) {
+            inst.namespace_ip = Some(r.nsip.clone());
+            self.dirty.insert(key.clone());
+            self.to_root.insert(key.clone());
         }
         match r.status.as_str() {
             status::CREATING => {
@@ -609,8 +707,56 @@ impl ClusterState {
                 }
                 node.last_seen = None;
             }
+            // Its proxy is gone: it asks again when it is back.
+            effects.extend(self.routes.forget_node(&id));
+        }
+        effects.extend(self.forget_silent_nodes(now));
+        effects
+    }
+
+    /// Nodes silent for `node_forget_after` that hold no instance are removed with their
+    /// credentials; a worker coming back later registers as a new node.
+    fn forget_silent_nodes(&mut self, now: Instant) -> Vec<Effect> {
+        let after = self.timing.node_forget_after;
+        let mut gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| now.duration_since(n.last_heard) > after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let holding: BTreeSet<&str> = self.instances.values().filter_map(|i| i.worker_id.as_deref()).collect();
+        gone.retain(|id| !holding.contains(id.as_str()));
+        let mut effects = Vec::new();
+        for id in gone {
+            tracing::warn!(node = %id, silent_s = after.as_secs(), "forgetting a silent worker");
+            self.nodes.remove(&id);
+            self.dirty_nodes.remove(&id);
+            effects.extend(self.routes.forget_node(&id));
+            effects.push(Effect::Forgotten { node: id.clone() });
+            self.forgotten.insert(id);
         }
         effects
+    }
+
+    /// Every node id (for `ClusterMsg::Nodes`).
+    pub fn node_ids(&self) -> impl Iterator<Item = &String> {
+        self.nodes.keys()
+    }
+
+    // ---------------------------------------------------------------- routes
+
+    /// `nodes/<id>/net/tablequery/request` from a registered node.
+    pub fn table_query(&mut self, node_id: &str, q: TableQuery, root_connected: bool, now: Instant) -> Vec<Effect> {
+        if !self.nodes.contains_key(node_id) {
+            return vec![Effect::NodeError {
+                node: node_id.into(),
+                message: "Node not registered to the cluster".into(),
+            }];
+        }
+        self.routes.query(node_id, q, root_connected, now)
     }
 
     // ---------------------------------------------------------------- outputs
@@ -648,14 +794,22 @@ impl ClusterState {
         for key in keys {
             let Some(inst) = self.instances.get_mut(&key) else { continue };
             inst.metrics_sent = Some(now);
+            let (host_ip, host_port) = match inst.worker_id.as_ref().and_then(|w| self.nodes.get(w)) {
+                Some(node) => {
+                    let (ip, port) = endpoint(&node.record.info);
+                    (Some(ip), port)
+                }
+                None => (inst.host_ip.clone(), None),
+            };
             out.push(InstanceReport {
                 job_id: key.0.clone(),
                 instance_number: key.1,
                 status: inst.status.clone(),
                 status_detail: inst.detail.clone(),
                 worker_id: inst.worker_id.clone(),
-                host_ip: inst.host_ip.clone(),
-                host_port: None,
+                host_ip,
+                host_port,
+                namespace_ip: inst.namespace_ip.clone(),
                 publicip: inst.publicip.clone(),
                 cpu_percent: inst.cpu_percent,
                 memory_percent: inst.memory_percent,
@@ -683,11 +837,14 @@ impl ClusterState {
                     status_detail: i.detail.clone(),
                     worker_id: i.worker_id.clone(),
                     attempts: i.attempts,
+                    instance_ip: i.instance_ip.clone(),
+                    namespace_ip: i.namespace_ip.clone(),
                 })
             })
             .collect();
         let removed = std::mem::take(&mut self.removed).into_iter().collect();
-        Batch { nodes, instances, removed }
+        let forgotten = std::mem::take(&mut self.forgotten).into_iter().collect();
+        Batch { nodes, instances, removed, forgotten }
     }
 }
 

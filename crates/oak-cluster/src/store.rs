@@ -31,6 +31,9 @@ pub struct NodeRecord {
     /// Hash of the node's MQTT password.
     pub secret_hash: String,
     pub info: NodeInfo,
+    /// The node's overlay subnet from the root (`10.18.0.64/26`), kept for the node's life.
+    #[serde(default)]
+    pub subnet: String,
 }
 
 /// An instance as stored: the job it belongs to and where it stands.
@@ -43,9 +46,17 @@ pub struct InstanceRecord {
     pub worker_id: Option<String>,
     /// Placement attempts that failed so far (drives the back-off).
     pub attempts: u32,
+    /// The instance's service IP from the root.
+    #[serde(default)]
+    pub instance_ip: Option<String>,
+    /// Its address on its worker's overlay bridge, while it is there.
+    #[serde(default)]
+    pub namespace_ip: Option<String>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+/// Each entry moves the schema from version `i` to `i + 1`. Never edit a released entry: append.
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE nodes (
         id  TEXT PRIMARY KEY,
         doc TEXT NOT NULL
@@ -60,7 +71,14 @@ const MIGRATIONS: &[&str] = &[r#"
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
-"#];
+    "#,
+    // 2: ids of nodes forgotten after a long silence (they must register as new nodes)
+    r#"
+    CREATE TABLE forgotten_nodes (
+        id TEXT PRIMARY KEY
+    );
+    "#,
+];
 
 pub struct ClusterStore {
     conn: Mutex<Connection>,
@@ -72,11 +90,13 @@ pub struct Batch {
     pub nodes: Vec<NodeRecord>,
     pub instances: Vec<InstanceRecord>,
     pub removed: Vec<(String, u32)>,
+    /// Nodes to delete and remember as forgotten.
+    pub forgotten: Vec<String>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty() && self.instances.is_empty() && self.removed.is_empty()
+        self.nodes.is_empty() && self.instances.is_empty() && self.removed.is_empty() && self.forgotten.is_empty()
     }
 }
 
@@ -145,8 +165,21 @@ impl ClusterStore {
         for (job, n) in &batch.removed {
             tx.execute("DELETE FROM instances WHERE job_id = ?1 AND instance_number = ?2", params![job, n])?;
         }
+        for id in &batch.forgotten {
+            tx.execute("DELETE FROM nodes WHERE id = ?1", params![id])?;
+            tx.execute("INSERT INTO forgotten_nodes (id) VALUES (?1) ON CONFLICT (id) DO NOTHING", params![id])?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether a node of this id was forgotten (its worker must register anew).
+    pub fn is_forgotten(&self, id: &str) -> Result<bool> {
+        let found: Option<i64> = self
+            .lock()
+            .query_row("SELECT 1 FROM forgotten_nodes WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        Ok(found.is_some())
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {

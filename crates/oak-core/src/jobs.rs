@@ -31,6 +31,7 @@ pub fn new_service(id: String, app: &Application, mut ms: Microservice) -> Servi
         image: ms.code.clone(),
         rr_ip: addresses.rr_ip,
         rr_ip_v6: addresses.rr_ip_v6,
+        closest_ip: addresses.closest_ip,
         next_instance_progressive_number: 0,
         status: None,
         status_detail: None,

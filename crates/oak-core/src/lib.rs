@@ -14,6 +14,8 @@ pub mod placement;
 /// Capacity the root promised to clusters since their last report, so a burst of root placements
 /// cannot over-commit a cluster between two reports.
 pub mod reservations;
+/// Route tables of the overlay: what a table query answers and what changes push.
+pub mod routes;
 pub mod sla;
 pub mod stats;
 pub mod utc;

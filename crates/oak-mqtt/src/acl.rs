@@ -204,6 +204,10 @@ mod tests {
         let p = Principal::node("n1");
         assert!(p.may_publish("nodes/n1/information"));
         assert!(p.may_publish("nodes/n1/jobs/resources"));
+        // The overlay's topics are below the node's prefix too.
+        assert!(p.may_publish("nodes/n1/net/tablequery/request"));
+        assert!(p.may_publish("nodes/n1/net/interest/remove"));
+        assert!(!p.may_publish("nodes/n2/net/tablequery/request"));
         assert!(p.may_publish("nodes/n1/"));
         assert!(!p.may_publish("nodes/n1"));
         assert!(!p.may_publish("nodes/n10/information"));
@@ -219,6 +223,8 @@ mod tests {
         let p = Principal::node("n1");
         assert!(p.may_subscribe("nodes/n1/control/#"));
         assert!(p.may_subscribe("nodes/n1/control/+"));
+        assert!(p.may_subscribe("nodes/n1/net/tablequery/result"));
+        assert!(!p.may_subscribe("nodes/+/net/tablequery/result"));
         assert!(p.may_subscribe("nodes/n1/#"));
         assert!(p.may_subscribe("nodes/n1"));
         assert!(!p.may_subscribe("nodes/+/control/deploy"));

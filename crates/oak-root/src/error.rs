@@ -69,6 +69,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::fleet::AddressRefusal> for ApiError {
+    fn from(e: crate::fleet::AddressRefusal) -> Self {
+        use crate::fleet::AddressRefusal as R;
+        match e {
+            R::Taken(m) | R::Exhausted(m) => ApiError::Conflict(m),
+            R::Invalid(field, m) => ApiError::Invalid(vec![FieldError::new(format!("addresses.{field}"), m)]),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.status();

@@ -55,8 +55,10 @@ impl Root {
         bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
         cluster_tokens::ensure_first(&store, dir)?;
         let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
+        let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone())
+            .context("cannot rebuild the overlay's address pools from the database")?;
         let state = AppState {
-            fleet: fleet::Fleet::new(store.clone(), config.fleet.clone()),
+            fleet,
             store,
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
             limiter: Arc::new(auth::limiter::LoginLimiter::default()),

@@ -196,6 +196,7 @@ async fn application_lifecycle() {
     assert_eq!(nginx["virtualization"], "docker");
     assert_eq!(nginx["image"], "docker.io/library/nginx:latest");
     assert_eq!(nginx["RR_ip"], "10.30.55.55");
+    assert_eq!(v[0]["RR_ip"], "10.30.0.0", "a service without rr_ip gets one from the pool");
     assert_eq!(nginx["state"], "", "unknown fields are kept");
     assert!(nginx["status"].is_null(), "no status before the first instance is requested");
 
@@ -209,9 +210,10 @@ async fn application_lifecycle() {
     assert_eq!(v["status"], "TargetClusterNotActive");
     assert_eq!(v["instance_list"].as_array().unwrap().len(), 2);
     let inst = &v["instance_list"][0];
-    for key in ["cluster_id", "worker_id", "status", "status_detail"] {
+    for key in ["cluster_id", "worker_id", "status", "status_detail", "host_ip", "host_port", "namespace_ip"] {
         assert!(inst.get(key).is_some(), "instance shows {key}");
     }
+    assert_eq!(inst["instance_ip"], "10.30.0.1", "each instance has its own overlay address");
     assert_eq!(v["next_instance_progressive_number"], 2);
 
     // undeploy one instance; an unknown one and a non-number are clear errors
@@ -395,6 +397,15 @@ async fn organizations_clusters_and_docs() {
     assert_eq!(s, StatusCode::OK);
     assert!(v["paths"]["/api/application"]["post"].is_object());
     assert!(v["paths"]["/api/service/{id}/instance"]["post"].is_object());
+    let schemas = &v["components"]["schemas"];
+    // A service is its descriptor (`allOf` Microservice) plus what the system adds.
+    let service = &schemas["Service"]["allOf"][1]["properties"];
+    for key in ["RR_ip", "closest_ip", "instance_list"] {
+        assert!(service[key].is_object(), "Service.{key} is documented: {}", schemas["Service"]);
+    }
+    for key in ["instance_ip", "namespace_ip", "host_ip", "host_port"] {
+        assert!(schemas["Instance"]["properties"][key].is_object(), "Instance.{key} is documented");
+    }
     let (s, _) = api.call(Method::GET, "/docs/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = api.raw(Method::GET, "/api/docs/", None, None).await;

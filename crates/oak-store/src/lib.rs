@@ -25,6 +25,14 @@ pub struct UserRecord {
     pub password_hash: String,
 }
 
+/// A worker's overlay subnet (`10.18.0.64/26`), given by the root to a node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetRecord {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub subnet: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule would be broken; the message names the clashing value.
@@ -82,6 +90,8 @@ pub trait RootStore: Send + Sync + 'static {
     /// A service without loading its instances (`instance_list` empty): for hot paths that only
     /// need the descriptor.
     fn service_spec(&self, id: &str) -> Result<Option<Service>>;
+    /// A service with its `instance_list`, by job name.
+    fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>>;
     /// Services of one application, or all services when `None`.
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>>;
     /// Deletes a service with its instances and removes it from its application.
@@ -113,6 +123,14 @@ pub trait RootStore: Send + Sync + 'static {
         keys: &[(String, u32)],
         change: &mut dyn FnMut(usize, &mut Instance) -> bool,
     ) -> Result<Vec<bool>>;
+
+    // --- overlay subnets of workers ---
+    /// Every subnet given to a node.
+    fn subnets(&self) -> Result<Vec<SubnetRecord>>;
+    /// Records a node's subnet; a subnet held by another node is a conflict.
+    fn put_subnet(&self, record: &SubnetRecord) -> Result<()>;
+    /// Forgets the subnets of these nodes of a cluster (unknown ones are ignored).
+    fn delete_subnets(&self, cluster_id: &str, node_ids: &[String]) -> Result<()>;
 
     // --- cluster join tokens (stored as hashes) ---
     fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()>;

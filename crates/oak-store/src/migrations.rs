@@ -60,4 +60,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     "#,
+    // 3: overlay subnets of workers, per (cluster, node); an address is given to one node only
+    r#"
+    CREATE TABLE subnets (
+        cluster_id TEXT NOT NULL,
+        node_id    TEXT NOT NULL,
+        subnet     TEXT NOT NULL UNIQUE,
+        PRIMARY KEY (cluster_id, node_id)
+    );
+    "#,
 ];

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::migrations::MIGRATIONS;
-use crate::{Result, RootStore, StoreError, UserRecord};
+use crate::{Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
 /// The root's store in `<data_dir>/root.db`.
 pub struct SqliteStore {
@@ -363,6 +363,16 @@ impl RootStore for SqliteStore {
         query_doc(&self.lock(), "SELECT doc FROM services WHERE id = ?1", params![id])
     }
 
+    fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>> {
+        let conn = self.lock();
+        let mut service: Option<Service> =
+            query_doc(&conn, "SELECT doc FROM services WHERE job_name = ?1", params![job_name])?;
+        if let Some(s) = service.as_mut() {
+            load_instances(&conn, s)?;
+        }
+        Ok(service)
+    }
+
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>> {
         let conn = self.lock();
         let mut services: Vec<Service> = match app_id {
@@ -513,6 +523,42 @@ impl RootStore for SqliteStore {
                 }
             }
             Ok(found)
+        })
+    }
+
+    fn subnets(&self) -> Result<Vec<SubnetRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT cluster_id, node_id, subnet FROM subnets ORDER BY rowid")?;
+        let rows =
+            stmt.query_map([], |r| Ok(SubnetRecord { cluster_id: r.get(0)?, node_id: r.get(1)?, subnet: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn put_subnet(&self, record: &SubnetRecord) -> Result<()> {
+        self.write(|tx| {
+            if exists(
+                tx,
+                "SELECT 1 FROM subnets WHERE subnet = ?1 AND NOT (cluster_id = ?2 AND node_id = ?3)",
+                params![record.subnet, record.cluster_id, record.node_id],
+            )? {
+                return Err(StoreError::Conflict(format!("subnet {} is given to another node", record.subnet)));
+            }
+            exec(
+                tx,
+                "INSERT INTO subnets (cluster_id, node_id, subnet) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (cluster_id, node_id) DO UPDATE SET subnet = excluded.subnet",
+                params![record.cluster_id, record.node_id, record.subnet],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_subnets(&self, cluster_id: &str, node_ids: &[String]) -> Result<()> {
+        self.write(|tx| {
+            for node in node_ids {
+                exec(tx, "DELETE FROM subnets WHERE cluster_id = ?1 AND node_id = ?2", params![cluster_id, node])?;
+            }
+            Ok(())
         })
     }
 

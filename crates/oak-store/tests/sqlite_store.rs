@@ -2,7 +2,7 @@
 
 use oak_api::model::{Application, Instance, Member, Organization, Service};
 use oak_api::sla::Microservice;
-use oak_store::{RootStore, SqliteStore, StoreError, UserRecord};
+use oak_store::{RootStore, SqliteStore, StoreError, SubnetRecord, UserRecord};
 use serde_json::Map;
 
 fn app(id: &str, owner: &str, name: &str) -> Application {
@@ -35,6 +35,7 @@ fn service(id: &str, app: &Application, name: &str) -> Service {
         image: spec.code.clone(),
         rr_ip: None,
         rr_ip_v6: None,
+        closest_ip: None,
         next_instance_progressive_number: 0,
         status: None,
         status_detail: None,
@@ -110,4 +111,31 @@ fn deleting_an_application_removes_services_and_instances() {
     // a new service may now reuse the job name
     let b = app("b1", "alice", "shop");
     store.create_application(&b, &[service("s3", &b, "web")]).unwrap();
+}
+
+#[test]
+fn services_by_job_name_and_subnets_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.db");
+    let rec = |c: &str, n: &str, s: &str| SubnetRecord { cluster_id: c.into(), node_id: n.into(), subnet: s.into() };
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let a = app("a1", "alice", "shop");
+        store.create_application(&a, &[service("s1", &a, "web")]).unwrap();
+        store.put_instance("s1", &Instance::new(0, "REQUESTED", "", 1.0)).unwrap();
+        let s = store.service_by_job_name("shop.test.web.test").unwrap().unwrap();
+        assert_eq!((s.id.as_str(), s.instance_list.len()), ("s1", 1));
+        assert!(store.service_by_job_name("shop.test.nope.test").unwrap().is_none());
+
+        store.put_subnet(&rec("c1", "n1", "10.18.0.0/26")).unwrap();
+        store.put_subnet(&rec("c1", "n2", "10.18.0.64/26")).unwrap();
+        store.put_subnet(&rec("c2", "n1", "10.18.0.128/26")).unwrap();
+        let clash = store.put_subnet(&rec("c2", "n9", "10.18.0.0/26"));
+        assert!(matches!(clash, Err(StoreError::Conflict(m)) if m.contains("10.18.0.0/26")));
+        store.put_subnet(&rec("c1", "n1", "10.18.0.0/26")).unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.subnets().unwrap().len(), 3, "kept across reopen");
+    store.delete_subnets("c1", &["n1".into(), "unknown".into()]).unwrap();
+    assert_eq!(store.subnets().unwrap(), vec![rec("c1", "n2", "10.18.0.64/26"), rec("c2", "n1", "10.18.0.128/26")]);
 }

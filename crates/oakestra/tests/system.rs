@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use common::{embedded, eventually, start_cluster, start_root, start_worker};
 use oak_api::model::{Cluster, Service};
+use oak_api::net::{OverlayInfo, RouteTable, TableQuery};
+use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
 use oak_client::Client;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_oakestra");
@@ -105,7 +108,15 @@ async fn root_two_clusters_four_workers() {
         assert_eq!(i.cluster_id.as_deref(), Some(c2_id.as_str()), "clusters constraint honoured: {i:?}");
         assert!(i.worker_id.is_some(), "{i:?}");
         assert!(!i.status_detail.is_empty());
+        // Without the overlay, peers reach instances at the node's address.
+        assert_eq!(i.host_ip.as_deref(), Some("127.0.0.1"), "{i:?}");
     }
+    // Overlay addresses: the descriptor's RR IP, one from the pool for curl, one per instance.
+    assert_eq!(s.rr_ip.as_deref(), Some("10.30.55.55"));
+    assert_eq!(service(&client, &curl).await.rr_ip.as_deref(), Some("10.30.0.0"));
+    let instance_ips: BTreeMap<u32, String> =
+        s.instance_list.iter().map(|i| (i.instance_number, i.instance_ip.clone().unwrap())).collect();
+    assert_eq!(instance_ips.values().collect::<std::collections::BTreeSet<_>>().len(), 3, "{instance_ips:?}");
     eventually("curl RUNNING", async || all_running(&service(&client, &curl).await, 1).then_some(())).await;
 
     // The CLI shows the same.
@@ -163,6 +174,9 @@ async fn root_two_clusters_four_workers() {
     })
     .await;
     assert!(moved.instance_list.iter().all(|i| i.cluster_id.as_deref() == Some(c2_id.as_str())));
+    let kept: BTreeMap<u32, String> =
+        moved.instance_list.iter().map(|i| (i.instance_number, i.instance_ip.clone().unwrap())).collect();
+    assert_eq!(kept, instance_ips, "instance IPs stay with their instances when they move");
 
     // Undeploy everything: capacity is released.
     client.delete_application(&apps[0].id).await.unwrap();
@@ -182,4 +196,124 @@ async fn root_two_clusters_four_workers() {
         let _ = c.stop.send(true);
         let _ = c.task.await;
     }
+}
+
+async fn register(cluster: &common::ClusterHandle, id: &str, secret: &str) -> RegisterNodeResponse {
+    let token = std::fs::read_to_string(cluster.dir.join("node-token")).unwrap();
+    let overlay = OverlayInfo { public_addr: "192.0.2.8".into(), tunnel_port: 50103, ..Default::default() };
+    let node = NodeInfo {
+        id: id.into(),
+        host: "proxy".into(),
+        ip: "192.0.2.8".into(),
+        overlay: Some(overlay),
+        ..Default::default()
+    };
+    let req = RegisterNodeRequest { node, token: token.trim().into(), node_secret: secret.into() };
+    let url = format!("http://{}/api/node/register", cluster.api);
+    let resp = reqwest::Client::new().post(url).json(&req).send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
+/// The next route table on the subscribed result topic.
+async fn next_table(events: &mut rumqttc::EventLoop, within: Duration) -> RouteTable {
+    let wait = async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                return serde_json::from_slice::<RouteTable>(&p.payload).unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.expect("a route table")
+}
+
+/// A worker-side client of the overlay's control plane: a node registered with the overlay gets
+/// a subnet through the cluster from the root, asks for a service's table by its RR IP over
+/// MQTT, and receives every change of it as the service scales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlay_routes_reach_workers_over_mqtt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, channel, _root_stop) = start_root(&tmp.path().join("root")).await;
+    let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
+    let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token.trim(), embedded()).await;
+    let worker = start_worker("w1", &c1, &tmp.path().join("w1"), None);
+    let mut client = Client::new(url);
+    let login = client.login("Admin", "Admin", None).await.unwrap();
+    client.set_token(Some(login.token));
+    eventually("the cluster with its worker", async || {
+        let c = client.list_active_clusters().await.unwrap();
+        (c.len() == 1 && c[0].active_nodes == 1).then_some(())
+    })
+    .await;
+
+    // The subnet comes from the root, and stays the node's.
+    let node = register(&c1, "", "").await;
+    assert_eq!(node.subnet, "10.18.0.0/26");
+    let node = register(&c1, &node.id, &node.mqtt_password).await;
+    assert_eq!(node.subnet, "10.18.0.0/26");
+
+    let apps = client.create_application(&serde_json::from_str::<Value>(CLIENTSRVR).unwrap()).await.unwrap();
+    let services = client.list_app_services(&apps[0].id).await.unwrap();
+    let nginx = services.iter().find(|s| s.service_name == "nginx").unwrap().clone();
+    client.request_instance(&nginx.id).await.unwrap();
+    eventually("nginx RUNNING", async || all_running(&service(&client, &nginx.id).await, 1).then_some(())).await;
+
+    let mut options =
+        MqttOptions::new(format!("{}-proxy", node.id), "127.0.0.1", node.mqtt_broker_port.parse().unwrap());
+    options.set_credentials(node.mqtt_username.clone(), node.mqtt_password.clone());
+    let (mqtt, mut events) = AsyncClient::new(options, 16);
+    mqtt.subscribe(oak_api::net::topic::table_result(&node.id), QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+            break;
+        }
+    }
+    let query = TableQuery { sname: String::new(), sip: "10.30.55.55".into() };
+    let payload = serde_json::to_vec(&query).unwrap();
+    mqtt.publish(oak_api::net::topic::table_query(&node.id), QoS::AtLeastOnce, false, payload).await.unwrap();
+    let t = next_table(&mut events, Duration::from_secs(10)).await;
+    assert_eq!(
+        (t.app_name.as_str(), t.query_key.as_str(), t.error.as_str()),
+        (nginx.job_name.as_str(), "10.30.55.55", "")
+    );
+    assert_eq!((t.service_ip[0].ip_type.as_str(), t.service_ip[0].address.as_str()), ("RR", "10.30.55.55"));
+    assert_eq!(t.instance_list.len(), 1);
+    let first = t.instance_list[0].clone();
+    assert_eq!(first.instance_ip, "10.30.0.1", "curl has 10.30.0.0");
+    assert!(!first.worker_id.is_empty() && !first.cluster_id.is_empty(), "{first:?}");
+
+    // Scaling up and down is pushed, each change within a second.
+    client.request_instance(&nginx.id).await.unwrap();
+    let t = next_table(&mut events, Duration::from_secs(1)).await;
+    assert_eq!((t.query_key.as_str(), t.instance_list.len()), (nginx.job_name.as_str(), 2));
+    // (Further pushes follow as the new instance is placed and runs.)
+    eventually("2 nginx RUNNING", async || all_running(&service(&client, &nginx.id).await, 2).then_some(())).await;
+    while tokio::time::timeout(Duration::from_millis(500), events.poll()).await.is_ok() {}
+    client.remove_instance(&nginx.id, first.instance_number).await.unwrap();
+    let t = next_table(&mut events, Duration::from_secs(1)).await;
+    let left: Vec<u32> = t.instance_list.iter().map(|i| i.instance_number).collect();
+    assert_eq!(left, [1], "the removed instance is gone from the table");
+
+    // Garbled queries are answered on the node's error topic, and the cluster carries on.
+    mqtt.subscribe(format!("nodes/{}/control/error", node.id), QoS::AtLeastOnce).await.unwrap();
+    mqtt.publish(oak_api::net::topic::table_query(&node.id), QoS::AtLeastOnce, false, b"{not json".to_vec())
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                if p.topic.ends_with("control/error") {
+                    return String::from_utf8_lossy(&p.payload).to_string();
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(error.contains("malformed net/tablequery/request"), "{error}");
+
+    let _ = worker.stop.send(true);
+    let _ = worker.task.await;
+    let _ = c1.stop.send(true);
+    let _ = c1.task.await;
 }

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use oak_api::channel::{DeployInstance, InstanceRef};
+use oak_api::channel::{ClusterMsg, DeployInstance, InstanceRef};
+use oak_api::net::{OverlayInfo, RouteTable, TableQuery};
 use oak_api::node::{JobSpec, JobStatusReport, NodeInfo, ResourcesReport, ServiceResources};
 use oak_api::sla::Microservice;
 use oak_api::status;
@@ -37,14 +38,16 @@ fn info(name: &str, memory: u64) -> NodeInfo {
 fn state(nodes: &[(&str, u64)], t0: Instant) -> ClusterState {
     let mut st = ClusterState::new("c1".into(), Timing::default(), Vec::new(), Vec::new(), t0);
     for (id, mem) in nodes {
-        st.register_node(NodeRecord { id: id.to_string(), secret_hash: String::new(), info: info(id, *mem) });
+        let record =
+            NodeRecord { id: id.to_string(), secret_hash: String::new(), info: info(id, *mem), subnet: String::new() };
+        st.register_node(record, t0);
         assert!(st.node_information(id, info(id, *mem), t0).is_empty());
     }
     st
 }
 
 fn deploy(st: &mut ClusterState, j: &JobSpec, n: u32, t: Instant) -> Vec<Effect> {
-    let mut fx = st.deploy(vec![DeployInstance { instance_number: n, job: j.clone() }], false, t);
+    let mut fx = st.deploy(vec![DeployInstance { instance_number: n, job: j.clone(), instance_ip: None }], false, t);
     fx.extend(st.schedule(t));
     fx
 }
@@ -239,7 +242,7 @@ fn full_desired_set_removes_what_the_root_no_longer_wants() {
     let (j1, j2) = (job("one", 100), job("two", 100));
     deploy(&mut st, &j1, 0, t);
     deploy(&mut st, &j2, 0, t);
-    let fx = st.deploy(vec![DeployInstance { instance_number: 0, job: j2.clone() }], true, t);
+    let fx = st.deploy(vec![DeployInstance { instance_number: 0, job: j2.clone(), instance_ip: None }], true, t);
     assert!(matches!(&fx[..], [Effect::Delete { cmd, .. }] if cmd.job_name == j1.job_name));
     assert_eq!(st.instances.len(), 1);
     let batch = st.take_batch();
@@ -283,4 +286,119 @@ fn created_on_the_worker_means_running() {
     };
     assert!(st.job_report("a", created, t).is_empty());
     assert_eq!(status_of(&st, &j, 0), status::RUNNING);
+}
+
+fn overlay(mut i: NodeInfo, public_addr: &str) -> NodeInfo {
+    i.overlay =
+        Some(OverlayInfo { public_addr: public_addr.into(), tunnel_port: 50103, subnet: "10.18.0.64/26".into() });
+    i
+}
+
+#[test]
+fn overlay_instances_carry_their_addresses_and_the_tunnel_endpoint() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    st.node_information("a", overlay(info("a", 1000), "203.0.113.5"), t);
+    let j = job("web", 100);
+    let d = DeployInstance { instance_number: 0, job: j.clone(), instance_ip: Some("10.30.0.7".into()) };
+    let mut fx = st.deploy(vec![d], false, t);
+    fx.extend(st.schedule(t));
+    match &fx[..] {
+        [Effect::Deploy { cmd, .. }] => {
+            assert_eq!((cmd.instance_ip.as_deref(), cmd.netns.as_deref()), (Some("10.30.0.7"), None))
+        }
+        other => panic!("{other:?}"),
+    }
+    let created = JobStatusReport {
+        sname: j.job_name.clone(),
+        status: status::CREATED.into(),
+        instance: 0,
+        nsip: "10.18.0.66".into(),
+        ..Default::default()
+    };
+    st.job_report("a", created, t);
+    let r = st.root_updates(false, t).remove(0);
+    assert_eq!(r.status, status::RUNNING);
+    assert_eq!(
+        (r.namespace_ip.as_deref(), r.host_ip.as_deref(), r.host_port.as_deref()),
+        (Some("10.18.0.66"), Some("203.0.113.5"), Some("50103"))
+    );
+    let stored = st.take_batch().instances.remove(0);
+    assert_eq!(
+        (stored.instance_ip.as_deref(), stored.namespace_ip.as_deref()),
+        (Some("10.30.0.7"), Some("10.18.0.66"))
+    );
+
+    // The node's public address changes: its instances are reported again with the new one.
+    st.node_information("a", overlay(info("a", 1000), "203.0.113.5"), t);
+    assert!(st.root_updates(false, t).is_empty(), "nothing changed");
+    st.node_information("a", overlay(info("a", 1000), "198.51.100.9"), t);
+    let r = st.root_updates(false, t);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].host_ip.as_deref(), Some("198.51.100.9"));
+    assert_eq!(st.take_batch().nodes.len(), 1, "the new endpoint is stored");
+
+    // An instance that fails leaves its bridge address behind.
+    let dead =
+        JobStatusReport { sname: j.job_name.clone(), status: status::DEAD.into(), instance: 0, ..Default::default() };
+    st.job_report("a", dead, t);
+    let r = st.root_updates(false, t).remove(0);
+    assert_eq!((r.status.as_str(), r.namespace_ip), (status::DEAD, None));
+    assert_eq!(st.instances[&(j.id.clone(), 0)].instance_ip.as_deref(), Some("10.30.0.7"), "kept for its next node");
+
+    // Without the overlay, peers reach instances at the node's address, without a port.
+    let mut st = state(&[("b", 1000)], t);
+    deploy(&mut st, &j, 0, t);
+    let r = st.root_updates(false, t).remove(0);
+    assert_eq!((r.host_ip.as_deref(), r.host_port), (Some("10.0.0.1"), None));
+}
+
+#[test]
+fn nodes_keep_their_subnet_and_silent_ones_are_forgotten() {
+    let t = Instant::now();
+    let timing = Timing { node_forget_after: Duration::from_secs(100), ..Default::default() };
+    let mut st = ClusterState::new("c1".into(), timing, Vec::new(), Vec::new(), t);
+    for id in ["a", "b"] {
+        let record = NodeRecord {
+            id: id.into(),
+            secret_hash: "h".into(),
+            info: overlay(info(id, 1000), "203.0.113.5"),
+            subnet: format!("10.18.0.{}/26", if id == "a" { 0 } else { 64 }),
+        };
+        st.register_node(record, t);
+        st.node_information(id, info(id, 1000), t);
+    }
+    assert_eq!(st.node_subnet("b"), Some("10.18.0.64/26"));
+    assert_eq!(st.node_subnet("nope"), None);
+    st.take_batch();
+
+    // b asks for a table; when it goes silent it loses its interest, and the cluster its own.
+    let fx = st.table_query("b", TableQuery { sname: "app.test.web.test".into(), sip: String::new() }, true, t);
+    let id = match &fx[..] {
+        [Effect::Root(m)] => match **m {
+            ClusterMsg::TableQuery { request_id, .. } => request_id,
+            ref other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    st.routes.answer(id, RouteTable { app_name: "app.test.web.test".into(), ..Default::default() });
+    let fx = st.table_query("ghost", TableQuery::default(), true, t);
+    assert!(matches!(&fx[..], [Effect::NodeError { node, .. }] if node == "ghost"));
+
+    // a keeps reporting; b is silent: inactive after 6 s, forgotten after 100 s.
+    let later = t + Duration::from_secs(7);
+    st.node_information("a", info("a", 1000), later);
+    let fx = st.check_timeouts(later);
+    assert!(
+        matches!(&fx[..], [Effect::Root(m)] if **m == ClusterMsg::Uninterest { job_name: "app.test.web.test".into() }),
+        "{fx:?}"
+    );
+    let much_later = t + Duration::from_secs(101);
+    st.node_information("a", info("a", 1000), much_later);
+    let fx = st.check_timeouts(much_later);
+    assert_eq!(fx, [Effect::Forgotten { node: "b".into() }]);
+    assert!(st.node_secret_hash("b").is_none(), "its credentials are gone");
+    assert_eq!(st.node_ids().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(st.take_batch().forgotten, ["b"]);
+    assert!(st.check_timeouts(much_later).is_empty());
 }

@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use super::json::{push, show_str, Fields, Need};
 
-/// 10.30.0.0/16
+/// 10.30.x.y with x, y in 0..=253: the addresses the root's pool hands out (`.254`/`.255` never).
 fn in_v4_pool(ip: Ipv4Addr) -> bool {
-    let [a, b, _, _] = ip.octets();
-    a == 10 && b == 30
+    use crate::addresses::{ServiceIps, Space};
+    ServiceIps::index(ip).is_some()
 }
 
 /// fdff:2000::/21
@@ -34,6 +34,9 @@ fn check_v4(fields: &Fields, key: &str, errors: &mut Vec<FieldError>) -> Option<
     let s = fields.string(key, Need::Optional, errors)?;
     let message = match s.parse::<Ipv4Addr>() {
         Ok(ip) if in_v4_pool(ip) => return Some(ip),
+        Ok(ip) if ip.octets()[..2] == [10, 30] => {
+            format!("{} is not a service IP: 10.30.x.y with x and y at most 253", show_str(s))
+        }
         Ok(_) => format!("{} is not in 10.30.0.0/16", show_str(s)),
         Err(_) => format!("{} is not an ipv4 address", show_str(s)),
     };

@@ -388,6 +388,14 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case(
+            "service IPs the pool never hands out",
+            svc(json!({"addresses": {"rr_ip": "10.30.0.255", "closest_ip": "10.30.254.1"}})),
+            vec![
+                ("~.addresses.rr_ip", "\"10.30.0.255\" is not a service IP: 10.30.x.y with x and y at most 253"),
+                ("~.addresses.closest_ip", "\"10.30.254.1\" is not a service IP"),
+            ],
+        ),
+        case(
             "addresses out of the pools",
             svc(json!({"addresses": {
                 "rr_ip": "10.31.0.1", "closest_ip": "ten",

@@ -53,6 +53,22 @@ pub fn check_rr_ips(st: &AppState, new: &[Service]) -> ApiResult<()> {
     Ok(())
 }
 
+/// Gives new services their overlay addresses (the descriptor's, or a round-robin IP from the
+/// pool), all or nothing.
+pub fn assign_addresses<'a>(st: &AppState, services: impl IntoIterator<Item = &'a mut Service>) -> ApiResult<()> {
+    let mut done: Vec<String> = Vec::new();
+    for s in services {
+        if let Err(e) = st.fleet.assign_addresses(s, None) {
+            for id in &done {
+                st.fleet.release_service(id);
+            }
+            return Err(e.into());
+        }
+        done.push(s.id.clone());
+    }
+    Ok(())
+}
+
 fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Application, Vec<Service>)>> {
     let mut planned: Vec<(Application, Vec<Service>)> = Vec::new();
     for (i, a) in sla.applications.into_iter().enumerate() {
@@ -101,9 +117,15 @@ pub async fn create(
     caller.require(Action::CreateApplication, "")?;
     let sla = validate_sla(&doc, Purpose::NewApplications).map_err(ApiError::Invalid)?;
     let owner = caller.principal.username.as_str();
-    let planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
+    let mut planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
     let all_services: Vec<Service> = planned.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
     check_rr_ips(&st, &all_services)?;
+    assign_addresses(&st, planned.iter_mut().flat_map(|(_, s)| s.iter_mut()))?;
+    let release_all = |planned: &[(Application, Vec<Service>)]| {
+        for s in planned.iter().flat_map(|(_, s)| s) {
+            st.fleet.release_service(&s.id);
+        }
+    };
     let mut created: Vec<&str> = Vec::new();
     for (app, services) in &planned {
         if let Err(e) = st.store.create_application(app, services) {
@@ -112,10 +134,13 @@ pub async fn create(
                     tracing::error!(app = id, error = %undo, "cannot roll back a partly created request");
                 }
             }
+            release_all(&planned);
             return Err(e.into());
         }
         created.push(&app.id);
     }
+    // Clusters may already ask for these job names.
+    st.fleet.routes_changed(planned.iter().flat_map(|(_, s)| s.iter().map(|s| s.id.as_str())));
     Ok(Json(st.store.list_applications(Some(owner))?))
 }
 
@@ -170,6 +195,7 @@ pub async fn update(
         app.application_desc = desc;
     }
     let mut services = Vec::new();
+    let mut before = Vec::new();
     if renamed {
         services = st.store.list_services(Some(&id))?;
         if let Some(busy) = services.iter().find(|s| !s.instance_list.is_empty()) {
@@ -178,6 +204,7 @@ pub async fn update(
                 busy.job_name
             )));
         }
+        before = services.clone();
         for s in &mut services {
             s.app_name = app.application_name.clone();
             s.app_ns = app.application_namespace.clone();
@@ -185,6 +212,11 @@ pub async fn update(
         }
     }
     st.store.update_application_with_services(&app, &services)?;
+    // Interested clusters drop the old names (and their claim on the addresses).
+    for s in &before {
+        st.fleet.routes_removed(s);
+    }
+    st.fleet.routes_changed(services.iter().map(|s| s.id.as_str()));
     Ok(Json(app))
 }
 
@@ -200,7 +232,9 @@ pub async fn delete(
     let services = st.store.list_services(Some(&id))?;
     st.store.delete_application(&id)?;
     for s in &services {
+        st.fleet.release_service(&s.id);
         st.fleet.undeploy(&s.id, &s.instance_list);
+        st.fleet.routes_removed(s);
     }
     Ok(Json(MessageResponse::new("Application Deleted")))
 }

@@ -11,7 +11,7 @@ use oak_core::jobs::{apply_update, job_status, new_service};
 use oak_core::sla::{job_name, validate_service_update, validate_sla, Purpose};
 use serde_json::Value;
 
-use super::applications::{check_rr_ips, owned_app};
+use super::applications::{assign_addresses, check_rr_ips, owned_app};
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
@@ -53,10 +53,17 @@ pub async fn create(
         return Err(ApiError::Invalid(vec![FieldError::new("applications", "one application is needed")]));
     };
     let app = owned_app(&st, &caller, &requested.application_id, true)?;
-    let services: Vec<Service> =
+    let mut services: Vec<Service> =
         requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
     check_rr_ips(&st, &services)?;
-    st.store.add_services(&app.id, &services)?;
+    assign_addresses(&st, services.iter_mut())?;
+    if let Err(e) = st.store.add_services(&app.id, &services) {
+        for s in &services {
+            st.fleet.release_service(&s.id);
+        }
+        return Err(e.into());
+    }
+    st.fleet.routes_changed(services.iter().map(|s| s.id.as_str()));
     let deployed: Vec<DeployedService> = services
         .iter()
         .map(|s| DeployedService { service_name: s.service_name.clone(), job_id: s.id.clone(), status: 200 })
@@ -102,9 +109,21 @@ pub async fn update(
             service.job_name
         )));
     }
+    let previous = service.clone();
     apply_update(&mut service, &app, ms);
     check_rr_ips(&st, std::slice::from_ref(&service))?;
-    st.store.update_service(&service)?;
+    st.fleet.assign_addresses(&mut service, Some(&previous))?;
+    if let Err(e) = st.store.update_service(&service) {
+        let mut back = previous.clone();
+        if let Err(undo) = st.fleet.assign_addresses(&mut back, Some(&service)) {
+            tracing::error!(service = %id, error = ?undo, "cannot take back the addresses of a failed update");
+        }
+        return Err(e.into());
+    }
+    if previous.job_name != service.job_name {
+        st.fleet.routes_removed(&previous);
+    }
+    st.fleet.routes_changed([id.as_str()]);
     Ok(Json(service))
 }
 
@@ -118,7 +137,9 @@ pub async fn delete(
 ) -> ApiResult<Json<MessageResponse>> {
     let (service, _) = owned_service(&st, &caller, &id, true)?;
     st.store.delete_service(&id)?;
+    st.fleet.release_service(&id);
     st.fleet.undeploy(&id, &service.instance_list);
+    st.fleet.routes_removed(&service);
     Ok(Json(MessageResponse::new("Job deleted")))
 }
 
@@ -170,13 +191,24 @@ pub async fn request_instance(
 ) -> ApiResult<Json<InstanceRequested>> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
     let (service, _) = owned(&st, &caller, &id, true, false)?;
-    let number = st.store.allocate_instance_number(&id)?;
-    let instance = st.fleet.place(&service, number, None);
+    // Its overlay address, kept for the instance's life (also when it moves).
+    let ip = st.fleet.allocate_instance_ip(&id)?;
+    let number = match st.store.allocate_instance_number(&id) {
+        Ok(n) => n,
+        Err(e) => {
+            st.fleet.release_addresses(&id, [&ip]);
+            return Err(e.into());
+        }
+    };
+    let mut instance = st.fleet.place(&service, number, None);
+    instance.instance_ip = Some(ip);
     if let Err(e) = st.store.put_instance(&id, &instance) {
         st.fleet.undeploy(&id, std::slice::from_ref(&instance));
+        st.fleet.release_addresses(&id, instance.instance_ip.iter());
         return Err(e.into());
     }
     st.fleet.dispatch(&service, &instance);
+    st.fleet.routes_changed([id.as_str()]);
     Ok(Json(InstanceRequested { message: "ok".into(), instance_number: number, status: instance.status }))
 }
 
@@ -196,6 +228,8 @@ pub async fn delete_instance(
         return Err(ApiError::not_found(format!("instance {number} of service {id}")));
     };
     st.store.delete_instance(&id, number)?;
+    st.fleet.release_addresses(&id, instance.instance_ip.iter());
     st.fleet.undeploy(&id, std::slice::from_ref(instance));
+    st.fleet.routes_changed([id.as_str()]);
     Ok(Json(MessageResponse::new(format!("instance {number} undeployed"))))
 }

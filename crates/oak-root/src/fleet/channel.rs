@@ -97,6 +97,18 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
             ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
             ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(request_id, data, cursor, error),
+            ClusterMsg::SubnetRequest { request_id, node_id } => {
+                let (subnet, error) = match fleet.subnet_for(id, &node_id) {
+                    Ok(s) => (s, String::new()),
+                    Err(e) => (String::new(), e),
+                };
+                fleet.send_to(id, Some(conn), RootMsg::Subnet { request_id, node_id, subnet, error });
+            }
+            ClusterMsg::Nodes { node_ids } => fleet.keep_subnets(id, &node_ids),
+            ClusterMsg::TableQuery { request_id, job_name, ip } => {
+                fleet.on_table_query(id, conn, request_id, &job_name, &ip)
+            }
+            ClusterMsg::Uninterest { job_name } => fleet.on_uninterest(id, &job_name),
             ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
         }
     }

@@ -1,5 +1,6 @@
 //! Placing instances on clusters, sending them there, and taking the clusters' instance reports.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use oak_api::channel::{DeployInstance, InstanceRef, InstanceReport, RootMsg};
@@ -8,6 +9,7 @@ use oak_api::node::JobSpec;
 use oak_api::status;
 use oak_core::node_placement::Demand;
 use oak_core::placement::{choose_cluster, explain};
+use oak_core::routes::route_instance;
 
 use super::Fleet;
 use crate::ids;
@@ -82,7 +84,11 @@ impl Fleet {
             let msg = RootMsg::Deploy {
                 full: false,
                 seq: link.seq,
-                instances: vec![DeployInstance { instance_number: instance.instance_number, job: job_spec(service) }],
+                instances: vec![DeployInstance {
+                    instance_number: instance.instance_number,
+                    job: job_spec(service),
+                    instance_ip: instance.instance_ip.clone(),
+                }],
             };
             let _ = link.tx.send(msg);
         }
@@ -103,16 +109,22 @@ impl Fleet {
 
     /// Applies a cluster's instance reports. Reports about instances the root does not know, or
     /// that now belong to another cluster (they moved), change nothing and are undeployed there.
+    /// Jobs whose route tables changed are pushed to the clusters interested in them.
     pub(super) fn on_instances(&self, cluster_id: &str, conn: u64, updates: Vec<InstanceReport>) {
         let now = ids::now();
         let keys: Vec<(String, u32)> = updates.iter().map(|u| (u.job_id.clone(), u.instance_number)).collect();
         let mut foreign = vec![false; updates.len()];
+        let mut rerouted: BTreeSet<String> = BTreeSet::new();
         let found = self.store.update_instances(&keys, &mut |i, inst| {
             if inst.cluster_id.as_deref() != Some(cluster_id) {
                 foreign[i] = true;
                 return false;
             }
+            let before = route_instance(inst);
             merge_report(inst, &updates[i], now);
+            if route_instance(inst) != before {
+                rerouted.insert(keys[i].0.clone());
+            }
             true
         });
         let found = match found {
@@ -122,6 +134,7 @@ impl Fleet {
                 return;
             }
         };
+        self.routes_changed(rerouted.iter().map(String::as_str));
         let mut inner = self.lock();
         let Some(link) = inner.links.get(cluster_id).filter(|l| l.conn == conn) else { return };
         let epoch = link.reports;
@@ -153,7 +166,11 @@ impl Fleet {
         for s in &services {
             let job = job_spec(s);
             for inst in &s.instance_list {
-                out.push(DeployInstance { instance_number: inst.instance_number, job: job.clone() });
+                out.push(DeployInstance {
+                    instance_number: inst.instance_number,
+                    job: job.clone(),
+                    instance_ip: inst.instance_ip.clone(),
+                });
             }
         }
         Ok(out)
@@ -176,6 +193,7 @@ fn merge_report(inst: &mut Instance, r: &InstanceReport, now: f64) {
     inst.worker_id = r.worker_id.clone();
     inst.host_ip = r.host_ip.clone();
     inst.host_port = r.host_port.clone();
+    inst.namespace_ip = r.namespace_ip.clone();
     inst.publicip = r.publicip.clone();
     inst.cpu_percent = r.cpu_percent;
     inst.memory_percent = r.memory_percent;

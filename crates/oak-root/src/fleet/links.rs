@@ -78,6 +78,8 @@ impl Fleet {
         // Instances waiting for any cluster get an immediate attempt.
         inner.backoff.clear();
         drop(inner);
+        // An older connection's interests end with it: the cluster queries again.
+        self.forget_interest(&cluster_id);
         Ok(Joined { cluster_id, conn, rx })
     }
 
@@ -86,6 +88,8 @@ impl Fleet {
         let mut inner = self.lock();
         if inner.links.get(cluster_id).is_some_and(|l| l.conn == conn) {
             inner.links.remove(cluster_id);
+            drop(inner);
+            self.forget_interest(cluster_id);
             tracing::warn!(cluster = cluster_id, "cluster disconnected");
         }
     }

@@ -6,11 +6,13 @@
 //! Everything durable is in the store, so a restarted root rebuilds this from the database and
 //! from the clusters' full reports when they re-dial.
 
+mod addresses;
 mod channel;
 mod dispatch;
 mod links;
 mod logs;
 mod retry;
+mod routes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +23,7 @@ use oak_core::stats::Samples;
 use oak_store::RootStore;
 use tokio::sync::Notify;
 
+pub use addresses::AddressRefusal;
 pub use channel::serve_channel;
 pub use logs::LogsError;
 pub use retry::run_retries;
@@ -60,6 +63,10 @@ pub struct Fleet {
     placement: Mutex<Samples>,
     /// Logs reads waiting for their cluster's answer.
     logs: Mutex<logs::Pending>,
+    /// The overlay's service IPs and worker subnets.
+    addresses: Mutex<addresses::Addresses>,
+    /// Which clusters want which jobs' route changes.
+    interest: Mutex<routes::Interest>,
 }
 
 struct Inner {
@@ -70,8 +77,10 @@ struct Inner {
 }
 
 impl Fleet {
-    pub fn new(store: Arc<dyn RootStore>, config: FleetConfig) -> Arc<Self> {
-        Arc::new(Fleet {
+    /// The fleet of `store`'s root, with the overlay's address pools rebuilt from it.
+    pub fn open(store: Arc<dyn RootStore>, config: FleetConfig) -> oak_store::Result<Arc<Self>> {
+        let addresses = addresses::Addresses::rebuild(&*store)?;
+        Ok(Arc::new(Fleet {
             store,
             config,
             inner: Mutex::new(Inner {
@@ -83,7 +92,9 @@ impl Fleet {
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
             logs: Mutex::new(logs::Pending::default()),
-        })
+            addresses: Mutex::new(addresses),
+            interest: Mutex::new(routes::Interest::default()),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

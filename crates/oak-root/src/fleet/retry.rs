@@ -80,7 +80,12 @@ impl Fleet {
                     true
                 });
                 match stored {
-                    Ok(found) if found == [true] => self.dispatch(&service, &placed),
+                    Ok(found) if found == [true] => {
+                        self.dispatch(&service, &placed);
+                        if oak_core::routes::route_instance(current) != oak_core::routes::route_instance(&placed) {
+                            self.routes_changed([service_id.as_str()]);
+                        }
+                    }
                     _ => self.undeploy(&service_id, std::slice::from_ref(&placed)),
                 }
             } else {

@@ -59,6 +59,12 @@ pub struct ClusterArgs {
     /// Seconds a worker may take to start an instance before it is placed elsewhere.
     #[arg(long, default_value_t = 120.0)]
     pub deploy_timeout: f64,
+    /// Seconds of silence after which a worker holding no instances is forgotten: its
+    /// credentials end and the root takes back its overlay subnet; if it comes back it joins as
+    /// a new node. An hour rides out reboots, upgrades and network outages (a returning worker
+    /// keeps its id, subnet and routes) yet returns the subnets of workers gone for good.
+    #[arg(long, default_value_t = 3600.0)]
+    pub node_forget_after: f64,
 }
 
 impl ClusterArgs {
@@ -87,6 +93,11 @@ impl ClusterArgs {
                 Err(format!("--{flag} must be a positive number of seconds"))
             }
         };
+        let node_timeout = seconds(self.node_timeout, "node-timeout")?;
+        let node_forget_after = seconds(self.node_forget_after, "node-forget-after")?;
+        if node_forget_after <= node_timeout {
+            return Err("--node-forget-after must be longer than --node-timeout".into());
+        }
         let mqtt = match self.mqtt_url {
             Some(url) => oak_cluster::MqttMode::External { url },
             None => oak_cluster::MqttMode::Embedded { addr: SocketAddr::new(self.listen_addr, self.mqtt_port) },
@@ -103,8 +114,9 @@ impl ClusterArgs {
             data_dir: self.data_dir,
             report_interval: seconds(self.report_interval, "report-interval")?,
             timing: oak_cluster::state::Timing {
-                node_timeout: seconds(self.node_timeout, "node-timeout")?,
+                node_timeout,
                 deploy_timeout: seconds(self.deploy_timeout, "deploy-timeout")?,
+                node_forget_after,
                 ..Default::default()
             },
         })
@@ -130,4 +142,32 @@ pub fn run(args: ClusterArgs) -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ClusterArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClusterArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<oak_cluster::ClusterConfig, String> {
+        let base = ["oakestra", "--name", "c1", "--root-channel", "127.0.0.1:50052", "--token", "t"];
+        Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.config()
+    }
+
+    #[test]
+    fn silent_workers_are_forgotten_after_an_hour_unless_told_otherwise() {
+        let timing = config(&[]).unwrap().timing;
+        assert_eq!(timing.node_forget_after.as_secs(), 3600);
+        assert_eq!(config(&["--node-forget-after", "120"]).unwrap().timing.node_forget_after.as_secs(), 120);
+        let err = config(&["--node-forget-after", "5"]).unwrap_err();
+        assert!(err.contains("longer than --node-timeout"), "{err}");
+        assert!(config(&["--node-forget-after", "0"]).unwrap_err().contains("--node-forget-after"));
+    }
 }
