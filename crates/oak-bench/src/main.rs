@@ -8,6 +8,11 @@
 //!   latency of a warm image against `ctr run --rm` in the same run, and the worker's idle footprint.
 //! - `placement` (target P3): the decision time of both schedulers on the sizes of `targets.md`,
 //!   in a quiet process, against one pass over the same candidates.
+//! - `overlay` (targets P7, P8): root, cluster and two workers in a lab of network namespaces
+//!   with real containerd; TCP bulk throughput and request/response latency between instances
+//!   on the two workers via the service IP (overlay) against the same pair routed natively.
+//!   Its load generators are the hidden `tcp-sink` and `tcp-source`, run inside the instances'
+//!   network namespaces.
 //! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
@@ -15,6 +20,7 @@
 mod deploy;
 mod hollow;
 mod machine;
+mod overlay;
 mod placement;
 mod procs;
 mod report;
@@ -40,6 +46,14 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Decision time of the cluster scheduler (1,000 workers) and the root scheduler (100 clusters).
     Placement(placement::PlacementArgs),
+    /// Overlay throughput and latency between two workers' instances against native routing.
+    Overlay(overlay::OverlayArgs),
+    /// Overlay benchmark's server: bulk and echo connections (runs in an instance's namespace).
+    #[command(hide = true)]
+    TcpSink(overlay::SinkArgs),
+    /// Overlay benchmark's client: one bulk transfer or series of round trips, JSON on stdout.
+    #[command(hide = true)]
+    TcpSource(overlay::SourceArgs),
     /// Run many hollow workers (fake runtime) against one cluster, in this process.
     HollowWorkers(workers::WorkersArgs),
 }
@@ -51,6 +65,9 @@ fn main() -> ExitCode {
         Command::Deploy(args) => deploy::main(args),
         Command::Placement(args) => placement::main(args),
         Command::HollowWorkers(args) => workers::main(args),
+        Command::Overlay(args) => overlay::main(args),
+        Command::TcpSink(args) => overlay::sink_main(args),
+        Command::TcpSource(args) => overlay::source_main(args),
     };
     match result {
         Ok(code) => code,

@@ -281,12 +281,15 @@ impl Inner {
             };
             self.puller.ensure(&image_ref, &platform, &progress).await?
         };
+        // The overlay gives each instance a namespace of its own (prepared with its veth before
+        // the container exists); without it, containers share the worker's.
+        let joins_netns = self.config.host_network || cmd.netns.is_some();
         let host = HostSetup {
-            host_network: self.config.host_network,
-            host_netns_path: Some(format!("/proc/{}/ns/net", std::process::id())),
+            host_network: joins_netns,
+            host_netns_path: Some(cmd.netns.clone().unwrap_or_else(|| format!("/proc/{}/ns/net", std::process::id()))),
             cgroup_path: self.cgroup_path(&id),
             resolv_conf: std::path::Path::new("/etc/resolv.conf").exists().then(|| "/etc/resolv.conf".to_string()),
-            hosts: (self.config.host_network && std::path::Path::new("/etc/hosts").exists())
+            hosts: (self.config.host_network && cmd.netns.is_none() && std::path::Path::new("/etc/hosts").exists())
                 .then(|| "/etc/hosts".to_string()),
         };
         let spec =

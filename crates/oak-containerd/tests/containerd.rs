@@ -22,6 +22,8 @@ fn command(job: &str, instance: u32, image: &str, memory: u64) -> DeployCommand 
     DeployCommand {
         job: JobSpec { id: "0".repeat(24), job_name: job.to_string(), image: image.to_string(), spec },
         instance_number: instance,
+        instance_ip: None,
+        netns: None,
     }
 }
 

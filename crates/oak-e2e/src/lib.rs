@@ -11,6 +11,7 @@ pub mod images;
 pub mod netns;
 pub mod procs;
 pub mod registry;
+pub mod relay;
 
 #[cfg(test)]
 mod tests;

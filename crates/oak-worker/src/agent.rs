@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::engine::{Engine, EngineMsg, Shared};
 use crate::host_info::NodeInfoSource;
+use crate::net::{NetManager, Networked};
 use crate::reporter::{NodeStamp, Reporter};
 use crate::reports::Outgoing;
 use crate::session::{self, Carry, SessionEnd};
@@ -62,9 +63,27 @@ async fn run_worker(
     let shared = Arc::new(Shared::new());
     let (engine_tx, engine_rx) = mpsc::unbounded_channel();
     let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
+    let net = config.overlay.then(|| {
+        NetManager::new(
+            config.overlay_config.clone(),
+            config.data_dir.clone(),
+            config.cluster_address.clone(),
+            config.cluster_port,
+            outbox_tx.clone(),
+        )
+    });
+    // With the overlay, every runtime runs its instances in namespaces the overlay wired.
+    let deps = match &net {
+        Some(net) => WorkerDeps {
+            runtimes: deps.runtimes.into_iter().map(|rt| Networked::wrap(rt, net.clone())).collect(),
+            ..deps
+        },
+        None => deps,
+    };
     let stamp = NodeStamp {
         node_name: config.node_name.clone(),
         virtualization: deps.runtimes.iter().map(|r| r.name().to_string()).collect(),
+        net: net.clone(),
     };
 
     // Subscribe to runtime events before adopting, so no exit falls between the two.
@@ -90,7 +109,7 @@ async fn run_worker(
     );
 
     let result = tokio::select! {
-        result = stay_connected(&config, &deps, &stamp, &mut outbox_rx, &engine_tx, &shared) => result,
+        result = stay_connected(&config, &deps, &stamp, &mut outbox_rx, &engine_tx, &shared, net.as_ref()) => result,
         () = shutdown => {
             tracing::info!("worker shutting down");
             Ok(())
@@ -104,6 +123,9 @@ async fn run_worker(
         tracing::warn!("engine did not stop in time");
         abort.abort();
     }
+    if let Some(net) = &net {
+        net.shutdown().await;
+    }
     result
 }
 
@@ -116,6 +138,7 @@ async fn stay_connected(
     outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
     engine: &mpsc::UnboundedSender<EngineMsg>,
     shared: &Shared,
+    net: Option<&Arc<NetManager>>,
 ) -> Result<(), WorkerError> {
     let mut identity = identity::load(&config.data_dir).await;
     let mut carry = Carry::default();
@@ -140,9 +163,17 @@ async fn stay_connected(
             identity = Some(registration.identity.clone());
         }
         tracing::info!(%node_id, broker = %format!("{}:{}", registration.mqtt.host, registration.mqtt.port), "registered with the cluster");
+        if let Some(net) = net {
+            if registration.subnet.is_empty() {
+                return Err(WorkerError::Overlay(
+                    "the cluster gave no overlay subnet (is it older than this worker?)".into(),
+                ));
+            }
+            net.start(&node_id, &registration.subnet).await.map_err(|e| WorkerError::Overlay(e.0))?;
+        }
 
         let session_span = tracing::info_span!("session", %node_id);
-        let end = session::run(&registration, outbox, &mut carry, engine, shared).instrument(session_span).await;
+        let end = session::run(&registration, outbox, &mut carry, engine, shared, net).instrument(session_span).await;
         match end {
             SessionEnd::CredentialsRefused { was_connected } => {
                 if was_connected {

@@ -25,13 +25,16 @@ pub struct WorkerConfig {
     /// Broker host to use instead of the one the cluster names (e.g. behind NAT).
     pub mqtt_host: Option<String>,
     pub report_interval: Duration,
-    /// Whether the overlay network is enabled (carried for the NetManager; unused so far).
+    /// Whether the worker runs the overlay network (off unless the tier turns it on: it needs
+    /// root, a TUN device and iptables).
     pub overlay: bool,
+    /// Tunnel port and public address of the overlay.
+    pub overlay_config: crate::net::OverlayConfig,
 }
 
 impl WorkerConfig {
     /// A configuration with the defaults: port 10100, the host name as node name, 2 s reports,
-    /// overlay on.
+    /// no overlay.
     pub fn new(
         cluster_address: impl Into<String>,
         data_dir: impl Into<PathBuf>,
@@ -45,7 +48,8 @@ impl WorkerConfig {
             node_name: default_node_name(),
             mqtt_host: None,
             report_interval: DEFAULT_REPORT_INTERVAL,
-            overlay: true,
+            overlay: false,
+            overlay_config: crate::net::OverlayConfig::default(),
         }
     }
 

@@ -14,6 +14,9 @@ pub enum WorkerError {
     /// Any other 4xx: retrying the same request cannot help.
     #[error("cluster rejected the registration ({status}): {message}")]
     RegistrationRejected { status: u16, message: String },
+    /// The overlay network cannot be set up (needs root, `ip`, `iptables`, `/dev/net/tun`).
+    #[error("overlay network: {0} (run as root, or start the worker with --no-overlay)")]
+    Overlay(String),
     #[error("cluster sent an invalid registration answer: {0}")]
     BadRegistration(String),
     #[error("data directory {path}: {source}")]

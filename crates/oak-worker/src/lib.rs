@@ -7,7 +7,8 @@
 //!
 //! Module map: `agent` (run, task wiring), `register` (HTTP join), `identity` and `desired`
 //! (state files), `session` (MQTT), `engine` (instance state machine), `commands` (payload
-//! decoding), `reporter` (periodic reports), `reports` (messages), `host_info` (the machine).
+//! decoding), `reporter` (periodic reports), `reports` (messages), `host_info` (the machine),
+//! `net` (the overlay network: plumbing, data path, the runtime decorator).
 
 mod agent;
 mod backoff;
@@ -19,6 +20,7 @@ mod error;
 mod files;
 mod host_info;
 mod identity;
+mod net;
 mod register;
 mod reporter;
 mod reports;
@@ -28,3 +30,4 @@ pub use agent::{run, WorkerDeps};
 pub use config::{default_node_name, WorkerConfig, DEFAULT_CLUSTER_PORT, DEFAULT_REPORT_INTERVAL};
 pub use error::WorkerError;
 pub use host_info::{HostInfo, NodeInfoSource};
+pub use net::{OverlayConfig, DEFAULT_TUNNEL_PORT};

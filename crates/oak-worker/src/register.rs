@@ -27,6 +27,8 @@ pub(crate) struct Registration {
     pub mqtt: MqttEndpoint,
     /// The IP the worker registered with (used as `publicip` until the next sample).
     pub node_ip: String,
+    /// The overlay subnet the cluster gave this node ("" without the overlay).
+    pub subnet: String,
 }
 
 /// One failed attempt: worth retrying, or not.
@@ -128,6 +130,7 @@ fn interpret(config: &WorkerConfig, answer: RegisterNodeResponse) -> Result<Regi
         identity: NodeIdentity { id: answer.id, node_secret: answer.mqtt_password.clone() },
         mqtt: MqttEndpoint { host, port, username: answer.mqtt_username, password: answer.mqtt_password },
         node_ip: String::new(),
+        subnet: answer.subnet,
     })
 }
 
@@ -174,6 +177,7 @@ mod tests {
             mqtt_host: host.into(),
             mqtt_username: "n1".into(),
             mqtt_password: "pw".into(),
+            subnet: String::new(),
         }
     }
 

@@ -22,12 +22,14 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct NodeStamp {
     pub node_name: String,
     pub virtualization: Vec<String>,
+    pub net: Option<Arc<crate::net::NetManager>>,
 }
 
 impl NodeStamp {
     pub(crate) fn apply(&self, mut info: NodeInfo) -> NodeInfo {
         info.host = self.node_name.clone();
         info.virtualization = self.virtualization.clone();
+        info.overlay = self.net.as_ref().map(|net| net.info());
         info
     }
 }

@@ -1,6 +1,7 @@
 //! What the worker publishes, before it is given a topic: the session adds the node id and IP
 //! it is connected with.
 
+use oak_api::net::{InterestRemove, TableQuery};
 use oak_api::node::{JobStatusReport, LogsAnswer, NodeInfo, ResourcesReport};
 use oak_api::status;
 
@@ -16,6 +17,11 @@ pub(crate) enum Outgoing {
     /// `nodes/<id>/logs`: an answer to a logs query (dropped while disconnected: the cluster
     /// answers the root with a timeout and the reader asks again).
     Logs(LogsAnswer),
+    /// `nodes/<id>/net/tablequery/request` (dropped while disconnected: the proxy gives the
+    /// query up after a few seconds and asks again at the next packet).
+    TableQuery(TableQuery),
+    /// `nodes/<id>/net/interest/remove`.
+    InterestRemove(InterestRemove),
 }
 
 pub(crate) fn job(job_name: &str, instance: u32, status: &str, detail: impl Into<String>) -> Outgoing {
@@ -25,6 +31,7 @@ pub(crate) fn job(job_name: &str, instance: u32, status: &str, detail: impl Into
         status_detail: detail.into(),
         instance,
         publicip: String::new(),
+        nsip: String::new(),
     })
 }
 

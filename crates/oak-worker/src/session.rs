@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use oak_api::net::topic as net_topic;
 use oak_api::node::topic;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -16,6 +19,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::engine::{EngineMsg, Shared};
+use crate::net::NetManager;
 use crate::register::Registration;
 use crate::reports::Outgoing;
 
@@ -51,6 +55,7 @@ pub(crate) async fn run(
     carry: &mut Carry,
     engine: &mpsc::UnboundedSender<EngineMsg>,
     shared: &Shared,
+    net: Option<&Arc<NetManager>>,
 ) -> SessionEnd {
     let node_id = registration.identity.id.as_str();
     let endpoint = &registration.mqtt;
@@ -65,7 +70,7 @@ pub(crate) async fn run(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let _pump = AbortOnDrop(tokio::spawn(pump(eventloop, events_tx).in_current_span()));
 
-    let mut session = Session { client, node_id, connected: false, was_connected: false };
+    let mut session = Session { client, node_id, connected: false, was_connected: false, net };
     let result = loop {
         tokio::select! {
             biased;
@@ -118,11 +123,17 @@ struct Session<'a> {
     node_id: &'a str,
     connected: bool,
     was_connected: bool,
+    net: Option<&'a Arc<NetManager>>,
 }
 
 impl Session<'_> {
     async fn subscribe(&self) {
-        for topic in [topic::deploy(self.node_id), topic::delete(self.node_id), topic::logs_query(self.node_id)] {
+        let mut topics =
+            vec![topic::deploy(self.node_id), topic::delete(self.node_id), topic::logs_query(self.node_id)];
+        if self.net.is_some() {
+            topics.push(net_topic::table_result(self.node_id));
+        }
+        for topic in topics {
             if let Err(e) = self.client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
                 tracing::warn!(%topic, error = %e, "cannot subscribe");
             }
@@ -134,6 +145,12 @@ impl Session<'_> {
             Some((id, "control/deploy")) if id == self.node_id => EngineMsg::Deploy(payload),
             Some((id, "control/delete")) if id == self.node_id => EngineMsg::Delete(payload),
             Some((id, "control/logs")) if id == self.node_id => EngineMsg::Logs(payload),
+            Some((id, net_topic::TABLE_RESULT)) if id == self.node_id => {
+                if let Some(net) = self.net {
+                    net.on_table(&payload);
+                }
+                return;
+            }
             _ => {
                 tracing::debug!(topic = topic_name, "ignoring message");
                 return;
@@ -150,6 +167,11 @@ impl Session<'_> {
                 if report.publicip.is_empty() {
                     report.publicip = carry.ip.clone();
                 }
+                if report.nsip.is_empty() {
+                    if let Some(nsip) = self.net.and_then(|net| net.nsip(&report.sname, report.instance)) {
+                        report.nsip = nsip.to_string();
+                    }
+                }
                 let payload = serde_json::to_vec(&report);
                 (topic::job(self.node_id), QoS::AtLeastOnce, payload, Some(Outgoing::Job(report)))
             }
@@ -157,6 +179,12 @@ impl Session<'_> {
                 (topic::resources(self.node_id), QoS::AtMostOnce, serde_json::to_vec(&report), None)
             }
             Outgoing::Logs(answer) => (topic::logs(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&answer), None),
+            Outgoing::TableQuery(query) => {
+                (net_topic::table_query(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&query), None)
+            }
+            Outgoing::InterestRemove(remove) => {
+                (net_topic::interest_remove(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&remove), None)
+            }
             Outgoing::Info(mut info) => {
                 info.id = self.node_id.to_string();
                 if !info.ip.is_empty() {

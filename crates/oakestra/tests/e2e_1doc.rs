@@ -107,7 +107,9 @@ fn scenario(work: &Workdir) -> Result<()> {
             "microservices": [{
                 "microserviceID": "", "microservice_name": "server", "microservice_namespace": "e2e",
                 "virtualization": "container", "cmd": [], "memory": 64, "vcpus": 1, "vgpus": 0, "vtpus": 0,
-                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": image, "state": "", "port": "",
+                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": image, "state": "",
+                // The overlay gives the container its own namespace: reach it through a mapping.
+                "port": port.to_string(),
                 "added_files": [], "constraints": []
             }]
         }]

@@ -13,12 +13,20 @@
 //! - A memory limit below what the process touches ends the instance with exit code 137.
 //! - A worker restart adopts its running container (same container, same task pid, still
 //!   serving) while the root keeps showing the instance RUNNING on that worker.
-//! - Undeploying everything and stopping every process leaves no container or task behind.
+//! - Overlay network (`e2e_lab/overlay.rs`): a client on w1 reaches the round-robin IP of a
+//!   server with instances on e1 and e2 (both answer), each instance IP, and pings it; an
+//!   undeployed instance stops getting traffic within a second; a killed worker's instance is
+//!   re-placed and reachable under the same instance IP; a port mapping answers on the node's
+//!   address only; the closest IP follows the lower round-trip time.
+//! - Undeploying everything and stopping every process leaves no container or task behind, and
+//!   no link, address, route, iptables rule or namespace of the overlay.
 //!
 //! On failure the tails of every node's log, the API's last state and what `ctr` lists are
 //! printed, and the work directory (`/var/tmp/oak-e2e/e2e-lab-…`) is kept.
 
 mod e2e;
+#[path = "e2e_lab/overlay.rs"]
+mod overlay;
 
 use e2e::http;
 use std::collections::BTreeMap;
@@ -30,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use oak_e2e::containerd::Containerd;
+use oak_e2e::relay::DelayRelay;
 use oak_e2e::{images, wait_until, Host, Lab, Registry, Workdir};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -75,6 +84,15 @@ impl Proc {
         }
     }
 
+    /// SIGKILL: a worker that dies without cleaning up.
+    fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
     /// Fails if the process exited on its own.
     fn ensure_alive(&mut self) -> Result<()> {
         if let Some(c) = &mut self.child {
@@ -100,6 +118,8 @@ struct Worker {
     ns: String,
     /// The node id the cluster gave it (from `<data>/node.json`).
     id: String,
+    /// The tunnel address it advertises (its delay relay's for e1 and e2).
+    public: std::net::Ipv4Addr,
 }
 
 /// The images pushed to the registry, as full references.
@@ -110,6 +130,18 @@ struct Images {
     crasher: String,
     hog: String,
     missing: String,
+    /// HTTP on port 80 answering `/hostname` with the instance's hostname.
+    server: String,
+}
+
+/// What the overlay scenarios pass on to each other.
+#[derive(Default)]
+struct OverlayState {
+    client_job: String,
+    server: String,
+    server_job: String,
+    /// Server instance number → worker name.
+    placed: BTreeMap<u64, String>,
 }
 
 struct Topology {
@@ -130,6 +162,11 @@ struct Topology {
     images: Images,
     /// Ids of the services created, for the final undeploy.
     services: Vec<String>,
+    /// The lab bridge's address.
+    gateway: std::net::Ipv4Addr,
+    /// Delay relays in front of e1 and e2 (their public tunnel addresses).
+    relays: BTreeMap<String, DelayRelay>,
+    overlay: OverlayState,
 }
 
 #[test]
@@ -165,7 +202,11 @@ fn lab_root_two_clusters_three_workers() {
         step("lifecycles", || scenario_lifecycles(t))?;
         step("memory limit", || scenario_memory_limit(t))?;
         step("worker restart", || scenario_worker_restart(t))?;
+        step("overlay: service IPs", || overlay::scenario_service_ips(t))?;
+        step("overlay: port mapping", || overlay::scenario_port_mapping(t))?;
+        step("overlay: closest", || overlay::scenario_closest(t))?;
         step("teardown", || teardown(t))?;
+        step("overlay: nothing left", || overlay::check_no_overlay_leftovers(t))?;
         Ok(())
     }));
     let failure = match outcome {
@@ -243,7 +284,21 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         crasher: push(images::crasher(), "e2e/crasher")?,
         hog: push(images::memory_hog(64), "e2e/hog")?,
         missing: format!("{}/nope/missing:1", registry.addr()),
+        server: push(images::http_server("overlay server"), "e2e/server")?,
     };
+    // e1 and e2 are reached through delay relays on extra addresses of the bridge.
+    let mut relays = BTreeMap::new();
+    let mut public = BTreeMap::new();
+    for (i, (host, _)) in worker_hosts.iter().enumerate().filter(|(_, (_, c))| *c == "east") {
+        let addr = std::net::Ipv4Addr::new(10, 99, SUBNET, 201 + i as u8);
+        let out = Command::new("ip").args(["addr", "add", &format!("{addr}/32"), "dev", lab.bridge()]).output()?;
+        ensure!(out.status.success(), "adding {addr} to the bridge: {}", String::from_utf8_lossy(&out.stderr));
+        let port = oak_worker::DEFAULT_TUNNEL_PORT;
+        let relay =
+            DelayRelay::start(std::net::SocketAddrV4::new(addr, port), std::net::SocketAddrV4::new(host.ip(), port))?;
+        relays.insert(host.name().to_string(), relay);
+        public.insert(host.name().to_string(), addr);
+    }
     let root_ip = root_host.ip();
     let root_data = work.join("data/root");
     let api = format!("http://{root_ip}:10000");
@@ -325,6 +380,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         let name = host.name().to_string();
         let data = work.join(format!("data/worker-{name}"));
         let ns = format!("{PREFIX}-{name}");
+        let advertised = public.get(&name).copied().unwrap_or(host.ip());
         let mut p = Proc::new(
             &format!("worker-{name}"),
             &host,
@@ -347,10 +403,20 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
                 &ns,
                 "--insecure-registry",
                 &format!("{gateway}:{port}"),
+                "--public-addr",
+                &advertised.to_string(),
             ]),
         );
         p.start()?;
-        workers.push(Worker { name, cluster: cluster.into(), proc: p, data, ns, id: String::new() });
+        workers.push(Worker {
+            name,
+            cluster: cluster.into(),
+            proc: p,
+            data,
+            ns,
+            id: String::new(),
+            public: advertised,
+        });
     }
 
     let mut topo = Topology {
@@ -366,6 +432,9 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         cluster_ids: BTreeMap::new(),
         images,
         services: Vec::new(),
+        gateway,
+        relays,
+        overlay: OverlayState::default(),
     };
     topo.wait_for_fleet()?;
     Ok(topo)
@@ -455,7 +524,19 @@ impl Topology {
         one_shot: bool,
         constraints: Value,
     ) -> Result<(String, String)> {
-        let sla = json!({
+        self.create_service_with(name, image, constraints, json!({"one_shot": one_shot}))
+    }
+
+    /// [`Topology::create_service`] with more microservice fields (`memory`, `port`, …).
+    fn create_service_with(
+        &mut self,
+        name: &str,
+        image: &str,
+        constraints: Value,
+        fields: Value,
+    ) -> Result<(String, String)> {
+        let one_shot = false;
+        let mut sla = json!({
             "sla_version": "v2.0", "customerID": "Admin",
             "applications": [{
                 "applicationID": "", "application_name": name, "application_namespace": "e2e",
@@ -469,6 +550,13 @@ impl Topology {
                 }]
             }]
         });
+        if let (Some(ms), Some(fields)) =
+            (sla["applications"][0]["microservices"][0].as_object_mut(), fields.as_object())
+        {
+            for (k, v) in fields {
+                ms.insert(k.clone(), v.clone());
+            }
+        }
         self.api(Method::POST, "/api/application/", Some(sla))?;
         let services = self.api(Method::GET, "/api/services/", None)?;
         let service = services
@@ -688,6 +776,20 @@ impl Topology {
         Ok(())
     }
 
+    /// Waits until the clusters count every worker active again (after a restart).
+    fn wait_for_worker(&self, name: &str) -> Result<()> {
+        let want: BTreeMap<&str, u64> = [("east", 2), ("west", 1)].into();
+        wait_until(&format!("{name} to be active again"), Duration::from_secs(40), POLL, || {
+            self.ensure_all_alive()?;
+            let cs = self.api(Method::GET, "/api/clusters/active", None)?;
+            let cs = cs.as_array().cloned().unwrap_or_default();
+            let ok = want.iter().all(|(cluster, nodes)| {
+                cs.iter().any(|c| c["cluster_name"] == *cluster && c["active_nodes"].as_u64() == Some(*nodes))
+            });
+            Ok(ok.then_some(()))
+        })
+    }
+
     /// After a failure: kills and removes what containerd still holds for the workers, so no
     /// shim outlives the test's containerd.
     fn force_clean(&self) {
@@ -761,9 +863,9 @@ fn check_placed(t: &Topology, inst: &Value, job: &str, cluster: &str, worker: &s
         t.worker_name_of(inst)
     );
     ensure!(
-        inst["host_ip"].as_str() == Some(w.proc.host.ip().to_string().as_str()),
-        "host_ip is not {worker}'s address {}: {inst}",
-        w.proc.host.ip()
+        inst["host_ip"].as_str() == Some(w.public.to_string().as_str()),
+        "host_ip is not {worker}'s tunnel address {}: {inst}",
+        w.public
     );
     let container = format!("{job}.instance.{}", inst["instance_number"]);
     let found = t.containers_of(job)?;
@@ -963,8 +1065,13 @@ fn scenario_memory_limit(t: &mut Topology) -> Result<()> {
 
 fn scenario_worker_restart(t: &mut Topology) -> Result<()> {
     let image = t.images.web.clone();
-    let (web, job) =
-        t.create_service("web", &image, false, json!([{"type": "direct", "node": "e1", "cluster": "east"}]))?;
+    // The overlay gives the container a namespace of its own: the node's port is a mapping.
+    let (web, job) = t.create_service_with(
+        "web",
+        &image,
+        json!([{"type": "direct", "node": "e1", "cluster": "east"}]),
+        json!({"port": WEB_PORT.to_string()}),
+    )?;
     t.scale_up(&web)?;
     let inst = t.wait_running(&web, 0, "the web server to be RUNNING")?;
     check_placed(t, &inst, &job, "east", "e1")?;

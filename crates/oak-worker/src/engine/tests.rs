@@ -70,6 +70,7 @@ impl Harness {
                 Outgoing::Job(report) => panic!("unexpected status report {report:?}"),
                 Outgoing::Info(_) => continue,
                 Outgoing::Logs(answer) => panic!("unexpected logs answer {answer:?}"),
+                other => panic!("unexpected overlay message {other:?}"),
             }
         }
     }

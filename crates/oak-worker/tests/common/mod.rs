@@ -256,6 +256,7 @@ async fn register(State(app): State<AppState>, Json(req): Json<RegisterNodeReque
             mqtt_host: "127.0.0.1".into(),
             mqtt_username: id,
             mqtt_password: password,
+            subnet: String::new(),
         };
         cluster.answers.push(answer.clone());
         answer

@@ -31,6 +31,9 @@ pub struct UpArgs {
     /// Registry (`host:port`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
     pub insecure_registries: Vec<String>,
+    /// Run without the overlay network (containers share the host's network namespace).
+    #[arg(long)]
+    pub no_overlay: bool,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -74,6 +77,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             report_interval: 2.0,
             node_timeout: 6.0,
             deploy_timeout: 120.0,
+            node_forget_after: 3600.0,
         };
         let cluster_dir = cluster_args.data_dir.clone();
         let cluster = match cluster_args.config() {
@@ -94,7 +98,10 @@ pub fn run(args: UpArgs) -> ExitCode {
             token_file: Some(cluster_dir.join("node-token")),
             node_name: None,
             mqtt_host: None,
-            no_overlay: false,
+            no_overlay: args.no_overlay,
+            netmanager_port: None,
+            tunnel_port: oak_worker::DEFAULT_TUNNEL_PORT,
+            public_addr: None,
             report_interval: 2.0,
             containerd_socket: args.containerd_socket,
             containerd_namespace: "oakestra".into(),

@@ -32,9 +32,20 @@ pub struct WorkerArgs {
     /// Broker host to use instead of the one the cluster names.
     #[arg(long)]
     pub mqtt_host: Option<String>,
-    /// Disable the overlay network.
+    /// Disable the overlay network (instances then share the node's network namespace).
     #[arg(long)]
     pub no_overlay: bool,
+    /// The original NodeEngine's NetManager port; `-n -1` (what its seed scripts pass) turns
+    /// the overlay off like `--no-overlay`, other values are accepted and ignored.
+    #[arg(short = 'n', long = "netmanager-port", allow_hyphen_values = true, hide = true)]
+    pub netmanager_port: Option<i64>,
+    /// UDP port of the overlay tunnel between workers.
+    #[arg(long, default_value_t = oak_worker::DEFAULT_TUNNEL_PORT, env = "OAKESTRA_TUNNEL_PORT")]
+    pub tunnel_port: u16,
+    /// IPv4 address other workers send tunnel traffic to (e.g. a NAT's forwarded address);
+    /// defaults to the address of the interface that reaches the cluster.
+    #[arg(long, env = "OAKESTRA_PUBLIC_ADDR")]
+    pub public_addr: Option<std::net::Ipv4Addr>,
     /// Seconds between node and instance reports.
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
@@ -88,7 +99,12 @@ impl WorkerArgs {
             config.node_name = name;
         }
         config.mqtt_host = self.mqtt_host;
-        config.overlay = !self.no_overlay;
+        config.overlay = !self.no_overlay && self.netmanager_port != Some(-1);
+        if self.tunnel_port == 0 {
+            return Err("--tunnel-port must not be 0".into());
+        }
+        config.overlay_config =
+            oak_worker::OverlayConfig { tunnel_port: self.tunnel_port, public_addr: self.public_addr };
         config.report_interval = Duration::from_secs_f64(self.report_interval);
         Ok(config)
     }

@@ -1,0 +1,345 @@
+//! The NetManager: the worker's part of the overlay network (spec `oakestra-net.md` §3.1, §4).
+//!
+//! Host plumbing (`plumbing`: bridge, per-instance namespace and veth, iptables) is done with
+//! `ip`/`iptables`; packets to service IPs go through `oak_net::Proxy` (`datapath`: TUN reader,
+//! UDP tunnel, probes, expiry); route tables arrive from the cluster over MQTT. Runtimes see the
+//! overlay only as a network namespace to join (`networked`: a runtime decorator that wires an
+//! instance before it starts and unwires it after it stopped).
+
+mod datapath;
+mod names;
+mod networked;
+mod plumbing;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oak_api::net::{OverlayInfo, RouteTable};
+use oak_api::node::DeployCommand;
+use tokio::sync::{mpsc, watch};
+
+pub use names::Subnet;
+pub(crate) use networked::Networked;
+
+use crate::reports::Outgoing;
+use state::{Attachment, Attachments};
+
+/// UDP port of the tunnel between workers.
+pub const DEFAULT_TUNNEL_PORT: u16 = 50103;
+
+/// How the overlay is configured on this worker.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    pub tunnel_port: u16,
+    /// The address peers send tunnel traffic to; `None`: the address of the interface that
+    /// reaches the cluster, checked again every [`ADDRESS_CHECK`].
+    pub public_addr: Option<Ipv4Addr>,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        Self { tunnel_port: DEFAULT_TUNNEL_PORT, public_addr: None }
+    }
+}
+
+/// How often an automatic public address is looked up again.
+const ADDRESS_CHECK: Duration = Duration::from_secs(30);
+
+/// Set once the host plumbing is up.
+struct Started {
+    node_id: String,
+    subnet: Subnet,
+}
+
+pub(crate) struct NetManager {
+    config: OverlayConfig,
+    data_dir: PathBuf,
+    cluster_host: String,
+    cluster_port: u16,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// The tunnel endpoint peers use (also what the node information reports).
+    endpoint: Mutex<SocketAddrV4>,
+    started: Mutex<Option<Started>>,
+    ready: watch::Sender<bool>,
+    attachments: tokio::sync::Mutex<Attachments>,
+    /// nsIPs by instance, for the job reports (read without waiting on plumbing).
+    nsips: Mutex<BTreeMap<(String, u32), Ipv4Addr>>,
+    datapath: Mutex<Option<Arc<datapath::Datapath>>>,
+}
+
+impl std::fmt::Debug for NetManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetManager").field("endpoint", &*self.endpoint.lock().unwrap()).finish_non_exhaustive()
+    }
+}
+
+/// Why the overlay cannot run.
+#[derive(Debug)]
+pub struct OverlayError(pub String);
+
+impl NetManager {
+    pub(crate) fn new(
+        config: OverlayConfig,
+        data_dir: PathBuf,
+        cluster_host: String,
+        cluster_port: u16,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+    ) -> Arc<Self> {
+        let addr = config
+            .public_addr
+            .or_else(|| plumbing::route_source(&cluster_host, cluster_port))
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        let endpoint = SocketAddrV4::new(addr, config.tunnel_port);
+        Arc::new(Self {
+            config,
+            data_dir,
+            cluster_host,
+            cluster_port,
+            outbox,
+            endpoint: Mutex::new(endpoint),
+            started: Mutex::new(None),
+            ready: watch::channel(false).0,
+            attachments: tokio::sync::Mutex::new(Attachments::default()),
+            nsips: Mutex::new(BTreeMap::new()),
+            datapath: Mutex::new(None),
+        })
+    }
+
+    /// What the node information says about the overlay.
+    pub(crate) fn info(&self) -> OverlayInfo {
+        let endpoint = *self.endpoint.lock().unwrap();
+        let subnet = self.started.lock().unwrap().as_ref().map(|s| s.subnet.to_string()).unwrap_or_default();
+        OverlayInfo { public_addr: endpoint.ip().to_string(), tunnel_port: endpoint.port(), subnet }
+    }
+
+    /// Sets the host up for `subnet` (the first time, or again if the cluster gave a new one),
+    /// re-attaches instances that survived a restart and starts the data path.
+    pub(crate) async fn start(self: &Arc<Self>, node_id: &str, subnet: &str) -> Result<(), OverlayError> {
+        let subnet = Subnet::parse(subnet).map_err(|e| OverlayError(format!("the cluster sent a bad subnet: {e}")))?;
+        {
+            let started = self.started.lock().unwrap();
+            if let Some(s) = started.as_ref() {
+                if s.subnet == subnet && s.node_id == node_id {
+                    return Ok(());
+                }
+            }
+        }
+        plumbing::setup_host(subnet).await.map_err(|e| OverlayError(format!("setting up the overlay bridge: {e}")))?;
+        let datapath = {
+            let existing = self.datapath.lock().unwrap().clone();
+            match existing {
+                Some(d) => d,
+                None => {
+                    let endpoint = *self.endpoint.lock().unwrap();
+                    let d = datapath::Datapath::open(self.clone(), endpoint)
+                        .await
+                        .map_err(|e| OverlayError(format!("opening the overlay data path: {e}")))?;
+                    plumbing::setup_tun().await.map_err(|e| OverlayError(format!("routing the service range: {e}")))?;
+                    *self.datapath.lock().unwrap() = Some(d.clone());
+                    d
+                }
+            }
+        };
+        *self.started.lock().unwrap() = Some(Started { node_id: node_id.to_string(), subnet });
+        self.reconcile(node_id, subnet, &datapath).await;
+        // `send` would not store the value while nobody waits yet.
+        self.ready.send_replace(true);
+        let endpoint = *self.endpoint.lock().unwrap();
+        tracing::info!(%subnet, %endpoint, "overlay network ready");
+        Ok(())
+    }
+
+    /// Keeps the attachments that are still wired (and of this subnet), removes the rest and
+    /// every namespace or veth of this node nobody owns.
+    async fn reconcile(&self, node_id: &str, subnet: Subnet, datapath: &datapath::Datapath) {
+        let mut attachments = self.attachments.lock().await;
+        if attachments.is_empty() {
+            *attachments = state::load(&self.data_dir).await;
+        }
+        let mut keep = Attachments::default();
+        for (key, a) in std::mem::take(&mut *attachments).into_iter() {
+            let ours = subnet.offset_of(a.wiring.nsip).is_some();
+            if ours && plumbing::intact(&a.wiring).await {
+                if let Err(e) = plumbing::add_ports(&a.wiring).await {
+                    tracing::warn!(job = %key.0, instance = key.1, error = %e, "cannot restore port mappings");
+                }
+                datapath.add_local(&a);
+                self.nsips.lock().unwrap().insert(key.clone(), a.wiring.nsip);
+                keep.insert(key, a);
+            } else {
+                tracing::info!(job = %key.0, instance = key.1, "removing a stale overlay attachment");
+                plumbing::detach(&a.wiring).await;
+            }
+        }
+        let (namespaces, veths) = plumbing::leftovers(&names::netns_prefix(node_id)).await;
+        for ns in namespaces.iter().filter(|ns| !keep.values().any(|a| &a.wiring.netns == *ns)) {
+            tracing::info!(netns = %ns, "removing a leftover instance namespace");
+            plumbing::remove_netns(ns).await;
+        }
+        for veth in veths.iter().filter(|v| !keep.values().any(|a| &a.wiring.veth == *v)) {
+            tracing::info!(%veth, "removing a leftover veth");
+            plumbing::remove_link(veth).await;
+        }
+        *attachments = keep;
+        self.save(&attachments).await;
+    }
+
+    async fn save(&self, attachments: &Attachments) {
+        if let Err(e) = state::save(&self.data_dir, attachments).await {
+            tracing::error!(error = %e, "cannot persist overlay attachments; a restart may leave them behind");
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Wires an instance: its namespace (what the runtime joins), address, veth, port mappings
+    /// and its entry in the proxy.
+    pub(crate) async fn attach(&self, cmd: &DeployCommand) -> Result<String, String> {
+        let ports = port_mappings(cmd, self.config.tunnel_port)?;
+        let instance_ip = match cmd.instance_ip.as_deref().filter(|s| !s.is_empty()) {
+            Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| format!("instance IP {ip:?} is not an IPv4 address"))?),
+            None => None,
+        };
+        self.wait_ready().await;
+        let (node_id, subnet) = {
+            let started = self.started.lock().unwrap();
+            let s = started.as_ref().expect("ready implies started");
+            (s.node_id.clone(), s.subnet)
+        };
+        let key = (cmd.job.job_name.clone(), cmd.instance_number);
+        let mut attachments = self.attachments.lock().await;
+        if let Some(old) = attachments.remove(&key) {
+            self.unwire(&key, &old).await;
+        }
+        let nsip = state::free_nsip(&attachments, subnet)
+            .ok_or_else(|| format!("all {} overlay addresses of subnet {subnet} are in use", Subnet::HOSTS.count()))?;
+        let wiring = plumbing::Wiring {
+            netns: names::netns(&node_id, &key.0, key.1),
+            veth: names::veth(&node_id, &key.0, key.1),
+            nsip,
+            ports,
+        };
+        plumbing::attach(&wiring, subnet).await.map_err(|e| format!("overlay network: {e}"))?;
+        let path = wiring.netns_path();
+        let attachment = Attachment { job_name: key.0.clone(), instance: key.1, instance_ip, wiring };
+        if let Some(d) = self.datapath.lock().unwrap().clone() {
+            d.add_local(&attachment);
+        }
+        self.nsips.lock().unwrap().insert(key.clone(), nsip);
+        attachments.insert(key, attachment);
+        self.save(&attachments).await;
+        Ok(path)
+    }
+
+    /// Removes an instance's wiring (nothing happens if it has none).
+    pub(crate) async fn detach(&self, job_name: &str, instance: u32) {
+        let key = (job_name.to_string(), instance);
+        let mut attachments = self.attachments.lock().await;
+        if let Some(old) = attachments.remove(&key) {
+            self.unwire(&key, &old).await;
+            self.save(&attachments).await;
+        }
+    }
+
+    async fn unwire(&self, key: &(String, u32), a: &Attachment) {
+        if let Some(d) = self.datapath.lock().unwrap().clone() {
+            d.remove_local(a.wiring.nsip);
+        }
+        self.nsips.lock().unwrap().remove(key);
+        plumbing::detach(&a.wiring).await;
+    }
+
+    /// Removes wirings of instances no runtime holds any more (e.g. stopped while the worker was
+    /// down), except those being deployed right now (`busy`).
+    pub(crate) async fn forget_missing(&self, present: &[(String, u32)], busy: &[(String, u32)]) {
+        if !*self.ready.borrow() {
+            return;
+        }
+        let mut attachments = self.attachments.lock().await;
+        let gone: Vec<(String, u32)> =
+            attachments.keys().filter(|k| !present.contains(k) && !busy.contains(k)).cloned().collect();
+        for key in gone {
+            if let Some(a) = attachments.remove(&key) {
+                tracing::info!(job = %key.0, instance = key.1, "removing the overlay wiring of an instance that no longer runs");
+                self.unwire(&key, &a).await;
+            }
+        }
+        self.save(&attachments).await;
+    }
+
+    /// The instance's namespace address, for its status reports.
+    pub(crate) fn nsip(&self, job_name: &str, instance: u32) -> Option<Ipv4Addr> {
+        self.nsips.lock().unwrap().get(&(job_name.to_string(), instance)).copied()
+    }
+
+    /// A table from the cluster (an answer or a pushed change).
+    pub(crate) fn on_table(&self, payload: &[u8]) {
+        let table: RouteTable = match serde_json::from_slice(payload) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a garbled route table from the cluster");
+                return;
+            }
+        };
+        if let Some(d) = self.datapath.lock().unwrap().clone() {
+            d.apply_table(table);
+        }
+    }
+
+    /// Looks the public address up again (automatic mode); returns whether it changed.
+    fn recheck_address(&self) -> bool {
+        if self.config.public_addr.is_some() {
+            return false;
+        }
+        let Some(addr) = plumbing::route_source(&self.cluster_host, self.cluster_port) else { return false };
+        let mut endpoint = self.endpoint.lock().unwrap();
+        if *endpoint.ip() == addr {
+            return false;
+        }
+        tracing::info!(old = %endpoint.ip(), new = %addr, "the node's public address changed");
+        *endpoint = SocketAddrV4::new(addr, self.config.tunnel_port);
+        true
+    }
+
+    fn send(&self, msg: Outgoing) {
+        let _ = self.outbox.send(msg);
+    }
+
+    /// At worker shutdown: without instances, removes everything the overlay made; with
+    /// instances, keeps their wiring (they keep running and a restarted worker adopts them).
+    pub(crate) async fn shutdown(&self) {
+        let datapath = self.datapath.lock().unwrap().take();
+        if let Some(d) = datapath {
+            d.stop();
+        }
+        let attachments = self.attachments.lock().await;
+        let started = self.started.lock().unwrap().is_some();
+        if attachments.is_empty() && started {
+            plumbing::teardown_host().await;
+            tracing::info!("overlay network removed");
+        } else if !attachments.is_empty() {
+            tracing::info!(instances = attachments.len(), "keeping the overlay wiring of running instances");
+        }
+    }
+}
+
+/// The descriptor's `port` as mappings (errors name the bad part).
+fn port_mappings(cmd: &DeployCommand, tunnel_port: u16) -> Result<Vec<plumbing::Mapping>, String> {
+    let spec = cmd.job.spec.port.as_str();
+    let parsed = oak_net::parse_port_mappings(spec, tunnel_port).map_err(|e| format!("port {spec:?}: {e}"))?;
+    Ok(parsed
+        .into_iter()
+        .map(|m| plumbing::Mapping {
+            host: m.host,
+            container: m.container,
+            udp: matches!(m.proto, oak_net::Proto::Udp),
+        })
+        .collect())
+}

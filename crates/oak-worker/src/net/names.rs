@@ -1,0 +1,127 @@
+//! Names of everything the overlay creates on a host. All start with `oak` (links) or `OAK-`
+//! (iptables chains), and an instance's network namespace carries a prefix of the node id, so a
+//! restarted worker can tell its own leftovers from other workers' (several workers may share
+//! one host's `/run/netns`, e.g. in tests).
+
+use std::net::Ipv4Addr;
+
+use sha2::{Digest, Sha256};
+
+/// The bridge every local instance's veth is attached to.
+pub const BRIDGE: &str = "oakbr0";
+/// The TUN device the service range is routed into.
+pub const TUN: &str = "oaktun0";
+/// Prefix of the host side of an instance's veth.
+pub const VETH_PREFIX: &str = "oakv";
+/// The interface name inside an instance's namespace.
+pub const INSTANCE_IF: &str = "eth0";
+/// filter-table chain jumped to from `FORWARD`.
+pub const CHAIN_FORWARD: &str = "OAK-FWD";
+/// nat-table chain jumped to from `POSTROUTING` (masquerade).
+pub const CHAIN_POSTROUTING: &str = "OAK-POST";
+/// nat-table chain jumped to from `PREROUTING` and `OUTPUT` (port mappings).
+pub const CHAIN_PORTS: &str = "OAK-PORTS";
+/// The service range routed into the TUN.
+pub const SERVICE_RANGE: &str = "10.30.0.0/16";
+/// MTU of bridge, veths and TUN: 1500 minus the tunnel's outer IPv4 and UDP headers, with room.
+pub const MTU: u32 = 1450;
+
+/// Where named network namespaces are bind-mounted (`ip netns`).
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Prefix of this node's instance namespaces: `oak-<8 hex of the node id>-`.
+pub fn netns_prefix(node_id: &str) -> String {
+    format!("oak-{}-", &hex_digest(node_id)[..8])
+}
+
+/// Network namespace of one instance on one node.
+pub fn netns(node_id: &str, job_name: &str, instance: u32) -> String {
+    format!("{}{}", netns_prefix(node_id), &hex_digest(&format!("{job_name}.instance.{instance}"))[..12])
+}
+
+/// Host side of an instance's veth (at most 15 bytes, the kernel's limit).
+pub fn veth(node_id: &str, job_name: &str, instance: u32) -> String {
+    format!("{VETH_PREFIX}{}", &hex_digest(&format!("{node_id}/{job_name}.instance.{instance}"))[..10])
+}
+
+fn hex_digest(text: &str) -> String {
+    hex_lower(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A worker's /26: network address and the addresses in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+}
+
+impl Subnet {
+    pub const PREFIX: u8 = 26;
+    /// Addresses instances get: `.2` to `.62` of the block (`.1` is the bridge, `.63` broadcast).
+    pub const HOSTS: std::ops::RangeInclusive<u32> = 2..=62;
+
+    /// Parses `10.18.0.64/26` (the prefix must be 26 and the address a block start).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = text.trim().split_once('/').ok_or_else(|| format!("subnet {text:?} has no /prefix"))?;
+        let network: Ipv4Addr =
+            addr.parse().map_err(|_| format!("subnet {text:?}: {addr:?} is not an IPv4 address"))?;
+        if prefix != "26" {
+            return Err(format!("subnet {text:?} is not a /26"));
+        }
+        if u32::from(network) % 64 != 0 {
+            return Err(format!("subnet {text:?} does not start a /26 block"));
+        }
+        Ok(Self { network })
+    }
+
+    pub fn bridge_ip(&self) -> Ipv4Addr {
+        self.host(1)
+    }
+
+    pub fn host(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + offset)
+    }
+
+    pub fn offset_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        let offset = u32::from(ip).checked_sub(u32::from(self.network))?;
+        (offset < 64).then_some(offset)
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, Self::PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_are_per_node() {
+        let a = veth("node-a", "app.ns.svc.ns", 0);
+        assert!(a.len() <= 15 && a.starts_with("oakv"), "{a}");
+        assert_ne!(a, veth("node-b", "app.ns.svc.ns", 0));
+        assert_ne!(a, veth("node-a", "app.ns.svc.ns", 1));
+        let ns = netns("node-a", "app.ns.svc.ns", 3);
+        assert!(ns.starts_with(&netns_prefix("node-a")));
+        assert!(!ns.starts_with(&netns_prefix("node-b")));
+    }
+
+    #[test]
+    fn subnet_parsing_and_hosts() {
+        let s = Subnet::parse("10.18.0.64/26").unwrap();
+        assert_eq!(s.bridge_ip(), Ipv4Addr::new(10, 18, 0, 65));
+        assert_eq!(s.host(62), Ipv4Addr::new(10, 18, 0, 126));
+        assert_eq!(s.offset_of(Ipv4Addr::new(10, 18, 0, 70)), Some(6));
+        assert_eq!(s.offset_of(Ipv4Addr::new(10, 18, 0, 128)), None);
+        assert_eq!(s.to_string(), "10.18.0.64/26");
+        for bad in ["10.18.0.64", "10.18.0.64/24", "10.18.0.65/26", "ten/26"] {
+            assert!(Subnet::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Host plumbing of the overlay, done with `ip` and `iptables` (iproute2 and iptables are what
+//! every edge distribution ships, and their semantics are what operators debug with). Every
+//! operation is idempotent ("ensure"/"remove if present"), so set-up after a crash and
+//! reconciliation are the same code path.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use tokio::process::Command;
+
+use super::names::{self, Subnet};
+
+/// A port mapping as iptables needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mapping {
+    pub host: u16,
+    pub container: u16,
+    /// `tcp` or `udp`.
+    pub udp: bool,
+}
+
+impl Mapping {
+    fn proto(&self) -> &'static str {
+        if self.udp {
+            "udp"
+        } else {
+            "tcp"
+        }
+    }
+}
+
+/// Runs a command, failing with its stderr.
+async fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e} (is it installed?)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+async fn ip(args: &[&str]) -> Result<String, String> {
+    run("ip", args).await
+}
+
+async fn iptables(args: &[&str]) -> Result<String, String> {
+    // -w: wait for the xtables lock instead of failing when another tool holds it.
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    run("iptables", &all).await
+}
+
+/// Whether a rule exists (`iptables -C`).
+async fn rule_exists(table: &str, chain: &str, rule: &[&str]) -> bool {
+    let mut args = vec!["-t", table, "-C", chain];
+    args.extend_from_slice(rule);
+    iptables(&args).await.is_ok()
+}
+
+async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), String> {
+    if rule_exists(table, chain, rule).await {
+        return Ok(());
+    }
+    let mut args = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
+    args.extend_from_slice(rule);
+    iptables(&args).await.map(drop)
+}
+
+async fn delete_rule(table: &str, chain: &str, rule: &[&str]) {
+    // A rule added twice (by hand, or an old version) is deleted until none is left.
+    for _ in 0..8 {
+        if !rule_exists(table, chain, rule).await {
+            return;
+        }
+        let mut args = vec!["-t", table, "-D", chain];
+        args.extend_from_slice(rule);
+        if iptables(&args).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Creates `chain` in `table` if missing and empties it.
+async fn fresh_chain(table: &str, chain: &str) -> Result<(), String> {
+    if iptables(&["-t", table, "-N", chain]).await.is_err() {
+        iptables(&["-t", table, "-F", chain]).await?;
+    }
+    Ok(())
+}
+
+async fn remove_chain(table: &str, chain: &str) {
+    let _ = iptables(&["-t", table, "-F", chain]).await;
+    let _ = iptables(&["-t", table, "-X", chain]).await;
+}
+
+/// The jumps from built-in chains into ours.
+const JUMPS: &[(&str, &str, &[&str])] = &[
+    ("filter", "FORWARD", &["-j", names::CHAIN_FORWARD]),
+    ("nat", "POSTROUTING", &["-j", names::CHAIN_POSTROUTING]),
+    // Port mappings match only traffic addressed to this node (the original matched any
+    // destination, rewriting containers' connections to remote hosts on a mapped port).
+    ("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", names::CHAIN_PORTS]),
+    ("nat", "OUTPUT", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", names::CHAIN_PORTS]),
+];
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("cannot set {path} to {value}: {e}"))
+}
+
+/// Bridge with the subnet's first address, forwarding and rp_filter, our chains with their
+/// rules and jumps. Port-mapping rules of existing instances are added back by their attach.
+pub async fn setup_host(subnet: Subnet) -> Result<(), String> {
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    // Replies to service IPs come back through the TUN with addresses the reverse path check
+    // would not expect on it.
+    write_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter", "0")?;
+
+    if ip(&["link", "show", "dev", names::BRIDGE]).await.is_err() {
+        ip(&["link", "add", names::BRIDGE, "type", "bridge"]).await?;
+    }
+    let mtu = names::MTU.to_string();
+    ip(&["link", "set", "dev", names::BRIDGE, "mtu", &mtu, "up"]).await?;
+    let bridge_addr = format!("{}/{}", subnet.bridge_ip(), Subnet::PREFIX);
+    // Another subnet's address from an earlier identity must not linger.
+    ip(&["addr", "flush", "dev", names::BRIDGE]).await?;
+    ip(&["addr", "add", &bridge_addr, "dev", names::BRIDGE]).await?;
+    let _ = write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/rp_filter", names::BRIDGE), "0");
+    // `curl localhost:<mapped port>` on the node: the DNAT'd packet keeps its loopback source on
+    // the bridge (allowed by route_localnet) and is masqueraded below so the instance can answer.
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/route_localnet", names::BRIDGE), "1")?;
+
+    fresh_chain("filter", names::CHAIN_FORWARD).await?;
+    for dir in ["-i", "-o"] {
+        for dev in [names::BRIDGE, names::TUN] {
+            iptables(&["-t", "filter", "-A", names::CHAIN_FORWARD, dir, dev, "-j", "ACCEPT"]).await?;
+        }
+    }
+    fresh_chain("nat", names::CHAIN_POSTROUTING).await?;
+    let src = subnet.to_string();
+    // Overlay traffic keeps its addresses; everything else leaving the node is masqueraded so
+    // instances reach the outside world.
+    iptables(&["-t", "nat", "-A", names::CHAIN_POSTROUTING, "-s", &src, "-o", names::TUN, "-j", "RETURN"]).await?;
+    iptables(&["-t", "nat", "-A", names::CHAIN_POSTROUTING, "-s", &src, "!", "-o", names::BRIDGE, "-j", "MASQUERADE"])
+        .await?;
+    iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        names::CHAIN_POSTROUTING,
+        "-s",
+        "127.0.0.0/8",
+        "-o",
+        names::BRIDGE,
+        "-j",
+        "MASQUERADE",
+    ])
+    .await?;
+    if iptables(&["-t", "nat", "-N", names::CHAIN_PORTS]).await.is_err() {
+        // Existing port rules belong to instances that are re-attached right after.
+        iptables(&["-t", "nat", "-F", names::CHAIN_PORTS]).await?;
+    }
+    for (table, chain, rule) in JUMPS {
+        ensure_rule(table, chain, rule, true).await?;
+    }
+    Ok(())
+}
+
+/// Makes the TUN carry the service range (the device itself is opened by the data path).
+pub async fn setup_tun() -> Result<(), String> {
+    let mtu = names::MTU.to_string();
+    ip(&["link", "set", "dev", names::TUN, "mtu", &mtu, "up"]).await?;
+    ip(&["route", "replace", names::SERVICE_RANGE, "dev", names::TUN]).await?;
+    let _ = write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/rp_filter", names::TUN), "0");
+    Ok(())
+}
+
+/// Removes everything [`setup_host`] made (the TUN and its route go with the device).
+pub async fn teardown_host() {
+    for (table, chain, rule) in JUMPS {
+        delete_rule(table, chain, rule).await;
+    }
+    remove_chain("filter", names::CHAIN_FORWARD).await;
+    remove_chain("nat", names::CHAIN_POSTROUTING).await;
+    remove_chain("nat", names::CHAIN_PORTS).await;
+    let _ = ip(&["link", "del", "dev", names::BRIDGE]).await;
+    let _ = ip(&["route", "del", names::SERVICE_RANGE, "dev", names::TUN]).await;
+}
+
+/// What an instance's attachment consists of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Wiring {
+    pub netns: String,
+    pub veth: String,
+    pub nsip: Ipv4Addr,
+    pub ports: Vec<Mapping>,
+}
+
+impl Wiring {
+    pub fn netns_path(&self) -> String {
+        format!("{}/{}", names::NETNS_DIR, self.netns)
+    }
+}
+
+fn port_rule(nsip: Ipv4Addr, m: &Mapping) -> Vec<String> {
+    [
+        "-p",
+        m.proto(),
+        "--dport",
+        &m.host.to_string(),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{nsip}:{}", m.container),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Namespace, veth into it with the instance's address and default route via the bridge, and
+/// the port mappings. Whatever existed under the same names before is replaced.
+pub async fn attach(w: &Wiring, subnet: Subnet) -> Result<(), String> {
+    detach(w).await;
+    ip(&["netns", "add", &w.netns]).await?;
+    let mtu = names::MTU.to_string();
+    let result = async {
+        ip(&[
+            "link",
+            "add",
+            &w.veth,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            names::INSTANCE_IF,
+            "mtu",
+            &mtu,
+            "netns",
+            &w.netns,
+        ])
+        .await?;
+        ip(&["link", "set", "dev", &w.veth, "master", names::BRIDGE, "up"]).await?;
+        let addr = format!("{}/{}", w.nsip, Subnet::PREFIX);
+        let gateway = subnet.bridge_ip().to_string();
+        ip(&["-n", &w.netns, "link", "set", "dev", "lo", "up"]).await?;
+        ip(&["-n", &w.netns, "addr", "add", &addr, "dev", names::INSTANCE_IF]).await?;
+        ip(&["-n", &w.netns, "link", "set", "dev", names::INSTANCE_IF, "up"]).await?;
+        ip(&["-n", &w.netns, "route", "add", "default", "via", &gateway]).await?;
+        add_ports(w).await
+    }
+    .await;
+    if result.is_err() {
+        detach(w).await;
+    }
+    result
+}
+
+/// Adds the instance's port mappings (again, after the chain was emptied at start-up).
+pub async fn add_ports(w: &Wiring) -> Result<(), String> {
+    for m in &w.ports {
+        let rule = port_rule(w.nsip, m);
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        ensure_rule("nat", names::CHAIN_PORTS, &rule, false).await?;
+    }
+    Ok(())
+}
+
+/// Removes the port mappings, the veth (its peer goes with it) and the namespace.
+pub async fn detach(w: &Wiring) {
+    for m in &w.ports {
+        let rule = port_rule(w.nsip, m);
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        delete_rule("nat", names::CHAIN_PORTS, &rule).await;
+    }
+    let _ = ip(&["link", "del", "dev", &w.veth]).await;
+    if Path::new(&w.netns_path()).exists() {
+        if let Err(e) = ip(&["netns", "del", &w.netns]).await {
+            tracing::warn!(netns = %w.netns, error = %e, "cannot remove an instance's network namespace");
+        }
+    }
+}
+
+/// Whether the instance's wiring is still in place (after a worker restart).
+pub async fn intact(w: &Wiring) -> bool {
+    Path::new(&w.netns_path()).exists() && ip(&["link", "show", "dev", &w.veth]).await.is_ok()
+}
+
+/// This node's instance namespaces and our veths that exist now.
+pub async fn leftovers(netns_prefix: &str) -> (Vec<String>, Vec<String>) {
+    let mut namespaces = Vec::new();
+    if let Ok(mut dir) = tokio::fs::read_dir(names::NETNS_DIR).await {
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(netns_prefix) {
+                namespaces.push(name);
+            }
+        }
+    }
+    let mut veths = Vec::new();
+    if let Ok(out) = ip(&["-o", "link", "show", "type", "veth"]).await {
+        for line in out.lines() {
+            // "12: oakv0123456789@if11: <...>"
+            if let Some(name) = line.split(": ").nth(1) {
+                let name = name.split('@').next().unwrap_or(name);
+                if name.starts_with(names::VETH_PREFIX) {
+                    veths.push(name.to_string());
+                }
+            }
+        }
+    }
+    (namespaces, veths)
+}
+
+pub async fn remove_netns(name: &str) {
+    let _ = ip(&["netns", "del", name]).await;
+}
+
+pub async fn remove_link(name: &str) {
+    let _ = ip(&["link", "del", "dev", name]).await;
+}
+
+/// The local address the kernel would use to reach `host` (the interface that reaches the
+/// cluster), without sending anything.
+pub fn route_source(host: &str, port: u16) -> Option<Ipv4Addr> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let target = (host, port).to_socket_addrs().ok()?.find(|a| a.is_ipv4())?;
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect(target).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+        _ => None,
+    }
+}
