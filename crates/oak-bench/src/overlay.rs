@@ -431,7 +431,10 @@ impl Proc {
     fn start(name: &str, host: &Host, bin: &str, args: &[String], work: &Workdir) -> Result<Proc> {
         let log = work.join(format!("{name}.log"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = host.spawn(bin, &args, &[("RUST_LOG", "info"), ("NO_COLOR", "1")], &log)?;
+        // The benchmark's own RUST_LOG, if set, reaches the processes (e.g. `debug` to see why a
+        // deploy stalls).
+        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let child = host.spawn(bin, &args, &[("RUST_LOG", level.as_str()), ("NO_COLOR", "1")], &log)?;
         Ok(Proc { name: name.to_string(), log, child: Some(child) })
     }
 
@@ -1131,13 +1134,13 @@ fn summarize(args: &OverlayArgs, m: &Measured, machine: Machine, commit: Commit)
     table.section("setup (lab namespaces, one machine)");
     table.row(
         "client (wa) → server (wb)",
-        format!("{} → {}", t.client_namespace_ip, t.server_namespace_ip),
-        format!("RR_ip {}", t.server_rr_ip),
+        "namespaces",
+        format!("{} → {}, server RR_ip {}", t.client_namespace_ip, t.server_namespace_ip, t.server_rr_ip),
     );
     table.row(
         "native path",
-        format!("{} via {}", t.server_subnet, t.server_worker_ip),
-        "kernel routing, masqueraded by wa",
+        "kernel",
+        format!("route {} via {} (wb), masqueraded by wa", t.server_subnet, t.server_worker_ip),
     );
     table.row("bulk", format!("{} × {} s", args.runs, args.seconds), format!("{} KiB writes", BULK_WRITE / 1024));
     table.section("P7 overlay throughput (TCP bulk, median of runs)");

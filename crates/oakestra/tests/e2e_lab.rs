@@ -71,7 +71,8 @@ impl Proc {
 
     fn start(&mut self) -> Result<()> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let child = self.host.spawn(BIN, &args, &[("RUST_LOG", "info"), ("NO_COLOR", "1")], &self.log)?;
+        let log = std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "info".into());
+        let child = self.host.spawn(BIN, &args, &[("RUST_LOG", log.as_str()), ("NO_COLOR", "1")], &self.log)?;
         self.child = Some(child);
         Ok(())
     }
@@ -164,6 +165,8 @@ struct Topology {
     services: Vec<String>,
     /// The lab bridge's address.
     gateway: std::net::Ipv4Addr,
+    /// Instance namespaces (`/run/netns/oak-*`) that existed before this run: not ours.
+    netns_before: std::collections::BTreeSet<String>,
     /// Delay relays in front of e1 and e2 (their public tunnel addresses).
     relays: BTreeMap<String, DelayRelay>,
     overlay: OverlayState,
@@ -222,6 +225,11 @@ fn lab_root_two_clusters_three_workers() {
     };
     if let Some(failure) = failure {
         work.keep();
+        // For a person debugging: keep the topology up a while (`OAK_E2E_HOLD_S=300`).
+        if let Some(secs) = std::env::var("OAK_E2E_HOLD_S").ok().and_then(|s| s.parse().ok()) {
+            eprintln!("e2e-lab: FAILED ({failure}); holding the topology for {secs} s");
+            sleep(Duration::from_secs(secs));
+        }
         topo.dump();
         let kept = work.join("containerd.log");
         let _ = std::fs::copy(containerd.log_path(), &kept);
@@ -433,6 +441,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         images,
         services: Vec::new(),
         gateway,
+        netns_before: overlay::instance_namespaces(),
         relays,
         overlay: OverlayState::default(),
     };
@@ -802,6 +811,9 @@ impl Topology {
             }
         }
         self.remove_leftover_dirs();
+        for ns in overlay::instance_namespaces().difference(&self.netns_before) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 
     /// runc leaves the (empty) parent cgroups `/oakestra/<namespace>` of the workers' containers

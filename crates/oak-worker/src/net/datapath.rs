@@ -112,11 +112,13 @@ impl Datapath {
                 }
             }
             Outbound::Query(ip) => {
+                tracing::debug!(%ip, "route table miss; asking the cluster");
                 if let Some(net) = net {
                     net.send(Outgoing::TableQuery(TableQuery { sname: String::new(), sip: ip.to_string() }));
                 }
             }
-            Outbound::Queued | Outbound::Drop(_) => {}
+            Outbound::Queued => {}
+            Outbound::Drop(reason) => tracing::debug!(%reason, "outbound packet dropped"),
         }
     }
 }
@@ -150,10 +152,13 @@ async fn from_tunnel(d: Arc<Datapath>) {
         match classify(&buf[..n]) {
             Datagram::Ip => {
                 let verdict = d.proxy.lock().unwrap().inbound(&mut buf[..n], Instant::now());
-                if let Inbound::Deliver = verdict {
-                    if let Err(e) = d.tun.send(&buf[..n]).await {
-                        tracing::debug!(error = %e, "TUN write failed");
+                match verdict {
+                    Inbound::Deliver => {
+                        if let Err(e) = d.tun.send(&buf[..n]).await {
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
                     }
+                    Inbound::Drop(reason) => tracing::debug!(%reason, %from, "inbound packet dropped"),
                 }
             }
             Datagram::Probe(probe) if probe.kind == ProbeKind::Ping => {

@@ -17,9 +17,11 @@ fn hostname(n: u64) -> String {
 /// process of that container sees.
 fn fetch_from(t: &Topology, worker: &str, job: &str, n: u64, url: &str) -> Result<String> {
     let pid = task_pid(t, worker, job, n)?;
-    let out = Command::new("nsenter")
+    // `wget -T` of Debian's busybox 1.35 crashes; `timeout` bounds the request instead.
+    let out = Command::new("timeout")
+        .args(["5", "nsenter"])
         .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["busybox", "wget", "-q", "-T", "3", "-O", "-", url])
+        .args(["busybox", "wget", "-q", "-O", "-", url])
         .output()?;
     ensure!(out.status.success(), "wget {url} from {job}.{n} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -168,7 +170,14 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
     let seen = answers(t, &rr_url, 8)?;
     ensure!(seen.contains(&hostname(n)) && seen.contains(&hostname(0)), "RR after re-placement: {seen:?}");
     eprintln!("e2e-lab: instance {n} re-placed off {victim} and reachable after {:?}", killed.elapsed());
+    let log_before = t.worker(&victim).proc.log_text().len();
     t.worker_mut(&victim).proc.start()?;
+    wait_until(&format!("the restarted {victim} to connect"), Duration::from_secs(30), POLL, || {
+        let log = t.worker(&victim).proc.log_text();
+        Ok(log.get(log_before..).unwrap_or("").contains("connected to the broker").then_some(()))
+    })?;
+    // The root learns that the node is active again from the cluster's next report.
+    sleep(Duration::from_secs(5));
     t.wait_for_worker(&victim)?;
     t.overlay.placed = [(0, placed[&0].clone()), (n, t.worker_name_of(&inst))].into();
     Ok(())
@@ -201,7 +210,8 @@ pub(super) fn scenario_port_mapping(t: &mut Topology) -> Result<()> {
                 Ok(fetch_from(t, &worker, &t.overlay.server_job, n, &url).ok())
             })?;
         ensure!(from_container == "the gateway", "a container's request to {url} was rewritten: {from_container:?}");
-        let from_node = t.worker(&worker).proc.host.run_ok("busybox", &["wget", "-q", "-T", "3", "-O", "-", &url])?;
+        let from_node =
+            t.worker(&worker).proc.host.run_ok("timeout", &["5", "busybox", "wget", "-q", "-O", "-", &url])?;
         ensure!(from_node.trim() == "the gateway", "the node's request to {url} was rewritten: {from_node:?}");
         Ok(())
     })();
@@ -212,6 +222,10 @@ pub(super) fn scenario_port_mapping(t: &mut Topology) -> Result<()> {
 
 /// Scenario 4: the closest IP answers from the instance with the lower round-trip time.
 pub(super) fn scenario_closest(t: &mut Topology) -> Result<()> {
+    // Free e1 and e2 of the servers so the two instances below spread over them.
+    let (server, server_job) = (t.overlay.server.clone(), t.overlay.server_job.clone());
+    t.delete_service(&server)?;
+    t.wait_no_containers_of(&server_job)?;
     let image = t.images.server.clone();
     let (near, _job) = t.create_service_with(
         "near",
@@ -255,6 +269,18 @@ pub(super) fn scenario_closest(t: &mut Topology) -> Result<()> {
     Ok(())
 }
 
+/// The instance namespaces of the overlay on this machine (of any worker).
+pub(super) fn instance_namespaces() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("oak-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Scenario 5 (after the teardown): no links, routes, rules, addresses or namespaces of the
 /// overlay are left on any host of the lab or on the machine.
 pub(super) fn check_no_overlay_leftovers(t: &Topology) -> Result<()> {
@@ -293,13 +319,8 @@ pub(super) fn check_no_overlay_leftovers(t: &Topology) -> Result<()> {
             }
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("oak-") {
-                left.push(format!("namespace /run/netns/{n}"));
-            }
-        }
+    for n in instance_namespaces().difference(&t.netns_before) {
+        left.push(format!("namespace /run/netns/{n}"));
     }
     ensure!(left.is_empty(), "the overlay left things behind:\n{}", left.join("\n"));
     Ok(())
