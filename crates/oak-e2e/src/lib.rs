@@ -33,6 +33,7 @@ pub fn debian_package(tool: &str) -> &str {
         "ctr" | "containerd" | "containerd-shim-runc-v2" => "containerd",
         "ping" => "iputils-ping",
         "nsenter" => "util-linux",
+        "timeout" => "coreutils",
         other => other,
     }
 }

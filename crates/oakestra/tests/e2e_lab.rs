@@ -174,8 +174,18 @@ struct Topology {
 
 #[test]
 fn lab_root_two_clusters_three_workers() {
-    match oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo", "ip", "nsenter"])
-    {
+    match oak_e2e::require_root_and_tools(&[
+        "containerd",
+        "runc",
+        "ctr",
+        "docker-registry",
+        "skopeo",
+        "ip",
+        "nsenter",
+        "iptables",
+        "busybox",
+        "timeout",
+    ]) {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => panic!("{e:#}"),
