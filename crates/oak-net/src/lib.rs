@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod flows;
+pub mod gso;
 pub mod packet;
 pub mod ports;
 pub mod probe;

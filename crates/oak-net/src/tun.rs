@@ -19,12 +19,38 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
+/// The descriptor: registered with Tokio's reactor for the async methods, or not at all for a
+/// caller that runs blocking loops on threads (a registered descriptor would wake the reactor
+/// for every packet although nobody awaits it).
+#[derive(Debug)]
+enum Fd {
+    Async(AsyncFd<OwnedFd>),
+    Blocking(OwnedFd),
+}
+
+impl Fd {
+    fn raw(&self) -> libc::c_int {
+        match self {
+            Fd::Async(fd) => fd.get_ref().as_raw_fd(),
+            Fd::Blocking(fd) => fd.as_raw_fd(),
+        }
+    }
+
+    fn registered(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        match self {
+            Fd::Async(fd) => Ok(fd),
+            Fd::Blocking(_) => Err(io::Error::other("this TUN was opened for blocking use (Tun::open_offload)")),
+        }
+    }
+}
+
 /// An open TUN device. Reads and writes take `&self`, so one reader task and several writer
 /// tasks can share it through an `Arc<Tun>`.
 #[derive(Debug)]
 pub struct Tun {
-    fd: AsyncFd<OwnedFd>,
+    fd: Fd,
     name: String,
+    vnet: bool,
 }
 
 impl Tun {
@@ -32,8 +58,30 @@ impl Tun {
     /// a Tokio runtime with I/O enabled; needs `CAP_NET_ADMIN`. The device disappears when the
     /// `Tun` is dropped unless it was made persistent elsewhere.
     pub fn open(name: &str) -> io::Result<Tun> {
+        Self::open_with(name, false, true)
+    }
+
+    /// Like [`Tun::open`], but with offloads (`IFF_VNET_HDR`, checksum and TCPv4 segmentation):
+    /// every packet read or written is preceded by a [`crate::gso::VnetHdr`], and the kernel may
+    /// hand over TCP packets up to 64 KiB (to be segmented) and partial checksums. Falls back to
+    /// a plain device if the kernel refuses; [`Tun::vnet_hdr`] tells which one it is. The device
+    /// is for blocking loops on threads: use [`Tun::try_recv`], [`Tun::wait_readable`] and
+    /// [`Tun::try_send`] (the async methods return an error). No runtime needed.
+    pub fn open_offload(name: &str) -> io::Result<Tun> {
+        match Self::open_with(name, true, false) {
+            Ok(t) => Ok(t),
+            Err(_) => Self::open_with(name, false, false),
+        }
+    }
+
+    /// Whether packets carry a virtio-net header (see [`Tun::open_offload`]).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet
+    }
+
+    fn open_with(name: &str, vnet: bool, register: bool) -> io::Result<Tun> {
         validate_name(name)?;
-        if tokio::runtime::Handle::try_current().is_err() {
+        if register && tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other("Tun::open needs a Tokio runtime"));
         }
         let path = c"/dev/net/tun";
@@ -49,10 +97,26 @@ impl Tun {
             *dst = src as libc::c_char;
         }
         req.flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        if vnet {
+            req.flags |= libc::IFF_VNET_HDR as libc::c_short;
+        }
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if vnet {
+            let size: libc::c_int = crate::gso::VNET_HDR_LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads an int; TUNSETOFFLOAD takes the flags by value.
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size as *const libc::c_int) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let offloads = (libc::TUN_F_CSUM | libc::TUN_F_TSO4) as libc::c_ulong;
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         // The kernel may complete a name pattern such as `tun%d`; report the real one.
         // SAFETY: the kernel NUL-terminates the name within IFNAMSIZ; the last byte stays 0.
@@ -60,8 +124,8 @@ impl Tun {
         let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }.to_string_lossy().into_owned();
         // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which keeps it open and unchanged
         // for its whole lifetime.
-        let fd = unsafe { AsyncFd::register(fd) }?;
-        Ok(Tun { fd, name: actual })
+        let fd = if register { Fd::Async(unsafe { AsyncFd::register(fd) }?) } else { Fd::Blocking(fd) };
+        Ok(Tun { fd, name: actual, vnet })
     }
 
     /// Interface name of the device.
@@ -73,7 +137,7 @@ impl Tun {
     /// packet longer than `buf` is truncated by the kernel.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = self.fd.registered()?.readable().await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
                 let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -90,10 +154,66 @@ impl Tun {
         }
     }
 
+    /// Non-blocking read of one packet (`WouldBlock` when none is waiting), for a caller that
+    /// runs its own loop on a thread (see [`Tun::wait_readable`]).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.fd.raw(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one packet without waiting (a TUN write does not block; a full queue drops).
+    pub fn try_send(&self, pkt: &[u8]) -> io::Result<usize> {
+        // SAFETY: `pkt` is valid for reads of `pkt.len()` bytes.
+        let n = unsafe { libc::write(self.fd.raw(), pkt.as_ptr().cast(), pkt.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Like [`Tun::try_send`] with the packet given in parts (e.g. a virtio header, then the
+    /// packet), at most 8, written as one packet with `writev`.
+    pub fn try_send_vectored(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        const MAX: usize = 8;
+        if parts.len() > MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many parts"));
+        }
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX];
+        for (v, p) in iov.iter_mut().zip(parts) {
+            *v = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
+        }
+        // SAFETY: the first `parts.len()` iovecs point at live slices; writev only reads them.
+        let n = unsafe { libc::writev(self.fd.raw(), iov.as_ptr(), parts.len() as libc::c_int) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Blocks the calling thread until a packet can be read or `timeout_ms` passed; returns
+    /// whether it is readable.
+    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
+        let mut pfd = libc::pollfd { fd: self.fd.raw(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        }
+        Ok(rc > 0)
+    }
+
     /// Writes one packet into the device (the kernel then routes it).
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         loop {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = self.fd.registered()?.writable().await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: `pkt` is valid for reads of `pkt.len()` bytes.
                 let n = unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };

@@ -81,6 +81,9 @@ pub(crate) async fn run(
                     session.was_connected = true;
                     shared.connected.store(true, Ordering::Relaxed);
                     session.subscribe().await;
+                    if let Some(net) = session.net {
+                        net.resync();
+                    }
                     while let Some(pending) = carry.pending.pop_front() {
                         if let Some(kept) = session.publish(pending, carry).await {
                             carry.pending.push_front(kept);

@@ -5,13 +5,16 @@
 //! interests, probes peers' round-trip times for closest balancing and re-checks the public
 //! address.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use oak_api::net::{InterestRemove, RouteTable, TableQuery};
+use oak_api::net::{RouteTable, TableQuery};
+use oak_net::gso::{self, VnetHdr, VNET_HDR_LEN};
 use oak_net::{classify, Datagram, Inbound, Outbound, Probe, ProbeKind, Proxy, ProxyConfig, Tun};
-use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
 use super::names;
@@ -19,8 +22,26 @@ use super::state::Attachment;
 use super::NetManager;
 use crate::reports::Outgoing;
 
-/// Largest packet read from the TUN or the tunnel.
-const BUFFER: usize = 65_536;
+/// Largest packet read from the TUN (an offloaded TCP packet is up to 64 KiB).
+const TUN_BUFFER: usize = 65_536 + VNET_HDR_LEN + 64;
+/// Largest tunnel datagram accepted (peers send at most [`WIRE_MAX`]).
+const UDP_BUFFER: usize = 4096;
+/// Largest IPv4 packet carried in one tunnel datagram (the overlay MTU).
+const WIRE_MAX: usize = names::MTU as usize;
+/// Datagrams received per `recvmmsg`.
+const BATCH: usize = 32;
+/// Tunnel socket buffers (the kernel caps them without `CAP_NET_ADMIN`).
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+/// How often the packet threads look at the stop flag while idle.
+const IDLE_POLL_MS: i32 = 200;
+/// Most bytes of one UDP GSO send (a UDP datagram's limit, with headroom).
+const GSO_MAX_BYTES: usize = 65_000;
+const GSO_MAX_SEGMENTS: usize = 64;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Receive buffer with UDP GRO: a coalesced run of datagrams is up to 64 KiB.
+const GRO_BUFFER: usize = 65_536;
 const TICK: Duration = Duration::from_secs(1);
 const PROBE_EVERY: u32 = 2;
 
@@ -29,36 +50,51 @@ pub(crate) struct Datapath {
     tun: Tun,
     udp: UdpSocket,
     epoch: Instant,
+    net: Weak<NetManager>,
+    stopped: AtomicBool,
+    /// Cleared when the kernel refuses `UDP_SEGMENT`; segments are then sent one by one.
+    udp_gso: AtomicBool,
     tasks: Mutex<JoinSet<()>>,
 }
 
 impl Datapath {
-    /// Opens the TUN and binds the tunnel port, then starts the loops.
+    /// Opens the TUN and binds the tunnel port, then starts the loops: one thread per direction
+    /// (blocking I/O, no async overhead per packet) and a ticker task.
     pub(crate) async fn open(net: Arc<NetManager>, endpoint: SocketAddrV4) -> std::io::Result<Arc<Self>> {
-        let tun = Tun::open(names::TUN)?;
-        let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, endpoint.port())).await.map_err(|e| {
+        let tun = Tun::open_offload(names::TUN)?;
+        let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, endpoint.port())).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot bind the tunnel port {}: {e}", endpoint.port()))
         })?;
+        udp.set_read_timeout(Some(Duration::from_millis(IDLE_POLL_MS as u64)))?;
+        set_buffers(&udp);
         let proxy = Proxy::new(ProxyConfig::new(endpoint));
+        let weak_net = Arc::downgrade(&net);
         let datapath = Arc::new(Self {
             proxy: Mutex::new(proxy),
             tun,
             udp,
             epoch: Instant::now(),
+            net: weak_net.clone(),
+            stopped: AtomicBool::new(false),
+            udp_gso: AtomicBool::new(true),
             tasks: Mutex::new(JoinSet::new()),
         });
-        let weak_net = Arc::downgrade(&net);
-        {
-            let mut tasks = datapath.tasks.lock().unwrap();
-            tasks.spawn(from_tun(datapath.clone(), weak_net.clone()));
-            tasks.spawn(from_tunnel(datapath.clone()));
-            tasks.spawn(ticker(datapath.clone(), weak_net));
-        }
+        tracing::debug!(offload = datapath.tun.vnet_hdr(), "overlay TUN opened");
+        let d = datapath.clone();
+        std::thread::Builder::new().name("oak-tun-rx".into()).spawn(move || from_tun(d))?;
+        let d = datapath.clone();
+        std::thread::Builder::new().name("oak-tunnel-rx".into()).spawn(move || from_tunnel(d))?;
+        datapath.tasks.lock().unwrap().spawn(ticker(datapath.clone(), weak_net));
         Ok(datapath)
     }
 
     pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         self.tasks.lock().unwrap().abort_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add_local(&self, a: &Attachment) {
@@ -89,26 +125,56 @@ impl Datapath {
         if released.is_empty() {
             return;
         }
-        let this = self.clone();
-        self.tasks.lock().unwrap().spawn(async move {
-            for mut packet in released {
-                this.outbound(&mut packet, None).await;
-            }
-        });
+        let mut scratch = Scratch::new();
+        for packet in released {
+            // Queued packets are plain (checksums complete); give them an empty virtio header.
+            let mut framed = vec![0u8; VNET_HDR_LEN + packet.len()];
+            framed[VNET_HDR_LEN..].copy_from_slice(&packet);
+            self.outbound(&mut framed, 0, None, &mut scratch);
+        }
     }
 
-    /// One packet from a local instance.
-    async fn outbound(&self, packet: &mut [u8], net: Option<&NetManager>) {
+    /// Bytes of the virtio-net header before each TUN packet (0 without offloads).
+    fn tun_header(&self) -> usize {
+        if self.tun.vnet_hdr() {
+            VNET_HDR_LEN
+        } else {
+            0
+        }
+    }
+
+    /// One packet from a local instance: `frame` is `VNET_HDR_LEN` bytes of room (holding the
+    /// virtio header when the TUN has offloads) then the packet; `gso_size` is the segment size
+    /// the kernel asked for (0: none).
+    fn outbound(&self, frame: &mut [u8], gso_size: usize, net: Option<&NetManager>, scratch: &mut Scratch) {
+        let packet = &mut frame[VNET_HDR_LEN..];
         let action = self.proxy.lock().unwrap().outbound(packet, Instant::now());
         match action {
             Outbound::Tunnel(peer) => {
-                if let Err(e) = self.udp.send_to(packet, peer).await {
+                if gso_size > 0 || packet.len() > WIRE_MAX {
+                    match segment(packet, gso_size, &mut scratch.segments) {
+                        Some(size) => self.send_segments(&scratch.segments, size, peer),
+                        None => tracing::debug!("cannot segment a large outbound packet; dropped"),
+                    }
+                } else if let Err(e) = self.udp.send_to(packet, peer) {
                     tracing::debug!(%peer, error = %e, "tunnel send failed");
                 }
             }
             Outbound::Local => {
-                if let Err(e) = self.tun.send(packet).await {
-                    tracing::debug!(error = %e, "TUN write failed");
+                if gso_size > 0 || packet.len() > WIRE_MAX {
+                    let Some(size) = segment(packet, gso_size, &mut scratch.segments) else {
+                        tracing::debug!("cannot segment a large local packet; dropped");
+                        return;
+                    };
+                    for seg in scratch.segments.chunks(size) {
+                        scratch.frame.clear();
+                        scratch.frame.resize(self.tun_header(), 0);
+                        scratch.frame.extend_from_slice(seg);
+                        self.write_tun(&scratch.frame);
+                    }
+                } else {
+                    frame[..VNET_HDR_LEN].fill(0);
+                    self.write_tun(&frame[VNET_HDR_LEN - self.tun_header()..]);
                 }
             }
             Outbound::Query(ip) => {
@@ -121,60 +187,341 @@ impl Datapath {
             Outbound::Drop(reason) => tracing::debug!(%reason, "outbound packet dropped"),
         }
     }
+
+    /// Writes a plain packet (complete checksums, no offload) into the TUN.
+    fn write_tun_packet(&self, packet: &[u8]) {
+        if self.tun_header() == 0 {
+            return self.write_tun(packet);
+        }
+        let empty = [0u8; VNET_HDR_LEN];
+        if let Err(e) = self.tun.try_send_vectored(&[&empty, packet]) {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+
+    fn write_tun(&self, frame: &[u8]) {
+        if let Err(e) = self.tun.try_send(frame) {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+
+    /// Sends equal-size segments (the last may be shorter) laid out back to back, each as one
+    /// datagram, with as few `sendmsg` calls as UDP GSO allows.
+    fn send_segments(&self, data: &[u8], size: usize, peer: SocketAddrV4) {
+        let per_send = (GSO_MAX_BYTES / size).clamp(1, GSO_MAX_SEGMENTS);
+        for chunk in data.chunks(per_send * size) {
+            if chunk.len() > size && self.udp_gso.load(Ordering::Relaxed) {
+                match send_gso(&self.udp, chunk, size as u16, peer) {
+                    Ok(()) => continue,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)) => {
+                        tracing::debug!(error = %e, "UDP segmentation offload unavailable; sending segments one by one");
+                        self.udp_gso.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tunnel send failed");
+                        continue;
+                    }
+                }
+            }
+            for seg in chunk.chunks(size) {
+                if let Err(e) = self.udp.send_to(seg, peer) {
+                    tracing::debug!(%peer, error = %e, "tunnel send failed");
+                }
+            }
+        }
+    }
 }
 
-async fn from_tun(d: Arc<Datapath>, net: Weak<NetManager>) {
-    let mut buf = vec![0u8; BUFFER];
+/// Reusable buffers of one packet thread.
+struct Scratch {
+    segments: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch { segments: Vec::with_capacity(2 * TUN_BUFFER), frame: Vec::with_capacity(WIRE_MAX + VNET_HDR_LEN) }
+    }
+}
+
+/// Segments a TCP packet into packets of at most [`WIRE_MAX`] bytes (and at most `gso_size`
+/// payload bytes if given); returns the segment size.
+fn segment(packet: &[u8], gso_size: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let hdr = gso::tcp4_header_len(packet).ok()?;
+    let room = WIRE_MAX.checked_sub(hdr).filter(|r| *r > 0)?;
+    let mss = if gso_size > 0 { gso_size.min(room) } else { room };
+    gso::segment_tcp4(packet, mss, out).ok()
+}
+
+/// Asks for large socket buffers: bursts of a bulk transfer otherwise overflow the defaults.
+fn set_buffers(udp: &UdpSocket) {
+    let fd = udp.as_raw_fd();
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        let size = SOCKET_BUFFER;
+        let set = |opt| {
+            // SAFETY: setsockopt reads one c_int from a valid pointer.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) < 0 {
+            set(plain);
+        }
+    }
+}
+
+fn sockaddr(peer: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: peer.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*peer.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// One `sendmsg` with `UDP_SEGMENT`: the kernel cuts `data` into datagrams of `size` bytes.
+fn send_gso(udp: &UdpSocket, data: &[u8], size: u16, peer: SocketAddrV4) -> std::io::Result<()> {
+    let mut addr = sockaddr(peer);
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // Room for one cmsg carrying a u16, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+    // SAFETY: the control buffer holds CMSG_SPACE(2) bytes, so the first header and its data fit.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+    }
     loop {
-        let n = match d.tun.recv(&mut buf).await {
+        // SAFETY: `msg` describes valid buffers.
+        let n = unsafe { libc::sendmsg(udp.as_raw_fd(), &msg, 0) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// TUN → proxy → tunnel (or back into the TUN), on a thread of its own.
+fn from_tun(d: Arc<Datapath>) {
+    let head = d.tun_header();
+    // The packet always starts at VNET_HDR_LEN, so released and read packets share one layout.
+    let mut buf = vec![0u8; TUN_BUFFER];
+    let mut scratch = Scratch::new();
+    while !d.is_stopped() {
+        let n = match d.tun.try_recv(&mut buf[VNET_HDR_LEN - head..]) {
             Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if let Err(e) = d.tun.wait_readable(IDLE_POLL_MS) {
+                    tracing::error!(error = %e, "waiting on the TUN failed; the overlay data path stops");
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::error!(error = %e, "reading the TUN failed; the overlay data path stops");
+                if !d.is_stopped() {
+                    tracing::error!(error = %e, "reading the TUN failed; the overlay data path stops");
+                }
                 return;
             }
         };
-        let net = net.upgrade();
-        d.outbound(&mut buf[..n], net.as_deref()).await;
+        if n < head {
+            continue;
+        }
+        let frame = &mut buf[..VNET_HDR_LEN - head + n];
+        let mut gso_size = 0;
+        if head > 0 {
+            let hdr = VnetHdr::decode(&frame[..VNET_HDR_LEN]).unwrap_or_default();
+            match hdr.gso_type & !gso::GSO_ECN {
+                gso::GSO_NONE => {
+                    if hdr.flags & gso::F_NEEDS_CSUM != 0 {
+                        let packet = &mut frame[VNET_HDR_LEN..];
+                        let (start, offset) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
+                        if gso::complete_checksum(packet, start, offset).is_err() {
+                            tracing::debug!("TUN packet with bad checksum offsets dropped");
+                            continue;
+                        }
+                    }
+                }
+                gso::GSO_TCPV4 => gso_size = usize::from(hdr.gso_size).max(1),
+                other => {
+                    tracing::debug!(gso_type = other, "TUN packet of an unsupported offload type dropped");
+                    continue;
+                }
+            }
+        }
+        let net = d.net.upgrade();
+        d.outbound(frame, gso_size, net.as_deref(), &mut scratch);
     }
 }
 
-async fn from_tunnel(d: Arc<Datapath>) {
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let (n, from) = match d.udp.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                // ICMP port unreachable from a peer surfaces here on Linux; keep going.
-                tracing::debug!(error = %e, "tunnel receive error");
-                continue;
-            }
+/// Tunnel → proxy → TUN, on a thread of its own, `BATCH` receives per system call. With UDP GRO
+/// on the socket one receive may hold several datagrams of one sender back to back, all of the
+/// size the control message gives except the last.
+fn from_tunnel(d: Arc<Datapath>) {
+    let head = d.tun_header();
+    let gro = head > 0 && enable_udp_gro(&d.udp);
+    let size = if gro { GRO_BUFFER } else { UDP_BUFFER };
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; size]).collect();
+    // SAFETY: plain C structs, all-zero is valid.
+    let mut addrs: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut controls = vec![[0u64; 8]; BATCH];
+    let mut iovs: Vec<libc::iovec> =
+        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    // SAFETY: plain C struct.
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    for (((m, iov), addr), control) in
+        msgs.iter_mut().zip(iovs.iter_mut()).zip(addrs.iter_mut()).zip(controls.iter_mut())
+    {
+        m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_control = control.as_mut_ptr().cast();
+    }
+    // (message, offset, length, delivered) of every datagram of a batch.
+    let mut datagrams: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(BATCH * 64);
+    let mut coalescer = gso::TcpCoalescer::new();
+    while !d.is_stopped() {
+        for m in msgs.iter_mut() {
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = size_of::<[u64; 8]>() as _;
+            m.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every mmsghdr points at live buffers of the sizes given; the socket blocks for
+        // the first datagram (up to its read timeout) and takes what else is queued.
+        let got = unsafe {
+            libc::recvmmsg(
+                d.udp.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
-        match classify(&buf[..n]) {
-            Datagram::Ip => {
-                let verdict = d.proxy.lock().unwrap().inbound(&mut buf[..n], Instant::now());
-                match verdict {
-                    Inbound::Deliver => {
-                        if let Err(e) = d.tun.send(&buf[..n]).await {
-                            tracing::debug!(error = %e, "TUN write failed");
+        if got < 0 {
+            // Timeouts, interrupts and ICMP port unreachable from a peer all surface here.
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) {
+                tracing::debug!(error = %e, "tunnel receive error");
+            }
+            continue;
+        }
+        datagrams.clear();
+        {
+            let now = Instant::now();
+            let mut proxy = d.proxy.lock().unwrap();
+            for (i, m) in msgs.iter().enumerate().take(got as usize) {
+                let n = m.msg_len as usize;
+                if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || n == 0 {
+                    continue;
+                }
+                let seg = if gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
+                let mut off = 0;
+                while off < n {
+                    let len = seg.min(n - off);
+                    let packet = &mut bufs[i][off..off + len];
+                    let mut deliver = false;
+                    if matches!(classify(packet), Datagram::Ip) {
+                        match proxy.inbound(packet, now) {
+                            Inbound::Deliver => deliver = true,
+                            Inbound::Drop(reason) => tracing::debug!(%reason, "inbound packet dropped"),
                         }
                     }
-                    Inbound::Drop(reason) => tracing::debug!(%reason, %from, "inbound packet dropped"),
+                    datagrams.push((i, off, len, deliver));
+                    off += len;
                 }
             }
-            Datagram::Probe(probe) if probe.kind == ProbeKind::Ping => {
-                let _ = d.udp.send_to(&probe.pong().encode(), from).await;
-            }
-            Datagram::Probe(probe) => {
-                if let SocketAddr::V4(peer) = from {
-                    let now = d.epoch.elapsed().as_nanos() as u64;
-                    if let Some(rtt) = now.checked_sub(probe.sent_nanos) {
-                        d.proxy.lock().unwrap().set_rtt(peer, Duration::from_nanos(rtt));
+        }
+        for &(i, off, len, deliver) in &datagrams {
+            let packet = &bufs[i][off..off + len];
+            if deliver {
+                if head > 0 {
+                    // Merge in-order TCP segments of one flow into one offloaded packet.
+                    if coalescer.push(packet) {
+                        continue;
+                    }
+                    if coalescer.is_active() {
+                        d.write_tun(coalescer.finish());
+                    }
+                    if coalescer.start(packet) {
+                        continue;
                     }
                 }
+                d.write_tun_packet(packet);
+                continue;
             }
-            Datagram::Garbage => tracing::trace!(%from, "ignoring a garbled tunnel datagram"),
+            let a = addrs[i];
+            let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
+            match classify(packet) {
+                Datagram::Ip => {}
+                Datagram::Probe(probe) if probe.kind == ProbeKind::Ping => {
+                    let _ = d.udp.send_to(&probe.pong().encode(), SocketAddr::V4(from));
+                }
+                Datagram::Probe(probe) => {
+                    let now = d.epoch.elapsed().as_nanos() as u64;
+                    if let Some(rtt) = now.checked_sub(probe.sent_nanos) {
+                        d.proxy.lock().unwrap().set_rtt(from, Duration::from_nanos(rtt));
+                    }
+                }
+                Datagram::Garbage => tracing::trace!(%from, "ignoring a garbled tunnel datagram"),
+            }
+        }
+        if coalescer.is_active() {
+            d.write_tun(coalescer.finish());
         }
     }
+}
+
+/// Asks the kernel to hand over runs of same-size datagrams in one receive (`UDP_GRO`).
+fn enable_udp_gro(udp: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a valid pointer.
+    let rc = unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+/// The datagram size of a coalesced receive, from its `UDP_GRO` control message.
+fn gro_size(msg: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the kernel filled `msg_control` up to `msg_controllen` with well-formed cmsgs.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return usize::try_from(size).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
 }
 
 async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
@@ -187,14 +534,14 @@ async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
         let Some(net) = net.upgrade() else { return };
         let expired = d.proxy.lock().unwrap().expire(Instant::now());
         for job in expired.jobs {
-            net.send(Outgoing::InterestRemove(InterestRemove { appname: job }));
+            net.interest_expired(job);
         }
         if ticks.is_multiple_of(PROBE_EVERY) {
             let targets = d.proxy.lock().unwrap().probe_targets();
             let sent_nanos = d.epoch.elapsed().as_nanos() as u64;
             for (i, peer) in targets.into_iter().enumerate() {
                 let ping = Probe::ping(u64::from(ticks) << 16 | i as u64, sent_nanos).encode();
-                let _ = d.udp.send_to(&ping, peer).await;
+                let _ = d.udp.send_to(&ping, peer);
             }
         }
         if ticks.is_multiple_of(super::ADDRESS_CHECK.as_secs() as u32) && net.recheck_address() {

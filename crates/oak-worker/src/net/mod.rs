@@ -69,6 +69,9 @@ pub(crate) struct NetManager {
     /// nsIPs by instance, for the job reports (read without waiting on plumbing).
     nsips: Mutex<BTreeMap<(String, u32), Ipv4Addr>>,
     datapath: Mutex<Option<Arc<datapath::Datapath>>>,
+    /// Jobs whose tables the proxy holds: asked for again after a reconnect, because the
+    /// cluster forgets a worker's interests when it loses it.
+    jobs: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for NetManager {
@@ -106,6 +109,7 @@ impl NetManager {
             attachments: tokio::sync::Mutex::new(Attachments::default()),
             nsips: Mutex::new(BTreeMap::new()),
             datapath: Mutex::new(None),
+            jobs: Mutex::new(Default::default()),
         })
     }
 
@@ -288,9 +292,26 @@ impl NetManager {
                 return;
             }
         };
+        if !table.app_name.is_empty() && table.error.is_empty() {
+            self.jobs.lock().unwrap().insert(table.app_name.clone());
+        }
         if let Some(d) = self.datapath.lock().unwrap().clone() {
             d.apply_table(table);
         }
+    }
+
+    /// After (re)connecting to the broker: registers the interests again.
+    pub(crate) fn resync(&self) {
+        let jobs: Vec<String> = self.jobs.lock().unwrap().iter().cloned().collect();
+        for job in jobs {
+            self.send(Outgoing::TableQuery(oak_api::net::TableQuery { sname: job, sip: String::new() }));
+        }
+    }
+
+    /// The proxy dropped a job (no use for a while): the cluster is told.
+    fn interest_expired(&self, job: String) {
+        self.jobs.lock().unwrap().remove(&job);
+        self.send(Outgoing::InterestRemove(oak_api::net::InterestRemove { appname: job }));
     }
 
     /// Looks the public address up again (automatic mode); returns whether it changed.
