@@ -66,6 +66,11 @@ pub(crate) struct NetManager {
     started: Mutex<Option<Started>>,
     ready: watch::Sender<bool>,
     attachments: tokio::sync::Mutex<Attachments>,
+    /// A namespace wired ahead for the next instance (address, veth, route), so a deploy waits
+    /// only for its port mappings. Locked after `attachments`.
+    spare: tokio::sync::Mutex<Option<plumbing::Wiring>>,
+    /// Set at shutdown: no more namespaces are prepared.
+    stopping: std::sync::atomic::AtomicBool,
     /// nsIPs by instance, for the job reports (read without waiting on plumbing).
     nsips: Mutex<BTreeMap<(String, u32), Ipv4Addr>>,
     datapath: Mutex<Option<Arc<datapath::Datapath>>>,
@@ -107,6 +112,8 @@ impl NetManager {
             started: Mutex::new(None),
             ready: watch::channel(false).0,
             attachments: tokio::sync::Mutex::new(Attachments::default()),
+            spare: tokio::sync::Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             nsips: Mutex::new(BTreeMap::new()),
             datapath: Mutex::new(None),
             jobs: Mutex::new(Default::default()),
@@ -149,7 +156,9 @@ impl NetManager {
             }
         };
         *self.started.lock().unwrap() = Some(Started { node_id: node_id.to_string(), subnet });
+        self.drop_spare().await;
         self.reconcile(node_id, subnet, &datapath).await;
+        self.replenish().await;
         // `send` would not store the value while nobody waits yet.
         self.ready.send_replace(true);
         let endpoint = *self.endpoint.lock().unwrap();
@@ -205,7 +214,37 @@ impl NetManager {
 
     /// Wires an instance: its namespace (what the runtime joins), address, veth, port mappings
     /// and its entry in the proxy.
-    pub(crate) async fn attach(&self, cmd: &DeployCommand) -> Result<String, String> {
+    /// Wires the next free address ahead of need (nothing if one is ready or none is free).
+    async fn replenish(&self) {
+        let (node_id, subnet) = match self.started.lock().unwrap().as_ref() {
+            Some(s) => (s.node_id.clone(), s.subnet),
+            None => return,
+        };
+        let attachments = self.attachments.lock().await;
+        let mut spare = self.spare.lock().await;
+        if spare.is_some() || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let Some(nsip) = state::free_nsip(&attachments, subnet) else { return };
+        let wiring = plumbing::Wiring {
+            netns: names::netns(&node_id, nsip),
+            veth: names::veth(&node_id, nsip),
+            nsip,
+            ports: Vec::new(),
+        };
+        match plumbing::attach(&wiring, subnet).await {
+            Ok(()) => *spare = Some(wiring),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare an overlay namespace ahead"),
+        }
+    }
+
+    async fn drop_spare(&self) {
+        if let Some(w) = self.spare.lock().await.take() {
+            plumbing::detach(&w).await;
+        }
+    }
+
+    pub(crate) async fn attach(self: &Arc<Self>, cmd: &DeployCommand) -> Result<String, String> {
         let ports = port_mappings(cmd, self.config.tunnel_port)?;
         let instance_ip = match cmd.instance_ip.as_deref().filter(|s| !s.is_empty()) {
             Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| format!("instance IP {ip:?} is not an IPv4 address"))?),
@@ -222,15 +261,31 @@ impl NetManager {
         if let Some(old) = attachments.remove(&key) {
             self.unwire(&key, &old).await;
         }
-        let nsip = state::free_nsip(&attachments, subnet)
-            .ok_or_else(|| format!("all {} overlay addresses of subnet {subnet} are in use", Subnet::HOSTS.count()))?;
-        let wiring = plumbing::Wiring {
-            netns: names::netns(&node_id, &key.0, key.1),
-            veth: names::veth(&node_id, &key.0, key.1),
-            nsip,
-            ports,
+        let ready = self.spare.lock().await.take();
+        let wiring = match ready {
+            Some(mut wiring) => {
+                wiring.ports = ports;
+                if let Err(e) = plumbing::add_ports(&wiring).await {
+                    plumbing::detach(&wiring).await;
+                    return Err(format!("overlay network: {e}"));
+                }
+                wiring
+            }
+            None => {
+                let nsip = state::free_nsip(&attachments, subnet).ok_or_else(|| {
+                    format!("all {} overlay addresses of subnet {subnet} are in use", Subnet::HOSTS.count())
+                })?;
+                let wiring = plumbing::Wiring {
+                    netns: names::netns(&node_id, nsip),
+                    veth: names::veth(&node_id, nsip),
+                    nsip,
+                    ports,
+                };
+                plumbing::attach(&wiring, subnet).await.map_err(|e| format!("overlay network: {e}"))?;
+                wiring
+            }
         };
-        plumbing::attach(&wiring, subnet).await.map_err(|e| format!("overlay network: {e}"))?;
+        let nsip = wiring.nsip;
         let path = wiring.netns_path();
         let attachment = Attachment { job_name: key.0.clone(), instance: key.1, instance_ip, wiring };
         if let Some(d) = self.datapath.lock().unwrap().clone() {
@@ -239,6 +294,9 @@ impl NetManager {
         self.nsips.lock().unwrap().insert(key.clone(), nsip);
         attachments.insert(key, attachment);
         self.save(&attachments).await;
+        drop(attachments);
+        let this = self.clone();
+        tokio::spawn(async move { this.replenish().await });
         Ok(path)
     }
 
@@ -340,7 +398,19 @@ impl NetManager {
         if let Some(d) = datapath {
             d.stop();
         }
-        let attachments = self.attachments.lock().await;
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_spare().await;
+        let mut attachments = self.attachments.lock().await;
+        // Undeploys cut short by the stop leave wirings of instances that are gone.
+        let keys: Vec<(String, u32)> = attachments.keys().cloned().collect();
+        for key in keys {
+            if !plumbing::in_use(&attachments[&key].wiring).await {
+                if let Some(a) = attachments.remove(&key) {
+                    plumbing::detach(&a.wiring).await;
+                }
+            }
+        }
+        self.save(&attachments).await;
         let started = self.started.lock().unwrap().is_some();
         if attachments.is_empty() && started {
             plumbing::teardown_host().await;

@@ -34,14 +34,15 @@ pub fn netns_prefix(node_id: &str) -> String {
     format!("oak-{}-", &hex_digest(node_id)[..8])
 }
 
-/// Network namespace of one instance on one node.
-pub fn netns(node_id: &str, job_name: &str, instance: u32) -> String {
-    format!("{}{}", netns_prefix(node_id), &hex_digest(&format!("{job_name}.instance.{instance}"))[..12])
+/// Network namespace of the instance with address `nsip` on one node. Named by the address,
+/// not the instance, so a namespace can be wired before it is known which instance gets it.
+pub fn netns(node_id: &str, nsip: Ipv4Addr) -> String {
+    format!("{}{}", netns_prefix(node_id), u32::from(nsip))
 }
 
-/// Host side of an instance's veth (at most 15 bytes, the kernel's limit).
-pub fn veth(node_id: &str, job_name: &str, instance: u32) -> String {
-    format!("{VETH_PREFIX}{}", &hex_digest(&format!("{node_id}/{job_name}.instance.{instance}"))[..10])
+/// Host side of the veth of address `nsip` (at most 15 bytes, the kernel's limit).
+pub fn veth(node_id: &str, nsip: Ipv4Addr) -> String {
+    format!("{VETH_PREFIX}{}", &hex_digest(&format!("{node_id}/{nsip}"))[..10])
 }
 
 fn hex_digest(text: &str) -> String {
@@ -103,11 +104,13 @@ mod tests {
 
     #[test]
     fn names_fit_and_are_per_node() {
-        let a = veth("node-a", "app.ns.svc.ns", 0);
+        let ip = |d: u8| Ipv4Addr::new(10, 18, 0, d);
+        let a = veth("node-a", ip(2));
         assert!(a.len() <= 15 && a.starts_with("oakv"), "{a}");
-        assert_ne!(a, veth("node-b", "app.ns.svc.ns", 0));
-        assert_ne!(a, veth("node-a", "app.ns.svc.ns", 1));
-        let ns = netns("node-a", "app.ns.svc.ns", 3);
+        assert_ne!(a, veth("node-b", ip(2)));
+        assert_ne!(a, veth("node-a", ip(3)));
+        let ns = netns("node-a", ip(3));
+        assert_ne!(ns, netns("node-a", ip(4)));
         assert!(ns.starts_with(&netns_prefix("node-a")));
         assert!(!ns.starts_with(&netns_prefix("node-b")));
     }

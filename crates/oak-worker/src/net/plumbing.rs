@@ -315,6 +315,15 @@ pub async fn detach(w: &Wiring) {
     }
 }
 
+/// Whether any process still runs in the wiring's namespace (its instance is alive).
+pub async fn in_use(w: &Wiring) -> bool {
+    match ip(&["netns", "pids", &w.netns]).await {
+        Ok(out) => !out.trim().is_empty(),
+        // Cannot tell: keep it.
+        Err(_) => Path::new(&w.netns_path()).exists(),
+    }
+}
+
 /// Whether the instance's wiring is still in place (after a worker restart).
 pub async fn intact(w: &Wiring) -> bool {
     Path::new(&w.netns_path()).exists() && ip(&["link", "show", "dev", &w.veth]).await.is_ok()

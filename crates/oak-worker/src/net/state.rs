@@ -43,7 +43,13 @@ pub async fn load(data_dir: &Path) -> Attachments {
 pub async fn save(data_dir: &Path, attachments: &Attachments) -> std::io::Result<()> {
     let list: Vec<&Attachment> = attachments.values().collect();
     let body = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
-    crate::files::write_private(&data_dir.join(FILE), body).await
+    // Renamed into place but not fsynced: after a crash the prefix scan at start still finds
+    // every namespace and veth of this node, so a stale file costs nothing, and a deploy does
+    // not wait for the disk.
+    let path = data_dir.join(FILE);
+    let tmp = data_dir.join(format!("{FILE}.tmp"));
+    tokio::fs::write(&tmp, body).await?;
+    tokio::fs::rename(&tmp, &path).await
 }
 
 #[cfg(test)]
