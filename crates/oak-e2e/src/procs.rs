@@ -180,6 +180,46 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+/// What differs between the `oakestra worker`s of a lab (tests and benchmarks start them alike).
+pub struct WorkerFlags<'a> {
+    pub cluster: std::net::Ipv4Addr,
+    pub data_dir: &'a std::path::Path,
+    pub token_file: &'a std::path::Path,
+    pub node_name: &'a str,
+    pub containerd_socket: &'a std::path::Path,
+    pub containerd_namespace: &'a str,
+    /// `host:port` of the lab's registry (plain HTTP).
+    pub registry: &'a str,
+}
+
+impl WorkerFlags<'_> {
+    /// The arguments of `oakestra worker` (cluster node API on 10100).
+    pub fn args(&self) -> Vec<String> {
+        [
+            "worker",
+            "-a",
+            &self.cluster.to_string(),
+            "-p",
+            "10100",
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--token-file",
+            &self.token_file.display().to_string(),
+            "--node-name",
+            self.node_name,
+            "--containerd-socket",
+            &self.containerd_socket.display().to_string(),
+            "--containerd-namespace",
+            self.containerd_namespace,
+            "--insecure-registry",
+            self.registry,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

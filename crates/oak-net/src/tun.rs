@@ -138,15 +138,7 @@ impl Tun {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.registered()?.readable().await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let result = guard.try_io(|_| self.try_recv(buf));
             match result {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
@@ -159,22 +151,14 @@ impl Tun {
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
         let n = unsafe { libc::read(self.fd.raw(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(n)
     }
 
     /// Writes one packet without waiting (a TUN write does not block; a full queue drops).
     pub fn try_send(&self, pkt: &[u8]) -> io::Result<usize> {
         // SAFETY: `pkt` is valid for reads of `pkt.len()` bytes.
         let n = unsafe { libc::write(self.fd.raw(), pkt.as_ptr().cast(), pkt.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(n)
     }
 
     /// Like [`Tun::try_send`] with the packet given in parts (e.g. a virtio header, then the
@@ -190,11 +174,7 @@ impl Tun {
         }
         // SAFETY: the first `parts.len()` iovecs point at live slices; writev only reads them.
         let n = unsafe { libc::writev(self.fd.raw(), iov.as_ptr(), parts.len() as libc::c_int) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(n)
     }
 
     /// Blocks the calling thread until a packet can be read or `timeout_ms` passed; returns
@@ -214,20 +194,21 @@ impl Tun {
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.registered()?.writable().await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: `pkt` is valid for reads of `pkt.len()` bytes.
-                let n = unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let result = guard.try_io(|_| self.try_send(pkt));
             match result {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// A read/write result: bytes moved, or the OS error.
+fn byte_count(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -81,15 +81,7 @@ fn scenario(work: &Workdir) -> Result<()> {
     let _up = Up { child };
 
     let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
-        let resp = http()
-            .post(format!("{API}/api/auth/login"))
-            .json(&json!({"username": "Admin", "password": "Admin"}))
-            .send();
-        Ok(resp
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| r.json::<Value>().ok())
-            .and_then(|v| v["token"].as_str().map(str::to_string)))
+        Ok(e2e::try_login(API))
     })?;
     wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
         let clusters = api(&token, reqwest::Method::GET, "/api/clusters/active", None)?;

@@ -28,7 +28,6 @@ mod e2e;
 #[path = "e2e_lab/overlay.rs"]
 mod overlay;
 
-use e2e::http;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -339,15 +338,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     root.start()?;
     let token = wait_until("the root to log Admin in", Duration::from_secs(30), POLL, || {
         root.ensure_alive()?;
-        let resp = http()
-            .post(format!("{api}/api/auth/login"))
-            .json(&json!({"username": "Admin", "password": "Admin"}))
-            .send();
-        Ok(resp
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| r.json::<Value>().ok())
-            .and_then(|v| v["token"].as_str().map(str::to_string)))
+        Ok(e2e::try_login(&api))
     })?;
     let cluster_token = root_data.join("cluster-token");
     wait_until("the root's cluster-token file", Duration::from_secs(10), POLL, || {
@@ -399,32 +390,20 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         let data = work.join(format!("data/worker-{name}"));
         let ns = format!("{PREFIX}-{name}");
         let advertised = public.get(&name).copied().unwrap_or(host.ip());
-        let mut p = Proc::new(
-            &format!("worker-{name}"),
-            &host,
-            work,
-            strings(&[
-                "worker",
-                "-a",
-                &cluster_ip.to_string(),
-                "-p",
-                "10100",
-                "--data-dir",
-                &data.display().to_string(),
-                "--token-file",
-                &node_token.display().to_string(),
-                "--node-name",
-                &name,
-                "--containerd-socket",
-                &socket.display().to_string(),
-                "--containerd-namespace",
-                &ns,
-                "--insecure-registry",
-                &format!("{gateway}:{port}"),
-                "--public-addr",
-                &advertised.to_string(),
-            ]),
-        );
+        let mut p = Proc::new(&format!("worker-{name}"), &host, work, {
+            let mut args = oak_e2e::procs::WorkerFlags {
+                cluster: cluster_ip,
+                data_dir: &data,
+                token_file: &node_token,
+                node_name: &name,
+                containerd_socket: socket,
+                containerd_namespace: &ns,
+                registry: &format!("{gateway}:{port}"),
+            }
+            .args();
+            args.extend(["--public-addr".to_string(), advertised.to_string()]);
+            args
+        });
         p.start()?;
         workers.push(Worker {
             name,

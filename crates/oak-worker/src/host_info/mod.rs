@@ -3,6 +3,8 @@
 
 mod gpu;
 mod net;
+
+pub(crate) use net::route_source;
 mod proc;
 
 use std::path::{Path, PathBuf};

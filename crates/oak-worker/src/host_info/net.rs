@@ -15,7 +15,8 @@ pub(crate) fn node_ipv4(cluster_address: &str, cluster_port: u16) -> Option<Ipv4
     }
 }
 
-fn route_source(cluster_address: &str, cluster_port: u16) -> Option<Ipv4Addr> {
+/// The local address the kernel would use to reach `cluster_address` (no packet is sent).
+pub(crate) fn route_source(cluster_address: &str, cluster_port: u16) -> Option<Ipv4Addr> {
     let target = (cluster_address, cluster_port).to_socket_addrs().ok()?.find(SocketAddr::is_ipv4)?;
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
     socket.connect(target).ok()?;

@@ -99,7 +99,7 @@ impl NetManager {
     ) -> Arc<Self> {
         let addr = config
             .public_addr
-            .or_else(|| plumbing::route_source(&cluster_host, cluster_port))
+            .or_else(|| crate::host_info::route_source(&cluster_host, cluster_port))
             .unwrap_or(Ipv4Addr::LOCALHOST);
         let endpoint = SocketAddrV4::new(addr, config.tunnel_port);
         Arc::new(Self {
@@ -377,7 +377,7 @@ impl NetManager {
         if self.config.public_addr.is_some() {
             return false;
         }
-        let Some(addr) = plumbing::route_source(&self.cluster_host, self.cluster_port) else { return false };
+        let Some(addr) = crate::host_info::route_source(&self.cluster_host, self.cluster_port) else { return false };
         let mut endpoint = self.endpoint.lock().unwrap();
         if *endpoint.ip() == addr {
             return false;

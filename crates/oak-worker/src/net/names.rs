@@ -46,11 +46,7 @@ pub fn veth(node_id: &str, nsip: Ipv4Addr) -> String {
 }
 
 fn hex_digest(text: &str) -> String {
-    hex_lower(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// A worker's /26: network address and the addresses in it.

@@ -362,16 +362,3 @@ pub async fn remove_netns(name: &str) {
 pub async fn remove_link(name: &str) {
     let _ = ip(&["link", "del", "dev", name]).await;
 }
-
-/// The local address the kernel would use to reach `host` (the interface that reaches the
-/// cluster), without sending anything.
-pub fn route_source(host: &str, port: u16) -> Option<Ipv4Addr> {
-    use std::net::{ToSocketAddrs, UdpSocket};
-    let target = (host, port).to_socket_addrs().ok()?.find(|a| a.is_ipv4())?;
-    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect(target).ok()?;
-    match socket.local_addr().ok()?.ip() {
-        std::net::IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
-        _ => None,
-    }
-}

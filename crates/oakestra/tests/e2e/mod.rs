@@ -27,6 +27,18 @@ pub fn api(base: &str, token: &str, method: reqwest::Method, path: &str, body: O
     Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// Admin's access token from the root at `base`, or `None` while it does not answer yet.
+pub fn try_login(base: &str) -> Option<String> {
+    let resp = http()
+        .post(format!("{base}/api/auth/login"))
+        .json(&serde_json::json!({"username": "Admin", "password": "Admin"}))
+        .send();
+    resp.ok()
+        .filter(|r| r.status().is_success())
+        .and_then(|r| r.json::<Value>().ok())
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+}
+
 /// `ctr -a socket -n ns args…`, its standard output.
 pub fn ctr(socket: &Path, ns: &str, args: &[&str]) -> Result<String> {
     let out = Command::new("ctr").arg("-a").arg(socket).args(["-n", ns]).args(args).output()?;
