@@ -73,8 +73,13 @@ async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), String> {
     }
 }
 
+/// Whether the link exists in this process's network namespace. Asks the kernel (an ioctl),
+/// not `/sys/class/net`: that shows the namespace sysfs was mounted in, which differs for a
+/// worker started with `nsenter --net` (and for many containerised workers).
 fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    let Ok(name) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 async fn iptables(args: &[&str]) -> Result<String, String> {
@@ -361,4 +366,46 @@ pub async fn remove_netns(name: &str) {
 
 pub async fn remove_link(name: &str) {
     let _ = ip(&["link", "del", "dev", name]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_exists;
+
+    #[test]
+    fn link_exists_asks_the_kernel_of_this_namespace() {
+        // Every network namespace has a loopback; nothing is called like the second name.
+        assert!(link_exists("lo"));
+        assert!(!link_exists("oakv-not-there"));
+        assert!(!link_exists("bad\0name"));
+    }
+
+    /// In a fresh namespace only its own loopback exists, whatever `/sys/class/net` (mounted for
+    /// the namespace the test started in) lists.
+    #[test]
+    fn link_exists_follows_the_callers_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let msg = "skipped the namespace test of link_exists: needs root (unshare)";
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
+            eprintln!("{msg}");
+            return;
+        }
+        let outside: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lo")
+            .collect();
+        assert!(!outside.is_empty(), "the test needs a link besides lo");
+        // unshare moves only the calling thread; a thread of its own keeps the others out.
+        let inside = std::thread::spawn(move || {
+            // SAFETY: unshare has no memory preconditions; the thread ends with the namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+            (link_exists("lo"), outside.iter().filter(|n| link_exists(n)).cloned().collect::<Vec<_>>())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, (true, Vec::new()));
+    }
 }
