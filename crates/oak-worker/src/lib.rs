@@ -30,4 +30,4 @@ pub use agent::{run, WorkerDeps};
 pub use config::{default_node_name, WorkerConfig, DEFAULT_CLUSTER_PORT, DEFAULT_REPORT_INTERVAL};
 pub use error::WorkerError;
 pub use host_info::{HostInfo, NodeInfoSource};
-pub use net::{OverlayConfig, DEFAULT_TUNNEL_PORT};
+pub use net::{OverlayConfig, DEFAULT_ADDRESS_CHECK, DEFAULT_TUNNEL_PORT};

@@ -137,6 +137,8 @@ struct Images {
 /// What the overlay scenarios pass on to each other.
 #[derive(Default)]
 struct OverlayState {
+    /// The client service (its instance 0 runs on w1).
+    client: String,
     client_job: String,
     server: String,
     server_job: String,
@@ -217,6 +219,7 @@ fn lab_root_two_clusters_three_workers() {
         step("overlay: service IPs", || overlay::scenario_service_ips(t))?;
         step("overlay: port mapping", || overlay::scenario_port_mapping(t))?;
         step("overlay: closest", || overlay::scenario_closest(t))?;
+        step("overlay: address change", || overlay::scenario_address_change(t))?;
         step("teardown", || teardown(t))?;
         step("overlay: nothing left", || overlay::check_no_overlay_leftovers(t))?;
         Ok(())
@@ -401,7 +404,11 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
                 registry: &format!("{gateway}:{port}"),
             }
             .args();
-            args.extend(["--public-addr".to_string(), advertised.to_string()]);
+            match public.get(&name) {
+                Some(relay) => args.extend(["--public-addr".to_string(), relay.to_string()]),
+                // The automatic address, looked up every second (the address-change scenario).
+                None => args.extend(["--address-check".to_string(), "1".to_string()]),
+            }
             args
         });
         p.start()?;

@@ -528,6 +528,10 @@ async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks: u32 = 0;
+    let address_every = match net.upgrade() {
+        Some(net) => (net.config.address_check.as_secs() / TICK.as_secs()).max(1) as u32,
+        None => return,
+    };
     loop {
         interval.tick().await;
         ticks = ticks.wrapping_add(1);
@@ -544,7 +548,7 @@ async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
                 let _ = d.udp.send_to(&ping, peer);
             }
         }
-        if ticks.is_multiple_of(super::ADDRESS_CHECK.as_secs() as u32) && net.recheck_address() {
+        if ticks.is_multiple_of(address_every) && net.recheck_address() {
             let endpoint = *net.endpoint.lock().unwrap();
             d.proxy.lock().unwrap().set_own_endpoint(endpoint);
         }

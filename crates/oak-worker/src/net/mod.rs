@@ -36,18 +36,21 @@ pub const DEFAULT_TUNNEL_PORT: u16 = 50103;
 pub struct OverlayConfig {
     pub tunnel_port: u16,
     /// The address peers send tunnel traffic to; `None`: the address of the interface that
-    /// reaches the cluster, checked again every [`ADDRESS_CHECK`].
+    /// reaches the cluster, looked up again every `address_check`.
     pub public_addr: Option<Ipv4Addr>,
+    /// How often an automatic public address is looked up again (a DHCP lease or a roaming
+    /// device changes it); rounded to whole seconds, at least one.
+    pub address_check: Duration,
 }
+
+/// How often an automatic public address is looked up again by default.
+pub const DEFAULT_ADDRESS_CHECK: Duration = Duration::from_secs(30);
 
 impl Default for OverlayConfig {
     fn default() -> Self {
-        Self { tunnel_port: DEFAULT_TUNNEL_PORT, public_addr: None }
+        Self { tunnel_port: DEFAULT_TUNNEL_PORT, public_addr: None, address_check: DEFAULT_ADDRESS_CHECK }
     }
 }
-
-/// How often an automatic public address is looked up again.
-const ADDRESS_CHECK: Duration = Duration::from_secs(30);
 
 /// Set once the host plumbing is up.
 struct Started {

@@ -102,6 +102,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             netmanager_port: None,
             tunnel_port: oak_worker::DEFAULT_TUNNEL_PORT,
             public_addr: None,
+            address_check: oak_worker::DEFAULT_ADDRESS_CHECK.as_secs(),
             report_interval: 2.0,
             containerd_socket: args.containerd_socket,
             containerd_namespace: "oakestra".into(),

@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// defaults to the address of the interface that reaches the cluster.
     #[arg(long, env = "OAKESTRA_PUBLIC_ADDR")]
     pub public_addr: Option<std::net::Ipv4Addr>,
+    /// Seconds between lookups of the automatic public address (without `--public-addr`);
+    /// a change is reported to the cluster and peers switch to the new address.
+    #[arg(long, default_value_t = oak_worker::DEFAULT_ADDRESS_CHECK.as_secs())]
+    pub address_check: u64,
     /// Seconds between node and instance reports.
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
@@ -103,8 +107,14 @@ impl WorkerArgs {
         if self.tunnel_port == 0 {
             return Err("--tunnel-port must not be 0".into());
         }
-        config.overlay_config =
-            oak_worker::OverlayConfig { tunnel_port: self.tunnel_port, public_addr: self.public_addr };
+        if self.address_check == 0 {
+            return Err("--address-check must be at least 1 second".into());
+        }
+        config.overlay_config = oak_worker::OverlayConfig {
+            tunnel_port: self.tunnel_port,
+            public_addr: self.public_addr,
+            address_check: Duration::from_secs(self.address_check),
+        };
         config.report_interval = Duration::from_secs_f64(self.report_interval);
         Ok(config)
     }
@@ -164,4 +174,44 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::WorkerArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<oak_worker::WorkerConfig, String> {
+        let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+        Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.config()
+    }
+
+    #[test]
+    fn the_overlay_is_on_unless_turned_off_the_new_way_or_the_seeds_way() {
+        assert!(config(&[]).unwrap().overlay);
+        assert!(!config(&["--no-overlay"]).unwrap().overlay);
+        assert!(!config(&["-n", "-1"]).unwrap().overlay);
+        assert!(config(&["-n", "6000"]).unwrap().overlay);
+    }
+
+    #[test]
+    fn the_automatic_public_address_is_looked_up_every_30_s_unless_told_otherwise() {
+        let overlay = config(&[]).unwrap().overlay_config;
+        assert_eq!(
+            (overlay.address_check, overlay.public_addr, overlay.tunnel_port),
+            (Duration::from_secs(30), None, 50103)
+        );
+        assert_eq!(config(&["--address-check", "2"]).unwrap().overlay_config.address_check, Duration::from_secs(2));
+        assert!(config(&["--address-check", "0"]).unwrap_err().contains("--address-check"));
+        assert!(config(&["--tunnel-port", "0"]).unwrap_err().contains("--tunnel-port"));
+    }
 }

@@ -1,6 +1,7 @@
 //! The overlay network's scenarios on the lab (issue 5): service IPs across clusters with
 //! round-robin and instance IPs, ping, traffic moving off undeployed and lost instances, port
-//! mappings addressed to the node only, closest balancing under delay, and a clean host after.
+//! mappings addressed to the node only, closest balancing under delay, a worker's public address
+//! changing under its peers, and a clean host after.
 //!
 //! Workers `e1` and `e2` advertise a delay relay on the lab bridge as their public tunnel address
 //! (`--public-addr`): this kernel has no `sch_netem`, so the relay stands in for `tc netem` on
@@ -70,6 +71,7 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
     )?;
     t.scale_up(&client)?;
     t.wait_running(&client, 0, "the client to be RUNNING on w1")?;
+    t.overlay.client = client;
     t.overlay.client_job = client_job;
 
     let image = t.images.server.clone();
@@ -267,6 +269,45 @@ pub(super) fn scenario_closest(t: &mut Topology) -> Result<()> {
         r.set_delay(Duration::ZERO);
     }
     Ok(())
+}
+
+/// Scenario 6: w1's automatic public address changes (a new address takes over the route to the
+/// cluster, and the old one takes no tunnel traffic any more): w1 reports it, the root's instance
+/// documents show it, and the servers' workers send their answers to the new address.
+pub(super) fn scenario_address_change(t: &mut Topology) -> Result<()> {
+    let host = t.worker("w1").proc.host.clone();
+    let (old, new) = (host.ip(), std::net::Ipv4Addr::new(10, 99, SUBNET, 240));
+    let url = "http://10.30.250.1/hostname";
+    fetch_from(t, "w1", &t.overlay.client_job, 0, url).context("the closest IP before the change")?;
+    let lan = format!("10.99.{SUBNET}.0/24");
+    let (old_s, new_s, port) = (old.to_string(), new.to_string(), oak_worker::DEFAULT_TUNNEL_PORT.to_string());
+    let block = ["INPUT", "-d", &old_s, "-p", "udp", "--dport", &port, "-j", "DROP"];
+    host.run_ok("ip", &["addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
+    let changed = Instant::now();
+    let result = (|| -> Result<()> {
+        host.run_ok("ip", &["route", "replace", &lan, "dev", "eth0", "scope", "link", "src", &new_s])?;
+        host.run_ok("iptables", &[&["-w", "-I"][..], &block].concat())?;
+        let client = t.overlay.client.clone();
+        wait_until("the client instance to show w1's new address", Duration::from_secs(15), POLL, || {
+            Ok(t.instance(&client, 0)?.filter(|i| i["host_ip"].as_str() == Some(new_s.as_str())).map(|_| ()))
+        })?;
+        let reported = changed.elapsed();
+        wait_until("the servers to answer w1 at its new address", Duration::from_secs(10), POLL, || {
+            Ok(fetch_from(t, "w1", &t.overlay.client_job, 0, url).ok())
+        })?;
+        answers(t, url, 4).context("repeated requests after the change")?;
+        eprintln!(
+            "e2e-lab: w1 moved from {old} to {new}: shown at the root after {reported:?}, answered after {:?}",
+            changed.elapsed()
+        );
+        Ok(())
+    })();
+    // Back to the lab's address (w1 notices on its next check).
+    let _ = host.run("iptables", &[&["-w", "-D"][..], &block].concat());
+    let _ =
+        host.run("ip", &["route", "replace", &lan, "dev", "eth0", "proto", "kernel", "scope", "link", "src", &old_s]);
+    let _ = host.run("ip", &["addr", "del", &format!("{new}/24"), "dev", "eth0"]);
+    result
 }
 
 /// The instance namespaces of the overlay on this machine (of any worker).
