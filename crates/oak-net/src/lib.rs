@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod flows;
+pub mod fragments;
 pub mod gso;
 pub mod packet;
 pub mod ports;

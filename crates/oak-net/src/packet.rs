@@ -41,7 +41,8 @@ pub enum PacketError {
     BadHeaderLength,
     #[error("bad IPv4 total length")]
     BadTotalLength,
-    #[error("IPv4 fragment")]
+    /// A fragment after the first: it has no transport header (see [`fragment_key`]).
+    #[error("IPv4 fragment after the first")]
     Fragment,
     #[error("unsupported protocol {0}")]
     UnsupportedProtocol(u8),
@@ -69,8 +70,38 @@ pub struct PacketInfo {
     pub total_len: usize,
 }
 
+/// What identifies the fragments of one datagram (RFC 791): they all carry these four fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    pub id: u16,
+}
+
+/// The datagram `buf` is a fragment of, and whether it is the first fragment (the one with the
+/// transport header); `None` for an unfragmented packet or a header too short to tell.
+pub fn fragment_key(buf: &[u8]) -> Option<(FragmentKey, bool)> {
+    if buf.len() < IPV4_MIN_HEADER || buf[0] >> 4 != 4 {
+        return None;
+    }
+    let frag = u16::from_be_bytes([buf[6], buf[7]]);
+    let (more_fragments, offset) = (frag & 0x2000 != 0, frag & 0x1fff);
+    if !more_fragments && offset == 0 {
+        return None;
+    }
+    let key = FragmentKey {
+        src: Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]),
+        dst: Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]),
+        protocol: buf[9],
+        id: u16::from_be_bytes([buf[4], buf[5]]),
+    };
+    Some((key, offset == 0))
+}
+
 /// Parses the IPv4 and transport headers of `buf`, refusing anything the proxy does not
-/// translate (fragments, other protocols, truncated headers).
+/// translate (other protocols, truncated headers). A first fragment parses like a whole packet
+/// (its transport header is there); later fragments are refused with [`PacketError::Fragment`].
 pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
     let Some(&first) = buf.first() else {
         return Err(PacketError::TooShort);
@@ -90,10 +121,8 @@ pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
     if total_len < header_len || total_len > buf.len() {
         return Err(PacketError::BadTotalLength);
     }
-    let frag = u16::from_be_bytes([buf[6], buf[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    let offset = frag & 0x1fff;
-    if more_fragments || offset != 0 {
+    let offset = u16::from_be_bytes([buf[6], buf[7]]) & 0x1fff;
+    if offset != 0 {
         return Err(PacketError::Fragment);
     }
     let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
@@ -131,21 +160,13 @@ pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
 /// Replaces source and destination address of a packet previously parsed into `info`, patching
 /// the IPv4 header checksum and the TCP/UDP checksum (whose pseudo-header covers the addresses).
 /// ICMP checksums do not cover addresses and stay untouched; a UDP checksum of 0 ("none") stays 0.
+/// In a first fragment the transport checksum covers the whole datagram, so the same patch holds.
 pub fn rewrite_addresses(buf: &mut [u8], info: &PacketInfo, src: Ipv4Addr, dst: Ipv4Addr) {
     if buf.len() < info.total_len || info.total_len < info.header_len + 8 {
         // `info` does not describe this buffer; leave it alone rather than corrupt it.
         return;
     }
-    let mut old = [0u8; 8];
-    old.copy_from_slice(&buf[12..20]);
-    let mut new = [0u8; 8];
-    new[..4].copy_from_slice(&src.octets());
-    new[4..].copy_from_slice(&dst.octets());
-    if old == new {
-        return;
-    }
-    buf[12..20].copy_from_slice(&new);
-    patch_checksum(buf, 10, &old, &new);
+    let Some((old, new)) = rewrite_ip_addresses(buf, src, dst) else { return };
     let l4 = info.header_len;
     match info.protocol {
         Protocol::Tcp => patch_checksum(buf, l4 + 16, &old, &new),
@@ -162,6 +183,31 @@ pub fn rewrite_addresses(buf: &mut [u8], info: &PacketInfo, src: Ipv4Addr, dst: 
         }
         Protocol::Icmp => {}
     }
+}
+
+/// Replaces the addresses of the IPv4 header only (and its checksum): enough for a fragment
+/// after the first, which carries no transport header. Returns the old and new address bytes
+/// if anything changed.
+pub fn rewrite_ip_addresses(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Option<([u8; 8], [u8; 8])> {
+    if buf.len() < IPV4_MIN_HEADER {
+        return None;
+    }
+    let mut old = [0u8; 8];
+    old.copy_from_slice(&buf[12..20]);
+    let mut new = [0u8; 8];
+    new[..4].copy_from_slice(&src.octets());
+    new[4..].copy_from_slice(&dst.octets());
+    if old == new {
+        return None;
+    }
+    buf[12..20].copy_from_slice(&new);
+    patch_checksum(buf, 10, &old, &new);
+    Some((old, new))
+}
+
+/// The source and destination address of an IPv4 header (`buf` at least 20 bytes).
+pub fn addresses(buf: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    (Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]), Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]))
 }
 
 /// Updates the 16-bit checksum stored at `at` after the covered bytes `old` became `new`
@@ -202,7 +248,7 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{build, full_checksums_ok, recompute_checksums, L4};
+    use crate::testutil::{build, fragment, full_checksums_ok, reassemble, recompute_checksums, L4};
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 18, 0, 66);
     const B: Ipv4Addr = Ipv4Addr::new(10, 30, 1, 30);
@@ -276,6 +322,41 @@ mod tests {
         rewrite_and_compare(pkt);
     }
 
+    /// A first fragment is translated like a packet (its transport checksum covers the whole
+    /// datagram), a later one by its IP header only; joined again, every checksum holds.
+    #[test]
+    fn fragments_rewrite_into_a_valid_datagram() {
+        for l4 in [
+            L4::Udp { sport: 5353, dport: 53, checksum: true },
+            L4::Tcp { sport: 1000, dport: 80, flags: TCP_ACK },
+            L4::Icmp { kind: ICMP_ECHO_REQUEST, id: 7, seq: 1 },
+        ] {
+            let payload: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+            let whole = build(A, B, l4, &payload);
+            let (mut first, mut second) = fragment(&whole, 1400);
+            assert_eq!(fragment_key(&whole), None);
+            let (key, is_first) = fragment_key(&first).unwrap();
+            assert_eq!((key.src, key.dst, key.protocol, key.id, is_first), (A, B, whole[9], 0x4242, true));
+            assert_eq!(fragment_key(&second), Some((key, false)));
+            assert_eq!(parse(&second), Err(PacketError::Fragment));
+            let info = parse(&first).unwrap();
+            assert_eq!(info.total_len, 1420);
+            rewrite_addresses(&mut first, &info, NEW_SRC, NEW_DST);
+            assert!(rewrite_ip_addresses(&mut second, NEW_SRC, NEW_DST).is_some());
+            assert_eq!((addresses(&first), addresses(&second)), ((NEW_SRC, NEW_DST), (NEW_SRC, NEW_DST)));
+            for f in [&first, &second] {
+                assert_eq!(internet_checksum(&f[..20]), 0, "IP header checksum of a fragment");
+            }
+            let joined = reassemble(&first, &second);
+            assert!(full_checksums_ok(&joined), "{l4:?}: the rewritten datagram's checksums");
+            // Nothing but the addresses (and checksums) changed.
+            let mut back = joined.clone();
+            back[12..20].copy_from_slice(&whole[12..20]);
+            recompute_checksums(&mut back);
+            assert_eq!(back, whole);
+        }
+    }
+
     #[test]
     fn garbled_input_is_refused() {
         let good = build(A, B, L4::Tcp { sport: 1, dport: 2, flags: 0 }, b"");
@@ -299,9 +380,6 @@ mod tests {
         let mut truncated = good.clone();
         truncated[2..4].copy_from_slice(&30u16.to_be_bytes());
         assert_eq!(parse(&truncated), Err(PacketError::TransportTruncated));
-        let mut frag = good.clone();
-        frag[6] = 0x20; // MF
-        assert_eq!(parse(&frag), Err(PacketError::Fragment));
         let mut offset = good.clone();
         offset[7] = 0x01;
         assert_eq!(parse(&offset), Err(PacketError::Fragment));

@@ -12,6 +12,7 @@ use oak_api::net::RouteTable;
 
 use crate::config::ProxyConfig;
 use crate::flows::{Flow, FlowKey, FlowTable};
+use crate::fragments::FragmentTable;
 use crate::packet::{self, PacketInfo};
 use crate::queue::{Enqueued, PendingQueue};
 use crate::routes::{Resolved, Routes, Target};
@@ -83,6 +84,10 @@ pub struct Proxy {
     flows: FlowTable,
     queue: PendingQueue,
     stats: ProxyStats,
+    /// Addresses and action of first fragments sent, for their later fragments.
+    fragments_out: FragmentTable<(Ipv4Addr, Ipv4Addr, Outbound)>,
+    /// Addresses of first fragments delivered, for their later fragments.
+    fragments_in: FragmentTable<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl Proxy {
@@ -93,6 +98,8 @@ impl Proxy {
             flows: FlowTable::new(),
             queue: PendingQueue::new(cfg.queue),
             stats: ProxyStats::default(),
+            fragments_out: FragmentTable::default(),
+            fragments_in: FragmentTable::default(),
             cfg,
         }
     }
@@ -158,7 +165,15 @@ impl Proxy {
     /// Translates a packet sent by a local instance (read from the TUN), in place.
     pub fn outbound(&mut self, pkt: &mut [u8], now: Instant) -> Outbound {
         self.stats.packets_out += 1;
-        let action = self.translate_outbound(pkt, now);
+        let fragment = packet::fragment_key(pkt);
+        let action = match fragment {
+            Some((key, false)) => self.outbound_later_fragment(key, pkt, now),
+            _ => self.translate_outbound(pkt, now),
+        };
+        if let (Some((key, true)), Outbound::Tunnel(_) | Outbound::Local) = (fragment, action) {
+            let (src, dst) = packet::addresses(pkt);
+            self.fragments_out.insert(key, (src, dst, action), now);
+        }
         match action {
             Outbound::Tunnel(_) => self.stats.tunneled += 1,
             Outbound::Local => self.stats.local += 1,
@@ -172,10 +187,15 @@ impl Proxy {
     /// Translates a packet received from the tunnel for a local instance, in place.
     pub fn inbound(&mut self, pkt: &mut [u8], now: Instant) -> Inbound {
         self.stats.packets_in += 1;
-        let action = match packet::parse(pkt) {
-            Err(e) => Inbound::Drop(e.into()),
-            Ok(info) => self.translate_inbound(pkt, &info, now),
+        let fragment = packet::fragment_key(pkt);
+        let action = match (fragment, packet::parse(pkt)) {
+            (Some((key, false)), _) => self.inbound_later_fragment(key, pkt, now),
+            (_, Err(e)) => Inbound::Drop(e.into()),
+            (_, Ok(info)) => self.translate_inbound(pkt, &info, now),
         };
+        if let (Some((key, true)), Inbound::Deliver) = (fragment, action) {
+            self.fragments_in.insert(key, packet::addresses(pkt), now);
+        }
         match action {
             Inbound::Deliver => self.stats.delivered += 1,
             Inbound::Drop(reason) => self.stats.drops.add(reason, 1),
@@ -193,6 +213,8 @@ impl Proxy {
     pub fn expire(&mut self, now: Instant) -> Expired {
         let t = self.cfg.timeouts;
         let flows = self.flows.expire(now, &t);
+        self.fragments_out.expire(now);
+        self.fragments_in.expire(now);
         self.queue.expire(now, &t);
         self.collect_queue_drops();
         let mut jobs: Vec<String> = self
@@ -266,6 +288,34 @@ impl Proxy {
             Inbound::Deliver => Outbound::Local,
             Inbound::Drop(reason) => Outbound::Drop(reason),
         }
+    }
+
+    /// A fragment after the first goes where its first went, with the same addresses; one
+    /// whose first waits for a table waits behind it.
+    fn outbound_later_fragment(&mut self, key: packet::FragmentKey, pkt: &mut [u8], now: Instant) -> Outbound {
+        if !self.locals.contains_key(&key.src) {
+            return Outbound::Drop(DropReason::NotFromLocal);
+        }
+        match self.fragments_out.get(&key, now) {
+            Some((src, dst, action)) => {
+                packet::rewrite_ip_addresses(pkt, src, dst);
+                action
+            }
+            None if self.queue.is_pending(key.dst) => self.enqueue(key.dst, pkt, now),
+            None => Outbound::Drop(DropReason::Fragment),
+        }
+    }
+
+    /// A later fragment from the tunnel: rewritten like its first was (a reply's source back to
+    /// the service IP), delivered unchanged otherwise, as requests are.
+    fn inbound_later_fragment(&mut self, key: packet::FragmentKey, pkt: &mut [u8], now: Instant) -> Inbound {
+        if !self.locals.contains_key(&key.dst) {
+            return Inbound::Drop(DropReason::NotForLocal);
+        }
+        if let Some((src, dst)) = self.fragments_in.get(&key, now) {
+            packet::rewrite_ip_addresses(pkt, src, dst);
+        }
+        Inbound::Deliver
     }
 
     /// The target of an existing flow if it may keep it; a flow whose instance is gone is dropped

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use oak_api::net::{RouteInstance, RouteTable, ServiceIp, IP_TYPE_CLOSEST, IP_TYPE_RR};
 
 use crate::packet::{parse, Protocol, TCP_ACK, TCP_SYN};
-use crate::testutil::{build, full_checksums_ok, L4};
+use crate::testutil::{build, fragment, full_checksums_ok, reassemble, L4};
 use crate::{DropReason, Inbound, Outbound, Proxy, ProxyConfig};
 
 const CLIENT_JOB: &str = "app.ns.client.ns";
@@ -173,6 +173,61 @@ fn icmp_echo_across_two_nodes() {
     assert_eq!(a.inbound(&mut pong, t0), Inbound::Deliver);
     assert_eq!(addrs(&pong), (ip(RR_IP), ip(CLIENT_NS)));
     assert_eq!(parse(&pong).unwrap().protocol, Protocol::Icmp);
+}
+
+/// A datagram larger than the overlay MTU arrives in fragments: the later ones follow the first
+/// (same instance, same addresses) both ways, also when the first waited for the table, and the
+/// receiver's kernel can join them into a valid datagram.
+#[test]
+fn fragmented_datagrams_follow_their_first_fragment() {
+    let t0 = Instant::now();
+    let mut a = node_a(t0);
+    let mut b = node(NODE_B);
+    b.add_local(ip(S0_NS), ip(S0_IIP), SERVER_JOB);
+    b.apply_table(&client_table(), t0).unwrap();
+    let big = |src: &str, dst: &str, l4: L4| build(ip(src), ip(dst), l4, &[7u8; 3000]);
+
+    // The server's table is not known yet: both fragments wait, then go to instance 0 on B.
+    let request = big(CLIENT_NS, RR_IP, L4::Udp { sport: 4000, dport: 53, checksum: true });
+    let (mut first, mut later) = fragment(&request, 1400);
+    assert_eq!(a.outbound(&mut first, t0), Outbound::Query(ip(RR_IP)));
+    assert_eq!(a.outbound(&mut later, t0), Outbound::Queued);
+    assert_eq!(a.apply_table(&server_table(), t0).unwrap().released, 2);
+    let mut released = a.take_released().into_iter();
+    let (mut first, mut later) = (released.next().unwrap(), released.next().unwrap());
+    assert_eq!(a.outbound(&mut first, t0), Outbound::Tunnel(ep(NODE_B)));
+    assert_eq!(a.outbound(&mut later, t0), Outbound::Tunnel(ep(NODE_B)));
+    for f in [&mut first, &mut later] {
+        assert_eq!(b.inbound(f, t0), Inbound::Deliver);
+    }
+    let joined = reassemble(&first, &later);
+    assert!(full_checksums_ok(&joined));
+    assert_eq!(addrs(&joined), (ip(CLIENT_IIP), ip(S0_NS)));
+
+    // The fragmented answer gets the RR IP back as source in every fragment.
+    let answer = big(S0_NS, CLIENT_IIP, L4::Udp { sport: 53, dport: 4000, checksum: true });
+    let (mut first, mut later) = fragment(&answer, 1400);
+    assert_eq!(b.outbound(&mut first, t0), Outbound::Tunnel(ep(NODE_A)));
+    assert_eq!(b.outbound(&mut later, t0), Outbound::Tunnel(ep(NODE_A)));
+    assert_eq!(a.inbound(&mut first, t0), Inbound::Deliver);
+    assert_eq!(a.inbound(&mut later, t0), Inbound::Deliver);
+    let joined = reassemble(&first, &later);
+    assert_eq!(addrs(&joined), (ip(RR_IP), ip(CLIENT_NS)));
+    assert_eq!(&joined[28..], &[7u8; 3000][..]);
+
+    // A big ping, fragmented the same way.
+    let ping = big(CLIENT_NS, RR_IP, L4::Icmp { kind: 8, id: 9, seq: 1 });
+    let (mut first, mut later) = fragment(&ping, 1400);
+    let to = a.outbound(&mut first, t0);
+    assert_eq!(a.outbound(&mut later, t0), to, "the later fragment goes where the first went");
+    assert_eq!(addrs(&reassemble(&first, &later)).0, ip(CLIENT_IIP));
+
+    // Fragments left over after the TTL are not matched any more.
+    let (_, mut stale) = fragment(&request, 1400);
+    a.expire(t0 + crate::fragments::FRAGMENT_TTL);
+    let late = t0 + crate::fragments::FRAGMENT_TTL;
+    assert_eq!(a.outbound(&mut stale, late), Outbound::Drop(DropReason::Fragment));
+    assert_eq!(a.stats().drops.total(), 1);
 }
 
 #[test]
@@ -393,9 +448,10 @@ fn refused_packets_and_drop_counters() {
     assert_eq!(a.outbound(&mut udp("10.19.1.254", 1, RR_IP, 53), t0), Outbound::Drop(DropReason::NotFromLocal));
     assert_eq!(a.outbound(&mut [0x45, 0, 0], t0), Outbound::Drop(DropReason::Malformed));
     assert_eq!(a.outbound(&mut [0x60; 40], t0), Outbound::Drop(DropReason::NotIpv4));
-    let mut frag = udp(CLIENT_NS, 1, RR_IP, 53);
-    frag[6] |= 0x20;
-    assert_eq!(a.outbound(&mut frag, t0), Outbound::Drop(DropReason::Fragment));
+    // A later fragment whose first was never seen.
+    let (_, mut later) =
+        fragment(&build(ip(CLIENT_NS), ip(RR_IP), L4::Udp { sport: 1, dport: 53, checksum: true }, &[0; 64]), 16);
+    assert_eq!(a.outbound(&mut later, t0), Outbound::Drop(DropReason::Fragment));
     let unreachable = &mut build(ip(CLIENT_NS), ip(RR_IP), L4::Icmp { kind: 3, id: 0, seq: 0 }, b"");
     assert_eq!(a.outbound(unreachable, t0), Outbound::Drop(DropReason::UnsupportedProtocol));
     // Inbound for an address that is not a local instance.

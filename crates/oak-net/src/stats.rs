@@ -48,7 +48,7 @@ impl DropReason {
         match self {
             DropReason::Malformed => "malformed packet",
             DropReason::NotIpv4 => "not IPv4",
-            DropReason::Fragment => "IPv4 fragment",
+            DropReason::Fragment => "IPv4 fragment without its first",
             DropReason::UnsupportedProtocol => "unsupported protocol",
             DropReason::NotFromLocal => "not from a local instance",
             DropReason::NotForLocal => "not for a local instance",

@@ -118,3 +118,39 @@ pub fn full_checksums_ok(pkt: &[u8]) -> bool {
     recompute_checksums(&mut copy);
     copy == pkt
 }
+
+/// Splits `pkt` (IHL 5) like a router would: the first fragment carries `first_payload` bytes
+/// after the IP header (a multiple of 8), the second the rest; both with correct header checksums.
+pub fn fragment(pkt: &[u8], first_payload: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first_payload % 8, 0);
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    let header = |len: usize, frag: u16| {
+        let mut h = pkt[..20].to_vec();
+        h[2..4].copy_from_slice(&((20 + len) as u16).to_be_bytes());
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[10] = 0;
+        h[11] = 0;
+        let sum = !ones_sum(&[&h]);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        h
+    };
+    let mut first = header(first_payload, 0x2000);
+    first.extend_from_slice(&pkt[20..20 + first_payload]);
+    let mut second = header(total - 20 - first_payload, (first_payload / 8) as u16);
+    second.extend_from_slice(&pkt[20 + first_payload..total]);
+    (first, second)
+}
+
+/// Joins two fragments made by [`fragment`] back into one packet (header of the first).
+pub fn reassemble(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut pkt = first.to_vec();
+    pkt.extend_from_slice(&second[20..]);
+    let total = pkt.len() as u16;
+    pkt[2..4].copy_from_slice(&total.to_be_bytes());
+    pkt[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    pkt[10] = 0;
+    pkt[11] = 0;
+    let sum = !ones_sum(&[&pkt[..20]]);
+    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+    pkt
+}

@@ -28,11 +28,12 @@ fn fetch_from(t: &Topology, worker: &str, job: &str, n: u64, url: &str) -> Resul
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn ping_from(t: &Topology, worker: &str, job: &str, n: u64, ip: &str) -> Result<String> {
+/// Two pings of `size` payload bytes (beyond the overlay MTU they travel in fragments).
+fn ping_from(t: &Topology, worker: &str, job: &str, n: u64, ip: &str, size: usize) -> Result<String> {
     let pid = task_pid(t, worker, job, n)?;
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["busybox", "ping", "-c", "2", "-W", "3", ip])
+        .args(["busybox", "ping", "-c", "2", "-W", "3", "-s", &size.to_string(), ip])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(out.status.success(), "ping {ip} from {job}.{n} failed: {text} {}", String::from_utf8_lossy(&out.stderr));
@@ -125,9 +126,11 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
         let got = answers(t, &format!("http://{ip}/hostname"), 3)?;
         ensure!(got.iter().all(|h| *h == hostname(*n)), "instance IP {ip} of {n} answered {got:?}");
     }
-    // ICMP echo through the overlay.
-    let out = ping_from(t, "w1", &t.overlay.client_job, 0, &rr)?;
-    ensure!(out.contains("2 packets received"), "{out}");
+    // ICMP echo through the overlay, also larger than the MTU (fragmented on the way).
+    for size in [56, 4000] {
+        let out = ping_from(t, "w1", &t.overlay.client_job, 0, &rr, size)?;
+        ensure!(out.contains("2 packets received"), "ping -s {size}: {out}");
+    }
     eprintln!("e2e-lab: RR {rr} balanced over {placed:?}; instance IPs {instance_ips:?}");
 
     // Scenario 2a: undeploy instance 1: within a second every request goes to the survivor.
