@@ -502,10 +502,6 @@ struct Bench {
     cleaned: bool,
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
 impl Bench {
     fn setup(bin: &str, lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Bench> {
         let gateway = lab.gateway();
@@ -522,23 +518,7 @@ impl Bench {
         let root_ip = root_host.ip();
         let url = format!("http://{root_ip}:10000");
         let root_data = work.join("data/root");
-        let mut procs = vec![Proc::start(
-            "root",
-            &root_host,
-            bin,
-            &strings(&[
-                "root",
-                "--api-addr",
-                "0.0.0.0",
-                "--api-port",
-                "10000",
-                "--cluster-port",
-                "50052",
-                "--data-dir",
-                &root_data.display().to_string(),
-            ]),
-            work,
-        )?];
+        let mut procs = vec![Proc::start("root", &root_host, bin, &oak_e2e::procs::root_args(&root_data), work)?];
         let api = Api::new(&url)?;
         let mut bench = Bench {
             dir: work.path().to_path_buf(),
@@ -565,23 +545,14 @@ impl Bench {
             "cluster",
             &cluster_host,
             bin,
-            &strings(&[
-                "cluster",
-                "--name",
-                CLUSTER,
-                "--root-url",
-                &url,
-                "--root-channel",
-                &format!("{root_ip}:50052"),
-                "--api-port",
-                "10100",
-                "--mqtt-port",
-                "10003",
-                "--data-dir",
-                &cluster_data.display().to_string(),
-                "--token-file",
-                &cluster_token.display().to_string(),
-            ]),
+            &oak_e2e::procs::ClusterFlags {
+                name: CLUSTER,
+                location: None,
+                root: root_ip,
+                data_dir: &cluster_data,
+                token_file: &cluster_token,
+            }
+            .args(),
             work,
         )?;
         bench.procs.push(cluster);

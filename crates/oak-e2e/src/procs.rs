@@ -180,6 +180,53 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+/// The arguments of a lab's `oakestra root`: API on 10000 of every address, cluster channel on
+/// 50052, state in `data_dir`.
+pub fn root_args(data_dir: &std::path::Path) -> Vec<String> {
+    let data_dir = data_dir.display().to_string();
+    ["root", "--api-addr", "0.0.0.0", "--api-port", "10000", "--cluster-port", "50052", "--data-dir", &data_dir]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// What differs between the `oakestra cluster`s of a lab (tests and benchmarks start them alike).
+pub struct ClusterFlags<'a> {
+    pub name: &'a str,
+    /// `lat,long`, if the cluster reports a location.
+    pub location: Option<&'a str>,
+    /// The root's address (API on 10000, channel on 50052).
+    pub root: std::net::Ipv4Addr,
+    pub data_dir: &'a std::path::Path,
+    /// The root's `cluster-token` file.
+    pub token_file: &'a std::path::Path,
+}
+
+impl ClusterFlags<'_> {
+    /// The arguments of `oakestra cluster` (node API on 10100, embedded broker on 10003).
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["cluster".into(), "--name".into(), self.name.into()];
+        if let Some(location) = self.location {
+            args.extend(["--location".into(), location.into()]);
+        }
+        args.extend([
+            "--root-url".into(),
+            format!("http://{}:10000", self.root),
+            "--root-channel".into(),
+            format!("{}:50052", self.root),
+            "--api-port".into(),
+            "10100".into(),
+            "--mqtt-port".into(),
+            "10003".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--token-file".into(),
+            self.token_file.display().to_string(),
+        ]);
+        args
+    }
+}
+
 /// What differs between the `oakestra worker`s of a lab (tests and benchmarks start them alike).
 pub struct WorkerFlags<'a> {
     pub cluster: std::net::Ipv4Addr,

@@ -90,12 +90,8 @@ pub fn fragment_key(buf: &[u8]) -> Option<(FragmentKey, bool)> {
     if !more_fragments && offset == 0 {
         return None;
     }
-    let key = FragmentKey {
-        src: Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]),
-        dst: Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]),
-        protocol: buf[9],
-        id: u16::from_be_bytes([buf[4], buf[5]]),
-    };
+    let (src, dst) = addresses(buf);
+    let key = FragmentKey { src, dst, protocol: buf[9], id: u16::from_be_bytes([buf[4], buf[5]]) };
     Some((key, offset == 0))
 }
 
@@ -125,8 +121,7 @@ pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
     if offset != 0 {
         return Err(PacketError::Fragment);
     }
-    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-    let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+    let (src, dst) = addresses(buf);
     let l4 = &buf[header_len..total_len];
     let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     let (protocol, src_port, dst_port, tcp_flags) = match buf[9] {

@@ -322,22 +322,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     let root_ip = root_host.ip();
     let root_data = work.join("data/root");
     let api = format!("http://{root_ip}:10000");
-    let mut root = Proc::new(
-        "root",
-        &root_host,
-        work,
-        strings(&[
-            "root",
-            "--api-addr",
-            "0.0.0.0",
-            "--api-port",
-            "10000",
-            "--cluster-port",
-            "50052",
-            "--data-dir",
-            &root_data.display().to_string(),
-        ]),
-    );
+    let mut root = Proc::new("root", &root_host, work, oak_e2e::procs::root_args(&root_data));
     root.start()?;
     let token = wait_until("the root to log Admin in", Duration::from_secs(30), POLL, || {
         root.ensure_alive()?;
@@ -356,25 +341,14 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
             &format!("cluster-{name}"),
             host,
             work,
-            strings(&[
-                "cluster",
-                "--name",
+            oak_e2e::procs::ClusterFlags {
                 name,
-                "--location",
-                location,
-                "--root-url",
-                &api,
-                "--root-channel",
-                &format!("{root_ip}:50052"),
-                "--api-port",
-                "10100",
-                "--mqtt-port",
-                "10003",
-                "--data-dir",
-                &data.display().to_string(),
-                "--token-file",
-                &cluster_token.display().to_string(),
-            ]),
+                location: Some(location),
+                root: root_ip,
+                data_dir: &data,
+                token_file: &cluster_token,
+            }
+            .args(),
         );
         p.start()?;
         clusters.push(p);
@@ -443,10 +417,6 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     };
     topo.wait_for_fleet()?;
     Ok(topo)
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// The last [`LOG_TAIL`] lines of `path` to stderr, framed with its name.

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{embedded, eventually, start_cluster, start_root, start_worker};
+use common::{
+    admin_client, embedded, eventually, one_cluster_with_one_worker, start_cluster, start_root, start_worker,
+};
 use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
-use oak_client::Client;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::Value;
 
@@ -71,14 +72,8 @@ async fn cluster_on_an_external_mosquitto_broker() {
     let cluster = start_cluster("edge", &tmp.path().join("edge"), channel, token.trim(), mode).await;
     let worker = start_worker("w1", &cluster, &tmp.path().join("w1"), None);
 
-    let mut client = Client::new(url);
-    let login = client.login("Admin", "Admin", None).await.unwrap();
-    client.set_token(Some(login.token));
-    eventually("the cluster with its worker", async || {
-        let c = client.list_active_clusters().await.unwrap();
-        (c.len() == 1 && c[0].active_nodes == 1).then_some(())
-    })
-    .await;
+    let client = admin_client(&url).await;
+    one_cluster_with_one_worker(&client).await;
     let sla: Value = serde_json::from_str(NGINX).unwrap();
     let apps = client.create_application(&sla).await.unwrap();
     let service = client.list_app_services(&apps[0].id).await.unwrap().remove(0);

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{embedded, eventually, start_cluster, start_root, start_worker};
+use common::{
+    admin_client, embedded, eventually, one_cluster_with_one_worker, start_cluster, start_root, start_worker,
+};
 use oak_api::model::{Cluster, Service};
 use oak_api::net::{OverlayInfo, RouteTable, TableQuery};
 use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
@@ -69,9 +71,7 @@ async fn root_two_clusters_four_workers() {
         start_worker("w4", &c2, &tmp.path().join("w4"), None),
     ];
 
-    let mut client = Client::new(url.clone());
-    let login = client.login("Admin", "Admin", None).await.unwrap();
-    client.set_token(Some(login.token));
+    let client = admin_client(&url).await;
 
     let clusters = eventually("both clusters active with two workers each", async || {
         let c = active_clusters(&client).await;
@@ -237,14 +237,8 @@ async fn overlay_routes_reach_workers_over_mqtt() {
     let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
     let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token.trim(), embedded()).await;
     let worker = start_worker("w1", &c1, &tmp.path().join("w1"), None);
-    let mut client = Client::new(url);
-    let login = client.login("Admin", "Admin", None).await.unwrap();
-    client.set_token(Some(login.token));
-    eventually("the cluster with its worker", async || {
-        let c = client.list_active_clusters().await.unwrap();
-        (c.len() == 1 && c[0].active_nodes == 1).then_some(())
-    })
-    .await;
+    let client = admin_client(&url).await;
+    one_cluster_with_one_worker(&client).await;
 
     // The subnet comes from the root, and stays the node's.
     let node = register(&c1, "", "").await;

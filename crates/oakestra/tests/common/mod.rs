@@ -129,3 +129,20 @@ pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>
 pub fn embedded() -> oak_cluster::MqttMode {
     oak_cluster::MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() }
 }
+
+/// A client of the root at `url`, logged in as the seeded Admin.
+pub async fn admin_client(url: &str) -> oak_client::Client {
+    let mut client = oak_client::Client::new(url);
+    let login = client.login("Admin", "Admin", None).await.unwrap();
+    client.set_token(Some(login.token));
+    client
+}
+
+/// Waits until the root lists exactly one active cluster, with one active worker.
+pub async fn one_cluster_with_one_worker(client: &oak_client::Client) {
+    eventually("the cluster with its worker", async || {
+        let c = client.list_active_clusters().await.unwrap();
+        (c.len() == 1 && c[0].active_nodes == 1).then_some(())
+    })
+    .await;
+}
