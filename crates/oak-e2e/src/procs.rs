@@ -81,10 +81,24 @@ fn utc_timestamp(t: SystemTime) -> String {
     oak_core::utc::UtcTime::from_unix(secs as i64).compact("-")
 }
 
+/// An error that ends a [`wait_until`] at once instead of meaning "not yet": what was awaited
+/// can no longer happen (the process that should answer has exited).
+#[derive(Debug)]
+pub struct Hopeless(pub String);
+
+impl std::fmt::Display for Hopeless {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Hopeless {}
+
 /// Polls `f` every `poll` until it yields `Some`, for at most `timeout`.
 ///
 /// `Ok(None)` and `Err` both mean "not yet"; the last error is reported on timeout together with
 /// `what` (phrase it as what was awaited: "the worker to register"), so a failed wait says why.
+/// A [`Hopeless`] error ends the wait at once.
 pub fn wait_until<T>(
     what: &str,
     timeout: Duration,
@@ -97,6 +111,7 @@ pub fn wait_until<T>(
         match f() {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
+            Err(e) if e.is::<Hopeless>() => return Err(e.context(format!("waiting for {what}"))),
             Err(e) => last_err = Some(e),
         }
         if Instant::now() >= deadline {

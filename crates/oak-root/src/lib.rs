@@ -85,13 +85,21 @@ impl Root {
     /// Serves the API and the cluster channel, and runs the retry loop, until `shutdown`
     /// resolves.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (listener, channel) = self.listen().await?;
+        self.serve_on(listener, channel, shutdown).await
+    }
+
+    /// Binds the configured API and cluster-channel addresses, for [`Root::serve_on`]; a caller
+    /// that starts more than the root (`oakestra up`) binds first, so a port in use stops it
+    /// before anything else has started.
+    pub async fn listen(&self) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
         let listener = tokio::net::TcpListener::bind(self.config.api_addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.config.api_addr))?;
         let channel = tokio::net::TcpListener::bind(self.config.channel_addr)
             .await
             .with_context(|| format!("cannot listen for clusters on {}", self.config.channel_addr))?;
-        self.serve_on(listener, channel, shutdown).await
+        Ok((listener, channel))
     }
 
     /// Like [`Root::serve`], on listeners bound by the caller (tests bind port 0).

@@ -15,10 +15,18 @@ mod e2e;
 
 use e2e::http;
 
-const API: &str = "http://127.0.0.1:10000";
-
 struct Up {
     child: Child,
+}
+
+impl Up {
+    /// Fails the wait it is called in at once if `oakestra up` has exited.
+    fn alive(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => Err(oak_e2e::procs::Hopeless(format!("oakestra up exited ({status})")).into()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Up {
@@ -27,8 +35,54 @@ impl Drop for Up {
     }
 }
 
-fn api(token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
-    e2e::api(API, token, method, path, body)
+/// Ports of every listener of the deployment, free ones so that the test does not depend on
+/// what else runs on the machine (the defaults are `oakestra up`'s own concern, in its tests).
+struct Ports {
+    api: u16,
+    cluster: u16,
+    cluster_api: u16,
+    mqtt: u16,
+    tunnel: u16,
+}
+
+impl Ports {
+    fn free() -> Result<Self> {
+        let mut taken = Vec::new();
+        let mut next = || -> Result<u16> {
+            // Held until all are chosen, so no two are the same.
+            let l = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+            let port = l.local_addr()?.port();
+            taken.push(l);
+            Ok(port)
+        };
+        let ports = Self { api: next()?, cluster: next()?, cluster_api: next()?, mqtt: next()?, tunnel: next()? };
+        Ok(ports)
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            ("--api-port", self.api),
+            ("--cluster-port", self.cluster),
+            ("--cluster-api-port", self.cluster_api),
+            ("--mqtt-port", self.mqtt),
+            ("--tunnel-port", self.tunnel),
+        ]
+        .iter()
+        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+        .collect()
+    }
+}
+
+/// The public API of the deployment under test.
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        e2e::api(&self.base, &self.token, method, path, body)
+    }
 }
 
 fn ctr(socket: &Path, args: &[&str]) -> Result<String> {
@@ -70,21 +124,27 @@ fn scenario(work: &Workdir) -> Result<()> {
 
     let data = work.join("data");
     let log = std::fs::File::create(work.join("up.log"))?;
+    let ports = Ports::free()?;
     let child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
         .arg("up")
         .arg("--data-dir")
         .arg(&data)
+        .args(ports.args())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    let _up = Up { child };
+    let mut up = Up { child };
 
+    let base = format!("http://127.0.0.1:{}", ports.api);
     let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
-        Ok(e2e::try_login(API))
+        up.alive()?;
+        Ok(e2e::try_login(&base))
     })?;
+    let api = Api { base, token };
     wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
-        let clusters = api(&token, reqwest::Method::GET, "/api/clusters/active", None)?;
+        up.alive()?;
+        let clusters = api.call(reqwest::Method::GET, "/api/clusters/active", None)?;
         Ok(clusters.as_array().and_then(|cs| {
             cs.iter()
                 .find(|c| c["active_nodes"].as_u64() >= Some(1) && c["virtualization"].to_string().contains("docker"))
@@ -106,16 +166,17 @@ fn scenario(work: &Workdir) -> Result<()> {
             }]
         }]
     });
-    api(&token, reqwest::Method::POST, "/api/application/", Some(sla))?;
-    let services = api(&token, reqwest::Method::GET, "/api/services/", None)?;
+    api.call(reqwest::Method::POST, "/api/application/", Some(sla))?;
+    let services = api.call(reqwest::Method::GET, "/api/services/", None)?;
     let service = services.as_array().and_then(|s| s.first()).context("no service")?.clone();
     let id = service["microserviceID"].as_str().or(service["_id"].as_str()).context("service id")?.to_string();
     let job_name = service["job_name"].as_str().context("job name")?.to_string();
-    api(&token, reqwest::Method::POST, &format!("/api/service/{id}/instance"), None)?;
+    api.call(reqwest::Method::POST, &format!("/api/service/{id}/instance"), None)?;
 
     let instance =
         wait_until("the instance to be RUNNING", Duration::from_secs(90), Duration::from_millis(300), || {
-            let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
+            up.alive()?;
+            let s = api.call(reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
             let inst = s["instance_list"][0].clone();
             if inst["status"] == "FAILED" {
                 bail!("instance FAILED: {}", inst["status_detail"]);
@@ -133,7 +194,7 @@ fn scenario(work: &Workdir) -> Result<()> {
         Duration::from_secs(20),
         Duration::from_millis(500),
         || {
-            let s = api(&token, reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
+            let s = api.call(reqwest::Method::GET, &format!("/api/service/{id}"), None)?;
             let inst = s["instance_list"][0].clone();
             Ok(inst["logs"].as_str().is_some_and(|l| l.contains("http server starting")).then_some(inst))
         },
@@ -143,8 +204,8 @@ fn scenario(work: &Workdir) -> Result<()> {
     assert!(measured["memory_percent"].as_f64().is_some_and(|p| p > 0.0), "{measured}");
     assert!(measured["cpu_percent"].as_f64().is_some(), "{measured}");
     // The logs endpoint reads the worker's log file: the tail, then followed output.
-    let logs_path = format!("{API}/api/service/{id}/instance/0/logs");
-    let tail = http().get(format!("{logs_path}?tail=1")).bearer_auth(&token).send()?.text()?;
+    let logs_path = format!("{}/api/service/{id}/instance/0/logs", api.base);
+    let tail = http().get(format!("{logs_path}?tail=1")).bearer_auth(&api.token).send()?.text()?;
     assert_eq!(tail.lines().count(), 1, "{tail:?}");
     let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     {
@@ -153,7 +214,7 @@ fn scenario(work: &Workdir) -> Result<()> {
             .timeout(None)
             .build()?
             .get(format!("{logs_path}?follow=true"))
-            .bearer_auth(&token)
+            .bearer_auth(&api.token)
             .send()?;
         assert!(stream.status().is_success(), "{}", stream.status());
         std::thread::spawn(move || {
@@ -182,7 +243,7 @@ fn scenario(work: &Workdir) -> Result<()> {
     let container = format!("{job_name}.instance.0");
     assert!(ctr(&socket, &["containers", "ls", "-q"])?.contains(&container));
 
-    api(&token, reqwest::Method::DELETE, &format!("/api/service/{id}/instance/0"), None)?;
+    api.call(reqwest::Method::DELETE, &format!("/api/service/{id}/instance/0"), None)?;
     wait_until("the container to be removed", Duration::from_secs(30), Duration::from_millis(300), || {
         let left = ctr(&socket, &["containers", "ls", "-q"])? + &ctr(&socket, &["tasks", "ls", "-q"])?;
         Ok((!left.contains(&container)).then_some(()))
@@ -191,6 +252,6 @@ fn scenario(work: &Workdir) -> Result<()> {
     assert!(!snapshots.contains(&container), "snapshot left behind: {snapshots}");
     assert!(!data.join(format!("worker/logs/{container}.log")).exists(), "log file left behind");
     assert!(oak_e2e::http::get_timeout(&addr, "/", Duration::from_millis(500)).is_err(), "server still answers");
-    api(&token, reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
+    api.call(reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
     Ok(())
 }

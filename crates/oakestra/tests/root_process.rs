@@ -188,3 +188,31 @@ fn invalid_configuration_exits_64_before_serving() {
     let err = String::from_utf8_lossy(&status.stderr);
     assert!(err.contains("cannot create data directory"), "{err}");
 }
+
+#[test]
+fn up_stops_before_starting_anything_when_a_port_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
+        .args(["up", "--api-port", &free_port().to_string(), "--cluster-port", &port.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("oakestra up kept running without its cluster channel");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen for clusters on 0.0.0.0:{port}")), "{err}");
+    assert!(!dir.path().join("cluster").exists(), "the cluster started although the root could not");
+    assert!(!dir.path().join("worker").exists(), "the worker started although the root could not");
+}

@@ -19,6 +19,18 @@ pub struct UpArgs {
     /// Port of the public REST API.
     #[arg(long, default_value_t = 10000)]
     pub api_port: u16,
+    /// Port of the root's cluster channel.
+    #[arg(long, default_value_t = 50052)]
+    pub cluster_port: u16,
+    /// Port of the cluster's node API (workers register here).
+    #[arg(long, default_value_t = 10100)]
+    pub cluster_api_port: u16,
+    /// Port of the cluster's embedded MQTT broker.
+    #[arg(long, default_value_t = 10003)]
+    pub mqtt_port: u16,
+    /// UDP port of the overlay tunnel.
+    #[arg(long, default_value_t = oak_worker::DEFAULT_TUNNEL_PORT)]
+    pub tunnel_port: u16,
     /// Name of the cluster.
     #[arg(long, default_value = "local", env = "CLUSTER_NAME")]
     pub cluster_name: String,
@@ -41,7 +53,7 @@ pub fn run(args: UpArgs) -> ExitCode {
     let root_args = RootArgs {
         api_port: args.api_port,
         api_addr: "0.0.0.0".parse().expect("literal address"),
-        cluster_port: 50052,
+        cluster_port: args.cluster_port,
         data_dir: args.data_dir.join("root"),
         admin_password: args.admin_password,
     };
@@ -49,6 +61,13 @@ pub fn run(args: UpArgs) -> ExitCode {
         let root = match oak_root::Root::open(root_args.config()).await {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("{e:#}")),
+        };
+        let (api_listener, channel_listener) = match root.listen().await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("oakestra up: root: {e:#}");
+                return ExitCode::FAILURE;
+            }
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let containerd_stop = stop_rx.clone();
@@ -58,19 +77,19 @@ pub fn run(args: UpArgs) -> ExitCode {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let root_task = tokio::spawn(root.serve(stopped()));
+        let mut root_task = tokio::spawn(tier_result(root.serve_on(api_listener, channel_listener, stopped())));
 
         let cluster_args = ClusterArgs {
             name: Some(args.cluster_name.clone()),
             location: String::new(),
             system_manager: None,
             root_url: Some(format!("http://127.0.0.1:{}", args.api_port)),
-            root_channel: Some("127.0.0.1:50052".into()),
+            root_channel: Some(format!("127.0.0.1:{}", args.cluster_port)),
             token: None,
             token_file: Some(root_args.data_dir.join(oak_root::cluster_tokens::TOKEN_FILE)),
             listen_addr: "0.0.0.0".parse().expect("literal address"),
-            api_port: 10100,
-            mqtt_port: 10003,
+            api_port: args.cluster_api_port,
+            mqtt_port: args.mqtt_port,
             mqtt_url: None,
             mqtt_advertise: None,
             data_dir: args.data_dir.join("cluster"),
@@ -88,11 +107,11 @@ pub fn run(args: UpArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => return config_error("up", format!("{e:#}")),
         };
-        let cluster_task = tokio::spawn(cluster.run(stopped()));
+        let mut cluster_task = tokio::spawn(tier_result(cluster.run(stopped())));
 
         let worker_args = WorkerArgs {
             cluster_addr: Some("127.0.0.1".into()),
-            cluster_port: 10100,
+            cluster_port: args.cluster_api_port,
             data_dir: args.data_dir.join("worker"),
             token: None,
             token_file: Some(cluster_dir.join("node-token")),
@@ -100,7 +119,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             mqtt_host: None,
             no_overlay: args.no_overlay,
             netmanager_port: None,
-            tunnel_port: oak_worker::DEFAULT_TUNNEL_PORT,
+            tunnel_port: args.tunnel_port,
             public_addr: None,
             address_check: oak_worker::DEFAULT_ADDRESS_CHECK.as_secs(),
             report_interval: 2.0,
@@ -120,7 +139,7 @@ pub fn run(args: UpArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let worker_task = tokio::spawn(oak_worker::run(worker_config, deps, stopped()));
+        let mut worker_task = tokio::spawn(tier_result(oak_worker::run(worker_config, deps, stopped())));
 
         println!(
             "Oakestra is up (1-DOC): API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
@@ -129,24 +148,63 @@ pub fn run(args: UpArgs) -> ExitCode {
              Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
             port = args.api_port
         );
-        shutdown_signal().await;
+        // A tier that ends on its own (a port in use, its store gone) ends the whole deployment
+        // at once, with its reason, instead of leaving the others running without it.
+        let early = tokio::select! {
+            _ = shutdown_signal() => None,
+            r = &mut root_task => Some(("root", r)),
+            r = &mut cluster_task => Some(("cluster", r)),
+            r = &mut worker_task => Some(("worker", r)),
+        };
         let _ = stop_tx.send(true);
-        let mut code = ExitCode::SUCCESS;
-        if let Ok(Err(e)) = worker_task.await {
-            eprintln!("oakestra up: worker: {e}");
-            code = ExitCode::FAILURE;
+        let mut ok = true;
+        let early_tier = early.as_ref().map(|(tier, _)| *tier);
+        if let Some((tier, result)) = early {
+            ok &= report(tier, result, true);
+        }
+        if early_tier != Some("worker") {
+            ok &= report("worker", worker_task.await, false);
         }
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
-        if let Ok(Err(e)) = cluster_task.await {
-            eprintln!("oakestra up: cluster: {e:#}");
-            code = ExitCode::FAILURE;
+        if early_tier != Some("cluster") {
+            ok &= report("cluster", cluster_task.await, false);
         }
-        if let Ok(Err(e)) = root_task.await {
-            eprintln!("oakestra up: root: {e:#}");
-            code = ExitCode::FAILURE;
+        if early_tier != Some("root") {
+            ok &= report("root", root_task.await, false);
         }
-        code
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
     })
+}
+
+/// A tier's outcome with its error as one line (causes included).
+async fn tier_result<E: std::fmt::Debug + std::fmt::Display>(
+    run: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    run.await.map_err(|e| format!("{e:#}"))
+}
+
+/// Prints why a tier ended, if it failed or (`early`) ended before it was asked to; whether it
+/// ended well.
+fn report(tier: &str, joined: Result<Result<(), String>, tokio::task::JoinError>, early: bool) -> bool {
+    match joined {
+        Ok(Ok(())) if early => {
+            eprintln!("oakestra up: {tier} stopped on its own; stopping the others");
+            false
+        }
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            eprintln!("oakestra up: {tier}: {e}");
+            false
+        }
+        Err(e) => {
+            eprintln!("oakestra up: {tier} task failed: {e}");
+            false
+        }
+    }
 }
