@@ -68,7 +68,8 @@ impl RootProcess {
 /// Runs the client with its own config directory, isolated from the user's environment.
 struct Cli {
     config_dir: PathBuf,
-    url: String,
+    /// `--url`, or none: the saved login's root.
+    url: Option<String>,
 }
 
 impl Cli {
@@ -77,9 +78,11 @@ impl Cli {
     }
 
     fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(BIN)
-            .arg("--url")
-            .arg(&self.url)
+        let mut command = Command::new(BIN);
+        if let Some(url) = &self.url {
+            command.arg("--url").arg(url);
+        }
+        let mut child = command
             .args(args)
             .env("OAKESTRA_CONFIG_DIR", &self.config_dir)
             .env_remove("OAKESTRA_URL")
@@ -132,7 +135,7 @@ fn rows(table: &str) -> Vec<&str> {
 fn client_commands_against_a_running_root() {
     let dir = tempfile::tempdir().unwrap();
     let (_root, url) = RootProcess::start(dir.path());
-    let cli = Cli { config_dir: dir.path().join("config"), url: url.clone() };
+    let cli = Cli { config_dir: dir.path().join("config"), url: Some(url.clone()) };
     let sla = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sla/clientsrvr.json");
     let sla = sla.to_str().unwrap();
 
@@ -208,9 +211,12 @@ fn client_commands_against_a_running_root() {
     assert!(rows(&out).is_empty(), "{out}");
 
     // A saved login for another root is not used there.
-    let other = Cli { config_dir: cli.config_dir.clone(), url: "http://127.0.0.1:1".into() };
+    let other = Cli { config_dir: cli.config_dir.clone(), url: Some("http://127.0.0.1:1".into()) };
     let err = other.fails(&["app", "list"]);
     assert!(err.contains("not logged in to http://127.0.0.1:1"), "{err}");
+    // Without --url the commands talk to the root of the saved login.
+    let saved = Cli { config_dir: cli.config_dir.clone(), url: None };
+    assert_eq!(saved.json(&["app", "list"]), serde_json::json!([]));
 
     // An expired access token is renewed with the refresh token, and the new one is saved.
     let mut creds: Value = serde_json::from_str(&std::fs::read_to_string(&creds_path).unwrap()).unwrap();

@@ -28,7 +28,7 @@ pub async fn run(opts: &ClientOpts, args: LoginArgs) -> Result<()> {
         Some(p) => p,
         None => read_password()?,
     };
-    let client = Client::new(&opts.url);
+    let client = Client::new(opts.url.as_deref().unwrap_or(super::DEFAULT_URL));
     let tokens = client.login(&args.username, &password, args.organization.as_deref()).await?;
     let creds = Credentials {
         url: client.base_url().to_string(),

@@ -21,11 +21,15 @@ use clap::{Args, Subcommand};
 
 use session::Session;
 
+/// The root `login` talks to when neither `--url` nor `OAKESTRA_URL` names one: a 1-DOC's.
+pub const DEFAULT_URL: &str = "http://localhost:10000";
+
 #[derive(Args)]
 pub struct ClientOpts {
-    /// URL of the root orchestrator's REST API.
-    #[arg(long, global = true, env = "OAKESTRA_URL", default_value = "http://localhost:10000")]
-    pub url: String,
+    /// URL of the root orchestrator's REST API [default: the saved login's, else
+    /// http://localhost:10000].
+    #[arg(long, global = true, env = "OAKESTRA_URL")]
+    pub url: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

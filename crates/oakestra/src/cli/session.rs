@@ -17,22 +17,23 @@ pub struct Session {
 }
 
 impl Session {
-    /// Loads the saved login; refuses to send its token to a root other than the one it came
-    /// from, since it could not be valid there and would leak to it.
+    /// Loads the saved login and talks to the root it came from, unless `--url` names another:
+    /// then it refuses to send the token there, since it could not be valid and would leak.
     pub fn open(opts: &ClientOpts) -> Result<Self> {
         let path = credentials::default_path()?;
         let Some(creds) = Credentials::load(&path)? else {
             bail!("not logged in: run \"oakestra login\" first");
         };
-        if normalize(&creds.url) != normalize(&opts.url) {
+        let url = opts.url.clone().unwrap_or_else(|| creds.url.clone());
+        if normalize(&creds.url) != normalize(&url) {
             bail!(
                 "not logged in to {} (the saved login is for {}): run \"oakestra login --url {}\" first",
-                normalize(&opts.url),
+                normalize(&url),
                 creds.url,
-                normalize(&opts.url)
+                normalize(&url)
             );
         }
-        let client = Client::new(&opts.url).with_token(creds.token.clone());
+        let client = Client::new(&url).with_token(creds.token.clone());
         Ok(Self { client, creds, path })
     }
 
