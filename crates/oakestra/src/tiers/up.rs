@@ -60,7 +60,7 @@ pub fn run(args: UpArgs) -> ExitCode {
     block_on("up", async move {
         let root = match oak_root::Root::open(root_args.config()).await {
             Ok(r) => r,
-            Err(e) => return config_error("up", format!("{e:#}")),
+            Err(e) => return config_error("up", format!("root: {e:#}")),
         };
         let (api_listener, channel_listener) = match root.listen().await {
             Ok(l) => l,
@@ -101,11 +101,11 @@ pub fn run(args: UpArgs) -> ExitCode {
         let cluster_dir = cluster_args.data_dir.clone();
         let cluster = match cluster_args.config() {
             Ok(c) => oak_cluster::Cluster::open(c).await,
-            Err(e) => return config_error("up", e),
+            Err(e) => return config_error("up", format!("cluster: {e}")),
         };
         let cluster = match cluster {
             Ok(c) => c,
-            Err(e) => return config_error("up", format!("{e:#}")),
+            Err(e) => return config_error("up", format!("cluster: {e:#}")),
         };
         let mut cluster_task = tokio::spawn(tier_result(cluster.run(stopped())));
 
@@ -129,7 +129,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         };
         let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,
-            Err(e) => return config_error("up", e),
+            Err(e) => return config_error("up", format!("worker: {e}")),
         };
         let (deps, supervisor) = match super::worker::deps(&worker_config, runtime, containerd_stop).await {
             Ok(d) => d,
