@@ -7,6 +7,8 @@
 //! instance before it starts and unwires it after it stopped).
 
 mod datapath;
+#[cfg(test)]
+mod lifecycle_tests;
 mod names;
 mod networked;
 mod plumbing;
@@ -191,15 +193,7 @@ impl NetManager {
                 plumbing::detach(&a.wiring).await;
             }
         }
-        let (namespaces, veths) = plumbing::leftovers(&names::netns_prefix(node_id)).await;
-        for ns in namespaces.iter().filter(|ns| !keep.values().any(|a| &a.wiring.netns == *ns)) {
-            tracing::info!(netns = %ns, "removing a leftover instance namespace");
-            plumbing::remove_netns(ns).await;
-        }
-        for veth in veths.iter().filter(|v| !keep.values().any(|a| &a.wiring.veth == *v)) {
-            tracing::info!(%veth, "removing a leftover veth");
-            plumbing::remove_link(veth).await;
-        }
+        sweep(node_id, &keep).await;
         *attachments = keep;
         self.save(&attachments).await;
     }
@@ -261,8 +255,9 @@ impl NetManager {
         };
         let key = (cmd.job.job_name.clone(), cmd.instance_number);
         let mut attachments = self.attachments.lock().await;
-        if let Some(old) = attachments.remove(&key) {
+        if let Some(old) = attachments.get(&key).cloned() {
             self.unwire(&key, &old).await;
+            attachments.remove(&key);
         }
         let ready = self.spare.lock().await.take();
         let wiring = match ready {
@@ -307,8 +302,11 @@ impl NetManager {
     pub(crate) async fn detach(&self, job_name: &str, instance: u32) {
         let key = (job_name.to_string(), instance);
         let mut attachments = self.attachments.lock().await;
-        if let Some(old) = attachments.remove(&key) {
+        // Unwired before it is forgotten: a detach cut short (the worker stopping) leaves the
+        // entry, and the shutdown removes what is left of it.
+        if let Some(old) = attachments.get(&key).cloned() {
             self.unwire(&key, &old).await;
+            attachments.remove(&key);
             self.save(&attachments).await;
         }
     }
@@ -331,9 +329,10 @@ impl NetManager {
         let gone: Vec<(String, u32)> =
             attachments.keys().filter(|k| !present.contains(k) && !busy.contains(k)).cloned().collect();
         for key in gone {
-            if let Some(a) = attachments.remove(&key) {
+            if let Some(a) = attachments.get(&key).cloned() {
                 tracing::info!(job = %key.0, instance = key.1, "removing the overlay wiring of an instance that no longer runs");
                 self.unwire(&key, &a).await;
+                attachments.remove(&key);
             }
         }
         self.save(&attachments).await;
@@ -413,14 +412,33 @@ impl NetManager {
                 }
             }
         }
+        let node_id = self.started.lock().unwrap().as_ref().map(|s| s.node_id.clone());
+        if let Some(node_id) = &node_id {
+            // Attaches and detaches the stop cut short may have left a namespace or veth that no
+            // entry names.
+            sweep(node_id, &attachments).await;
+        }
         self.save(&attachments).await;
-        let started = self.started.lock().unwrap().is_some();
+        let started = node_id.is_some();
         if attachments.is_empty() && started {
             plumbing::teardown_host().await;
             tracing::info!("overlay network removed");
         } else if !attachments.is_empty() {
             tracing::info!(instances = attachments.len(), "keeping the overlay wiring of running instances");
         }
+    }
+}
+
+/// Removes this node's instance namespaces and veths that belong to none of `keep`.
+async fn sweep(node_id: &str, keep: &Attachments) {
+    let (namespaces, veths) = plumbing::leftovers(&names::netns_prefix(node_id)).await;
+    for ns in namespaces.iter().filter(|ns| !keep.values().any(|a| &a.wiring.netns == *ns)) {
+        tracing::info!(netns = %ns, "removing a leftover instance namespace");
+        plumbing::remove_netns(ns).await;
+    }
+    for veth in veths.iter().filter(|v| !keep.values().any(|a| &a.wiring.veth == *v)) {
+        tracing::info!(%veth, "removing a leftover veth");
+        plumbing::remove_link(veth).await;
     }
 }
 

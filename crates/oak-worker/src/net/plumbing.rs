@@ -76,7 +76,7 @@ async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), String> {
 /// Whether the link exists in this process's network namespace. Asks the kernel (an ioctl),
 /// not `/sys/class/net`: that shows the namespace sysfs was mounted in, which differs for a
 /// worker started with `nsenter --net` (and for many containerised workers).
-fn link_exists(name: &str) -> bool {
+pub fn link_exists(name: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(name) else { return false };
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
