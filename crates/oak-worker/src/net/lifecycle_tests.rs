@@ -84,23 +84,14 @@ async fn stop_after_cut_short_work(data_dir: &Path) {
 
 #[test]
 fn a_stop_that_cuts_an_undeploy_short_leaves_no_wiring() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let msg = "skipped the overlay lifecycle test: needs root";
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
-        eprintln!("{msg}");
+    if !super::test_netns::root_or_skip("the overlay lifecycle test") {
         return;
     }
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_path_buf();
-    // unshare moves only the calling thread (and what it starts): a thread of its own, with a
-    // runtime on that thread, keeps the test's links out of the machine's namespace.
-    std::thread::spawn(move || {
-        // SAFETY: unshare has no memory preconditions; the thread ends with the namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+    // The runtime lives on the namespace's thread, so everything it starts is in there too.
+    super::test_netns::in_own_netns(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(stop_after_cut_short_work(&dir));
-    })
-    .join()
-    .unwrap();
+    });
 }

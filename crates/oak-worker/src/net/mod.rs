@@ -13,6 +13,8 @@ mod names;
 mod networked;
 mod plumbing;
 mod state;
+#[cfg(test)]
+mod test_netns;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};

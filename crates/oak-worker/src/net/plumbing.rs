@@ -384,11 +384,7 @@ mod tests {
     /// the namespace the test started in) lists.
     #[test]
     fn link_exists_follows_the_callers_namespace() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            let msg = "skipped the namespace test of link_exists: needs root (unshare)";
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
-            eprintln!("{msg}");
+        if !crate::net::test_netns::root_or_skip("the namespace test of link_exists") {
             return;
         }
         let outside: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -398,14 +394,9 @@ mod tests {
             .filter(|n| n != "lo")
             .collect();
         assert!(!outside.is_empty(), "the test needs a link besides lo");
-        // unshare moves only the calling thread; a thread of its own keeps the others out.
-        let inside = std::thread::spawn(move || {
-            // SAFETY: unshare has no memory preconditions; the thread ends with the namespace.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        let inside = crate::net::test_netns::in_own_netns(move || {
             (link_exists("lo"), outside.iter().filter(|n| link_exists(n)).cloned().collect::<Vec<_>>())
-        })
-        .join()
-        .unwrap();
+        });
         assert_eq!(inside, (true, Vec::new()));
     }
 }
