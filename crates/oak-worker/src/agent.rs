@@ -169,7 +169,7 @@ async fn stay_connected(
                     "the cluster gave no overlay subnet (is it older than this worker?)".into(),
                 ));
             }
-            net.start(&node_id, &registration.subnet).await.map_err(|e| WorkerError::overlay(e.0))?;
+            net.start(&node_id, &registration.subnet).await.map_err(|e| WorkerError::Overlay(e.0))?;
         }
 
         let session_span = tracing::info_span!("session", %node_id);

@@ -27,29 +27,3 @@ pub enum WorkerError {
         source: std::io::Error,
     },
 }
-
-impl WorkerError {
-    /// An overlay set-up failure, with what a person can do about it.
-    pub fn overlay(message: String) -> Self {
-        let hint = if message.contains("Address already in use") {
-            "another worker or program holds the port: stop it or pick another --tunnel-port"
-        } else {
-            "run as root, or start the worker with --no-overlay"
-        };
-        WorkerError::Overlay(format!("{message} ({hint})"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::WorkerError;
-
-    #[test]
-    fn overlay_failures_say_what_helps() {
-        let busy =
-            WorkerError::overlay("cannot bind the tunnel port 50103: Address already in use (os error 98)".into());
-        assert!(busy.to_string().contains("pick another --tunnel-port"), "{busy}");
-        let denied = WorkerError::overlay("creating the TUN: Operation not permitted (os error 1)".into());
-        assert!(denied.to_string().contains("run as root, or start the worker with --no-overlay"), "{denied}");
-    }
-}

@@ -92,9 +92,28 @@ impl std::fmt::Debug for NetManager {
     }
 }
 
-/// Why the overlay cannot run.
+/// Why the overlay cannot run, with what a person can do about it.
 #[derive(Debug)]
 pub struct OverlayError(pub String);
+
+impl OverlayError {
+    /// A set-up step failed; most often for want of root, `ip`, `iptables` or `/dev/net/tun`.
+    fn setup(message: String) -> Self {
+        OverlayError(format!("{message} (run as root, or start the worker with --no-overlay)"))
+    }
+
+    /// The data path could not open; a tunnel port in use is not a missing privilege.
+    fn datapath(e: std::io::Error) -> Self {
+        let message = format!("opening the overlay data path: {e}");
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            OverlayError(format!(
+                "{message} (another worker or program holds the port: stop it or pick another --tunnel-port)"
+            ))
+        } else {
+            Self::setup(message)
+        }
+    }
+}
 
 impl NetManager {
     pub(crate) fn new(
@@ -137,7 +156,8 @@ impl NetManager {
     /// Sets the host up for `subnet` (the first time, or again if the cluster gave a new one),
     /// re-attaches instances that survived a restart and starts the data path.
     pub(crate) async fn start(self: &Arc<Self>, node_id: &str, subnet: &str) -> Result<(), OverlayError> {
-        let subnet = Subnet::parse(subnet).map_err(|e| OverlayError(format!("the cluster sent a bad subnet: {e}")))?;
+        let subnet =
+            Subnet::parse(subnet).map_err(|e| OverlayError::setup(format!("the cluster sent a bad subnet: {e}")))?;
         {
             let started = self.started.lock().unwrap();
             if let Some(s) = started.as_ref() {
@@ -146,17 +166,19 @@ impl NetManager {
                 }
             }
         }
-        plumbing::setup_host(subnet).await.map_err(|e| OverlayError(format!("setting up the overlay bridge: {e}")))?;
+        plumbing::setup_host(subnet)
+            .await
+            .map_err(|e| OverlayError::setup(format!("setting up the overlay bridge: {e}")))?;
         let datapath = {
             let existing = self.datapath.lock().unwrap().clone();
             match existing {
                 Some(d) => d,
                 None => {
                     let endpoint = *self.endpoint.lock().unwrap();
-                    let d = datapath::Datapath::open(self.clone(), endpoint)
+                    let d = datapath::Datapath::open(self.clone(), endpoint).await.map_err(OverlayError::datapath)?;
+                    plumbing::setup_tun()
                         .await
-                        .map_err(|e| OverlayError(format!("opening the overlay data path: {e}")))?;
-                    plumbing::setup_tun().await.map_err(|e| OverlayError(format!("routing the service range: {e}")))?;
+                        .map_err(|e| OverlayError::setup(format!("routing the service range: {e}")))?;
                     *self.datapath.lock().unwrap() = Some(d.clone());
                     d
                 }
@@ -257,10 +279,7 @@ impl NetManager {
         };
         let key = (cmd.job.job_name.clone(), cmd.instance_number);
         let mut attachments = self.attachments.lock().await;
-        if let Some(old) = attachments.get(&key).cloned() {
-            self.unwire(&key, &old).await;
-            attachments.remove(&key);
-        }
+        self.remove_attachment(&mut attachments, &key).await;
         let ready = self.spare.lock().await.take();
         let wiring = match ready {
             Some(mut wiring) => {
@@ -304,13 +323,18 @@ impl NetManager {
     pub(crate) async fn detach(&self, job_name: &str, instance: u32) {
         let key = (job_name.to_string(), instance);
         let mut attachments = self.attachments.lock().await;
-        // Unwired before it is forgotten: a detach cut short (the worker stopping) leaves the
-        // entry, and the shutdown removes what is left of it.
-        if let Some(old) = attachments.get(&key).cloned() {
-            self.unwire(&key, &old).await;
-            attachments.remove(&key);
+        if self.remove_attachment(&mut attachments, &key).await {
             self.save(&attachments).await;
         }
+    }
+
+    /// Unwires an instance, then forgets it (whether it had an entry). In this order, a removal
+    /// cut short (the worker stopping) keeps the entry and the shutdown finishes it.
+    async fn remove_attachment(&self, attachments: &mut Attachments, key: &(String, u32)) -> bool {
+        let Some(a) = attachments.get(key).cloned() else { return false };
+        self.unwire(key, &a).await;
+        attachments.remove(key);
+        true
     }
 
     async fn unwire(&self, key: &(String, u32), a: &Attachment) {
@@ -331,11 +355,8 @@ impl NetManager {
         let gone: Vec<(String, u32)> =
             attachments.keys().filter(|k| !present.contains(k) && !busy.contains(k)).cloned().collect();
         for key in gone {
-            if let Some(a) = attachments.get(&key).cloned() {
-                tracing::info!(job = %key.0, instance = key.1, "removing the overlay wiring of an instance that no longer runs");
-                self.unwire(&key, &a).await;
-                attachments.remove(&key);
-            }
+            tracing::info!(job = %key.0, instance = key.1, "removing the overlay wiring of an instance that no longer runs");
+            self.remove_attachment(&mut attachments, &key).await;
         }
         self.save(&attachments).await;
     }
@@ -409,9 +430,7 @@ impl NetManager {
         let keys: Vec<(String, u32)> = attachments.keys().cloned().collect();
         for key in keys {
             if !plumbing::in_use(&attachments[&key].wiring).await {
-                if let Some(a) = attachments.remove(&key) {
-                    plumbing::detach(&a.wiring).await;
-                }
+                self.remove_attachment(&mut attachments, &key).await;
             }
         }
         let node_id = self.started.lock().unwrap().as_ref().map(|s| s.node_id.clone());
@@ -456,4 +475,19 @@ fn port_mappings(cmd: &DeployCommand, tunnel_port: u16) -> Result<Vec<plumbing::
             udp: matches!(m.proto, oak_net::Proto::Udp),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::OverlayError;
+
+    #[test]
+    fn overlay_failures_say_what_helps() {
+        let busy = OverlayError::datapath(Error::new(ErrorKind::AddrInUse, "cannot bind the tunnel port 50103"));
+        assert!(busy.0.contains("pick another --tunnel-port"), "{}", busy.0);
+        let denied = OverlayError::datapath(Error::new(ErrorKind::PermissionDenied, "creating the TUN"));
+        assert!(denied.0.contains("run as root, or start the worker with --no-overlay"), "{}", denied.0);
+    }
 }

@@ -183,7 +183,7 @@ pub fn run(args: UpArgs) -> ExitCode {
 }
 
 /// A tier's outcome with its error as one line (causes included).
-async fn tier_result<E: std::fmt::Debug + std::fmt::Display>(
+async fn tier_result<E: std::fmt::Display>(
     run: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), String> {
     run.await.map_err(|e| format!("{e:#}"))
