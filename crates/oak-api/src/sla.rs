@@ -35,6 +35,10 @@ pub struct SlaApplication {
     pub extra: Map<String, Value>,
 }
 
+/// Memory (MB) an instance is limited to, and that schedulers count, when its descriptor leaves
+/// `memory` out (or 0): an instance without a limit could take its node's memory.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+
 /// One microservice of an application: what the user asks to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Microservice {
@@ -50,7 +54,7 @@ pub struct Microservice {
     pub cmd: Vec<String>,
     #[serde(default)]
     pub environment: Vec<String>,
-    /// Memory in MB.
+    /// Memory in MB; 0 (or absent) means [`DEFAULT_MEMORY_MB`] (see [`Microservice::memory_mb`]).
     #[serde(default)]
     pub memory: u64,
     #[serde(default)]
@@ -83,6 +87,18 @@ pub struct Microservice {
     pub constraints: Vec<Constraint>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl Microservice {
+    /// The memory the instance is limited to and placement counts: `memory`, or
+    /// [`DEFAULT_MEMORY_MB`] when the descriptor leaves it out.
+    pub fn memory_mb(&self) -> u64 {
+        if self.memory == 0 {
+            DEFAULT_MEMORY_MB
+        } else {
+            self.memory
+        }
+    }
 }
 
 /// Requested service addresses in the overlay network.
