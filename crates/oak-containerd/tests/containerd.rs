@@ -66,7 +66,9 @@ async fn state_of(rt: &ContainerdRuntime, job: &str) -> Option<InstanceStatus> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_instances_on_real_containerd() -> Result<()> {
-    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
+    use oak_e2e::Need::{Root, Tool};
+    let needs = [Root, Tool("containerd"), Tool("runc"), Tool("ctr"), Tool("docker-registry"), Tool("skopeo")];
+    if !oak_e2e::can_run("runs_instances_on_real_containerd", &needs) {
         return Ok(());
     }
     let work = Workdir::new("containerd-runtime")?;

@@ -16,7 +16,7 @@ use crate::images::{self, digest_of, ImageSpec, MEDIA_CONFIG, MEDIA_LAYER, REF_N
 use crate::netns::{cleanup_stale, Lab};
 use crate::procs::wait_until;
 use crate::registry::Registry;
-use crate::{http, prerequisites, require_root_and_tools};
+use crate::{can_run, http, Need::*};
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
@@ -167,18 +167,8 @@ fn http_get_reads_status_and_body() {
 }
 
 #[test]
-fn prerequisites_skip_locally_and_fail_in_ci() {
-    assert!(prerequisites(true, &["sh"], false).unwrap());
-    assert!(!prerequisites(true, &["no-such-tool-oak"], false).unwrap());
-    assert!(!prerequisites(false, &[], false).unwrap());
-    let err = prerequisites(true, &["skopeo-nope"], true).unwrap_err().to_string();
-    assert!(err.contains("skopeo-nope"), "{err}");
-    assert_eq!(crate::debian_package("busybox"), "busybox-static");
-}
-
-#[test]
 fn registry_serves_pushed_image_tags() -> Result<()> {
-    if !require_root_and_tools(&["docker-registry", "skopeo"])? {
+    if !can_run("registry_serves_pushed_image_tags", &[Root, Tool("docker-registry"), Tool("skopeo")]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -208,7 +198,10 @@ fn link_names() -> String {
 
 #[test]
 fn lab_hosts_reach_each_other_and_the_bridge_and_drop_removes_everything() -> Result<()> {
-    if !require_root_and_tools(&["ip", "busybox", "docker-registry"])? {
+    if !can_run(
+        "lab_hosts_reach_each_other_and_the_bridge_and_drop_removes_everything",
+        &[Root, Tool("ip"), Tool("busybox"), Tool("docker-registry")],
+    ) {
         return Ok(());
     }
     let logs = tempfile::tempdir()?;
@@ -272,7 +265,7 @@ fn lab_hosts_reach_each_other_and_the_bridge_and_drop_removes_everything() -> Re
 
 #[test]
 fn cleanup_stale_removes_leftovers_of_a_crashed_run() -> Result<()> {
-    if !require_root_and_tools(&["ip"])? {
+    if !can_run("cleanup_stale_removes_leftovers_of_a_crashed_run", &[Root, Tool("ip")]) {
         return Ok(());
     }
     let ip = |args: &[&str]| {
@@ -360,7 +353,10 @@ fn task_memory_bytes(id: &str) -> Result<u64> {
 
 #[test]
 fn containerd_pulls_and_runs_the_images() -> Result<()> {
-    if !require_root_and_tools(&["docker-registry", "skopeo", "ctr", "containerd", "runc"])? {
+    if !can_run(
+        "containerd_pulls_and_runs_the_images",
+        &[Root, Tool("docker-registry"), Tool("skopeo"), Tool("ctr"), Tool("containerd"), Tool("runc")],
+    ) {
         return Ok(());
     }
     let containerd = crate::containerd::Containerd::start()?;

@@ -1,6 +1,6 @@
 //! The broker against independent MQTT implementations: Debian's `mosquitto_pub` and
 //! `mosquitto_sub` (package `mosquitto-clients`). Without them the test fails when `CI=true` and is
-//! skipped (with a message) otherwise.
+//! skipped (with a message) otherwise (`oak_testenv::can_run`).
 
 mod common;
 
@@ -11,22 +11,8 @@ use common::{within, TestBroker, TIMEOUT};
 use tokio::time::Instant;
 
 fn tools_available() -> bool {
-    let found = |tool: &str| match Command::new(tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status()
-    {
-        Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => panic!("running {tool}: {e}"),
-    };
-    let present = found("mosquitto_pub") && found("mosquitto_sub");
-    if !present {
-        let msg =
-            "mosquitto_pub/mosquitto_sub not found (apt-get install mosquitto-clients; see scripts/install-deps.sh)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    present
+    use oak_testenv::Need::Tool;
+    oak_testenv::can_run("broker against mosquitto clients", &[Tool("mosquitto_pub"), Tool("mosquitto_sub")])
 }
 
 fn spawn(tool: &str, port: u16, args: &[&str]) -> Child {

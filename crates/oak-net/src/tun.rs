@@ -234,7 +234,6 @@ mod tests {
     use crate::packet::{parse, Protocol};
     use crate::testutil::{build, L4};
     use std::net::Ipv4Addr;
-    use std::path::Path;
     use std::process::Command;
     use std::time::Duration;
     use tokio::net::UdpSocket;
@@ -261,12 +260,9 @@ mod tests {
     /// Opens a real TUN, routes a /30 into it and moves a UDP datagram each way.
     #[tokio::test]
     async fn real_tun_moves_packets_both_ways() {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if !root || !Path::new("/dev/net/tun").exists() {
-            let msg = "skipped real TUN test: needs root and /dev/net/tun";
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
-            eprintln!("{msg}");
+        use oak_testenv::Need;
+        let needs = [Need::Root, Need::Tool("ip"), Need::Path("/dev/net/tun")];
+        if !oak_testenv::can_run("real_tun_moves_packets_both_ways", &needs) {
             return;
         }
         let pid = std::process::id();

@@ -101,7 +101,9 @@ fn containerd_socket(data: &Path) -> PathBuf {
 
 #[test]
 fn one_doc_runs_an_http_server_and_cleans_up() -> Result<()> {
-    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
+    use oak_e2e::Need::{Root, Tool};
+    let needs = [Root, Tool("containerd"), Tool("runc"), Tool("ctr"), Tool("docker-registry"), Tool("skopeo")];
+    if !oak_e2e::can_run("one_doc_runs_an_http_server_and_cleans_up", &needs) {
         return Ok(());
     }
     let mut work = Workdir::new("e2e-1doc")?;

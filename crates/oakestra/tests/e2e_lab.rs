@@ -175,21 +175,12 @@ struct Topology {
 
 #[test]
 fn lab_root_two_clusters_three_workers() {
-    match oak_e2e::require_root_and_tools(&[
-        "containerd",
-        "runc",
-        "ctr",
-        "docker-registry",
-        "skopeo",
-        "ip",
-        "nsenter",
-        "iptables",
-        "busybox",
-        "timeout",
-    ]) {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => panic!("{e:#}"),
+    use oak_e2e::Need::{Path, Root, Tool};
+    let tools =
+        ["containerd", "runc", "ctr", "docker-registry", "skopeo", "ip", "nsenter", "iptables", "busybox", "timeout"];
+    let needs: Vec<_> = [Root, Path("/dev/net/tun")].into_iter().chain(tools.map(Tool)).collect();
+    if !oak_e2e::can_run("lab_root_two_clusters_three_workers", &needs) {
+        return;
     }
     let started = Instant::now();
     let mut work = Workdir::new("e2e-lab").unwrap();

@@ -30,14 +30,10 @@ impl Drop for Mosquitto {
 }
 
 fn mosquitto(dir: &Path) -> Option<Mosquitto> {
-    let Ok(bin) = which("mosquitto") else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto is not installed (Debian package mosquitto); CI requires it"
-        );
-        eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
+    if !oak_e2e::can_run("cluster with Mosquitto", &[oak_e2e::Need::Tool("mosquitto")]) {
         return None;
-    };
+    }
+    let bin = oak_e2e::which("mosquitto").expect("checked by can_run");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
@@ -51,15 +47,6 @@ fn mosquitto(dir: &Path) -> Option<Mosquitto> {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("mosquitto did not listen on {port}");
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,17 +1,12 @@
 //! For tests that wire for real: they need root, and run in a network namespace of their own so
 //! the machine's links stay out of reach.
 
-/// Whether the test can run (as root). Otherwise it is skipped with a note, except under
-/// `CI=true`, where a missing privilege fails it.
+use oak_testenv::Need::{Path, Root, Tool};
+
+/// Whether the test can run (root, `ip`, `iptables` and a TUN device), decided by
+/// `oak_testenv::can_run`: skipped with a note on a developer machine, failed under `CI=true`.
 pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let msg = format!("skipped {test}: needs root");
-    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{msg}");
-    eprintln!("{msg}");
-    false
+    oak_testenv::can_run(test, &[Root, Tool("ip"), Tool("iptables"), Path("/dev/net/tun")])
 }
 
 /// Runs `f` on a thread of its own in a fresh network namespace (unshare moves only the calling

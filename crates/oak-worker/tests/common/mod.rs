@@ -45,24 +45,15 @@ pub struct Broker {
 pub const OBSERVER_USER: &str = "observer";
 pub const OBSERVER_PASSWORD: &str = "observer-password";
 
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
 impl Broker {
     /// Starts mosquitto, or returns `None` after printing why the test is skipped. Under
     /// `CI=true` a missing broker fails the test instead.
     pub fn start(authenticate: bool) -> Option<Broker> {
-        let (Some(binary), Some(_)) = (find_binary("mosquitto"), find_binary("mosquitto_passwd")) else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("mosquitto is not installed (CI=true): run scripts/install-deps.sh");
-            }
-            eprintln!("SKIPPED: mosquitto is not installed; `apt-get install -y mosquitto` to run this test");
+        use oak_testenv::Need::Tool;
+        if !oak_testenv::can_run("worker test with mosquitto", &[Tool("mosquitto"), Tool("mosquitto_passwd")]) {
             return None;
-        };
+        }
+        let binary = oak_testenv::which("mosquitto").expect("checked by can_run");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = dir.path().join("mosquitto.conf");
@@ -129,7 +120,7 @@ fn spawn_mosquitto(binary: &Path, config: &Path, port: u16) -> Child {
 }
 
 fn run_passwd(args: &[&str]) {
-    let binary = find_binary("mosquitto_passwd").expect("mosquitto_passwd");
+    let binary = oak_testenv::which("mosquitto_passwd").expect("mosquitto_passwd");
     let status = Command::new(binary).args(args).stdout(Stdio::null()).status().expect("run mosquitto_passwd");
     assert!(status.success(), "mosquitto_passwd {args:?} failed");
 }
