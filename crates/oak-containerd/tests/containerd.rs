@@ -1,6 +1,7 @@
 //! The runtime against a real containerd (one of the test's own, started through the
 //! supervisor), a local `docker-registry` and images built from busybox-static: pull, run, logs,
-//! metrics, exits, limits, adoption, and that undeploy leaves nothing behind.
+//! metrics, exits, limits, adoption, and that undeploy leaves nothing behind; and that an
+//! unprivileged container can neither mount, nor unshare, nor fork past its pids limit.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
