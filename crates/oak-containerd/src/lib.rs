@@ -4,8 +4,8 @@
 //! generated containerd API) is only compiled into what runs containers, not into every crate
 //! and test that only needs the runtime trait.
 //!
-//! - [`reference`], [`image`] and [`spec`] are pure: reference parsing, manifest choice and
-//!   chain ids, and the OCI runtime spec of an instance;
+//! - [`reference`], [`image`], [`spec`] and [`seccomp`] are pure: reference parsing, manifest
+//!   choice and chain ids, the OCI runtime spec of an instance and its seccomp profile;
 //! - [`registry`] pulls from OCI registries, [`pull`] feeds containerd's content store and
 //!   snapshots, [`runtime`] runs the instances, [`logs`] and [`cgroup`] observe them;
 //! - [`supervise`] starts a containerd of the worker's own when the node has none running.
@@ -18,7 +18,8 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod supervise;
 
-pub use runtime::{ContainerdConfig, ContainerdRuntime};
+pub use runtime::{ContainerdConfig, ContainerdRuntime, DEFAULT_PIDS_LIMIT};

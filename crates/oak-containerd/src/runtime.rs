@@ -41,6 +41,10 @@ const LABEL_JOB: &str = "oakestra.job";
 const LABEL_INSTANCE: &str = "oakestra.instance";
 /// Time a stopping instance gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Processes and threads a container may have at once unless the worker says otherwise
+/// (`--pids-limit`): plenty for a service, few enough that a fork bomb cannot exhaust the
+/// node's pids (the kernel's default `pid_max` is 32768 on small machines).
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
 
 /// How a worker's containers are run.
 #[derive(Debug, Clone)]
@@ -59,6 +63,8 @@ pub struct ContainerdConfig {
     /// Run containers in the node's network namespace (no overlay network).
     pub host_network: bool,
     pub snapshotter: String,
+    /// Most processes and threads per container; `None`: no limit.
+    pub pids_limit: Option<u32>,
 }
 
 impl ContainerdConfig {
@@ -71,6 +77,7 @@ impl ContainerdConfig {
             insecure_registries: Vec::new(),
             host_network: true,
             snapshotter: "overlayfs".into(),
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
         }
     }
 }
@@ -291,6 +298,7 @@ impl Inner {
             resolv_conf: std::path::Path::new("/etc/resolv.conf").exists().then(|| "/etc/resolv.conf".to_string()),
             hosts: (self.config.host_network && cmd.netns.is_none() && std::path::Path::new("/etc/hosts").exists())
                 .then(|| "/etc/hosts".to_string()),
+            pids_limit: self.config.pids_limit,
         };
         let spec =
             spec::build(&image.config, service, cmd.instance_number, &host).map_err(RuntimeError::InvalidSpec)?;

@@ -3,8 +3,11 @@
 //!
 //! Rules: the descriptor's `cmd`, when given, replaces the whole process (entrypoint and cmd of
 //! the image), as in the original; the environment is the image's, then `HOSTNAME=instance-<n>`,
-//! then the descriptor's entries (later ones win per variable); `memory` (MB) and `vcpus` become
-//! cgroup limits (the original sets none); `privileged` gives every capability and device.
+//! then the descriptor's entries (later ones win per variable); `memory` (MB, or
+//! [`oak_api::sla::DEFAULT_MEMORY_MB`] when left out) and `vcpus` become cgroup limits (the
+//! original sets none), and so does the worker's pids limit; unprivileged containers get the
+//! default capabilities, masked paths, `noNewPrivileges` and the [`crate::seccomp`] profile;
+//! `privileged` gives every capability and device and no seccomp filter.
 
 use oak_api::sla::Microservice;
 use serde::Deserialize;
@@ -45,6 +48,8 @@ pub struct HostSetup {
     pub resolv_conf: Option<String>,
     /// Host file bind-mounted read-only as `/etc/hosts`, if any.
     pub hosts: Option<String>,
+    /// Most processes and threads the container may have at once (`pids.max`); `None`: no limit.
+    pub pids_limit: Option<u32>,
 }
 
 const CFS_PERIOD_US: u64 = 100_000;
@@ -210,10 +215,14 @@ pub fn build(image: &ImageConfig, service: &Microservice, instance: u32, host: &
     let mut resources = json!({
         "devices": [{"allow": privileged, "access": "rwm"}],
     });
-    if service.memory > 0 {
-        let bytes = service.memory.saturating_mul(1024 * 1024);
-        // Swap limited to the same amount: the limit is on memory, not memory + swap.
-        resources["memory"] = json!({"limit": bytes, "swap": bytes});
+    // Always limited (the default when the descriptor leaves `memory` out): the schedulers
+    // count the same amount. Swap limited to the same amount: the limit is on memory, not
+    // memory + swap.
+    let bytes = service.memory_mb().saturating_mul(1024 * 1024);
+    resources["memory"] = json!({"limit": bytes, "swap": bytes});
+    // A fork bomb must not take the node's pids.
+    if let Some(limit) = host.pids_limit {
+        resources["pids"] = json!({"limit": limit});
     }
     if service.vcpus > 0 {
         resources["cpu"] = json!({"quota": service.vcpus.saturating_mul(CFS_PERIOD_US), "period": CFS_PERIOD_US});
@@ -238,6 +247,7 @@ pub fn build(image: &ImageConfig, service: &Microservice, instance: u32, host: &
             "/sys/firmware"
         ]);
         linux["readonlyPaths"] = json!(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]);
+        linux["seccomp"] = crate::seccomp::profile(std::env::consts::ARCH);
     }
 
     Ok(json!({
@@ -290,6 +300,7 @@ mod tests {
             cgroup_path: "/oakestra/x.instance.0".into(),
             resolv_conf: Some("/etc/resolv.conf".into()),
             hosts: None,
+            pids_limit: Some(1024),
         }
     }
 
@@ -375,11 +386,30 @@ mod tests {
         assert_eq!(r["memory"]["swap"], 64 * 1024 * 1024);
         assert_eq!(r["cpu"]["quota"], 200_000);
         assert_eq!(r["cpu"]["period"], 100_000);
+        assert_eq!(r["pids"]["limit"], 1024);
         ms.memory = 0;
         ms.vcpus = 0;
+        let spec = build(&image(&[], &["sh"], &[]), &ms, 0, &HostSetup { pids_limit: Some(16), ..host() }).unwrap();
+        let r = &spec["linux"]["resources"];
+        // No `memory` in the descriptor: still limited, to the default the schedulers count.
+        assert_eq!(r["memory"]["limit"], 256 * 1024 * 1024);
+        assert_eq!(r["memory"]["swap"], 256 * 1024 * 1024);
+        assert_eq!(oak_api::sla::DEFAULT_MEMORY_MB, 256);
+        assert!(r.get("cpu").is_none());
+        assert_eq!(r["pids"]["limit"], 16);
+        // `--pids-limit 0`: no pids limit.
+        let spec = build(&image(&[], &["sh"], &[]), &ms, 0, &HostSetup { pids_limit: None, ..host() }).unwrap();
+        assert!(spec["linux"]["resources"].get("pids").is_none());
+    }
+
+    #[test]
+    fn privileged_or_not_every_container_is_limited() {
+        let mut ms = service(&[], &[]);
+        ms.privileged = true;
         let spec = build(&image(&[], &["sh"], &[]), &ms, 0, &host()).unwrap();
-        assert!(spec["linux"]["resources"].get("memory").is_none());
-        assert!(spec["linux"]["resources"].get("cpu").is_none());
+        let r = &spec["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 256 * 1024 * 1024);
+        assert_eq!(r["pids"]["limit"], 1024);
     }
 
     #[test]
@@ -387,6 +417,8 @@ mod tests {
         let spec = build(&image(&[], &["sh"], &[]), &service(&[], &[]), 7, &host()).unwrap();
         assert_eq!(spec["hostname"], "instance-7");
         assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["linux"]["seccomp"], crate::seccomp::profile(std::env::consts::ARCH));
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(spec["process"]["cwd"], "/");
         let caps = strings(&spec["process"]["capabilities"]["bounding"]);
         assert!(!caps.contains(&"CAP_SYS_ADMIN".to_string()));
@@ -423,6 +455,7 @@ mod tests {
         assert_eq!(spec["process"]["noNewPrivileges"], false);
         assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], true);
         assert!(spec["linux"].get("maskedPaths").is_none());
+        assert!(spec["linux"].get("seccomp").is_none(), "privileged: no seccomp filter");
         let ns: Vec<&str> =
             spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network"));

@@ -1,9 +1,12 @@
 //! The runtime against a real containerd (one of the test's own, started through the
 //! supervisor), a local `docker-registry` and images built from busybox-static: pull, run, logs,
-//! metrics, exits, limits, adoption, and that undeploy leaves nothing behind.
+//! metrics, exits, limits, adoption, and that undeploy leaves nothing behind; and that an
+//! unprivileged container can neither mount, nor unshare, nor fork past its pids limit.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -64,25 +67,49 @@ async fn state_of(rt: &ContainerdRuntime, job: &str) -> Option<InstanceStatus> {
     rt.list().await.unwrap().into_iter().find(|i| i.job_name == job).map(|i| i.state)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_instances_on_real_containerd() -> Result<()> {
+/// What a scenario runs against: the runtime on a containerd of the test's own, that
+/// containerd, a local registry, the test's work dir.
+struct Env {
+    rt: Arc<ContainerdRuntime>,
+    config: ContainerdConfig,
+    own: OwnContainerd,
+    registry: Registry,
+    work: PathBuf,
+}
+
+impl Env {
+    /// Builds `spec` and pushes it to the registry as `repo`; returns its reference.
+    fn image(&self, spec: &images::ImageSpec, repo: &str) -> Result<String> {
+        let layout = images::build_image(&self.work.join("images"), spec)?;
+        self.registry.push(&layout, &spec.tag, repo)
+    }
+}
+
+/// Runs `scenario` on a containerd started for it (work dir `name`), with the runtime's
+/// configuration adjusted by `configure`; whatever happens, removes what the scenario left so
+/// no shim outlives the test. `Ok(())` without running when root or a tool is missing outside
+/// CI (an error under `CI=true`).
+async fn with_containerd<F, Fut>(name: &str, configure: impl FnOnce(&mut ContainerdConfig), scenario: F) -> Result<()>
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     use oak_e2e::Need::{Root, Tool};
     let needs = [Root, Tool("containerd"), Tool("runc"), Tool("ctr"), Tool("docker-registry"), Tool("skopeo")];
-    if !oak_e2e::can_run("runs_instances_on_real_containerd", &needs) {
+    if !oak_e2e::can_run(name, &needs) {
         return Ok(());
     }
-    let work = Workdir::new("containerd-runtime")?;
+    let work = Workdir::new(name)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let own = OwnContainerd::under(work.path());
     let supervisor = supervise::start(own.clone(), stop_rx).await.map_err(anyhow::Error::msg)?;
 
     let registry = Registry::start_local()?;
-    let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
-    let config = ContainerdConfig::new(own.socket.clone(), namespace(), work.join("logs"));
-    let rt = std::sync::Arc::new(ContainerdRuntime::connect(config.clone()).await?);
-    let body = tokio::spawn(scenario(rt.clone(), config, own.clone(), registry, work.path().to_path_buf(), port));
-    let outcome = body.await;
-    // Whatever happened, remove what the scenario left, so no shim outlives the test.
+    let mut config = ContainerdConfig::new(own.socket.clone(), namespace(), work.join("logs"));
+    configure(&mut config);
+    let rt = Arc::new(ContainerdRuntime::connect(config.clone()).await?);
+    let env = Env { rt: rt.clone(), config, own, registry, work: work.path().to_path_buf() };
+    let outcome = tokio::spawn(scenario(env)).await;
     for leftover in rt.list().await? {
         let _ = rt.undeploy(&leftover.job_name, leftover.instance).await;
     }
@@ -95,14 +122,14 @@ async fn runs_instances_on_real_containerd() -> Result<()> {
     }
 }
 
-async fn scenario(
-    rt: std::sync::Arc<ContainerdRuntime>,
-    config: ContainerdConfig,
-    own: OwnContainerd,
-    registry: Registry,
-    work: std::path::PathBuf,
-    port: u16,
-) -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_instances_on_real_containerd() -> Result<()> {
+    let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
+    with_containerd("containerd-runtime", |_| {}, move |env| scenario(env, port)).await
+}
+
+async fn scenario(env: Env, port: u16) -> Result<()> {
+    let Env { rt, config, own, registry, work } = env;
     let build = |spec: &images::ImageSpec, repo: &str| -> Result<String> {
         let layout = images::build_image(&work.join("images"), spec)?;
         registry.push(&layout, &spec.tag, repo)
@@ -192,5 +219,73 @@ async fn scenario(
     rt.deploy(&command("t.test.once.w", 2, &once, 0)).await?;
     assert_eq!(next_exit(&mut events, "t.test.once.w").await, 0);
     rt.undeploy("t.test.once.w", 2).await?;
+    Ok(())
+}
+
+/// The pids limit of the confinement test: low, so a handful of forks reach it.
+const TEST_PIDS_LIMIT: u32 = 16;
+
+/// Prints its seccomp and no-new-privileges state, then tries to mount a tmpfs directly and
+/// from inside a new user and mount namespace (which would need no capability at all without
+/// the seccomp filter), printing each outcome.
+fn escape_probe() -> images::ImageSpec {
+    images::ImageSpec::shell(
+        "escape-probe",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; mkdir -p /mnt; \
+         if busybox mount -t tmpfs none /mnt; then echo 'mount: allowed'; else echo 'mount: refused'; fi; \
+         if busybox unshare -U -r -m busybox mount -t tmpfs none /mnt; then echo 'userns mount: allowed'; \
+         else echo 'userns mount: refused'; fi; echo probe done",
+    )
+}
+
+/// Prints its pids limit, then starts `sleep`s in the background until 40 run or a fork fails
+/// (the shell then stops with `can't fork`), printing the count after each.
+fn fork_bomb() -> images::ImageSpec {
+    images::ImageSpec::shell(
+        "fork-bomb",
+        "echo \"pids.max $(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)\"; \
+         i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); echo \"forked $i\"; done; echo forked all",
+    )
+}
+
+/// Unprivileged containers run under the seccomp filter and with no new privileges, cannot
+/// mount (not even through a user namespace of their own), and cannot fork past the worker's
+/// pids limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_containers_cannot_take_the_node() -> Result<()> {
+    with_containerd("containerd-confinement", |c| c.pids_limit = Some(TEST_PIDS_LIMIT), confinement).await
+}
+
+async fn confinement(env: Env) -> Result<()> {
+    let probe = env.image(&escape_probe(), "test/probe")?;
+    let bomb = env.image(&fork_bomb(), "test/bomb")?;
+    let rt = env.rt.clone();
+    let mut events = rt.events();
+
+    let job = "t.test.probe.w";
+    rt.deploy(&command(job, 0, &probe, 0)).await?;
+    assert_eq!(next_exit(&mut events, job).await, 0);
+    let logs = rt.logs(job, 0, 4096).await?;
+    eprintln!("escape probe:\n{logs}");
+    assert!(logs.contains("probe done"), "{logs}");
+    assert!(logs.contains("Seccomp:\t2"), "the seccomp filter is not active: {logs}");
+    assert!(logs.contains("NoNewPrivs:\t1"), "{logs}");
+    assert!(logs.contains("mount: refused"), "{logs}");
+    assert!(logs.contains("userns mount: refused"), "{logs}");
+    assert!(logs.contains("Operation not permitted"), "unshare must fail with EPERM: {logs}");
+    rt.undeploy(job, 0).await?;
+
+    let job = "t.test.bomb.w";
+    rt.deploy(&command(job, 0, &bomb, 0)).await?;
+    let code = next_exit(&mut events, job).await;
+    let logs = rt.logs(job, 0, 8192).await?;
+    eprintln!("fork bomb (exit {code}):\n{logs}");
+    assert_ne!(code, 0, "the fork bomb ran to its end: {logs}");
+    assert!(logs.contains(&format!("pids.max {TEST_PIDS_LIMIT}")), "{logs}");
+    assert!(logs.contains("can't fork"), "{logs}");
+    assert!(!logs.contains("forked all"), "{logs}");
+    let forked = logs.lines().filter_map(|l| l.strip_prefix("forked ")?.trim().parse::<u32>().ok()).max();
+    assert!(forked.is_some_and(|n| n < TEST_PIDS_LIMIT), "more processes than the limit: {forked:?} in {logs}");
+    rt.undeploy(job, 0).await?;
     Ok(())
 }

@@ -126,6 +126,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             containerd_socket: args.containerd_socket,
             containerd_namespace: "oakestra".into(),
             insecure_registries: args.insecure_registries,
+            pids_limit: oak_containerd::DEFAULT_PIDS_LIMIT,
         };
         let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,

@@ -64,6 +64,10 @@ pub struct WorkerArgs {
     /// always are.
     #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
     pub insecure_registries: Vec<String>,
+    /// Most processes and threads each container may have at once, so a fork bomb cannot
+    /// exhaust the node's pids; 0: no limit.
+    #[arg(long, default_value_t = oak_containerd::DEFAULT_PIDS_LIMIT, env = "OAKESTRA_PIDS_LIMIT")]
+    pub pids_limit: u32,
 }
 
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -85,9 +89,11 @@ impl WorkerArgs {
             self.insecure_registries.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
         let default_socket = self.containerd_socket.as_os_str() == DEFAULT_CONTAINERD_SOCKET;
         let socket = self.containerd_socket.clone();
+        let pids_limit = (self.pids_limit > 0).then_some(self.pids_limit);
         let config = self.config()?;
         let mut containerd = oak_containerd::ContainerdConfig::new(socket, namespace, config.data_dir.join("logs"));
         containerd.insecure_registries = insecure;
+        containerd.pids_limit = pids_limit;
         Ok((config, RuntimeArgs { containerd, default_socket }))
     }
 
@@ -193,6 +199,19 @@ mod tests {
     fn config(extra: &[&str]) -> Result<oak_worker::WorkerConfig, String> {
         let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
         Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.config()
+    }
+
+    #[test]
+    fn containers_get_a_pids_limit_of_1024_unless_told_otherwise() {
+        let limit = |extra: &[&str]| {
+            let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+            Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.configs().unwrap().1.containerd.pids_limit
+        };
+        assert_eq!(limit(&[]), Some(1024));
+        assert_eq!(limit(&["--pids-limit", "64"]), Some(64));
+        assert_eq!(limit(&["--pids-limit", "0"]), None, "0: no limit");
+        let base = ["oakestra", "-a", "127.0.0.1", "--token", "t", "--pids-limit", "-1"];
+        assert!(Cli::try_parse_from(base).is_err(), "a negative limit is refused");
     }
 
     #[test]
