@@ -299,6 +299,10 @@ impl Inner {
             hosts: (self.config.host_network && cmd.netns.is_none() && std::path::Path::new("/etc/hosts").exists())
                 .then(|| "/etc/hosts".to_string()),
             pids_limit: self.config.pids_limit,
+            bounding_caps: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| spec::bounding_caps(&s))
+                .unwrap_or(u64::MAX),
         };
         let spec =
             spec::build(&image.config, service, cmd.instance_number, &host).map_err(RuntimeError::InvalidSpec)?;

@@ -50,6 +50,16 @@ pub struct HostSetup {
     pub hosts: Option<String>,
     /// Most processes and threads the container may have at once (`pids.max`); `None`: no limit.
     pub pids_limit: Option<u32>,
+    /// The capabilities the worker itself may pass on (its `CapBnd`, bit n = capability n): a
+    /// privileged container gets every capability in it, since runc refuses to start a process
+    /// asking for one the host has dropped.
+    pub bounding_caps: u64,
+}
+
+/// The bounding set of the process whose `/proc/<pid>/status` is `status` (`CapBnd:` in hex).
+pub fn bounding_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 const CFS_PERIOD_US: u64 = 100_000;
@@ -72,7 +82,8 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability Linux 5.9+ knows, for privileged containers.
+/// Every capability Linux 5.9+ knows, for privileged containers, in the kernel's numbering
+/// (index n is capability n).
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -187,7 +198,11 @@ pub fn build(image: &ImageConfig, service: &Microservice, instance: u32, host: &
         return Err(format!("the image's working directory {cwd:?} is not absolute"));
     }
     let privileged = service.privileged;
-    let caps: Vec<&str> = if privileged { ALL_CAPS.to_vec() } else { DEFAULT_CAPS.to_vec() };
+    let caps: Vec<&str> = if privileged {
+        ALL_CAPS.iter().enumerate().filter(|(n, _)| host.bounding_caps & (1 << n) != 0).map(|(_, c)| *c).collect()
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
 
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
@@ -301,6 +316,7 @@ mod tests {
             resolv_conf: Some("/etc/resolv.conf".into()),
             hosts: None,
             pids_limit: Some(1024),
+            bounding_caps: u64::MAX,
         }
     }
 
@@ -400,6 +416,23 @@ mod tests {
         // `--pids-limit 0`: no pids limit.
         let spec = build(&image(&[], &["sh"], &[]), &ms, 0, &HostSetup { pids_limit: None, ..host() }).unwrap();
         assert!(spec["linux"]["resources"].get("pids").is_none());
+    }
+
+    #[test]
+    fn privileged_containers_get_only_what_the_host_may_pass_on() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapBnd:\t000001fffeffffff\nCapAmb:\t0\n";
+        let bounding = bounding_caps(status).unwrap();
+        assert_eq!(bounding, 0x1fffeffffff);
+        assert_eq!(bounding_caps("Name:\tx\n"), None);
+        let mut ms = service(&[], &[]);
+        ms.privileged = true;
+        let spec = build(&image(&[], &["sh"], &[]), &ms, 0, &HostSetup { bounding_caps: bounding, ..host() }).unwrap();
+        let caps = strings(&spec["process"]["capabilities"]["bounding"]);
+        // Bit 24 (CAP_SYS_RESOURCE) is not in this host's set; everything else is passed on.
+        assert!(!caps.contains(&"CAP_SYS_RESOURCE".to_string()));
+        assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()) && caps.contains(&"CAP_CHECKPOINT_RESTORE".to_string()));
+        assert_eq!(caps.len(), ALL_CAPS.len() - 1);
+        assert_eq!(ALL_CAPS[24], "CAP_SYS_RESOURCE");
     }
 
     #[test]

@@ -287,5 +287,17 @@ async fn confinement(env: Env) -> Result<()> {
     let forked = logs.lines().filter_map(|l| l.strip_prefix("forked ")?.trim().parse::<u32>().ok()).max();
     assert!(forked.is_some_and(|n| n < TEST_PIDS_LIMIT), "more processes than the limit: {forked:?} in {logs}");
     rt.undeploy(job, 0).await?;
+
+    // What only an Admin may ask for still works: a privileged container starts (with the
+    // capabilities the host can pass on: asking for one it dropped made runc refuse) and mounts.
+    let job = "t.test.privileged.w";
+    let mut privileged = command(job, 0, &probe, 0);
+    privileged.job.spec.privileged = true;
+    rt.deploy(&privileged).await?;
+    assert_eq!(next_exit(&mut events, job).await, 0);
+    let logs = rt.logs(job, 0, 4096).await?;
+    eprintln!("privileged probe:\n{logs}");
+    assert!(logs.contains("Seccomp:\t0") && logs.contains("mount: allowed"), "{logs}");
+    rt.undeploy(job, 0).await?;
     Ok(())
 }
