@@ -110,16 +110,23 @@ pub struct UserTarget<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserOp<'a> {
     /// List the members of organization `org_id`, or (`None`) every account the caller may read.
-    List { org_id: Option<&'a str> },
+    List {
+        org_id: Option<&'a str>,
+    },
     /// See the account's profile and roles; also whether it shows in a list of all accounts.
     Read(UserTarget<'a>),
     /// Change e-mail, reset the password or replace roles; `grants_admin`: the new roles hold Admin.
-    Update { target: UserTarget<'a>, grants_admin: bool },
+    Update {
+        target: UserTarget<'a>,
+        grants_admin: bool,
+    },
     Delete(UserTarget<'a>),
     /// Change the account's password knowing the old one.
     ChangeOwnPassword(UserTarget<'a>),
     /// Create an account in the caller's organization, holding Admin if `grants_admin`.
-    Register { grants_admin: bool },
+    Register {
+        grants_admin: bool,
+    },
 }
 
 /// Decides every operation on user accounts, roles and organization scope together.
@@ -139,7 +146,7 @@ pub fn authorize_user_op(who: &Principal, op: UserOp<'_>) -> Result<(), Denied> 
         }
     };
     let visible = |t: &UserTarget<'_>| {
-        if admin || t.org_ids.iter().any(|o| *o == who.org_id) {
+        if admin || t.org_ids.contains(&who.org_id) {
             Ok(())
         } else {
             Err(Denied::NotVisible)

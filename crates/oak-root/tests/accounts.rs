@@ -107,7 +107,10 @@ async fn an_organization_admin_cannot_take_over_the_admin() {
     let (s, v) = api.call(Method::PUT, "/api/user/Admin", Some(&olga), Some(reset)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(v["message"].as_str().unwrap().contains("Admin"), "{v}");
-    assert_eq!(api.status(Method::PUT, "/api/user/Admin", &olga, Some(json!({"email": "o@x"}))).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.status(Method::PUT, "/api/user/Admin", &olga, Some(json!({"email": "o@x"}))).await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(api.status(Method::DELETE, "/api/user/Admin", &olga, None).await, StatusCode::FORBIDDEN);
     // nor make anyone (herself included) an Admin
     let grant = json!({"roles": ["Admin"]});
@@ -201,7 +204,9 @@ async fn an_organization_admin_sees_and_manages_only_their_organization() {
 async fn ordinary_roles_reach_only_their_own_account() {
     let api = Api::new().await;
     let admin = api.login("Admin", "Admin").await;
-    for (name, roles) in [("alice", &["Application_Provider"][..]), ("ivan", &["Infrastructure_Provider"]), ("nemo", &[])] {
+    for (name, roles) in
+        [("alice", &["Application_Provider"][..]), ("ivan", &["Infrastructure_Provider"]), ("nemo", &[])]
+    {
         api.register(&admin, name, roles).await;
         let t = api.login(name, "password-1").await;
         assert_eq!(api.status(Method::GET, &format!("/api/user/{name}"), &t, None).await, StatusCode::OK);
@@ -283,7 +288,13 @@ async fn roles_are_read_per_request_and_removing_one_revokes_tokens() {
     let (access, _) = api.tokens("alice", "password-1", None).await;
     let (_, orgs) = api.call(Method::GET, "/api/organization", Some(&admin), None).await;
     let root = &orgs[0];
-    let kept: Vec<Value> = root["member"].as_array().unwrap().iter().filter(|m| m["roles"].as_array().unwrap().len() > 1).cloned().collect();
+    let kept: Vec<Value> = root["member"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["roles"].as_array().unwrap().len() > 1)
+        .cloned()
+        .collect();
     let body = json!({"name": "root", "member": kept});
     let path = format!("/api/organization/{}", root["_id"].as_str().unwrap());
     assert_eq!(api.status(Method::PUT, &path, &admin, Some(body)).await, StatusCode::OK);
@@ -338,8 +349,9 @@ async fn fastest_failed_login(api: &Api, user: &str) -> Duration {
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let start = Instant::now();
-        let (s, _) =
-            api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": user, "password": "wrong-1"}))).await;
+        let (s, _) = api
+            .call(Method::POST, "/api/auth/login", None, Some(json!({"username": user, "password": "wrong-1"})))
+            .await;
         best = best.min(start.elapsed());
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
@@ -372,8 +384,9 @@ async fn beyond_loopback_the_first_start_generates_the_admin_password() {
         assert_eq!(mode(&file), 0o600);
         let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
         assert!(password.len() >= 20, "{password:?}");
-        let (s, _) =
-            api.call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"}))).await;
+        let (s, _) = api
+            .call(Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"})))
+            .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "no default password beyond loopback");
         api.login("Admin", &password).await;
         password

@@ -253,7 +253,8 @@ impl RootStore for SqliteStore {
     }
 
     fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
-        let users = query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE name = ?1", params![name])?;
+        let users =
+            query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE name = ?1", params![name])?;
         Ok(users.into_iter().next())
     }
 

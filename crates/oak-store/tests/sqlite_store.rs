@@ -161,7 +161,8 @@ fn token_generation_moves_on_password_change_and_role_loss_only() {
     let store = SqliteStore::in_memory().unwrap();
     store.insert_user(&user("u1", "alice")).unwrap();
     store.insert_user(&user("u2", "bob")).unwrap();
-    let member = |id: &str, roles: &[&str]| Member { user_id: id.into(), roles: roles.iter().map(|r| r.to_string()).collect() };
+    let member =
+        |id: &str, roles: &[&str]| Member { user_id: id.into(), roles: roles.iter().map(|r| r.to_string()).collect() };
     let mut org = Organization {
         id: "o1".into(),
         name: "lab".into(),
@@ -181,7 +182,8 @@ fn token_generation_moves_on_password_change_and_role_loss_only() {
     assert_eq!(store.user_by_name("alice").unwrap().unwrap().token_generation, 1);
 
     // gaining a role keeps tokens, losing one (or the membership) revokes them
-    org.member = vec![member("u1", &["Application_Provider", "Organization_Admin"]), member("u2", &["Application_Provider"])];
+    org.member =
+        vec![member("u1", &["Application_Provider", "Organization_Admin"]), member("u2", &["Application_Provider"])];
     store.update_organization(&org).unwrap();
     assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (1, 0));
     org.member = vec![member("u1", &["Organization_Admin"])];

@@ -97,6 +97,7 @@ fn account(
 #[utoipa::path(get, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
     responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<User>> {
+    #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let user = account(&st, &caller, &name, |t| UserOp::Read(t))?;
     Ok(Json(user_view(&st, &user, &caller.org_id)?))
 }
@@ -142,6 +143,7 @@ pub async fn delete_user(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<User>>> {
+    #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let user = account(&st, &caller, &name, |t| UserOp::Delete(t))?;
     if user.id == caller.principal.user_id {
         return Err(ApiError::Conflict("you cannot delete your own account".into()));
@@ -162,6 +164,7 @@ pub async fn change_password(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<ChangePasswordRequest>,
 ) -> ApiResult<Json<MessageResponse>> {
+    #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let mut user = account(&st, &caller, &name, |t| UserOp::ChangeOwnPassword(t))?;
     if !st.passwords.verify(&req.old_password, Some(&user.password_hash)).await? {
         return Err(ApiError::BadRequest("the old password is wrong".into()));
@@ -183,6 +186,7 @@ pub async fn permissions(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PermissionsResponse>> {
+    #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let user = account(&st, &caller, &name, |t| UserOp::Read(t))?;
     Ok(Json(PermissionsResponse { roles: user_view(&st, &user, &caller.org_id)?.roles }))
 }

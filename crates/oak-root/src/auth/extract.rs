@@ -79,8 +79,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (claims, user) = verified(parts, state, TokenKind::Access)?;
         let roles = super::accounts::current_roles(state.store.as_ref(), &claims.organization, &user.id)?;
-        let principal =
-            Principal { user_id: user.id, username: user.name, roles, org_id: claims.organization.clone() };
+        let principal = Principal { user_id: user.id, username: user.name, roles, org_id: claims.organization.clone() };
         Ok(Caller { principal, org_id: claims.organization })
     }
 }

@@ -82,7 +82,8 @@ impl TokenKeys {
     }
 
     fn sign(&self, claims: &Claims) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 signing of plain claims cannot fail")
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
     }
 
     /// Checks signature, expiry, not-before and kind (5 s leeway for clock skew); the error
