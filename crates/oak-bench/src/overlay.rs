@@ -1020,12 +1020,12 @@ impl Api {
         Ok(Api { rt, http, url: url.to_string(), token: None })
     }
 
-    /// Logs in as Admin/Admin; `None` while the root does not answer yet.
+    /// Logs in as the lab's Admin; `None` while the root does not answer yet.
     fn login(&mut self) -> Result<Option<()>> {
         let req = self
             .http
             .post(format!("{}/api/auth/login", self.url))
-            .json(&json!({"username": "Admin", "password": "Admin"}));
+            .json(&json!({"username": "Admin", "password": oak_e2e::procs::LAB_ADMIN_PASSWORD}));
         let v: Value = self.rt.block_on(async { req.send().await?.error_for_status()?.json().await })?;
         self.token = v["token"].as_str().map(str::to_string);
         Ok(self.token.as_ref().map(|_| ()))

@@ -195,14 +195,29 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+/// The `Admin` password of a lab's root (listening beyond loopback, it has no default).
+pub const LAB_ADMIN_PASSWORD: &str = "lab-admin-password";
+
 /// The arguments of a lab's `oakestra root`: API on 10000 of every address, cluster channel on
-/// 50052, state in `data_dir`.
+/// 50052, state in `data_dir`, Admin's password [`LAB_ADMIN_PASSWORD`].
 pub fn root_args(data_dir: &std::path::Path) -> Vec<String> {
     let data_dir = data_dir.display().to_string();
-    ["root", "--api-addr", "0.0.0.0", "--api-port", "10000", "--cluster-port", "50052", "--data-dir", &data_dir]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "root",
+        "--api-addr",
+        "0.0.0.0",
+        "--api-port",
+        "10000",
+        "--cluster-port",
+        "50052",
+        "--data-dir",
+        &data_dir,
+        "--admin-password",
+        LAB_ADMIN_PASSWORD,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// What differs between the `oakestra cluster`s of a lab (tests and benchmarks start them alike).

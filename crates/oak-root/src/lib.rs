@@ -33,7 +33,8 @@ pub struct RootConfig {
     /// Where clusters dial in (the cluster channel).
     pub channel_addr: SocketAddr,
     pub data_dir: PathBuf,
-    /// Password for the `Admin` user created at first start; `None` means the default `Admin`.
+    /// Password for the `Admin` user created at first start; `None` means the default `Admin`
+    /// while `api_addr` is loopback, else a generated one in `<data_dir>/admin-password`.
     pub admin_password: Option<String>,
     pub fleet: fleet::FleetConfig,
 }
@@ -48,11 +49,13 @@ impl Root {
     /// signing key and the first `Admin`. Any error here is a configuration problem.
     pub async fn open(config: RootConfig) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        let store = SqliteStore::open(&dir.join("root.db"))
+        bootstrap::secure_data_dir(dir)?;
+        let store = SqliteStore::open(&dir.join(bootstrap::DATABASE_FILE))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        bootstrap::secure_data_dir(dir)?;
         let key = bootstrap::signing_key(dir)?;
-        bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
+        let loopback = config.api_addr.ip().is_loopback();
+        bootstrap::ensure_admin(&store, config.admin_password.as_deref(), dir, loopback)?;
         cluster_tokens::ensure_first(&store, dir)?;
         let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
         let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone())
@@ -62,8 +65,14 @@ impl Root {
             store,
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
             limiter: Arc::new(auth::limiter::LoginLimiter::default()),
+            passwords: Arc::new(auth::passwords::PasswordWork::for_this_machine()),
         };
         Ok(Root { config, state })
+    }
+
+    /// The file holding the generated `Admin` password, if this data directory has one.
+    pub fn admin_password_file(&self) -> Option<PathBuf> {
+        Some(self.config.data_dir.join(bootstrap::ADMIN_PASSWORD_FILE)).filter(|p| p.exists())
     }
 
     pub fn state(&self) -> AppState {

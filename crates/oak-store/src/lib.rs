@@ -23,6 +23,11 @@ pub struct UserRecord {
     pub created_at: String,
     /// Argon2 PHC string.
     pub password_hash: String,
+    /// Tokens carry the generation they were issued at and are refused once it moved on. Kept
+    /// in its own column (not the document) and bumped by the store itself whenever the
+    /// password hash changes or the user loses a role, so no caller can forget to revoke.
+    #[serde(skip)]
+    pub token_generation: u64,
 }
 
 /// A worker's overlay subnet (`10.18.0.64/26`), given by the root to a node of a cluster.
@@ -54,6 +59,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub trait RootStore: Send + Sync + 'static {
     // --- users ---
     fn insert_user(&self, user: &UserRecord) -> Result<()>;
+    /// Stores the user's document; a changed password hash bumps its `token_generation` in the
+    /// same transaction (the record's own `token_generation` is ignored).
     fn update_user(&self, user: &UserRecord) -> Result<()>;
     fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>>;
     fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>>;
@@ -63,10 +70,13 @@ pub trait RootStore: Send + Sync + 'static {
 
     // --- organizations ---
     fn insert_organization(&self, org: &Organization) -> Result<()>;
+    /// Replaces an organization; members who lose a role (or their membership) get their
+    /// `token_generation` bumped in the same transaction.
     fn update_organization(&self, org: &Organization) -> Result<()>;
     fn organization_by_id(&self, id: &str) -> Result<Option<Organization>>;
     fn organization_by_name(&self, name: &str) -> Result<Option<Organization>>;
     fn list_organizations(&self) -> Result<Vec<Organization>>;
+    /// Deletes an organization; its members' `token_generation` is bumped (they lose its roles).
     fn delete_organization(&self, id: &str) -> Result<()>;
 
     // --- applications and services ---

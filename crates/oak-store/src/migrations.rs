@@ -69,4 +69,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cluster_id, node_id)
     );
     "#,
+    // 4: per-user token generation: tokens issued before a password change or a role removal
+    // carry an older one and are refused
+    r#"
+    ALTER TABLE users ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

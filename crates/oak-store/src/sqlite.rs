@@ -95,6 +95,41 @@ fn query_doc<T: DeserializeOwned>(conn: &Connection, sql: &str, args: impl rusql
     doc.map(|d| from_doc(&d)).transpose()
 }
 
+/// Users with their token generation (a column of its own, not part of the document).
+fn query_users(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<UserRecord>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(args, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(doc, generation)| {
+            let mut user: UserRecord = from_doc(&doc)?;
+            user.token_generation = generation as u64;
+            Ok(user)
+        })
+        .collect()
+}
+
+/// Invalidates every token of these users.
+fn revoke_tokens<'a>(tx: &Connection, user_ids: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    for id in user_ids {
+        exec(tx, "UPDATE users SET token_generation = token_generation + 1 WHERE id = ?1", params![id])?;
+    }
+    Ok(())
+}
+
+/// Members of `old` who hold a role there that `new` (if any) does not give them.
+fn members_losing_roles<'a>(old: &'a Organization, new: Option<&Organization>) -> Vec<&'a String> {
+    old.member
+        .iter()
+        .filter(|m| {
+            let kept = new.and_then(|n| n.member.iter().find(|k| k.user_id == m.user_id));
+            m.roles.iter().any(|r| !kept.is_some_and(|k| k.roles.contains(r)))
+        })
+        .map(|m| &m.user_id)
+        .collect()
+}
+
 fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<bool> {
     Ok(conn.prepare_cached(sql)?.query_row(args, |_| Ok(())).optional()?.is_some())
 }
@@ -207,25 +242,29 @@ impl RootStore for SqliteStore {
 
     fn update_user(&self, user: &UserRecord) -> Result<()> {
         self.write(|tx| {
-            let n = exec(
-                tx,
-                "UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1",
-                params![user.id, user.name, to_doc(user)?],
-            )?;
-            expect_changed(n, || format!("user {}", user.name))
+            let old: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE id = ?1", params![user.id])?
+                .ok_or_else(|| StoreError::NotFound(format!("user {}", user.name)))?;
+            exec(tx, "UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1", params![user.id, user.name, to_doc(user)?])?;
+            if old.password_hash != user.password_hash {
+                revoke_tokens(tx, [&user.id])?;
+            }
+            Ok(())
         })
     }
 
     fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
-        query_doc(&self.lock(), "SELECT doc FROM users WHERE name = ?1", params![name])
+        let users =
+            query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE name = ?1", params![name])?;
+        Ok(users.into_iter().next())
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>> {
-        query_doc(&self.lock(), "SELECT doc FROM users WHERE id = ?1", params![id])
+        let users = query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE id = ?1", params![id])?;
+        Ok(users.into_iter().next())
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
-        query_docs(&self.lock(), "SELECT doc FROM users ORDER BY rowid", [])
+        query_users(&self.lock(), "SELECT doc, token_generation FROM users ORDER BY rowid", [])
     }
 
     fn delete_user(&self, name: &str) -> Result<()> {
@@ -264,6 +303,11 @@ impl RootStore for SqliteStore {
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1 AND id <> ?2", params![org.name, org.id])? {
                 return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
             }
+            let old: Option<Organization> =
+                query_doc(tx, "SELECT doc FROM organizations WHERE id = ?1", params![org.id])?;
+            if let Some(old) = &old {
+                revoke_tokens(tx, members_losing_roles(old, Some(org)))?;
+            }
             let n = exec(
                 tx,
                 "UPDATE organizations SET name = ?2, doc = ?3 WHERE id = ?1",
@@ -287,6 +331,10 @@ impl RootStore for SqliteStore {
 
     fn delete_organization(&self, id: &str) -> Result<()> {
         self.write(|tx| {
+            let old: Option<Organization> = query_doc(tx, "SELECT doc FROM organizations WHERE id = ?1", params![id])?;
+            if let Some(old) = &old {
+                revoke_tokens(tx, members_losing_roles(old, None))?;
+            }
             let n = exec(tx, "DELETE FROM organizations WHERE id = ?1", params![id])?;
             expect_changed(n, || format!("organization {id}"))
         })

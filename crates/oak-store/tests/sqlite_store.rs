@@ -58,6 +58,7 @@ fn state_survives_reopen_and_rules_hold() {
                 email: "a@x".into(),
                 created_at: "now".into(),
                 password_hash: "h".into(),
+                token_generation: 0,
             })
             .unwrap();
         store
@@ -138,4 +139,57 @@ fn services_by_job_name_and_subnets_per_node() {
     assert_eq!(store.subnets().unwrap().len(), 3, "kept across reopen");
     store.delete_subnets("c1", &["n1".into(), "unknown".into()]).unwrap();
     assert_eq!(store.subnets().unwrap(), vec![rec("c1", "n2", "10.18.0.64/26"), rec("c2", "n1", "10.18.0.128/26")]);
+}
+
+fn user(id: &str, name: &str) -> UserRecord {
+    UserRecord {
+        id: id.into(),
+        name: name.into(),
+        email: String::new(),
+        created_at: String::new(),
+        password_hash: "h1".into(),
+        token_generation: 0,
+    }
+}
+
+fn generation(store: &SqliteStore, id: &str) -> u64 {
+    store.user_by_id(id).unwrap().unwrap().token_generation
+}
+
+#[test]
+fn token_generation_moves_on_password_change_and_role_loss_only() {
+    let store = SqliteStore::in_memory().unwrap();
+    store.insert_user(&user("u1", "alice")).unwrap();
+    store.insert_user(&user("u2", "bob")).unwrap();
+    let member =
+        |id: &str, roles: &[&str]| Member { user_id: id.into(), roles: roles.iter().map(|r| r.to_string()).collect() };
+    let mut org = Organization {
+        id: "o1".into(),
+        name: "lab".into(),
+        member: vec![member("u1", &["Application_Provider"]), member("u2", &["Application_Provider"])],
+    };
+    store.insert_organization(&org).unwrap();
+    assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (0, 0));
+
+    // e-mail only: tokens stay; a new password hash revokes them
+    let mut alice = store.user_by_id("u1").unwrap().unwrap();
+    alice.email = "a@x".into();
+    store.update_user(&alice).unwrap();
+    assert_eq!(generation(&store, "u1"), 0);
+    alice.password_hash = "h2".into();
+    store.update_user(&alice).unwrap();
+    assert_eq!(generation(&store, "u1"), 1);
+    assert_eq!(store.user_by_name("alice").unwrap().unwrap().token_generation, 1);
+
+    // gaining a role keeps tokens, losing one (or the membership) revokes them
+    org.member =
+        vec![member("u1", &["Application_Provider", "Organization_Admin"]), member("u2", &["Application_Provider"])];
+    store.update_organization(&org).unwrap();
+    assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (1, 0));
+    org.member = vec![member("u1", &["Organization_Admin"])];
+    store.update_organization(&org).unwrap();
+    assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (2, 1));
+    store.delete_organization("o1").unwrap();
+    assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (3, 1));
+    assert!(store.list_users().unwrap().iter().all(|u| u.token_generation == generation(&store, &u.id)));
 }

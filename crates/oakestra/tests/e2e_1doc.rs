@@ -139,9 +139,12 @@ fn scenario(work: &Workdir) -> Result<()> {
     let mut up = Up { child };
 
     let base = format!("http://127.0.0.1:{}", ports.api);
+    // `up` listens on every address: the first start generates Admin's password into a file.
+    let password_file = data.join("root/admin-password");
     let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
         up.alive()?;
-        Ok(e2e::try_login(&base))
+        let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
+        Ok(e2e::try_login(&base, password.trim()))
     })?;
     let api = Api { base, token };
     wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {

@@ -317,7 +317,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     root.start()?;
     let token = wait_until("the root to log Admin in", Duration::from_secs(30), POLL, || {
         root.ensure_alive()?;
-        Ok(e2e::try_login(&api))
+        Ok(e2e::try_login(&api, oak_e2e::procs::LAB_ADMIN_PASSWORD))
     })?;
     let cluster_token = root_data.join("cluster-token");
     wait_until("the root's cluster-token file", Duration::from_secs(10), POLL, || {
@@ -738,7 +738,7 @@ impl Topology {
         ensure!(locations.get("east").is_some_and(|l| l.starts_with("48.1,11.6")), "east's location: {locations:?}");
         ensure!(locations.get("west").is_some_and(|l| l.starts_with("40.4,-3.7")), "west's location: {locations:?}");
         std::fs::create_dir_all(&self.cli_home)?;
-        self.cli(&["login", "-u", "Admin", "-p", "Admin"])?;
+        self.cli(&["login", "-u", "Admin", "-p", oak_e2e::procs::LAB_ADMIN_PASSWORD])?;
         Ok(())
     }
 

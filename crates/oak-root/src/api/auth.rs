@@ -8,10 +8,11 @@ use axum::Json;
 use oak_api::model::User;
 use oak_api::rest::{LoginRequest, LoginResponse, RefreshResponse, RegisterRequest};
 use oak_api::ErrorBody;
-use oak_core::authz::{unknown_roles, Action};
+use oak_core::authz::UserOp;
 use oak_store::UserRecord;
 
-use super::users::{roles_in, set_roles, user_view, validate_username};
+use super::users::{check_known_roles, grants_admin, set_roles, user_view, validate_username};
+use crate::auth::accounts::{current_roles, roles_in};
 use crate::auth::extract::{Caller, ClientAddr, RefreshCaller};
 use crate::auth::passwords;
 use crate::auth::tokens::TokenKind;
@@ -22,10 +23,13 @@ use crate::ids;
 use crate::state::AppState;
 
 /// Log in with user name and password; roles come from the organization named (default `root`).
+///
+/// An attempt is counted against the rate limit before the password is checked (a success
+/// gives it back), and unknown users cost one argon2 verification like known ones.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody, description = "unknown organization"),
-              (status = 429, body = ErrorBody, description = "too many failed attempts")))]
+              (status = 429, body = ErrorBody, description = "too many failed attempts, or too many logins at once; see Retry-After")))]
 pub async fn login(
     State(st): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -35,19 +39,23 @@ pub async fn login(
     let org_alias = req.get("organization").and_then(|v| v.as_str()).map(str::to_string);
     let req: LoginRequest = serde_json::from_value(req)
         .map_err(|e| ApiError::Unprocessable(format!("login needs username and password: {e}")))?;
-    let now = Instant::now();
-    if let Err(wait) = st.limiter.check(&req.username, &addr, now) {
-        return Err(ApiError::TooManyRequests {
-            message: format!("too many failed logins; try again in {wait} s"),
-            retry_after_secs: wait,
-        });
-    }
+    let slot = st.limiter.acquire(&req.username, &addr, Instant::now()).map_err(|wait| ApiError::TooManyRequests {
+        message: format!("too many failed logins; try again in {wait} s"),
+        retry_after_secs: wait,
+    })?;
     let user = st.store.user_by_name(&req.username)?;
-    let Some(user) = user.filter(|u| passwords::verify(&req.password, &u.password_hash)) else {
-        st.limiter.record_failure(&req.username, &addr, now);
+    let matches = match st.passwords.verify(&req.password, user.as_ref().map(|u| u.password_hash.as_str())).await {
+        Ok(matches) => matches,
+        Err(busy) => {
+            // Not an attempt: the password was never checked.
+            st.limiter.release(slot);
+            return Err(busy);
+        }
+    };
+    let Some(user) = user.filter(|_| matches) else {
         return Err(ApiError::Unauthorized("invalid username or password".into()));
     };
-    st.limiter.record_success(&req.username, &addr);
+    st.limiter.release(slot);
     let org_name = req.organization_name.or(org_alias).unwrap_or_else(|| ROOT_ORGANIZATION.to_string());
     let org = st
         .store
@@ -55,8 +63,8 @@ pub async fn login(
         .ok_or_else(|| ApiError::not_found(format!("organization {org_name:?}")))?;
     let roles = roles_in(&org, &user.id);
     Ok(Json(LoginResponse {
-        token: st.tokens.issue(TokenKind::Access, &user.name, &roles, &org.id, true),
-        refresh_token: st.tokens.issue(TokenKind::Refresh, &user.name, &roles, &org.id, false),
+        token: st.tokens.issue(TokenKind::Access, &user, &roles, &org.id, true),
+        refresh_token: st.tokens.issue(TokenKind::Refresh, &user, &roles, &org.id, false),
     }))
 }
 
@@ -65,15 +73,13 @@ pub async fn login(
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(("bearerAuth" = [])),
     responses((status = 200, body = RefreshResponse), (status = 401, body = ErrorBody)))]
 pub async fn refresh(State(st): State<AppState>, holder: RefreshCaller) -> ApiResult<Json<RefreshResponse>> {
-    let roles = match st.store.organization_by_id(&holder.claims.organization)? {
-        Some(org) => roles_in(&org, &holder.user.id),
-        None => Vec::new(),
-    };
-    let token = st.tokens.issue(TokenKind::Access, &holder.user.name, &roles, &holder.claims.organization, false);
+    let roles = current_roles(st.store.as_ref(), &holder.claims.organization, &holder.user.id)?;
+    let token = st.tokens.issue(TokenKind::Access, &holder.user, &roles, &holder.claims.organization, false);
     Ok(Json(RefreshResponse { token }))
 }
 
-/// Register a user in the caller's organization (Admin or Organization_Admin).
+/// Register a user in the caller's organization (Admin, or Organization_Admin for roles other
+/// than Admin).
 #[utoipa::path(post, path = "/api/auth/register", tag = "users", security(("bearerAuth" = [])), request_body = RegisterRequest,
     responses((status = 201, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn register(
@@ -81,34 +87,19 @@ pub async fn register(
     caller: Caller,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    caller.require(Action::ManageUsers, "")?;
+    caller.require_user_op(UserOp::Register { grants_admin: grants_admin(&req.roles) }, "")?;
     validate_username(&req.name)?;
     passwords::check_strength(&req.password).map_err(ApiError::Unprocessable)?;
-    check_grantable(&caller, &req.roles)?;
+    check_known_roles(&req.roles)?;
     let user = UserRecord {
         id: ids::new_id(),
         name: req.name,
         email: req.email,
         created_at: req.created_at.unwrap_or_else(ids::created_at_now),
-        password_hash: passwords::hash(&req.password),
+        password_hash: st.passwords.hash(&req.password).await?,
+        token_generation: 0,
     };
     st.store.insert_user(&user)?;
     set_roles(&st, &caller.org_id, &user.id, req.roles)?;
     Ok((StatusCode::CREATED, Json(user_view(&st, &user, &caller.org_id)?)))
-}
-
-/// Roles must be known, and only an Admin may hand out the Admin role.
-pub fn check_grantable(caller: &Caller, roles: &[String]) -> ApiResult<()> {
-    let unknown = unknown_roles(roles);
-    if !unknown.is_empty() {
-        return Err(ApiError::Unprocessable(format!(
-            "unknown role(s) {}: roles are {}",
-            unknown.join(", "),
-            oak_api::status::role::ALL.join(", ")
-        )));
-    }
-    if roles.iter().any(|r| r == oak_api::status::role::ADMIN) && !caller.is_admin() {
-        return Err(ApiError::Forbidden("only an Admin can grant the Admin role".into()));
-    }
-    Ok(())
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts};
-use oak_core::authz::{authorize, Action, Principal};
+use oak_core::authz::{authorize, authorize_user_op, Action, Principal, UserOp};
 use oak_store::UserRecord;
 
 use super::tokens::{Claims, TokenKind};
@@ -13,7 +13,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The user a request acts for. Extracting it fails with 401 unless the request carries a valid
-/// access token of a user that still exists.
+/// access token of an account that still exists and has not revoked it since; its roles are
+/// read from the store, not taken from the token.
 pub struct Caller {
     pub principal: Principal,
     /// Organization the token's roles belong to.
@@ -24,6 +25,12 @@ impl Caller {
     /// 403/404 unless the caller may perform `action`; `what` names the object for a 404.
     pub fn require(&self, action: Action<'_>, what: impl std::fmt::Display) -> Result<(), ApiError> {
         authorize(&self.principal, action).map_err(|d| ApiError::denied(d, what))
+    }
+
+    /// 403/404 unless the caller may perform the user operation `op`; `what` names the
+    /// account (or organization) for a 404.
+    pub fn require_user_op(&self, op: UserOp<'_>, what: impl std::fmt::Display) -> Result<(), ApiError> {
+        authorize_user_op(&self.principal, op).map_err(|d| ApiError::denied(d, what))
     }
 
     /// 404 unless the caller may read (or, with `modify`, change) an object owned by `owner`.
@@ -50,12 +57,19 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be \"Bearer <token>\"".into()))
 }
 
+/// The token's claims and its account, found by id (a new account of the same name is another
+/// account) at the token's generation (a password change or lost role revokes older tokens).
 fn verified(parts: &Parts, state: &AppState, kind: TokenKind) -> Result<(Claims, UserRecord), ApiError> {
     let claims = state.tokens.verify(bearer(parts)?, kind).map_err(ApiError::Unauthorized)?;
     let user = state
         .store
-        .user_by_name(&claims.sub)?
+        .user_by_id(&claims.uid)?
         .ok_or_else(|| ApiError::Unauthorized(format!("the user {:?} of this token no longer exists", claims.sub)))?;
+    if user.token_generation != claims.generation {
+        return Err(ApiError::Unauthorized(
+            "this token was revoked (password changed or roles removed): log in again".into(),
+        ));
+    }
     Ok((claims, user))
 }
 
@@ -63,8 +77,10 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (claims, _user) = verified(parts, state, TokenKind::Access)?;
-        Ok(Caller { principal: Principal { username: claims.sub, roles: claims.roles }, org_id: claims.organization })
+        let (claims, user) = verified(parts, state, TokenKind::Access)?;
+        let roles = super::accounts::current_roles(state.store.as_ref(), &claims.organization, &user.id)?;
+        let principal = Principal { user_id: user.id, username: user.name, roles, org_id: claims.organization.clone() };
+        Ok(Caller { principal, org_id: claims.organization })
     }
 }
 

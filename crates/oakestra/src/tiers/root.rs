@@ -22,7 +22,8 @@ pub struct RootArgs {
     /// Directory of the root's database and key material.
     #[arg(long, default_value = "/var/lib/oakestra/root", env = "OAKESTRA_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Password of the `Admin` user created at first start (default `Admin`, with a warning).
+    /// Password of the `Admin` user created at first start (default: `Admin` if the API listens
+    /// on loopback only, else a generated one written to `<data-dir>/admin-password`).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 }

@@ -34,7 +34,8 @@ pub struct UpArgs {
     /// Name of the cluster.
     #[arg(long, default_value = "local", env = "CLUSTER_NAME")]
     pub cluster_name: String,
-    /// Password of the `Admin` user created at first start (default `Admin`).
+    /// Password of the `Admin` user created at first start (default: generated, written to
+    /// `<data-dir>/root/admin-password`).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// containerd's gRPC socket (the worker starts its own if none answers on the default).
@@ -62,6 +63,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
+        let admin_password_file = root.admin_password_file();
         let (api_listener, channel_listener) = match root.listen().await {
             Ok(l) => l,
             Err(e) => {
@@ -144,10 +146,11 @@ pub fn run(args: UpArgs) -> ExitCode {
 
         println!(
             "Oakestra is up (1-DOC): API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
-             Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin -p Admin\n\
+             Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin {login}\n\
              Deploy:   oakestra app create -f examples/sla/nginx.json && oakestra service list\n\
              Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
-            port = args.api_port
+            port = args.api_port,
+            login = admin_login(admin_password_file.as_deref()),
         );
         // A tier that ends on its own (a port in use, its store gone) ends the whole deployment
         // at once, with its reason, instead of leaving the others running without it.
@@ -181,6 +184,19 @@ pub fn run(args: UpArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     })
+}
+
+/// How to pass Admin's password to `oakestra login`: the API listens on every address, so the
+/// first start generated one into a file (read from standard input, so it shows neither on
+/// screen nor in the process list); otherwise it is the `--admin-password` given at that start.
+fn admin_login(generated: Option<&std::path::Path>) -> String {
+    match generated {
+        Some(file) => {
+            let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+            format!("< {}", file.display())
+        }
+        None => "(then type the --admin-password of the first start)".to_string(),
+    }
 }
 
 /// A tier's outcome with its error as one line (causes included).

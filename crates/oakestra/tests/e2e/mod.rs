@@ -28,10 +28,10 @@ pub fn api(base: &str, token: &str, method: reqwest::Method, path: &str, body: O
 }
 
 /// Admin's access token from the root at `base`, or `None` while it does not answer yet.
-pub fn try_login(base: &str) -> Option<String> {
+pub fn try_login(base: &str, password: &str) -> Option<String> {
     let resp = http()
         .post(format!("{base}/api/auth/login"))
-        .json(&serde_json::json!({"username": "Admin", "password": "Admin"}))
+        .json(&serde_json::json!({"username": "Admin", "password": password}))
         .send();
     resp.ok()
         .filter(|r| r.status().is_success())
