@@ -40,8 +40,17 @@ pub struct DeployArgs {
 }
 
 pub fn main(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    if !oak_e2e::require_root_and_tools(&["containerd", "runc", "ctr", "docker-registry", "skopeo"])? {
-        bail!("the deploy benchmark needs root, containerd, runc, ctr, docker-registry and skopeo");
+    use oak_e2e::Need::{Root, Tool};
+    let missing = oak_e2e::missing(&[
+        Root,
+        Tool("containerd"),
+        Tool("runc"),
+        Tool("ctr"),
+        Tool("docker-registry"),
+        Tool("skopeo"),
+    ]);
+    if !missing.is_empty() {
+        bail!("the deploy benchmark cannot run: {}", missing.join("; "));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run(args))

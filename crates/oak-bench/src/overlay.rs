@@ -328,8 +328,10 @@ pub fn main(args: OverlayArgs) -> Result<ExitCode> {
     ensure!(args.runs >= 1, "--runs must be at least 1");
     ensure!(args.round_trips >= 1, "--round-trips must be at least 1");
     let tools = ["containerd", "runc", "ctr", "docker-registry", "skopeo", "ip", "nsenter", "iptables"];
-    if !oak_e2e::require_root_and_tools(&tools)? {
-        bail!("the overlay benchmark needs root and {}", tools.join(", "));
+    let needs: Vec<_> = std::iter::once(oak_e2e::Need::Root).chain(tools.map(oak_e2e::Need::Tool)).collect();
+    let missing = oak_e2e::missing(&needs);
+    if !missing.is_empty() {
+        bail!("the overlay benchmark cannot run: {}", missing.join("; "));
     }
     let oakestra = std::fs::canonicalize(&args.oakestra)
         .with_context(|| format!("the oakestra binary {}", args.oakestra.display()))?;

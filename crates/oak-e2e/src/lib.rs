@@ -25,7 +25,7 @@ pub use netns::{Host, Lab};
 pub use procs::{wait_until, Workdir};
 pub use registry::Registry;
 
-pub use oak_testenv::{can_run, debian_package, which, Need};
+pub use oak_testenv::{can_run, debian_package, missing, which, Need};
 
 /// `tool`'s path, or an error naming the Debian package to install.
 pub fn require_tool(tool: &str) -> Result<PathBuf> {
