@@ -10,7 +10,6 @@ mod constraints;
 mod json;
 mod microservice;
 mod names;
-mod ports;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +25,7 @@ use names::{check_name, NameRule};
 
 pub use microservice::validate_microservice;
 pub use names::{job_name, stored_virtualization};
-pub use ports::{parse_port_mappings, PortMapping, Protocol};
+pub use crate::ports::{parse_port_mappings, PortMapping, Protocol};
 
 /// What a descriptor is submitted for; the two forms differ in which application fields matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
