@@ -36,6 +36,8 @@ pub struct RootConfig {
     /// Password for the `Admin` user created at first start; `None` means the default `Admin`.
     pub admin_password: Option<String>,
     pub fleet: fleet::FleetConfig,
+    /// Roles besides `Admin` that may ask for privileged containers and reserved host ports.
+    pub privileged_roles: Vec<String>,
 }
 
 pub struct Root {
@@ -51,6 +53,10 @@ impl Root {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let store = SqliteStore::open(&dir.join("root.db"))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
+        let unknown = oak_core::authz::unknown_roles(&config.privileged_roles);
+        if !unknown.is_empty() {
+            anyhow::bail!("privileged roles {unknown:?} are not roles ({})", oak_api::status::role::ALL.join(", "));
+        }
         let key = bootstrap::signing_key(dir)?;
         bootstrap::ensure_admin(&store, config.admin_password.as_deref())?;
         cluster_tokens::ensure_first(&store, dir)?;
@@ -62,6 +68,10 @@ impl Root {
             store,
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
             limiter: Arc::new(auth::limiter::LoginLimiter::default()),
+            policy: Arc::new(oak_core::descriptor_policy::Policy::new(
+                config.privileged_roles.clone(),
+                &[config.api_addr.port(), config.channel_addr.port()],
+            )),
         };
         Ok(Root { config, state })
     }

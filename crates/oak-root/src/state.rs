@@ -14,4 +14,6 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub limiter: Arc<LoginLimiter>,
     pub fleet: Arc<Fleet>,
+    /// Who may ask for privileged containers and reserved host ports.
+    pub policy: Arc<oak_core::descriptor_policy::Policy>,
 }

@@ -25,6 +25,10 @@ pub struct RootArgs {
     /// Password of the `Admin` user created at first start (default `Admin`, with a warning).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// Roles besides Admin that may submit privileged containers and host ports below 1024 or of
+    /// the orchestrator (comma-separated, e.g. `Organization_Admin,Application_Provider`).
+    #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
+    pub privileged_roles: Vec<String>,
 }
 
 impl RootArgs {
@@ -35,6 +39,7 @@ impl RootArgs {
             data_dir: self.data_dir.clone(),
             admin_password: self.admin_password.clone(),
             fleet: Default::default(),
+            privileged_roles: self.privileged_roles.clone(),
         }
     }
 }
