@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use oak_api::channel::{ClusterMsg, ClusterResources, DeployInstance, InstanceRef, InstanceReport};
 use oak_api::net::{RouteTable, TableQuery};
 use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
-use oak_api::status;
 use oak_api::sla::Microservice;
+use oak_api::status;
 use oak_core::node_placement::{aggregate, choose_node, Demand, NodeView};
 use oak_core::ports::{host_ports, HostPort};
 use oak_core::stats::Samples;
@@ -358,10 +358,7 @@ impl ClusterState {
     }
 
     fn views(&self, now: Instant) -> Vec<NodeView> {
-        self.nodes
-            .values()
-            .map(|n| n.fresh_view(self.is_active(n, now)))
-            .collect()
+        self.nodes.values().map(|n| n.fresh_view(self.is_active(n, now))).collect()
     }
 
     /// Resources for the root: free amounts after what is placed.

@@ -163,7 +163,12 @@ mod tests {
             ("privileged wins over ports", provider.clone(), ms(true, "80"), Err(("403", "privileged"))),
             ("Admin may", who(&[role::ADMIN]), ms(true, "80;10000"), Ok(())),
             ("a trusted role may", who(&[role::ORGANIZATION_ADMIN]), ms(true, "22"), Ok(())),
-            ("untrusted infrastructure provider", who(&[role::INFRASTRUCTURE_PROVIDER]), ms(true, ""), Err(("403", "privileged"))),
+            (
+                "untrusted infrastructure provider",
+                who(&[role::INFRASTRUCTURE_PROVIDER]),
+                ms(true, ""),
+                Err(("403", "privileged")),
+            ),
         ];
         for (name, principal, service, want) in cases {
             let got = check_microservice(&policy, &principal, "", &service).map_err(|r| match r {
@@ -187,7 +192,10 @@ mod tests {
         let doc = sla(vec![vec![ms(false, "8080"), ms(false, "80;443")]]);
         match check_sla(&policy, &provider, &doc) {
             Err(Refusal::Invalid(e)) => {
-                assert_eq!(fields(&e), ["applications[0].microservices[1].port", "applications[0].microservices[1].port"]);
+                assert_eq!(
+                    fields(&e),
+                    ["applications[0].microservices[1].port", "applications[0].microservices[1].port"]
+                );
                 assert!(e[1].message.contains("host port 443 is below 1024"), "{}", e[1].message);
             }
             other => panic!("{other:?}"),

@@ -307,7 +307,10 @@ mod tests {
         let c = choose_cluster(&memory_less, &view).unwrap();
         r.reserve_for(&c.id, 1, (memory_less.id.clone(), 0), &memory_less.spec);
         assert_eq!(r.outstanding("id-a").memory_mb, oak_api::sla::DEFAULT_MEMORY_MB);
-        assert_eq!(choose_cluster(&memory_less, &r.applied(&enough)).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+        assert_eq!(
+            choose_cluster(&memory_less, &r.applied(&enough)).err(),
+            Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)
+        );
     }
 
     /// A burst of placements between two reports, each decision on the reported free amounts minus

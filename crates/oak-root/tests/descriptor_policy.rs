@@ -145,7 +145,20 @@ async fn reserved_host_ports_are_for_admin() {
     let api = Api::new(&[]).await;
     let alice = api.user("alice", &["Application_Provider"]).await;
     let with_port = |port: &str| sla("app", vec![ms("ok", json!({"port": "8080"})), ms("web", json!({"port": port}))]);
-    for port in ["80", "22:8022", "1023/udp", "8080:80;443", "10000", "10003", "10099", "10100", "50052", "50103", "8000", "9000"] {
+    for port in [
+        "80",
+        "22:8022",
+        "1023/udp",
+        "8080:80;443",
+        "10000",
+        "10003",
+        "10099",
+        "10100",
+        "50052",
+        "50103",
+        "8000",
+        "9000",
+    ] {
         let r = api.call(Method::POST, "/api/application", &alice, Some(with_port(port))).await;
         refused(r, StatusCode::UNPROCESSABLE_ENTITY, "applications[0].microservices[1].port");
     }
@@ -154,7 +167,9 @@ async fn reserved_host_ports_are_for_admin() {
     let r = api.call(Method::POST, "/api/application", &alice, Some(with_port("1024:80;8081:22"))).await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.1);
     let service_id = r.1[0]["microservices"][1].as_str().unwrap().to_string();
-    let r = api.call(Method::PUT, &format!("/api/service/{service_id}"), &alice, Some(ms("web", json!({"port": "22"})))).await;
+    let r = api
+        .call(Method::PUT, &format!("/api/service/{service_id}"), &alice, Some(ms("web", json!({"port": "22"}))))
+        .await;
     refused(r, StatusCode::UNPROCESSABLE_ENTITY, "port");
 
     let admins = sla("adm", vec![ms("web", json!({"port": "80;10000"}))]);
@@ -167,7 +182,14 @@ async fn reserved_host_ports_are_for_admin() {
 async fn ports_the_worker_would_refuse_are_refused_for_everyone() {
     let api = Api::new(&[]).await;
     for port in ["0", "80;80", "50103/udp"] {
-        let r = api.call(Method::POST, "/api/application", &api.admin, Some(sla("app", vec![ms("web", json!({"port": port}))]))).await;
+        let r = api
+            .call(
+                Method::POST,
+                "/api/application",
+                &api.admin,
+                Some(sla("app", vec![ms("web", json!({"port": port}))])),
+            )
+            .await;
         refused(r, StatusCode::UNPROCESSABLE_ENTITY, "applications[0].microservices[0].port");
     }
 }

@@ -88,6 +88,8 @@ async fn root_two_clusters_four_workers() {
     // clientsrvr, the nginx service restricted to cluster c2.
     let mut sla: Value = serde_json::from_str(CLIENTSRVR).unwrap();
     sla["applications"][0]["microservices"][1]["constraints"] = json!([{"type": "clusters", "allowed": ["c2"]}]);
+    // Three instances share two workers, then one: a host port would hold each worker for one.
+    sla["applications"][0]["microservices"][1]["port"] = json!("");
     let apps = client.create_application(&sla).await.unwrap();
     let services = client.list_app_services(&apps[0].id).await.unwrap();
     let nginx = services.iter().find(|s| s.service_name == "nginx").unwrap().id.clone();

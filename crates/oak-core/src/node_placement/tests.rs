@@ -330,10 +330,8 @@ fn view_from_node_info() {
     assert_eq!(v.csi_drivers, vec!["csi.a".to_string(), "csi.b".to_string()]);
     assert_eq!((v.cpu_percent, v.memory_percent), (12.5, 25.0));
     assert!(v.host_ports.is_empty(), "no overlay, no tunnel port");
-    let overlay = NodeInfo {
-        overlay: Some(oak_api::net::OverlayInfo { tunnel_port: 40000, ..Default::default() }),
-        ..info
-    };
+    let overlay =
+        NodeInfo { overlay: Some(oak_api::net::OverlayInfo { tunnel_port: 40000, ..Default::default() }), ..info };
     let v = NodeView::from_info(&overlay, true, []);
     assert_eq!(v.host_ports, [HostPort { port: 40000, protocol: Protocol::Udp }].into());
 }
@@ -442,7 +440,10 @@ fn thousand_placements_never_over_commit() {
         assert!(used.gpus <= n.gpus, "node {i} gpus {} > {}", used.gpus, n.gpus);
     }
     // Demand beyond what is left is refused with the capacity status.
-    assert_eq!(choose_node(&job(1, 100_000, 0), CLUSTER, &views).map_err(|e| e.status), Err(status::NO_WORKER_CAPACITY));
+    assert_eq!(
+        choose_node(&job(1, 100_000, 0), CLUSTER, &views).map_err(|e| e.status),
+        Err(status::NO_WORKER_CAPACITY)
+    );
 }
 
 /// One decision over 1,000 mixed nodes picks the best fit (its speed is measured by the `hollow`
@@ -480,15 +481,28 @@ fn host_port_table() {
     type Case = (&'static str, Microservice, Vec<NodeView>, Result<&'static str, (&'static str, &'static str)>);
     let cases: Vec<Case> = vec![
         ("port free everywhere: best node", mapping("8080"), vec![big.clone(), small.clone()], Ok("big")),
-        ("port taken on the best node", mapping("8080"), vec![ports(big.clone(), &[(8080, Tcp)]), small.clone()], Ok("small")),
-        ("same number, other protocol", mapping("8080"), vec![ports(big.clone(), &[(8080, Udp)]), small.clone()], Ok("big")),
+        (
+            "port taken on the best node",
+            mapping("8080"),
+            vec![ports(big.clone(), &[(8080, Tcp)]), small.clone()],
+            Ok("small"),
+        ),
+        (
+            "same number, other protocol",
+            mapping("8080"),
+            vec![ports(big.clone(), &[(8080, Udp)]), small.clone()],
+            Ok("big"),
+        ),
         ("other port taken", mapping("8080"), vec![ports(big.clone(), &[(8081, Tcp)])], Ok("big")),
         ("no ports mapped", job(1, 100, 0), vec![ports(big.clone(), &[(8080, Tcp)])], Ok("big")),
         (
             "taken on every node",
             mapping("8080:80"),
             vec![ports(big.clone(), &[(8080, Tcp)]), ports(small.clone(), &[(8080, Tcp)])],
-            Err((status::NO_WORKER_CAPACITY, "host port 8080/tcp is taken on every qualified worker with the requested free resources")),
+            Err((
+                status::NO_WORKER_CAPACITY,
+                "host port 8080/tcp is taken on every qualified worker with the requested free resources",
+            )),
         ),
         (
             "one of two mapped ports taken",

@@ -23,9 +23,9 @@ use addresses::requested_rr_ips;
 use json::{index, join, push, show_str, Fields, Need};
 use names::{check_name, NameRule};
 
+pub use crate::ports::{parse_port_mappings, PortMapping, Protocol};
 pub use microservice::validate_microservice;
 pub use names::{job_name, stored_virtualization};
-pub use crate::ports::{parse_port_mappings, PortMapping, Protocol};
 
 /// What a descriptor is submitted for; the two forms differ in which application fields matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

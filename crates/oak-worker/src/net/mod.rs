@@ -496,7 +496,10 @@ mod tests {
     #[test]
     fn port_mappings_refuse_the_tunnel_port() {
         let ok = port_mappings("8080:80;53/udp", 50103).unwrap();
-        assert_eq!(ok.iter().map(|m| (m.host, m.container, m.udp)).collect::<Vec<_>>(), [(8080, 80, false), (53, 53, true)]);
+        assert_eq!(
+            ok.iter().map(|m| (m.host, m.container, m.udp)).collect::<Vec<_>>(),
+            [(8080, 80, false), (53, 53, true)]
+        );
         assert!(port_mappings("40000/udp", 50103).is_ok());
         let tunnel = port_mappings("40000/udp", 40000).unwrap_err();
         assert!(tunnel.contains("host port 40000/udp is this worker's overlay tunnel"), "{tunnel}");
