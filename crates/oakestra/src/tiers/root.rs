@@ -61,3 +61,26 @@ pub fn run(args: RootArgs) -> ExitCode {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::RootArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RootArgs,
+    }
+
+    #[test]
+    fn privileged_roles_are_a_comma_separated_list() {
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["oakestra"].iter().chain(extra)).unwrap().args.config().privileged_roles
+        };
+        assert!(parse(&[]).is_empty(), "only Admin unless told otherwise");
+        let roles = parse(&["--privileged-roles", "Organization_Admin,Application_Provider"]);
+        assert_eq!(roles, ["Organization_Admin", "Application_Provider"]);
+    }
+}
