@@ -89,7 +89,7 @@ pub struct Node {
     pub ports: BTreeMap<HostPort, u32>,
     /// The scheduler's view of the node, kept between steps (building one clones the node's
     /// names and lists, and a burst places many times per second); `None` once `record.info`
-    /// or `placed` changed.
+    /// or what is placed changed.
     view: Option<NodeView>,
 }
 
@@ -379,6 +379,12 @@ impl ClusterState {
             match self.instances.get_mut(&key) {
                 Some(inst) => {
                     if *inst.job != d.job || inst.instance_ip != d.instance_ip {
+                        // Its node holds what the new descriptor asks, not the old one.
+                        let node = inst.worker_id.as_ref().and_then(|w| self.nodes.get_mut(w));
+                        if let Some(node) = node.filter(|_| on_node(&inst.status)) {
+                            node.release(&inst.job.spec);
+                            node.hold(&d.job.spec);
+                        }
                         inst.job = Arc::new(d.job);
                         inst.instance_ip = d.instance_ip;
                         self.dirty.insert(key.clone());

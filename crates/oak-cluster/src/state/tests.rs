@@ -504,3 +504,23 @@ fn memory_less_instances_count_the_default() {
     assert!(placed_on(&deploy(&mut st, &j, 1, t)).is_empty());
     assert_eq!(status_of(&st, &j, 1), status::NO_WORKER_CAPACITY);
 }
+
+/// A descriptor updated while its instance is on a node: the node holds the new ports and
+/// demand, and frees exactly those when the instance leaves.
+#[test]
+fn an_updated_descriptor_moves_what_its_node_holds() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let old = mapping("web", "8080");
+    deploy(&mut st, &old, 0, t);
+    let mut new = old.clone();
+    new.spec.port = "9090".into();
+    new.spec.memory = 300;
+    st.deploy(vec![DeployInstance { instance_number: 0, job: new.clone(), instance_ip: None }], false, t);
+    let held: Vec<String> = st.nodes["a"].ports.keys().map(|p| p.to_string()).collect();
+    assert_eq!((held, st.nodes["a"].placed.memory_mb), (vec!["9090/tcp".to_string()], 300));
+    assert_eq!(placed_on(&deploy(&mut st, &mapping("other", "8080"), 0, t)), ["a"], "8080 is free again");
+    st.undeploy(&[InstanceRef { job_id: new.id.clone(), instance_number: 0 }]);
+    let held: Vec<String> = st.nodes["a"].ports.keys().map(|p| p.to_string()).collect();
+    assert_eq!((held, st.nodes["a"].placed.memory_mb), (vec!["8080/tcp".to_string()], 100));
+}
