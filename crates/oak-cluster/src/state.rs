@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use oak_api::channel::{ClusterMsg, ClusterResources, DeployInstance, InstanceRef, InstanceReport};
 use oak_api::net::{RouteTable, TableQuery};
 use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
+use oak_api::sla::Microservice;
 use oak_api::status;
-use oak_core::node_placement::{aggregate, choose_node, explain, Demand, NodeView};
+use oak_core::node_placement::{aggregate, choose_node, Demand, NodeView};
+use oak_core::ports::{host_ports, HostPort};
 use oak_core::stats::Samples;
 
 use crate::routes::Routes;
@@ -82,15 +84,48 @@ pub struct Node {
     pub last_heard: Instant,
     /// Sum of what the instances placed here requested.
     pub placed: Demand,
+    /// Host ports the instances placed here map, each with the number of instances mapping it
+    /// (more than one only for instances placed before ports were counted).
+    pub ports: BTreeMap<HostPort, u32>,
     /// The scheduler's view of the node, kept between steps (building one clones the node's
     /// names and lists, and a burst places many times per second); `None` once `record.info`
-    /// or `placed` changed.
+    /// or what is placed changed.
     view: Option<NodeView>,
 }
 
 impl Node {
     fn new(record: NodeRecord, now: Instant) -> Self {
-        Node { record, last_seen: None, last_heard: now, placed: Demand::default(), view: None }
+        Node { record, last_seen: None, last_heard: now, placed: Demand::default(), ports: BTreeMap::new(), view: None }
+    }
+
+    /// An instance of `job` was placed here: it holds its demand and host ports.
+    fn hold(&mut self, job: &Microservice) {
+        self.placed = self.placed.plus(Demand::of(job));
+        for port in host_ports(&job.port) {
+            *self.ports.entry(port).or_default() += 1;
+        }
+        self.view = None;
+    }
+
+    /// An instance of `job` left: what it held is free again.
+    fn release(&mut self, job: &Microservice) {
+        self.placed = self.placed.minus(Demand::of(job));
+        for port in host_ports(&job.port) {
+            if let Some(n) = self.ports.get_mut(&port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports.remove(&port);
+                }
+            }
+        }
+        self.view = None;
+    }
+
+    /// The scheduler's view of the node: free resources and taken host ports.
+    fn fresh_view(&self, active: bool) -> NodeView {
+        let mut view = NodeView::from_info(&self.record.info, active, std::iter::once(self.placed));
+        view.host_ports.extend(self.ports.keys().copied());
+        view
     }
 }
 
@@ -231,8 +266,7 @@ impl ClusterState {
             inst.namespace_ip = r.namespace_ip;
             if on_node(&inst.status) {
                 if let Some(node) = inst.worker_id.as_ref().and_then(|w| st.nodes.get_mut(w)) {
-                    node.placed = node.placed.plus(Demand::of(&inst.job.spec));
-                    node.view = None;
+                    node.hold(&inst.job.spec);
                 }
             }
             st.instances.insert(key, inst);
@@ -324,10 +358,7 @@ impl ClusterState {
     }
 
     fn views(&self, now: Instant) -> Vec<NodeView> {
-        self.nodes
-            .values()
-            .map(|n| NodeView::from_info(&n.record.info, self.is_active(n, now), std::iter::once(n.placed)))
-            .collect()
+        self.nodes.values().map(|n| n.fresh_view(self.is_active(n, now))).collect()
     }
 
     /// Resources for the root: free amounts after what is placed.
@@ -348,6 +379,12 @@ impl ClusterState {
             match self.instances.get_mut(&key) {
                 Some(inst) => {
                     if *inst.job != d.job || inst.instance_ip != d.instance_ip {
+                        // Its node holds what the new descriptor asks, not the old one.
+                        let node = inst.worker_id.as_ref().and_then(|w| self.nodes.get_mut(w));
+                        if let Some(node) = node.filter(|_| on_node(&inst.status)) {
+                            node.release(&inst.job.spec);
+                            node.hold(&d.job.spec);
+                        }
                         inst.job = Arc::new(d.job);
                         inst.instance_ip = d.instance_ip;
                         self.dirty.insert(key.clone());
@@ -405,8 +442,7 @@ impl ClusterState {
         let was_on_node = on_node(&inst.status);
         if let Some(node) = self.nodes.get_mut(&node_id) {
             if was_on_node {
-                node.placed = minus(node.placed, Demand::of(&inst.job.spec));
-                node.view = None;
+                node.release(&inst.job.spec);
             }
         }
         Some(Effect::Delete {
@@ -444,10 +480,7 @@ impl ClusterState {
             .nodes
             .values_mut()
             .map(|n| {
-                let mut view = n
-                    .view
-                    .take()
-                    .unwrap_or_else(|| NodeView::from_info(&n.record.info, false, std::iter::once(n.placed)));
+                let mut view = n.view.take().unwrap_or_else(|| n.fresh_view(false));
                 view.active = n.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
                 view
             })
@@ -467,8 +500,9 @@ impl ClusterState {
                     view.free_vcpus = (view.free_vcpus - demand.vcpus).max(0.0);
                     view.free_memory_mb = view.free_memory_mb.saturating_sub(demand.memory_mb);
                     view.free_gpus = view.free_gpus.saturating_sub(demand.gpus);
+                    view.host_ports.extend(host_ports(&job.spec.port));
                     let node = self.nodes.get_mut(&view.id).expect("views come from nodes");
-                    node.placed = node.placed.plus(demand);
+                    node.hold(&job.spec);
                     touched[i] = true;
                     inst.status = status::NODE_SCHEDULED.into();
                     inst.detail = format!("sent to worker {}", node.record.info.host);
@@ -486,12 +520,13 @@ impl ClusterState {
                         }),
                     });
                 }
-                Err(negative) => {
+                Err(unplaced) => {
                     inst.attempts = inst.attempts.saturating_add(1);
                     inst.next_try = now + backoff(inst.attempts, self.timing.retry_max);
-                    if inst.status != negative {
-                        inst.status = negative.into();
-                        inst.detail = explain(negative).into();
+                    let detail = unplaced.detail();
+                    if inst.status != unplaced.status || inst.detail != detail {
+                        inst.status = unplaced.status.into();
+                        inst.detail = detail;
                         inst.since = now;
                     } else {
                         continue;
@@ -858,14 +893,6 @@ fn stale_delete(node: &str, job_name: &str, instance: u32, reported: &str) -> Ve
         node: node.into(),
         cmd: DeleteCommand { job_name: job_name.into(), virtualization: String::new(), instance_number: instance },
     }]
-}
-
-fn minus(a: Demand, b: Demand) -> Demand {
-    Demand {
-        vcpus: (a.vcpus - b.vcpus).max(0.0),
-        memory_mb: a.memory_mb.saturating_sub(b.memory_mb),
-        gpus: a.gpus.saturating_sub(b.gpus),
-    }
 }
 
 /// 1 s, 2 s, 4 s … up to `max`.

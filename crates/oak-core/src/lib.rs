@@ -5,12 +5,16 @@
 
 pub mod addresses;
 pub mod authz;
+/// Who may ask for privileged containers and reserved host ports.
+pub mod descriptor_policy;
 pub mod jobs;
 /// The cluster tier's scheduler and resource report: which worker runs an instance, a node's
 /// free capacity after its placed instances, and the totals a cluster sends the root. Pure so
 /// both the cluster and the tests run exactly the same rules.
 pub mod node_placement;
 pub mod placement;
+/// The `port` grammar, shared by the root's validation, the cluster's scheduler and the worker.
+pub mod ports;
 /// Capacity the root promised to clusters since their last report, so a burst of root placements
 /// cannot over-commit a cluster between two reports.
 pub mod reservations;

@@ -19,9 +19,12 @@
 //! the original's current scheduler ignores too) do not restrict nodes.
 //!
 //! A qualified node *fits* when its free vCPUs, free memory and free GPUs each cover the job's
-//! `vcpus`, `memory` and `vgpus`. "Free" means capacity minus what instances already placed on
-//! the node requested ([`free_resources`]), so a burst of placements never over-commits a node,
-//! unlike the original, which compared against raw core counts and momentary free memory.
+//! `vcpus`, `memory` (or [`oak_api::sla::DEFAULT_MEMORY_MB`] without one) and `vgpus`, and none
+//! of the host ports its `port` field maps is taken on the node ([`NodeView::host_ports`]: by an
+//! instance placed there, or the node's tunnel). "Free" means capacity minus what instances
+//! already placed on the node requested ([`free_resources`]), so a burst of placements never
+//! over-commits a node, unlike the original, which compared against raw core counts and momentary
+//! free memory.
 //!
 //! # Which fitting node wins
 //!
@@ -34,7 +37,8 @@
 //! - no active node at all: [`status::NO_WORKER_CAPACITY`];
 //! - active nodes, but none qualifies: [`status::NO_QUALIFIED_WORKER_FOUND`] (retrying will not
 //!   help until the constraints or the nodes change);
-//! - some qualify, but none has the free resources: [`status::NO_WORKER_CAPACITY`].
+//! - some qualify, but none has the free resources and free host ports:
+//!   [`status::NO_WORKER_CAPACITY`], with the taken ports in [`Unplaced::ports_taken`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,6 +47,8 @@ use oak_api::node::NodeInfo;
 use oak_api::sla::Microservice;
 use oak_api::status;
 use serde_json::Value;
+
+use crate::ports::{host_ports, HostPort, Protocol};
 
 /// What one instance asks of a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,9 +59,10 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// The resources one instance of `job` requests.
+    /// The resources one instance of `job` requests; memory is what the worker limits it to
+    /// ([`Microservice::memory_mb`]), so a descriptor without `memory` still counts.
     pub fn of(job: &Microservice) -> Self {
-        Demand { vcpus: job.vcpus as f64, memory_mb: job.memory, gpus: job.vgpus }
+        Demand { vcpus: job.vcpus as f64, memory_mb: job.memory_mb(), gpus: job.vgpus }
     }
 
     /// Both demands together (memory and GPUs saturate instead of overflowing).
@@ -135,6 +142,8 @@ pub struct NodeView {
     pub cpu_percent: f64,
     /// Memory utilisation of the whole node, 0–100.
     pub memory_percent: f64,
+    /// Host ports taken on the node: by the instances placed there, and its tunnel's UDP port.
+    pub host_ports: BTreeSet<HostPort>,
 }
 
 impl NodeView {
@@ -158,7 +167,17 @@ impl NodeView {
             free_gpus: free.gpus,
             cpu_percent: info.cpu_percent,
             memory_percent: info.memory_percent,
+            host_ports: info
+                .overlay
+                .iter()
+                .map(|o| HostPort { port: o.tunnel_port, protocol: Protocol::Udp })
+                .collect(),
         }
+    }
+
+    /// The first of `wanted` already taken on this node.
+    fn taken(&self, wanted: &[HostPort]) -> Option<HostPort> {
+        wanted.iter().copied().find(|p| self.host_ports.contains(p))
     }
 
     fn fits(&self, d: Demand) -> bool {
@@ -228,14 +247,43 @@ impl<'a> NodeRules<'a> {
     }
 }
 
+/// Why no node takes an instance: one of the original's negative statuses, and the host ports
+/// that were taken on every qualified node with the free resources (if that is what stopped it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub status: &'static str,
+    pub ports_taken: BTreeSet<HostPort>,
+}
+
+impl Unplaced {
+    fn of(status: &'static str) -> Self {
+        Unplaced { status, ports_taken: BTreeSet::new() }
+    }
+
+    /// A sentence for the instance's `status_detail`.
+    pub fn detail(&self) -> String {
+        let ports: Vec<String> = self.ports_taken.iter().map(HostPort::to_string).collect();
+        match ports.as_slice() {
+            [] => explain(self.status).to_string(),
+            [one] => format!("host port {one} is taken on every qualified worker with the requested free resources"),
+            many => format!(
+                "host ports {} are taken on the qualified workers with the requested free resources",
+                many.join(", ")
+            ),
+        }
+    }
+}
+
 /// Picks the node (its index in `nodes`) for one instance of `job` on the cluster named
 /// `cluster_name`, or the negative status saying why none can take it. See the module
 /// documentation for the rules.
-pub fn choose_node(job: &Microservice, cluster_name: &str, nodes: &[NodeView]) -> Result<usize, &'static str> {
+pub fn choose_node(job: &Microservice, cluster_name: &str, nodes: &[NodeView]) -> Result<usize, Unplaced> {
     let rules = NodeRules::new(job, cluster_name);
     let demand = Demand::of(job);
+    let wanted = host_ports(&job.port);
     let mut any_active = false;
     let mut any_qualified = false;
+    let mut ports_taken = BTreeSet::new();
     let mut best: Option<usize> = None;
     for (i, node) in nodes.iter().enumerate() {
         if !node.active {
@@ -246,18 +294,26 @@ pub fn choose_node(job: &Microservice, cluster_name: &str, nodes: &[NodeView]) -
             continue;
         }
         any_qualified = true;
-        if node.fits(demand) && best.is_none_or(|b| node.better_than(&nodes[b])) {
+        if !node.fits(demand) {
+            continue;
+        }
+        if let Some(port) = node.taken(&wanted) {
+            ports_taken.insert(port);
+            continue;
+        }
+        if best.is_none_or(|b| node.better_than(&nodes[b])) {
             best = Some(i);
         }
     }
     match best {
         Some(i) => Ok(i),
-        None if any_active && !any_qualified => Err(status::NO_QUALIFIED_WORKER_FOUND),
-        None => Err(status::NO_WORKER_CAPACITY),
+        None if any_active && !any_qualified => Err(Unplaced::of(status::NO_QUALIFIED_WORKER_FOUND)),
+        None => Err(Unplaced { status: status::NO_WORKER_CAPACITY, ports_taken }),
     }
 }
 
-/// A sentence for the instance's `status_detail` explaining a negative status of [`choose_node`].
+/// A sentence for the instance's `status_detail` explaining a negative status of [`choose_node`]
+/// (see [`Unplaced::detail`] for one that names taken host ports).
 pub fn explain(negative: &str) -> &'static str {
     match negative {
         status::NO_QUALIFIED_WORKER_FOUND => {

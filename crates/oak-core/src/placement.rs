@@ -1,7 +1,8 @@
 //! The root scheduler's decision: which cluster gets a new instance (spec §6, defects fixed).
 //!
 //! Only clusters that are active now are candidates. A cluster fits when it runs the service's
-//! virtualization, has the free vCPUs, memory and GPUs asked for (`Cluster::vcpus`, `memory` and
+//! virtualization, has the free vCPUs, memory (`memory`, or [`oak_api::sla::DEFAULT_MEMORY_MB`]
+//! without one) and GPUs asked for (`Cluster::vcpus`, `memory` and
 //! `vgpus` are *free* amounts: what the cluster's workers have left after the instances placed on
 //! them), and satisfies the `direct` (cluster), `clusters` and `addons` constraints. When the
 //! service lists architectures (`arch`, non-empty), the cluster must also have, in its
@@ -56,6 +57,8 @@ pub fn explain(negative: &str) -> &'static str {
 
 fn fits(service: &Service, c: &Cluster) -> bool {
     let spec = &service.spec;
+    // What the worker limits the instance to, also when the descriptor has no `memory`.
+    let memory = spec.memory_mb();
     let allowed = spec
         .constraints
         .iter()
@@ -70,7 +73,7 @@ fn fits(service: &Service, c: &Cluster) -> bool {
         None | Some([]) => true,
         Some(archs) => archs.iter().any(|a| {
             c.aggregation_per_architecture.get(a).is_some_and(|t| {
-                t.free_vcpus >= spec.vcpus as f64 && t.free_memory_mb >= spec.memory && t.free_gpus >= spec.vgpus
+                t.free_vcpus >= spec.vcpus as f64 && t.free_memory_mb >= memory && t.free_gpus >= spec.vgpus
             })
         }),
     };
@@ -79,7 +82,7 @@ fn fits(service: &Service, c: &Cluster) -> bool {
         && arch
         && c.virtualization.contains(&spec.virtualization)
         && c.vcpus >= spec.vcpus as f64
-        && c.memory >= spec.memory
+        && c.memory >= memory
         && c.vgpus >= spec.vgpus
 }
 
@@ -283,6 +286,31 @@ mod tests {
         let mut g = with_arch(cluster("g", true, 4.0, 4000), "amd64", 4.0, 4000, 0);
         g.vgpus = 1;
         assert_eq!(choose_cluster(&gpu, std::slice::from_ref(&g)).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+    }
+
+    /// A descriptor without `memory` needs the default free, on the cluster and per architecture;
+    /// its reservation holds the default too.
+    #[test]
+    fn memory_less_service_counts_the_default() {
+        let memory_less = service(1, 0, vec![]);
+        let tight = [cluster("a", true, 4.0, 255)];
+        assert_eq!(choose_cluster(&memory_less, &tight).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+        let enough = [cluster("a", true, 4.0, 300)];
+        assert_eq!(choose_cluster(&memory_less, &enough).unwrap().cluster_name, "a");
+        let arch = arch_service(1, 0, &["arm64"], vec![]);
+        let arm = [with_arch(cluster("a", true, 4.0, 4000), "arm64", 4.0, 200, 0)];
+        assert_eq!(choose_cluster(&arch, &arm).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+
+        // 300 MB free takes one memory-less instance, not two.
+        let mut r = Reservations::new();
+        let view = r.applied(&enough);
+        let c = choose_cluster(&memory_less, &view).unwrap();
+        r.reserve_for(&c.id, 1, (memory_less.id.clone(), 0), &memory_less.spec);
+        assert_eq!(r.outstanding("id-a").memory_mb, oak_api::sla::DEFAULT_MEMORY_MB);
+        assert_eq!(
+            choose_cluster(&memory_less, &r.applied(&enough)).err(),
+            Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)
+        );
     }
 
     /// A burst of placements between two reports, each decision on the reported free amounts minus

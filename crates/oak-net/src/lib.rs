@@ -12,7 +12,6 @@ pub mod flows;
 pub mod fragments;
 pub mod gso;
 pub mod packet;
-pub mod ports;
 pub mod probe;
 pub mod proxy;
 pub mod queue;
@@ -27,7 +26,6 @@ mod testutil;
 
 pub use config::{ProxyConfig, QueueLimits, Timeouts};
 pub use packet::{PacketError, Protocol};
-pub use ports::{parse_port_mappings, PortError, PortMapping, Proto, DEFAULT_TUNNEL_PORT};
 pub use probe::{classify, Datagram, Probe, ProbeKind};
 pub use proxy::{Expired, Inbound, Outbound, Proxy, TableError, TableReport};
 pub use routes::Target;

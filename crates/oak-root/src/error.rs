@@ -12,6 +12,8 @@ pub enum ApiError {
     BadRequest(String),
     Unauthorized(String),
     Forbidden(String),
+    /// 403 naming the fields the caller may not set (e.g. `privileged`).
+    ForbiddenFields(Vec<FieldError>),
     NotFound(String),
     Conflict(String),
     /// 422 with every field error at once.
@@ -48,7 +50,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForbiddenFields(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -84,7 +86,7 @@ impl IntoResponse for ApiError {
         let code = self.status();
         let mut retry = None;
         let body = match self {
-            ApiError::Invalid(errors) => {
+            ApiError::Invalid(errors) | ApiError::ForbiddenFields(errors) => {
                 let message = match errors.as_slice() {
                     [one] => one.to_string(),
                     many => format!("{} errors in the request: {}", many.len(), join(many)),

@@ -37,6 +37,8 @@ pub struct RootConfig {
     /// while `api_addr` is loopback, else a generated one in `<data_dir>/admin-password`.
     pub admin_password: Option<String>,
     pub fleet: fleet::FleetConfig,
+    /// Roles besides `Admin` that may ask for privileged containers and reserved host ports.
+    pub privileged_roles: Vec<String>,
 }
 
 pub struct Root {
@@ -53,6 +55,10 @@ impl Root {
         let store = SqliteStore::open(&dir.join(bootstrap::DATABASE_FILE))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         bootstrap::secure_data_dir(dir)?;
+        let unknown = oak_core::authz::unknown_roles(&config.privileged_roles);
+        if !unknown.is_empty() {
+            anyhow::bail!("privileged roles {unknown:?} are not roles ({})", oak_api::status::role::ALL.join(", "));
+        }
         let key = bootstrap::signing_key(dir)?;
         let loopback = config.api_addr.ip().is_loopback();
         bootstrap::ensure_admin(&store, config.admin_password.as_deref(), dir, loopback)?;
@@ -66,6 +72,10 @@ impl Root {
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
             limiter: Arc::new(auth::limiter::LoginLimiter::default()),
             passwords: Arc::new(auth::passwords::PasswordWork::for_this_machine()),
+            policy: Arc::new(oak_core::descriptor_policy::Policy::new(
+                config.privileged_roles.clone(),
+                &[config.api_addr.port(), config.channel_addr.port()],
+            )),
         };
         Ok(Root { config, state })
     }

@@ -17,4 +17,6 @@ pub struct AppState {
     /// The bounded pool every argon2 hash and verification of a request runs in.
     pub passwords: Arc<PasswordWork>,
     pub fleet: Arc<Fleet>,
+    /// Who may ask for privileged containers and reserved host ports.
+    pub policy: Arc<oak_core::descriptor_policy::Policy>,
 }

@@ -22,6 +22,7 @@ async fn open(dir: &Path, api_addr: &str, admin_password: Option<&str>) -> Root 
         data_dir: dir.to_path_buf(),
         admin_password: admin_password.map(str::to_string),
         fleet: Default::default(),
+        privileged_roles: Vec::new(),
     })
     .await
     .unwrap()

@@ -70,6 +70,7 @@ async fn open(dir: &std::path::Path) -> Root {
         data_dir: dir.to_path_buf(),
         admin_password: None,
         fleet: Default::default(),
+        privileged_roles: Vec::new(),
     })
     .await
     .unwrap()
@@ -81,6 +82,8 @@ fn sla(name: &str) -> Value {
     // round-robin IPs must be unique across the system
     v["applications"][0]["microservices"][1]["addresses"]["rr_ip"] = Value::Null;
     v["applications"][0]["microservices"][1].as_object_mut().unwrap().remove("addresses");
+    // host ports below 1024 are for Admin only, and non-Admins use this too
+    v["applications"][0]["microservices"][1]["port"] = json!("8080:80/tcp");
     v
 }
 

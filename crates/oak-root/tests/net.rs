@@ -35,6 +35,7 @@ async fn start(dir: &std::path::Path) -> TestRoot {
         data_dir: dir.to_path_buf(),
         admin_password: None,
         fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(100), ..Default::default() },
+        privileged_roles: Vec::new(),
     })
     .await
     .unwrap();

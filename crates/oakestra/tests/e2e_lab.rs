@@ -142,8 +142,6 @@ struct OverlayState {
     client_job: String,
     server: String,
     server_job: String,
-    /// Server instance number → worker name.
-    placed: BTreeMap<u64, String>,
 }
 
 struct Topology {

@@ -88,6 +88,8 @@ async fn root_two_clusters_four_workers() {
     // clientsrvr, the nginx service restricted to cluster c2.
     let mut sla: Value = serde_json::from_str(CLIENTSRVR).unwrap();
     sla["applications"][0]["microservices"][1]["constraints"] = json!([{"type": "clusters", "allowed": ["c2"]}]);
+    // Three instances share two workers, then one: a host port would hold each worker for one.
+    sla["applications"][0]["microservices"][1]["port"] = json!("");
     let apps = client.create_application(&sla).await.unwrap();
     let services = client.list_app_services(&apps[0].id).await.unwrap();
     let nginx = services.iter().find(|s| s.service_name == "nginx").unwrap().id.clone();
@@ -246,7 +248,10 @@ async fn overlay_routes_reach_workers_over_mqtt() {
     let node = register(&c1, &node.id, &node.mqtt_password).await;
     assert_eq!(node.subnet, "10.18.0.0/26");
 
-    let apps = client.create_application(&serde_json::from_str::<Value>(CLIENTSRVR).unwrap()).await.unwrap();
+    let mut sla: Value = serde_json::from_str(CLIENTSRVR).unwrap();
+    // Two instances on the one worker: a host port would hold it for one.
+    sla["applications"][0]["microservices"][1]["port"] = json!("");
+    let apps = client.create_application(&sla).await.unwrap();
     let services = client.list_app_services(&apps[0].id).await.unwrap();
     let nginx = services.iter().find(|s| s.service_name == "nginx").unwrap().clone();
     client.request_instance(&nginx.id).await.unwrap();

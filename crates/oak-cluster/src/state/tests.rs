@@ -402,3 +402,125 @@ fn nodes_keep_their_subnet_and_silent_ones_are_forgotten() {
     assert_eq!(st.take_batch().forgotten, ["b"]);
     assert!(st.check_timeouts(much_later).is_empty());
 }
+
+fn mapping(name: &str, port: &str) -> JobSpec {
+    let mut j = job(name, 100);
+    j.spec.port = port.into();
+    j
+}
+
+fn detail_of(st: &ClusterState, j: &JobSpec, n: u32) -> String {
+    st.instances[&(j.id.clone(), n)].detail.clone()
+}
+
+/// Host ports are a placement resource: on a one-node cluster a second instance mapping the same
+/// host port waits (one deploy at a time, and both in one burst), and gets the node once the
+/// first one left; with two nodes they land on different nodes.
+#[test]
+fn host_port_clash_one_node() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 8000)], t);
+    let web = mapping("web", "8080:80");
+    let api = mapping("api", "8080:81;9090/udp");
+    assert_eq!(placed_on(&deploy(&mut st, &web, 0, t)), ["a"]);
+    assert!(placed_on(&deploy(&mut st, &api, 0, t)).is_empty());
+    assert_eq!(status_of(&st, &api, 0), status::NO_WORKER_CAPACITY);
+    assert_eq!(
+        detail_of(&st, &api, 0),
+        "host port 8080/tcp is taken on every qualified worker with the requested free resources"
+    );
+    assert!(placed_on(&deploy(&mut st, &web, 1, t)).is_empty(), "another instance of the same service");
+    // Another protocol, or another port, is free.
+    assert_eq!(placed_on(&deploy(&mut st, &mapping("dns", "8080/udp"), 0, t)), ["a"]);
+    // The first one leaves: one waiting instance gets the port, the other keeps waiting.
+    st.undeploy(&[InstanceRef { job_id: web.id.clone(), instance_number: 0 }]);
+    let later = t + Duration::from_secs(5);
+    assert_eq!(placed_on(&st.schedule(later)).len(), 1);
+    let waiting = [status_of(&st, &api, 0), status_of(&st, &web, 1)];
+    assert!(waiting.contains(&status::NODE_SCHEDULED.to_string()), "{waiting:?}");
+    assert!(waiting.contains(&status::NO_WORKER_CAPACITY.to_string()), "{waiting:?}");
+
+    // Both in one scheduling pass.
+    let mut st = state(&[("a", 8000)], t);
+    let both = vec![
+        DeployInstance { instance_number: 0, job: web.clone(), instance_ip: None },
+        DeployInstance { instance_number: 0, job: api.clone(), instance_ip: None },
+    ];
+    st.deploy(both, false, t);
+    assert_eq!(placed_on(&st.schedule(t)), ["a"]);
+}
+
+#[test]
+fn host_port_clash_two_nodes() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 8000), ("b", 4000)], t);
+    let web = mapping("web", "8080");
+    let both = vec![
+        DeployInstance { instance_number: 0, job: web.clone(), instance_ip: None },
+        DeployInstance { instance_number: 1, job: web.clone(), instance_ip: None },
+    ];
+    st.deploy(both, false, t);
+    let mut nodes = placed_on(&st.schedule(t));
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"], "without the port rule both would go to a, the one with more memory");
+    // A third has nowhere to go.
+    assert!(placed_on(&deploy(&mut st, &web, 2, t)).is_empty());
+    assert_eq!(status_of(&st, &web, 2), status::NO_WORKER_CAPACITY);
+}
+
+/// Ports held by instances come back with a restarted cluster, and a node's tunnel port is taken.
+#[test]
+fn host_ports_survive_a_restart_and_the_tunnel_port_is_taken() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 8000)], t);
+    let web = mapping("web", "8080");
+    deploy(&mut st, &web, 0, t);
+    let batch = st.take_batch();
+    let mut restarted = ClusterState::new("c1".into(), Timing::default(), batch.nodes, batch.instances, t);
+    restarted.node_information("a", info("a", 8000), t);
+    assert!(placed_on(&deploy(&mut restarted, &web, 1, t)).is_empty());
+    assert_eq!(status_of(&restarted, &web, 1), status::NO_WORKER_CAPACITY);
+
+    // A worker started with `--tunnel-port 40000`.
+    let mut st = state(&[("a", 8000)], t);
+    let mut tunneled = overlay(info("a", 8000), "192.0.2.1");
+    tunneled.overlay.as_mut().unwrap().tunnel_port = 40000;
+    st.node_information("a", tunneled, t);
+    let tcp = mapping("tcp", "40000:53/tcp");
+    assert_eq!(placed_on(&deploy(&mut st, &tcp, 0, t)), ["a"], "the tunnel is UDP only");
+    let udp = mapping("udp", "40000:53/udp");
+    assert!(placed_on(&deploy(&mut st, &udp, 0, t)).is_empty(), "the worker would refuse it");
+    assert!(detail_of(&st, &udp, 0).contains("host port 40000/udp is taken"));
+}
+
+/// An instance without `memory` is counted as the worker limits it: [`DEFAULT_MEMORY_MB`].
+#[test]
+fn memory_less_instances_count_the_default() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 300)], t);
+    let j = job("web", 0);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["a"]);
+    assert_eq!(st.resources(t).totals.free_memory_mb, 300 - oak_api::sla::DEFAULT_MEMORY_MB);
+    assert!(placed_on(&deploy(&mut st, &j, 1, t)).is_empty());
+    assert_eq!(status_of(&st, &j, 1), status::NO_WORKER_CAPACITY);
+}
+
+/// A descriptor updated while its instance is on a node: the node holds the new ports and
+/// demand, and frees exactly those when the instance leaves.
+#[test]
+fn an_updated_descriptor_moves_what_its_node_holds() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let old = mapping("web", "8080");
+    deploy(&mut st, &old, 0, t);
+    let mut new = old.clone();
+    new.spec.port = "9090".into();
+    new.spec.memory = 300;
+    st.deploy(vec![DeployInstance { instance_number: 0, job: new.clone(), instance_ip: None }], false, t);
+    let held: Vec<String> = st.nodes["a"].ports.keys().map(|p| p.to_string()).collect();
+    assert_eq!((held, st.nodes["a"].placed.memory_mb), (vec!["9090/tcp".to_string()], 300));
+    assert_eq!(placed_on(&deploy(&mut st, &mapping("other", "8080"), 0, t)), ["a"], "8080 is free again");
+    st.undeploy(&[InstanceRef { job_id: new.id.clone(), instance_number: 0 }]);
+    let held: Vec<String> = st.nodes["a"].ports.keys().map(|p| p.to_string()).collect();
+    assert_eq!((held, st.nodes["a"].placed.memory_mb), (vec!["8080/tcp".to_string()], 100));
+}

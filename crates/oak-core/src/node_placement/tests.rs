@@ -250,7 +250,7 @@ fn choose_node_table() {
                 n.id.as_str()
             }
         });
-        assert_eq!(got, want, "{name}");
+        assert_eq!(got.map_err(|u| u.status), want, "{name}");
     }
 }
 
@@ -329,6 +329,11 @@ fn view_from_node_info() {
     assert_eq!((v.total_gpus, v.free_gpus), (1, 0));
     assert_eq!(v.csi_drivers, vec!["csi.a".to_string(), "csi.b".to_string()]);
     assert_eq!((v.cpu_percent, v.memory_percent), (12.5, 25.0));
+    assert!(v.host_ports.is_empty(), "no overlay, no tunnel port");
+    let overlay =
+        NodeInfo { overlay: Some(oak_api::net::OverlayInfo { tunnel_port: 40000, ..Default::default() }), ..info };
+    let v = NodeView::from_info(&overlay, true, []);
+    assert_eq!(v.host_ports, [HostPort { port: 40000, protocol: Protocol::Udp }].into());
 }
 
 fn loaded(name: &str, arch: &str, cpu: f64, mem: f64) -> NodeView {
@@ -422,7 +427,7 @@ fn thousand_placements_never_over_commit() {
     let mut placed = 0;
     for k in 0..1000u64 {
         let j = job(1 + k % 2, 128 * (1 + k % 4), u64::from(k % 5 == 0));
-        let i = choose_node(&j, CLUSTER, &views).unwrap_or_else(|e| panic!("instance {k}: {e}"));
+        let i = choose_node(&j, CLUSTER, &views).unwrap_or_else(|e| panic!("instance {k}: {e:?}"));
         nodes[i].placed.push(Demand::of(&j));
         views[i] = view(i, &nodes[i]);
         placed += 1;
@@ -435,7 +440,10 @@ fn thousand_placements_never_over_commit() {
         assert!(used.gpus <= n.gpus, "node {i} gpus {} > {}", used.gpus, n.gpus);
     }
     // Demand beyond what is left is refused with the capacity status.
-    assert_eq!(choose_node(&job(1, 100_000, 0), CLUSTER, &views), Err(status::NO_WORKER_CAPACITY));
+    assert_eq!(
+        choose_node(&job(1, 100_000, 0), CLUSTER, &views).map_err(|e| e.status),
+        Err(status::NO_WORKER_CAPACITY)
+    );
 }
 
 /// One decision over 1,000 mixed nodes picks the best fit (its speed is measured by the `hollow`
@@ -452,4 +460,118 @@ fn thousand_nodes_pick_the_best_fit() {
         with(constrained(vec![addons(&["b"]), direct(None, Some(CLUSTER))]), |j| j.arch = Some(vec!["arm64".into()]));
     let i = choose_node(&job, CLUSTER, &nodes).unwrap();
     assert_eq!(nodes[i].name, "node-0199", "4,900 MB and 7 vCPUs, lowest such name");
+}
+
+fn ports(mut n: NodeView, taken: &[(u16, Protocol)]) -> NodeView {
+    n.host_ports = taken.iter().map(|&(port, protocol)| HostPort { port, protocol }).collect();
+    n
+}
+
+fn mapping(port: &str) -> Microservice {
+    with(job(1, 100, 0), |j| j.port = port.into())
+}
+
+/// Host ports are a placement resource: a node where a port the job maps is taken is skipped,
+/// and when that leaves no node the detail names the port.
+#[test]
+fn host_port_table() {
+    use Protocol::{Tcp, Udp};
+    let big = node("big", "amd64", 8.0, 8000, 0);
+    let small = node("small", "amd64", 2.0, 1000, 0);
+    type Case = (&'static str, Microservice, Vec<NodeView>, Result<&'static str, (&'static str, &'static str)>);
+    let cases: Vec<Case> = vec![
+        ("port free everywhere: best node", mapping("8080"), vec![big.clone(), small.clone()], Ok("big")),
+        (
+            "port taken on the best node",
+            mapping("8080"),
+            vec![ports(big.clone(), &[(8080, Tcp)]), small.clone()],
+            Ok("small"),
+        ),
+        (
+            "same number, other protocol",
+            mapping("8080"),
+            vec![ports(big.clone(), &[(8080, Udp)]), small.clone()],
+            Ok("big"),
+        ),
+        ("other port taken", mapping("8080"), vec![ports(big.clone(), &[(8081, Tcp)])], Ok("big")),
+        ("no ports mapped", job(1, 100, 0), vec![ports(big.clone(), &[(8080, Tcp)])], Ok("big")),
+        (
+            "taken on every node",
+            mapping("8080:80"),
+            vec![ports(big.clone(), &[(8080, Tcp)]), ports(small.clone(), &[(8080, Tcp)])],
+            Err((
+                status::NO_WORKER_CAPACITY,
+                "host port 8080/tcp is taken on every qualified worker with the requested free resources",
+            )),
+        ),
+        (
+            "one of two mapped ports taken",
+            mapping("80;53/udp"),
+            vec![ports(big.clone(), &[(53, Udp)])],
+            Err((status::NO_WORKER_CAPACITY, "host port 53/udp is taken on every qualified worker")),
+        ),
+        (
+            "different ports taken on different nodes",
+            mapping("80;81"),
+            vec![ports(big.clone(), &[(80, Tcp)]), ports(small.clone(), &[(81, Tcp)])],
+            Err((status::NO_WORKER_CAPACITY, "host ports 80/tcp, 81/tcp are taken")),
+        ),
+        (
+            "the node's tunnel port counts",
+            mapping("40000/udp"),
+            vec![ports(big.clone(), &[(40000, Udp)])],
+            Err((status::NO_WORKER_CAPACITY, "host port 40000/udp is taken")),
+        ),
+        (
+            "a node without the resources is not blamed on the port",
+            with(mapping("8080"), |j| j.memory = 5000),
+            vec![ports(big.clone(), &[(8080, Tcp)]), small.clone()],
+            Err((status::NO_WORKER_CAPACITY, "host port 8080/tcp is taken")),
+        ),
+        (
+            "no node has the resources: the plain explanation",
+            with(mapping("8080"), |j| j.memory = 50_000),
+            vec![ports(big.clone(), &[(8080, Tcp)])],
+            Err((status::NO_WORKER_CAPACITY, "no active worker has the requested free resources")),
+        ),
+        (
+            "unqualified nodes stay unqualified",
+            with(mapping("8080"), |j| j.virtualization = "unikernel".into()),
+            vec![ports(big.clone(), &[(8080, Tcp)])],
+            Err((status::NO_QUALIFIED_WORKER_FOUND, "no active worker meets the constraints")),
+        ),
+    ];
+    for (name, job, nodes, want) in cases {
+        let got = choose_node(&job, CLUSTER, &nodes);
+        match (got, want) {
+            (Ok(i), Ok(name_want)) => assert_eq!(nodes[i].name, name_want, "{name}"),
+            (Err(u), Err((status_want, detail_want))) => {
+                assert_eq!(u.status, status_want, "{name}");
+                assert!(u.detail().contains(detail_want), "{name}: {}", u.detail());
+            }
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+/// A descriptor without `memory` asks for [`DEFAULT_MEMORY_MB`]: a node with 300 MB free takes
+/// one such instance, not two.
+#[test]
+fn memory_less_instances_count_the_default() {
+    let no_memory = job(0, 0, 0);
+    assert_eq!(Demand::of(&no_memory).memory_mb, oak_api::sla::DEFAULT_MEMORY_MB);
+    let info = NodeInfo {
+        id: "n".into(),
+        host: "n".into(),
+        vcpus: 4,
+        memory: 300,
+        memory_total: 300,
+        virtualization: vec!["docker".into()],
+        ..Default::default()
+    };
+    let empty = [NodeView::from_info(&info, true, [])];
+    assert_eq!(choose_node(&no_memory, CLUSTER, &empty), Ok(0));
+    let one_placed = [NodeView::from_info(&info, true, [Demand::of(&no_memory)])];
+    assert_eq!(one_placed[0].free_memory_mb, 300 - 256);
+    assert_eq!(choose_node(&no_memory, CLUSTER, &one_placed).map_err(|e| e.status), Err(status::NO_WORKER_CAPACITY));
 }

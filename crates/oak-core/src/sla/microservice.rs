@@ -7,7 +7,7 @@ use super::addresses::validate_addresses;
 use super::constraints::{validate_connectivity, validate_constraints};
 use super::json::{index, push, show_str, Fields, Need};
 use super::names::{check_name, NameRule};
-use super::ports::parse_port_mappings;
+use crate::ports::parse_port_mappings;
 
 /// Virtualizations with a meaning of their own; any other containerd runtime name a worker
 /// advertises (`runc`, `runsc`, ...) is accepted as well.

@@ -10,7 +10,6 @@ mod constraints;
 mod json;
 mod microservice;
 mod names;
-mod ports;
 #[cfg(test)]
 mod tests;
 
@@ -24,9 +23,9 @@ use addresses::requested_rr_ips;
 use json::{index, join, push, show_str, Fields, Need};
 use names::{check_name, NameRule};
 
+pub use crate::ports::{parse_port_mappings, PortMapping, Protocol};
 pub use microservice::validate_microservice;
 pub use names::{job_name, stored_virtualization};
-pub use ports::{parse_port_mappings, PortMapping, Protocol};
 
 /// What a descriptor is submitted for; the two forms differ in which application fields matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +67,27 @@ pub fn validate_sla(doc: &Value, purpose: Purpose) -> Result<Sla, Vec<FieldError
     decoded(serde_json::from_value(doc.clone()), "")
 }
 
+/// Where the microservice of a service update is: `""` for a bare microservice object, else in
+/// the one application of a whole SLA. Errors about its fields are named from here.
+pub fn service_update_path(doc: &Value) -> &'static str {
+    let is_sla = doc.get("applications").is_some() || doc.get("sla_version").is_some();
+    if is_sla {
+        "applications[0].microservices[0]"
+    } else {
+        ""
+    }
+}
+
 /// Accepts either a bare microservice object or a whole SLA with exactly one application holding
 /// exactly one microservice. `microserviceID` may be anything here, since the service exists.
 pub fn validate_service_update(doc: &Value) -> Result<Microservice, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let is_sla = doc.get("applications").is_some() || doc.get("sla_version").is_some();
-    if !is_sla {
+    let ms_path = service_update_path(doc);
+    if ms_path.is_empty() {
         validate_microservice(doc, "", &mut errors);
         return if errors.is_empty() { decoded(serde_json::from_value(doc.clone()), "") } else { Err(errors) };
     }
 
-    let ms_path = "applications[0].microservices[0]";
     let mut found = None;
     if let Some(apps) = validate_envelope(doc, &mut errors) {
         if apps.len() != 1 {

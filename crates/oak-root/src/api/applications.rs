@@ -116,6 +116,7 @@ pub async fn create(
 ) -> ApiResult<Json<Vec<Application>>> {
     caller.require(Action::CreateApplication, "")?;
     let sla = validate_sla(&doc, Purpose::NewApplications).map_err(ApiError::Invalid)?;
+    super::policy::check_sla(&st, &caller, &sla)?;
     let owner = caller.principal.username.as_str();
     let mut planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
     let all_services: Vec<Service> = planned.iter().flat_map(|(_, s)| s.iter().cloned()).collect();

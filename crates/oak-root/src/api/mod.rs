@@ -5,6 +5,7 @@ mod auth;
 mod clusters;
 mod logs;
 mod organizations;
+mod policy;
 mod services;
 mod users;
 

@@ -49,6 +49,7 @@ pub async fn create(
 ) -> ApiResult<Json<CreateServicesResponse>> {
     caller.require(Action::CreateApplication, "")?;
     let sla = validate_sla(&doc, Purpose::NewServices).map_err(ApiError::Invalid)?;
+    super::policy::check_sla(&st, &caller, &sla)?;
     let Some(requested) = sla.applications.into_iter().next() else {
         return Err(ApiError::Invalid(vec![FieldError::new("applications", "one application is needed")]));
     };
@@ -95,6 +96,7 @@ pub async fn update(
 ) -> ApiResult<Json<Service>> {
     let (mut service, app) = owned_service(&st, &caller, &id, true)?;
     let ms = validate_service_update(&doc).map_err(ApiError::Invalid)?;
+    super::policy::check_service_update(&st, &caller, &doc, &ms)?;
     if !ms.microservice_id.is_empty() && ms.microservice_id != id {
         return Err(ApiError::Invalid(vec![FieldError::new(
             "microserviceID",

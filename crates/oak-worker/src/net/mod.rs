@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use oak_api::net::{OverlayInfo, RouteTable};
 use oak_api::node::DeployCommand;
+use oak_core::ports::Protocol;
 use tokio::sync::{mpsc, watch};
 
 pub use names::Subnet;
@@ -32,8 +33,8 @@ pub(crate) use networked::Networked;
 use crate::reports::Outgoing;
 use state::{Attachment, Attachments};
 
-/// UDP port of the tunnel between workers.
-pub const DEFAULT_TUNNEL_PORT: u16 = 50103;
+/// UDP port of the tunnel between workers (the one the root's port grammar keeps free).
+pub const DEFAULT_TUNNEL_PORT: u16 = oak_core::ports::TUNNEL_PORT;
 
 /// How the overlay is configured on this worker.
 #[derive(Debug, Clone)]
@@ -266,7 +267,7 @@ impl NetManager {
     }
 
     pub(crate) async fn attach(self: &Arc<Self>, cmd: &DeployCommand) -> Result<String, String> {
-        let ports = port_mappings(cmd, self.config.tunnel_port)?;
+        let ports = port_mappings(&cmd.job.spec.port, self.config.tunnel_port)?;
         let instance_ip = match cmd.instance_ip.as_deref().filter(|s| !s.is_empty()) {
             Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| format!("instance IP {ip:?} is not an IPv4 address"))?),
             None => None,
@@ -463,17 +464,17 @@ async fn sweep(node_id: &str, keep: &Attachments) {
     }
 }
 
-/// The descriptor's `port` as mappings (errors name the bad part).
-fn port_mappings(cmd: &DeployCommand, tunnel_port: u16) -> Result<Vec<plumbing::Mapping>, String> {
-    let spec = cmd.job.spec.port.as_str();
-    let parsed = oak_net::parse_port_mappings(spec, tunnel_port).map_err(|e| format!("port {spec:?}: {e}"))?;
+/// The descriptor's `port` as mappings, by the grammar the root validated it with (errors name
+/// the bad part). The cluster never places a mapping of this worker's tunnel port here; it is
+/// checked again because the tunnel would stop working.
+fn port_mappings(spec: &str, tunnel_port: u16) -> Result<Vec<plumbing::Mapping>, String> {
+    let parsed = oak_core::ports::parse_port_mappings(spec).map_err(|e| format!("port {spec:?}: {e}"))?;
+    if parsed.iter().any(|m| m.host == tunnel_port && m.protocol == Protocol::Udp) {
+        return Err(format!("port {spec:?}: host port {tunnel_port}/udp is this worker's overlay tunnel"));
+    }
     Ok(parsed
         .into_iter()
-        .map(|m| plumbing::Mapping {
-            host: m.host,
-            container: m.container,
-            udp: matches!(m.proto, oak_net::Proto::Udp),
-        })
+        .map(|m| plumbing::Mapping { host: m.host, container: m.container, udp: m.protocol == Protocol::Udp })
         .collect())
 }
 
@@ -481,7 +482,7 @@ fn port_mappings(cmd: &DeployCommand, tunnel_port: u16) -> Result<Vec<plumbing::
 mod tests {
     use std::io::{Error, ErrorKind};
 
-    use super::OverlayError;
+    use super::{port_mappings, OverlayError};
 
     #[test]
     fn overlay_failures_say_what_helps() {
@@ -489,5 +490,20 @@ mod tests {
         assert!(busy.0.contains("pick another --tunnel-port"), "{}", busy.0);
         let denied = OverlayError::datapath(Error::new(ErrorKind::PermissionDenied, "creating the TUN"));
         assert!(denied.0.contains("run as root, or start the worker with --no-overlay"), "{}", denied.0);
+    }
+
+    /// The root's grammar, plus this worker's own tunnel port (which may differ from the default).
+    #[test]
+    fn port_mappings_refuse_the_tunnel_port() {
+        let ok = port_mappings("8080:80;53/udp", 50103).unwrap();
+        assert_eq!(
+            ok.iter().map(|m| (m.host, m.container, m.udp)).collect::<Vec<_>>(),
+            [(8080, 80, false), (53, 53, true)]
+        );
+        assert!(port_mappings("40000/udp", 50103).is_ok());
+        let tunnel = port_mappings("40000/udp", 40000).unwrap_err();
+        assert!(tunnel.contains("host port 40000/udp is this worker's overlay tunnel"), "{tunnel}");
+        assert!(port_mappings("40000", 40000).is_ok(), "the tunnel is UDP only");
+        assert!(port_mappings("80;80", 50103).unwrap_err().contains("mapped twice"));
     }
 }

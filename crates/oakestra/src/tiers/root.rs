@@ -26,6 +26,10 @@ pub struct RootArgs {
     /// on loopback only, else a generated one written to `<data-dir>/admin-password`).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// Roles besides Admin that may submit privileged containers and host ports below 1024 or of
+    /// the orchestrator (comma-separated, e.g. `Organization_Admin,Application_Provider`).
+    #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
+    pub privileged_roles: Vec<String>,
 }
 
 impl RootArgs {
@@ -36,6 +40,7 @@ impl RootArgs {
             data_dir: self.data_dir.clone(),
             admin_password: self.admin_password.clone(),
             fleet: Default::default(),
+            privileged_roles: self.privileged_roles.clone(),
         }
     }
 }
@@ -56,4 +61,27 @@ pub fn run(args: RootArgs) -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::RootArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RootArgs,
+    }
+
+    #[test]
+    fn privileged_roles_are_a_comma_separated_list() {
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["oakestra"].iter().chain(extra)).unwrap().args.config().privileged_roles
+        };
+        assert!(parse(&[]).is_empty(), "only Admin unless told otherwise");
+        let roles = parse(&["--privileged-roles", "Organization_Admin,Application_Provider"]);
+        assert_eq!(roles, ["Organization_Admin", "Application_Provider"]);
+    }
 }

@@ -47,6 +47,9 @@ pub struct UpArgs {
     /// Run without the overlay network (containers share the host's network namespace).
     #[arg(long)]
     pub no_overlay: bool,
+    /// Roles besides Admin that may submit privileged containers and reserved host ports.
+    #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
+    pub privileged_roles: Vec<String>,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -57,6 +60,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         cluster_port: args.cluster_port,
         data_dir: args.data_dir.join("root"),
         admin_password: args.admin_password,
+        privileged_roles: args.privileged_roles,
     };
     block_on("up", async move {
         let root = match oak_root::Root::open(root_args.config()).await {

@@ -63,6 +63,7 @@ pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>)
         data_dir: dir.to_path_buf(),
         admin_password: None,
         fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
+        privileged_roles: Vec::new(),
     })
     .await
     .unwrap();

@@ -80,7 +80,9 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
         "server",
         &image,
         json!([{"type": "direct", "node": "e1;e2", "cluster": "east"}]),
-        json!({"memory": 4000, "port": "8080:80"}),
+        // No port mapping: two instances end up on one node below, and a host port is one
+        // instance's per node (scenario 3 has a service of its own for that).
+        json!({"memory": 4000}),
     )?;
     let svc = t.api(Method::GET, &format!("/api/service/{server}"), None)?;
     let rr = ip_of(&svc, "RR_ip").context("an allocated round-robin IP")?.to_string();
@@ -109,7 +111,6 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
     ensure!(instance_ips[&0] != instance_ips[&1] && instance_ips[&0] != rr, "{instance_ips:?}, rr {rr}");
     t.overlay.server = server.clone();
     t.overlay.server_job = server_job.clone();
-    t.overlay.placed = placed.clone();
 
     // Round robin: both instances answer across repeated requests.
     let rr_url = format!("http://{rr}/hostname");
@@ -184,15 +185,32 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
     // The root learns that the node is active again from the cluster's next report.
     sleep(Duration::from_secs(5));
     t.wait_for_worker(&victim)?;
-    t.overlay.placed = [(0, placed[&0].clone()), (n, t.worker_name_of(&inst))].into();
     Ok(())
 }
 
 /// Scenario 3: the mapping `8080:80` answers at the node's address from outside; traffic to port
 /// 8080 elsewhere is left alone.
 pub(super) fn scenario_port_mapping(t: &mut Topology) -> Result<()> {
-    let (n, worker) = t.overlay.placed.iter().next().map(|(n, w)| (*n, w.clone())).context("a placed server")?;
-    let node_ip = t.worker(&worker).proc.host.ip();
+    let image = t.images.server.clone();
+    let (mapped, job) = t.create_service_with(
+        "mapped",
+        &image,
+        json!([{"type": "direct", "node": "e1", "cluster": "east"}]),
+        json!({"port": "8080:80"}),
+    )?;
+    let n = t.scale_up(&mapped)?;
+    let inst = t.wait_instance(&mapped, n, "the mapped server RUNNING", Duration::from_secs(60), |i| {
+        Ok(status_of(i) == "RUNNING")
+    })?;
+    let worker = t.worker_name_of(&inst);
+    let result = port_mapping_answers(t, &worker, &job, n);
+    t.delete_service(&mapped)?;
+    t.wait_no_containers_of(&job)?;
+    result
+}
+
+fn port_mapping_answers(t: &Topology, worker: &str, job: &str, n: u64) -> Result<()> {
+    let node_ip = t.worker(worker).proc.host.ip();
     let body = wait_until("the port mapping to answer on the node's address", Duration::from_secs(10), POLL, || {
         Ok(oak_e2e::http::get(&format!("{node_ip}:8080"), "/hostname").ok().filter(|r| r.status == 200).map(|r| r.body))
     })?;
@@ -212,11 +230,11 @@ pub(super) fn scenario_port_mapping(t: &mut Topology) -> Result<()> {
         let url = format!("http://{gateway}:8080/hostname");
         let from_container =
             wait_until("the gateway's port 8080 from a server container", Duration::from_secs(10), POLL, || {
-                Ok(fetch_from(t, &worker, &t.overlay.server_job, n, &url).ok())
+                Ok(fetch_from(t, worker, job, n, &url).ok())
             })?;
         ensure!(from_container == "the gateway", "a container's request to {url} was rewritten: {from_container:?}");
         let from_node =
-            t.worker(&worker).proc.host.run_ok("timeout", &["5", "busybox", "wget", "-q", "-O", "-", &url])?;
+            t.worker(worker).proc.host.run_ok("timeout", &["5", "busybox", "wget", "-q", "-O", "-", &url])?;
         ensure!(from_node.trim() == "the gateway", "the node's request to {url} was rewritten: {from_node:?}");
         Ok(())
     })();
