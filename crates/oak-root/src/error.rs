@@ -18,6 +18,8 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// 422 for a well-formed body of the wrong shape.
     Unprocessable(String),
+    /// 413: the request body is over the limit the message names.
+    PayloadTooLarge(String),
     TooManyRequests {
         message: String,
         retry_after_secs: u64,
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,6 +108,7 @@ impl IntoResponse for ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::Unavailable(m)
+            | ApiError::PayloadTooLarge(m)
             | ApiError::Unprocessable(m) => ErrorBody { code: code.as_u16(), message: m, field: None, errors: vec![] },
         };
         let mut response = (code, Json(body)).into_response();

@@ -83,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters/tokens", post(clusters::create_token))
         .route("/metrics", get(clusters::metrics))
         .fallback(not_found)
+        // Bodies over the limit are cut off while read (chunked ones too) and answered 413.
+        .layer(axum::extract::DefaultBodyLimit::max(crate::body::MAX_BODY))
         .with_state(state);
     let doc = ApiDoc::openapi();
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))
