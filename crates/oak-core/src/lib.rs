@@ -11,6 +11,7 @@ pub mod jobs;
 /// both the cluster and the tests run exactly the same rules.
 pub mod node_placement;
 pub mod placement;
+pub mod quotas;
 /// Capacity the root promised to clusters since their last report, so a burst of root placements
 /// cannot over-commit a cluster between two reports.
 pub mod reservations;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
+use oak_core::quotas::Usage;
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;
@@ -118,6 +119,7 @@ pub async fn create(
     let sla = validate_sla(&doc, Purpose::NewApplications).map_err(ApiError::Invalid)?;
     let owner = caller.principal.username.as_str();
     let mut planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
+    crate::quotas::check(&st, &caller, owner, Usage::of_services(planned.iter().flat_map(|(_, s)| s)))?;
     let all_services: Vec<Service> = planned.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
     check_rr_ips(&st, &all_services)?;
     assign_addresses(&st, planned.iter_mut().flat_map(|(_, s)| s.iter_mut()))?;

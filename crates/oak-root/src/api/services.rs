@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::applications::{assign_addresses, check_rr_ips, owned_app};
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
+use oak_core::quotas::Usage;
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;
@@ -55,6 +56,7 @@ pub async fn create(
     let app = owned_app(&st, &caller, &requested.application_id, true)?;
     let mut services: Vec<Service> =
         requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
+    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_services(&services))?;
     check_rr_ips(&st, &services)?;
     assign_addresses(&st, services.iter_mut())?;
     if let Err(e) = st.store.add_services(&app.id, &services) {
@@ -111,6 +113,7 @@ pub async fn update(
     }
     let previous = service.clone();
     apply_update(&mut service, &app, ms);
+    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_service(&service).beyond(Usage::of_service(&previous)))?;
     check_rr_ips(&st, std::slice::from_ref(&service))?;
     st.fleet.assign_addresses(&mut service, Some(&previous))?;
     if let Err(e) = st.store.update_service(&service) {
@@ -190,7 +193,8 @@ pub async fn request_instance(
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRequested>> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
-    let (service, _) = owned(&st, &caller, &id, true, false)?;
+    let (service, app) = owned(&st, &caller, &id, true, false)?;
+    crate::quotas::check(&st, &caller, &app.user_id, Usage { instances: 1, ..Usage::default() })?;
     // Its overlay address, kept for the instance's life (also when it moves).
     let ip = st.fleet.allocate_instance_ip(&id)?;
     let number = match st.store.allocate_instance_number(&id) {

@@ -56,6 +56,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         cluster_port: args.cluster_port,
         data_dir: args.data_dir.join("root"),
         admin_password: args.admin_password,
+        quotas: Default::default(),
     };
     block_on("up", async move {
         let root = match oak_root::Root::open(root_args.config()).await {
