@@ -248,3 +248,40 @@ async fn quotas_refuse_what_would_exceed_them_and_admins_are_exempt() {
         assert_eq!(s, StatusCode::OK, "{v}");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_error_statuses() {
+    let root = serve(Quotas::default()).await;
+    let (s, doc) = root.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let responses = op["responses"].as_object().unwrap();
+            let has = |code: &str| responses.contains_key(code);
+            let name = format!("{method} {path}");
+            if op.get("security").is_some() {
+                assert!(has("401"), "{name} does not list 401");
+            }
+            if op.get("requestBody").is_some() {
+                for code in ["400", "413", "422"] {
+                    assert!(has(code), "{name} takes a body but does not list {code}");
+                }
+            }
+            if path.contains('{') {
+                assert!(has("404"), "{name} names an object but does not list 404");
+            }
+            for (code, response) in responses {
+                if !code.starts_with('2') {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(schema, "#/components/schemas/ErrorBody", "{name} {code}");
+                }
+            }
+        }
+    }
+    assert!(operations >= 33, "{operations} operations");
+    for path in ["/api/application", "/api/service", "/api/service/{id}/instance"] {
+        assert!(doc["paths"][path]["post"]["responses"].get("429").is_some(), "{path} does not list the quota's 429");
+    }
+}

@@ -109,7 +109,10 @@ fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Appl
 /// caller's applications. All or nothing: if one application cannot be created, none is.
 #[utoipa::path(post, path = "/api/application", tag = "applications", security(("bearerAuth" = [])),
     request_body(content = Sla, description = "SLA v2.0 descriptor"),
-    responses((status = 200, body = [Application]), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = [Application]),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
@@ -148,7 +151,8 @@ pub async fn create(
 
 /// The caller's applications (an Admin sees everyone's).
 #[utoipa::path(get, path = "/api/applications", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Application])))]
+    responses((status = 200, body = [Application]),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Application>>> {
     let owner = (!caller.is_admin()).then_some(caller.principal.username.as_str());
     Ok(Json(st.store.list_applications(owner)?))
@@ -156,7 +160,8 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
 
 /// Applications of one user, named by user id or name (yourself, or anyone for an Admin).
 #[utoipa::path(get, path = "/api/applications/{user}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Application]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Application]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_of_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -172,7 +177,8 @@ pub async fn list_of_user(
 }
 
 #[utoipa::path(get, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = Application), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Application),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Application>> {
     Ok(Json(owned_app(&st, &caller, &id, false)?))
 }
@@ -181,7 +187,10 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
 /// refused while any of them has instances.
 #[utoipa::path(put, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
     request_body(content = Object, description = "{application_name, application_namespace, application_desc?}"),
-    responses((status = 200, body = Application), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Application),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
@@ -224,7 +233,8 @@ pub async fn update(
 
 /// Delete an application with its services and their instances.
 #[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,

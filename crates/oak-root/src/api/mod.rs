@@ -21,7 +21,11 @@ use crate::state::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Oakestra root orchestrator API", description = "Public REST API of the Oakestra root orchestrator. \
-        Paths answer with and without a trailing slash. Errors are `{code, message, field?, errors?}`."),
+        Paths answer with and without a trailing slash. Errors are `{code, message, field?, errors?}`: \
+        400 malformed body, path or query; 401 missing, invalid or expired token; 403 a role is missing; \
+        404 not found or not visible to the caller; 409 conflict with the current state; 413 body over 64 KiB; \
+        422 invalid input (`errors` lists every field); 429 too many failed logins, or a per-user quota \
+        (the message names the quota and the root flag that sets it)."),
     paths(
         auth::login, auth::refresh, auth::register,
         users::get_user, users::update_user, users::delete_user, users::change_password, users::permissions,

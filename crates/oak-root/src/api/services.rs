@@ -42,7 +42,10 @@ fn owned(st: &AppState, caller: &Caller, id: &str, modify: bool, instances: bool
 /// Add services to an existing application (`applications[0].applicationID`), all or nothing.
 #[utoipa::path(post, path = "/api/service", tag = "services", security(("bearerAuth" = [])),
     request_body(content = Sla, description = "SLA v2.0 descriptor whose applications[0].applicationID names an existing application"),
-    responses((status = 200, body = CreateServicesResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = CreateServicesResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
@@ -79,7 +82,8 @@ pub async fn create(
 
 /// A service with its instances.
 #[utoipa::path(get, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = Service), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Service),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Service>> {
     Ok(Json(with_job_status(owned_service(&st, &caller, &id, false)?.0)))
 }
@@ -88,7 +92,10 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
 /// Renaming is refused while the service has instances, since its job name identifies them.
 #[utoipa::path(put, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
     request_body(content = Object, description = "microservice object, or SLA v2.0 with one application and one microservice"),
-    responses((status = 200, body = Service), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Service),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
@@ -132,7 +139,8 @@ pub async fn update(
 
 /// Delete a service with all its instances.
 #[utoipa::path(delete, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
@@ -148,7 +156,8 @@ pub async fn delete(
 
 /// Services of one application.
 #[utoipa::path(get, path = "/api/services/{app_id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Service]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Service]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_of_app(
     State(st): State<AppState>,
     caller: Caller,
@@ -160,7 +169,8 @@ pub async fn list_of_app(
 
 /// The caller's services (an Admin sees everyone's).
 #[utoipa::path(get, path = "/api/services", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Service])))]
+    responses((status = 200, body = [Service]),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Service>>> {
     if caller.is_admin() {
         return Ok(Json(st.store.list_services(None)?.into_iter().map(with_job_status).collect()));
@@ -186,7 +196,9 @@ pub fn with_job_status(mut service: Service) -> Service {
 /// there; when none fits the instance keeps the negative scheduling status (e.g.
 /// `TargetClusterNotActive`) and is placed as soon as a cluster can take it.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "instances", security(("bearerAuth" = [])),
-    responses((status = 200, body = InstanceRequested), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InstanceRequested),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn request_instance(
     State(st): State<AppState>,
     caller: Caller,
@@ -218,7 +230,9 @@ pub async fn request_instance(
 
 /// Remove one instance of a service.
 #[utoipa::path(delete, path = "/api/service/{id}/instance/{number}", tag = "instances", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn delete_instance(
     State(st): State<AppState>,
     caller: Caller,

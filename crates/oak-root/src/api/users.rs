@@ -61,7 +61,8 @@ fn existing(st: &AppState, name: &str) -> ApiResult<UserRecord> {
 
 /// A user's profile with roles in the caller's organization (self, Admin or Organization_Admin).
 #[utoipa::path(get, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = User),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<User>> {
     caller.require(Action::ReadUser { name: &name }, format!("user {name:?}"))?;
     let user = existing(&st, &name)?;
@@ -70,7 +71,10 @@ pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(name): Pa
 
 /// Change e-mail, reset the password or replace roles in the caller's organization.
 #[utoipa::path(put, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])), request_body = UserUpdate,
-    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = User),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn update_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -98,7 +102,9 @@ pub async fn update_user(
 
 /// Delete a user and their memberships; answers the remaining users.
 #[utoipa::path(delete, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn delete_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -118,7 +124,9 @@ pub async fn delete_user(
 
 /// Change one's own password, knowing the old one.
 #[utoipa::path(post, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])), request_body = ChangePasswordRequest,
-    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn change_password(
     State(st): State<AppState>,
     caller: Caller,
@@ -141,7 +149,8 @@ pub async fn change_password(
 
 /// The caller's (or, for user admins, anyone's) roles in the caller's organization.
 #[utoipa::path(get, path = "/api/permission/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = PermissionsResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PermissionsResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn permissions(
     State(st): State<AppState>,
     caller: Caller,
@@ -163,7 +172,8 @@ fn list(st: &AppState, roles_org: &str, only_org: Option<&Organization>) -> ApiR
 
 /// All users, with their roles in the caller's organization.
 #[utoipa::path(get, path = "/api/users", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     caller.require(Action::ManageUsers, "")?;
     list(&st, &caller.org_id, None)
@@ -171,7 +181,8 @@ pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult
 
 /// Members of one organization, with their roles there.
 #[utoipa::path(get, path = "/api/users/{organization_id}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_org_users(
     State(st): State<AppState>,
     caller: Caller,
