@@ -49,8 +49,8 @@ pub enum ClusterMsg {
     },
     /// Aggregated resources, sent every few seconds.
     Report { resources: ClusterResources },
-    /// Instance states. `full` = this is every instance the cluster holds; the root treats
-    /// instances it assigned to the cluster but not listed as lost by the cluster.
+    /// Instance states. `full` = this is (a part of) every instance the cluster holds, sent after
+    /// `Welcome`; a receiver that acts on an instance's absence must wait for the `last` part.
     Instances {
         #[serde(default)]
         full: bool,
@@ -326,12 +326,10 @@ mod tests {
 
     #[test]
     fn an_empty_set_is_one_last_part() {
-        assert_eq!(RootMsg::full_deploy(vec![]), vec![RootMsg::Deploy {
-            full: true,
-            seq: 0,
-            instances: vec![],
-            last: true
-        }]);
+        assert_eq!(
+            RootMsg::full_deploy(vec![]),
+            vec![RootMsg::Deploy { full: true, seq: 0, instances: vec![], last: true }]
+        );
         let msgs = ClusterMsg::instances(true, vec![]);
         assert_eq!(msgs, vec![ClusterMsg::Instances { full: true, updates: vec![], last: true }]);
     }

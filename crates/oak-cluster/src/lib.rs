@@ -234,7 +234,10 @@ impl Ctx {
         match tx.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(queued = ROOT_QUEUE, "the root does not keep up with this cluster; reconnecting to resync");
+                tracing::warn!(
+                    queued = ROOT_QUEUE,
+                    "the root does not keep up with this cluster; reconnecting to resync"
+                );
                 *root = None;
                 false
             }

@@ -194,9 +194,7 @@ mod tests {
         ids
     }
 
-    #[tokio::test]
-    async fn a_full_set_in_parts_is_applied_once_complete() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn open(dir: &std::path::Path) -> Arc<Ctx> {
         let config = ClusterConfig {
             name: "c1".into(),
             location: String::new(),
@@ -206,11 +204,32 @@ mod tests {
             api_addr: "127.0.0.1:0".parse().unwrap(),
             mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
             mqtt_advertise: None,
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             report_interval: Duration::from_secs(1),
             timing: Default::default(),
         };
-        let ctx = Cluster::open(config).await.unwrap().ctx;
+        Cluster::open(config).await.unwrap().ctx
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_to_the_root_ends_the_connection_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        let (tx, mut rx) = mpsc::channel(2);
+        ctx.set_root(Some(tx));
+        let msg = || ClusterMsg::Uninterest { job_name: "a.b.c.d".into() };
+        assert!(ctx.send_root(msg()) && ctx.send_root(msg()));
+        assert!(!ctx.send_root(msg()), "a third message fit a queue of two");
+        // The session's writer drains what is queued, then sees the queue closed and ends.
+        assert!(!ctx.root_connected());
+        assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_set_in_parts_is_applied_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
         ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("a")], last: true });
         assert_eq!(held(&ctx), ["a"]);
 

@@ -80,8 +80,7 @@ impl Served {
     }
 
     async fn provider(&self, admin: &str, name: &str) -> String {
-        let body =
-            json!({"name": name, "password": "password-1", "email": "x@y", "roles": ["Application_Provider"]});
+        let body = json!({"name": name, "password": "password-1", "email": "x@y", "roles": ["Application_Provider"]});
         let (s, v) = self.call(Method::POST, "/api/auth/register", Some(admin), Some(body.to_string())).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         self.login(name, "password-1").await

@@ -10,12 +10,12 @@ use oak_api::sla::Sla;
 use oak_api::ErrorBody;
 use oak_core::authz::Action;
 use oak_core::jobs::new_service;
+use oak_core::quotas::Usage;
 use oak_core::sla::{job_name, validate_application_update, validate_sla, Purpose};
 use serde_json::Value;
 
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
-use oak_core::quotas::Usage;
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;

@@ -8,13 +8,13 @@ use oak_api::sla::Sla;
 use oak_api::{ErrorBody, FieldError};
 use oak_core::authz::Action;
 use oak_core::jobs::{apply_update, job_status, new_service};
+use oak_core::quotas::Usage;
 use oak_core::sla::{job_name, validate_service_update, validate_sla, Purpose};
 use serde_json::Value;
 
 use super::applications::{assign_addresses, check_rr_ips, owned_app};
 use crate::auth::extract::Caller;
 use crate::body::JsonBody;
-use oak_core::quotas::Usage;
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;

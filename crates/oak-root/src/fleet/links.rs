@@ -100,15 +100,10 @@ impl Fleet {
         let cluster_id = doc.id.clone();
         // A newer connection wins: dropping the old sender ends the old writer, whose socket
         // then closes; its reader notices and leaves without touching the new link.
-        inner.links.insert(cluster_id.clone(), Link {
-            conn,
-            tx,
-            overflow: overflow.clone(),
-            view: doc,
-            reported_at: None,
-            reports: 0,
-            seq: 0,
-        });
+        inner.links.insert(
+            cluster_id.clone(),
+            Link { conn, tx, overflow: overflow.clone(), view: doc, reported_at: None, reports: 0, seq: 0 },
+        );
         // Report numbers restart with the connection; the resync re-establishes what is free.
         inner.reservations.forget_cluster(&cluster_id);
         // Instances waiting for any cluster get an immediate attempt.
@@ -189,4 +184,30 @@ fn apply_resources(c: &mut Cluster, r: &ClusterResources, now: f64) {
     c.supported_addons = r.supported_addons.clone();
     c.aggregation_per_architecture = r.aggregation_per_architecture.clone();
     c.last_modified_timestamp = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_connection_instead_of_growing() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let overflow = Arc::new(Notify::new());
+        let link = Link {
+            conn: 1,
+            tx,
+            overflow: overflow.clone(),
+            view: Cluster::default(),
+            reported_at: None,
+            reports: 0,
+            seq: 0,
+        };
+        let msg = || RootMsg::Undeploy { instances: vec![] };
+        assert!(link.send(msg()) && link.send(msg()));
+        assert!(!link.send(msg()), "a third message fit a queue of two");
+        // The writer is told to close (the permit is kept until it looks).
+        tokio::time::timeout(std::time::Duration::from_secs(1), overflow.notified()).await.unwrap();
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+    }
 }
