@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian machine and runs every check CI runs: format, lints, all tests.
-# The end-to-end tests need root (network namespaces, iptables, containerd, TUN devices); run as
-# another user they would only skip, so this refuses to start instead.
+# Sets up a fresh Debian machine and runs every check CI runs: format, lints, all tests, and a
+# bounded fuzz of the REST API against its OpenAPI document. The end-to-end tests need root
+# (network namespaces, iptables, containerd, TUN devices); run as another user they would only
+# skip, so this refuses to start instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -13,3 +14,4 @@ source scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+scripts/fuzz-api.sh

@@ -6,6 +6,12 @@
 //! both sides send full state first (the root every instance it wants on the cluster, the cluster
 //! every instance it has), then changes. A reconnect repeats the full exchange, so no lost message
 //! matters (level-triggered).
+//!
+//! Messages whose size grows with the fleet (the full desired set, the full instance list, big
+//! bursts of updates) are sent in parts of at most [`PART_BYTES`] each ([`RootMsg::full_deploy`],
+//! [`ClusterMsg::instances`]), so no frame ever exceeds [`MAX_FRAME`]; the receiver of a full
+//! set applies it only once its `last` part arrived. Before `Welcome` the root reads at most
+//! [`MAX_HELLO_FRAME`] bytes, so an unauthenticated peer cannot make it allocate a big frame.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +22,14 @@ use crate::node::{JobSpec, LogCursor};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
+
+/// Largest first frame (the `Hello`, before the join token is checked) the root accepts.
+pub const MAX_HELLO_FRAME: usize = 4 * 1024;
+
+/// Target size of one part of a message split by fleet size; far below [`MAX_FRAME`], so a part
+/// fits even when one item is unusually large (a single item is bounded by the API's 64 KiB
+/// descriptor limit).
+pub const PART_BYTES: usize = 1 << 20;
 
 /// Protocol version sent in `Hello`; the root refuses versions it does not speak.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -35,12 +49,15 @@ pub enum ClusterMsg {
     },
     /// Aggregated resources, sent every few seconds.
     Report { resources: ClusterResources },
-    /// Instance states. `full` = this is every instance the cluster holds; the root treats
-    /// instances it assigned to the cluster but not listed as lost by the cluster.
+    /// Instance states. `full` = this is (a part of) every instance the cluster holds, sent after
+    /// `Welcome`; a receiver that acts on an instance's absence must wait for the `last` part.
     Instances {
         #[serde(default)]
         full: bool,
         updates: Vec<InstanceReport>,
+        /// `false` on every part of a split list but the last one.
+        #[serde(default = "yes")]
+        last: bool,
     },
     /// The answer to a [`RootMsg::Logs`]; `error` is empty on success.
     Logs {
@@ -82,14 +99,17 @@ pub enum RootMsg {
     Refused {
         message: String,
     },
-    /// Instances the cluster must run. `full` = this is the complete desired set; the cluster
-    /// removes whatever else it runs.
+    /// Instances the cluster must run. `full` = this is (a part of) the complete desired set;
+    /// once the `last` part arrived the cluster removes whatever else it runs.
     Deploy {
         #[serde(default)]
         full: bool,
         /// Sequence number of this message on the connection (0 for the full set), for diagnostics.
         seq: u64,
         instances: Vec<DeployInstance>,
+        /// `false` on every part of a split full set but the last one.
+        #[serde(default = "yes")]
+        last: bool,
     },
     /// Instances to remove.
     Undeploy {
@@ -125,6 +145,47 @@ pub enum RootMsg {
     Routes {
         table: RouteTable,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RootMsg {
+    /// The full desired set as parts of at most [`PART_BYTES`] (one empty part for an empty set).
+    pub fn full_deploy(instances: Vec<DeployInstance>) -> Vec<RootMsg> {
+        with_last(parts(instances), |instances, last| RootMsg::Deploy { full: true, seq: 0, instances, last })
+    }
+}
+
+impl ClusterMsg {
+    /// Instance reports as parts of at most [`PART_BYTES`] (one empty part for an empty list).
+    pub fn instances(full: bool, updates: Vec<InstanceReport>) -> Vec<ClusterMsg> {
+        with_last(parts(updates), |updates, last| ClusterMsg::Instances { full, updates, last })
+    }
+}
+
+fn with_last<T, M>(parts: Vec<Vec<T>>, make: impl Fn(Vec<T>, bool) -> M) -> Vec<M> {
+    let n = parts.len();
+    parts.into_iter().enumerate().map(|(i, p)| make(p, i + 1 == n)).collect()
+}
+
+/// Splits `items` into runs whose JSON is at most [`PART_BYTES`] (an item bigger than that gets
+/// a run of its own); always at least one run.
+pub fn parts<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        let len = serde_json::to_vec(&item).map_or(0, |v| v.len()) + 1;
+        let current = out.last_mut().expect("never empty");
+        if !current.is_empty() && size + len > PART_BYTES {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        out.last_mut().expect("never empty").push(item);
+    }
+    out
 }
 
 /// One instance the root asks a cluster to run.
@@ -207,11 +268,84 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     frame
 }
 
+/// Like [`encode`], but refuses a message the peer would refuse (over [`MAX_FRAME`]), so a
+/// writer can drop it instead of breaking the connection.
+pub fn encode_checked<T: Serialize>(msg: &T) -> Result<Vec<u8>, String> {
+    let frame = encode(msg);
+    match frame.len() - 4 {
+        len if len > MAX_FRAME => Err(format!("a message of {len} bytes exceeds the frame limit of {MAX_FRAME}")),
+        _ => Ok(frame),
+    }
+}
+
 /// Reads a frame's body length from its 4-byte header, refusing oversized frames.
 pub fn frame_len(header: [u8; 4]) -> Result<usize, String> {
+    frame_len_within(header, MAX_FRAME)
+}
+
+/// Reads a frame's body length from its 4-byte header, refusing frames over `limit`.
+pub fn frame_len_within(header: [u8; 4], limit: usize) -> Result<usize, String> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(format!("frame of {len} bytes exceeds the limit of {MAX_FRAME}"));
+    if len > limit {
+        return Err(format!("frame of {len} bytes exceeds the limit of {limit}"));
     }
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::JobSpec;
+
+    fn instance(n: u32) -> DeployInstance {
+        let spec = serde_json::from_value(serde_json::json!({
+            "microservice_name": "svc", "microservice_namespace": "test", "virtualization": "container",
+            "code": "docker.io/library/nginx:latest",
+        }))
+        .unwrap();
+        let job = JobSpec { id: format!("job-{n}"), job_name: "x".repeat(1000), image: "nginx".into(), spec };
+        DeployInstance { instance_number: n, job, instance_ip: Some("10.30.0.1".into()) }
+    }
+
+    #[test]
+    fn a_full_set_bigger_than_a_frame_is_sent_in_parts_that_fit() {
+        let set: Vec<DeployInstance> = (0..20_000).map(instance).collect();
+        assert!(encode(&RootMsg::Deploy { full: true, seq: 0, instances: set.clone(), last: true }).len() > MAX_FRAME);
+        let msgs = RootMsg::full_deploy(set.clone());
+        assert!(msgs.len() > 16, "{} parts", msgs.len());
+        let mut joined = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let frame = encode_checked(m).expect("every part fits a frame");
+            assert!(frame.len() <= PART_BYTES + 64, "part of {} bytes", frame.len());
+            let RootMsg::Deploy { full: true, instances, last, .. } = m.clone() else { panic!("{m:?}") };
+            assert_eq!(last, i + 1 == msgs.len());
+            joined.extend(instances);
+        }
+        assert_eq!(joined, set);
+    }
+
+    #[test]
+    fn an_empty_set_is_one_last_part() {
+        assert_eq!(
+            RootMsg::full_deploy(vec![]),
+            vec![RootMsg::Deploy { full: true, seq: 0, instances: vec![], last: true }]
+        );
+        let msgs = ClusterMsg::instances(true, vec![]);
+        assert_eq!(msgs, vec![ClusterMsg::Instances { full: true, updates: vec![], last: true }]);
+    }
+
+    #[test]
+    fn a_message_without_last_is_whole() {
+        let m: RootMsg = serde_json::from_str(r#"{"type":"deploy","full":true,"seq":0,"instances":[]}"#).unwrap();
+        assert_eq!(m, RootMsg::Deploy { full: true, seq: 0, instances: vec![], last: true });
+    }
+
+    #[test]
+    fn frames_over_the_limit_are_refused_before_reading() {
+        assert!(frame_len_within(4097u32.to_be_bytes(), MAX_HELLO_FRAME).is_err());
+        assert_eq!(frame_len_within(4096u32.to_be_bytes(), MAX_HELLO_FRAME), Ok(4096));
+        assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
+        let big = RootMsg::Refused { message: "x".repeat(MAX_FRAME) };
+        assert!(encode_checked(&big).is_err());
+    }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use oak_api::channel::{ClusterMsg, RootMsg};
+use oak_api::channel::{ClusterMsg, DeployInstance, RootMsg};
 use oak_api::net::{InterestRemove, TableQuery};
 use oak_api::node::{topic, JobStatusReport, NodeInfo, ResourcesReport};
 use tokio::sync::{mpsc, watch};
@@ -60,6 +60,8 @@ const TICK: Duration = Duration::from_millis(100);
 const MIN_TICK_GAP: Duration = Duration::from_millis(1);
 const MAX_TICK_GAP: Duration = Duration::from_millis(50);
 const STEP_SHARE_INVERSE: u32 = 5;
+/// Messages queued for the root; beyond this the connection is dropped and resynced.
+const ROOT_QUEUE: usize = 16 * 1024;
 
 /// Everything the cluster's tasks share.
 pub struct Ctx {
@@ -68,7 +70,10 @@ pub struct Ctx {
     store: ClusterStore,
     bus: bus::Bus,
     node_token_hash: String,
-    root: Mutex<Option<mpsc::UnboundedSender<ClusterMsg>>>,
+    root: Mutex<Option<mpsc::Sender<ClusterMsg>>>,
+    /// Parts of the root's full desired set received so far on this connection; applied as one
+    /// set when the last part arrives.
+    full_deploy: Mutex<Vec<DeployInstance>>,
     logs: Mutex<logs::Relay>,
     /// Registrations waiting for a subnet from the root.
     subnets: Mutex<subnets::Waits>,
@@ -107,6 +112,7 @@ impl Cluster {
             store,
             bus,
             root: Mutex::new(None),
+            full_deploy: Mutex::new(Vec::new()),
             logs: Mutex::new(logs::Relay::default()),
             subnets: Mutex::new(subnets::Waits::default()),
             wake: tokio::sync::Notify::new(),
@@ -213,14 +219,29 @@ impl Ctx {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_root(&self, tx: Option<mpsc::UnboundedSender<ClusterMsg>>) {
+    /// A new connection (or none): parts of a full set from an older one are forgotten.
+    fn set_root(&self, tx: Option<mpsc::Sender<ClusterMsg>>) {
+        self.full_deploy.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = tx;
     }
 
+    /// Queues `msg` for the root. A full queue (the root does not keep up) drops the connection,
+    /// logged: the session ends once the writer drained what is queued, and the next one resyncs
+    /// from full state, so nothing is lost for good.
     fn send_root(&self, msg: ClusterMsg) -> bool {
-        match &*self.root.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(msg).is_ok(),
-            None => false,
+        let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = root.as_ref() else { return false };
+        match tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    queued = ROOT_QUEUE,
+                    "the root does not keep up with this cluster; reconnecting to resync"
+                );
+                *root = None;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -302,7 +323,15 @@ impl Ctx {
             // Placement happens in the next step (woken at once, spaced by the steps' own cost),
             // once for everything that arrived: a burst costs one pass over the nodes, not one each.
             match msg {
-                RootMsg::Deploy { full, instances, .. } => st.deploy(instances, full, now),
+                RootMsg::Deploy { full: false, instances, .. } => st.deploy(instances, false, now),
+                RootMsg::Deploy { full: true, instances, last, .. } => {
+                    let mut parts = self.full_deploy.lock().unwrap_or_else(|e| e.into_inner());
+                    parts.extend(instances);
+                    if !last {
+                        return;
+                    }
+                    st.deploy(std::mem::take(&mut *parts), true, now)
+                }
                 RootMsg::Undeploy { instances } => st.undeploy(&instances),
                 RootMsg::Welcome { .. }
                 | RootMsg::Refused { .. }
@@ -377,7 +406,9 @@ impl Ctx {
         };
         self.perform(effects);
         if !updates.is_empty() {
-            self.send_root(ClusterMsg::Instances { full: false, updates });
+            for part in ClusterMsg::instances(false, updates) {
+                self.send_root(part);
+            }
         }
         if let Some(resources) = resources {
             self.send_root(ClusterMsg::Report { resources });

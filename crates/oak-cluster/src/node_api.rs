@@ -190,7 +190,7 @@ mod tests {
 
     /// Stands in for the root: answers subnet requests with `answer` and counts them.
     fn fake_root(ctx: &Arc<Ctx>, answer: Result<&'static str, &'static str>) -> Arc<AtomicUsize> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         ctx.set_root(Some(tx));
         let asked = Arc::new(AtomicUsize::new(0));
         let (ctx, count) = (ctx.clone(), asked.clone());

@@ -97,28 +97,32 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     // Full state first: every instance we hold, our resources, every node (the root releases
     // the subnets of nodes gone meanwhile), and the route tables our workers use (asked again,
     // which registers our interest anew and refreshes them).
-    let (tx, mut rx) = mpsc::unbounded_channel::<ClusterMsg>();
+    // These go first, ahead of the bounded queue (the full instance list in parts).
+    let mut first = Vec::new();
     let node_ids = ctx.node_ids();
     {
         let now = Instant::now();
         let mut st = ctx.state();
-        let _ = tx.send(ClusterMsg::Instances { full: true, updates: st.root_updates(true, now) });
-        let _ = tx.send(ClusterMsg::Report { resources: st.resources(now) });
-        let _ = tx.send(ClusterMsg::Nodes { node_ids });
+        first.extend(ClusterMsg::instances(true, st.root_updates(true, now)));
+        first.push(ClusterMsg::Report { resources: st.resources(now) });
+        first.push(ClusterMsg::Nodes { node_ids });
         for effect in st.routes.resync(now) {
             if let crate::state::Effect::Root(msg) = effect {
-                let _ = tx.send(*msg);
+                first.push(*msg);
             }
         }
     }
+    let (tx, mut rx) = mpsc::channel::<ClusterMsg>(crate::ROOT_QUEUE);
     ctx.set_root(Some(tx));
     let writer = async move {
         let mut buf = Vec::new();
-        while let Some(m) = rx.recv().await {
-            buf.extend(channel::encode(&m));
+        for m in &first {
+            append(&mut buf, m);
+        }
+        loop {
             while buf.len() < 1 << 20 {
                 match rx.try_recv() {
-                    Ok(m) => buf.extend(channel::encode(&m)),
+                    Ok(m) => append(&mut buf, &m),
                     Err(_) => break,
                 }
             }
@@ -126,8 +130,11 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
                 return SessionError::Lost(format!("cannot write to the root: {e}"));
             }
             buf.clear();
+            match rx.recv().await {
+                Some(m) => append(&mut buf, &m),
+                None => return SessionError::Lost("the queue to the root closed (overflow or shutdown)".into()),
+            }
         }
-        SessionError::Lost("writer closed".into())
     };
     let reader = async {
         loop {
@@ -144,6 +151,15 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     Err(err)
 }
 
+/// Adds `m`'s frame to `buf`; a message over the frame limit (the root would refuse it and the
+/// channel break for good) is dropped and logged instead.
+fn append(buf: &mut Vec<u8>, m: &ClusterMsg) {
+    match channel::encode_checked(m) {
+        Ok(frame) => buf.extend(frame),
+        Err(e) => tracing::error!(error = %e, "dropping a message to the root"),
+    }
+}
+
 async fn read_frame<T: serde::de::DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin)) -> Result<T, String> {
     let mut header = [0u8; 4];
     rd.read_exact(&mut header).await.map_err(|e| format!("connection closed: {e}"))?;
@@ -151,4 +167,82 @@ async fn read_frame<T: serde::de::DeserializeOwned>(rd: &mut (impl AsyncRead + U
     let mut body = vec![0u8; len];
     rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("malformed message from the root: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use oak_api::channel::{DeployInstance, RootMsg};
+    use oak_api::node::JobSpec;
+
+    use super::*;
+    use crate::{Cluster, ClusterConfig, MqttMode};
+
+    fn instance(job: &str) -> DeployInstance {
+        let spec = serde_json::from_value(serde_json::json!({
+            "microservice_name": job, "microservice_namespace": "test", "virtualization": "container",
+            "code": "docker.io/library/nginx:latest",
+        }))
+        .unwrap();
+        let job = JobSpec { id: job.into(), job_name: format!("app.test.{job}.test"), image: "nginx".into(), spec };
+        DeployInstance { instance_number: 0, job, instance_ip: None }
+    }
+
+    fn held(ctx: &Ctx) -> Vec<String> {
+        let mut ids: Vec<String> =
+            ctx.state().root_updates(true, Instant::now()).into_iter().map(|r| r.job_id).collect();
+        ids.sort();
+        ids
+    }
+
+    async fn open(dir: &std::path::Path) -> Arc<Ctx> {
+        let config = ClusterConfig {
+            name: "c1".into(),
+            location: String::new(),
+            root_channel: "127.0.0.1:1".into(),
+            root_url: String::new(),
+            root_token: "t".into(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
+            mqtt_advertise: None,
+            data_dir: dir.to_path_buf(),
+            report_interval: Duration::from_secs(1),
+            timing: Default::default(),
+        };
+        Cluster::open(config).await.unwrap().ctx
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_to_the_root_ends_the_connection_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        let (tx, mut rx) = mpsc::channel(2);
+        ctx.set_root(Some(tx));
+        let msg = || ClusterMsg::Uninterest { job_name: "a.b.c.d".into() };
+        assert!(ctx.send_root(msg()) && ctx.send_root(msg()));
+        assert!(!ctx.send_root(msg()), "a third message fit a queue of two");
+        // The session's writer drains what is queued, then sees the queue closed and ends.
+        assert!(!ctx.root_connected());
+        assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_set_in_parts_is_applied_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = open(dir.path()).await;
+        ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("a")], last: true });
+        assert_eq!(held(&ctx), ["a"]);
+
+        // A first part changes nothing yet: "a" is not removed before the set is complete.
+        ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("b")], last: false });
+        assert_eq!(held(&ctx), ["a"]);
+        ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("c")], last: true });
+        assert_eq!(held(&ctx), ["b", "c"]);
+
+        // Parts of a connection that broke are forgotten with it.
+        ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("d")], last: false });
+        ctx.set_root(None);
+        ctx.on_root_message(RootMsg::Deploy { full: true, seq: 0, instances: vec![instance("e")], last: true });
+        assert_eq!(held(&ctx), ["e"]);
+    }
 }

@@ -15,6 +15,7 @@ pub mod node_placement;
 pub mod placement;
 /// The `port` grammar, shared by the root's validation, the cluster's scheduler and the worker.
 pub mod ports;
+pub mod quotas;
 /// Capacity the root promised to clusters since their last report, so a burst of root placements
 /// cannot over-commit a cluster between two reports.
 pub mod reservations;

@@ -20,6 +20,10 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// 422 for a well-formed body of the wrong shape.
     Unprocessable(String),
+    /// 413: the request body is over the limit the message names.
+    PayloadTooLarge(String),
+    /// 429 without `Retry-After`: a per-user quota (named in the message) is used up.
+    QuotaExceeded(String),
     TooManyRequests {
         message: String,
         retry_after_secs: u64,
@@ -54,6 +58,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,6 +113,8 @@ impl IntoResponse for ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::Unavailable(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::QuotaExceeded(m)
             | ApiError::Unprocessable(m) => ErrorBody { code: code.as_u16(), message: m, field: None, errors: vec![] },
         };
         let mut response = (code, Json(body)).into_response();

@@ -12,6 +12,7 @@ pub mod cluster_tokens;
 mod error;
 pub mod fleet;
 mod ids;
+mod quotas;
 mod state;
 
 use std::future::Future;

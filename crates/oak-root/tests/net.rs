@@ -418,7 +418,7 @@ async fn route_tables_are_answered_and_changes_pushed_to_interested_clusters() {
     assert_eq!(c1.query("", "garbage").await.error, "no service with address garbage");
 
     // An instance report that makes one routable is pushed to c1 at once; c2 is not interested.
-    c1.send(ClusterMsg::Instances { full: false, updates: vec![running(&nginx, n0, "10.18.0.66")] }).await;
+    c1.send(ClusterMsg::Instances { full: false, updates: vec![running(&nginx, n0, "10.18.0.66")], last: true }).await;
     let pushed = c1.routes().await;
     assert_eq!((pushed.app_name.as_str(), pushed.query_key.as_str()), (job, job));
     let entry = pushed.instance_list.iter().find(|i| i.instance_number == n0).unwrap();
@@ -436,10 +436,10 @@ async fn route_tables_are_answered_and_changes_pushed_to_interested_clusters() {
     // A report that changes nothing route-wise pushes nothing; a failure does.
     let mut metrics = running(&nginx, n0, "10.18.0.66");
     metrics.cpu_percent = Some(3.0);
-    c1.send(ClusterMsg::Instances { full: false, updates: vec![metrics] }).await;
+    c1.send(ClusterMsg::Instances { full: false, updates: vec![metrics], last: true }).await;
     let mut failed = running(&nginx, n0, "10.18.0.66");
     failed.status = "FAILED".into();
-    c1.send(ClusterMsg::Instances { full: false, updates: vec![failed] }).await;
+    c1.send(ClusterMsg::Instances { full: false, updates: vec![failed], last: true }).await;
     for c in [&mut c1, &mut c2] {
         let t = c.routes().await;
         assert!(t.instance_list.iter().all(|i| i.namespace_ip.is_empty()), "{t:?}");
@@ -458,7 +458,7 @@ async fn route_tables_are_answered_and_changes_pushed_to_interested_clusters() {
     // Without interest no more pushes: c2's next message is the answer to its next query.
     c2.send(ClusterMsg::Uninterest { job_name: job.into() }).await;
     let _ = c2.query_first("shop.test.curl.test").await;
-    c1.send(ClusterMsg::Instances { full: false, updates: vec![running(&nginx, n0, "10.18.0.67")] }).await;
+    c1.send(ClusterMsg::Instances { full: false, updates: vec![running(&nginx, n0, "10.18.0.67")], last: true }).await;
     assert_eq!(c1.routes().await.instance_list[0].namespace_ip, "10.18.0.67");
     let t = c2.query_first(job).await;
     assert_eq!(t.instance_list[0].namespace_ip, "10.18.0.67");

@@ -144,10 +144,10 @@ async fn stay_connected(
     let mut carry = Carry::default();
     let mut refused = Backoff::reconnect();
     loop {
-        let registration = register::register_with_retry(&deps.http, config, identity.as_ref(), || async {
+        let registering = register::register_with_retry(&deps.http, config, identity.as_ref(), || async {
             stamp.apply(deps.node_source.sample().await)
-        })
-        .await?;
+        });
+        let registration = carry.draining(outbox, registering).await?;
         if !registration.node_ip.is_empty() {
             carry.ip.clone_from(&registration.node_ip);
         }
@@ -184,7 +184,7 @@ async fn stay_connected(
                     retry_in_s = delay.as_secs(),
                     "registering again after the broker refused the credentials"
                 );
-                tokio::time::sleep(delay).await;
+                carry.draining(outbox, tokio::time::sleep(delay)).await;
             }
         }
     }

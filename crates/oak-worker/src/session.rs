@@ -42,6 +42,53 @@ pub(crate) struct Carry {
     pub ip: String,
 }
 
+/// Most messages kept for the next connection (beyond the one latest report per instance).
+const CARRY_MAX: usize = 4096;
+
+impl Carry {
+    /// Keeps `msg` for the next connection, in bounded memory however long the broker is away:
+    /// a status report replaces an older one of the same instance (the latest state is what
+    /// counts), periodic reports and log answers are dropped (the next period sends fresh ones;
+    /// a log read has timed out by then), and at most [`CARRY_MAX`] are kept, oldest dropped
+    /// first.
+    pub fn keep(&mut self, msg: Outgoing) {
+        match &msg {
+            Outgoing::Info(info) => {
+                if !info.ip.is_empty() {
+                    self.ip.clone_from(&info.ip);
+                }
+                return;
+            }
+            Outgoing::Resources(_) | Outgoing::Logs(_) => return,
+            Outgoing::Job(r) => self
+                .pending
+                .retain(|p| !matches!(p, Outgoing::Job(old) if old.sname == r.sname && old.instance == r.instance)),
+            Outgoing::TableQuery(_) | Outgoing::InterestRemove(_) => {}
+        }
+        if self.pending.len() >= CARRY_MAX {
+            self.pending.pop_front();
+            tracing::warn!(kept = CARRY_MAX, "disconnected for long: dropping the oldest message kept for the cluster");
+        }
+        self.pending.push_back(msg);
+    }
+
+    /// Runs `fut` while keeping what the outbox receives meanwhile (between sessions nobody else
+    /// reads it, and it would grow without bound).
+    pub async fn draining<F: std::future::Future>(
+        &mut self,
+        outbox: &mut mpsc::UnboundedReceiver<Outgoing>,
+        fut: F,
+    ) -> F::Output {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                Some(msg) = outbox.recv() => self.keep(msg),
+            }
+        }
+    }
+}
+
 enum PumpEvent {
     Connected,
     Message { topic: String, payload: Vec<u8> },
@@ -107,12 +154,14 @@ pub(crate) async fn run(
                 }
                 None => break SessionEnd::CredentialsRefused { was_connected: session.was_connected },
             },
-            msg = outbox.recv(), if session.connected => match msg {
-                Some(msg) => {
+            // Read also while disconnected, into the bounded carry, so the outbox never piles up.
+            msg = outbox.recv() => match msg {
+                Some(msg) if session.connected => {
                     if let Some(kept) = session.publish(msg, carry).await {
-                        carry.pending.push_back(kept);
+                        carry.keep(kept);
                     }
                 }
+                Some(msg) => carry.keep(msg),
                 None => std::future::pending::<()>().await,
             },
         }
@@ -259,5 +308,71 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oak_api::net::TableQuery;
+    use oak_api::node::{NodeInfo, ResourcesReport};
+
+    use super::*;
+    use crate::reports;
+
+    fn jobs(carry: &Carry) -> Vec<(String, u32, String)> {
+        carry
+            .pending
+            .iter()
+            .filter_map(|m| match m {
+                Outgoing::Job(r) => Some((r.sname.clone(), r.instance, r.status.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_waits_for_the_broker_stays_bounded() {
+        let mut carry = Carry::default();
+        for _ in 0..10_000 {
+            carry.keep(Outgoing::Resources(ResourcesReport::default()));
+            carry.keep(Outgoing::Info(Box::new(NodeInfo { ip: "192.0.2.7".into(), ..Default::default() })));
+        }
+        assert!(carry.pending.is_empty(), "periodic reports were kept");
+        assert_eq!(carry.ip, "192.0.2.7");
+
+        // Only the latest state of an instance waits, in the order of the last changes.
+        carry.keep(reports::job("a", 0, "CREATING", ""));
+        carry.keep(reports::job("b", 0, "RUNNING", ""));
+        carry.keep(reports::job("a", 0, "RUNNING", ""));
+        carry.keep(reports::job("a", 1, "FAILED", ""));
+        assert_eq!(
+            jobs(&carry),
+            [
+                ("b".to_string(), 0, "RUNNING".to_string()),
+                ("a".into(), 0, "RUNNING".into()),
+                ("a".into(), 1, "FAILED".into()),
+            ]
+        );
+
+        for i in 0..2 * CARRY_MAX {
+            carry.keep(Outgoing::TableQuery(TableQuery { sname: format!("job{i}"), sip: String::new() }));
+        }
+        assert_eq!(carry.pending.len(), CARRY_MAX);
+        assert!(
+            matches!(carry.pending.back(), Some(Outgoing::TableQuery(q)) if q.sname == format!("job{}", 2 * CARRY_MAX - 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_outbox_is_read_between_sessions() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for _ in 0..1000 {
+            tx.send(Outgoing::Resources(ResourcesReport::default())).unwrap();
+        }
+        tx.send(reports::job("a", 0, "RUNNING", "")).unwrap();
+        let mut carry = Carry::default();
+        carry.draining(&mut rx, tokio::time::sleep(Duration::from_millis(50))).await;
+        assert!(rx.try_recv().is_err(), "the outbox still holds messages");
+        assert_eq!(jobs(&carry), [("a".to_string(), 0, "RUNNING".to_string())]);
     }
 }

@@ -10,6 +10,7 @@ use oak_api::sla::Sla;
 use oak_api::ErrorBody;
 use oak_core::authz::Action;
 use oak_core::jobs::new_service;
+use oak_core::quotas::Usage;
 use oak_core::sla::{job_name, validate_application_update, validate_sla, Purpose};
 use serde_json::Value;
 
@@ -108,7 +109,10 @@ fn build(owner: &str, sla: Sla, existing: &[Application]) -> ApiResult<Vec<(Appl
 /// caller's applications. All or nothing: if one application cannot be created, none is.
 #[utoipa::path(post, path = "/api/application", tag = "applications", security(("bearerAuth" = [])),
     request_body(content = Sla, description = "SLA v2.0 descriptor"),
-    responses((status = 200, body = [Application]), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = [Application]),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
@@ -119,6 +123,7 @@ pub async fn create(
     super::policy::check_sla(&st, &caller, &sla)?;
     let owner = caller.principal.username.as_str();
     let mut planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
+    crate::quotas::check(&st, &caller, owner, Usage::of_services(planned.iter().flat_map(|(_, s)| s)))?;
     let all_services: Vec<Service> = planned.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
     check_rr_ips(&st, &all_services)?;
     assign_addresses(&st, planned.iter_mut().flat_map(|(_, s)| s.iter_mut()))?;
@@ -147,7 +152,8 @@ pub async fn create(
 
 /// The caller's applications (an Admin sees everyone's).
 #[utoipa::path(get, path = "/api/applications", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Application])))]
+    responses((status = 200, body = [Application]),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Application>>> {
     let owner = (!caller.is_admin()).then_some(caller.principal.username.as_str());
     Ok(Json(st.store.list_applications(owner)?))
@@ -155,7 +161,8 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
 
 /// Applications of one user, named by user id or name (yourself, or anyone for an Admin).
 #[utoipa::path(get, path = "/api/applications/{user}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Application]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Application]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_of_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -171,7 +178,8 @@ pub async fn list_of_user(
 }
 
 #[utoipa::path(get, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = Application), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Application),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Application>> {
     Ok(Json(owned_app(&st, &caller, &id, false)?))
 }
@@ -180,7 +188,10 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
 /// refused while any of them has instances.
 #[utoipa::path(put, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
     request_body(content = Object, description = "{application_name, application_namespace, application_desc?}"),
-    responses((status = 200, body = Application), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Application),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
@@ -223,7 +234,8 @@ pub async fn update(
 
 /// Delete an application with its services and their instances.
 #[utoipa::path(delete, path = "/api/application/{id}", tag = "applications", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,

@@ -27,9 +27,10 @@ use crate::state::AppState;
 /// An attempt is counted against the rate limit before the password is checked (a success
 /// gives it back), and unknown users cost one argon2 verification like known ones.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody, description = "unknown organization"),
-              (status = 429, body = ErrorBody, description = "too many failed attempts, or too many logins at once; see Retry-After")))]
+    responses((status = 200, body = LoginResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many failed attempts, or too many logins at once; see Retry-After")))]
 pub async fn login(
     State(st): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -71,7 +72,8 @@ pub async fn login(
 /// New access token from a refresh token (sent as `Authorization: Bearer <refresh_token>`).
 /// Roles are read again, so revoked roles do not survive a refresh.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(("bearerAuth" = [])),
-    responses((status = 200, body = RefreshResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = RefreshResponse),
+        (status = 401, body = ErrorBody)))]
 pub async fn refresh(State(st): State<AppState>, holder: RefreshCaller) -> ApiResult<Json<RefreshResponse>> {
     let roles = current_roles(st.store.as_ref(), &holder.claims.organization, &holder.user.id)?;
     let token = st.tokens.issue(TokenKind::Access, &holder.user, &roles, &holder.claims.organization, false);
@@ -81,7 +83,10 @@ pub async fn refresh(State(st): State<AppState>, holder: RefreshCaller) -> ApiRe
 /// Register a user in the caller's organization (Admin, or Organization_Admin for roles other
 /// than Admin).
 #[utoipa::path(post, path = "/api/auth/register", tag = "users", security(("bearerAuth" = [])), request_body = RegisterRequest,
-    responses((status = 201, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = User),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too many password checks at once; see Retry-After"),
+    ))]
 pub async fn register(
     State(st): State<AppState>,
     caller: Caller,

@@ -17,14 +17,16 @@ pub fn clusters_now(st: &AppState) -> ApiResult<Vec<Cluster>> {
 }
 
 #[utoipa::path(get, path = "/api/clusters", tag = "clusters", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [Cluster]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn all(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
     caller.require(Action::ViewClusters, "")?;
     Ok(Json(clusters_now(&st)?))
 }
 
 #[utoipa::path(get, path = "/api/clusters/active", tag = "clusters", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = [Cluster]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn active(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
     caller.require(Action::ViewClusters, "")?;
     Ok(Json(clusters_now(&st)?.into_iter().filter(|c| c.active).collect()))
@@ -32,7 +34,8 @@ pub async fn active(State(st): State<AppState>, caller: Caller) -> ApiResult<Jso
 
 /// Issue another cluster join token (Admin only); hand it to `oakestra cluster --token`.
 #[utoipa::path(post, path = "/api/clusters/tokens", tag = "clusters", security(("bearerAuth" = [])),
-    responses((status = 200, body = ClusterToken), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = ClusterToken),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_token(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<ClusterToken>> {
     if !caller.is_admin() {
         return Err(ApiError::Forbidden("only an Admin can issue cluster join tokens".into()));

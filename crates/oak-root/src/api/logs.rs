@@ -34,8 +34,10 @@ pub struct LogsParams {
 /// An instance's stdout and stderr (the last 256 KiB at most), as plain text.
 #[utoipa::path(get, path = "/api/service/{id}/instance/{number}/logs", tag = "instances", security(("bearerAuth" = [])),
     params(LogsParams),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the instance's cluster is not connected now")))]
 pub async fn logs(
     State(st): State<AppState>,
     caller: Caller,

@@ -22,7 +22,11 @@ use crate::state::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Oakestra root orchestrator API", description = "Public REST API of the Oakestra root orchestrator. \
-        Paths answer with and without a trailing slash. Errors are `{code, message, field?, errors?}`."),
+        Paths answer with and without a trailing slash. Errors are `{code, message, field?, errors?}`: \
+        400 malformed body, path or query; 401 missing, invalid or expired token; 403 a role is missing; \
+        404 not found or not visible to the caller; 409 conflict with the current state; 413 body over 64 KiB; \
+        422 invalid input (`errors` lists every field); 429 too many failed logins, or a per-user quota \
+        (the message names the quota and the root flag that sets it)."),
     paths(
         auth::login, auth::refresh, auth::register,
         users::get_user, users::update_user, users::delete_user, users::change_password, users::permissions,
@@ -84,6 +88,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters/tokens", post(clusters::create_token))
         .route("/metrics", get(clusters::metrics))
         .fallback(not_found)
+        // Bodies over the limit are cut off while read (chunked ones too) and answered 413.
+        .layer(axum::extract::DefaultBodyLimit::max(crate::body::MAX_BODY))
         .with_state(state);
     let doc = ApiDoc::openapi();
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))

@@ -42,14 +42,17 @@ fn existing(st: &AppState, id: &str) -> ApiResult<Organization> {
 }
 
 #[utoipa::path(get, path = "/api/organization", tag = "organizations", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Organization]), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = [Organization]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Organization>>> {
     caller.require(Action::ManageOrganizations, "")?;
     Ok(Json(st.store.list_organizations()?))
 }
 
 #[utoipa::path(post, path = "/api/organization", tag = "organizations", security(("bearerAuth" = [])), request_body = OrganizationRequest,
-    responses((status = 201, body = Organization), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Organization),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
@@ -63,14 +66,18 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/organization/{id}", tag = "organizations", security(("bearerAuth" = [])),
-    responses((status = 200, body = Organization), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Organization),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Organization>> {
     caller.require(Action::ManageOrganizations, "")?;
     Ok(Json(existing(&st, &id)?))
 }
 
 #[utoipa::path(put, path = "/api/organization/{id}", tag = "organizations", security(("bearerAuth" = [])), request_body = OrganizationRequest,
-    responses((status = 200, body = Organization), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Organization),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
@@ -89,7 +96,9 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/organization/{id}", tag = "organizations", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,

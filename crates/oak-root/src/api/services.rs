@@ -8,6 +8,7 @@ use oak_api::sla::Sla;
 use oak_api::{ErrorBody, FieldError};
 use oak_core::authz::Action;
 use oak_core::jobs::{apply_update, job_status, new_service};
+use oak_core::quotas::Usage;
 use oak_core::sla::{job_name, validate_service_update, validate_sla, Purpose};
 use serde_json::Value;
 
@@ -41,7 +42,10 @@ fn owned(st: &AppState, caller: &Caller, id: &str, modify: bool, instances: bool
 /// Add services to an existing application (`applications[0].applicationID`), all or nothing.
 #[utoipa::path(post, path = "/api/service", tag = "services", security(("bearerAuth" = [])),
     request_body(content = Sla, description = "SLA v2.0 descriptor whose applications[0].applicationID names an existing application"),
-    responses((status = 200, body = CreateServicesResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = CreateServicesResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
@@ -56,6 +60,7 @@ pub async fn create(
     let app = owned_app(&st, &caller, &requested.application_id, true)?;
     let mut services: Vec<Service> =
         requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
+    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_services(&services))?;
     check_rr_ips(&st, &services)?;
     assign_addresses(&st, services.iter_mut())?;
     if let Err(e) = st.store.add_services(&app.id, &services) {
@@ -78,7 +83,8 @@ pub async fn create(
 
 /// A service with its instances.
 #[utoipa::path(get, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = Service), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Service),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Service>> {
     Ok(Json(with_job_status(owned_service(&st, &caller, &id, false)?.0)))
 }
@@ -87,7 +93,10 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<Stri
 /// Renaming is refused while the service has instances, since its job name identifies them.
 #[utoipa::path(put, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
     request_body(content = Object, description = "microservice object, or SLA v2.0 with one application and one microservice"),
-    responses((status = 200, body = Service), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Service),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
@@ -113,6 +122,7 @@ pub async fn update(
     }
     let previous = service.clone();
     apply_update(&mut service, &app, ms);
+    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_service(&service).beyond(Usage::of_service(&previous)))?;
     check_rr_ips(&st, std::slice::from_ref(&service))?;
     st.fleet.assign_addresses(&mut service, Some(&previous))?;
     if let Err(e) = st.store.update_service(&service) {
@@ -131,7 +141,8 @@ pub async fn update(
 
 /// Delete a service with all its instances.
 #[utoipa::path(delete, path = "/api/service/{id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
     caller: Caller,
@@ -147,7 +158,8 @@ pub async fn delete(
 
 /// Services of one application.
 #[utoipa::path(get, path = "/api/services/{app_id}", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Service]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Service]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_of_app(
     State(st): State<AppState>,
     caller: Caller,
@@ -159,7 +171,8 @@ pub async fn list_of_app(
 
 /// The caller's services (an Admin sees everyone's).
 #[utoipa::path(get, path = "/api/services", tag = "services", security(("bearerAuth" = [])),
-    responses((status = 200, body = [Service])))]
+    responses((status = 200, body = [Service]),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Service>>> {
     if caller.is_admin() {
         return Ok(Json(st.store.list_services(None)?.into_iter().map(with_job_status).collect()));
@@ -185,14 +198,17 @@ pub fn with_job_status(mut service: Service) -> Service {
 /// there; when none fits the instance keeps the negative scheduling status (e.g.
 /// `TargetClusterNotActive`) and is placed as soon as a cluster can take it.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "instances", security(("bearerAuth" = [])),
-    responses((status = 200, body = InstanceRequested), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InstanceRequested),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn request_instance(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRequested>> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
-    let (service, _) = owned(&st, &caller, &id, true, false)?;
+    let (service, app) = owned(&st, &caller, &id, true, false)?;
+    crate::quotas::check(&st, &caller, &app.user_id, Usage { instances: 1, ..Usage::default() })?;
     // Its overlay address, kept for the instance's life (also when it moves).
     let ip = st.fleet.allocate_instance_ip(&id)?;
     let number = match st.store.allocate_instance_number(&id) {
@@ -216,7 +232,9 @@ pub async fn request_instance(
 
 /// Remove one instance of a service.
 #[utoipa::path(delete, path = "/api/service/{id}/instance/{number}", tag = "instances", security(("bearerAuth" = [])),
-    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn delete_instance(
     State(st): State<AppState>,
     caller: Caller,

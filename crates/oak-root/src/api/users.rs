@@ -95,7 +95,8 @@ fn account(
 /// A user's profile with roles in the caller's organization (self, Admin, or the
 /// Organization_Admin of an organization the user belongs to).
 #[utoipa::path(get, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = User),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<User>> {
     #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let user = account(&st, &caller, &name, |t| UserOp::Read(t))?;
@@ -106,8 +107,10 @@ pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(name): Pa
 /// Organization_Admin manages only accounts of their organization alone that hold no Admin
 /// role; a reset password or removed role revokes the user's tokens.
 #[utoipa::path(put, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])), request_body = UserUpdate,
-    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = User),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too many password checks at once; see Retry-After")))]
 pub async fn update_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -136,8 +139,9 @@ pub async fn update_user(
 /// Delete a user and their memberships (their tokens die with the account); answers the
 /// remaining users the caller may see.
 #[utoipa::path(delete, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn delete_user(
     State(st): State<AppState>,
     caller: Caller,
@@ -157,7 +161,9 @@ pub async fn delete_user(
 
 /// Change one's own password, knowing the old one; revokes the account's tokens (log in again).
 #[utoipa::path(post, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])), request_body = ChangePasswordRequest,
-    responses((status = 200, body = MessageResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = MessageResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too many password checks at once; see Retry-After")))]
 pub async fn change_password(
     State(st): State<AppState>,
     caller: Caller,
@@ -180,7 +186,8 @@ pub async fn change_password(
 
 /// The roles of a user (self, or one the caller may read) in the caller's organization.
 #[utoipa::path(get, path = "/api/permission/{username}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = PermissionsResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PermissionsResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn permissions(
     State(st): State<AppState>,
     caller: Caller,
@@ -207,7 +214,8 @@ fn visible_users(st: &AppState, caller: &Caller) -> ApiResult<Json<Vec<User>>> {
 /// All users (Admin), or the members of the caller's organization (Organization_Admin), with
 /// their roles in the caller's organization.
 #[utoipa::path(get, path = "/api/users", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     caller.require_user_op(UserOp::List { org_id: None }, "")?;
     visible_users(&st, &caller)
@@ -216,7 +224,8 @@ pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult
 /// Members of one organization (any for Admin, their own for an Organization_Admin), with
 /// their roles there.
 #[utoipa::path(get, path = "/api/users/{organization_id}", tag = "users", security(("bearerAuth" = [])),
-    responses((status = 200, body = [User]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [User]),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_org_users(
     State(st): State<AppState>,
     caller: Caller,

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oak_api::channel::{self, ClusterMsg, RootMsg, PROTOCOL_VERSION};
+use oak_api::channel::{self, ClusterMsg, RootMsg, MAX_FRAME, MAX_HELLO_FRAME, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -43,7 +43,9 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> 
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClusterMsg>(&mut rd)).await {
+    // Before the token is checked a frame may only be small: a stranger cannot make the root
+    // allocate (or wait for) a big one.
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClusterMsg>(&mut rd, MAX_HELLO_FRAME)).await {
         Err(_) => return Err("no hello within 10 s".into()),
         Ok(r) => r?,
     };
@@ -71,9 +73,16 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> 
         Err(e) => return refuse(&mut wr, format!("the root cannot read its database: {e}")).await,
     };
     let mut rx = joined.rx;
-    let first =
-        vec![RootMsg::Welcome { cluster_id: id.clone() }, RootMsg::Deploy { full: true, seq: 0, instances: desired }];
-    let writer = tokio::spawn(async move { write_loop(&mut wr, first, &mut rx).await });
+    let overflow = joined.overflow;
+    let mut first = vec![RootMsg::Welcome { cluster_id: id.clone() }];
+    first.extend(RootMsg::full_deploy(desired));
+    let writer = tokio::spawn(async move {
+        tokio::select! {
+            _ = write_loop(&mut wr, first, &mut rx) => {}
+            // The queue overflowed: closing makes the cluster re-dial and resync.
+            _ = overflow.notified() => { let _ = wr.shutdown().await; }
+        }
+    });
 
     let result = read_loop(&fleet, &id, joined.conn, &mut rd).await;
     fleet.leave(&id, joined.conn);
@@ -89,7 +98,7 @@ async fn refuse(wr: &mut (impl AsyncWriteExt + Unpin), message: String) -> Resul
 
 async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead + Unpin)) -> Result<(), String> {
     loop {
-        let msg = match tokio::time::timeout(fleet.config.idle_timeout, read_frame::<ClusterMsg>(rd)).await {
+        let msg = match tokio::time::timeout(fleet.config.idle_timeout, read_frame::<ClusterMsg>(rd, MAX_FRAME)).await {
             Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),
             Ok(m) => m?,
         };
@@ -115,16 +124,15 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
 }
 
 /// Writes queued messages, coalescing whatever is queued into one write.
-async fn write_loop(
-    wr: &mut (impl AsyncWriteExt + Unpin),
-    first: Vec<RootMsg>,
-    rx: &mut mpsc::UnboundedReceiver<RootMsg>,
-) {
-    let mut buf: Vec<u8> = first.iter().flat_map(channel::encode).collect();
+async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, rx: &mut mpsc::Receiver<RootMsg>) {
+    let mut buf = Vec::new();
+    for m in &first {
+        append(&mut buf, m);
+    }
     loop {
         while buf.len() < 1 << 20 {
             match rx.try_recv() {
-                Ok(m) => buf.extend(channel::encode(&m)),
+                Ok(m) => append(&mut buf, &m),
                 Err(_) => break,
             }
         }
@@ -135,7 +143,7 @@ async fn write_loop(
             buf.clear();
         }
         match rx.recv().await {
-            Some(m) => buf.extend(channel::encode(&m)),
+            Some(m) => append(&mut buf, &m),
             None => {
                 let _ = wr.shutdown().await;
                 return;
@@ -144,11 +152,24 @@ async fn write_loop(
     }
 }
 
-/// Reads one frame; a garbled or oversized frame ends the connection with a message naming it.
-pub async fn read_frame<T: serde::de::DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin)) -> Result<T, String> {
+/// Adds `m`'s frame to `buf`; a message over the frame limit (the cluster would refuse it and
+/// the channel break for good) is dropped and logged instead.
+fn append(buf: &mut Vec<u8>, m: &RootMsg) {
+    match channel::encode_checked(m) {
+        Ok(frame) => buf.extend(frame),
+        Err(e) => tracing::error!(error = %e, "dropping a message to a cluster"),
+    }
+}
+
+/// Reads one frame of at most `limit` bytes; a garbled or oversized frame ends the connection
+/// with a message naming it (an oversized one before its body is allocated).
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    rd: &mut (impl AsyncRead + Unpin),
+    limit: usize,
+) -> Result<T, String> {
     let mut header = [0u8; 4];
     rd.read_exact(&mut header).await.map_err(|e| format!("connection closed: {e}"))?;
-    let len = channel::frame_len(header)?;
+    let len = channel::frame_len_within(header, limit)?;
     let mut body = vec![0u8; len];
     rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("malformed message: {e}"))

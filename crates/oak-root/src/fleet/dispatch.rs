@@ -89,8 +89,9 @@ impl Fleet {
                     job: job_spec(service),
                     instance_ip: instance.instance_ip.clone(),
                 }],
+                last: true,
             };
-            let _ = link.tx.send(msg);
+            let _ = link.send(msg);
         }
     }
 
@@ -101,7 +102,7 @@ impl Fleet {
             inner.reservations.release(&(service_id.to_string(), inst.instance_number));
             inner.backoff.remove(&(service_id.to_string(), inst.instance_number));
             let Some(link) = inst.cluster_id.as_deref().and_then(|c| inner.links.get(c)) else { continue };
-            let _ = link.tx.send(RootMsg::Undeploy {
+            let _ = link.send(RootMsg::Undeploy {
                 instances: vec![InstanceRef { job_id: service_id.to_string(), instance_number: inst.instance_number }],
             });
         }
@@ -154,7 +155,7 @@ impl Fleet {
                 "undeploying instances the root does not assign there"
             );
             if let Some(link) = inner.links.get(cluster_id) {
-                let _ = link.tx.send(RootMsg::Undeploy { instances: stray });
+                let _ = link.send(RootMsg::Undeploy { instances: stray });
             }
         }
     }

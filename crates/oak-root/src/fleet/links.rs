@@ -1,20 +1,28 @@
 //! Connected clusters: joining (token, stable id), reports, and the live view the API and the
 //! scheduler read.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use oak_api::channel::{ClusterResources, RootMsg};
 use oak_api::model::Cluster;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::Fleet;
 use crate::ids;
+
+/// Messages queued for one cluster's writer. A cluster that falls this far behind is
+/// disconnected and resyncs from the full desired set when it re-dials (the channel is
+/// level-triggered), rather than the root buffering without limit.
+pub(super) const LINK_QUEUE: usize = 16 * 1024;
 
 /// One cluster with an open channel.
 pub(super) struct Link {
     /// Distinguishes this connection from a later one of the same cluster.
     pub conn: u64,
-    pub tx: mpsc::UnboundedSender<RootMsg>,
+    tx: mpsc::Sender<RootMsg>,
+    /// Tells the writer to close the connection (its queue overflowed).
+    overflow: Arc<Notify>,
     /// The cluster document with its latest reported resources.
     pub view: Cluster,
     pub reported_at: Option<Instant>,
@@ -31,7 +39,26 @@ pub struct Refusal(pub String);
 pub(super) struct Joined {
     pub cluster_id: String,
     pub conn: u64,
-    pub rx: mpsc::UnboundedReceiver<RootMsg>,
+    pub rx: mpsc::Receiver<RootMsg>,
+    /// Notified when the queue overflowed: the writer closes the connection.
+    pub overflow: Arc<Notify>,
+}
+
+impl Link {
+    /// Queues `msg` for the cluster; `false` if it cannot be sent. A full queue closes the
+    /// connection (logged), so the cluster re-dials and gets the full desired set again.
+    pub fn send(&self, msg: RootMsg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(cluster = %self.view.id, queued = LINK_QUEUE,
+                    "the cluster does not keep up with its channel; disconnecting it to resync");
+                self.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 impl Fleet {
@@ -65,14 +92,18 @@ impl Fleet {
         doc.active = false;
         self.store.put_cluster(&doc).map_err(|e| Refusal(e.to_string()))?;
 
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let overflow = Arc::new(Notify::new());
         let mut inner = self.lock();
         let conn = inner.next_conn;
         inner.next_conn += 1;
         let cluster_id = doc.id.clone();
         // A newer connection wins: dropping the old sender ends the old writer, whose socket
         // then closes; its reader notices and leaves without touching the new link.
-        inner.links.insert(cluster_id.clone(), Link { conn, tx, view: doc, reported_at: None, reports: 0, seq: 0 });
+        inner.links.insert(
+            cluster_id.clone(),
+            Link { conn, tx, overflow: overflow.clone(), view: doc, reported_at: None, reports: 0, seq: 0 },
+        );
         // Report numbers restart with the connection; the resync re-establishes what is free.
         inner.reservations.forget_cluster(&cluster_id);
         // Instances waiting for any cluster get an immediate attempt.
@@ -80,7 +111,7 @@ impl Fleet {
         drop(inner);
         // An older connection's interests end with it: the cluster queries again.
         self.forget_interest(&cluster_id);
-        Ok(Joined { cluster_id, conn, rx })
+        Ok(Joined { cluster_id, conn, rx, overflow })
     }
 
     /// Forgets a connection that closed (unless a newer one replaced it).
@@ -153,4 +184,30 @@ fn apply_resources(c: &mut Cluster, r: &ClusterResources, now: f64) {
     c.supported_addons = r.supported_addons.clone();
     c.aggregation_per_architecture = r.aggregation_per_architecture.clone();
     c.last_modified_timestamp = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_connection_instead_of_growing() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let overflow = Arc::new(Notify::new());
+        let link = Link {
+            conn: 1,
+            tx,
+            overflow: overflow.clone(),
+            view: Cluster::default(),
+            reported_at: None,
+            reports: 0,
+            seq: 0,
+        };
+        let msg = || RootMsg::Undeploy { instances: vec![] };
+        assert!(link.send(msg()) && link.send(msg()));
+        assert!(!link.send(msg()), "a third message fit a queue of two");
+        // The writer is told to close (the permit is kept until it looks).
+        tokio::time::timeout(std::time::Duration::from_secs(1), overflow.notified()).await.unwrap();
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+    }
 }

@@ -54,7 +54,7 @@ impl Fleet {
             id
         };
         let msg = RootMsg::Logs { request_id, job_id: job_id.to_string(), instance_number: number, tail, cursor };
-        let sent = self.lock().links.get(cluster_id).is_some_and(|link| link.tx.send(msg).is_ok());
+        let sent = self.lock().links.get(cluster_id).is_some_and(|link| link.send(msg));
         let forget = || self.logs.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&request_id);
         if !sent {
             forget();

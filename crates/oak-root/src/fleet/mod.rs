@@ -28,9 +28,11 @@ pub use channel::serve_channel;
 pub use logs::LogsError;
 pub use retry::run_retries;
 
-/// Timing knobs of the root's control loops.
+/// Timing knobs of the root's control loops, and the per-user quotas on what the fleet holds.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
+    /// Services, instances and service IPs one (non-Admin) user may hold.
+    pub quotas: oak_core::quotas::Quotas,
     /// A connected cluster whose last report is older than this is not scheduled onto.
     pub report_freshness: Duration,
     /// How often instances waiting for a cluster are re-examined.
@@ -44,6 +46,7 @@ pub struct FleetConfig {
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
+            quotas: Default::default(),
             report_freshness: Duration::from_secs(15),
             retry_tick: Duration::from_millis(500),
             retry_max: Duration::from_secs(15),
@@ -100,6 +103,10 @@ impl Fleet {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` consistent before any call that could panic.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn quotas(&self) -> oak_core::quotas::Quotas {
+        self.config.quotas
     }
 
     /// Placement decision times so far (microseconds): p50, p99, count.

@@ -131,7 +131,7 @@ impl Fleet {
         let inner = self.lock();
         for c in clusters {
             if let Some(link) = inner.links.get(&c) {
-                let _ = link.tx.send(RootMsg::Routes { table: table.clone() });
+                let _ = link.send(RootMsg::Routes { table: table.clone() });
             }
         }
     }
@@ -140,7 +140,7 @@ impl Fleet {
     pub(super) fn send_to(&self, cluster_id: &str, conn: Option<u64>, msg: RootMsg) {
         let inner = self.lock();
         if let Some(link) = inner.links.get(cluster_id).filter(|l| conn.is_none_or(|c| l.conn == c)) {
-            let _ = link.tx.send(msg);
+            let _ = link.send(msg);
         }
     }
 }

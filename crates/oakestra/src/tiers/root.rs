@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use oak_core::quotas::Quotas;
 
 use super::{block_on, config_error, init_logging, shutdown_signal};
 
@@ -30,6 +31,29 @@ pub struct RootArgs {
     /// the orchestrator (comma-separated, e.g. `Organization_Admin,Application_Provider`).
     #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
     pub privileged_roles: Vec<String>,
+    /// Per-user quotas (Admins are exempt): services, instances and service IPs one user may hold.
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct QuotaArgs {
+    /// Services one user may hold.
+    #[arg(long, default_value_t = Quotas::default().services, env = "OAKESTRA_QUOTA_SERVICES")]
+    pub quota_services: usize,
+    /// Instances one user's services may have together.
+    #[arg(long, default_value_t = Quotas::default().instances, env = "OAKESTRA_QUOTA_INSTANCES")]
+    pub quota_instances: usize,
+    /// Round-robin and closest service IPs one user's services may hold together.
+    #[arg(long, default_value_t = Quotas::default().service_ips, env = "OAKESTRA_QUOTA_SERVICE_IPS")]
+    pub quota_service_ips: usize,
+}
+
+impl Default for QuotaArgs {
+    fn default() -> Self {
+        let q = Quotas::default();
+        QuotaArgs { quota_services: q.services, quota_instances: q.instances, quota_service_ips: q.service_ips }
+    }
 }
 
 impl RootArgs {
@@ -39,7 +63,14 @@ impl RootArgs {
             channel_addr: SocketAddr::new(self.api_addr, self.cluster_port),
             data_dir: self.data_dir.clone(),
             admin_password: self.admin_password.clone(),
-            fleet: Default::default(),
+            fleet: oak_root::fleet::FleetConfig {
+                quotas: Quotas {
+                    services: self.quotas.quota_services,
+                    instances: self.quotas.quota_instances,
+                    service_ips: self.quotas.quota_service_ips,
+                },
+                ..Default::default()
+            },
             privileged_roles: self.privileged_roles.clone(),
         }
     }

@@ -61,6 +61,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         data_dir: args.data_dir.join("root"),
         admin_password: args.admin_password,
         privileged_roles: args.privileged_roles,
+        quotas: Default::default(),
     };
     block_on("up", async move {
         let root = match oak_root::Root::open(root_args.config()).await {
