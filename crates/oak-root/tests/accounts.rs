@@ -337,6 +337,29 @@ async fn parallel_wrong_logins_get_no_more_than_the_limit_of_attempts() {
     assert!(headers.get("retry-after").is_some());
 }
 
+/// Holding someone's token does not allow guessing their password through the change-password
+/// endpoint: wrong old passwords count as failed logins.
+#[tokio::test]
+async fn a_stolen_token_cannot_guess_the_password_by_changing_it() {
+    let api = Api::new().await;
+    let admin = api.login("Admin", "Admin").await;
+    api.register(&admin, "alice", &["Application_Provider"]).await;
+    let alice = api.login("alice", "password-1").await;
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let body = json!({"oldPassword": format!("guess-{i}"), "newPassword": "password-new-1"});
+        statuses.push(api.call(Method::POST, "/api/user/alice", Some(&alice), Some(body)).await.0);
+    }
+    let wrong = statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((wrong, limited), (5, 2), "{statuses:?}");
+    // the right old password is refused too while the limit holds
+    let body = json!({"oldPassword": "password-1", "newPassword": "password-new-1"});
+    let (s, headers, _) = send(&api.root, Method::POST, "/api/user/alice", Some(&alice), Some(body)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.get("retry-after").is_some());
+}
+
 #[tokio::test]
 async fn successful_logins_do_not_use_up_attempts() {
     let api = Api::new().await;

@@ -12,7 +12,7 @@ use oak_core::authz::{unknown_roles, UserOp, UserTarget};
 use oak_store::UserRecord;
 
 use crate::auth::accounts::{roles_in, Memberships};
-use crate::auth::extract::Caller;
+use crate::auth::extract::{Caller, ClientAddr};
 use crate::auth::passwords;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
@@ -160,21 +160,37 @@ pub async fn delete_user(
 }
 
 /// Change one's own password, knowing the old one; revokes the account's tokens (log in again).
+/// A wrong old password counts as a failed login (same limiter), so a stolen token cannot be
+/// used to guess the password.
 #[utoipa::path(post, path = "/api/user/{username}", tag = "users", security(("bearerAuth" = [])), request_body = ChangePasswordRequest,
     responses((status = 200, body = MessageResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too many password checks at once; see Retry-After")))]
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too many wrong passwords, or too many password checks at once; see Retry-After")))]
 pub async fn change_password(
     State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<ChangePasswordRequest>,
 ) -> ApiResult<Json<MessageResponse>> {
     #[allow(clippy::redundant_closure)] // the variant alone cannot borrow a local target
     let mut user = account(&st, &caller, &name, |t| UserOp::ChangeOwnPassword(t))?;
-    if !st.passwords.verify(&req.old_password, Some(&user.password_hash)).await? {
+    let slot =
+        st.limiter.acquire(&user.name, &addr, std::time::Instant::now()).map_err(|wait| ApiError::TooManyRequests {
+            message: format!("too many wrong passwords; try again in {wait} s"),
+            retry_after_secs: wait,
+        })?;
+    let matches = match st.passwords.verify(&req.old_password, Some(&user.password_hash)).await {
+        Ok(matches) => matches,
+        Err(busy) => {
+            st.limiter.release(slot);
+            return Err(busy);
+        }
+    };
+    if !matches {
         return Err(ApiError::BadRequest("the old password is wrong".into()));
     }
+    st.limiter.release(slot);
     if req.old_password == req.new_password {
         return Err(ApiError::BadRequest("the new password is the same as the old one".into()));
     }
