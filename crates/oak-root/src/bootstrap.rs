@@ -112,6 +112,15 @@ pub fn ensure_admin(
     Ok(())
 }
 
+/// Removes the generated password file (Admin has chosen a password of their own).
+pub fn forget_generated_password(file: &Path) {
+    match std::fs::remove_file(file) {
+        Ok(()) => tracing::info!(file = %file.display(), "Admin changed the generated password: file removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %file.display(), "cannot remove the stale Admin password file: {e}"),
+    }
+}
+
 /// 24 random characters from an alphabet without look-alikes (about 136 bits).
 fn generated_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";

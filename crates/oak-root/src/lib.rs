@@ -77,6 +77,7 @@ impl Root {
                 config.privileged_roles.clone(),
                 &[config.api_addr.port(), config.channel_addr.port()],
             )),
+            admin_password_file: Arc::new(dir.join(bootstrap::ADMIN_PASSWORD_FILE)),
         };
         Ok(Root { config, state })
     }

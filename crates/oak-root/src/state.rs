@@ -19,4 +19,16 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// Who may ask for privileged containers and reserved host ports.
     pub policy: Arc<oak_core::descriptor_policy::Policy>,
+    /// Where a generated `Admin` password lies (if it does): removed once Admin's password
+    /// changes, so no stale secret stays on disk.
+    pub admin_password_file: Arc<std::path::PathBuf>,
+}
+
+impl AppState {
+    /// Call after `user`'s password changed.
+    pub fn password_changed(&self, user: &str) {
+        if user == crate::bootstrap::ADMIN_USER {
+            crate::bootstrap::forget_generated_password(&self.admin_password_file);
+        }
+    }
 }

@@ -419,7 +419,12 @@ async fn beyond_loopback_the_first_start_generates_the_admin_password() {
     let api = Api { root: open(&data, "0.0.0.0:10000", None).await, _dir: None };
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), password);
     assert_eq!(api.root.admin_password_file(), Some(file.clone()));
-    api.login("Admin", &password).await;
+    let admin = api.login("Admin", &password).await;
+    // once Admin picks a password of their own, the generated one leaves the disk
+    let change = json!({"oldPassword": password, "newPassword": "admin-chosen-1"});
+    assert_eq!(api.status(Method::POST, "/api/user/Admin", &admin, Some(change)).await, StatusCode::OK);
+    assert!(!file.exists() && api.root.admin_password_file().is_none());
+    api.login("Admin", "admin-chosen-1").await;
 
     // with --admin-password, or on loopback, no file is written
     let given = dir.path().join("given");

@@ -130,6 +130,9 @@ pub async fn update_user(
         user.email = email;
     }
     st.store.update_user(&user)?;
+    if update.password.is_some() {
+        st.password_changed(&user.name);
+    }
     if let Some(roles) = update.roles {
         set_roles(&st, &caller.org_id, &user.id, roles)?;
     }
@@ -197,6 +200,7 @@ pub async fn change_password(
     passwords::check_strength(&req.new_password).map_err(ApiError::Unprocessable)?;
     user.password_hash = st.passwords.hash(&req.new_password).await?;
     st.store.update_user(&user)?;
+    st.password_changed(&user.name);
     Ok(Json(MessageResponse::new("password changed; log in again")))
 }
 
