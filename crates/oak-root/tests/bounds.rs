@@ -88,11 +88,13 @@ impl Served {
     }
 }
 
-/// clientsrvr.json (two services, no fixed addresses) under application name `name`.
+/// clientsrvr.json (two services, no fixed addresses, the server on host port 8080: ports below
+/// 1024 are for Admins) under application name `name`.
 fn sla(name: &str) -> Value {
     let mut v: Value = serde_json::from_str(CLIENTSRVR).unwrap();
     v["applications"][0]["application_name"] = json!(name);
     v["applications"][0]["microservices"][1].as_object_mut().unwrap().remove("addresses");
+    v["applications"][0]["microservices"][1]["port"] = json!("8080:80/tcp");
     v
 }
 
