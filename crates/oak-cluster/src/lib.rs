@@ -503,3 +503,23 @@ fn garbled(node: &str, kind: &str, e: serde_json::Error) -> Effect {
     tracing::warn!(node, topic = kind, error = %e, "malformed message from worker");
     Effect::NodeError { node: node.into(), message: format!("malformed {kind} message: {e}") }
 }
+
+/// A cluster context on a data dir of the test's own, with an embedded broker on a free port and
+/// a root that is never reached: for unit tests of the cluster's modules.
+#[cfg(test)]
+async fn test_ctx(dir: &std::path::Path) -> Arc<Ctx> {
+    let config = ClusterConfig {
+        name: "c1".into(),
+        location: String::new(),
+        root_channel: "127.0.0.1:1".into(),
+        root_url: String::new(),
+        root_token: "t".into(),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
+        mqtt_advertise: None,
+        data_dir: dir.to_path_buf(),
+        report_interval: Duration::from_secs(1),
+        timing: Default::default(),
+    };
+    Cluster::open(config).await.unwrap().ctx
+}

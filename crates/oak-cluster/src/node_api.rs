@@ -159,7 +159,6 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use axum::body::Body;
     use axum::http::Request;
@@ -169,24 +168,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::{Cluster, ClusterConfig, MqttMode};
-
-    async fn open(dir: &std::path::Path) -> Arc<Ctx> {
-        let config = ClusterConfig {
-            name: "c1".into(),
-            location: String::new(),
-            root_channel: "127.0.0.1:1".into(),
-            root_url: String::new(),
-            root_token: "t".into(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
-            mqtt_advertise: None,
-            data_dir: dir.to_path_buf(),
-            report_interval: Duration::from_secs(1),
-            timing: Default::default(),
-        };
-        Cluster::open(config).await.unwrap().ctx
-    }
+    use crate::test_ctx as open;
 
     /// Stands in for the root: answers subnet requests with `answer` and counts them.
     fn fake_root(ctx: &Arc<Ctx>, answer: Result<&'static str, &'static str>) -> Arc<AtomicUsize> {

@@ -175,7 +175,7 @@ mod tests {
     use oak_api::node::JobSpec;
 
     use super::*;
-    use crate::{Cluster, ClusterConfig, MqttMode};
+    use crate::test_ctx as open;
 
     fn instance(job: &str) -> DeployInstance {
         let spec = serde_json::from_value(serde_json::json!({
@@ -192,23 +192,6 @@ mod tests {
             ctx.state().root_updates(true, Instant::now()).into_iter().map(|r| r.job_id).collect();
         ids.sort();
         ids
-    }
-
-    async fn open(dir: &std::path::Path) -> Arc<Ctx> {
-        let config = ClusterConfig {
-            name: "c1".into(),
-            location: String::new(),
-            root_channel: "127.0.0.1:1".into(),
-            root_url: String::new(),
-            root_token: "t".into(),
-            api_addr: "127.0.0.1:0".parse().unwrap(),
-            mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
-            mqtt_advertise: None,
-            data_dir: dir.to_path_buf(),
-            report_interval: Duration::from_secs(1),
-            timing: Default::default(),
-        };
-        Cluster::open(config).await.unwrap().ctx
     }
 
     #[tokio::test]
