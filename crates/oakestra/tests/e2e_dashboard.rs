@@ -1,0 +1,255 @@
+//! End to end, the dashboard in a real browser: headless Chromium driven through chromedriver
+//! against the real `oakestra up` (root, cluster and worker, containerd, a local registry with
+//! an HTTP-server image), on the dashboard's own port. The seeds' getting-started flow: a wrong
+//! password shows the API's message; log in; create an application and a service from the
+//! form (an invalid field first shows the API's message next to it); deploy; the instance
+//! table turns RUNNING with a node IP by itself; its logs show the start line and follow new
+//! output; undeploy; the instance is gone. Screenshots of each page go to the test's work dir;
+//! the browser's console must stay free of errors.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use oak_e2e::{images, wait_until, Registry, Workdir};
+use serde_json::{json, Value};
+
+mod e2e;
+#[path = "e2e/up.rs"]
+mod up;
+#[path = "e2e_dashboard/webdriver.rs"]
+mod webdriver;
+
+use webdriver::{Driver, Session};
+use up::{Ports, Up};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn dashboard_getting_started_in_chromium() -> Result<()> {
+    use oak_e2e::Need::{Root, Tool};
+    let needs = [
+        Root,
+        Tool("containerd"),
+        Tool("runc"),
+        Tool("docker-registry"),
+        Tool("skopeo"),
+        Tool("chromium"),
+        Tool("chromedriver"),
+    ];
+    if !oak_e2e::can_run("dashboard_getting_started_in_chromium", &needs) {
+        return Ok(());
+    }
+    let mut work = Workdir::new("e2e-dashboard")?;
+    // The screenshots are the point of looking afterwards: the directory stays, its data goes.
+    work.keep();
+    let result = scenario(&work);
+    if result.is_err() {
+        let log = std::fs::read_to_string(work.join("up.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- up.log (last lines, newest first)\n{}", tail.join("\n"));
+    } else {
+        let _ = std::fs::remove_dir_all(work.join("data"));
+        let _ = std::fs::remove_dir_all(work.join("chromium-profile"));
+    }
+    eprintln!("screenshots in {}", work.path().display());
+    result
+}
+
+fn scenario(work: &Workdir) -> Result<()> {
+    let registry = Registry::start_local()?;
+    let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
+    let layout = images::build_image(&work.join("images"), &images::http_server_on("hello from the dashboard", port))?;
+    let image = registry.push(&layout, "latest", "e2e/dashboard-web")?;
+
+    let data = work.join("data");
+    let ports = Ports::free()?;
+    let mut up = Up::start(&data, &work.join("up.log"), &ports)?;
+    let api_base = format!("http://127.0.0.1:{}", ports.api);
+    let password_file = data.join("root/admin-password");
+    let (token, password) = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
+        up.alive()?;
+        let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
+        Ok(e2e::try_login(&api_base, password.trim()).map(|t| (t, password.trim().to_string())))
+    })?;
+    wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
+        up.alive()?;
+        let clusters = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/clusters/active", None)?;
+        Ok(clusters.as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["active_nodes"].as_u64() >= Some(1) && c["virtualization"].to_string().contains("docker"))
+                .cloned()
+        }))
+    })?;
+
+    let driver = Driver::start(&work.join("chromedriver.log"))?;
+    let browser = driver.session(&work.join("chromium-profile"))?;
+    let result = flow(&browser, work, ports.dashboard, &password, &image, port);
+    // Nothing of the instance is left in containerd (the worker's own, or the system's).
+    let result = result.and_then(|()| {
+        let services = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/services", None)?;
+        let job = services[0]["job_name"].as_str().context("job name")?.to_string();
+        let own = data.join("worker/containerd/containerd.sock");
+        let socket = if own.exists() { own } else { "/run/containerd/containerd.sock".into() };
+        let left = e2e::ctr(&socket, "oakestra", &["containers", "ls", "-q"])?;
+        if left.contains(&format!("{job}.instance.0")) {
+            bail!("the undeployed container is still there: {left}");
+        }
+        Ok(())
+    });
+    // A screenshot of wherever a failure left the page.
+    if result.is_err() {
+        let _ = browser.screenshot(&work.join("failure.png"));
+    }
+    let _ = browser.close();
+    result
+}
+
+fn shot(browser: &Session, work: &Workdir, name: &str) -> Result<()> {
+    browser.screenshot(&work.join(format!("{name}.png")))
+}
+
+fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image: &str, port: u16) -> Result<()> {
+    let base = format!("http://127.0.0.1:{dashboard_port}");
+    b.goto(&format!("{base}/"))?;
+
+    // Logged out, every page leads to the login form.
+    b.wait_for("the login form", "#login-form", WAIT)?;
+    shot(b, work, "01-login")?;
+    b.find("#login-form input[name=username]")?.fill("Admin")?;
+    b.find("#login-form input[name=password]")?.fill("not the password")?;
+    b.find("#login-submit")?.click()?;
+    let shown = b.wait_text("the API's message for a wrong password", "#login-status .error-box", WAIT, |t| {
+        !t.is_empty()
+    })?;
+    assert!(shown.contains("invalid username or password"), "{shown}");
+    shot(b, work, "02-login-wrong-password")?;
+    b.find("#login-form input[name=password]")?.fill(password)?;
+    b.find("#login-submit")?.click()?;
+
+    // Applications: create one from the form.
+    b.wait_text("the applications page", "#apps-list", WAIT, |t| t.contains("No applications yet"))?;
+    b.find("#app-form input[name=application_name]")?.fill("web")?;
+    b.find("#app-form input[name=application_namespace]")?.fill("e2e")?;
+    b.find("#app-form input[name=application_desc]")?.fill("getting started <b>in a browser</b>")?;
+    b.find("#app-form button[type=submit]")?.click()?;
+    let row = b.wait_text("the new application in the list", "#apps-table tbody", WAIT, |t| t.contains("web"))?;
+    // What the user typed is text, never markup.
+    assert!(row.contains("getting started <b>in a browser</b>"), "{row}");
+    assert!(b.find_all("#apps-table b")?.is_empty(), "the description became markup");
+    shot(b, work, "03-applications")?;
+    b.find("#apps-table a")?.click()?;
+
+    // A service from the form; an invalid field first shows the API's message next to it.
+    b.wait_text("the application page", "#services-list", WAIT, |t| t.contains("No services yet"))?;
+    b.find("#service-form input[name=microservice_name]")?.fill("server")?;
+    b.find("#service-form input[name=microservice_namespace]")?.fill("e2e")?;
+    b.find("#service-form input[name=code]")?.fill(image)?;
+    b.find("#service-form input[name=memory]")?.fill("lots")?;
+    b.find("#service-form input[name=port]")?.fill("0")?;
+    b.find("#service-form button[type=submit]")?.click()?;
+    let summary = b.wait_text("the API's errors", "#service-status .error-box", WAIT, |t| !t.is_empty())?;
+    let memory_error = b.find("#service-form [data-field=memory] .field-error")?.text()?;
+    let port_error = b.find("#service-form [data-field=port] .field-error")?.text()?;
+    assert!(!memory_error.is_empty() && summary.contains(&memory_error), "memory: {memory_error:?} in {summary:?}");
+    assert!(!port_error.is_empty() && summary.contains(&port_error), "port: {port_error:?} in {summary:?}");
+    assert!(memory_error.contains("lots"), "{memory_error}");
+    let invalid = b.find("#service-form input[name=memory]")?.attr("aria-invalid")?;
+    assert_eq!(invalid.as_deref(), Some("true"));
+    shot(b, work, "04-service-form-errors")?;
+    b.find("#service-form input[name=memory]")?.fill("64")?;
+    b.find("#service-form input[name=port]")?.fill(&port.to_string())?;
+    b.find("#service-form button[type=submit]")?.click()?;
+    b.wait_for("the created service's link", "#new-service-link", WAIT)?;
+    let fields_left = b.find_all("#service-form [aria-invalid]")?;
+    assert!(fields_left.is_empty(), "errors stay marked after a success");
+    b.wait_text("the service in the list", "#services-table tbody", WAIT, |t| t.contains("server"))?;
+    shot(b, work, "05-application-services")?;
+    b.find("#new-service-link")?.click()?;
+
+    // Deploy: the table turns RUNNING with a node IP without a reload.
+    b.wait_text("the service page", "#instances", WAIT, |t| t.contains("No instances"))?;
+    b.find("#deploy")?.click()?;
+    let row = b.wait_text("the instance to be RUNNING", "#instances-table tbody tr", Duration::from_secs(90), |t| {
+        t.contains("RUNNING")
+    })?;
+    let node_ip = b.find("#instances-table tbody td.node-ip")?.text()?;
+    assert!(node_ip.parse::<std::net::IpAddr>().is_ok(), "node IP {node_ip:?} in {row:?}");
+    let ip = b.find("#instances-table tbody tr td:nth-child(8)")?.text()?;
+    assert!(ip.starts_with("10.30."), "instance IP {ip:?}");
+    shot(b, work, "06-service-running")?;
+
+    // Logs: the start line, then output that comes while following.
+    b.find("[data-logs='0']")?.click()?;
+    b.wait_text("the start line in the logs", "#logs", WAIT, |t| t.contains("http server starting"))?;
+    let server = format!("127.0.0.1:{port}");
+    let before = b.find("#logs")?.text()?.matches("response:200").count();
+    wait_until("the server to answer", WAIT, Duration::from_millis(200), || {
+        Ok(oak_e2e::http::get(&server, "/").ok().filter(|r| r.status == 200).map(|_| ()))
+    })?;
+    b.wait_text("a request line followed into the logs", "#logs", WAIT, |t| t.matches("response:200").count() > before)?;
+    shot(b, work, "07-logs")?;
+
+    // A phone-sized screen: one column, nothing wider than the screen but the scrollable tables.
+    b.set_window(390, 844)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let overflow = b.execute(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        json!([]),
+    )?;
+    assert!(overflow.as_f64().is_some_and(|o| o <= 1.0), "the page is {overflow} px wider than a phone");
+    shot(b, work, "08-phone")?;
+    b.set_window(1280, 1000)?;
+
+    // Undeploy: the instance leaves the table by itself.
+    b.find("[data-undeploy='0']")?.click()?;
+    b.wait_text("the instance to be gone", "#instances", Duration::from_secs(60), |t| t.contains("No instances"))?;
+    shot(b, work, "09-undeployed")?;
+
+    // Infrastructure: the 1-DOC's cluster, active, with its worker; Admin issues a join token.
+    b.find("#nav a[data-page=clusters]")?.click()?;
+    let clusters = b.wait_text("the cluster table", "#clusters-table tbody", WAIT, |t| t.contains("active"))?;
+    assert!(clusters.contains("local"), "{clusters}");
+    b.find("#issue-token")?.click()?;
+    let token = b.wait_text("a join token", "#cluster-token", WAIT, |t| !t.is_empty())?;
+    assert!(token.len() >= 16, "{token}");
+    shot(b, work, "10-infrastructure")?;
+
+    // Users and the account page.
+    b.find("#nav a[data-page=users]")?.click()?;
+    b.wait_text("the users table", "#users-table tbody", WAIT, |t| t.contains("Admin"))?;
+    shot(b, work, "11-users")?;
+    b.find("#nav a[data-page=account]")?.click()?;
+    b.wait_for("the password form", "#password-form", WAIT)?;
+    shot(b, work, "12-account")?;
+
+    // Log out: back to the login form, the token gone from the session.
+    b.find("#logout")?.click()?;
+    b.wait_for("the login form after logging out", "#login-form", WAIT)?;
+    let kept = b.execute("return sessionStorage.getItem('oakestra.session');", json!([]))?;
+    assert_eq!(kept, Value::Null, "the session outlived the logout");
+
+    no_console_errors(b)
+}
+
+/// Nothing in the browser's console at error level but the failed calls the test provoked (the
+/// wrong password's 401, the invalid form's 422), and no uncaught error in the page.
+fn no_console_errors(b: &Session) -> Result<()> {
+    let caught = b.execute("return window.oakErrors;", json!([]))?;
+    if caught.as_array().is_none_or(|a| !a.is_empty()) {
+        bail!("uncaught errors in the page: {caught}");
+    }
+    let log = b.browser_log().context("reading the browser's console")?;
+    let errors: Vec<&(String, String)> = log
+        .iter()
+        .filter(|(level, _)| level == "SEVERE")
+        .filter(|(_, message)| {
+            let expected = message.contains("/api/auth/login") && message.contains("status of 401")
+                || message.contains("/api/service ") && message.contains("status of 422");
+            !expected
+        })
+        .collect();
+    if !errors.is_empty() {
+        bail!("errors in the browser's console: {errors:?}");
+    }
+    Ok(())
+}
