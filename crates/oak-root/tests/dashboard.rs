@@ -150,8 +150,9 @@ async fn unknown_assets_are_404_and_the_api_is_unchanged() {
 async fn an_application_without_services_can_be_created_as_the_dashboard_does() {
     let dir = tempfile::tempdir().unwrap();
     let root = open(dir.path()).await;
-    let login = send(&root, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"})))
-        .await;
+    let login =
+        send(&root, Method::POST, "/api/auth/login", None, Some(json!({"username": "Admin", "password": "Admin"})))
+            .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let token = serde_json::from_str::<Value>(&login.body).unwrap()["token"].as_str().unwrap().to_string();
     let sla = json!({"sla_version": "v2.0", "customerID": "Admin", "applications": [{

@@ -19,8 +19,8 @@ mod up;
 #[path = "e2e_dashboard/webdriver.rs"]
 mod webdriver;
 
-use webdriver::{Driver, Session};
 use up::{Ports, Up};
+use webdriver::{Driver, Session};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -66,11 +66,12 @@ fn scenario(work: &Workdir) -> Result<()> {
     let mut up = Up::start(&data, &work.join("up.log"), &ports)?;
     let api_base = format!("http://127.0.0.1:{}", ports.api);
     let password_file = data.join("root/admin-password");
-    let (token, password) = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
-        up.alive()?;
-        let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
-        Ok(e2e::try_login(&api_base, password.trim()).map(|t| (t, password.trim().to_string())))
-    })?;
+    let (token, password) =
+        wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
+            up.alive()?;
+            let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
+            Ok(e2e::try_login(&api_base, password.trim()).map(|t| (t, password.trim().to_string())))
+        })?;
     wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
         up.alive()?;
         let clusters = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/clusters/active", None)?;
@@ -118,9 +119,8 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
     b.find("#login-form input[name=username]")?.fill("Admin")?;
     b.find("#login-form input[name=password]")?.fill("not the password")?;
     b.find("#login-submit")?.click()?;
-    let shown = b.wait_text("the API's message for a wrong password", "#login-status .error-box", WAIT, |t| {
-        !t.is_empty()
-    })?;
+    let shown =
+        b.wait_text("the API's message for a wrong password", "#login-status .error-box", WAIT, |t| !t.is_empty())?;
     assert!(shown.contains("invalid username or password"), "{shown}");
     shot(b, work, "02-login-wrong-password")?;
     b.find("#login-form input[name=password]")?.fill(password)?;
@@ -164,7 +164,23 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
     assert!(fields_left.is_empty(), "errors stay marked after a success");
     b.wait_text("the service in the list", "#services-table tbody", WAIT, |t| t.contains("server"))?;
     shot(b, work, "05-application-services")?;
-    b.find("#new-service-link")?.click()?;
+    // The alternative: pasted JSON, answered with the API's list of what is wrong.
+    let link = b.find("#new-service-link")?.attr("href")?.context("the new service's link")?;
+    b.find("#tab-json")?.click()?;
+    b.find("#paste-form textarea")?.fill("{not json")?;
+    b.find("#paste-form button[type=submit]")?.click()?;
+    b.wait_text("the page's message for text that is not JSON", "#service-status .error-box", WAIT, |t| {
+        t.contains("not JSON")
+    })?;
+    b.find("#paste-form textarea")?.fill(r#"{"microservice_name": "pasted", "virtualization": "container"}"#)?;
+    b.find("#paste-form button[type=submit]")?.click()?;
+    let listed =
+        b.wait_text("the API's errors for the pasted service", "#service-status .error-box li", WAIT, |t| {
+            !t.is_empty()
+        })?;
+    assert!(listed.contains("applications[0].microservices[0]."), "{listed}");
+    shot(b, work, "05b-paste-json-errors")?;
+    b.goto(&format!("{base}/{link}"))?;
 
     // Deploy: the table turns RUNNING with a node IP without a reload.
     b.wait_text("the service page", "#instances", WAIT, |t| t.contains("No instances"))?;
@@ -186,16 +202,16 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
     wait_until("the server to answer", WAIT, Duration::from_millis(200), || {
         Ok(oak_e2e::http::get(&server, "/").ok().filter(|r| r.status == 200).map(|_| ()))
     })?;
-    b.wait_text("a request line followed into the logs", "#logs", WAIT, |t| t.matches("response:200").count() > before)?;
+    b.wait_text("a request line followed into the logs", "#logs", WAIT, |t| {
+        t.matches("response:200").count() > before
+    })?;
     shot(b, work, "07-logs")?;
 
     // A phone-sized screen: one column, nothing wider than the screen but the scrollable tables.
     b.set_window(390, 844)?;
     std::thread::sleep(Duration::from_millis(300));
-    let overflow = b.execute(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-        json!([]),
-    )?;
+    let overflow =
+        b.execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", json!([]))?;
     assert!(overflow.as_f64().is_some_and(|o| o <= 1.0), "the page is {overflow} px wider than a phone");
     shot(b, work, "08-phone")?;
     b.set_window(1280, 1000)?;
@@ -228,11 +244,22 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
     let kept = b.execute("return sessionStorage.getItem('oakestra.session');", json!([]))?;
     assert_eq!(kept, Value::Null, "the session outlived the logout");
 
+    // Too many wrong passwords: the API's 429 with the time to wait (Retry-After).
+    let limited = wait_until("the login limit", WAIT, Duration::from_millis(10), || {
+        b.find("#login-form input[name=username]")?.fill("mallory")?;
+        b.find("#login-form input[name=password]")?.fill("guess")?;
+        b.find("#login-submit")?.click()?;
+        let shown = b.wait_text("an answer to the login", "#login-status .error-box", WAIT, |t| !t.is_empty())?;
+        b.execute("document.getElementById('login-status').replaceChildren();", json!([]))?;
+        Ok(shown.contains("too many").then_some(shown))
+    })?;
+    assert!(limited.contains("Try again in"), "{limited}");
+
     no_console_errors(b)
 }
 
 /// Nothing in the browser's console at error level but the failed calls the test provoked (the
-/// wrong password's 401, the invalid form's 422), and no uncaught error in the page.
+/// wrong passwords' 401 and 429, the invalid forms' 422), and no uncaught error in the page.
 fn no_console_errors(b: &Session) -> Result<()> {
     let caught = b.execute("return window.oakErrors;", json!([]))?;
     if caught.as_array().is_none_or(|a| !a.is_empty()) {
@@ -243,7 +270,8 @@ fn no_console_errors(b: &Session) -> Result<()> {
         .iter()
         .filter(|(level, _)| level == "SEVERE")
         .filter(|(_, message)| {
-            let expected = message.contains("/api/auth/login") && message.contains("status of 401")
+            let expected = message.contains("/api/auth/login")
+                && (message.contains("status of 401") || message.contains("status of 429"))
                 || message.contains("/api/service ") && message.contains("status of 422");
             !expected
         })

@@ -33,14 +33,16 @@ export function render(main) {
     }
     submit.disabled = true;
     clear(status, el("p", { class: "muted" }, "Logging in…"));
+    let failure = null;
     try {
       await api.login(username, password, String(data.get("organization") || "").trim());
-      location.hash = "#/apps";
     } catch (err) {
-      clear(status, errorBox(err));
-    } finally {
-      submit.disabled = false;
+      failure = err;
     }
+    // Ready for the next attempt before the answer shows.
+    submit.disabled = false;
+    if (failure) clear(status, errorBox(failure));
+    else location.hash = "#/apps";
   });
   main.append(form);
   form.querySelector("input").focus();
