@@ -92,7 +92,10 @@ impl Served {
 fn sla(name: &str) -> Value {
     let mut v: Value = serde_json::from_str(CLIENTSRVR).unwrap();
     v["applications"][0]["application_name"] = json!(name);
-    v["applications"][0]["microservices"][1].as_object_mut().unwrap().remove("addresses");
+    let server = v["applications"][0]["microservices"][1].as_object_mut().unwrap();
+    server.remove("addresses");
+    // Host port 80 is for Admin only (descriptor policy); these are a provider's services.
+    server.remove("port");
     v
 }
 
