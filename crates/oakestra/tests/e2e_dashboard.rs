@@ -7,7 +7,8 @@
 //! output; undeploy; the instance is gone. Screenshots of each page go to the test's work dir;
 //! the browser's console must stay free of errors.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use oak_e2e::{images, wait_until, Registry, Workdir};
@@ -84,7 +85,8 @@ fn scenario(work: &Workdir) -> Result<()> {
 
     let driver = Driver::start(&work.join("chromedriver.log"))?;
     let browser = driver.session(&work.join("chromium-profile"))?;
-    let result = flow(&browser, work, ports.dashboard, &password, &image, port);
+    let target = Target { dashboard_port: ports.dashboard, data: &data, password: &password, image: &image, port };
+    let result = flow(&browser, work, &target);
     // Nothing of the instance is left in containerd (the worker's own, or the system's).
     let result = result.and_then(|()| {
         let services = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/services", None)?;
@@ -109,7 +111,16 @@ fn shot(browser: &Session, work: &Workdir, name: &str) -> Result<()> {
     browser.screenshot(&work.join(format!("{name}.png")))
 }
 
-fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image: &str, port: u16) -> Result<()> {
+struct Target<'a> {
+    dashboard_port: u16,
+    data: &'a Path,
+    password: &'a str,
+    image: &'a str,
+    port: u16,
+}
+
+fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
+    let Target { dashboard_port, data, password, image, port } = *target;
     let base = format!("http://127.0.0.1:{dashboard_port}");
     b.goto(&format!("{base}/"))?;
 
@@ -221,10 +232,23 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
     b.wait_text("the instance to be gone", "#instances", Duration::from_secs(60), |t| t.contains("No instances"))?;
     shot(b, work, "09-undeployed")?;
 
+    // An access token that has expired: the page gets a new one with the refresh token and
+    // goes on (the root's key signs a copy of the current token with its expiry passed).
+    let key = std::fs::read_to_string(data.join("root/jwt.key"))?;
+    let current = b.execute("return JSON.parse(sessionStorage.getItem('oakestra.session')).token;", json!([]))?;
+    let expired = expired_copy(current.as_str().context("no token in the session")?, key.trim())?;
+    b.execute(
+        "const s = JSON.parse(sessionStorage.getItem('oakestra.session'));
+         s.token = arguments[0]; sessionStorage.setItem('oakestra.session', JSON.stringify(s));",
+        json!([expired]),
+    )?;
+
     // Infrastructure: the 1-DOC's cluster, active, with its worker; Admin issues a join token.
     b.find("#nav a[data-page=clusters]")?.click()?;
     let clusters = b.wait_text("the cluster table", "#clusters-table tbody", WAIT, |t| t.contains("active"))?;
     assert!(clusters.contains("local"), "{clusters}");
+    let now = b.execute("return JSON.parse(sessionStorage.getItem('oakestra.session')).token;", json!([]))?;
+    assert!(now.as_str().is_some_and(|t| t != expired && t != current), "the token was not refreshed");
     b.find("#issue-token")?.click()?;
     let token = b.wait_text("a join token", "#cluster-token", WAIT, |t| !t.is_empty())?;
     assert!(token.len() >= 16, "{token}");
@@ -259,19 +283,23 @@ fn flow(b: &Session, work: &Workdir, dashboard_port: u16, password: &str, image:
 }
 
 /// Nothing in the browser's console at error level but the failed calls the test provoked (the
-/// wrong passwords' 401 and 429, the invalid forms' 422), and no uncaught error in the page.
+/// wrong passwords' 401 and 429, the invalid forms' 422, the expired token's 401), and no
+/// uncaught error in the page.
 fn no_console_errors(b: &Session) -> Result<()> {
     let caught = b.execute("return window.oakErrors;", json!([]))?;
     if caught.as_array().is_none_or(|a| !a.is_empty()) {
         bail!("uncaught errors in the page: {caught}");
     }
     let log = b.browser_log().context("reading the browser's console")?;
+    // The console is really read: the wrong password's failed call is there.
+    assert!(log.iter().any(|(_, m)| m.contains("/api/auth/login") && m.contains("401")), "{log:?}");
     let errors: Vec<&(String, String)> = log
         .iter()
         .filter(|(level, _)| level == "SEVERE")
         .filter(|(_, message)| {
             let expected = message.contains("/api/auth/login")
                 && (message.contains("status of 401") || message.contains("status of 429"))
+                || message.contains("/api/clusters ") && message.contains("status of 401")
                 || message.contains("/api/service ") && message.contains("status of 422");
             !expected
         })
@@ -280,4 +308,21 @@ fn no_console_errors(b: &Session) -> Result<()> {
         bail!("errors in the browser's console: {errors:?}");
     }
     Ok(())
+}
+
+/// `token` signed again with `hex_key` (the root's `jwt.key`) with its expiry ten minutes past.
+fn expired_copy(token: &str, hex_key: &str) -> Result<String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let key: Vec<u8> = (0..hex_key.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_key[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .context("jwt.key is not hex")?;
+    let mut claims: Value =
+        jsonwebtoken::decode(token, &DecodingKey::from_secret(&key), &Validation::new(Algorithm::HS256))?.claims;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    claims["iat"] = json!(now - 1200);
+    claims["nbf"] = json!(now - 1200);
+    claims["exp"] = json!(now - 600);
+    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&key))?)
 }
