@@ -203,6 +203,8 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     assert!(node_ip.parse::<std::net::IpAddr>().is_ok(), "node IP {node_ip:?} in {row:?}");
     let ip = b.find("#instances-table tbody tr td:nth-child(8)")?.text()?;
     assert!(ip.starts_with("10.30."), "instance IP {ip:?}");
+    // The worker's usage reports reach the table by themselves too.
+    b.wait_text("the instance's memory use", "#instances-table tbody td.memory", WAIT, |t| t.ends_with("MiB"))?;
     shot(b, work, "06-service-running")?;
 
     // Logs: the start line, then output that comes while following.

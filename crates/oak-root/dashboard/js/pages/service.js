@@ -7,6 +7,12 @@ export const title = "Service";
 
 const POLL_MS = 2000;
 
+/** A long id's first characters, the whole one as its tooltip. */
+function short(id) {
+  if (!id) return "–";
+  return id.length > 10 ? el("span", { title: id }, `${id.slice(0, 8)}…`) : id;
+}
+
 function mib(bytes) {
   return bytes === undefined || bytes === null ? "–" : `${(bytes / 1048576).toFixed(1)} MiB`;
 }
@@ -120,15 +126,15 @@ export async function render(main, [serviceId]) {
       { title: "#", cell: (i) => String(i.instance_number) },
       { title: "Status", cell: (i) => statusBadge(i.status) },
       { title: "Detail", cell: (i) => i.status_detail || "" },
-      { title: "Cluster", cell: (i) => [i.cluster_id || "–", i.cluster_location ? ` (${i.cluster_location})` : ""].join(""), class: "mono" },
-      { title: "Node", cell: (i) => fmt(i.worker_id), class: "mono" },
+      { title: "Cluster", cell: (i) => [short(i.cluster_id), i.cluster_location ? ` (${i.cluster_location})` : ""], class: "mono" },
+      { title: "Node", cell: (i) => short(i.worker_id), class: "mono" },
       { title: "Node IP", cell: (i) => fmt(i.publicip || i.host_ip), class: "mono node-ip" },
       { title: "Ports", cell: () => s.port || "–", class: "mono" },
       { title: "Instance IP", cell: (i) => fmt(i.instance_ip), class: "mono" },
       { title: "RR IP", cell: () => fmt(s.RR_ip), class: "mono" },
       { title: "CPU", cell: (i) => (i.cpu_percent === undefined || i.cpu_percent === null ? "–" : `${fmt(i.cpu_percent)} %`) },
-      { title: "Memory", cell: (i) => mib(i.memory_bytes) },
-      { title: "", cell: (i) => el("div", { class: "actions" },
+      { title: "Memory", cell: (i) => mib(i.memory_bytes), class: "nowrap memory" },
+      { title: "", cell: (i) => el("div", { class: "actions nowrap" },
         el("button", { type: "button", class: "secondary small", "aria-label": `Logs of instance ${i.instance_number}`,
           dataset: { logs: i.instance_number }, onclick: () => openLogs(i.instance_number) }, "Logs"),
         el("button", { type: "button", class: "danger small", "aria-label": `Undeploy instance ${i.instance_number}`,
