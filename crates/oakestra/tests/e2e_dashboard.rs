@@ -24,6 +24,8 @@ use up::{Ports, Up};
 use webdriver::{Driver, Session};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The job name of the service the test creates (application, its namespace, service, its namespace).
+const JOB: &str = "web.e2e.server.e2e";
 
 #[test]
 fn dashboard_getting_started_in_chromium() -> Result<()> {
@@ -90,11 +92,11 @@ fn scenario(work: &Workdir) -> Result<()> {
     // Nothing of the instance is left in containerd (the worker's own, or the system's).
     let result = result.and_then(|()| {
         let services = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/services", None)?;
-        let job = services[0]["job_name"].as_str().context("job name")?.to_string();
+        assert_eq!(services, json!([]), "the deleted application's service is left");
         let own = data.join("worker/containerd/containerd.sock");
         let socket = if own.exists() { own } else { "/run/containerd/containerd.sock".into() };
         let left = e2e::ctr(&socket, "oakestra", &["containers", "ls", "-q"])?;
-        if left.contains(&format!("{job}.instance.0")) {
+        if left.contains(&format!("{JOB}.instance.0")) {
             bail!("the undeployed container is still there: {left}");
         }
         Ok(())
@@ -127,6 +129,8 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     // Logged out, every page leads to the login form.
     b.wait_for("the login form", "#login-form", WAIT)?;
     shot(b, work, "01-login")?;
+    let focused = b.execute("return document.activeElement && document.activeElement.name;", json!([]))?;
+    assert_eq!(focused, json!("username"), "the login form does not start at the user name");
     b.find("#login-form input[name=username]")?.fill("Admin")?;
     b.find("#login-form input[name=password]")?.fill("not the password")?;
     b.find("#login-submit")?.click()?;
@@ -134,8 +138,8 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
         b.wait_text("the API's message for a wrong password", "#login-status .error-box", WAIT, |t| !t.is_empty())?;
     assert!(shown.contains("invalid username or password"), "{shown}");
     shot(b, work, "02-login-wrong-password")?;
-    b.find("#login-form input[name=password]")?.fill(password)?;
-    b.find("#login-submit")?.click()?;
+    // With the keyboard: Enter in the password field submits.
+    b.find("#login-form input[name=password]")?.fill(&format!("{password}\u{E007}"))?;
 
     // Applications: create one from the form.
     b.wait_text("the applications page", "#apps-list", WAIT, |t| t.contains("No applications yet"))?;
@@ -195,6 +199,7 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
 
     // Deploy: the table turns RUNNING with a node IP without a reload.
     b.wait_text("the service page", "#instances", WAIT, |t| t.contains("No instances"))?;
+    b.wait_text("the service's details", "#service-details", WAIT, |t| t.contains(JOB))?;
     b.find("#deploy")?.click()?;
     let row = b.wait_text("the instance to be RUNNING", "#instances-table tbody tr", Duration::from_secs(90), |t| {
         t.contains("RUNNING")
@@ -259,10 +264,22 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     // Users and the account page.
     b.find("#nav a[data-page=users]")?.click()?;
     b.wait_text("the users table", "#users-table tbody", WAIT, |t| t.contains("Admin"))?;
+    b.find("#user-form input[name=name]")?.fill("alice")?;
+    b.find("#user-form input[name=password]")?.fill("alice-password-1")?;
+    b.find("#user-form button[type=submit]")?.click()?;
+    let users = b.wait_text("the registered user", "#users-table tbody", WAIT, |t| t.contains("alice"))?;
+    assert!(users.contains("Application_Provider"), "{users}");
     shot(b, work, "11-users")?;
     b.find("#nav a[data-page=account]")?.click()?;
     b.wait_for("the password form", "#password-form", WAIT)?;
     shot(b, work, "12-account")?;
+
+    // Deleting the application asks first; confirmed, it is gone.
+    b.find("#nav a[data-page=apps]")?.click()?;
+    b.wait_text("the applications table", "#apps-table tbody", WAIT, |t| t.contains("web"))?;
+    b.find("#apps-table button.danger")?.click()?;
+    b.wait_for("the confirmation", "dialog[open] [data-confirm=yes]", WAIT)?.click()?;
+    b.wait_text("the application to be gone", "#apps-list", WAIT, |t| t.contains("No applications yet"))?;
 
     // Log out: back to the login form, the token gone from the session.
     b.find("#logout")?.click()?;
