@@ -269,6 +269,11 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     b.find("#user-form button[type=submit]")?.click()?;
     let users = b.wait_text("the registered user", "#users-table tbody", WAIT, |t| t.contains("alice"))?;
     assert!(users.contains("Application_Provider"), "{users}");
+    let default_role = b.execute(
+        "return document.querySelector('#user-form input[name=\"role-Application_Provider\"]').checked;",
+        json!([]),
+    )?;
+    assert_eq!(default_role, json!(true), "the form did not come back to its default role");
     shot(b, work, "11-users")?;
     b.find("#nav a[data-page=account]")?.click()?;
     b.wait_for("the password form", "#password-form", WAIT)?;

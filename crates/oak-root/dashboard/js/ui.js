@@ -54,6 +54,8 @@ export function field(name, label, opts = {}) {
     if (opts.value !== undefined) input.value = opts.value;
   } else if (opts.type === "checkbox") {
     input = el("input", { id, name, type: "checkbox" });
+    // The default too, so that a form's reset() comes back to it.
+    input.defaultChecked = !!opts.value;
     input.checked = !!opts.value;
     return el("div", { class: `field check ${opts.wide ? "wide" : ""}`, dataset: { field: name } },
       input, el("label", { for: id }, label), el("span", { class: "field-error", id: `${id}-err` }));
