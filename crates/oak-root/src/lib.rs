@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod bootstrap;
 pub mod cluster_tokens;
+mod dashboard;
 mod error;
 pub mod fleet;
 mod ids;
@@ -26,6 +27,7 @@ use oak_store::SqliteStore;
 use tower::Layer;
 
 pub use api::ApiDoc;
+pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use state::AppState;
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub struct RootConfig {
 pub struct Root {
     config: RootConfig,
     state: AppState,
+    /// More listeners answering like the API's (the dashboard's own port).
+    extra: Vec<tokio::net::TcpListener>,
 }
 
 impl Root {
@@ -79,12 +83,18 @@ impl Root {
             )),
             admin_password_file: Arc::new(dir.join(bootstrap::ADMIN_PASSWORD_FILE)),
         };
-        Ok(Root { config, state })
+        Ok(Root { config, state, extra: Vec::new() })
     }
 
     /// The file holding the generated `Admin` password, if this data directory has one.
     pub fn admin_password_file(&self) -> Option<PathBuf> {
         Some(self.config.data_dir.join(bootstrap::ADMIN_PASSWORD_FILE)).filter(|p| p.exists())
+    }
+
+    /// Serves the dashboard (and the API it calls, so the page stays same-origin) also on
+    /// `listener`, e.g. the root's `--dashboard-port` or port 80 of `oakestra up`.
+    pub fn add_listener(&mut self, listener: tokio::net::TcpListener) {
+        self.extra.push(listener);
     }
 
     pub fn state(&self) -> AppState {
@@ -142,6 +152,17 @@ impl Root {
         let channel_task = tokio::spawn(fleet::serve_channel(channel, self.state.fleet.clone(), stopped()));
         let retry_task = tokio::spawn(fleet::run_retries(self.state.fleet.clone(), stopped()));
         let service = tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state));
+        let mut extra_tasks = Vec::new();
+        for extra in self.extra {
+            tracing::info!(addr = ?extra.local_addr().ok(), "dashboard and API also listening");
+            let serve = axum::serve(extra, service.clone().into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stopped());
+            extra_tasks.push(tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "the dashboard listener failed");
+                }
+            }));
+        }
         let result = axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -151,6 +172,9 @@ impl Root {
             .context("the API server failed");
         let _ = channel_task.await;
         let _ = retry_task.await;
+        for task in extra_tasks {
+            let _ = task.await;
+        }
         result
     }
 }

@@ -4,7 +4,6 @@
 //! nothing left in containerd after the undeploy.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,66 +11,11 @@ use oak_e2e::{images, wait_until, Registry, Workdir};
 use serde_json::{json, Value};
 
 mod e2e;
+#[path = "e2e/up.rs"]
+mod up;
 
 use e2e::http;
-
-struct Up {
-    child: Child,
-}
-
-impl Up {
-    /// Fails the wait it is called in at once if `oakestra up` has exited.
-    fn alive(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => Err(oak_e2e::procs::Hopeless(format!("oakestra up exited ({status})")).into()),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = oak_e2e::procs::terminate(&mut self.child, Duration::from_secs(15));
-    }
-}
-
-/// Ports of every listener of the deployment, free ones so that the test does not depend on
-/// what else runs on the machine (the defaults are `oakestra up`'s own concern, in its tests).
-struct Ports {
-    api: u16,
-    cluster: u16,
-    cluster_api: u16,
-    mqtt: u16,
-    tunnel: u16,
-}
-
-impl Ports {
-    fn free() -> Result<Self> {
-        let mut taken = Vec::new();
-        let mut next = || -> Result<u16> {
-            // Held until all are chosen, so no two are the same.
-            let l = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
-            let port = l.local_addr()?.port();
-            taken.push(l);
-            Ok(port)
-        };
-        let ports = Self { api: next()?, cluster: next()?, cluster_api: next()?, mqtt: next()?, tunnel: next()? };
-        Ok(ports)
-    }
-
-    fn args(&self) -> Vec<String> {
-        [
-            ("--api-port", self.api),
-            ("--cluster-port", self.cluster),
-            ("--cluster-api-port", self.cluster_api),
-            ("--mqtt-port", self.mqtt),
-            ("--tunnel-port", self.tunnel),
-        ]
-        .iter()
-        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
-        .collect()
-    }
-}
+use up::{Ports, Up};
 
 /// The public API of the deployment under test.
 struct Api {
@@ -125,18 +69,8 @@ fn scenario(work: &Workdir) -> Result<()> {
     let image = registry.push(&layout, "latest", "e2e/web")?;
 
     let data = work.join("data");
-    let log = std::fs::File::create(work.join("up.log"))?;
     let ports = Ports::free()?;
-    let child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
-        .arg("up")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(ports.args())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let mut up = Up { child };
+    let mut up = Up::start(&data, &work.join("up.log"), &ports)?;
 
     let base = format!("http://127.0.0.1:{}", ports.api);
     // `up` listens on every address: the first start generates Admin's password into a file.

@@ -216,3 +216,47 @@ fn up_stops_before_starting_anything_when_a_port_is_taken() {
     assert!(!dir.path().join("cluster").exists(), "the cluster started although the root could not");
     assert!(!dir.path().join("worker").exists(), "the worker started although the root could not");
 }
+
+/// `oakestra root` with `--dashboard-port <p>`.
+fn root_with_dashboard(data_dir: &Path, dashboard: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oakestra"));
+    cmd.args(["root", "--api-addr", "127.0.0.1", "--api-port", &free_port().to_string(), "--data-dir"])
+        .arg(data_dir)
+        .args(["--cluster-port", &free_port().to_string(), "--dashboard-port", &dashboard.to_string()]);
+    cmd
+}
+
+#[test]
+fn the_dashboard_port_serves_the_page_and_the_api_and_a_taken_one_stops_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = root_with_dashboard(&dir.path().join("root"), port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oakestra binary runs");
+    let root = RootProcess { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the dashboard port {port} is not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let http = reqwest::blocking::Client::new();
+    let page = http.get(format!("{}/", root.url)).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(page.text().unwrap().contains("/dashboard/js/app.js"));
+    // The page calls the API on its own origin.
+    let health = http.get(format!("{}/api/health", root.url)).send().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    root.stop();
+
+    // A dashboard port that is taken is a start-up error naming it.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let out = root_with_dashboard(&dir.path().join("root"), taken).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for the dashboard") && err.contains(&taken.to_string()), "{err}");
+}

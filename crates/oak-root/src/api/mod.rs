@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
     let doc = ApiDoc::openapi();
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))
+        .merge(crate::dashboard::router())
         .route("/docs/openapi.json", get(move || std::future::ready(Json(doc.clone()))))
         .layer(tower_http::cors::CorsLayer::permissive())
 }

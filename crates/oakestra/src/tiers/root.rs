@@ -17,6 +17,10 @@ pub struct RootArgs {
     /// Address the REST API and the cluster channel listen on.
     #[arg(long, default_value = "0.0.0.0", env = "OAKESTRA_API_ADDR")]
     pub api_addr: std::net::IpAddr,
+    /// Port serving the web dashboard (and the API it calls) besides the API port; 0: only on
+    /// the API port.
+    #[arg(long, default_value_t = 0, env = "OAKESTRA_DASHBOARD_PORT")]
+    pub dashboard_port: u16,
     /// Port clusters dial (the cluster channel).
     #[arg(long, default_value_t = 50052, env = "OAKESTRA_CLUSTER_PORT")]
     pub cluster_port: u16,
@@ -79,11 +83,22 @@ impl RootArgs {
 pub fn run(args: RootArgs) -> ExitCode {
     init_logging();
     let config = args.config();
-    block_on("root", async {
-        let root = match oak_root::Root::open(config).await {
+    let (api_addr, dashboard_port) = (args.api_addr, args.dashboard_port);
+    block_on("root", async move {
+        let mut root = match oak_root::Root::open(config).await {
             Ok(root) => root,
             Err(e) => return config_error("root", format!("{e:#}")),
         };
+        if dashboard_port != 0 {
+            let addr = SocketAddr::new(api_addr, dashboard_port);
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => root.add_listener(l),
+                Err(e) => {
+                    eprintln!("oakestra root: cannot listen for the dashboard on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         match root.serve(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

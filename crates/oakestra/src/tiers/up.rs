@@ -19,6 +19,10 @@ pub struct UpArgs {
     /// Port of the public REST API.
     #[arg(long, default_value_t = 10000)]
     pub api_port: u16,
+    /// Port serving the web dashboard besides the API port (0: none). If it cannot be bound
+    /// (in use, or no privilege for a port below 1024) `up` says so and goes on without it.
+    #[arg(long, default_value_t = 80, env = "OAKESTRA_DASHBOARD_PORT")]
+    pub dashboard_port: u16,
     /// Port of the root's cluster channel.
     #[arg(long, default_value_t = 50052)]
     pub cluster_port: u16,
@@ -57,6 +61,7 @@ pub fn run(args: UpArgs) -> ExitCode {
     let root_args = RootArgs {
         api_port: args.api_port,
         api_addr: "0.0.0.0".parse().expect("literal address"),
+        dashboard_port: 0,
         cluster_port: args.cluster_port,
         data_dir: args.data_dir.join("root"),
         admin_password: args.admin_password,
@@ -64,7 +69,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         quotas: Default::default(),
     };
     block_on("up", async move {
-        let root = match oak_root::Root::open(root_args.config()).await {
+        let mut root = match oak_root::Root::open(root_args.config()).await {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
@@ -75,6 +80,19 @@ pub fn run(args: UpArgs) -> ExitCode {
                 eprintln!("oakestra up: root: {e:#}");
                 return ExitCode::FAILURE;
             }
+        };
+        let dashboard = match args.dashboard_port {
+            0 => None,
+            port => match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                Ok(l) => {
+                    root.add_listener(l);
+                    Some(port)
+                }
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "the dashboard is not served on this port (only on the API port)");
+                    None
+                }
+            },
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let containerd_stop = stop_rx.clone();
@@ -150,11 +168,16 @@ pub fn run(args: UpArgs) -> ExitCode {
         let mut worker_task = tokio::spawn(tier_result(oak_worker::run(worker_config, deps, stopped())));
 
         println!(
-            "Oakestra is up (1-DOC): API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
+            "Oakestra is up (1-DOC): dashboard {dashboard}, API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
              Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin {login}\n\
              Deploy:   oakestra app create -f examples/sla/nginx.json && oakestra service list\n\
              Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
             port = args.api_port,
+            dashboard = match dashboard {
+                Some(80) => "http://127.0.0.1/".to_string(),
+                Some(d) => format!("http://127.0.0.1:{d}/"),
+                None => format!("http://127.0.0.1:{}/", args.api_port),
+            },
             login = admin_login(admin_password_file.as_deref()),
         );
         // A tier that ends on its own (a port in use, its store gone) ends the whole deployment

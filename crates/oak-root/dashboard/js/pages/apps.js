@@ -1,0 +1,81 @@
+import * as api from "../api.js";
+import { clear, clearFormErrors, confirmAction, el, errorBox, field, showFormError, table, toast } from "../ui.js";
+
+export const title = "Applications";
+
+/** An SLA v2.0 document creating one application without services. */
+export function applicationSla(name, namespace, desc) {
+  return {
+    sla_version: "v2.0",
+    customerID: api.session().user,
+    applications: [{
+      applicationID: "", application_name: name, application_namespace: namespace,
+      application_desc: desc, microservices: [],
+    }],
+  };
+}
+
+export async function render(main) {
+  const list = el("div", { id: "apps-list" }, el("p", { class: "muted" }, "Loading…"));
+  const status = el("div");
+  const submit = el("button", { type: "submit" }, "Create application");
+  const form = el("form", { class: "card grid", id: "app-form", novalidate: true },
+    field("application_name", "Name", { required: true, placeholder: "e.g. web" }),
+    field("application_namespace", "Namespace", { required: true, placeholder: "e.g. test" }),
+    field("application_desc", "Description", { wide: true }),
+    el("div", { class: "actions wide" }, submit),
+    el("div", { class: "wide" }, status));
+
+  async function load() {
+    try {
+      const apps = await api.get("/api/applications");
+      clear(list, table([
+        { title: "Name", cell: (a) => el("a", { href: `#/app/${encodeURIComponent(a._id)}` }, a.application_name) },
+        { title: "Namespace", cell: (a) => a.application_namespace },
+        { title: "Description", cell: (a) => a.application_desc },
+        { title: "Services", cell: (a) => String((a.microservices || []).length) },
+        { title: "Owner", cell: (a) => a.userId },
+        { title: "", cell: (a) => el("button", {
+          type: "button", class: "danger small", "aria-label": `Delete application ${a.application_name}`,
+          onclick: () => remove(a),
+        }, "Delete") },
+      ], apps, "No applications yet: create one below.", { id: "apps-table" }));
+    } catch (err) {
+      clear(list, errorBox(err));
+    }
+  }
+
+  async function remove(a) {
+    if (!await confirmAction(`Delete the application "${a.application_name}" with all its services and instances?`)) return;
+    try {
+      await api.call("DELETE", `/api/application/${api.enc(a._id)}`);
+      toast(`Application ${a.application_name} deleted`);
+    } catch (err) {
+      clear(status, errorBox(err));
+    }
+    load();
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearFormErrors(form);
+    const d = new FormData(form);
+    const sla = applicationSla(String(d.get("application_name")).trim(), String(d.get("application_namespace")).trim(),
+      String(d.get("application_desc")).trim());
+    submit.disabled = true;
+    try {
+      await api.call("POST", "/api/application", sla);
+      clear(status);
+      form.reset();
+      toast(`Application ${sla.applications[0].application_name} created`);
+      load();
+    } catch (err) {
+      showFormError(form, status, err);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  main.append(el("h1", {}, "Applications"), list, el("h2", {}, "New application"), form);
+  await load();
+}

@@ -1,0 +1,188 @@
+// One application: its services, and adding one with a form or as pasted SLA / service JSON.
+import * as api from "../api.js";
+import {
+  clear, clearFormErrors, confirmAction, el, errorBox, field, fmt, showFormError, statusBadge, table, toast,
+} from "../ui.js";
+
+export const title = "Application";
+
+const NUMBERS = ["memory", "vcpus", "vgpus", "storage"];
+
+/** The microservice object of the form. Numbers that are not numbers go as typed: the API names the problem. */
+export function microserviceOf(form) {
+  const d = new FormData(form);
+  const text = (k) => String(d.get(k) || "").trim();
+  const lines = (k) => text(k).split("\n").map((s) => s.trim()).filter(Boolean);
+  const ms = {
+    microserviceID: "",
+    microservice_name: text("microservice_name"),
+    microservice_namespace: text("microservice_namespace"),
+    virtualization: text("virtualization"),
+    code: text("code"),
+    cmd: lines("cmd"),
+    environment: lines("environment"),
+    one_shot: d.get("one_shot") === "on",
+  };
+  for (const k of NUMBERS) {
+    const v = text(k);
+    if (v !== "") ms[k] = /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
+  }
+  if (text("port")) ms.port = text("port");
+  const addresses = {};
+  if (text("rr_ip")) addresses.rr_ip = text("rr_ip");
+  if (text("closest_ip")) addresses.closest_ip = text("closest_ip");
+  if (Object.keys(addresses).length) ms.addresses = addresses;
+  return ms;
+}
+
+export function serviceSla(appId, ms) {
+  return {
+    sla_version: "v2.0",
+    customerID: api.session().user,
+    applications: [{
+      applicationID: appId, application_name: "", application_namespace: "", application_desc: "",
+      microservices: [ms],
+    }],
+  };
+}
+
+/** Pasted text as an SLA for POST /api/service: a whole SLA, or one microservice object. */
+export function pastedSla(appId, text) {
+  let doc;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw { message: `The text is not JSON: ${e.message}` };
+  }
+  if (doc && typeof doc === "object" && Array.isArray(doc.applications)) {
+    if (doc.applications[0] && typeof doc.applications[0] === "object" && !doc.applications[0].applicationID) {
+      doc.applications[0].applicationID = appId;
+    }
+    return doc;
+  }
+  if (doc && typeof doc === "object" && !Array.isArray(doc)) return serviceSla(appId, doc);
+  throw { message: "Paste an SLA v2.0 document ({\"sla_version\": …, \"applications\": […]}) or one microservice object." };
+}
+
+const EXAMPLE = JSON.stringify({
+  microserviceID: "", microservice_name: "nginx", microservice_namespace: "test", virtualization: "container",
+  code: "docker.io/library/nginx:latest", memory: 100, vcpus: 1, port: "8080:80",
+}, null, 2);
+
+export async function render(main, [appId]) {
+  const heading = el("h1", {}, "Application");
+  const info = el("p", { class: "muted" });
+  const list = el("div", { id: "services-list" }, el("p", { class: "muted" }, "Loading…"));
+  const status = el("div", { id: "service-status" });
+
+  async function load() {
+    try {
+      const [app, services] = await Promise.all([
+        api.get(`/api/application/${api.enc(appId)}`),
+        api.get(`/api/services/${api.enc(appId)}`),
+      ]);
+      heading.textContent = `Application ${app.application_name}`;
+      clear(info, `Namespace ${app.application_namespace}`, app.application_desc ? ` · ${app.application_desc}` : "");
+      clear(list, table([
+        { title: "Service", cell: (s) => el("a", { href: `#/service/${encodeURIComponent(s._id)}` }, s.service_name) },
+        { title: "Namespace", cell: (s) => s.service_ns },
+        { title: "Image", cell: (s) => s.image, class: "mono" },
+        { title: "Status", cell: (s) => statusBadge(s.status) },
+        { title: "Instances", cell: (s) => String((s.instance_list || []).length) },
+        { title: "RR IP", cell: (s) => fmt(s.RR_ip), class: "mono" },
+        { title: "", cell: (s) => el("button", {
+          type: "button", class: "danger small", "aria-label": `Delete service ${s.service_name}`,
+          onclick: () => remove(s),
+        }, "Delete") },
+      ], services, "No services yet: add one below.", { id: "services-table" }));
+    } catch (err) {
+      clear(list, errorBox(err));
+    }
+  }
+
+  async function remove(s) {
+    if (!await confirmAction(`Delete the service "${s.service_name}" and its instances?`)) return;
+    try {
+      await api.call("DELETE", `/api/service/${api.enc(s._id)}`);
+      toast(`Service ${s.service_name} deleted`);
+    } catch (err) {
+      clear(status, errorBox(err));
+    }
+    load();
+  }
+
+  async function create(sla, form, button) {
+    button.disabled = true;
+    try {
+      const answer = await api.call("POST", "/api/service", sla);
+      clear(status, el("div", { class: "ok-box" }, "Service created: ", el("a", {
+        href: `#/service/${encodeURIComponent(answer.job_id)}`, id: "new-service-link",
+      }, "open it to deploy")));
+      clearFormErrors(form);
+      load();
+    } catch (err) {
+      showFormError(form, status, err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  const submit = el("button", { type: "submit" }, "Add service");
+  const form = el("form", { class: "grid", id: "service-form", novalidate: true },
+    field("microservice_name", "Name", { required: true, placeholder: "e.g. server" }),
+    field("microservice_namespace", "Namespace", { required: true, placeholder: "e.g. test" }),
+    field("virtualization", "Virtualization", { options: ["container", "unikernel"] }),
+    field("code", "Code (image)", { required: true, placeholder: "docker.io/library/nginx:latest" }),
+    field("memory", "Memory (MB)", { value: "100", inputmode: "numeric" }),
+    field("vcpus", "vCPUs", { value: "1", inputmode: "numeric" }),
+    field("port", "Port", { placeholder: "8080:80;53/udp", hint: "host:container[/proto], ; between mappings" }),
+    field("rr_ip", "Round-robin IP", { placeholder: "10.30.x.y (optional)" }),
+    field("closest_ip", "Closest IP", { placeholder: "10.30.x.y (optional)" }),
+    field("storage", "Storage (MB)", { value: "0", inputmode: "numeric" }),
+    field("cmd", "Command", { type: "textarea", rows: 3, hint: "one argument per line; replaces the image's entrypoint" }),
+    field("environment", "Environment", { type: "textarea", rows: 3, hint: "one NAME=value per line" }),
+    field("one_shot", "One-shot (runs to completion, not restarted)", { type: "checkbox" }),
+    el("div", { class: "actions wide" }, submit));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    create(serviceSla(appId, microserviceOf(form)), form, submit);
+  });
+
+  const pasteSubmit = el("button", { type: "submit" }, "Add from JSON");
+  const paste = el("form", { class: "grid", id: "paste-form", hidden: true, novalidate: true },
+    field("sla", "SLA v2.0 document or one microservice", {
+      type: "textarea", wide: true, value: EXAMPLE, inputClass: "sla",
+      hint: "An SLA's first application is this one when its applicationID is empty.",
+    }),
+    el("div", { class: "actions wide" }, pasteSubmit));
+  paste.addEventListener("submit", (e) => {
+    e.preventDefault();
+    let sla;
+    try {
+      sla = pastedSla(appId, paste.querySelector("textarea").value);
+    } catch (err) {
+      showFormError(paste, status, err);
+      return;
+    }
+    create(sla, paste, pasteSubmit);
+  });
+
+  const tabForm = el("button", { type: "button", role: "tab", "aria-selected": "true", id: "tab-form" }, "Form");
+  const tabPaste = el("button", { type: "button", role: "tab", "aria-selected": "false", id: "tab-json" }, "Paste JSON");
+  const select = (formTab) => {
+    form.hidden = !formTab;
+    paste.hidden = formTab;
+    tabForm.setAttribute("aria-selected", String(formTab));
+    tabPaste.setAttribute("aria-selected", String(!formTab));
+    clear(status);
+  };
+  tabForm.addEventListener("click", () => select(true));
+  tabPaste.addEventListener("click", () => select(false));
+
+  main.append(
+    el("p", {}, el("a", { href: "#/apps" }, "← Applications")),
+    heading, info, list,
+    el("h2", {}, "Add a service"),
+    el("div", { class: "card" }, el("div", { class: "tabs", role: "tablist" }, tabForm, tabPaste), form, paste, status));
+  await load();
+}
