@@ -152,6 +152,15 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     assert!(row.contains("getting started <b>in a browser</b>"), "{row}");
     assert!(b.find_all("#apps-table b")?.is_empty(), "the description became markup");
     shot(b, work, "03-applications")?;
+    // Edit: the form fills with the application, saves with PUT and comes back to creating.
+    b.find("#apps-table button[aria-label='Edit application web']")?.click()?;
+    let filled = b.execute("return document.querySelector('#app-form [name=application_name]').value;", json!([]))?;
+    assert_eq!(filled, json!("web"), "the edit form is not filled with the application");
+    b.find("#app-form input[name=application_desc]")?.fill("edited in a browser")?;
+    b.find("#app-form button[type=submit]")?.click()?;
+    b.wait_text("the edited description", "#apps-table tbody", WAIT, |t| t.contains("edited in a browser"))?;
+    let label = b.find("#app-form button[type=submit]")?.text()?;
+    assert_eq!(label, "Create application", "the form stays in edit mode after saving");
     b.find("#apps-table a")?.click()?;
 
     // A service from the form; an invalid field first shows the API's message next to it.
@@ -195,7 +204,26 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
         })?;
     assert!(listed.contains("applications[0].microservices[0]."), "{listed}");
     shot(b, work, "05b-paste-json-errors")?;
+    // Edit the service: the form fills with its descriptor and PUT replaces it.
+    b.find("#services-table button[aria-label='Edit service server']")?.click()?;
+    let memory = b.execute("return document.querySelector('#service-form [name=memory]').value;", json!([]))?;
+    assert_eq!(memory, json!("64"), "the edit form is not filled with the service");
+    b.find("#service-form input[name=memory]")?.fill("lots")?;
+    b.find("#service-form button[type=submit]")?.click()?;
+    let error =
+        b.wait_text("the API's message for the edit", "#service-form [data-field=memory] .field-error", WAIT, |t| {
+            !t.is_empty()
+        })?;
+    assert!(error.contains("lots"), "{error}");
+    b.find("#service-form input[name=memory]")?.fill("48")?;
+    b.find("#service-form button[type=submit]")?.click()?;
+    wait_until("the edited memory in the service", WAIT, Duration::from_millis(200), || {
+        let memory = b.execute("return document.querySelector('#service-form [name=memory]').value;", json!([]))?;
+        Ok((memory == json!("100")).then_some(()))
+    })?;
+    shot(b, work, "05c-service-edited")?;
     b.goto(&format!("{base}/{link}"))?;
+    b.wait_text("the edited descriptor", "#service-details", WAIT, |t| t.contains("48 MB"))?;
 
     // Deploy: the table turns RUNNING with a node IP without a reload.
     b.wait_text("the service page", "#instances", WAIT, |t| t.contains("No instances"))?;
@@ -275,6 +303,19 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     )?;
     assert_eq!(default_role, json!(true), "the form did not come back to its default role");
     shot(b, work, "11-users")?;
+    // Admin's organizations: create one, then delete it after confirming.
+    b.wait_text("the organizations table", "#orgs-table tbody", WAIT, |t| t.contains("root"))?;
+    b.find("#org-form input[name=name]")?.fill("lab-a")?;
+    b.find("#org-form button[type=submit]")?.click()?;
+    b.wait_text("the new organization", "#orgs-table tbody", WAIT, |t| t.contains("lab-a"))?;
+    shot(b, work, "11b-organizations")?;
+    b.find("#orgs-table button[aria-label='Delete organization lab-a']")?.click()?;
+    b.wait_for("the confirmation", "dialog[open] [data-confirm=yes]", WAIT)?.click()?;
+    b.wait_text("the organization to be gone", "#orgs-table tbody", WAIT, |t| !t.contains("lab-a"))?;
+    // Deleting a user asks first too.
+    b.find("#users-table button[aria-label='Delete user alice']")?.click()?;
+    b.wait_for("the confirmation", "dialog[open] [data-confirm=yes]", WAIT)?.click()?;
+    b.wait_text("the user to be gone", "#users-table tbody", WAIT, |t| !t.contains("alice"))?;
     b.find("#nav a[data-page=account]")?.click()?;
     b.wait_for("the password form", "#password-form", WAIT)?;
     shot(b, work, "12-account")?;
@@ -307,7 +348,8 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
 }
 
 /// Nothing in the browser's console at error level but the failed calls the test provoked (the
-/// wrong passwords' 401 and 429, the invalid forms' 422, the expired token's 401), and no
+/// wrong passwords' 401 and 429, the invalid forms' and the invalid edit's 422, the expired
+/// token's 401), and no
 /// uncaught error in the page.
 fn no_console_errors(b: &Session) -> Result<()> {
     let caught = b.execute("return window.oakErrors;", json!([]))?;
@@ -324,7 +366,8 @@ fn no_console_errors(b: &Session) -> Result<()> {
             let expected = message.contains("/api/auth/login")
                 && (message.contains("status of 401") || message.contains("status of 429"))
                 || message.contains("/api/clusters ") && message.contains("status of 401")
-                || message.contains("/api/service ") && message.contains("status of 422");
+                || message.contains("/api/service ") && message.contains("status of 422")
+                || message.contains("/api/service/") && message.contains("status of 422");
             !expected
         })
         .collect();

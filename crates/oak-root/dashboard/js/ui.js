@@ -47,11 +47,11 @@ export function field(name, label, opts = {}) {
   const id = `f-${name}-${++fieldSeq}`;
   let input;
   if (opts.options) {
-    input = el("select", { id, name }, opts.options.map((o) => el("option", { value: o }, o)));
-    if (opts.value !== undefined) input.value = opts.value;
+    // Defaults as attributes (`selected`, `defaultValue`), so that a form's reset() comes back to them.
+    input = el("select", { id, name }, opts.options.map((o) => el("option", { value: o, selected: o === opts.value }, o)));
   } else if (opts.type === "textarea") {
     input = el("textarea", { id, name, placeholder: opts.placeholder, rows: opts.rows, class: opts.inputClass });
-    if (opts.value !== undefined) input.value = opts.value;
+    if (opts.value !== undefined) input.defaultValue = opts.value;
   } else if (opts.type === "checkbox") {
     input = el("input", { id, name, type: "checkbox" });
     // The default too, so that a form's reset() comes back to it.
@@ -64,7 +64,7 @@ export function field(name, label, opts = {}) {
       id, name, type: opts.type || "text", placeholder: opts.placeholder, required: opts.required,
       autocomplete: opts.autocomplete || "off", inputmode: opts.inputmode,
     });
-    if (opts.value !== undefined) input.value = opts.value;
+    if (opts.value !== undefined) input.defaultValue = opts.value;
   }
   const err = el("span", { class: "field-error", id: `${id}-err` });
   input.setAttribute("aria-describedby", `${id}-err`);

@@ -90,10 +90,15 @@ export async function render(main, [appId]) {
         { title: "Status", cell: (s) => statusBadge(s.status) },
         { title: "Instances", cell: (s) => String((s.instance_list || []).length) },
         { title: "RR IP", cell: (s) => fmt(s.RR_ip), class: "mono" },
-        { title: "", cell: (s) => el("button", {
-          type: "button", class: "danger small", "aria-label": `Delete service ${s.service_name}`,
-          onclick: () => remove(s),
-        }, "Delete") },
+        { title: "", cell: (s) => el("span", { class: "row-actions" },
+          el("button", {
+            type: "button", class: "secondary small", "aria-label": `Edit service ${s.service_name}`,
+            onclick: () => edit(s),
+          }, "Edit"),
+          el("button", {
+            type: "button", class: "danger small", "aria-label": `Delete service ${s.service_name}`,
+            onclick: () => remove(s),
+          }, "Delete")) },
       ], services, "No services yet: add one below.", { id: "services-table" }));
     } catch (err) {
       clear(list, errorBox(err));
@@ -112,6 +117,7 @@ export async function render(main, [appId]) {
   }
 
   async function create(sla, form, button) {
+    if (editing) return save(form, button);
     button.disabled = true;
     try {
       const answer = await api.call("POST", "/api/service", sla);
@@ -125,6 +131,58 @@ export async function render(main, [appId]) {
     } finally {
       button.disabled = false;
     }
+  }
+
+  // The service being edited (its descriptor replaced with PUT), or null while adding.
+  let editing = null;
+  const formTitle = el("h2", {}, "Add a service");
+  const cancel = el("button", { type: "button", class: "secondary", hidden: true, onclick: () => edit(null) }, "Cancel");
+
+  async function save(form, button) {
+    button.disabled = true;
+    try {
+      const ms = { ...microserviceOf(form), microserviceID: editing._id };
+      await api.call("PUT", `/api/service/${api.enc(editing._id)}`, ms);
+      toast(`Service ${ms.microservice_name} saved`);
+      edit(null);
+      load();
+    } catch (err) {
+      showFormError(form, status, err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** Fills the form with `s`'s descriptor to edit it, or empties it to add a service (null). */
+  function edit(s) {
+    editing = s;
+    select(true);
+    clearFormErrors(form);
+    form.reset();
+    if (s) {
+      const set = (name, value) => {
+        const input = form.elements[name];
+        if (!input) return; // a field this form does not show (vgpus)
+        if (input.type === "checkbox") input.checked = !!value;
+        else input.value = value === undefined || value === null ? "" : String(value);
+      };
+      set("microservice_name", s.service_name);
+      set("microservice_namespace", s.service_ns);
+      set("virtualization", s.virtualization === "docker" ? "container" : s.virtualization);
+      set("code", s.code || s.image);
+      for (const k of NUMBERS) set(k, s[k] ?? 0);
+      set("port", s.port);
+      set("rr_ip", (s.addresses && s.addresses.rr_ip) || "");
+      set("closest_ip", (s.addresses && s.addresses.closest_ip) || "");
+      set("cmd", (s.cmd || []).join("\n"));
+      set("environment", (s.environment || []).join("\n"));
+      set("one_shot", s.one_shot);
+    }
+    formTitle.textContent = s ? `Edit service ${s.service_name}` : "Add a service";
+    submit.textContent = s ? "Save changes" : "Add service";
+    cancel.hidden = !s;
+    tabPaste.hidden = !!s;
+    if (s) form.elements.microservice_name.focus();
   }
 
   const submit = el("button", { type: "submit" }, "Add service");
@@ -142,7 +200,7 @@ export async function render(main, [appId]) {
     field("cmd", "Command", { type: "textarea", rows: 3, hint: "one argument per line; replaces the image's entrypoint" }),
     field("environment", "Environment", { type: "textarea", rows: 3, hint: "one NAME=value per line" }),
     field("one_shot", "One-shot (runs to completion, not restarted)", { type: "checkbox" }),
-    el("div", { class: "actions wide" }, submit));
+    el("div", { class: "actions wide" }, submit, cancel));
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     create(serviceSla(appId, microserviceOf(form)), form, submit);
@@ -182,7 +240,7 @@ export async function render(main, [appId]) {
   main.append(
     el("p", {}, el("a", { href: "#/apps" }, "← Applications")),
     heading, info, list,
-    el("h2", {}, "Add a service"),
+    formTitle,
     el("div", { class: "card" }, el("div", { class: "tabs", role: "tablist" }, tabForm, tabPaste), form, paste, status));
   await load();
 }
