@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use oak_e2e::{images, wait_until, Registry, Workdir};
 use serde_json::{json, Value};
 
@@ -80,6 +80,12 @@ fn scenario(work: &Workdir) -> Result<()> {
         let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
         Ok(e2e::try_login(&base, password.trim()))
     })?;
+    // The banner shows the generated password once, so the dashboard needs no other tool.
+    let banner = wait_until("the banner", Duration::from_secs(10), Duration::from_millis(100), || {
+        Ok(std::fs::read_to_string(work.join("up.out")).ok().filter(|b| b.contains("Log in:")))
+    })?;
+    let password = std::fs::read_to_string(&password_file)?;
+    ensure!(banner.contains(&format!("password {} (generated", password.trim())), "{banner}");
     let api = Api { base, token };
     wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
         up.alive()?;

@@ -169,7 +169,7 @@ pub fn run(args: UpArgs) -> ExitCode {
 
         println!(
             "Oakestra is up (1-DOC): dashboard {dashboard}, API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
-             Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin {login}\n\
+             {admin}Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin {login}\n\
              Deploy:   oakestra app create -f examples/sla/nginx.json && oakestra service list\n\
              Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
             port = args.api_port,
@@ -179,6 +179,7 @@ pub fn run(args: UpArgs) -> ExitCode {
                 None => format!("http://127.0.0.1:{}/", args.api_port),
             },
             login = admin_login(admin_password_file.as_deref()),
+            admin = generated_password_line(admin_password_file.as_deref()),
         );
         // A tier that ends on its own (a port in use, its store gone) ends the whole deployment
         // at once, with its reason, instead of leaving the others running without it.
@@ -224,6 +225,18 @@ fn admin_login(generated: Option<&std::path::Path>) -> String {
             format!("< {}", file.display())
         }
         None => "(then type the --admin-password of the first start)".to_string(),
+    }
+}
+
+/// The generated Admin password, shown once here to whoever started `up` so that the dashboard
+/// can be used with no other tool (it stays in the 0600 file until Admin changes it).
+fn generated_password_line(generated: Option<&std::path::Path>) -> String {
+    let Some(file) = generated else { return String::new() };
+    match std::fs::read_to_string(file) {
+        Ok(password) => {
+            format!("Admin:    user Admin, password {} (generated; kept in {})\n", password.trim(), file.display())
+        }
+        Err(_) => String::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! with `#[path]` by those that use it, so other tests do not compile it).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,8 +12,10 @@ pub struct Up {
 }
 
 impl Up {
-    /// Starts `oakestra up` with its data under `data` and its log in `log`.
+    /// Starts `oakestra up` with its data under `data`, its log in `log` and what it prints for
+    /// the user (the banner) in `log` with the extension `out`.
     pub fn start(data: &Path, log: &Path, ports: &Ports) -> Result<Up> {
+        let out = std::fs::File::create(log.with_extension("out"))?;
         let log = std::fs::File::create(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
             .arg("up")
@@ -21,7 +23,7 @@ impl Up {
             .arg(data)
             .args(ports.args())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()?;
         Ok(Up { child })
