@@ -155,6 +155,9 @@ async fn root_two_clusters_four_workers() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = cli(&url, &home, &["service", "show", &nginx]);
     assert_eq!(shown.matches("RUNNING").count(), 3 + 1, "{shown}");
+    let words: Vec<&str> = shown.split_whitespace().collect();
+    assert_eq!(words.iter().filter(|w| **w == "c2").count(), 3, "the cluster's name per instance: {shown}");
+    assert_eq!(words.iter().filter(|w| **w == "w3" || **w == "w4").count(), 3, "the worker's name: {shown}");
     let listed = cli(&url, &home, &["clusters"]);
     assert!(listed.contains("c1") && listed.contains("c2"), "{listed}");
 
