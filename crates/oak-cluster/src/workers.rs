@@ -109,4 +109,23 @@ mod tests {
         assert_eq!(sent.changes(vec![]), (vec![], vec!["b".to_string(), "c".to_string()]));
         assert_eq!(sent.changes(vec![]), (vec![], vec![]));
     }
+
+    #[test]
+    fn a_thousand_workers_of_steady_use_cost_nothing_after_the_full_list() {
+        let fleet = |cpu: f64| -> Vec<WorkerSummary> {
+            (0..1000).map(|n| summary(&format!("{n:024x}"), &info(&format!("edge-{n}"), cpu, 6_000), true)).collect()
+        };
+        let mut sent = Sent::default();
+        let full = fleet(20.0);
+        sent.full(&full);
+        let bytes: usize = oak_api::channel::ClusterMsg::workers(true, full, vec![])
+            .iter()
+            .map(|m| oak_api::channel::encode(m).len())
+            .sum();
+        assert!(bytes < 400_000, "the full list of 1,000 workers is {bytes} bytes");
+        for jitter in [1.0, -2.0, 4.5, -4.5] {
+            assert_eq!(sent.changes(fleet(20.0 + jitter)), (vec![], vec![]), "jitter {jitter}");
+        }
+        assert_eq!(sent.changes(fleet(30.0)).0.len(), 1000);
+    }
 }
