@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::net::RouteTable;
 use crate::node::{JobSpec, LogCursor};
@@ -87,6 +88,19 @@ pub enum ClusterMsg {
     },
     /// No worker of this cluster needs the job's routes any more.
     Uninterest { job_name: String },
+    /// The cluster's workers. `full` = (a part of) every worker, sent after `Welcome` and
+    /// applied once the `last` part arrived; otherwise only workers whose summary changed
+    /// noticeably since last sent, and the ids of workers the cluster forgot (`removed`).
+    Workers {
+        #[serde(default)]
+        full: bool,
+        #[serde(default)]
+        workers: Vec<WorkerSummary>,
+        #[serde(default)]
+        removed: Vec<String>,
+        #[serde(default = "yes")]
+        last: bool,
+    },
 }
 
 /// Root → cluster.
@@ -163,6 +177,17 @@ impl ClusterMsg {
     pub fn instances(full: bool, updates: Vec<InstanceReport>) -> Vec<ClusterMsg> {
         with_last(parts(updates), |updates, last| ClusterMsg::Instances { full, updates, last })
     }
+
+    /// Worker summaries as parts of at most [`PART_BYTES`]; `removed` goes with the last part
+    /// (one empty part when there is nothing).
+    pub fn workers(full: bool, workers: Vec<WorkerSummary>, removed: Vec<String>) -> Vec<ClusterMsg> {
+        let mut msgs =
+            with_last(parts(workers), |workers, last| ClusterMsg::Workers { full, workers, removed: vec![], last });
+        if let Some(ClusterMsg::Workers { removed: r, .. }) = msgs.last_mut() {
+            *r = removed;
+        }
+        msgs
+    }
 }
 
 fn with_last<T, M>(parts: Vec<Vec<T>>, make: impl Fn(Vec<T>, bool) -> M) -> Vec<M> {
@@ -223,6 +248,52 @@ pub struct InstanceReport {
     pub memory_bytes: Option<u64>,
     pub disk: Option<u64>,
     pub logs: Option<String>,
+}
+
+/// One worker as its cluster describes it to the root (and the root to API clients).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct WorkerSummary {
+    /// The node id the cluster gave the worker.
+    pub id: String,
+    /// The node name the worker registered with (host name by default).
+    pub name: String,
+    /// The address the worker registered from.
+    pub address: String,
+    /// The overlay's public address of the worker, when it runs the overlay and found one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub public_address: String,
+    /// `amd64`, `arm64`, …
+    pub architecture: String,
+    pub virtualization: Vec<String>,
+    /// Logical cores.
+    pub cpu_cores: u32,
+    /// CPU utilisation of the whole node, 0–100.
+    pub cpu_percent: f64,
+    pub memory_total_mb: u64,
+    /// Memory in use (total minus available).
+    pub memory_used_mb: u64,
+    /// Memory available.
+    pub memory_free_mb: u64,
+    pub gpus: u32,
+    /// The worker reported within the cluster's node timeout.
+    pub active: bool,
+}
+
+impl WorkerSummary {
+    /// Whether `self` differs from `sent` enough to be sent again: anything but usage, or CPU
+    /// use by at least 5 points, or memory use by at least 5 % of the total (and 16 MB).
+    pub fn differs_noticeably(&self, sent: &WorkerSummary) -> bool {
+        let same_usage =
+            |a: &WorkerSummary| WorkerSummary { cpu_percent: 0.0, memory_used_mb: 0, memory_free_mb: 0, ..a.clone() };
+        if same_usage(self) != same_usage(sent) {
+            return true;
+        }
+        let memory_step = (self.memory_total_mb / 20).max(16);
+        (self.cpu_percent - sent.cpu_percent).abs() >= 5.0
+            || self.memory_used_mb.abs_diff(sent.memory_used_mb) >= memory_step
+            || self.memory_free_mb.abs_diff(sent.memory_free_mb) >= memory_step
+    }
 }
 
 /// A cluster's resources (spec §5.3 with its defects fixed): free amounts are what is left after
@@ -332,6 +403,69 @@ mod tests {
         );
         let msgs = ClusterMsg::instances(true, vec![]);
         assert_eq!(msgs, vec![ClusterMsg::Instances { full: true, updates: vec![], last: true }]);
+    }
+
+    fn worker(n: usize) -> WorkerSummary {
+        WorkerSummary {
+            id: format!("{n:032x}"),
+            name: format!("worker-{n}"),
+            address: "192.168.10.20".into(),
+            architecture: "amd64".into(),
+            virtualization: vec!["docker".into(), "unikernel".into()],
+            cpu_cores: 8,
+            cpu_percent: 12.5,
+            memory_total_mb: 16_000,
+            memory_used_mb: 4_000,
+            memory_free_mb: 12_000,
+            active: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_big_worker_list_goes_in_parts_with_the_removed_ids_last() {
+        let list: Vec<WorkerSummary> = (0..10_000).map(worker).collect();
+        let msgs = ClusterMsg::workers(true, list.clone(), vec!["gone".into()]);
+        assert!(msgs.len() > 1, "{} parts", msgs.len());
+        let mut joined = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let frame = encode_checked(m).expect("every part fits a frame");
+            assert!(frame.len() <= PART_BYTES + 128, "part of {} bytes", frame.len());
+            let ClusterMsg::Workers { full: true, workers, removed, last } = m.clone() else { panic!("{m:?}") };
+            assert_eq!(last, i + 1 == msgs.len());
+            assert_eq!(removed.is_empty(), !last);
+            joined.extend(workers);
+        }
+        assert_eq!(joined, list);
+        assert_eq!(
+            ClusterMsg::workers(false, vec![], vec![]),
+            vec![ClusterMsg::Workers { full: false, workers: vec![], removed: vec![], last: true }]
+        );
+    }
+
+    #[test]
+    fn only_noticeable_changes_of_a_worker_count() {
+        let sent = worker(1);
+        let with = |f: &dyn Fn(&mut WorkerSummary)| {
+            let mut w = sent.clone();
+            f(&mut w);
+            w
+        };
+        assert!(!with(&|w| w.cpu_percent = 16.0).differs_noticeably(&sent));
+        assert!(with(&|w| w.cpu_percent = 17.5).differs_noticeably(&sent));
+        assert!(!with(&|w| w.memory_used_mb = 4_700).differs_noticeably(&sent));
+        assert!(with(&|w| w.memory_free_mb = 11_200).differs_noticeably(&sent));
+        assert!(with(&|w| w.active = false).differs_noticeably(&sent));
+        assert!(with(&|w| w.name = "renamed".into()).differs_noticeably(&sent));
+        assert!(with(&|w| w.public_address = "203.0.113.7".into()).differs_noticeably(&sent));
+        assert!(!sent.differs_noticeably(&sent));
+    }
+
+    #[test]
+    fn a_workers_message_of_an_older_shape_still_reads() {
+        let m: ClusterMsg = serde_json::from_str(r#"{"type":"workers","workers":[{"id":"n1","name":"w"}]}"#).unwrap();
+        let ClusterMsg::Workers { full: false, workers, removed, last: true } = m else { panic!("{m:?}") };
+        assert_eq!((workers[0].name.as_str(), workers[0].cpu_cores, removed.len()), ("w", 0, 0));
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub struct Instance {
     pub cluster_location: Option<String>,
     #[serde(default)]
     pub worker_id: Option<String>,
+    /// Names of the cluster and the worker, filled in when read (from the clusters' last reports);
+    /// absent when the root does not know them (a cluster not connected since the root started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_name: Option<String>,
     #[serde(default)]
     pub host_ip: Option<String>,
     #[serde(default)]
@@ -141,6 +147,8 @@ impl Instance {
             cluster_id: None,
             cluster_location: None,
             worker_id: None,
+            cluster_name: None,
+            worker_name: None,
             host_ip: None,
             host_port: None,
             instance_ip: None,

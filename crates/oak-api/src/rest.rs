@@ -120,3 +120,15 @@ pub struct InstanceRequested {
 pub struct ClusterToken {
     pub token: String,
 }
+
+/// `GET /api/clusters/{cluster_id}/workers`: a cluster's workers as it last reported them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterWorkers {
+    pub cluster_id: String,
+    pub cluster_name: String,
+    /// The cluster's channel is open now. When it is not, the list is the last one received
+    /// and every worker shows as inactive.
+    pub connected: bool,
+    /// Ordered by name, then id.
+    pub workers: Vec<crate::channel::WorkerSummary>,
+}

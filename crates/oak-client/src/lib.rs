@@ -164,6 +164,11 @@ impl Client {
         self.authed::<(), _>(Method::GET, &["api", "clusters", "active"], None).await
     }
 
+    /// `GET /api/clusters/{id}/workers`: a cluster's workers as it last reported them.
+    pub async fn cluster_workers(&self, cluster_id: &str) -> Result<oak_api::rest::ClusterWorkers, ClientError> {
+        self.authed::<(), _>(Method::GET, &["api", "clusters", cluster_id, "workers"], None).await
+    }
+
     /// `POST /api/clusters/tokens`: a new cluster join token (Admin only).
     pub async fn create_cluster_token(&self) -> Result<oak_api::rest::ClusterToken, ClientError> {
         self.authed::<(), _>(Method::POST, &["api", "clusters", "tokens"], None).await

@@ -15,6 +15,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 mod subnets;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub struct Ctx {
     logs: Mutex<logs::Relay>,
     /// Registrations waiting for a subnet from the root.
     subnets: Mutex<subnets::Waits>,
+    /// The worker summaries the root holds from this connection.
+    workers_sent: Mutex<workers::Sent>,
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
@@ -115,6 +118,7 @@ impl Cluster {
             full_deploy: Mutex::new(Vec::new()),
             logs: Mutex::new(logs::Relay::default()),
             subnets: Mutex::new(subnets::Waits::default()),
+            workers_sent: Mutex::new(workers::Sent::default()),
             wake: tokio::sync::Notify::new(),
             config,
         });
@@ -392,7 +396,7 @@ impl Ctx {
             let _ = self.send_root(logs::error(request_id, format!("worker {node} did not answer within 10 s")));
         }
         let connected = self.root_connected();
-        let (effects, updates, resources, batch) = {
+        let (effects, updates, resources, workers, batch) = {
             let mut st = self.state();
             let mut fx = if periodic { st.check_timeouts(now) } else { Vec::new() };
             if periodic {
@@ -402,7 +406,8 @@ impl Ctx {
             fx.extend(st.schedule(now));
             let updates = if connected { st.root_updates(false, now) } else { Vec::new() };
             let resources = (connected && report).then(|| st.resources(now));
-            (fx, updates, resources, st.take_batch())
+            let workers = (connected && report).then(|| st.worker_summaries(now));
+            (fx, updates, resources, workers, st.take_batch())
         };
         self.perform(effects);
         if !updates.is_empty() {
@@ -412,6 +417,15 @@ impl Ctx {
         }
         if let Some(resources) = resources {
             self.send_root(ClusterMsg::Report { resources });
+        }
+        if let Some(current) = workers {
+            // Only what changed noticeably since the last full list of this connection.
+            let (changed, removed) = self.workers_sent.lock().unwrap_or_else(|e| e.into_inner()).changes(current);
+            if !changed.is_empty() || !removed.is_empty() {
+                for part in ClusterMsg::workers(false, changed, removed) {
+                    self.send_root(part);
+                }
+            }
         }
         if !batch.is_empty() {
             if let Err(e) = self.store.write(batch) {

@@ -95,7 +95,7 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     tracing::info!(cluster_id = %cluster_id, root = %addr, "joined the root");
 
     // Full state first: every instance we hold, our resources, every node (the root releases
-    // the subnets of nodes gone meanwhile), and the route tables our workers use (asked again,
+    // the subnets of nodes gone meanwhile), every worker's summary, and the route tables our workers use (asked again,
     // which registers our interest anew and refreshes them).
     // These go first, ahead of the bounded queue (the full instance list in parts).
     let mut first = Vec::new();
@@ -106,6 +106,9 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         first.extend(ClusterMsg::instances(true, st.root_updates(true, now)));
         first.push(ClusterMsg::Report { resources: st.resources(now) });
         first.push(ClusterMsg::Nodes { node_ids });
+        let workers = st.worker_summaries(now);
+        ctx.workers_sent.lock().unwrap_or_else(|e| e.into_inner()).full(&workers);
+        first.extend(ClusterMsg::workers(true, workers, vec![]));
         for effect in st.routes.resync(now) {
             if let crate::state::Effect::Root(msg) = effect {
                 first.push(*msg);

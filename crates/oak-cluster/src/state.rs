@@ -361,6 +361,11 @@ impl ClusterState {
         self.nodes.values().map(|n| n.fresh_view(self.is_active(n, now))).collect()
     }
 
+    /// Every worker's summary for the root, active or not.
+    pub fn worker_summaries(&self, now: Instant) -> Vec<oak_api::channel::WorkerSummary> {
+        self.nodes.iter().map(|(id, n)| crate::workers::summary(id, &n.record.info, self.is_active(n, now))).collect()
+    }
+
     /// Resources for the root: free amounts after what is placed.
     pub fn resources(&self, now: Instant) -> ClusterResources {
         aggregate(&self.views(now))

@@ -394,6 +394,12 @@ async fn organizations_clusters_and_docs() {
     assert_eq!((s, v), (StatusCode::OK, json!([])));
     let (s, _) = api.call(Method::GET, "/api/clusters/active", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A cluster's workers: unknown cluster 404, no token 401 (before anything is looked up).
+    let (s, v) = api.call(Method::GET, "/api/clusters/nope/workers", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("cluster nope"), "{v}");
+    let (s, _) = api.call(Method::GET, "/api/clusters/nope/workers/", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // generated OpenAPI document and the offline docs page
     let (s, v) = api.call(Method::GET, "/api/openapi.json", None, None).await;
@@ -406,7 +412,14 @@ async fn organizations_clusters_and_docs() {
     for key in ["RR_ip", "closest_ip", "instance_list"] {
         assert!(service[key].is_object(), "Service.{key} is documented: {}", schemas["Service"]);
     }
-    for key in ["instance_ip", "namespace_ip", "host_ip", "host_port"] {
+    let workers = &v["paths"]["/api/clusters/{cluster_id}/workers"]["get"]["responses"];
+    for status in ["200", "401", "403", "404"] {
+        assert!(workers[status].is_object(), "the workers endpoint documents {status}: {workers}");
+    }
+    for key in ["name", "address", "architecture", "virtualization", "cpu_cores", "memory_used_mb", "active"] {
+        assert!(schemas["WorkerSummary"]["properties"][key].is_object(), "WorkerSummary.{key} is documented");
+    }
+    for key in ["instance_ip", "namespace_ip", "host_ip", "host_port", "cluster_name", "worker_name"] {
         assert!(schemas["Instance"]["properties"][key].is_object(), "Instance.{key} is documented");
     }
     let (s, _) = api.call(Method::GET, "/docs/openapi.json", None, None).await;

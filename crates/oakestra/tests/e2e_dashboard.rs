@@ -75,19 +75,38 @@ fn scenario(work: &Workdir) -> Result<()> {
             let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
             Ok(e2e::try_login(&api_base, password.trim()).map(|t| (t, password.trim().to_string())))
         })?;
-    wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
-        up.alive()?;
-        let clusters = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/clusters/active", None)?;
-        Ok(clusters.as_array().and_then(|cs| {
-            cs.iter()
-                .find(|c| c["active_nodes"].as_u64() >= Some(1) && c["virtualization"].to_string().contains("docker"))
-                .cloned()
-        }))
-    })?;
+    let cluster =
+        wait_until("the worker to advertise docker", Duration::from_secs(60), Duration::from_millis(500), || {
+            up.alive()?;
+            let clusters = e2e::api(&api_base, &token, reqwest::Method::GET, "/api/clusters/active", None)?;
+            Ok(clusters.as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| {
+                        c["active_nodes"].as_u64() >= Some(1) && c["virtualization"].to_string().contains("docker")
+                    })
+                    .cloned()
+            }))
+        })?;
+    // The worker as the root knows it (its node name), to find on the pages.
+    let workers_path = format!("/api/clusters/{}/workers", cluster["_id"].as_str().context("a cluster without _id")?);
+    let worker =
+        wait_until("the worker listed at the root", Duration::from_secs(30), Duration::from_millis(500), || {
+            let listed = e2e::api(&api_base, &token, reqwest::Method::GET, &workers_path, None)?;
+            Ok(listed["workers"].as_array().and_then(|ws| ws.iter().find(|w| w["active"] == json!(true)).cloned()))
+        })?;
+    let worker_name = worker["name"].as_str().context("a worker without a name")?.to_string();
+    assert!(!worker_name.is_empty(), "{worker}");
 
     let driver = Driver::start(&work.join("chromedriver.log"))?;
     let browser = driver.session(&work.join("chromium-profile"))?;
-    let target = Target { dashboard_port: ports.dashboard, data: &data, password: &password, image: &image, port };
+    let target = Target {
+        dashboard_port: ports.dashboard,
+        data: &data,
+        password: &password,
+        image: &image,
+        port,
+        worker_name: &worker_name,
+    };
     let result = flow(&browser, work, &target);
     // Nothing of the instance is left in containerd (the worker's own, or the system's).
     let result = result.and_then(|()| {
@@ -119,10 +138,11 @@ struct Target<'a> {
     password: &'a str,
     image: &'a str,
     port: u16,
+    worker_name: &'a str,
 }
 
 fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
-    let Target { dashboard_port, data, password, image, port } = *target;
+    let Target { dashboard_port, data, password, image, port, worker_name } = *target;
     let base = format!("http://127.0.0.1:{dashboard_port}");
     b.goto(&format!("{base}/"))?;
 
@@ -236,6 +256,12 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     assert!(node_ip.parse::<std::net::IpAddr>().is_ok(), "node IP {node_ip:?} in {row:?}");
     let ip = b.find("#instances-table tbody tr td:nth-child(8)")?.text()?;
     assert!(ip.starts_with("10.30."), "instance IP {ip:?}");
+    // Cluster and worker by name, not by id.
+    b.wait_text("the worker's name in the instance table", "#instances-table tbody td.worker", WAIT, |t| {
+        t == worker_name
+    })?;
+    let cluster = b.find("#instances-table tbody td.cluster")?.text()?;
+    assert!(cluster.starts_with("local"), "cluster {cluster:?}");
     // The worker's usage reports reach the table by themselves too.
     b.wait_text("the instance's memory use", "#instances-table tbody td.memory", WAIT, |t| t.ends_with("MiB"))?;
     shot(b, work, "06-service-running")?;
@@ -282,6 +308,12 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     b.find("#nav a[data-page=clusters]")?.click()?;
     let clusters = b.wait_text("the cluster table", "#clusters-table tbody", WAIT, |t| t.contains("active"))?;
     assert!(clusters.contains("local"), "{clusters}");
+    // The cluster's workers, open by default with one cluster: name, address, state, capacity.
+    let workers =
+        b.wait_text("the worker on the Infrastructure page", "#workers-list .workers-table tbody", WAIT, |t| {
+            t.contains(worker_name)
+        })?;
+    assert!(workers.contains("active") && workers.contains("docker") && workers.contains("MB free"), "{workers}");
     let now = b.execute("return JSON.parse(sessionStorage.getItem('oakestra.session')).token;", json!([]))?;
     assert!(now.as_str().is_some_and(|t| t != expired && t != current), "the token was not refreshed");
     b.find("#issue-token")?.click()?;

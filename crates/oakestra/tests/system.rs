@@ -85,6 +85,28 @@ async fn root_two_clusters_four_workers() {
     assert_eq!(c2_view.cluster_location, "48.1,11.6");
     let free_before = c2_view.memory;
 
+    // Each cluster tells the root about its workers: names, address, capacity, usage, state.
+    let c2_id = clusters["c2"].id.clone();
+    let listed = eventually("c2's workers listed at the root", async || {
+        let w = client.cluster_workers(&c2_id).await.unwrap();
+        (w.workers.len() == 2 && w.workers.iter().all(|w| w.active)).then_some(w)
+    })
+    .await;
+    assert_eq!((listed.cluster_name.as_str(), listed.connected), ("c2", true));
+    let names: Vec<&str> = listed.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w3", "w4"]);
+    for w in &listed.workers {
+        assert_eq!((w.address.as_str(), w.architecture.as_str(), w.cpu_cores), ("127.0.0.1", "amd64", 4), "{w:?}");
+        assert_eq!((w.memory_total_mb, w.memory_free_mb, w.cpu_percent), (4096, 4096, 5.0), "{w:?}");
+        assert_eq!(w.virtualization, ["docker"]);
+        assert!(!w.id.is_empty());
+    }
+    let c1_workers = client.cluster_workers(&clusters["c1"].id).await.unwrap();
+    let names: Vec<&str> = c1_workers.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w1", "w2"], "each cluster lists its own workers");
+    let worker_names: BTreeMap<String, String> =
+        listed.workers.iter().map(|w| (w.id.clone(), w.name.clone())).collect();
+
     // clientsrvr, the nginx service restricted to cluster c2.
     let mut sla: Value = serde_json::from_str(CLIENTSRVR).unwrap();
     sla["applications"][0]["microservices"][1]["constraints"] = json!([{"type": "clusters", "allowed": ["c2"]}]);
@@ -105,10 +127,12 @@ async fn root_two_clusters_four_workers() {
     })
     .await;
     assert_eq!(s.status.as_deref(), Some("RUNNING"));
-    let c2_id = clusters["c2"].id.clone();
     for i in &s.instance_list {
         assert_eq!(i.cluster_id.as_deref(), Some(c2_id.as_str()), "clusters constraint honoured: {i:?}");
         assert!(i.worker_id.is_some(), "{i:?}");
+        // Instances name their cluster and worker.
+        assert_eq!(i.cluster_name.as_deref(), Some("c2"), "{i:?}");
+        assert_eq!(i.worker_name.as_ref(), worker_names.get(i.worker_id.as_ref().unwrap()), "{i:?}");
         assert!(!i.status_detail.is_empty());
         // Without the overlay, peers reach instances at the node's address.
         assert_eq!(i.host_ip.as_deref(), Some("127.0.0.1"), "{i:?}");
@@ -131,6 +155,9 @@ async fn root_two_clusters_four_workers() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = cli(&url, &home, &["service", "show", &nginx]);
     assert_eq!(shown.matches("RUNNING").count(), 3 + 1, "{shown}");
+    let words: Vec<&str> = shown.split_whitespace().collect();
+    assert_eq!(words.iter().filter(|w| **w == "c2").count(), 3, "the cluster's name per instance: {shown}");
+    assert_eq!(words.iter().filter(|w| **w == "w3" || **w == "w4").count(), 3, "the worker's name: {shown}");
     let listed = cli(&url, &home, &["clusters"]);
     assert!(listed.contains("c1") && listed.contains("c2"), "{listed}");
 
@@ -169,6 +196,13 @@ async fn root_two_clusters_four_workers() {
     let w = workers.remove(victim);
     let _ = w.stop.send(true);
     let _ = w.task.await;
+    // The root sees the silent worker inactive (after the node timeout), the other still active.
+    eventually("the stopped worker inactive at the root", async || {
+        let listed = client.cluster_workers(&c2_id).await.unwrap();
+        let state: BTreeMap<&str, bool> = listed.workers.iter().map(|w| (w.name.as_str(), w.active)).collect();
+        (state.len() == 2 && !state[w.name.as_str()] && state.values().filter(|a| **a).count() == 1).then_some(())
+    })
+    .await;
     let moved = eventually("nginx re-placed and RUNNING on the surviving worker", async || {
         let s = service(&client, &nginx).await;
         (all_running(&s, 3) && s.instance_list.iter().all(|i| i.worker_id.as_deref() != Some(victim_id.as_str())))

@@ -1,9 +1,9 @@
 //! `/api/clusters/…`: registered clusters with their aggregated resources.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use oak_api::model::Cluster;
-use oak_api::rest::ClusterToken;
+use oak_api::rest::{ClusterToken, ClusterWorkers};
 use oak_api::ErrorBody;
 use oak_core::authz::Action;
 
@@ -30,6 +30,22 @@ pub async fn all(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<V
 pub async fn active(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
     caller.require(Action::ViewClusters, "")?;
     Ok(Json(clusters_now(&st)?.into_iter().filter(|c| c.active).collect()))
+}
+
+/// A cluster's workers as it last reported them: name, address, architecture, virtualizations,
+/// capacity, usage, and whether each reported within the cluster's node timeout.
+#[utoipa::path(get, path = "/api/clusters/{cluster_id}/workers", tag = "clusters", security(("bearerAuth" = [])),
+    params(("cluster_id" = String, Path, description = "the cluster's `_id`")),
+    responses((status = 200, body = ClusterWorkers),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn workers(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(cluster_id): Path<String>,
+) -> ApiResult<Json<ClusterWorkers>> {
+    caller.require(Action::ViewClusters, "")?;
+    let cluster = st.store.cluster(&cluster_id)?.ok_or_else(|| ApiError::not_found(format!("cluster {cluster_id}")))?;
+    Ok(Json(st.fleet.cluster_workers(&cluster.id, &cluster.cluster_name)))
 }
 
 /// Issue another cluster join token (Admin only); hand it to `oakestra cluster --token`.

@@ -36,7 +36,7 @@ use crate::state::AppState;
         applications::update, applications::delete,
         services::create, services::get, services::update, services::delete, services::list_of_app, services::list,
         services::request_instance, services::delete_instance, logs::logs,
-        clusters::all, clusters::active, clusters::create_token,
+        clusters::all, clusters::active, clusters::workers, clusters::create_token,
     ),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "users"), (name = "organizations"), (name = "applications"),
@@ -86,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters", get(clusters::all))
         .route("/api/clusters/active", get(clusters::active))
         .route("/api/clusters/tokens", post(clusters::create_token))
+        .route("/api/clusters/{cluster_id}/workers", get(clusters::workers))
         .route("/metrics", get(clusters::metrics))
         .fallback(not_found)
         // Bodies over the limit are cut off while read (chunked ones too) and answered 413.

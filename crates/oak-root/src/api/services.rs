@@ -86,7 +86,10 @@ pub async fn create(
     responses((status = 200, body = Service),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Service>> {
-    Ok(Json(with_job_status(owned_service(&st, &caller, &id, false)?.0)))
+    let mut service = [with_job_status(owned_service(&st, &caller, &id, false)?.0)];
+    st.fleet.name_places(&mut service)?;
+    let [service] = service;
+    Ok(Json(service))
 }
 
 /// Replace a service's descriptor (a bare microservice object or an SLA holding exactly one).
@@ -166,7 +169,7 @@ pub async fn list_of_app(
     Path(app_id): Path<String>,
 ) -> ApiResult<Json<Vec<Service>>> {
     owned_app(&st, &caller, &app_id, false)?;
-    Ok(Json(st.store.list_services(Some(&app_id))?.into_iter().map(with_job_status).collect()))
+    named(&st, st.store.list_services(Some(&app_id))?)
 }
 
 /// The caller's services (an Admin sees everyone's).
@@ -175,13 +178,20 @@ pub async fn list_of_app(
         (status = 401, body = ErrorBody)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Service>>> {
     if caller.is_admin() {
-        return Ok(Json(st.store.list_services(None)?.into_iter().map(with_job_status).collect()));
+        return named(&st, st.store.list_services(None)?);
     }
     let mut out = Vec::new();
     for app in st.store.list_applications(Some(&caller.principal.username))? {
         out.extend(st.store.list_services(Some(&app.id))?);
     }
-    Ok(Json(out.into_iter().map(with_job_status).collect()))
+    named(&st, out)
+}
+
+/// Services with their job status and the names of the clusters and workers of their instances.
+fn named(st: &AppState, services: Vec<Service>) -> ApiResult<Json<Vec<Service>>> {
+    let mut services: Vec<Service> = services.into_iter().map(with_job_status).collect();
+    st.fleet.name_places(&mut services)?;
+    Ok(Json(services))
 }
 
 /// A job's status follows its instances (spec §4.5, computed when read so that every instance

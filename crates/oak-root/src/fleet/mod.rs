@@ -13,6 +13,7 @@ mod links;
 mod logs;
 mod retry;
 mod routes;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,6 +71,8 @@ pub struct Fleet {
     addresses: Mutex<addresses::Addresses>,
     /// Which clusters want which jobs' route changes.
     interest: Mutex<routes::Interest>,
+    /// The clusters' workers as last reported.
+    workers: Mutex<workers::Known>,
 }
 
 struct Inner {
@@ -97,6 +100,7 @@ impl Fleet {
             logs: Mutex::new(logs::Pending::default()),
             addresses: Mutex::new(addresses),
             interest: Mutex::new(routes::Interest::default()),
+            workers: Mutex::new(workers::Known::default()),
         }))
     }
 

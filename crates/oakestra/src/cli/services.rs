@@ -123,8 +123,9 @@ fn instances(s: &Service) -> Table {
             i.instance_number.to_string(),
             i.status.clone(),
             i.status_detail.clone(),
-            i.cluster_id.clone().unwrap_or_default(),
-            i.worker_id.clone().unwrap_or_default(),
+            // Names where the root knows them, else ids (`--json` has both).
+            i.cluster_name.clone().or_else(|| i.cluster_id.clone()).unwrap_or_default(),
+            i.worker_name.clone().or_else(|| i.worker_id.clone()).unwrap_or_default(),
         ]);
     }
     t

@@ -13,6 +13,11 @@ function short(id) {
   return id.length > 10 ? el("span", { title: id }, `${id.slice(0, 8)}…`) : id;
 }
 
+/** A name with the id as its tooltip, or the short id when the name is not known. */
+function named(name, id) {
+  return name ? el("span", { title: id ? `id ${id}` : undefined }, name) : short(id);
+}
+
 function mib(bytes) {
   return bytes === undefined || bytes === null ? "–" : `${(bytes / 1048576).toFixed(1)} MiB`;
 }
@@ -126,8 +131,8 @@ export async function render(main, [serviceId]) {
       { title: "#", cell: (i) => String(i.instance_number) },
       { title: "Status", cell: (i) => statusBadge(i.status) },
       { title: "Detail", cell: (i) => i.status_detail || "" },
-      { title: "Cluster", cell: (i) => [short(i.cluster_id), i.cluster_location ? ` (${i.cluster_location})` : ""], class: "mono" },
-      { title: "Node", cell: (i) => short(i.worker_id), class: "mono" },
+      { title: "Cluster", cell: (i) => [named(i.cluster_name, i.cluster_id), i.cluster_location ? ` (${i.cluster_location})` : ""], class: "cluster" },
+      { title: "Worker", cell: (i) => named(i.worker_name, i.worker_id), class: "worker" },
       { title: "Node IP", cell: (i) => fmt(i.publicip || i.host_ip), class: "mono node-ip" },
       { title: "Ports", cell: () => s.port || "–", class: "mono" },
       { title: "Instance IP", cell: (i) => fmt(i.instance_ip), class: "mono" },
