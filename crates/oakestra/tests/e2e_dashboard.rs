@@ -200,6 +200,13 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
     let invalid = b.find("#service-form input[name=memory]")?.attr("aria-invalid")?;
     assert_eq!(invalid.as_deref(), Some("true"));
     shot(b, work, "04-service-form-errors")?;
+    // Constraints that are not JSON are named at their field before anything is sent.
+    b.find("#service-form textarea[name=constraints]")?.fill("[oops")?;
+    b.find("#service-form button[type=submit]")?.click()?;
+    b.wait_text("the constraints' error", "#service-form [data-field=constraints] .field-error", WAIT, |t| {
+        t.contains("not JSON")
+    })?;
+    b.find("#service-form textarea[name=constraints]")?.fill("")?;
     b.find("#service-form input[name=memory]")?.fill("64")?;
     b.find("#service-form input[name=port]")?.fill(&port.to_string())?;
     b.find("#service-form button[type=submit]")?.click()?;
@@ -224,6 +231,14 @@ fn flow(b: &Session, work: &Workdir, target: &Target) -> Result<()> {
         })?;
     assert!(listed.contains("applications[0].microservices[0]."), "{listed}");
     shot(b, work, "05b-paste-json-errors")?;
+    // Or from a file: it fills the text to check before adding.
+    let file = work.join("uploaded-service.json");
+    std::fs::write(&file, r#"{"microservice_name": "uploaded", "virtualization": "container"}"#)?;
+    b.find("#sla-file")?.upload(&file)?;
+    wait_until("the file in the text", WAIT, Duration::from_millis(100), || {
+        let text = b.execute("return document.querySelector('#paste-form textarea').value;", json!([]))?;
+        Ok(text.as_str().is_some_and(|t| t.contains("uploaded")).then_some(()))
+    })?;
     // Edit the service: the form fills with its descriptor and PUT replaces it.
     b.find("#services-table button[aria-label='Edit service server']")?.click()?;
     let memory = b.execute("return document.querySelector('#service-form [name=memory]').value;", json!([]))?;

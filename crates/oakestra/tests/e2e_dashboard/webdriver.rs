@@ -192,6 +192,13 @@ impl Element {
         Ok(())
     }
 
+    /// Chooses `path` in a file input (typing a path is how WebDriver uploads).
+    pub fn upload(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_str().context("the file's path is not UTF-8")?;
+        send(reqwest::Method::POST, &format!("{}/value", self.url), Some(json!({ "text": path })))?;
+        Ok(())
+    }
+
     pub fn text(&self) -> Result<String> {
         Ok(send(reqwest::Method::GET, &format!("{}/text", self.url), None)?.as_str().unwrap_or("").to_string())
     }

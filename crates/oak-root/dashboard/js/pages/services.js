@@ -6,7 +6,7 @@ import {
 
 export const title = "Application";
 
-const NUMBERS = ["memory", "vcpus", "vgpus", "storage"];
+const NUMBERS = ["memory", "vcpus", "vgpus", "vtpus", "storage", "bandwidth_in", "bandwidth_out"];
 
 /** The microservice object of the form. Numbers that are not numbers go as typed: the API names the problem. */
 export function microserviceOf(form) {
@@ -22,7 +22,16 @@ export function microserviceOf(form) {
     cmd: lines("cmd"),
     environment: lines("environment"),
     one_shot: d.get("one_shot") === "on",
+    privileged: d.get("privileged") === "on",
   };
+  if (text("arch")) ms.arch = text("arch").split(",").map((s) => s.trim()).filter(Boolean);
+  if (text("constraints")) {
+    try {
+      ms.constraints = JSON.parse(text("constraints"));
+    } catch (e) {
+      throw { message: `Constraints are not JSON: ${e.message}`, field: "constraints" };
+    }
+  }
   for (const k of NUMBERS) {
     const v = text(k);
     if (v !== "") ms[k] = /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
@@ -141,7 +150,7 @@ export async function render(main, [appId]) {
   async function save(form, button) {
     button.disabled = true;
     try {
-      const ms = { ...microserviceOf(form), microserviceID: editing._id };
+      const ms = { ...microserviceOf(form), microserviceID: editing._id }; // may throw on bad constraints
       await api.call("PUT", `/api/service/${api.enc(editing._id)}`, ms);
       toast(`Service ${ms.microservice_name} saved`);
       edit(null);
@@ -177,6 +186,9 @@ export async function render(main, [appId]) {
       set("cmd", (s.cmd || []).join("\n"));
       set("environment", (s.environment || []).join("\n"));
       set("one_shot", s.one_shot);
+      set("privileged", s.privileged);
+      set("arch", (s.arch || []).join(", "));
+      set("constraints", s.constraints && s.constraints.length ? JSON.stringify(s.constraints) : "");
     }
     formTitle.textContent = s ? `Edit service ${s.service_name}` : "Add a service";
     submit.textContent = s ? "Save changes" : "Add service";
@@ -197,22 +209,56 @@ export async function render(main, [appId]) {
     field("rr_ip", "Round-robin IP", { placeholder: "10.30.x.y (optional)" }),
     field("closest_ip", "Closest IP", { placeholder: "10.30.x.y (optional)" }),
     field("storage", "Storage (MB)", { value: "0", inputmode: "numeric" }),
+    field("vgpus", "vGPUs", { value: "0", inputmode: "numeric" }),
+    field("vtpus", "vTPUs", { value: "0", inputmode: "numeric" }),
+    field("bandwidth_in", "Bandwidth in", { value: "0", inputmode: "numeric" }),
+    field("bandwidth_out", "Bandwidth out", { value: "0", inputmode: "numeric" }),
+    field("arch", "Architectures", { placeholder: "amd64, arm64 (optional)", hint: "for unikernels: one code URL per architecture" }),
     field("cmd", "Command", { type: "textarea", rows: 3, hint: "one argument per line; replaces the image's entrypoint" }),
     field("environment", "Environment", { type: "textarea", rows: 3, hint: "one NAME=value per line" }),
+    field("constraints", "Constraints (JSON)", {
+      type: "textarea", rows: 3, wide: true,
+      placeholder: '[{"type": "direct", "node": "worker-1", "cluster": "edge-1"}]',
+      hint: "placement constraints as an array (direct, clusters, addons, geo, latency); optional",
+    }),
     field("one_shot", "One-shot (runs to completion, not restarted)", { type: "checkbox" }),
+    field("privileged", "Privileged (Admin or roles the operator trusts)", { type: "checkbox" }),
     el("div", { class: "actions wide" }, submit, cancel));
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    create(serviceSla(appId, microserviceOf(form)), form, submit);
+    if (editing) {
+      save(form, submit);
+      return;
+    }
+    let ms;
+    try {
+      ms = microserviceOf(form);
+    } catch (err) {
+      showFormError(form, status, err);
+      return;
+    }
+    create(serviceSla(appId, ms), form, submit);
   });
 
   const pasteSubmit = el("button", { type: "submit" }, "Add from JSON");
+  const upload = el("input", { type: "file", id: "sla-file", accept: ".json,application/json" });
   const paste = el("form", { class: "grid", id: "paste-form", hidden: true, novalidate: true },
     field("sla", "SLA v2.0 document or one microservice", {
       type: "textarea", wide: true, value: EXAMPLE, inputClass: "sla",
       hint: "An SLA's first application is this one when its applicationID is empty.",
     }),
+    el("div", { class: "field wide" }, el("label", { for: "sla-file" }, "…or load it from a file"), upload),
     el("div", { class: "actions wide" }, pasteSubmit));
+  upload.addEventListener("change", async () => {
+    const file = upload.files && upload.files[0];
+    if (!file) return;
+    if (file.size > 64 * 1024) {
+      showFormError(paste, status, { message: `${file.name} is larger than the API's 64 KiB limit` });
+      return;
+    }
+    paste.querySelector("textarea").value = await file.text();
+    clear(status, el("div", { class: "ok-box" }, `Loaded ${file.name}: check it, then add it.`));
+  });
   paste.addEventListener("submit", (e) => {
     e.preventDefault();
     let sla;
