@@ -1,5 +1,6 @@
 //! [`QemuRuntime`]: instances are QEMU processes, one directory each under
-//! `<dir>/instances/<task id>/` (the unpacked archive, `pid`, `qmp.sock`, `qemu.err`), the serial
+//! `<dir>/instances/<task id>/` (the unpacked archive, `pid`, `qemu.err`), the QMP socket in
+//! [`QemuConfig::socket_dir`] (unix socket paths must stay under 108 bytes), the serial
 //! console appended to `<log dir>/<task id>.log`. QEMU runs in its own process group and
 //! outlives the worker; a restarted worker adopts every instance whose pid file names a live
 //! QEMU that answers on its QMP socket, and removes the other directories.
@@ -40,6 +41,8 @@ pub struct QemuConfig {
     pub max_download: u64,
     pub download_timeout: Duration,
     pub limits: Limits,
+    /// Where QMP sockets are (`/run/oakestra-qemu`).
+    pub socket_dir: PathBuf,
     /// Time QEMU has to quit after QMP `quit` before it is killed.
     pub stop_grace: Duration,
     /// Time QEMU has to answer on QMP after it was started.
@@ -58,6 +61,7 @@ impl QemuConfig {
             max_download: 512 << 20,
             download_timeout: Duration::from_secs(300),
             limits: Limits::default(),
+            socket_dir: PathBuf::from("/run/oakestra-qemu"),
             stop_grace: Duration::from_secs(5),
             start_timeout: Duration::from_secs(30),
         }
@@ -95,7 +99,9 @@ impl QemuRuntime {
     /// Opens the runtime and adopts the instances a previous worker left running.
     pub async fn open(config: QemuConfig) -> Result<Self, String> {
         let instances = config.dir.join("instances");
-        tokio::fs::create_dir_all(&instances).await.map_err(|e| format!("cannot create {}: {e}", instances.display()))?;
+        for dir in [&instances, &config.socket_dir] {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -125,7 +131,7 @@ impl QemuRuntime {
             let dir = entry.path();
             let pid = std::fs::read_to_string(dir.join("pid")).ok().and_then(|s| s.trim().parse::<u32>().ok());
             let alive = match pid {
-                Some(pid) => is_our_qemu(pid, &id) && qmp::ping(&dir.join("qmp.sock")).await.is_ok(),
+                Some(pid) => is_our_qemu(pid, &id) && qmp::ping(&self.qmp_socket(&id)).await.is_ok(),
                 None => false,
             };
             match (alive, pid, parse_task_id(&id).is_some()) {
@@ -151,8 +157,7 @@ impl QemuRuntime {
                         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                     }
                     tracing::info!(instance = %id, "removing the files of a unikernel no longer running");
-                    let _ = tokio::fs::remove_dir_all(&dir).await;
-                    self.inner.logs.remove(&id);
+                    self.remove_files(&id);
                 }
             }
         }
@@ -190,7 +195,7 @@ impl QemuRuntime {
             .map_err(|e| RuntimeError::Failed(format!("unpacking failed: {e}")))?
             .map_err(|e| RuntimeError::Failed(format!("kernel {url}: {e}")))?;
         let log = self.inner.logs.prepare(id)?;
-        let paths = InstancePaths { log, qmp: dir.join("qmp.sock"), pid: dir.join("pid") };
+        let paths = InstancePaths { log, qmp: self.qmp_socket(id), pid: dir.join("pid") };
         let launch = Launch {
             name: id,
             arch: &c.arch,
@@ -202,14 +207,28 @@ impl QemuRuntime {
             net: None,
         };
         let args = qemu_args(&launch, &paths);
-        let mut command = match &cmd.netns {
-            Some(ns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns]).arg(&c.binary);
-                command
-            }
-            None => Command::new(&c.binary),
+        let mut command = Command::new(&c.binary);
+        // The overlay's namespace for the instance, entered between fork and exec.
+        let netns = match &cmd.netns {
+            Some(ns) => Some(
+                std::fs::File::open(ns)
+                    .map_err(|e| RuntimeError::Failed(format!("cannot open network namespace {ns}: {e}")))?,
+            ),
+            None => None,
         };
+        if let Some(ns) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns(2) is async-signal-safe; `fd` stays open until after the spawn.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let err_path = dir.join("qemu.err");
         let err_file = std::fs::File::create(&err_path)?;
         command
@@ -221,6 +240,7 @@ impl QemuRuntime {
             .kill_on_drop(false);
         self.progress(cmd, format!("starting QEMU ({})", c.accel.as_str()));
         let mut child = command.spawn().map_err(|e| RuntimeError::Failed(format!("cannot start QEMU: {e}")))?;
+        drop(netns);
         let pid = child.id().unwrap_or(0);
         let (tx, rx) = watch::channel(None);
         {
@@ -267,7 +287,17 @@ impl QemuRuntime {
         let _ = tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|c| c.is_some())).await;
     }
 
+    /// The QMP socket of instance `id`: named by a hash of its directory, so it is short and
+    /// distinct for every worker data dir.
+    fn qmp_socket(&self, id: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let dir = self.instance_dir(id);
+        let hash = hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+        self.inner.config.socket_dir.join(format!("{}.qmp", &hash[..20]))
+    }
+
     fn remove_files(&self, id: &str) {
+        let _ = std::fs::remove_file(self.qmp_socket(id));
         let _ = std::fs::remove_dir_all(self.instance_dir(id));
         self.inner.logs.remove(id);
     }
@@ -331,7 +361,7 @@ impl Runtime for QemuRuntime {
             (vm.pid.unwrap_or(0), vm.exit.clone())
         };
         if exit.borrow().is_none() {
-            if let Err(e) = qmp::quit(&self.instance_dir(&id).join("qmp.sock")).await {
+            if let Err(e) = qmp::quit(&self.qmp_socket(&id)).await {
                 tracing::warn!(instance = %id, error = %e, "QMP quit failed; killing QEMU");
             }
             let grace = self.inner.config.stop_grace;

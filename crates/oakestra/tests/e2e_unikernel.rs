@@ -1,0 +1,256 @@
+//! End to end, unikernels: the real `oakestra up -u --unikernel-accel tcg` runs a test kernel
+//! (Debian's cloud kernel with a busybox initramfs, `oak_e2e::unikernel`) served from a local
+//! HTTP server: RUNNING, the console's marker in the logs, usage reported, and after the
+//! undeploy no QEMU process, instance directory or log file. Bad input ends in a clear status:
+//! an archive without `kernel`, a URL answering 404, an architecture no worker has.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use oak_e2e::{unikernel, wait_until, Workdir};
+use serde_json::{json, Value};
+
+#[allow(dead_code)] // `ctr` serves the container tests.
+mod e2e;
+
+struct Up(Child);
+
+impl Up {
+    fn alive(&mut self) -> Result<()> {
+        match self.0.try_wait()? {
+            Some(status) => Err(oak_e2e::procs::Hopeless(format!("oakestra up exited ({status})")).into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = oak_e2e::procs::terminate(&mut self.0, Duration::from_secs(15));
+    }
+}
+
+/// Serves `files` (path → body) over HTTP/1.0 on a loopback port; anything else is 404.
+fn serve(files: HashMap<String, Vec<u8>>) -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let files = Arc::new(files);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let files = files.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                });
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut stream = stream;
+                let _ = match files.get(&path) {
+                    Some(body) => stream
+                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+                        .and_then(|_| stream.write_all(body)),
+                    None => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+                };
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("0.0.0.0:0")).collect::<Result<_, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+}
+
+/// Pids of QEMU processes started for `task_id`.
+fn qemu_pids(task_id: &str) -> Vec<u32> {
+    let name = format!("{task_id},debug-threads=on");
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == name.as_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
+    use oak_e2e::Need::{Root, Tool};
+    let needs = [
+        Root,
+        Tool("qemu-system-x86_64"),
+        Tool("apt-get"),
+        Tool("dpkg-deb"),
+        Tool("busybox"),
+        Tool("containerd"),
+        Tool("runc"),
+        Tool("ip"),
+    ];
+    if !oak_e2e::can_run("unikernels_run_on_qemu_report_and_leave_nothing", &needs) {
+        return Ok(());
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        // The test kernel is Debian's amd64 cloud kernel.
+        eprintln!("SKIPPED: unikernels_run_on_qemu_report_and_leave_nothing needs an amd64 host");
+        return Ok(());
+    }
+    let mut work = Workdir::new("e2e-unikernel")?;
+    let result = scenario(&work);
+    if result.is_err() {
+        work.keep();
+        let log = std::fs::read_to_string(work.join("up.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- up.log (last lines, newest first)\n{}", tail.join("\n"));
+    }
+    result
+}
+
+fn scenario(work: &Workdir) -> Result<()> {
+    let kernel = unikernel::debian_kernel()?;
+    let mut files = HashMap::new();
+    files.insert("/good.tar.gz".to_string(), unikernel::archive(&kernel, true)?);
+    files.insert("/nokernel.tar.gz".to_string(), unikernel::archive(&kernel, false)?);
+    let web = serve(files)?;
+
+    let data = work.join("data");
+    let ports = free_ports(5)?;
+    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_oakestra"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-port", &ports[0].to_string(), "--cluster-port", &ports[1].to_string()])
+        .args(["--cluster-api-port", &ports[2].to_string(), "--mqtt-port", &ports[3].to_string()])
+        .args(["--tunnel-port", &ports[4].to_string(), "-u", "--unikernel-accel", "tcg"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("up.log"))?)
+        .spawn()?);
+    let base = format!("http://127.0.0.1:{}", ports[0]);
+    let password_file = data.join("root/admin-password");
+    let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
+        up.alive()?;
+        let Ok(password) = std::fs::read_to_string(&password_file) else { return Ok(None) };
+        Ok(e2e::try_login(&base, password.trim()))
+    })?;
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| e2e::api(&base, &token, method, path, body);
+    wait_until("the worker to offer unikernel", Duration::from_secs(60), Duration::from_millis(500), || {
+        up.alive()?;
+        let clusters = call(reqwest::Method::GET, "/api/clusters/active", None)?;
+        Ok(clusters.as_array().and_then(|cs| {
+            cs.iter().find(|c| c["virtualization"].to_string().contains("unikernel")).cloned()
+        }))
+    })?;
+
+    let service = |name: &str, code: &str, arch: &[&str], cmd: &[&str]| {
+        json!({
+            "microserviceID": "", "microservice_name": name, "microservice_namespace": "uk",
+            "virtualization": "unikernel", "cmd": cmd, "memory": 256, "vcpus": 1,
+            "code": code, "arch": arch, "port": "", "constraints": []
+        })
+    };
+    let sla = json!({
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{
+            "applicationID": "", "application_name": "uni", "application_namespace": "e2e", "application_desc": "",
+            "microservices": [
+                service("good", &format!("{web}/good.tar.gz,{web}/good-arm.tar.gz"), &["amd64", "arm64"], &["hello", "unikernel"]),
+                service("nokernel", &format!("{web}/nokernel.tar.gz"), &["amd64"], &[]),
+                service("missing", &format!("{web}/missing.tar.gz"), &["amd64"], &[]),
+                service("armonly", &format!("{web}/good.tar.gz"), &["arm64"], &[]),
+            ]
+        }]
+    });
+    call(reqwest::Method::POST, "/api/application/", Some(sla))?;
+    let services = call(reqwest::Method::GET, "/api/services/", None)?;
+    let ids: HashMap<String, (String, String)> = services
+        .as_array()
+        .context("services")?
+        .iter()
+        .map(|s| {
+            let name = s["microservice_name"].as_str().unwrap_or_default().to_string();
+            let id = s["microserviceID"].as_str().or(s["_id"].as_str()).unwrap_or_default().to_string();
+            (name, (id, s["job_name"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect();
+    for (id, _) in ids.values() {
+        call(reqwest::Method::POST, &format!("/api/service/{id}/instance"), None)?;
+    }
+    let instance = |name: &str| -> Result<Value> {
+        let s = call(reqwest::Method::GET, &format!("/api/service/{}", ids[name].0), None)?;
+        Ok(s["instance_list"][0].clone())
+    };
+
+    // The good one runs: RUNNING, its console in the logs, usage of its QEMU reported.
+    let (good_id, good_job) = ids["good"].clone();
+    wait_until("the unikernel to be RUNNING", Duration::from_secs(120), Duration::from_millis(300), || {
+        up.alive()?;
+        let inst = instance("good")?;
+        if inst["status"] == "FAILED" || inst["status"] == "DEAD" {
+            return Err(oak_e2e::procs::Hopeless(format!("unikernel {}: {}", inst["status"], inst["status_detail"])).into());
+        }
+        Ok((inst["status"] == "RUNNING").then_some(inst))
+    })?;
+    let task = format!("{good_job}.instance.0");
+    assert_eq!(qemu_pids(&task).len(), 1, "one QEMU runs the instance");
+    let logs_path = format!("{base}/api/service/{good_id}/instance/0/logs");
+    let console = wait_until("the marker in the logs", Duration::from_secs(60), Duration::from_millis(500), || {
+        let text = e2e::http().get(&logs_path).bearer_auth(&token).send()?.text()?;
+        Ok(text.contains("args: hello unikernel").then_some(text))
+    })?;
+    assert!(console.contains(unikernel::MARKER), "{console}");
+    assert!(console.contains("console=ttyS0"), "the archive's cmdline reaches the kernel: {console}");
+    let measured = wait_until("usage of the QEMU process", Duration::from_secs(20), Duration::from_millis(500), || {
+        let inst = instance("good")?;
+        Ok(inst["memory_bytes"].as_u64().is_some_and(|b| b > 0).then_some(inst))
+    })?;
+    assert!(measured["cpu_percent"].as_f64().is_some(), "{measured}");
+    let instance_dir = data.join(format!("worker/unikernel/instances/{task}"));
+    assert!(instance_dir.join("root/kernel").is_file());
+
+    // Bad input: each a clear reason in the instance's status detail.
+    for (name, want) in [
+        ("nokernel", "no file named \"kernel\""),
+        ("missing", "HTTP 404"),
+        ("armonly", "no active cluster offering \"unikernel\" has a worker of architecture arm64"),
+    ] {
+        wait_until(&format!("{name} to say why"), Duration::from_secs(60), Duration::from_millis(300), || {
+            let inst = instance(name)?;
+            Ok(inst["status_detail"].as_str().is_some_and(|d| d.contains(want)).then_some(()))
+        })?;
+    }
+
+    // Undeploy leaves nothing: no QEMU, no instance directory, no log file.
+    call(reqwest::Method::DELETE, &format!("/api/service/{good_id}/instance/0"), None)?;
+    wait_until("QEMU to be gone", Duration::from_secs(30), Duration::from_millis(300), || {
+        Ok(qemu_pids(&task).is_empty().then_some(()))
+    })?;
+    wait_until("the files to be gone", Duration::from_secs(10), Duration::from_millis(200), || {
+        let log = data.join(format!("worker/logs/{task}.log"));
+        Ok((!instance_dir.exists() && !log.exists()).then_some(()))
+    })?;
+    assert_no_leftovers(&data.join("worker/unikernel/instances"), &good_job)?;
+    call(reqwest::Method::DELETE, &format!("/api/service/{good_id}"), None)?;
+    Ok(())
+}
+
+fn assert_no_leftovers(dir: &Path, job: &str) -> Result<()> {
+    let left: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(job))
+        .collect();
+    anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
