@@ -9,9 +9,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # containerd's gRPC API; Mosquitto, the external MQTT broker and the real MQTT peers the tests
 # use; containerd and runc, the workers' container runtime; and for the end-to-end tests a
 # local OCI registry, skopeo to push to it, busybox-static to build test images from, and
-# iproute2/iptables for network namespaces; python3-venv for the API fuzz's schemathesis.
+# iproute2/iptables for network namespaces; python3-venv for the API fuzz's schemathesis;
+# qemu-system-x86 for unikernel workers (`-u`) and their end-to-end test, which also downloads
+# (not installs) Debian's linux-image-cloud-amd64 as its test kernel.
 PACKAGES=(build-essential pkg-config ca-certificates curl protobuf-compiler mosquitto mosquitto-clients
-  containerd runc docker-registry skopeo busybox-static iproute2 iptables python3-venv)
+  containerd runc docker-registry skopeo busybox-static iproute2 iptables python3-venv
+  qemu-system-x86)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

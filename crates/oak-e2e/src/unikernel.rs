@@ -17,8 +17,8 @@ pub const HTTP_BODY: &str = "hello from the unikernel";
 
 /// Modules `virtio_net` needs, in load order.
 const MODULES: [&str; 8] = [
-    "virtio",
     "virtio_ring",
+    "virtio",
     "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev",
     "virtio_pci",
@@ -53,7 +53,10 @@ pub fn debian_kernel() -> Result<PathBuf> {
     }
     let deb = fs::read_dir(&cache)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&package)) && p.extension().is_some_and(|e| e == "deb"))
+        .find(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&package))
+                && p.extension().is_some_and(|e| e == "deb")
+        })
         .context("downloaded .deb not found")?;
     let tmp = cache.join(format!("root.tmp.{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
@@ -253,7 +256,8 @@ mod tests {
             .arg(vmlinuz(&root)?)
             .arg("-initrd")
             .arg(dir.path().join("initramfs.cpio"))
-            .args(["-append", "console=ttyS0 panic=-1 quiet -- one two"])
+            .args(["-append", "console=ttyS0 panic=-1 quiet netdev.ipv4_addr=10.0.2.15 netdev.ipv4_gw_addr=10.0.2.2 netdev.ipv4_subnet_mask=255.255.255.0 -- one two"])
+            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
             .stdin(std::process::Stdio::null())
@@ -262,13 +266,15 @@ mod tests {
             "the marker on the console",
             std::time::Duration::from_secs(120),
             std::time::Duration::from_millis(300),
-            || Ok(fs::read_to_string(&log).ok().filter(|l| l.contains("args: one two"))),
+            || Ok(fs::read_to_string(&log).ok().filter(|l| l.contains("network: eth0"))),
         );
         let _ = child.kill();
         let _ = child.wait();
         let console = seen?;
         assert!(console.contains(MARKER), "{console}");
         assert!(console.contains("cmdline: console=ttyS0"), "{console}");
+        assert!(console.contains("args: one two"), "{console}");
+        assert!(!console.contains("insmod:") && !console.contains("SIOC"), "the NIC comes up: {console}");
         Ok(())
     }
 }

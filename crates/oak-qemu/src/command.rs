@@ -17,7 +17,10 @@ pub fn kernel_url(code: &str, arch: Option<&[String]>, node_arch: &str) -> Resul
         None | Some([]) => Err("code lists several kernel urls but arch does not say which is for which".into()),
         Some(arches) => {
             let Some(i) = arches.iter().position(|a| a == node_arch) else {
-                return Err(format!("no kernel for this node's architecture {node_arch} (arch lists {})", arches.join(", ")));
+                return Err(format!(
+                    "no kernel for this node's architecture {node_arch} (arch lists {})",
+                    arches.join(", ")
+                ));
             };
             urls.get(i)
                 .map(|u| u.to_string())
@@ -123,7 +126,9 @@ mod tests {
         let code = "http://k/x86.tar.gz, http://k/arm.tar.gz";
         assert_eq!(kernel_url(code, Some(&arches), "amd64").unwrap(), "http://k/x86.tar.gz");
         assert_eq!(kernel_url(code, Some(&arches), "arm64").unwrap(), "http://k/arm.tar.gz");
-        assert!(kernel_url(code, Some(&arches), "riscv64").unwrap_err().contains("no kernel for this node's architecture riscv64"));
+        assert!(kernel_url(code, Some(&arches), "riscv64")
+            .unwrap_err()
+            .contains("no kernel for this node's architecture riscv64"));
         assert!(kernel_url("http://k/x86.tar.gz", Some(&arches), "arm64").unwrap_err().contains("no url there"));
         assert_eq!(kernel_url("http://k/a.tar.gz", None, "arm64").unwrap(), "http://k/a.tar.gz");
         assert!(kernel_url(code, None, "amd64").is_err());

@@ -93,7 +93,8 @@ mod tests {
     }
 
     fn ok(body: &[u8]) -> Vec<u8> {
-        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+        let mut r =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
         r.extend_from_slice(body);
         r
     }
@@ -109,11 +110,13 @@ mod tests {
         std::fs::write(&path, b"cached").unwrap();
         assert_eq!(std::fs::read(fetch(&http, dir.path(), &url, 100, t).await.unwrap()).unwrap(), b"cached");
 
-        let missing = server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()).await;
+        let missing =
+            server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()).await;
         assert!(fetch(&http, dir.path(), &missing, 100, t).await.unwrap_err().contains("HTTP 404"));
         let big = server(ok(&[7u8; 200])).await;
         assert!(fetch(&http, dir.path(), &big, 100, t).await.unwrap_err().contains("larger than 100 bytes"));
-        let chunked = server(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".iter().copied().chain([1u8; 300]).collect()).await;
+        let chunked =
+            server(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".iter().copied().chain([1u8; 300]).collect()).await;
         assert!(fetch(&http, dir.path(), &chunked, 100, t).await.unwrap_err().contains("larger than 100 bytes"));
         let slow = server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec()).await;
         let err = fetch(&http, dir.path(), &slow, 100, Duration::from_millis(300)).await.unwrap_err();

@@ -6,6 +6,7 @@
 pub mod command;
 pub mod extract;
 pub mod fetch;
+pub mod net;
 mod probe;
 pub mod qmp;
 mod runtime;

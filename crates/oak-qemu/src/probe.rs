@@ -78,11 +78,23 @@ pub async fn probe(arch: &str, choice: AccelChoice) -> Result<Probed, String> {
 /// Starts QEMU with no machine and quits it through the monitor on stdin.
 async fn start_and_quit(binary: &std::path::Path, accel: Accel) -> Result<(), String> {
     let mut cmd = Command::new(binary);
-    cmd.args(["-machine", "none", "-accel", accel.as_str(), "-nodefaults", "-no-user-config", "-display", "none", "-S", "-monitor", "stdio"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "-machine",
+        "none",
+        "-accel",
+        accel.as_str(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-S",
+        "-monitor",
+        "stdio",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"quit\n").await;

@@ -138,10 +138,11 @@ impl QemuRuntime {
                 (true, Some(pid), true) => {
                     tracing::info!(instance = %id, pid, "adopting running unikernel");
                     let (tx, rx) = watch::channel(None);
-                    self.inner.vms.lock().unwrap().insert(
-                        id.clone(),
-                        Vm { pid: Some(pid), exit: rx, stopping: false, cpu_sample: None },
-                    );
+                    self.inner
+                        .vms
+                        .lock()
+                        .unwrap()
+                        .insert(id.clone(), Vm { pid: Some(pid), exit: rx, stopping: false, cpu_sample: None });
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
                         while Path::new(&format!("/proc/{pid}")).exists() && is_our_qemu(pid, &id) {
@@ -177,7 +178,8 @@ impl QemuRuntime {
 
     async fn start(&self, cmd: &DeployCommand, id: &str) -> Result<(), RuntimeError> {
         let c = &self.inner.config;
-        let url = kernel_url(&cmd.job.image, cmd.job.spec.arch.as_deref(), &c.arch).map_err(RuntimeError::InvalidSpec)?;
+        let url =
+            kernel_url(&cmd.job.image, cmd.job.spec.arch.as_deref(), &c.arch).map_err(RuntimeError::InvalidSpec)?;
         self.progress(cmd, format!("downloading kernel {url}"));
         let archive = {
             let _one_at_a_time = self.inner.downloads.lock().await;
@@ -196,6 +198,13 @@ impl QemuRuntime {
             .map_err(|e| RuntimeError::Failed(format!("kernel {url}: {e}")))?;
         let log = self.inner.logs.prepare(id)?;
         let paths = InstancePaths { log, qmp: self.qmp_socket(id), pid: dir.join("pid") };
+        let guest_net = match &cmd.netns {
+            Some(ns) => {
+                self.progress(cmd, "connecting the VM to the overlay".into());
+                Some(crate::net::hand_over(Path::new(ns)).await.map_err(RuntimeError::Failed)?)
+            }
+            None => None,
+        };
         let launch = Launch {
             name: id,
             arch: &c.arch,
@@ -204,7 +213,7 @@ impl QemuRuntime {
             vcpus: cmd.job.spec.vcpus,
             unpacked: &unpacked,
             cmd: &cmd.job.spec.cmd,
-            net: None,
+            net: guest_net.as_ref(),
         };
         let args = qemu_args(&launch, &paths);
         let mut command = Command::new(&c.binary);
@@ -412,9 +421,9 @@ impl Runtime for QemuRuntime {
             }
             let (cpu, rss) = proc_usage(pid).unwrap_or((0, 0));
             let cpu_ns = cpu * inner.tick_ns;
-            let pct = vm.cpu_sample.map_or(0.0, |(ns, at)| {
-                oak_containerd::cgroup::cpu_percent(ns, cpu_ns, now - at, inner.cpus)
-            });
+            let pct = vm
+                .cpu_sample
+                .map_or(0.0, |(ns, at)| oak_containerd::cgroup::cpu_percent(ns, cpu_ns, now - at, inner.cpus));
             vm.cpu_sample = Some((cpu_ns, now));
             let memory_percent =
                 if inner.memory_total > 0 { rss as f64 * 100.0 / inner.memory_total as f64 } else { 0.0 };
@@ -491,7 +500,8 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
 
 fn mem_total() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse::<u64>().ok()?;
+    let kb =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.split_whitespace().next()?.parse::<u64>().ok()?;
     Some(kb * 1024)
 }
 

@@ -1,8 +1,10 @@
 //! End to end, unikernels: the real `oakestra up -u --unikernel-accel tcg` runs a test kernel
 //! (Debian's cloud kernel with a busybox initramfs, `oak_e2e::unikernel`) served from a local
-//! HTTP server: RUNNING, the console's marker in the logs, usage reported, and after the
-//! undeploy no QEMU process, instance directory or log file. Bad input ends in a clear status:
-//! an archive without `kernel`, a URL answering 404, an architecture no worker has.
+//! HTTP server: RUNNING, the console's marker in the logs, usage reported, its HTTP server
+//! reached from a container of another service through the service's round-robin IP over the
+//! overlay, and after the undeploy no QEMU process, namespace (with its tap), instance directory
+//! or log file. Bad input ends in a clear status: an archive without `kernel`, a URL answering
+//! 404, an architecture no worker has.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -97,6 +99,10 @@ fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
         Tool("containerd"),
         Tool("runc"),
         Tool("ip"),
+        Tool("ctr"),
+        Tool("nsenter"),
+        Tool("docker-registry"),
+        Tool("skopeo"),
     ];
     if !oak_e2e::can_run("unikernels_run_on_qemu_report_and_leave_nothing", &needs) {
         return Ok(());
@@ -107,7 +113,10 @@ fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
         return Ok(());
     }
     let mut work = Workdir::new("e2e-unikernel")?;
-    let result = scenario(&work);
+    // Unique per run: job names name QEMU processes, containers and files on this machine.
+    let run = format!("u{}", std::process::id());
+    let _cleanup = KillQemus(format!("uni.{run}."));
+    let result = scenario(&work, &run);
     if result.is_err() {
         work.keep();
         let log = std::fs::read_to_string(work.join("up.log")).unwrap_or_default();
@@ -117,12 +126,35 @@ fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
     result
 }
 
-fn scenario(work: &Workdir) -> Result<()> {
+/// QEMUs outlive their worker by design (a restarted worker adopts them): whatever this run
+/// started is killed when the test ends, passed or failed.
+struct KillQemus(String);
+
+impl Drop for KillQemus {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for pid in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let ours = cmdline
+                .split(|b| *b == 0)
+                .any(|a| a.starts_with(self.0.as_bytes()) && a.ends_with(b",debug-threads=on"));
+            if ours {
+                // SAFETY: kill(2) of a QEMU this test run started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn scenario(work: &Workdir, run: &str) -> Result<()> {
     let kernel = unikernel::debian_kernel()?;
     let mut files = HashMap::new();
     files.insert("/good.tar.gz".to_string(), unikernel::archive(&kernel, true)?);
     files.insert("/nokernel.tar.gz".to_string(), unikernel::archive(&kernel, false)?);
     let web = serve(files)?;
+    let registry = oak_e2e::Registry::start_local()?;
+    let layout = oak_e2e::images::build_image(&work.join("images"), &oak_e2e::images::sleeper())?;
+    let client_image = registry.push(&layout, "latest", "e2e/client")?;
 
     let data = work.join("data");
     let ports = free_ports(5)?;
@@ -148,27 +180,32 @@ fn scenario(work: &Workdir) -> Result<()> {
     wait_until("the worker to offer unikernel", Duration::from_secs(60), Duration::from_millis(500), || {
         up.alive()?;
         let clusters = call(reqwest::Method::GET, "/api/clusters/active", None)?;
-        Ok(clusters.as_array().and_then(|cs| {
-            cs.iter().find(|c| c["virtualization"].to_string().contains("unikernel")).cloned()
-        }))
+        Ok(clusters
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["virtualization"].to_string().contains("unikernel")).cloned()))
     })?;
 
     let service = |name: &str, code: &str, arch: &[&str], cmd: &[&str]| {
         json!({
             "microserviceID": "", "microservice_name": name, "microservice_namespace": "uk",
-            "virtualization": "unikernel", "cmd": cmd, "memory": 256, "vcpus": 1,
+            "virtualization": "unikernel", "cmd": cmd, "memory": 128, "vcpus": 0,
             "code": code, "arch": arch, "port": "", "constraints": []
         })
     };
+    let mut client = service("client", &client_image, &[], &[]);
+    client["virtualization"] = json!("container");
+    client["memory"] = json!(32);
+    client.as_object_mut().context("client")?.remove("arch");
     let sla = json!({
         "sla_version": "v2.0", "customerID": "Admin",
         "applications": [{
-            "applicationID": "", "application_name": "uni", "application_namespace": "e2e", "application_desc": "",
+            "applicationID": "", "application_name": "uni", "application_namespace": run, "application_desc": "",
             "microservices": [
                 service("good", &format!("{web}/good.tar.gz,{web}/good-arm.tar.gz"), &["amd64", "arm64"], &["hello", "unikernel"]),
                 service("nokernel", &format!("{web}/nokernel.tar.gz"), &["amd64"], &[]),
                 service("missing", &format!("{web}/missing.tar.gz"), &["amd64"], &[]),
                 service("armonly", &format!("{web}/good.tar.gz"), &["arm64"], &[]),
+                client,
             ]
         }]
     });
@@ -198,7 +235,9 @@ fn scenario(work: &Workdir) -> Result<()> {
         up.alive()?;
         let inst = instance("good")?;
         if inst["status"] == "FAILED" || inst["status"] == "DEAD" {
-            return Err(oak_e2e::procs::Hopeless(format!("unikernel {}: {}", inst["status"], inst["status_detail"])).into());
+            return Err(
+                oak_e2e::procs::Hopeless(format!("unikernel {}: {}", inst["status"], inst["status_detail"])).into()
+            );
         }
         Ok((inst["status"] == "RUNNING").then_some(inst))
     })?;
@@ -211,13 +250,55 @@ fn scenario(work: &Workdir) -> Result<()> {
     })?;
     assert!(console.contains(unikernel::MARKER), "{console}");
     assert!(console.contains("console=ttyS0"), "the archive's cmdline reaches the kernel: {console}");
-    let measured = wait_until("usage of the QEMU process", Duration::from_secs(20), Duration::from_millis(500), || {
-        let inst = instance("good")?;
-        Ok(inst["memory_bytes"].as_u64().is_some_and(|b| b > 0).then_some(inst))
-    })?;
+    let measured =
+        wait_until("usage of the QEMU process", Duration::from_secs(20), Duration::from_millis(500), || {
+            let inst = instance("good")?;
+            Ok(inst["memory_bytes"].as_u64().is_some_and(|b| b > 0).then_some(inst))
+        })?;
     assert!(measured["cpu_percent"].as_f64().is_some(), "{measured}");
     let instance_dir = data.join(format!("worker/unikernel/instances/{task}"));
     assert!(instance_dir.join("root/kernel").is_file());
+
+    // Overlay: a container of another service reaches the VM's HTTP server at the RR IP.
+    assert!(console.contains("netdev.ipv4_addr=10."), "the overlay's address reaches the guest: {console}");
+    let good = call(reqwest::Method::GET, &format!("/api/service/{good_id}"), None)?;
+    let rr = good["RR_ip"].as_str().filter(|ip| ip.starts_with("10.30.")).context("the RR IP")?.to_string();
+    let client_job = ids["client"].1.clone();
+    wait_until("the client container to be RUNNING", Duration::from_secs(90), Duration::from_millis(300), || {
+        up.alive()?;
+        Ok((instance("client")?["status"] == "RUNNING").then_some(()))
+    })?;
+    let socket = {
+        let own = data.join("worker/containerd/containerd.sock");
+        if own.exists() {
+            own
+        } else {
+            "/run/containerd/containerd.sock".into()
+        }
+    };
+    let tasks = e2e::ctr(&socket, "oakestra", &["tasks", "ls"])?;
+    let client_pid: u32 = tasks
+        .lines()
+        .find(|l| l.starts_with(&format!("{client_job}.instance.0 ")))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("the client's task in {tasks}"))?;
+    let url = format!("http://{rr}/");
+    let body = wait_until(
+        "the VM to answer the client at its RR IP",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            // `wget -T` of Debian's busybox 1.35 crashes; `timeout` bounds the request instead.
+            let out = Command::new("timeout")
+                .args(["5", "nsenter"])
+                .arg(format!("--net=/proc/{client_pid}/ns/net"))
+                .args(["busybox", "wget", "-q", "-O", "-", &url])
+                .output()?;
+            Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        },
+    )?;
+    assert!(body.contains(unikernel::HTTP_BODY), "{body}");
+    let netns = namespace_of(qemu_pids(&task)[0]).context("the VM's network namespace under /run/netns")?;
 
     // Bad input: each a clear reason in the instance's status detail.
     for (name, want) in [
@@ -225,10 +306,14 @@ fn scenario(work: &Workdir) -> Result<()> {
         ("missing", "HTTP 404"),
         ("armonly", "no active cluster offering \"unikernel\" has a worker of architecture arm64"),
     ] {
+        let last = std::cell::RefCell::new(Value::Null);
         wait_until(&format!("{name} to say why"), Duration::from_secs(60), Duration::from_millis(300), || {
             let inst = instance(name)?;
-            Ok(inst["status_detail"].as_str().is_some_and(|d| d.contains(want)).then_some(()))
-        })?;
+            let found = inst["status_detail"].as_str().is_some_and(|d| d.contains(want));
+            *last.borrow_mut() = inst;
+            Ok(found.then_some(()))
+        })
+        .with_context(|| format!("last seen: {}", last.borrow()))?;
     }
 
     // Undeploy leaves nothing: no QEMU, no instance directory, no log file.
@@ -238,11 +323,28 @@ fn scenario(work: &Workdir) -> Result<()> {
     })?;
     wait_until("the files to be gone", Duration::from_secs(10), Duration::from_millis(200), || {
         let log = data.join(format!("worker/logs/{task}.log"));
-        Ok((!instance_dir.exists() && !log.exists()).then_some(()))
+        Ok((!instance_dir.exists() && !log.exists() && !netns.exists()).then_some(()))
     })?;
     assert_no_leftovers(&data.join("worker/unikernel/instances"), &good_job)?;
-    call(reqwest::Method::DELETE, &format!("/api/service/{good_id}"), None)?;
+    for (id, _) in ids.values() {
+        call(reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
+    }
+    wait_until("the client container to be removed", Duration::from_secs(30), Duration::from_millis(300), || {
+        let tasks = e2e::ctr(&socket, "oakestra", &["tasks", "ls", "-q"])?;
+        Ok((!tasks.contains(&client_job)).then_some(()))
+    })?;
     Ok(())
+}
+
+/// The `/run/netns` entry of the network namespace `pid` runs in.
+fn namespace_of(pid: u32) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev()))
 }
 
 fn assert_no_leftovers(dir: &Path, job: &str) -> Result<()> {
