@@ -6,7 +6,6 @@
 //! (Unikraft's convention) and serves [`HTTP_BODY`] with `busybox httpd` on port 80.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -139,8 +138,8 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// The kernel archive the `unikernel` runtime takes: `kernel`, `initramfs.cpio`, `cmdline`,
-/// plus `extra` entries (name, bytes) — e.g. to leave out or break something.
+/// The kernel archive the `unikernel` runtime takes: `kernel` (left out with `with_kernel`
+/// false, for the bad-input case), `initramfs.cpio` and `cmdline`.
 pub fn archive(kernel_root: &Path, with_kernel: bool) -> Result<Vec<u8>> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     if with_kernel {
@@ -199,7 +198,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -215,9 +214,7 @@ impl Cpio {
     pub fn finish(mut self) -> Vec<u8> {
         self.ino = 0;
         self.entry("TRAILER!!!", 0, &[]);
-        let mut out = self.out;
-        out.flush().ok();
-        out
+        self.out
     }
 }
 
