@@ -158,17 +158,21 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
 
     let data = work.join("data");
     let ports = free_ports(5)?;
-    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_oakestra"))
-        .arg("up")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--api-port", &ports[0].to_string(), "--cluster-port", &ports[1].to_string()])
-        .args(["--cluster-api-port", &ports[2].to_string(), "--mqtt-port", &ports[3].to_string()])
-        .args(["--tunnel-port", &ports[4].to_string(), "-u", "--unikernel-accel", "tcg"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("up.log"))?)
-        .spawn()?);
+    let start = || -> Result<Up> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(work.join("up.log"))?;
+        Ok(Up(Command::new(env!("CARGO_BIN_EXE_oakestra"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--api-port", &ports[0].to_string(), "--cluster-port", &ports[1].to_string()])
+            .args(["--cluster-api-port", &ports[2].to_string(), "--mqtt-port", &ports[3].to_string()])
+            .args(["--tunnel-port", &ports[4].to_string(), "-u", "--unikernel-accel", "tcg"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?))
+    };
+    let mut up = start()?;
     let base = format!("http://127.0.0.1:{}", ports[0]);
     let password_file = data.join("root/admin-password");
     let token = wait_until("the root to log in", Duration::from_secs(30), Duration::from_millis(200), || {
@@ -192,6 +196,9 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
             "code": code, "arch": arch, "port": "", "constraints": []
         })
     };
+    // Its init exits at once: the kernel panics, QEMU (-no-reboot) ends with 0.
+    let mut oneshot = service("oneshot", &format!("{web}/good.tar.gz"), &["amd64"], &["exit"]);
+    oneshot["one_shot"] = json!(true);
     let mut client = service("client", &client_image, &[], &[]);
     client["virtualization"] = json!("container");
     client["memory"] = json!(32);
@@ -205,6 +212,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
                 service("nokernel", &format!("{web}/nokernel.tar.gz"), &["amd64"], &[]),
                 service("missing", &format!("{web}/missing.tar.gz"), &["amd64"], &[]),
                 service("armonly", &format!("{web}/good.tar.gz"), &["arm64"], &[]),
+                oneshot,
                 client,
             ]
         }]
@@ -299,6 +307,44 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
     )?;
     assert!(body.contains(unikernel::HTTP_BODY), "{body}");
     let netns = namespace_of(qemu_pids(&task)[0]).context("the VM's network namespace under /run/netns")?;
+
+    // A restarted worker adopts the running VM: same QEMU, still RUNNING, still reachable.
+    let pid_before = qemu_pids(&task);
+    drop(up);
+    assert_eq!(qemu_pids(&task), pid_before, "QEMU outlives the worker");
+    up = start()?;
+    wait_until("the restarted root to answer", Duration::from_secs(30), Duration::from_millis(200), || {
+        up.alive()?;
+        Ok(call(reqwest::Method::GET, "/api/clusters/active", None)
+            .ok()
+            .filter(|c| c.to_string().contains("unikernel"))
+            .map(|_| ()))
+    })?;
+    wait_until(
+        "the adopted VM to answer the client again",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            up.alive()?;
+            let out = Command::new("timeout")
+                .args(["5", "nsenter"])
+                .arg(format!("--net=/proc/{client_pid}/ns/net"))
+                .args(["busybox", "wget", "-q", "-O", "-", &url])
+                .output()?;
+            Ok((out.status.success() && String::from_utf8_lossy(&out.stdout).contains(unikernel::HTTP_BODY))
+                .then_some(()))
+        },
+    )?;
+    assert_eq!(instance("good")?["status"], "RUNNING");
+    assert_eq!(qemu_pids(&task), pid_before, "the same QEMU runs the instance");
+    let text = e2e::http().get(&logs_path).bearer_auth(&token).send()?.text()?;
+    assert!(text.contains(unikernel::MARKER), "the adopted VM's logs: {text}");
+
+    // one_shot: a guest that ends with QEMU exiting 0 is COMPLETED.
+    wait_until("the one-shot unikernel to complete", Duration::from_secs(90), Duration::from_millis(300), || {
+        let inst = instance("oneshot")?;
+        Ok((inst["status"] == "COMPLETED").then_some(()))
+    })?;
 
     // Bad input: each a clear reason in the instance's status detail.
     for (name, want) in [
