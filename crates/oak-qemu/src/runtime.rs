@@ -84,7 +84,9 @@ struct Inner {
     vms: Mutex<HashMap<String, Vm>>,
     events: broadcast::Sender<RuntimeEvent>,
     logs: LogFiles,
-    downloads: tokio::sync::Mutex<()>,
+    /// One lock per kernel URL: concurrent deploys of one kernel download it once, while a slow
+    /// download does not hold up other kernels.
+    downloads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cpus: u32,
     memory_total: u64,
     tick_ns: u64,
@@ -114,7 +116,7 @@ impl QemuRuntime {
             http,
             vms: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_CAPACITY).0,
-            downloads: tokio::sync::Mutex::new(()),
+            downloads: Mutex::new(HashMap::new()),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_total: mem_total().unwrap_or(0),
             tick_ns: 1_000_000_000 / ticks,
@@ -182,7 +184,8 @@ impl QemuRuntime {
             kernel_url(&cmd.job.image, cmd.job.spec.arch.as_deref(), &c.arch).map_err(RuntimeError::InvalidSpec)?;
         self.progress(cmd, format!("downloading kernel {url}"));
         let archive = {
-            let _one_at_a_time = self.inner.downloads.lock().await;
+            let lock = self.inner.downloads.lock().unwrap().entry(url.clone()).or_default().clone();
+            let _one_at_a_time = lock.lock().await;
             fetch::fetch(&self.inner.http, &c.dir.join("cache"), &url, c.max_download, c.download_timeout)
                 .await
                 .map_err(RuntimeError::Failed)?
