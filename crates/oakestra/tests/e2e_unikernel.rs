@@ -115,7 +115,7 @@ fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
     let mut work = Workdir::new("e2e-unikernel")?;
     // Unique per run: job names name QEMU processes, containers and files on this machine.
     let run = format!("u{}", std::process::id());
-    let _cleanup = KillQemus(format!("uni.{run}."));
+    let _cleanup = Cleanup { prefix: format!("uni.{run}."), overlay_state: work.join("data/worker/overlay.json") };
     let result = scenario(&work, &run);
     if result.is_err() {
         work.keep();
@@ -126,21 +126,50 @@ fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
     result
 }
 
-/// QEMUs outlive their worker by design (a restarted worker adopts them): whatever this run
-/// started is killed when the test ends, passed or failed.
-struct KillQemus(String);
+/// What outlives the worker by design (a restarted worker adopts it): QEMUs, containers and
+/// their overlay namespaces. Whatever this run left, passed or failed, goes when the test ends
+/// (after `oakestra up` stopped).
+struct Cleanup {
+    /// `uni.<run>.`: the prefix of this run's job names.
+    prefix: String,
+    overlay_state: std::path::PathBuf,
+}
 
-impl Drop for KillQemus {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         let Ok(dir) = std::fs::read_dir("/proc") else { return };
-        for pid in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let ours = cmdline
-                .split(|b| *b == 0)
-                .any(|a| a.starts_with(self.0.as_bytes()) && a.ends_with(b",debug-threads=on"));
-            if ours {
-                // SAFETY: kill(2) of a QEMU this test run started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        let procs: Vec<(i32, Vec<u8>, i32)> = dir
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let ppid = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().nth(1)?.parse().ok()?;
+                Some((pid, cmdline, ppid))
+            })
+            .collect();
+        let prefix = self.prefix.as_bytes();
+        for (pid, cmdline, _) in &procs {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let qemu = args.iter().any(|a| a.starts_with(prefix) && a.ends_with(b",debug-threads=on"));
+            let shim = args.windows(2).any(|w| w[0] == b"-id" && w[1].starts_with(prefix));
+            if qemu || shim {
+                if shim {
+                    for (child, _, _) in procs.iter().filter(|(_, _, ppid)| ppid == pid) {
+                        // SAFETY: kill(2) of a container process of this test run.
+                        unsafe { libc::kill(*child, libc::SIGKILL) };
+                    }
+                }
+                // SAFETY: kill(2) of a QEMU or container shim of this test run.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+        // Namespaces the stopped worker kept for instances that were still running.
+        let state = std::fs::read_to_string(&self.overlay_state).unwrap_or_default();
+        let value: Value = serde_json::from_str(&state).unwrap_or(Value::Null);
+        for entry in value.as_array().into_iter().flatten() {
+            if let Some(ns) = entry.pointer("/wiring/netns").or(entry.get("netns")).and_then(Value::as_str) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
             }
         }
     }
