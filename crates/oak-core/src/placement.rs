@@ -55,6 +55,40 @@ pub fn explain(negative: &str) -> &'static str {
     }
 }
 
+/// A sharper `status_detail` when the cause is that no active cluster offers the service's
+/// virtualization or any of its architectures at all (not a matter of free capacity).
+pub fn missing_offer(service: &Service, clusters: &[Cluster]) -> Option<String> {
+    let spec = &service.spec;
+    let active: Vec<&Cluster> = clusters.iter().filter(|c| c.active).collect();
+    if active.is_empty() {
+        return None;
+    }
+    let offering: Vec<&&Cluster> = active.iter().filter(|c| c.virtualization.contains(&spec.virtualization)).collect();
+    if offering.is_empty() {
+        let mut offered: Vec<&str> = active.iter().flat_map(|c| c.virtualization.iter().map(String::as_str)).collect();
+        offered.sort_unstable();
+        offered.dedup();
+        return Some(format!(
+            "no active cluster offers virtualization {:?} (offered: {})",
+            spec.virtualization,
+            if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+        ));
+    }
+    match spec.arch.as_deref() {
+        Some(archs) if !archs.is_empty() => {
+            let any = offering.iter().any(|c| archs.iter().any(|a| c.aggregation_per_architecture.contains_key(a)));
+            (!any).then(|| {
+                format!(
+                    "no active cluster offering {:?} has a worker of architecture {}",
+                    spec.virtualization,
+                    archs.join(" or ")
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 fn fits(service: &Service, c: &Cluster) -> bool {
     let spec = &service.spec;
     // What the worker limits the instance to, also when the descriptor has no `memory`.
@@ -203,6 +237,26 @@ mod tests {
         c.virtualization = vec!["unikernel".into()];
         let cs = [c];
         assert_eq!(choose_cluster(&service(1, 1, vec![]), &cs).err(), Some(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY));
+    }
+
+    #[test]
+    fn a_missing_virtualization_or_architecture_is_named() {
+        let mut svc = service(1, 100, vec![]);
+        svc.spec.virtualization = "unikernel".into();
+        let c = cluster("a", true, 4.0, 1000);
+        assert_eq!(
+            missing_offer(&svc, std::slice::from_ref(&c)).unwrap(),
+            "no active cluster offers virtualization \"unikernel\" (offered: docker)"
+        );
+        let mut u = with_arch(c.clone(), "amd64", 4.0, 1000, 0);
+        u.virtualization.push("unikernel".into());
+        assert_eq!(missing_offer(&svc, std::slice::from_ref(&u)), None);
+        svc.spec.arch = Some(vec!["arm64".into()]);
+        assert_eq!(
+            missing_offer(&svc, std::slice::from_ref(&u)).unwrap(),
+            "no active cluster offering \"unikernel\" has a worker of architecture arm64"
+        );
+        assert_eq!(missing_offer(&svc, &[]), None, "no cluster at all has its own status");
     }
 
     fn with_arch(mut c: Cluster, arch: &str, vcpus: f64, memory: u64, gpus: u64) -> Cluster {

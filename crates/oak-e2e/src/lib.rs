@@ -12,6 +12,7 @@ pub mod netns;
 pub mod procs;
 pub mod registry;
 pub mod relay;
+pub mod unikernel;
 
 #[cfg(test)]
 mod tests;

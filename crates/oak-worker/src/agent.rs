@@ -74,10 +74,7 @@ async fn run_worker(
     });
     // With the overlay, every runtime runs its instances in namespaces the overlay wired.
     let deps = match &net {
-        Some(net) => WorkerDeps {
-            runtimes: deps.runtimes.into_iter().map(|rt| Networked::wrap(rt, net.clone())).collect(),
-            ..deps
-        },
+        Some(net) => WorkerDeps { runtimes: Networked::wrap_all(deps.runtimes, net.clone()), ..deps },
         None => deps,
     };
     let stamp = NodeStamp {

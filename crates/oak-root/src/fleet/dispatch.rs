@@ -61,7 +61,8 @@ impl Fleet {
             }
             Err(negative) => {
                 instance.status = negative.into();
-                instance.status_detail = explain(negative).into();
+                instance.status_detail = oak_core::placement::missing_offer(service, &candidates)
+                    .unwrap_or_else(|| explain(negative).into());
                 instance.cluster_id = None;
                 instance.cluster_location = None;
             }

@@ -14,14 +14,27 @@ use super::NetManager;
 
 pub(crate) struct Networked {
     inner: Arc<dyn Runtime>,
+    /// Every runtime of the worker (this one included): a wiring is a leftover only when no
+    /// runtime holds its instance, so a container's wiring survives the unikernel runtime's list.
+    all: Arc<Vec<Arc<dyn Runtime>>>,
     net: Arc<NetManager>,
-    /// Instances between wiring and the runtime's answer: not yet listed, but not leftovers.
-    deploying: Mutex<HashSet<(String, u32)>>,
+    /// Instances between wiring and the runtime's answer (of any runtime): not yet listed, but
+    /// not leftovers.
+    deploying: Arc<Mutex<HashSet<(String, u32)>>>,
 }
 
 impl Networked {
-    pub(crate) fn wrap(inner: Arc<dyn Runtime>, net: Arc<NetManager>) -> Arc<dyn Runtime> {
-        Arc::new(Self { inner, net, deploying: Mutex::new(HashSet::new()) })
+    /// Puts the overlay in front of each of the worker's runtimes.
+    pub(crate) fn wrap_all(runtimes: Vec<Arc<dyn Runtime>>, net: Arc<NetManager>) -> Vec<Arc<dyn Runtime>> {
+        let all = Arc::new(runtimes.clone());
+        let deploying = Arc::new(Mutex::new(HashSet::new()));
+        runtimes
+            .into_iter()
+            .map(|inner| {
+                Arc::new(Self { inner, all: all.clone(), net: net.clone(), deploying: deploying.clone() })
+                    as Arc<dyn Runtime>
+            })
+            .collect()
     }
 }
 
@@ -59,7 +72,14 @@ impl Runtime for Networked {
 
     async fn list(&self) -> Result<Vec<InstanceState>, RuntimeError> {
         let list = self.inner.list().await?;
-        let present: Vec<(String, u32)> = list.iter().map(|i| (i.job_name.clone(), i.instance)).collect();
+        let mut present: Vec<(String, u32)> = list.iter().map(|i| (i.job_name.clone(), i.instance)).collect();
+        for other in self.all.iter().filter(|r| !Arc::ptr_eq(r, &self.inner)) {
+            match other.list().await {
+                Ok(theirs) => present.extend(theirs.into_iter().map(|i| (i.job_name, i.instance))),
+                // Cannot tell what the other runtime holds: forget nothing this time.
+                Err(_) => return Ok(list),
+            }
+        }
         let busy: Vec<(String, u32)> = self.deploying.lock().unwrap().iter().cloned().collect();
         self.net.forget_missing(&present, &busy).await;
         Ok(list)

@@ -54,6 +54,13 @@ pub struct UpArgs {
     /// Roles besides Admin that may submit privileged containers and reserved host ports.
     #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
     pub privileged_roles: Vec<String>,
+    /// Let the worker offer the `unikernel` virtualization (QEMU).
+    #[arg(short = 'u', long = "unikernel", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub unikernel: bool,
+    /// QEMU accelerator for unikernels: `kvm`, `tcg` or `auto`.
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(oak_qemu::AccelChoice))]
+    pub unikernel_accel: oak_qemu::AccelChoice,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -152,6 +159,8 @@ pub fn run(args: UpArgs) -> ExitCode {
             containerd_namespace: "oakestra".into(),
             insecure_registries: args.insecure_registries,
             pids_limit: oak_containerd::DEFAULT_PIDS_LIMIT,
+            unikernel: args.unikernel,
+            unikernel_accel: args.unikernel_accel,
         };
         let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,

@@ -68,6 +68,15 @@ pub struct WorkerArgs {
     /// exhaust the node's pids; 0: no limit.
     #[arg(long, default_value_t = oak_containerd::DEFAULT_PIDS_LIMIT, env = "OAKESTRA_PIDS_LIMIT")]
     pub pids_limit: u32,
+    /// Offer the `unikernel` virtualization (QEMU). Also accepted as the original's `-u=true`.
+    #[arg(short = 'u', long = "unikernel", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set,
+          env = "OAKESTRA_UNIKERNEL")]
+    pub unikernel: bool,
+    /// QEMU accelerator for unikernels: `kvm`, `tcg`, or `auto` (TCG with a warning: KVM is only
+    /// used when asked for, see the README).
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(oak_qemu::AccelChoice))]
+    pub unikernel_accel: oak_qemu::AccelChoice,
 }
 
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -76,6 +85,8 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub struct RuntimeArgs {
     pub containerd: oak_containerd::ContainerdConfig,
     pub default_socket: bool,
+    /// The unikernel runtime's accelerator, when `--unikernel` asks for it.
+    pub unikernel: Option<oak_qemu::AccelChoice>,
 }
 
 impl WorkerArgs {
@@ -90,11 +101,12 @@ impl WorkerArgs {
         let default_socket = self.containerd_socket.as_os_str() == DEFAULT_CONTAINERD_SOCKET;
         let socket = self.containerd_socket.clone();
         let pids_limit = (self.pids_limit > 0).then_some(self.pids_limit);
+        let unikernel = self.unikernel.then_some(self.unikernel_accel);
         let config = self.config()?;
         let mut containerd = oak_containerd::ContainerdConfig::new(socket, namespace, config.data_dir.join("logs"));
         containerd.insecure_registries = insecure;
         containerd.pids_limit = pids_limit;
-        Ok((config, RuntimeArgs { containerd, default_socket }))
+        Ok((config, RuntimeArgs { containerd, default_socket, unikernel }))
     }
 
     pub fn config(self) -> Result<oak_worker::WorkerConfig, String> {
@@ -140,8 +152,15 @@ pub async fn deps(
     if let Ok(version) = containerd.version().await {
         tracing::info!(%version, "using containerd");
     }
+    let mut runtimes: Vec<Arc<dyn oak_runtime::Runtime>> = vec![Arc::new(containerd)];
+    if let Some(accel) = runtime.unikernel {
+        match unikernel_runtime(config, accel).await {
+            Ok(qemu) => runtimes.push(Arc::new(qemu)),
+            Err(why) => tracing::warn!("unikernel is not offered: {why}"),
+        }
+    }
     let deps = oak_worker::WorkerDeps {
-        runtimes: vec![Arc::new(containerd)],
+        runtimes,
         node_source: Arc::new(oak_worker::HostInfo::new(
             config.data_dir.clone(),
             config.cluster_address.clone(),
@@ -150,6 +169,37 @@ pub async fn deps(
         http: reqwest::Client::new(),
     };
     Ok((deps, supervisor))
+}
+
+/// The node's architecture as the SLA's `arch` names it.
+fn node_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The QEMU runtime, once QEMU of this architecture and the accelerator proved to work.
+async fn unikernel_runtime(
+    config: &oak_worker::WorkerConfig,
+    accel: oak_qemu::AccelChoice,
+) -> Result<oak_qemu::QemuRuntime, String> {
+    let arch = node_arch();
+    let probed = oak_qemu::probe(arch, accel).await?;
+    if let Some(warning) = &probed.warning {
+        tracing::warn!("{warning}");
+    }
+    let qemu = oak_qemu::QemuConfig::new(
+        config.data_dir.join("unikernel"),
+        config.data_dir.join("logs"),
+        probed.binary.clone(),
+        probed.accel,
+        arch.to_string(),
+    );
+    let runtime = oak_qemu::QemuRuntime::open(qemu).await?;
+    tracing::info!(binary = %probed.binary.display(), accel = probed.accel.as_str(), "unikernels offered");
+    Ok(runtime)
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
@@ -212,6 +262,22 @@ mod tests {
         assert_eq!(limit(&["--pids-limit", "0"]), None, "0: no limit");
         let base = ["oakestra", "-a", "127.0.0.1", "--token", "t", "--pids-limit", "-1"];
         assert!(Cli::try_parse_from(base).is_err(), "a negative limit is refused");
+    }
+
+    #[test]
+    fn unikernels_are_asked_for_with_u_the_new_or_the_originals_way() {
+        let uni = |extra: &[&str]| {
+            let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args.configs().unwrap().1.unikernel)
+        };
+        use oak_qemu::AccelChoice;
+        assert_eq!(uni(&[]).unwrap(), None);
+        assert_eq!(uni(&["-u"]).unwrap(), Some(AccelChoice::Auto));
+        assert_eq!(uni(&["-u=true"]).unwrap(), Some(AccelChoice::Auto));
+        assert_eq!(uni(&["-u=false"]).unwrap(), None);
+        assert_eq!(uni(&["--unikernel", "--unikernel-accel", "tcg"]).unwrap(), Some(AccelChoice::Tcg));
+        assert_eq!(uni(&["--unikernel=true", "--unikernel-accel", "kvm"]).unwrap(), Some(AccelChoice::Kvm));
+        assert!(uni(&["-u", "--unikernel-accel", "hvf"]).is_err());
     }
 
     #[test]
