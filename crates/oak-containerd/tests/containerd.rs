@@ -228,10 +228,26 @@ const TEST_PIDS_LIMIT: u32 = 16;
 /// Prints its seccomp and no-new-privileges state, then tries to mount a tmpfs directly and
 /// from inside a new user and mount namespace (which would need no capability at all without
 /// the seccomp filter), printing each outcome.
+/// The instance's log once it holds `last` (or after 10 s, whatever it holds then): an exit event
+/// can come before the last output is copied into the log.
+async fn logs_with(rt: &ContainerdRuntime, job: &str, last: &str) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = rt.logs(job, 0, 8192).await?;
+        if logs.contains(last) || tokio::time::Instant::now() >= deadline {
+            return Ok(logs);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Both probes send their errors to standard output (`exec 2>&1`), so the errors are in the log
+/// before the last line checked: the two pipes are copied separately, and the exit event may
+/// come before stderr's last line is.
 fn escape_probe() -> images::ImageSpec {
     images::ImageSpec::shell(
         "escape-probe",
-        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; mkdir -p /mnt; \
+        "exec 2>&1; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; mkdir -p /mnt; \
          if busybox mount -t tmpfs none /mnt; then echo 'mount: allowed'; else echo 'mount: refused'; fi; \
          if busybox unshare -U -r -m busybox mount -t tmpfs none /mnt; then echo 'userns mount: allowed'; \
          else echo 'userns mount: refused'; fi; echo probe done",
@@ -243,7 +259,7 @@ fn escape_probe() -> images::ImageSpec {
 fn fork_bomb() -> images::ImageSpec {
     images::ImageSpec::shell(
         "fork-bomb",
-        "echo \"pids.max $(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)\"; \
+        "exec 2>&1; echo \"pids.max $(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)\"; \
          i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); echo \"forked $i\"; done; echo forked all",
     )
 }
@@ -265,7 +281,7 @@ async fn confinement(env: Env) -> Result<()> {
     let job = "t.test.probe.w";
     rt.deploy(&command(job, 0, &probe, 0)).await?;
     assert_eq!(next_exit(&mut events, job).await, 0);
-    let logs = rt.logs(job, 0, 4096).await?;
+    let logs = logs_with(&rt, job, "probe done").await?;
     eprintln!("escape probe:\n{logs}");
     assert!(logs.contains("probe done"), "{logs}");
     assert!(logs.contains("Seccomp:\t2"), "the seccomp filter is not active: {logs}");
@@ -278,7 +294,7 @@ async fn confinement(env: Env) -> Result<()> {
     let job = "t.test.bomb.w";
     rt.deploy(&command(job, 0, &bomb, 0)).await?;
     let code = next_exit(&mut events, job).await;
-    let logs = rt.logs(job, 0, 8192).await?;
+    let logs = logs_with(&rt, job, "can't fork").await?;
     eprintln!("fork bomb (exit {code}):\n{logs}");
     assert_ne!(code, 0, "the fork bomb ran to its end: {logs}");
     assert!(logs.contains(&format!("pids.max {TEST_PIDS_LIMIT}")), "{logs}");
@@ -295,7 +311,7 @@ async fn confinement(env: Env) -> Result<()> {
     privileged.job.spec.privileged = true;
     rt.deploy(&privileged).await?;
     assert_eq!(next_exit(&mut events, job).await, 0);
-    let logs = rt.logs(job, 0, 4096).await?;
+    let logs = logs_with(&rt, job, "probe done").await?;
     eprintln!("privileged probe:\n{logs}");
     assert!(logs.contains("Seccomp:\t0") && logs.contains("mount: allowed"), "{logs}");
     rt.undeploy(job, 0).await?;
