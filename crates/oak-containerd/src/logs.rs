@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use oak_api::node::LogCursor;
+use oak_runtime::{LogChunk, RuntimeError};
+
+fn runtime_error(id: &str, e: io::Error) -> RuntimeError {
+    match e.kind() {
+        io::ErrorKind::NotFound => RuntimeError::NotFound(id.to_string()),
+        _ => RuntimeError::Io(e),
+    }
+}
 
 #[derive(Debug)]
 pub struct LogFiles {
@@ -84,6 +92,17 @@ impl LogFiles {
         let path = self.current(id);
         OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(path)
+    }
+
+    /// [`LogFiles::tail`] as a runtime answers it: a missing log is the instance not being there.
+    pub fn runtime_tail(&self, id: &str, bytes: usize) -> Result<String, RuntimeError> {
+        self.tail(id, bytes).map_err(|e| runtime_error(id, e))
+    }
+
+    /// [`LogFiles::read`] as a runtime answers it.
+    pub fn runtime_read(&self, id: &str, from: Option<LogCursor>, max: usize) -> Result<LogChunk, RuntimeError> {
+        let (data, cursor) = self.read(id, from, max).map_err(|e| runtime_error(id, e))?;
+        Ok(LogChunk { data, cursor })
     }
 
     /// The last `bytes` bytes of output, across the rotation boundary.

@@ -585,11 +585,7 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn logs(&self, job_name: &str, instance: u32, tail_bytes: usize) -> Result<String, RuntimeError> {
-        let id = task_id(job_name, instance);
-        self.inner.logs.tail(&id, tail_bytes).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => RuntimeError::NotFound(id),
-            _ => RuntimeError::Io(e),
-        })
+        self.inner.logs.runtime_tail(&task_id(job_name, instance), tail_bytes)
     }
 
     async fn read_logs(
@@ -599,12 +595,7 @@ impl Runtime for ContainerdRuntime {
         from: Option<LogCursor>,
         max_bytes: usize,
     ) -> Result<LogChunk, RuntimeError> {
-        let id = task_id(job_name, instance);
-        match self.inner.logs.read(&id, from, max_bytes) {
-            Ok((data, cursor)) => Ok(LogChunk { data, cursor }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RuntimeError::NotFound(id)),
-            Err(e) => Err(RuntimeError::Io(e)),
-        }
+        self.inner.logs.runtime_read(&task_id(job_name, instance), from, max_bytes)
     }
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
