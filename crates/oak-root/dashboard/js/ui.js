@@ -1,5 +1,6 @@
 // DOM helpers. Text always goes in as text nodes (never as HTML), so nothing the API or the
 // user supplies can become markup.
+import { call } from "./api.js";
 
 /** el("button", {type: "button", onclick: f}, "text", child…) */
 export function el(tag, attrs = {}, ...children) {
@@ -132,6 +133,21 @@ export function confirmAction(question, confirmLabel = "Delete") {
     document.body.append(dialog);
     dialog.showModal();
   });
+}
+
+/**
+ * Asks `question`; confirmed, sends DELETE to `path` and says `done`, or shows the API's error in
+ * `status`. Then `reload()`, either way (someone else may have deleted it meanwhile).
+ */
+export async function confirmDelete(question, path, done, status, reload) {
+  if (!await confirmAction(question)) return;
+  try {
+    await call("DELETE", path);
+    toast(done);
+  } catch (err) {
+    clear(status, errorBox(err));
+  }
+  reload();
 }
 
 let toastTimer;

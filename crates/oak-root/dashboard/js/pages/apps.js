@@ -1,5 +1,5 @@
 import * as api from "../api.js";
-import { clear, clearFormErrors, confirmAction, el, errorBox, field, showFormError, table, toast } from "../ui.js";
+import { clear, clearFormErrors, confirmDelete, el, errorBox, field, showFormError, table, toast } from "../ui.js";
 
 export const title = "Applications";
 
@@ -71,15 +71,13 @@ export async function render(main) {
     }
   }
 
-  async function remove(a) {
-    if (!await confirmAction(`Delete the application "${a.application_name}" with all its services and instances?`)) return;
-    try {
-      await api.call("DELETE", `/api/application/${api.enc(a._id)}`);
-      toast(`Application ${a.application_name} deleted`);
-    } catch (err) {
-      clear(status, errorBox(err));
-    }
-    load();
+  function remove(a) {
+    return confirmDelete(
+      `Delete the application "${a.application_name}" with all its services and instances?`,
+      `/api/application/${api.enc(a._id)}`,
+      `Application ${a.application_name} deleted`,
+      status,
+      load);
   }
 
   form.addEventListener("submit", async (e) => {

@@ -1,7 +1,7 @@
 // One application: its services, and adding one with a form or as pasted SLA / service JSON.
 import * as api from "../api.js";
 import {
-  clear, clearFormErrors, confirmAction, el, errorBox, field, fmt, showFormError, statusBadge, table, toast,
+  clear, clearFormErrors, confirmDelete, el, errorBox, field, fmt, showFormError, statusBadge, table, toast,
 } from "../ui.js";
 
 export const title = "Application";
@@ -114,15 +114,13 @@ export async function render(main, [appId]) {
     }
   }
 
-  async function remove(s) {
-    if (!await confirmAction(`Delete the service "${s.service_name}" and its instances?`)) return;
-    try {
-      await api.call("DELETE", `/api/service/${api.enc(s._id)}`);
-      toast(`Service ${s.service_name} deleted`);
-    } catch (err) {
-      clear(status, errorBox(err));
-    }
-    load();
+  function remove(s) {
+    return confirmDelete(
+      `Delete the service "${s.service_name}" and its instances?`,
+      `/api/service/${api.enc(s._id)}`,
+      `Service ${s.service_name} deleted`,
+      status,
+      load);
   }
 
   async function create(sla, form, button) {

@@ -1,6 +1,6 @@
 // Users (Admin: all; Organization_Admin: the organization's members), registering and deleting one, and organizations (Admin).
 import * as api from "../api.js";
-import { clear, clearFormErrors, confirmAction, el, errorBox, field, showFormError, table, toast } from "../ui.js";
+import { clear, clearFormErrors, confirmDelete, el, errorBox, field, showFormError, table, toast } from "../ui.js";
 
 export const title = "Users";
 
@@ -36,15 +36,13 @@ export async function render(main) {
     }
   }
 
-  async function removeUser(u) {
-    if (!await confirmAction(`Delete the user "${u.name}"? Their tokens stop working at once.`)) return;
-    try {
-      await api.call("DELETE", `/api/user/${api.enc(u.name)}`);
-      toast(`User ${u.name} deleted`);
-    } catch (err) {
-      clear(status, errorBox(err));
-    }
-    load();
+  function removeUser(u) {
+    return confirmDelete(
+      `Delete the user "${u.name}"? Their tokens stop working at once.`,
+      `/api/user/${api.enc(u.name)}`,
+      `User ${u.name} deleted`,
+      status,
+      load);
   }
 
   form.addEventListener("submit", async (e) => {
@@ -102,15 +100,13 @@ async function organizations(main) {
     }
   }
 
-  async function remove(o) {
-    if (!await confirmAction(`Delete the organization "${o.name}"? Its members lose the roles they hold there.`)) return;
-    try {
-      await api.call("DELETE", `/api/organization/${api.enc(o._id)}`);
-      toast(`Organization ${o.name} deleted`);
-    } catch (err) {
-      clear(status, errorBox(err));
-    }
-    load();
+  function remove(o) {
+    return confirmDelete(
+      `Delete the organization "${o.name}"? Its members lose the roles they hold there.`,
+      `/api/organization/${api.enc(o._id)}`,
+      `Organization ${o.name} deleted`,
+      status,
+      load);
   }
 
   form.addEventListener("submit", async (e) => {
