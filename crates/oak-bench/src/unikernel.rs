@@ -531,6 +531,9 @@ async fn floor_run(command: &[String], floor_dir: &Path, ns: &FloorNet) -> anyho
     let qmp = floor_dir.join("qmp.sock");
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(&qmp);
+    // The host learns the guest's MAC afresh each run, as it does for each deploy's new VM
+    // (else the floor would skip an ARP resolution the deploys pay).
+    let _ = Command::new("ip").args(["neigh", "flush", "dev", &ns.host_if]).output();
     let netns = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..])
