@@ -56,14 +56,14 @@ pub fn main(args: DeployArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(run(args))
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) token: String,
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut req = self.http.request(method.clone(), format!("{}{path}", self.url)).bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(&body);
@@ -77,7 +77,7 @@ impl Api {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn instances(&self, service: &str) -> anyhow::Result<Vec<Value>> {
+    pub(crate) async fn instances(&self, service: &str) -> anyhow::Result<Vec<Value>> {
         let s = self.call(reqwest::Method::GET, &format!("/api/service/{service}"), None).await?;
         Ok(s["instance_list"].as_array().cloned().unwrap_or_default())
     }
@@ -102,7 +102,7 @@ impl Api {
         }
     }
 
-    async fn undeploy_one(&self, service: &str, number: u64) -> anyhow::Result<()> {
+    pub(crate) async fn undeploy_one(&self, service: &str, number: u64) -> anyhow::Result<()> {
         self.call(reqwest::Method::DELETE, &format!("/api/service/{service}/instance/{number}"), None).await?;
         let start = Instant::now();
         while self.instances(service).await?.iter().any(|i| i["instance_number"].as_u64() == Some(number)) {
@@ -408,7 +408,7 @@ async fn idle_usage(pid: u32, seconds: u64, instances: usize) -> anyhow::Result<
     Ok((instances, after.rss_kb, cpu))
 }
 
-fn wait_file(path: &Path, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_file(path: &Path, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while !path.exists() {
         if start.elapsed() > timeout {

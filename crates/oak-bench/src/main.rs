@@ -13,6 +13,10 @@
 //!   on the two workers via the service IP (overlay) against the same pair routed natively.
 //!   Its load generators are the hidden `tcp-sink` and `tcp-source`, run inside the instances'
 //!   network namespaces.
+//! - `unikernel` (target P11): root, cluster and a worker with `-u` (QEMU, TCG); deploy
+//!   latency of the test unikernel with a cached kernel (→ RUNNING, → console marker, → first
+//!   HTTP answer) against the worker's own QEMU command line started by hand in the same run,
+//!   and the worker's and QEMU's memory with several VMs running.
 //! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
@@ -25,6 +29,7 @@ mod placement;
 mod procs;
 mod report;
 mod signals;
+mod unikernel;
 mod workers;
 
 use std::process::ExitCode;
@@ -54,6 +59,8 @@ enum Command {
     /// Overlay benchmark's client: one bulk transfer or series of round trips, JSON on stdout.
     #[command(hide = true)]
     TcpSource(overlay::SourceArgs),
+    /// 1-DOC with QEMU (TCG): unikernel deploy latency against the same QEMU started by hand.
+    Unikernel(unikernel::UnikernelArgs),
     /// Run many hollow workers (fake runtime) against one cluster, in this process.
     HollowWorkers(workers::WorkersArgs),
 }
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         Command::Placement(args) => placement::main(args),
         Command::HollowWorkers(args) => workers::main(args),
         Command::Overlay(args) => overlay::main(args),
+        Command::Unikernel(args) => unikernel::main(args),
         Command::TcpSink(args) => overlay::sink_main(args),
         Command::TcpSource(args) => overlay::source_main(args),
     };
