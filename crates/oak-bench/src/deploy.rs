@@ -123,89 +123,16 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let layout = oak_e2e::images::build_image(&dir.join("images"), &oak_e2e::images::sleeper())?;
     let image = registry.push(&layout, "latest", "bench/sleeper")?;
 
-    let free = |n: usize| -> anyhow::Result<Vec<u16>> {
-        (0..n).map(|_| oak_e2e::registry::free_port("127.0.0.1".parse()?)).collect()
-    };
-    let ports = free(4)?;
-    let (api_port, channel_port, node_port, mqtt_port) = (ports[0], ports[1], ports[2], ports[3]);
-    let bin = &args.oakestra;
     // A namespace of this run's own: leftovers of an interrupted run cannot collide with it.
     let namespace = format!("oak-bench-{}", std::process::id());
-    let s = |v: &str| v.to_string();
-    let mut children = Children::default();
-    children.spawn(
-        "root",
-        Kind::Root,
-        bin,
-        &[
-            s("root"),
-            s("--api-addr"),
-            s("127.0.0.1"),
-            s("--api-port"),
-            api_port.to_string(),
-            s("--cluster-port"),
-            channel_port.to_string(),
-            s("--data-dir"),
-            dir.join("root").display().to_string(),
-        ],
-        &dir.join("root.log"),
-    )?;
-    let url = format!("http://127.0.0.1:{api_port}");
-    wait_file(&dir.join("root/cluster-token"), Duration::from_secs(30))?;
-    children.spawn(
-        "cluster",
-        Kind::Cluster,
-        bin,
-        &[
-            s("cluster"),
-            s("--name"),
-            s("bench"),
-            s("--root-url"),
-            url.clone(),
-            s("--root-channel"),
-            format!("127.0.0.1:{channel_port}"),
-            s("--api-port"),
-            node_port.to_string(),
-            s("--mqtt-port"),
-            mqtt_port.to_string(),
-            s("--data-dir"),
-            dir.join("cluster").display().to_string(),
-            s("--token-file"),
-            dir.join("root/cluster-token").display().to_string(),
-        ],
-        &dir.join("cluster.log"),
-    )?;
-    wait_file(&dir.join("cluster/node-token"), Duration::from_secs(30))?;
-    let worker_pid = children.spawn(
-        "worker",
-        Kind::Workers,
-        bin,
-        &[
-            s("worker"),
-            s("-a"),
-            s("127.0.0.1"),
-            s("-p"),
-            node_port.to_string(),
-            s("--node-name"),
-            s("bench-worker"),
-            s("--data-dir"),
-            dir.join("worker").display().to_string(),
-            s("--token-file"),
-            dir.join("cluster/node-token").display().to_string(),
-            s("--containerd-namespace"),
-            namespace.clone(),
-        ],
-        &dir.join("worker.log"),
-    )?;
+    let (mut children, url, worker_pid) = start_tiers(&args.oakestra, dir, &namespace, &[])?;
 
     let result = measure(&args, &url, &image, worker_pid, &mut children, dir, &namespace).await;
     children.shutdown(Duration::from_secs(15));
     let Measured { latencies, floor, direct, idle } = match result {
         Ok(r) => r,
         Err(e) => {
-            for name in ["root", "cluster", "worker"] {
-                eprintln!("--- {name}.log (tail)\n{}", procs::log_tail(&dir.join(format!("{name}.log")), 4000));
-            }
+            print_log_tails(dir);
             return Err(e);
         }
     };
@@ -406,6 +333,94 @@ async fn idle_usage(pid: u32, seconds: u64, instances: usize) -> anyhow::Result<
     let after = procs::usage(pid).context("worker gone")?;
     let cpu = (after.cpu_seconds - before.cpu_seconds) / t.elapsed().as_secs_f64() * 100.0;
     Ok((instances, after.rss_kb, cpu))
+}
+/// Root, cluster and one worker (with `worker_args` added) as processes on free loopback ports,
+/// data and logs under `dir`, the worker's containers in containerd namespace `namespace`; the
+/// processes, the API's URL and the worker's pid.
+pub(crate) fn start_tiers(
+    bin: &Path,
+    dir: &Path,
+    namespace: &str,
+    worker_args: &[&str],
+) -> anyhow::Result<(Children, String, u32)> {
+    let free = |n: usize| -> anyhow::Result<Vec<u16>> {
+        (0..n).map(|_| oak_e2e::registry::free_port("127.0.0.1".parse()?)).collect()
+    };
+    let ports = free(5)?;
+    let (api_port, channel_port, node_port, mqtt_port, tunnel_port) =
+        (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    let s = |v: &str| v.to_string();
+    let mut children = Children::default();
+    children.spawn(
+        "root",
+        Kind::Root,
+        bin,
+        &[
+            s("root"),
+            s("--api-addr"),
+            s("127.0.0.1"),
+            s("--api-port"),
+            api_port.to_string(),
+            s("--cluster-port"),
+            channel_port.to_string(),
+            s("--data-dir"),
+            dir.join("root").display().to_string(),
+        ],
+        &dir.join("root.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{api_port}");
+    wait_file(&dir.join("root/cluster-token"), Duration::from_secs(30))?;
+    children.spawn(
+        "cluster",
+        Kind::Cluster,
+        bin,
+        &[
+            s("cluster"),
+            s("--name"),
+            s("bench"),
+            s("--root-url"),
+            url.clone(),
+            s("--root-channel"),
+            format!("127.0.0.1:{channel_port}"),
+            s("--api-port"),
+            node_port.to_string(),
+            s("--mqtt-port"),
+            mqtt_port.to_string(),
+            s("--data-dir"),
+            dir.join("cluster").display().to_string(),
+            s("--token-file"),
+            dir.join("root/cluster-token").display().to_string(),
+        ],
+        &dir.join("cluster.log"),
+    )?;
+    wait_file(&dir.join("cluster/node-token"), Duration::from_secs(30))?;
+    let mut worker = vec![
+        s("worker"),
+        s("-a"),
+        s("127.0.0.1"),
+        s("-p"),
+        node_port.to_string(),
+        s("--node-name"),
+        s("bench-worker"),
+        s("--data-dir"),
+        dir.join("worker").display().to_string(),
+        s("--token-file"),
+        dir.join("cluster/node-token").display().to_string(),
+        s("--containerd-namespace"),
+        s(namespace),
+        s("--tunnel-port"),
+        tunnel_port.to_string(),
+    ];
+    worker.extend(worker_args.iter().map(|a| s(a)));
+    let worker_pid = children.spawn("worker", Kind::Workers, bin, &worker, &dir.join("worker.log"))?;
+    Ok((children, url, worker_pid))
+}
+
+/// The end of each tier's log under `dir`, for a run that failed.
+pub(crate) fn print_log_tails(dir: &Path) {
+    for name in ["root", "cluster", "worker"] {
+        eprintln!("--- {name}.log (tail)\n{}", procs::log_tail(&dir.join(format!("{name}.log")), 4000));
+    }
 }
 
 pub(crate) fn wait_file(path: &Path, timeout: Duration) -> anyhow::Result<()> {

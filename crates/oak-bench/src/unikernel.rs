@@ -31,9 +31,9 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::deploy::{wait_file, Api};
+use crate::deploy::{print_log_tails, start_tiers, Api};
 use crate::machine::{Commit, Machine};
-use crate::procs::{self, Children, Kind};
+use crate::procs::{self, Children};
 use crate::report::{self, Summary, Table};
 
 #[derive(Args, Debug, Clone)]
@@ -92,85 +92,9 @@ async fn run(args: UnikernelArgs) -> anyhow::Result<ExitCode> {
     let kernel = oak_e2e::unikernel::debian_kernel()?;
     let web = serve(HashMap::from([("/bench.tar.gz".to_string(), oak_e2e::unikernel::archive(&kernel, true)?)]))?;
 
-    let free = |n: usize| -> anyhow::Result<Vec<u16>> {
-        (0..n).map(|_| oak_e2e::registry::free_port("127.0.0.1".parse()?)).collect()
-    };
-    let ports = free(5)?;
-    let (api_port, channel_port, node_port, mqtt_port, tunnel_port) =
-        (ports[0], ports[1], ports[2], ports[3], ports[4]);
-    let bin = &args.oakestra;
     let namespace = format!("oak-bench-{}", std::process::id());
-    let s = |v: &str| v.to_string();
-    let mut children = Children::default();
-    children.spawn(
-        "root",
-        Kind::Root,
-        bin,
-        &[
-            s("root"),
-            s("--api-addr"),
-            s("127.0.0.1"),
-            s("--api-port"),
-            api_port.to_string(),
-            s("--cluster-port"),
-            channel_port.to_string(),
-            s("--data-dir"),
-            dir.join("root").display().to_string(),
-        ],
-        &dir.join("root.log"),
-    )?;
-    let url = format!("http://127.0.0.1:{api_port}");
-    wait_file(&dir.join("root/cluster-token"), Duration::from_secs(30))?;
-    children.spawn(
-        "cluster",
-        Kind::Cluster,
-        bin,
-        &[
-            s("cluster"),
-            s("--name"),
-            s("bench"),
-            s("--root-url"),
-            url.clone(),
-            s("--root-channel"),
-            format!("127.0.0.1:{channel_port}"),
-            s("--api-port"),
-            node_port.to_string(),
-            s("--mqtt-port"),
-            mqtt_port.to_string(),
-            s("--data-dir"),
-            dir.join("cluster").display().to_string(),
-            s("--token-file"),
-            dir.join("root/cluster-token").display().to_string(),
-        ],
-        &dir.join("cluster.log"),
-    )?;
-    wait_file(&dir.join("cluster/node-token"), Duration::from_secs(30))?;
-    let worker_pid = children.spawn(
-        "worker",
-        Kind::Workers,
-        bin,
-        &[
-            s("worker"),
-            s("-a"),
-            s("127.0.0.1"),
-            s("-p"),
-            node_port.to_string(),
-            s("--node-name"),
-            s("bench-worker"),
-            s("--data-dir"),
-            dir.join("worker").display().to_string(),
-            s("--token-file"),
-            dir.join("cluster/node-token").display().to_string(),
-            s("--containerd-namespace"),
-            namespace.clone(),
-            s("--tunnel-port"),
-            tunnel_port.to_string(),
-            s("-u"),
-            s("--unikernel-accel"),
-            s("tcg"),
-        ],
-        &dir.join("worker.log"),
-    )?;
+    let (mut children, url, worker_pid) =
+        start_tiers(&args.oakestra, dir, &namespace, &["-u", "--unikernel-accel", "tcg"])?;
 
     let floor_ns = FloorNet::create(std::process::id())?;
     let result = measure(&args, &url, &web, worker_pid, &mut children, dir, &floor_ns).await;
@@ -181,9 +105,7 @@ async fn run(args: UnikernelArgs) -> anyhow::Result<ExitCode> {
     let m = match result {
         Ok(r) => r,
         Err(e) => {
-            for name in ["root", "cluster", "worker"] {
-                eprintln!("--- {name}.log (tail)\n{}", procs::log_tail(&dir.join(format!("{name}.log")), 4000));
-            }
+            print_log_tails(dir);
             return Err(e);
         }
     };
