@@ -18,12 +18,10 @@
 //! Then the worker's RSS with no VM and with `--vms` VMs running, and those QEMU processes' RSS.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -90,7 +88,10 @@ async fn run(args: UnikernelArgs) -> anyhow::Result<ExitCode> {
     let work = tempfile::Builder::new().prefix("oak-bench-unikernel-").tempdir_in("/var/tmp")?;
     let dir = work.path();
     let kernel = oak_e2e::unikernel::debian_kernel()?;
-    let web = serve(HashMap::from([("/bench.tar.gz".to_string(), oak_e2e::unikernel::archive(&kernel, true)?)]))?;
+    let web = oak_e2e::http::serve_files(HashMap::from([(
+        "/bench.tar.gz".to_string(),
+        oak_e2e::unikernel::archive(&kernel, true)?,
+    )]))?;
 
     let namespace = format!("oak-bench-{}", std::process::id());
     let (mut children, url, worker_pid) =
@@ -582,34 +583,6 @@ fn kill_qemus(prefix: &str) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-}
-
-/// Serves `files` (path → body) over HTTP/1.0 on a loopback port; anything else is 404.
-fn serve(files: HashMap<String, Vec<u8>>) -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let files = Arc::new(files);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                let Ok(read) = stream.try_clone() else { return };
-                let mut line = String::new();
-                if BufReader::new(read).read_line(&mut line).is_err() {
-                    return;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut stream = stream;
-                let _ = match files.get(&path) {
-                    Some(body) => stream
-                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
-                        .and_then(|_| stream.write_all(body)),
-                    None => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-                };
-            });
-        }
-    });
-    Ok(format!("http://{addr}"))
 }
 
 #[cfg(test)]

@@ -49,3 +49,34 @@ pub fn get_timeout(addr: &str, path: &str, timeout: Duration) -> Result<Response
     }
     Ok(Response { status, body: body.to_string() })
 }
+
+/// Serves `files` (path → body) over HTTP/1.0 on a free loopback port until the process ends,
+/// 404 for anything else; answers its base URL (`http://127.0.0.1:PORT`). For tests that need
+/// something to download from (kernel archives).
+pub fn serve_files(files: std::collections::HashMap<String, Vec<u8>>) -> Result<String> {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let files = std::sync::Arc::new(files);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let files = files.clone();
+            std::thread::spawn(move || {
+                let Ok(read) = stream.try_clone() else { return };
+                let mut line = String::new();
+                if BufReader::new(read).read_line(&mut line).is_err() {
+                    return;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut stream = stream;
+                let _ = match files.get(&path) {
+                    Some(body) => stream
+                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+                        .and_then(|_| stream.write_all(body)),
+                    None => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+                };
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}

@@ -7,11 +7,9 @@
 //! 404, an architecture no worker has.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -36,37 +34,6 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = oak_e2e::procs::terminate(&mut self.0, Duration::from_secs(15));
     }
-}
-
-/// Serves `files` (path → body) over HTTP/1.0 on a loopback port; anything else is 404.
-fn serve(files: HashMap<String, Vec<u8>>) -> Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let files = Arc::new(files);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(match stream.try_clone() {
-                    Ok(s) => s,
-                    Err(_) => return,
-                });
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    return;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut stream = stream;
-                let _ = match files.get(&path) {
-                    Some(body) => stream
-                        .write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
-                        .and_then(|_| stream.write_all(body)),
-                    None => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-                };
-            });
-        }
-    });
-    Ok(format!("http://{addr}"))
 }
 
 fn free_ports(n: usize) -> Result<Vec<u16>> {
@@ -180,7 +147,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
     let mut files = HashMap::new();
     files.insert("/good.tar.gz".to_string(), unikernel::archive(&kernel, true)?);
     files.insert("/nokernel.tar.gz".to_string(), unikernel::archive(&kernel, false)?);
-    let web = serve(files)?;
+    let web = oak_e2e::http::serve_files(files)?;
     let registry = oak_e2e::Registry::start_local()?;
     let layout = oak_e2e::images::build_image(&work.join("images"), &oak_e2e::images::sleeper())?;
     let client_image = registry.push(&layout, "latest", "e2e/client")?;
