@@ -307,7 +307,7 @@ async fn measure(
     let worker_vms_kb = procs::usage(worker_pid).context("worker gone")?.rss_kb;
     let mut qemu_kb = Vec::new();
     for n in first..number {
-        for pid in qemu_pids(&task(n)) {
+        for pid in oak_e2e::unikernel::qemu_pids(&task(n)) {
             qemu_kb.push(procs::usage(pid).map_or(0, |u| u.rss_kb));
         }
     }
@@ -357,7 +357,7 @@ async fn deploy_and_probe(api: &Api, service: &str, number: u64, log: &Path) -> 
 async fn undeploy(api: &Api, service: &str, number: u64, task: &str) -> anyhow::Result<()> {
     api.undeploy_one(service, number).await?;
     let start = Instant::now();
-    while !qemu_pids(task).is_empty() {
+    while !oak_e2e::unikernel::qemu_pids(task).is_empty() {
         if start.elapsed() > Duration::from_secs(30) {
             bail!("QEMU of {task} still runs 30 s after its undeploy");
         }
@@ -409,7 +409,7 @@ async fn http_answers(addr: Ipv4Addr) -> bool {
 /// The worker's QEMU command line of `task`, rewritten for the floor: its files copied to
 /// `floor_dir`, name, console, QMP socket and pid file there, the floor namespace's addresses.
 fn floor_command(worker_data: &Path, task: &str, floor_dir: &Path) -> anyhow::Result<Vec<String>> {
-    let pid = *qemu_pids(task).first().context("the warm-up instance's QEMU")?;
+    let pid = *oak_e2e::unikernel::qemu_pids(task).first().context("the warm-up instance's QEMU")?;
     let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
     let args: Vec<String> =
         raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -560,19 +560,6 @@ impl Drop for FloorNet {
     }
 }
 
-/// Pids of QEMU processes started for `task` (`-name <task>,debug-threads=on`).
-fn qemu_pids(task: &str) -> Vec<u32> {
-    let name = format!("{task},debug-threads=on");
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == name.as_bytes()))
-        })
-        .collect()
-}
-
 /// SIGKILL to every QEMU whose name starts with `prefix` (this run's job names).
 fn kill_qemus(prefix: &str) {
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
@@ -582,13 +569,5 @@ fn kill_qemus(prefix: &str) {
             // SAFETY: kill(2) of a QEMU of this benchmark run.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn qemu_pids_of_an_unknown_task_are_none() {
-        assert!(super::qemu_pids("no-such-task.instance.0").is_empty());
     }
 }

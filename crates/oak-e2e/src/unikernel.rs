@@ -220,9 +220,28 @@ impl Cpio {
     }
 }
 
+/// Pids of QEMU processes started for the task `task_id` (the runtime names each VM
+/// `-name <task id>,debug-threads=on`): how tests and benchmarks find a VM from outside.
+pub fn qemu_pids(task_id: &str) -> Vec<u32> {
+    let name = format!("{task_id},debug-threads=on");
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == name.as_bytes()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_pids_of_an_unknown_task_are_none() {
+        assert!(super::qemu_pids("no-such-task.instance.0").is_empty());
+    }
 
     #[test]
     fn cpio_entries_are_newc_and_aligned() {

@@ -41,19 +41,6 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
     Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
-/// Pids of QEMU processes started for `task_id`.
-fn qemu_pids(task_id: &str) -> Vec<u32> {
-    let name = format!("{task_id},debug-threads=on");
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == name.as_bytes()))
-        })
-        .collect()
-}
-
 #[test]
 fn unikernels_run_on_qemu_report_and_leave_nothing() -> Result<()> {
     use oak_e2e::Need::{Root, Tool};
@@ -246,7 +233,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
         Ok((inst["status"] == "RUNNING").then_some(inst))
     })?;
     let task = format!("{good_job}.instance.0");
-    assert_eq!(qemu_pids(&task).len(), 1, "one QEMU runs the instance");
+    assert_eq!(oak_e2e::unikernel::qemu_pids(&task).len(), 1, "one QEMU runs the instance");
     let logs_path = format!("{base}/api/service/{good_id}/instance/0/logs");
     let console = wait_until("the marker in the logs", Duration::from_secs(60), Duration::from_millis(500), || {
         let text = e2e::http().get(&logs_path).bearer_auth(&token).send()?.text()?;
@@ -302,12 +289,13 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
         },
     )?;
     assert!(body.contains(unikernel::HTTP_BODY), "{body}");
-    let netns = namespace_of(qemu_pids(&task)[0]).context("the VM's network namespace under /run/netns")?;
+    let netns =
+        namespace_of(oak_e2e::unikernel::qemu_pids(&task)[0]).context("the VM's network namespace under /run/netns")?;
 
     // A restarted worker adopts the running VM: same QEMU, still RUNNING, still reachable.
-    let pid_before = qemu_pids(&task);
+    let pid_before = oak_e2e::unikernel::qemu_pids(&task);
     drop(up);
-    assert_eq!(qemu_pids(&task), pid_before, "QEMU outlives the worker");
+    assert_eq!(oak_e2e::unikernel::qemu_pids(&task), pid_before, "QEMU outlives the worker");
     up = start()?;
     wait_until("the restarted root to answer", Duration::from_secs(30), Duration::from_millis(200), || {
         up.alive()?;
@@ -332,7 +320,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
         },
     )?;
     assert_eq!(instance("good")?["status"], "RUNNING");
-    assert_eq!(qemu_pids(&task), pid_before, "the same QEMU runs the instance");
+    assert_eq!(oak_e2e::unikernel::qemu_pids(&task), pid_before, "the same QEMU runs the instance");
     let text = e2e::http().get(&logs_path).bearer_auth(&token).send()?.text()?;
     assert!(text.contains(unikernel::MARKER), "the adopted VM's logs: {text}");
 
@@ -361,7 +349,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
     // Undeploy leaves nothing: no QEMU, no instance directory, no log file.
     call(reqwest::Method::DELETE, &format!("/api/service/{good_id}/instance/0"), None)?;
     wait_until("QEMU to be gone", Duration::from_secs(30), Duration::from_millis(300), || {
-        Ok(qemu_pids(&task).is_empty().then_some(()))
+        Ok(oak_e2e::unikernel::qemu_pids(&task).is_empty().then_some(()))
     })?;
     wait_until("the files to be gone", Duration::from_secs(10), Duration::from_millis(200), || {
         let log = data.join(format!("worker/logs/{task}.log"));
