@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use oak_tls::TlsListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -78,8 +79,15 @@ pub(crate) struct Shared {
 
 /// An MQTT 3.1.1 broker bound to a TCP port; see the [crate documentation](crate).
 pub struct Broker {
-    listener: TcpListener,
+    listener: Incoming,
     handle: BrokerHandle,
+}
+
+/// Where connections come from: plain TCP, or TLS whose handshakes the [`TlsListener`] completes
+/// (and refuses, reporting why) before a connection reaches the broker.
+enum Incoming {
+    Tcp(TcpListener),
+    Tls(TlsListener),
 }
 
 /// A cheap, cloneable handle to a broker, usable while (and after) [`Broker::run`] runs.
@@ -107,13 +115,29 @@ impl Broker {
     /// Uses an already bound listener.
     pub fn from_listener(listener: TcpListener, auth: Arc<dyn Authorizer>, config: BrokerConfig) -> io::Result<Broker> {
         let local_addr = listener.local_addr()?;
+        Ok(Self::with_incoming(Incoming::Tcp(listener), local_addr, auth, config))
+    }
+
+    /// Serves MQTT over TLS (MQTT's port 8883 convention, here the cluster's 10003): clients that
+    /// do not complete a handshake never reach the broker; the listener's callback hears of them.
+    pub fn from_tls_listener(listener: TlsListener, auth: Arc<dyn Authorizer>, config: BrokerConfig) -> Broker {
+        let local_addr = listener.local_addr();
+        Self::with_incoming(Incoming::Tls(listener), local_addr, auth, config)
+    }
+
+    fn with_incoming(
+        listener: Incoming,
+        local_addr: SocketAddr,
+        auth: Arc<dyn Authorizer>,
+        config: BrokerConfig,
+    ) -> Broker {
         let shared = Shared {
             auth_permits: Arc::new(Semaphore::new(config.auth_concurrency.max(1))),
             config,
             auth,
             router: Router::new(),
         };
-        Ok(Broker { listener, handle: BrokerHandle { shared: Arc::new(shared), local_addr } })
+        Broker { listener, handle: BrokerHandle { shared: Arc::new(shared), local_addr } }
     }
 
     /// The address the broker listens on (useful after binding port 0).
@@ -139,7 +163,7 @@ impl Broker {
     /// Accepts connections until `shutdown` completes, then closes every connection (waiting up to
     /// 5 s for them) and ends every local client's stream. Dropping this future shuts down too.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Broker { listener, handle } = self;
+        let Broker { mut listener, handle } = self;
         let shared = handle.shared;
         let _shutdown_on_drop = ShutdownOnDrop(shared.clone());
         let mut shutdown = pin!(shutdown);
@@ -160,7 +184,10 @@ impl Broker {
                             continue;
                         }
                         let open = OpenConnection::new(shared.clone());
-                        tasks.spawn(connection::serve(stream, peer, open));
+                        match stream {
+                            Accepted::Tcp(stream) => tasks.spawn(connection::serve(stream, peer, open)),
+                            Accepted::Tls(stream) => tasks.spawn(connection::serve(*stream, peer, open)),
+                        };
                     }
                     Err(e) => {
                         // Typically EMFILE; back off instead of spinning.
@@ -184,6 +211,29 @@ impl Broker {
         if drained.is_err() {
             warn!(remaining = tasks.len(), "MQTT connections did not close in time, aborting them");
             tasks.abort_all();
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(TcpStream),
+    Tls(Box<oak_tls::tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Incoming {
+    async fn accept(&mut self) -> io::Result<(Accepted, SocketAddr)> {
+        match self {
+            Incoming::Tcp(tcp) => {
+                let (stream, peer) = tcp.accept().await?;
+                // Small MQTT packets must not wait for Nagle; batching happens in our write buffer.
+                let _ = stream.set_nodelay(true);
+                Ok((Accepted::Tcp(stream), peer))
+            }
+            // Handshakes fail inside the listener (reported there), never here.
+            Incoming::Tls(tls) => {
+                let (stream, peer) = tls.accept().await;
+                Ok((Accepted::Tls(Box::new(stream)), peer))
+            }
         }
     }
 }

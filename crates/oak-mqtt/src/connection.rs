@@ -1,5 +1,6 @@
-//! One task per TCP connection: CONNECT and authentication, then a single loop that reads packets
-//! (enforcing the topic rules), writes queued deliveries in batches, and watches the keep-alive.
+//! One task per connection (plain TCP or TLS: any byte stream): CONNECT and authentication, then
+//! a single loop that reads packets (enforcing the topic rules), writes queued deliveries in
+//! batches, and watches the keep-alive.
 //!
 //! Anything unexpected — garbage, an unknown packet, QoS 2, a second CONNECT, an oversized packet —
 //! closes this connection only; no input can make the task panic or touch other connections.
@@ -15,8 +16,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{valid_filter, valid_topic, Error as CodecError, Protocol, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -73,12 +73,17 @@ enum Close {
     Kicked(KickReason),
 }
 
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, open: OpenConnection) {
+/// A connection's byte stream: what the accept loop hands over (TCP, or TLS over TCP).
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, open: OpenConnection) {
     let shared = open.0.clone();
-    // Small MQTT packets must not wait for Nagle; batching happens in our write buffer instead.
-    let _ = stream.set_nodelay(true);
+    // Reading and writing proceed independently (a TLS stream cannot be split by reference).
+    let (reader, writer) = tokio::io::split(stream);
     let mut conn = Connection {
-        stream,
+        reader,
+        writer,
         peer,
         shared,
         rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -90,8 +95,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, open: OpenConnect
     drop(open);
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     rbuf: BytesMut,
@@ -191,7 +197,7 @@ fn make_room(rbuf: &mut BytesMut) {
     }
 }
 
-impl Connection {
+impl<S: Stream> Connection<S> {
     async fn run(&mut self) -> Close {
         let connect = match timeout(self.shared.config.connect_timeout, self.read_connect()).await {
             Ok(Ok(connect)) => connect,
@@ -229,7 +235,7 @@ impl Connection {
                 Err(e) => return Err(Close::Protocol(format!("malformed CONNECT: {e}"))),
             }
             make_room(&mut self.rbuf);
-            match self.stream.read_buf(&mut self.rbuf).await {
+            match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Err(Close::PeerClosed),
                 Ok(_) => {}
                 Err(e) => return Err(Close::Io(e)),
@@ -327,11 +333,10 @@ impl Connection {
     }
 
     async fn serve_session(&mut self, session: &mut Session) -> Close {
-        let Connection { stream, rbuf, wbuf, shared, .. } = self;
+        let Connection { reader, writer, rbuf, wbuf, shared, .. } = self;
         let write_timeout = shared.config.write_timeout;
         // MQTT 3.1.1 §3.1.2.10: one and a half times the keep-alive; 0 disables it.
         let grace = (!session.keep_alive.is_zero()).then(|| session.keep_alive * 3 / 2);
-        let (mut reader, mut writer) = stream.split();
 
         // Packets that arrived together with the CONNECT.
         if let Err(close) = session.handle_input(rbuf, wbuf) {
@@ -448,9 +453,9 @@ impl Connection {
             }
         };
         if flush && !self.wbuf.is_empty() {
-            let _ = timeout(FINAL_FLUSH, self.stream.write_all_buf(&mut self.wbuf)).await;
+            let _ = timeout(FINAL_FLUSH, self.writer.write_all_buf(&mut self.wbuf)).await;
         }
-        let _ = timeout(FINAL_FLUSH, self.stream.shutdown()).await;
+        let _ = timeout(FINAL_FLUSH, self.writer.shutdown()).await;
     }
 }
 

@@ -72,8 +72,10 @@
 //!   it is full, QoS 0 deliveries to it are dropped and counted ([`Stats::dropped`]); a QoS 1
 //!   delivery that cannot be queued closes the connection. The router never waits for a client.
 //! * Passwords must be UTF-8 (the codec reads them as strings). MQTT 3.1 and 5 clients are refused
-//!   with CONNACK "unacceptable protocol version". No TLS: put the port behind the cluster's
-//!   network policy or a TLS terminator if needed.
+//!   with CONNACK "unacceptable protocol version".
+//! * TLS: [`Broker::from_tls_listener`] serves MQTT over TLS through an `oak_tls::TlsListener`,
+//!   which completes handshakes off the accept loop; plaintext, garbage and silent clients are
+//!   refused there (reported to the listener's callback) and never reach the broker.
 
 mod acl;
 mod broker;

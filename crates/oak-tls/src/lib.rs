@@ -22,7 +22,7 @@ pub use config::{peer_certificate, pinned_client_config, provider, server_config
 pub use error::TlsError;
 pub use files::write_private;
 pub use fingerprint::Fingerprint;
-pub use listener::{OnRefused, TlsListener};
+pub use listener::{refusal_label, OnRefused, TlsListener};
 pub use reload::{reloadable_server_config, ReloadableCert};
 pub use token::{JoinToken, TokenError, TokenKind};
 pub use verifier::PinnedCa;

@@ -19,6 +19,31 @@ const MAX_PENDING: usize = 256;
 /// Called with the peer and the reason for every connection refused during the handshake.
 pub type OnRefused = Arc<dyn Fn(SocketAddr, &str) + Send + Sync>;
 
+/// A short, stable name for a refusal reason passed to [`OnRefused`], for metric labels (the
+/// reason itself carries the peer's details and would make one series per error text).
+pub fn refusal_label(reason: &str) -> &'static str {
+    if reason == OVERLOADED {
+        "overloaded"
+    } else if reason == TIMED_OUT {
+        "timeout"
+    } else if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+        // Plaintext (HTTP, MQTT) or garbage where a TLS record was expected.
+        "not_tls"
+    } else if reason.contains("received fatal alert") {
+        // The client gave up, typically because it does not trust this server's certificate.
+        "client_alert"
+    } else if reason.contains("eof") || reason.contains("close_notify") || reason.contains("reset") {
+        "closed"
+    } else if reason.contains("certificate") {
+        "bad_certificate"
+    } else {
+        "handshake_failed"
+    }
+}
+
+const OVERLOADED: &str = "too many handshakes in progress";
+const TIMED_OUT: &str = "TLS handshake timed out";
+
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
@@ -71,7 +96,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            on_refused(peer, "too many handshakes in progress");
+            on_refused(peer, OVERLOADED);
             continue;
         };
         let (acceptor, on_refused, tx) = (acceptor.clone(), on_refused.clone(), tx.clone());
@@ -83,7 +108,7 @@ async fn accept_loop(
                     let _ = tx.send((tls, peer)).await;
                 }
                 Ok(Err(e)) => on_refused(peer, &format!("TLS handshake failed: {e}")),
-                Err(_) => on_refused(peer, "TLS handshake timed out"),
+                Err(_) => on_refused(peer, TIMED_OUT),
             }
         });
     }

@@ -187,7 +187,25 @@ async fn garbage_and_silent_clients_do_not_stall_the_listener() {
     let good = pinned_client_config(ca.fingerprint(), ROOT_SERVER_NAME, None).unwrap();
     assert_eq!(exchange(addr, good).await.unwrap(), b"secret");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(refused.lock().unwrap().iter().any(|r| r.contains("handshake failed")), "{:?}", refused.lock().unwrap());
+    let refused = refused.lock().unwrap();
+    assert!(refused.iter().any(|r| r.contains("handshake failed")), "{refused:?}");
+    assert!(refused.iter().any(|r| refusal_label(r) == "not_tls"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn refusals_get_short_labels() {
+    assert_eq!(refusal_label("too many handshakes in progress"), "overloaded");
+    assert_eq!(refusal_label("TLS handshake timed out"), "timeout");
+    // A client that does not trust the server aborts with an alert.
+    let ca = Authority::generate("ca").unwrap();
+    let server = server_config(&ca.issue_server(ROOT_SERVER_NAME, &[]).unwrap(), ClientAuth::None).unwrap();
+    let (addr, refused, _) = echo_server(server).await;
+    let other = Authority::generate("other").unwrap();
+    let client = pinned_client_config(other.fingerprint(), ROOT_SERVER_NAME, None).unwrap();
+    assert!(exchange(addr, client).await.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = refused.lock().unwrap();
+    assert_eq!(refused.iter().map(|r| refusal_label(r)).collect::<Vec<_>>(), ["client_alert"], "{refused:?}");
 }
 
 #[test]
