@@ -90,6 +90,15 @@ pub struct RegisterNodeResponse {
     /// empty when the worker registered without the overlay.
     #[serde(default)]
     pub subnet: String,
+    /// How to speak to the broker: `mqtts` (MQTT over TLS; also when empty) or `mqtt`
+    /// (plaintext, only for an external broker the cluster was configured with so).
+    #[serde(default)]
+    pub mqtt_scheme: String,
+    /// PEM of the CA the broker's certificate chains to, when the broker is not the cluster's
+    /// embedded one (an external `mqtts://` broker): the worker then checks the certificate
+    /// against it for the host it dials. Empty: the cluster's own CA, pinned by the node token.
+    #[serde(default)]
+    pub mqtt_ca: String,
 }
 
 /// What a worker needs to run one instance: the job document plus the instance number

@@ -2,8 +2,13 @@
 //! in-process; with `--mqtt-url` it is a client of an external broker (e.g. Mosquitto). Either
 //! way the rest of the cluster sees one stream of `(topic, payload)` from workers and one
 //! `publish`.
+//!
+//! The embedded broker speaks MQTT over TLS only, with the cluster's certificate (workers pin its
+//! CA). An external broker is reached with `mqtts://` (its CA from `--mqtt-ca`, handed to workers
+//! at registration) or, with a warning, plaintext `mqtt://`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -19,11 +24,23 @@ use crate::Ctx;
 /// Where the workers' broker is.
 #[derive(Debug, Clone)]
 pub enum MqttMode {
-    /// Run the broker in this process, listening on `addr`.
+    /// Run the broker in this process, listening on `addr` (MQTT over TLS).
     Embedded { addr: SocketAddr },
-    /// Use an external broker: `mqtt://[user:password@]host:port`. `worker_port` is what
-    /// workers are told to connect to.
-    External { url: String },
+    /// Use an external broker: `mqtts://[user:password@]host:port` with `ca`, the PEM file of
+    /// the CA its certificate chains to, or plaintext `mqtt://…`. Workers are told its port,
+    /// scheme and CA.
+    External { url: String, ca: Option<PathBuf> },
+}
+
+/// How workers reach the broker (part of their registration answer).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerBroker {
+    pub port: u16,
+    /// `mqtts` or `mqtt`.
+    pub scheme: &'static str,
+    /// PEM of the external broker's CA; empty for the embedded broker (the cluster's own CA,
+    /// which workers already pin).
+    pub ca_pem: String,
 }
 
 /// The topics the cluster listens to (not `nodes/+/net/#`: it publishes the query results there).
@@ -38,7 +55,7 @@ const FILTERS: &[&str] = &[
 
 pub struct Bus {
     kind: Kind,
-    worker_port: u16,
+    workers: WorkerBroker,
 }
 
 enum Kind {
@@ -49,12 +66,19 @@ enum Kind {
 pub type Incoming = mpsc::Receiver<(String, Bytes)>;
 
 impl Bus {
-    pub async fn start(mode: &MqttMode, auth: Arc<dyn Authorizer>) -> anyhow::Result<(Bus, Incoming)> {
+    pub async fn start(
+        mode: &MqttMode,
+        auth: Arc<dyn Authorizer>,
+        tls: &crate::tls::ClusterTls,
+    ) -> anyhow::Result<(Bus, Incoming)> {
         let (tx, rx) = mpsc::channel(65_536);
         match mode {
             MqttMode::Embedded { addr } => {
-                let broker =
-                    Broker::bind(*addr, auth).await.with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+                let tcp = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+                let listener = oak_tls::TlsListener::new(tcp, tls.server.clone(), tls.refusals.callback("mqtt"))?;
+                let broker = Broker::from_tls_listener(listener, auth, Default::default());
                 let handle = broker.handle();
                 let mut local = broker.local_client("cluster");
                 for f in FILTERS {
@@ -73,9 +97,10 @@ impl Bus {
                         }
                     }
                 });
-                Ok((Bus { kind: Kind::Embedded { publisher, handle, stop }, worker_port }, rx))
+                let workers = WorkerBroker { port: worker_port, scheme: "mqtts", ca_pem: String::new() };
+                Ok((Bus { kind: Kind::Embedded { publisher, handle, stop }, workers }, rx))
             }
-            MqttMode::External { url } => {
+            MqttMode::External { url, ca } => {
                 let ext = parse_url(url)?;
                 let mut options =
                     MqttOptions::new(format!("oakestra-cluster-{}", credentials::new_node_id()), &ext.host, ext.port);
@@ -84,6 +109,31 @@ impl Bus {
                 if let Some((user, password)) = &ext.credentials {
                     options.set_credentials(user, password);
                 }
+                let ca_pem = match (ext.tls, ca) {
+                    (true, Some(path)) => {
+                        let pem = std::fs::read_to_string(path)
+                            .with_context(|| format!("cannot read --mqtt-ca {}", path.display()))?;
+                        let config = oak_tls::ca_client_config(&pem)
+                            .with_context(|| format!("--mqtt-ca {}", path.display()))?;
+                        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)));
+                        pem
+                    }
+                    (true, None) => anyhow::bail!(
+                        "--mqtt-url {:?} is mqtts://: pass --mqtt-ca with the PEM of the CA that signed the broker's certificate",
+                        redacted(url)
+                    ),
+                    (false, Some(_)) => anyhow::bail!(
+                        "--mqtt-ca is for an mqtts:// broker, but --mqtt-url {:?} is plaintext",
+                        redacted(url)
+                    ),
+                    (false, None) => {
+                        tracing::warn!(url = %redacted(url),
+                            "the external MQTT broker is plaintext: worker credentials and commands cross the network unencrypted; use mqtts:// with --mqtt-ca");
+                        String::new()
+                    }
+                };
+                let workers =
+                    WorkerBroker { port: ext.port, scheme: if ext.tls { "mqtts" } else { "mqtt" }, ca_pem };
                 let (client, mut eventloop) = AsyncClient::new(options, 65_536);
                 let subscriber = client.clone();
                 tokio::spawn(async move {
@@ -107,14 +157,19 @@ impl Bus {
                         }
                     }
                 });
-                Ok((Bus { kind: Kind::External { client }, worker_port: ext.port }, rx))
+                Ok((Bus { kind: Kind::External { client }, workers }, rx))
             }
         }
     }
 
     /// The port workers connect to.
     pub fn worker_port(&self) -> u16 {
-        self.worker_port
+        self.workers.port
+    }
+
+    /// What workers need to reach the broker.
+    pub fn workers(&self) -> &WorkerBroker {
+        &self.workers
     }
 
     pub fn publish(&self, topic: String, payload: Vec<u8>) {
@@ -163,15 +218,20 @@ pub fn node_authorizer(ctx: Arc<OnceLock<Weak<Ctx>>>) -> Arc<dyn Authorizer> {
 }
 
 struct ExternalBroker {
+    tls: bool,
     host: String,
     port: u16,
     credentials: Option<(String, String)>,
 }
 
 fn parse_url(url: &str) -> anyhow::Result<ExternalBroker> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).ok_or_else(|| {
-        anyhow::anyhow!("--mqtt-url {url:?} must start with mqtt:// (TLS brokers are not supported yet)")
-    })?;
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
+        (false, rest)
+    } else {
+        anyhow::bail!("--mqtt-url {:?} must start with mqtts:// (or plaintext mqtt://)", redacted(url));
+    };
     let rest = rest.trim_end_matches('/');
     let (credentials, hostport) = match rest.rsplit_once('@') {
         Some((cred, hp)) => {
@@ -181,11 +241,22 @@ fn parse_url(url: &str) -> anyhow::Result<ExternalBroker> {
         None => (None, rest),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("--mqtt-url {url:?}: bad port {p:?}"))?),
-        None => (hostport, 1883),
+        Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("--mqtt-url {:?}: bad port {p:?}", redacted(url)))?),
+        None => (hostport, if tls { 8883 } else { 1883 }),
     };
-    anyhow::ensure!(!host.is_empty(), "--mqtt-url {url:?} has no host");
-    Ok(ExternalBroker { host: host.trim_matches(['[', ']']).to_string(), port, credentials })
+    anyhow::ensure!(!host.is_empty(), "--mqtt-url {:?} has no host", redacted(url));
+    Ok(ExternalBroker { tls, host: host.trim_matches(['[', ']']).to_string(), port, credentials })
+}
+
+/// The URL without its password, for logs and errors.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, hostport))) => {
+            let user = rest.split(['@', ':']).next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{hostport}")
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +266,13 @@ mod tests {
     #[test]
     fn external_broker_urls() {
         let b = parse_url("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.credentials), ("127.0.0.1", 1884, None));
+        assert_eq!((b.tls, b.host.as_str(), b.port, b.credentials), (false, "127.0.0.1", 1884, None));
+        let b = parse_url("mqtts://broker.local").unwrap();
+        assert_eq!((b.tls, b.host.as_str(), b.port), (true, "broker.local", 8883));
+        assert_eq!(parse_url("mqtts://u:pw@[::1]:8884").unwrap().port, 8884);
+        assert_eq!(super::redacted("mqtts://u:pw@h:1"), "mqtts://u:***@h:1");
+        let e = parse_url("ftp://u:secret@h").err().expect("refused").to_string();
+        assert!(e.contains("mqtts://") && !e.contains("secret"), "{e}");
         let b = parse_url("mqtt://admin:pw@broker.local").unwrap();
         assert_eq!((b.host.as_str(), b.port), ("broker.local", 1883));
         assert_eq!(b.credentials, Some(("admin".into(), "pw".into())));

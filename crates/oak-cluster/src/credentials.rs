@@ -1,11 +1,11 @@
 //! Secrets of the cluster: the worker join token and the per-node MQTT passwords. Only hashes
 //! are stored; comparisons are constant-time.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use blake2::{Blake2s256, Digest};
+use oak_tls::{Fingerprint, JoinToken, TokenError, TokenKind};
 
 /// File in the data directory holding the worker join token.
 pub const NODE_TOKEN_FILE: &str = "node-token";
@@ -39,23 +39,42 @@ pub fn valid_node_id(id: &str) -> bool {
 }
 
 /// Reads the worker join token from the data directory, creating it at first start (mode 0600).
-pub fn node_token(data_dir: &Path) -> anyhow::Result<String> {
+///
+/// The token pins `ca`, the cluster's CA. A token that cannot be used with it is replaced, with
+/// a warning, so the cluster starts and the operator hands workers the new one: a legacy
+/// `oakn_<hex>` token (no CA fingerprint: workers refuse it anyway, saying it predates TLS) or one
+/// pinning another CA (the `tls` directory was re-created). Anything else unparsable is an error
+/// naming the file, not silently overwritten.
+pub fn node_token(data_dir: &Path, ca: Fingerprint) -> anyhow::Result<JoinToken> {
     let path = data_dir.join(NODE_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        Ok(_) => anyhow::bail!("{} is empty", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = new_secret("oakn_");
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
-            tracing::info!(file = %path.display(), "worker join token written; give it to `oakestra worker --token-file`");
-            Ok(token)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    let replaced_because = match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().is_empty() => anyhow::bail!("{} is empty: delete it to get a new token", path.display()),
+        Ok(t) => match JoinToken::parse(&t, TokenKind::Node) {
+            Ok(token) if token.ca == ca => return Ok(token),
+            Ok(_) => Some("it pins a CA that is not this cluster's (was the tls directory re-created?)"),
+            Err(TokenError::Legacy(_)) => Some("it is a legacy token without the CA fingerprint workers need"),
+            Err(e) => anyhow::bail!("{}: {e}; delete the file to get a new token", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let token = JoinToken::generate(TokenKind::Node, ca);
+    oak_tls::write_private(&path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    match replaced_because {
+        Some(why) => tracing::warn!(file = %path.display(),
+            "replaced the worker join token ({why}); give workers the new one (`oakestra worker --token-file`)"),
+        None => tracing::info!(file = %path.display(), "worker join token written; give it to `oakestra worker --token-file`"),
+    }
+    Ok(token)
+}
+
+/// The secret of a presented token: the whole token (`oakn.v1.<ca>.<secret>`) or its secret.
+pub fn presented_secret(token: &str) -> &str {
+    let token = token.trim();
+    match token.rsplit_once('.') {
+        Some((head, secret)) if head.starts_with("oakn.") => secret,
+        _ => token,
     }
 }
 
@@ -82,11 +101,41 @@ mod tests {
     }
 
     #[test]
-    fn node_token_is_created_once() {
+    fn node_token_is_created_once_and_pins_the_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let a = node_token(dir.path()).unwrap();
-        let b = node_token(dir.path()).unwrap();
+        let ca = Fingerprint::of(b"ca");
+        let a = node_token(dir.path(), ca).unwrap();
+        let b = node_token(dir.path(), ca).unwrap();
         assert_eq!(a, b);
-        assert!(a.starts_with("oakn_"));
+        assert_eq!(a.ca, ca);
+        let text = std::fs::read_to_string(dir.path().join(NODE_TOKEN_FILE)).unwrap();
+        assert_eq!(JoinToken::parse(&text, TokenKind::Node).unwrap(), a);
+        assert_eq!(presented_secret(&text), a.secret);
+        assert_eq!(presented_secret(&a.secret), a.secret);
+
+        // Another CA (the tls directory was re-created): a new token for the new CA.
+        let other = Fingerprint::of(b"other ca");
+        let c = node_token(dir.path(), other).unwrap();
+        assert_eq!(c.ca, other);
+        assert_ne!(c.secret, a.secret);
+    }
+
+    #[test]
+    fn a_legacy_node_token_is_replaced_and_garbage_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(NODE_TOKEN_FILE);
+        std::fs::write(&path, "oakn_0123456789abcdef0123456789abcdef0123456789abcdef\n").unwrap();
+        let ca = Fingerprint::of(b"ca");
+        let token = node_token(dir.path(), ca).unwrap();
+        assert_eq!(JoinToken::parse(&std::fs::read_to_string(&path).unwrap(), TokenKind::Node).unwrap(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, "my-own-token").unwrap();
+        let e = node_token(dir.path(), ca).unwrap_err().to_string();
+        assert!(e.contains("node-token") && e.contains("delete the file"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "my-own-token", "not overwritten");
     }
 }

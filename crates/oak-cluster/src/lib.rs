@@ -15,6 +15,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 mod subnets;
+mod tls;
 mod workers;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use oak_api::node::{topic, JobStatusReport, NodeInfo, ResourcesReport};
 use tokio::sync::{mpsc, watch};
 
 pub use bus::MqttMode;
+pub use tls::TLS_DIR;
 pub use root_link::Refused;
 use state::{ClusterState, Effect, Timing};
 use store::ClusterStore;
@@ -71,6 +73,8 @@ pub struct Ctx {
     store: ClusterStore,
     bus: bus::Bus,
     node_token_hash: String,
+    /// Connections the node API and the broker refused during the TLS handshake.
+    tls_refusals: Arc<tls::Refusals>,
     root: Mutex<Option<mpsc::Sender<ClusterMsg>>>,
     /// Parts of the root's full desired set received so far on this connection; applied as one
     /// set when the last part arrives.
@@ -88,7 +92,8 @@ pub struct Ctx {
 /// A cluster orchestrator bound to its ports, ready to run.
 pub struct Cluster {
     ctx: Arc<Ctx>,
-    api: tokio::net::TcpListener,
+    /// The node API, HTTPS only.
+    api: oak_tls::TlsListener,
     incoming: mpsc::Receiver<(String, bytes::Bytes)>,
 }
 
@@ -100,17 +105,20 @@ impl Cluster {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let store = ClusterStore::open(&dir.join("cluster.db"))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
-        let token = credentials::node_token(dir)?;
+        let tls = tls::ClusterTls::load(&config)?;
+        let token = credentials::node_token(dir, tls.authority.fingerprint())?;
         let now = Instant::now();
         let state =
             ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
         let api = tokio::net::TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+        let api = oak_tls::TlsListener::new(api, tls.server.clone(), tls.refusals.callback("node_api"))?;
         let ctx_cell: Arc<std::sync::OnceLock<std::sync::Weak<Ctx>>> = Arc::new(std::sync::OnceLock::new());
-        let (bus, incoming) = bus::Bus::start(&config.mqtt, bus::node_authorizer(ctx_cell.clone())).await?;
+        let (bus, incoming) = bus::Bus::start(&config.mqtt, bus::node_authorizer(ctx_cell.clone()), &tls).await?;
         let ctx = Arc::new(Ctx {
-            node_token_hash: credentials::hash(token.as_bytes()),
+            node_token_hash: credentials::hash(token.secret.as_bytes()),
+            tls_refusals: tls.refusals,
             state: Mutex::new(state),
             store,
             bus,
@@ -127,7 +135,7 @@ impl Cluster {
     }
 
     pub fn api_addr(&self) -> SocketAddr {
-        self.api.local_addr().expect("bound listener has an address")
+        self.api.local_addr()
     }
 
     pub fn mqtt_port(&self) -> u16 {
@@ -137,7 +145,7 @@ impl Cluster {
     /// Runs until `shutdown` resolves. Fails if the root refuses this cluster.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Cluster { ctx, api, mut incoming } = self;
-        tracing::info!(name = %ctx.config.name, api = %api.local_addr()?, mqtt_port = ctx.bus.worker_port(),
+        tracing::info!(name = %ctx.config.name, api = %api.local_addr(), mqtt_port = ctx.bus.worker_port(),
             root = %ctx.config.root_channel, "cluster orchestrator started");
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -518,11 +526,11 @@ fn garbled(node: &str, kind: &str, e: serde_json::Error) -> Effect {
     Effect::NodeError { node: node.into(), message: format!("malformed {kind} message: {e}") }
 }
 
-/// A cluster context on a data dir of the test's own, with an embedded broker on a free port and
-/// a root that is never reached: for unit tests of the cluster's modules.
+/// A cluster configuration on a data dir of the test's own, with an embedded broker on a free
+/// port and a root that is never reached: for unit tests of the cluster's modules.
 #[cfg(test)]
-async fn test_ctx(dir: &std::path::Path) -> Arc<Ctx> {
-    let config = ClusterConfig {
+fn test_config(dir: &std::path::Path) -> ClusterConfig {
+    ClusterConfig {
         name: "c1".into(),
         location: String::new(),
         root_channel: "127.0.0.1:1".into(),
@@ -534,6 +542,11 @@ async fn test_ctx(dir: &std::path::Path) -> Arc<Ctx> {
         data_dir: dir.to_path_buf(),
         report_interval: Duration::from_secs(1),
         timing: Default::default(),
-    };
-    Cluster::open(config).await.unwrap().ctx
+    }
+}
+
+/// The context of a cluster opened on [`test_config`].
+#[cfg(test)]
+async fn test_ctx(dir: &std::path::Path) -> Arc<Ctx> {
+    Cluster::open(test_config(dir)).await.unwrap().ctx
 }

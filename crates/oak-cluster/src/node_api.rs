@@ -1,5 +1,6 @@
-//! The node API on port 10100: workers register here (`POST /api/node/register`, spec §5.2) and
-//! get their id and MQTT credentials. Also `/api/health` and Prometheus `/metrics`.
+//! The node API on port 10100 (HTTPS with the cluster's certificate, whose CA the node token
+//! pins): workers register here (`POST /api/node/register`, spec §5.2) and get their id and MQTT
+//! credentials. Also `/api/health` and Prometheus `/metrics`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +37,7 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed node registration: {e}")),
     };
-    if !credentials::matches(req.token.as_bytes(), &ctx.node_token_hash) {
+    if !credentials::matches(credentials::presented_secret(&req.token).as_bytes(), &ctx.node_token_hash) {
         return error(
             StatusCode::UNAUTHORIZED,
             format!(
@@ -117,9 +118,12 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
     ctx.state().register_node(record, Instant::now());
     // A reconnecting worker's old broker session used the old password: end it.
     ctx.bus.kick(&id);
+    let broker = ctx.bus.workers();
     Json(RegisterNodeResponse {
         id: id.clone(),
-        mqtt_broker_port: ctx.bus.worker_port().to_string(),
+        mqtt_broker_port: broker.port.to_string(),
+        mqtt_scheme: broker.scheme.to_string(),
+        mqtt_ca: broker.ca_pem.clone(),
         mqtt_host: ctx.config.mqtt_advertise.clone().unwrap_or_default(),
         mqtt_username: id,
         mqtt_password: secret,
@@ -153,6 +157,8 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
         st.placement.quantile(0.99) / 1e6,
         st.placement.len()
     ));
+    drop(st);
+    out.push_str(&ctx.tls_refusals.metrics());
     out
 }
 
@@ -192,7 +198,9 @@ mod tests {
     }
 
     async fn register(ctx: &Arc<Ctx>, id: &str, secret: &str, overlay: bool) -> (StatusCode, serde_json::Value) {
-        let token = credentials::node_token(&ctx.config.data_dir).unwrap();
+        // The worker sends the secret only; the whole token is accepted too.
+        let file = std::fs::read_to_string(ctx.config.data_dir.join(credentials::NODE_TOKEN_FILE)).unwrap();
+        let token = oak_tls::JoinToken::parse(&file, oak_tls::TokenKind::Node).unwrap().secret;
         let node = NodeInfo {
             id: id.into(),
             host: "w1".into(),
@@ -285,5 +293,67 @@ mod tests {
         // Unknown ids that were never forgotten are still accepted (a cluster that lost its data).
         let (s, v) = register(&ctx, "other-node", "secret", false).await;
         assert_eq!((s, v["id"].as_str()), (StatusCode::OK, Some("other-node")));
+    }
+
+    /// One HTTP/1.1 request over `stream`; the whole answer (the server closes).
+    async fn http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: cluster\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_node_api_is_https_only_and_garbage_does_not_stall_it() {
+        use oak_tls::tokio_rustls::TlsConnector;
+        use oak_tls::{pinned_client_config, Authority, CLUSTER_SERVER_NAME};
+        use tokio::net::TcpStream;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = crate::Cluster::open(crate::test_config(dir.path())).await.unwrap();
+        let (api, ctx) = (cluster.api_addr(), cluster.ctx.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(cluster.run(async move {
+            let _ = stopped.await;
+        }));
+        let file = std::fs::read_to_string(dir.path().join(credentials::NODE_TOKEN_FILE)).unwrap();
+        let token = oak_tls::JoinToken::parse(&file, oak_tls::TokenKind::Node).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join(crate::TLS_DIR).join("ca.pem")).unwrap();
+        assert_eq!(oak_tls::Fingerprint::of(&pem_der(&ca)), token.ca, "the token pins the cluster's CA");
+
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            silent.push(TcpStream::connect(api).await.unwrap());
+        }
+        let plain = http(TcpStream::connect(api).await.unwrap(), "/api/health").await;
+        assert!(!plain.contains("HTTP/1.1"), "plaintext HTTP was answered: {plain}");
+
+        let dial = |pin| async move {
+            let config = pinned_client_config(pin, CLUSTER_SERVER_NAME, None).unwrap();
+            let tcp = TcpStream::connect(api).await.unwrap();
+            TlsConnector::from(config).connect("192.0.2.9".try_into().unwrap(), tcp).await
+        };
+        let stranger = dial(Authority::generate("other").unwrap().fingerprint()).await;
+        assert!(stranger.is_err(), "a client pinning another CA completed the handshake");
+
+        let health = http(dial(token.ca).await.unwrap(), "/api/health").await;
+        assert!(health.starts_with("HTTP/1.1 200") && health.contains("ok"), "{health}");
+        let metrics = http(dial(token.ca).await.unwrap(), "/metrics").await;
+        for reason in ["not_tls", "client_alert"] {
+            let line = format!("oakestra_tls_refused_total{{listener=\"node_api\",reason=\"{reason}\"}} 1");
+            assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
+        }
+        assert!(ctx.tls_refusals.metrics().lines().count() >= 3);
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        use oak_tls::rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
     }
 }

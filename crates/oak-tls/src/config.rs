@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig};
@@ -69,6 +70,24 @@ pub fn pinned_client_config(
         Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
         None => builder.with_no_client_auth(),
     }))
+}
+
+/// A client config for a server outside Oakestra (an external MQTT broker) whose certificate
+/// chains to one of the CA certificates in `ca_pem` and names the host dialled; TLS 1.2 or 1.3.
+pub fn ca_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Invalid(format!("not a PEM certificate: {e}")))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Invalid("no CA certificate in the PEM text".into()));
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The certificate the peer presented (a client's, on a server connection), if any.

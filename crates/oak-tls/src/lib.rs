@@ -18,7 +18,7 @@ mod token;
 mod verifier;
 
 pub use authority::{to_pem, Authority, ClientKey, Identity};
-pub use config::{peer_certificate, pinned_client_config, provider, server_config, ClientAuth};
+pub use config::{ca_client_config, peer_certificate, pinned_client_config, provider, server_config, ClientAuth};
 pub use error::TlsError;
 pub use files::write_private;
 pub use fingerprint::Fingerprint;

@@ -193,6 +193,25 @@ async fn garbage_and_silent_clients_do_not_stall_the_listener() {
 }
 
 #[tokio::test]
+async fn a_ca_client_trusts_its_ca_for_the_name_dialled() {
+    let ca = Authority::generate("broker CA").unwrap();
+    let server = server_config(&ca.issue_server("broker.example", &["127.0.0.1".into()]).unwrap(), ClientAuth::None);
+    let (addr, _, _) = echo_server(server.unwrap()).await;
+    let config = ca_client_config(ca.cert_pem()).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = TlsConnector::from(config.clone());
+    let mut tls = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    tls.write_all(b"hi").await.unwrap();
+    // Another name than the certificate's is refused, as is a CA that did not sign it.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(connector.connect(ServerName::try_from("10.0.0.1").unwrap(), tcp).await.is_err());
+    let other = ca_client_config(Authority::generate("other").unwrap().cert_pem()).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(TlsConnector::from(other).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.is_err());
+    assert!(ca_client_config("garbage").is_err());
+}
+
+#[tokio::test]
 async fn refusals_get_short_labels() {
     assert_eq!(refusal_label("too many handshakes in progress"), "overloaded");
     assert_eq!(refusal_label("TLS handshake timed out"), "timeout");
