@@ -23,15 +23,15 @@ use crate::{identity, register, WorkerConfig, WorkerError};
 /// How long the engine may take to write its last state at shutdown.
 const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a worker is given rather than configured with: its runtimes, where its node
-/// description comes from, and the HTTP client to register with (shared between workers).
+/// What a worker is given rather than configured with: its runtimes and where its node
+/// description comes from. (The HTTPS client to register with is the worker's own: it trusts
+/// only the CA its join token pins.)
 #[derive(Clone)]
 pub struct WorkerDeps {
     /// One per virtualization; the first of several with the same name wins. May be empty: the
     /// worker then joins and reports, and answers every deploy with `FAILED`.
     pub runtimes: Vec<Arc<dyn Runtime>>,
     pub node_source: Arc<dyn NodeInfoSource>,
-    pub http: reqwest::Client,
 }
 
 /// Runs a worker until `shutdown` completes or a fatal error (e.g. the cluster refused the join
@@ -141,7 +141,7 @@ async fn stay_connected(
     let mut carry = Carry::default();
     let mut refused = Backoff::reconnect();
     loop {
-        let registering = register::register_with_retry(&deps.http, config, identity.as_ref(), || async {
+        let registering = register::register_with_retry(config, identity.as_ref(), || async {
             stamp.apply(deps.node_source.sample().await)
         });
         let registration = carry.draining(outbox, registering).await?;

@@ -18,7 +18,8 @@ pub struct WorkerConfig {
     /// Where the worker keeps its identity (`node.json`) and desired instances
     /// (`instances.json`); one directory per worker.
     pub data_dir: PathBuf,
-    /// The cluster's worker join token.
+    /// The cluster's worker join token (`oakn.v1.<CA SHA-256>.<secret>`): the CA fingerprint
+    /// decides whom the worker trusts, the secret is what it proves.
     pub join_token: String,
     /// Node name (`host`), what `direct` placement constraints match.
     pub node_name: String,
@@ -53,7 +54,14 @@ impl WorkerConfig {
         }
     }
 
+    /// The parsed join token; checked before anything else, so a token the worker cannot use to
+    /// verify its cluster never leaves the machine.
+    pub(crate) fn token(&self) -> Result<oak_tls::JoinToken, WorkerError> {
+        Ok(oak_tls::JoinToken::parse(&self.join_token, oak_tls::TokenKind::Node)?)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), WorkerError> {
+        self.token()?;
         let problem = if self.cluster_address.trim().is_empty() {
             "the cluster address is empty"
         } else if self.cluster_port == 0 {
@@ -92,7 +100,8 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        let config = WorkerConfig::new("10.0.0.1", "/tmp/w", "tok");
+        let token = oak_tls::JoinToken::generate(oak_tls::TokenKind::Node, oak_tls::Fingerprint::of(b"ca"));
+        let config = WorkerConfig::new("10.0.0.1", "/tmp/w", token.to_string());
         assert_eq!(config.cluster_port, 10100);
         assert_eq!(config.report_interval, Duration::from_secs(2));
         assert!(!config.node_name.is_empty());
@@ -101,8 +110,12 @@ mod tests {
         let mut bad = config.clone();
         bad.cluster_address = " ".into();
         assert_eq!(bad.validate().unwrap_err().to_string(), "invalid configuration: the cluster address is empty");
-        let mut bad = config;
+        let mut bad = config.clone();
         bad.report_interval = Duration::ZERO;
         assert!(bad.validate().is_err());
+        let mut legacy = config;
+        legacy.join_token = "oakn_0123456789abcdef0123456789abcdef0123456789abcdef".into();
+        let e = legacy.validate().unwrap_err();
+        assert!(matches!(e, WorkerError::Token(_)) && e.to_string().contains("no CA fingerprint"), "{e}");
     }
 }

@@ -8,6 +8,13 @@ use thiserror::Error;
 pub enum WorkerError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The join token is unusable (malformed, or a legacy one without the CA fingerprint).
+    #[error("{0}")]
+    Token(#[from] oak_tls::TokenError),
+    /// The server at the cluster address did not prove it holds the CA the token pins: it is not
+    /// the cluster that issued the token (or the cluster's CA was re-created). Nothing was sent.
+    #[error("{0}")]
+    UntrustedCluster(String),
     /// The cluster answered 401/403 to the registration: the join token is wrong or revoked.
     #[error("cluster refused the join token: {0}")]
     TokenRefused(String),

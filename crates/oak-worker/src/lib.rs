@@ -1,11 +1,12 @@
 //! The worker tier (NodeEngine) as a library.
 //!
-//! A worker registers with its cluster over HTTP (`POST /api/node/register`), then talks MQTT
-//! only: it receives `control/deploy` and `control/delete` commands, runs instances through its
-//! [`oak_runtime::Runtime`]s, reports state changes on `job` and, every report interval, its
-//! instances' usage on `jobs/resources` and its own description on `information` (spec §5, §7).
+//! A worker registers with its cluster over HTTPS (`POST /api/node/register`, trusting only the
+//! CA its join token pins), then talks MQTT (over TLS) only: it receives `control/deploy` and
+//! `control/delete` commands, runs instances through its [`oak_runtime::Runtime`]s, reports
+//! state changes on `job` and, every report interval, its instances' usage on `jobs/resources`
+//! and its own description on `information` (spec §5, §7).
 //!
-//! Module map: `agent` (run, task wiring), `register` (HTTP join), `identity` and `desired`
+//! Module map: `agent` (run, task wiring), `register` (HTTPS join), `identity` and `desired`
 //! (state files), `session` (MQTT), `engine` (instance state machine), `commands` (payload
 //! decoding), `reporter` (periodic reports), `reports` (messages), `host_info` (the machine),
 //! `net` (the overlay network: plumbing, data path, the runtime decorator).

@@ -1,10 +1,17 @@
-//! Joining the cluster: `POST /api/node/register` (spec §5.2) with the join token and, when the
-//! worker has been here before, its old id and secret, so it keeps its identity.
+//! Joining the cluster: `POST /api/node/register` (spec §5.2) with the join token's secret and,
+//! when the worker has been here before, its old id and secret, so it keeps its identity.
+//!
+//! Over HTTPS only, trusting exactly the CA the join token pins (whatever address was dialled):
+//! the secret and the MQTT password that comes back cross the wire encrypted, and only to the
+//! cluster that issued the token. A server that cannot prove it is a fatal error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
 use oak_api::ErrorBody;
+use oak_tls::rustls::ClientConfig;
+use oak_tls::{Fingerprint, JoinToken};
 
 use crate::backoff::Backoff;
 use crate::identity::NodeIdentity;
@@ -13,12 +20,24 @@ use crate::{WorkerConfig, WorkerError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and as whom to connect to the cluster's broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct MqttEndpoint {
     pub host: String,
     pub port: u16,
     pub username: String,
     pub password: String,
+    /// `None`: plaintext (an external broker the cluster was configured with so).
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// An HTTPS client that trusts only the cluster CA with fingerprint `ca`.
+pub(crate) fn https_client(ca: Fingerprint) -> Result<reqwest::Client, WorkerError> {
+    let tls = oak_tls::pinned_client_config(ca, oak_tls::CLUSTER_SERVER_NAME, None)
+        .map_err(|e| WorkerError::Config(format!("TLS client: {e}")))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(ClientConfig::clone(&tls))
+        .build()
+        .map_err(|e| WorkerError::Config(format!("HTTPS client: {e}")))
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +65,6 @@ pub(crate) enum AttemptError {
 /// the stored identity, registers as a new node instead of giving up. `info` is called before
 /// every attempt so the cluster gets a current description.
 pub(crate) async fn register_with_retry<F, Fut>(
-    http: &reqwest::Client,
     config: &WorkerConfig,
     previous: Option<&NodeIdentity>,
     mut info: F,
@@ -55,10 +73,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = NodeInfo>,
 {
+    let token = config.token()?;
+    let http = https_client(token.ca)?;
     let mut backoff = Backoff::reconnect();
     let mut previous = previous;
     loop {
-        match register_once(http, config, previous, info().await).await {
+        match register_once(&http, config, &token, previous, info().await).await {
             Ok(registration) => return Ok(registration),
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(AttemptError::IdRefused(reason)) => {
@@ -77,6 +97,7 @@ where
 pub(crate) async fn register_once(
     http: &reqwest::Client,
     config: &WorkerConfig,
+    token: &JoinToken,
     previous: Option<&NodeIdentity>,
     mut node: NodeInfo,
 ) -> Result<Registration, AttemptError> {
@@ -84,17 +105,19 @@ pub(crate) async fn register_once(
     let node_ip = node.ip.clone();
     let body = RegisterNodeRequest {
         node,
-        token: config.join_token.clone(),
+        token: token.secret.clone(),
         node_secret: previous.map(|p| p.node_secret.clone()).unwrap_or_default(),
     };
-    let url = format!("http://{}:{}/api/node/register", url_host(&config.cluster_address), config.cluster_port);
-    let response = http
-        .post(&url)
-        .timeout(REQUEST_TIMEOUT)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| AttemptError::Transient(format!("cannot reach {url}: {}", error_chain(&e))))?;
+    let url = format!("https://{}:{}/api/node/register", url_host(&config.cluster_address), config.cluster_port);
+    let response = http.post(&url).timeout(REQUEST_TIMEOUT).json(&body).send().await.map_err(|e| {
+        if let Some(why) = untrusted(&e) {
+            return AttemptError::Fatal(WorkerError::UntrustedCluster(format!(
+                "{url} is not the cluster that issued the join token ({why}); the token was not sent: \
+                 check the address, or get the cluster's current token (<cluster data>/node-token)"
+            )));
+        }
+        AttemptError::Transient(format!("cannot reach {url}: {}", error_chain(&e)))
+    })?;
     let status = response.status();
     let text = response.text().await.map_err(|e| AttemptError::Transient(format!("reading the answer: {e}")))?;
     if !status.is_success() {
@@ -109,12 +132,12 @@ pub(crate) async fn register_once(
     }
     let answer: RegisterNodeResponse =
         serde_json::from_str(&text).map_err(|e| AttemptError::Fatal(WorkerError::BadRegistration(e.to_string())))?;
-    let mut registration = interpret(config, answer).map_err(AttemptError::Fatal)?;
+    let mut registration = interpret(config, token, answer).map_err(AttemptError::Fatal)?;
     registration.node_ip = node_ip;
     Ok(registration)
 }
 
-fn interpret(config: &WorkerConfig, answer: RegisterNodeResponse) -> Result<Registration, WorkerError> {
+fn interpret(config: &WorkerConfig, token: &JoinToken, answer: RegisterNodeResponse) -> Result<Registration, WorkerError> {
     if answer.id.trim().is_empty() {
         return Err(WorkerError::BadRegistration("the node id is empty".into()));
     }
@@ -126,9 +149,23 @@ fn interpret(config: &WorkerConfig, answer: RegisterNodeResponse) -> Result<Regi
         (_, "") => config.cluster_address.clone(),
         (_, host) => host.to_string(),
     };
+    let bad = |what: String| WorkerError::BadRegistration(what);
+    let tls = match (answer.mqtt_scheme.trim(), answer.mqtt_ca.trim()) {
+        ("" | "mqtts", "") => Some(
+            oak_tls::pinned_client_config(token.ca, oak_tls::CLUSTER_SERVER_NAME, None)
+                .map_err(|e| bad(format!("broker TLS: {e}")))?,
+        ),
+        ("" | "mqtts", ca) => Some(oak_tls::ca_client_config(ca).map_err(|e| bad(format!("mqtt_ca: {e}")))?),
+        ("mqtt", _) => {
+            tracing::warn!(broker = %format!("{host}:{port}"),
+                "the cluster's MQTT broker is plaintext: this node's credentials and commands cross the network unencrypted");
+            None
+        }
+        (other, _) => return Err(bad(format!("unknown mqtt_scheme {other:?}"))),
+    };
     Ok(Registration {
         identity: NodeIdentity { id: answer.id, node_secret: answer.mqtt_password.clone() },
-        mqtt: MqttEndpoint { host, port, username: answer.mqtt_username, password: answer.mqtt_password },
+        mqtt: MqttEndpoint { host, port, username: answer.mqtt_username, password: answer.mqtt_password, tls },
         node_ip: String::new(),
         subnet: answer.subnet,
     })
@@ -144,6 +181,26 @@ fn server_message(text: &str, status: reqwest::StatusCode) -> String {
         return status.canonical_reason().unwrap_or("no message").to_lowercase();
     }
     text.chars().take(300).collect()
+}
+
+/// Why the server's certificate was not accepted, if that is why the request failed (the TLS
+/// error sits inside I/O errors inside the connector's error).
+fn untrusted(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use oak_tls::rustls::Error as Tls;
+    let mut current = Some(e);
+    while let Some(e) = current {
+        if let Some(tls @ (Tls::InvalidCertificate(_) | Tls::General(_) | Tls::NoCertificatesPresented)) =
+            e.downcast_ref::<Tls>()
+        {
+            return Some(tls.to_string());
+        }
+        // An I/O error's `source` skips the error it wraps; `get_ref` does not.
+        current = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -178,30 +235,57 @@ mod tests {
             mqtt_username: "n1".into(),
             mqtt_password: "pw".into(),
             subnet: String::new(),
+            mqtt_scheme: String::new(),
+            mqtt_ca: String::new(),
         }
+    }
+
+    fn token() -> JoinToken {
+        JoinToken::generate(oak_tls::TokenKind::Node, Fingerprint::of(b"cluster ca"))
     }
 
     #[test]
     fn broker_host_precedence() {
-        let mut config = WorkerConfig::new("cluster.example", "/tmp/x", "t");
-        let reg = interpret(&config, answer("", "10003")).unwrap();
+        let t = token();
+        let mut config = WorkerConfig::new("cluster.example", "/tmp/x", t.to_string());
+        let reg = interpret(&config, &t, answer("", "10003")).unwrap();
         assert_eq!((reg.mqtt.host.as_str(), reg.mqtt.port), ("cluster.example", 10003));
         assert_eq!(reg.identity, NodeIdentity { id: "n1".into(), node_secret: "pw".into() });
-        assert_eq!(interpret(&config, answer("broker.example", "1")).unwrap().mqtt.host, "broker.example");
+        assert_eq!(interpret(&config, &t, answer("broker.example", "1")).unwrap().mqtt.host, "broker.example");
         config.mqtt_host = Some("override".into());
-        assert_eq!(interpret(&config, answer("broker.example", "1")).unwrap().mqtt.host, "override");
+        assert_eq!(interpret(&config, &t, answer("broker.example", "1")).unwrap().mqtt.host, "override");
+    }
+
+    #[test]
+    fn the_broker_is_tls_unless_the_cluster_says_plaintext() {
+        let t = token();
+        let config = WorkerConfig::new("c", "/tmp/x", t.to_string());
+        assert!(interpret(&config, &t, answer("", "1")).unwrap().mqtt.tls.is_some(), "absent scheme: TLS");
+        let mut a = answer("", "1");
+        a.mqtt_scheme = "mqtt".into();
+        assert!(interpret(&config, &t, a).unwrap().mqtt.tls.is_none());
+        let mut a = answer("", "1");
+        a.mqtt_scheme = "mqtts".into();
+        a.mqtt_ca = oak_tls::Authority::generate("broker CA").unwrap().cert_pem().to_string();
+        assert!(interpret(&config, &t, a).unwrap().mqtt.tls.is_some());
+        for (scheme, ca) in [("mqtts", "not pem"), ("ws", "")] {
+            let mut a = answer("", "1");
+            (a.mqtt_scheme, a.mqtt_ca) = (scheme.into(), ca.into());
+            assert!(matches!(interpret(&config, &t, a), Err(WorkerError::BadRegistration(_))), "{scheme} {ca}");
+        }
     }
 
     #[test]
     fn bad_answers() {
-        let config = WorkerConfig::new("c", "/tmp/x", "t");
+        let t = token();
+        let config = WorkerConfig::new("c", "/tmp/x", t.to_string());
         for port in ["", "0", "x", "70000"] {
-            assert!(interpret(&config, answer("", port)).is_err(), "{port}");
+            assert!(interpret(&config, &t, answer("", port)).is_err(), "{port}");
         }
         let mut a = answer("", "1");
         a.id.clear();
         assert_eq!(
-            interpret(&config, a).unwrap_err().to_string(),
+            interpret(&config, &t, a).unwrap_err().to_string(),
             "cluster sent an invalid registration answer: the node id is empty"
         );
     }

@@ -1,4 +1,6 @@
-//! One MQTT connection to the cluster's broker, with the credentials of one registration.
+//! One MQTT connection to the cluster's broker, with the credentials of one registration, over
+//! TLS (the embedded broker: the CA the join token pins; an external one: the CA the cluster
+//! named) unless the cluster said its broker is plaintext.
 //!
 //! The rumqttc event loop runs in its own task (it must be polled continuously and must not be
 //! cancelled mid-packet); this task subscribes on every (re)connect, hands control messages to
@@ -13,7 +15,10 @@ use std::sync::Arc;
 
 use oak_api::net::topic as net_topic;
 use oak_api::node::topic;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -113,6 +118,9 @@ pub(crate) async fn run(
         // The broker keeps QoS 1 commands sent while the worker was away.
         .set_clean_session(false)
         .set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
+    if let Some(tls) = &endpoint.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let _pump = AbortOnDrop(tokio::spawn(pump(eventloop, events_tx).in_current_span()));

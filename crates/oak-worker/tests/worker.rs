@@ -103,7 +103,8 @@ async fn registers_and_reuses_the_persisted_id() {
 async fn a_wrong_token_is_a_fatal_error_naming_the_token() {
     let Some(cluster) = FakeCluster::start().await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let worker = RunningWorker::start(cluster.config(dir.path(), "wrong"), vec![Arc::new(FakeRuntime::new("docker"))]);
+    let wrong = "f".repeat(32);
+    let worker = RunningWorker::start(cluster.config(dir.path(), &wrong), vec![Arc::new(FakeRuntime::new("docker"))]);
     let err = worker.finished().await.unwrap_err();
     assert!(matches!(err, WorkerError::TokenRefused(_)), "{err:?}");
     assert_eq!(err.to_string(), "cluster refused the join token: invalid join token");

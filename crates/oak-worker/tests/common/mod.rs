@@ -1,5 +1,7 @@
-//! An in-test cluster for one worker: an axum node API for `/api/node/register`, a real MQTT
-//! broker (Debian's mosquitto) and an MQTT observer that records everything under `nodes/`.
+//! An in-test cluster for one worker: an axum node API for `/api/node/register` over HTTPS with a
+//! CA of its own, a real MQTT broker (Debian's mosquitto, plaintext: the fake cluster tells the
+//! worker so, as a cluster with an external `mqtt://` broker does) and an MQTT observer that
+//! records everything under `nodes/`.
 
 #![allow(dead_code)]
 
@@ -25,7 +27,8 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-pub const TOKEN: &str = "join-token-for-tests";
+/// The secret of the fake cluster's join token (what the worker sends and the cluster checks).
+pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// Generous: tests wait for things to happen, they never time them.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -158,6 +161,7 @@ pub struct ClusterState {
 
 pub struct FakeCluster {
     pub http: SocketAddr,
+    pub ca: oak_tls::Authority,
     pub broker: Arc<Broker>,
     pub state: Arc<Mutex<ClusterState>>,
     pub observer: Observer,
@@ -186,17 +190,26 @@ impl FakeCluster {
         let app = Router::new()
             .route("/api/node/register", post(register))
             .with_state(AppState { cluster: state.clone(), broker: broker.clone() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind node API");
-        let http = listener.local_addr().expect("addr");
+        let ca = oak_tls::Authority::generate("fake cluster CA").expect("CA");
+        let identity = ca.issue_server(oak_tls::CLUSTER_SERVER_NAME, &[]).expect("server certificate");
+        let tls = oak_tls::server_config(&identity, oak_tls::ClientAuth::None).expect("TLS config");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind node API");
+        let listener = oak_tls::TlsListener::new(tcp, tls, Arc::new(|_, _| {})).expect("TLS listener");
+        let http = listener.local_addr();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve node API");
         });
         let observer = Observer::connect(broker.port).await;
-        Some(FakeCluster { http, broker, state, observer, server })
+        Some(FakeCluster { http, ca, broker, state, observer, server })
     }
 
-    pub fn config(&self, data_dir: &Path, token: &str) -> WorkerConfig {
-        let mut config = WorkerConfig::new("127.0.0.1", data_dir, token);
+    /// A join token of this cluster with `secret`.
+    pub fn token(&self, secret: &str) -> String {
+        format!("oakn.v1.{}.{secret}", self.ca.fingerprint())
+    }
+
+    pub fn config(&self, data_dir: &Path, secret: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new("127.0.0.1", data_dir, self.token(secret));
         config.cluster_port = self.http.port();
         config.node_name = "worker-a".into();
         config.report_interval = Duration::from_millis(200);
@@ -248,6 +261,8 @@ async fn register(State(app): State<AppState>, Json(req): Json<RegisterNodeReque
             mqtt_username: id,
             mqtt_password: password,
             subnet: String::new(),
+            mqtt_scheme: "mqtt".into(),
+            mqtt_ca: String::new(),
         };
         cluster.answers.push(answer.clone());
         answer
@@ -438,7 +453,6 @@ impl RunningWorker {
         let deps = WorkerDeps {
             runtimes: runtimes.into_iter().map(|r| r as Arc<dyn oak_runtime::Runtime>).collect(),
             node_source: Arc::new(FixedInfo),
-            http: reqwest::Client::new(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(oak_worker::run(config, deps, async move {
@@ -488,4 +502,13 @@ pub fn deploy_cmd(job: &str, instance: u32, image: &str, virtualization: &str, o
 
 pub fn delete_cmd(job: &str, instance: u32) -> Value {
     json!({"job_name": job, "virtualization": "docker", "instance_number": instance})
+}
+
+/// Waits (up to [`WAIT`]) until `check` holds.
+pub async fn eventually_sync(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
