@@ -440,13 +440,18 @@ async fn execute(
         let log = layout.run_dir.join(format!("cluster-{name}.log"));
         children.spawn(&format!("cluster {name}"), Kind::Cluster, oakestra, &args, &log)?;
     }
+    // A cluster's node API is HTTPS with its own CA, which its node token pins.
+    let mut cluster_http = Vec::new();
     for (i, (api, _)) in layout.cluster_ports.iter().enumerate() {
-        let url = format!("http://127.0.0.1:{api}/api/health");
+        let url = format!("https://127.0.0.1:{api}/api/health");
         let node_token = layout.cluster_dir(i).join("node-token");
-        wait_for(children, &format!("cluster {} to answer", cluster_name(i)), Duration::from_secs(60), || async {
-            (healthy(&http, &url).await && node_token.is_file()).then_some(())
+        let what = format!("cluster {} to answer", cluster_name(i));
+        let cluster = wait_for(children, &what, Duration::from_secs(60), || async {
+            let client = cluster_client(&node_token)?;
+            healthy(&client, &url).await.then_some(client)
         })
         .await?;
+        cluster_http.push(cluster);
     }
     progress(started, format!("{} clusters up", params.clusters));
 
@@ -576,16 +581,19 @@ async fn execute(
     // ---- measured phase ----
     let cpu_before = usage_by_process(children);
     progress(started, format!("requesting {} instances ({} in flight)", params.instances, params.concurrency));
-    let cluster_metrics: Vec<String> =
-        layout.cluster_ports.iter().map(|(api, _)| format!("http://127.0.0.1:{api}/metrics")).collect();
-    let measured = measure(params, children, &http, &cluster_metrics, &client, &app.id, service_ids.clone()).await?;
+    let cluster_metrics_urls: Vec<(reqwest::Client, String)> = (layout.cluster_ports.iter())
+        .zip(&cluster_http)
+        .map(|((api, _), client)| (client.clone(), format!("https://127.0.0.1:{api}/metrics")))
+        .collect();
+    let measured =
+        measure(params, children, &cluster_metrics_urls, &client, &app.id, service_ids.clone()).await?;
     let cpu_after = usage_by_process(children);
 
     // ---- after: metrics and memory ----
     let root_metrics = scrape_placement(&http, &format!("{}/metrics", layout.root_url())).await;
     let mut cluster_metrics = Vec::new();
-    for (i, (api, _)) in layout.cluster_ports.iter().enumerate() {
-        let m = scrape_placement(&http, &format!("http://127.0.0.1:{api}/metrics")).await;
+    for (i, (client, url)) in cluster_metrics_urls.iter().enumerate() {
+        let m = scrape_placement(client, url).await;
         cluster_metrics.push((cluster_name(i), m));
     }
     let bench_usage = procs::usage(std::process::id()).unwrap_or_default();
@@ -649,6 +657,12 @@ async fn login(url: &str) -> anyhow::Result<Client> {
     let client = Client::new(url);
     let tokens = client.login("Admin", "Admin", None).await.context("logging in as Admin/Admin")?;
     Ok(client.with_token(tokens.token))
+}
+
+/// A client of a cluster's node API, once its node token exists (it pins the cluster's CA).
+fn cluster_client(node_token: &std::path::Path) -> Option<reqwest::Client> {
+    let token = std::fs::read_to_string(node_token).ok()?;
+    oak_worker::cluster_client_builder(&token).ok()?.timeout(Duration::from_secs(5)).build().ok()
 }
 
 async fn healthy(http: &reqwest::Client, url: &str) -> bool {
@@ -758,9 +772,9 @@ struct ClusterPoll {
     running: Option<usize>,
 }
 
-async fn running_at_clusters(http: &reqwest::Client, urls: &[String]) -> Option<usize> {
+async fn running_at_clusters(urls: &[(reqwest::Client, String)]) -> Option<usize> {
     let mut sum = 0;
-    for url in urls {
+    for (http, url) in urls {
         let response = http.get(url).send().await.ok().filter(|r| r.status().is_success())?;
         let text = response.text().await.ok()?;
         sum += text
@@ -798,8 +812,7 @@ fn wall_now() -> f64 {
 async fn measure(
     params: &Params,
     children: &mut Children,
-    http: &reqwest::Client,
-    cluster_metrics: &[String],
+    cluster_metrics: &[(reqwest::Client, String)],
     client: &Client,
     app_id: &str,
     service_ids: Arc<Vec<String>>,
@@ -861,7 +874,7 @@ async fn measure(
         // The clusters' counts are cheap to read; the root's full listing is not (it holds the
         // root's store while it reads every instance), so the root is polled rarely until the
         // clusters say every instance runs.
-        let at_clusters = running_at_clusters(http, cluster_metrics).await;
+        let at_clusters = running_at_clusters(cluster_metrics).await;
         cluster_polls.push(ClusterPoll { t_s: t0.elapsed().as_secs_f64(), running: at_clusters });
         let all_at_clusters = requests_done_s.is_some() && at_clusters.is_some_and(|r| r >= accepted);
         if all_at_clusters || Instant::now() >= next_root_poll {

@@ -94,7 +94,6 @@ pub fn main(args: WorkersArgs) -> anyhow::Result<ExitCode> {
 async fn run(args: WorkersArgs, token: String) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data_root).with_context(|| format!("cannot create {}", args.data_root.display()))?;
     let source: Arc<dyn NodeInfoSource> = Arc::new(FixedNode::new(args.vcpus, args.memory_mb));
-    let http = reqwest::Client::builder().pool_max_idle_per_host(4).build().context("HTTP client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = JoinSet::new();
     let interval = Duration::from_secs_f64(args.start_interval_ms.max(0.0) / 1000.0);
@@ -110,7 +109,6 @@ async fn run(args: WorkersArgs, token: String) -> anyhow::Result<ExitCode> {
         let deps = WorkerDeps {
             runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
             node_source: source.clone(),
-            http: http.clone(),
         };
         let mut stop = stop_rx.clone();
         workers.spawn(async move {

@@ -32,3 +32,4 @@ pub use config::{default_node_name, WorkerConfig, DEFAULT_CLUSTER_PORT, DEFAULT_
 pub use error::WorkerError;
 pub use host_info::{HostInfo, NodeInfoSource};
 pub use net::{OverlayConfig, DEFAULT_ADDRESS_CHECK, DEFAULT_TUNNEL_PORT};
+pub use register::cluster_client_builder;

@@ -32,12 +32,20 @@ pub(crate) struct MqttEndpoint {
 
 /// An HTTPS client that trusts only the cluster CA with fingerprint `ca`.
 pub(crate) fn https_client(ca: Fingerprint) -> Result<reqwest::Client, WorkerError> {
+    pinned_builder(ca)?.build().map_err(|e| WorkerError::Config(format!("HTTPS client: {e}")))
+}
+
+fn pinned_builder(ca: Fingerprint) -> Result<reqwest::ClientBuilder, WorkerError> {
     let tls = oak_tls::pinned_client_config(ca, oak_tls::CLUSTER_SERVER_NAME, None)
         .map_err(|e| WorkerError::Config(format!("TLS client: {e}")))?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls(ClientConfig::clone(&tls))
-        .build()
-        .map_err(|e| WorkerError::Config(format!("HTTPS client: {e}")))
+    Ok(reqwest::Client::builder().use_preconfigured_tls(ClientConfig::clone(&tls)))
+}
+
+/// A client builder for the node API (`https://<cluster>:10100`) of the cluster that issued
+/// `token` (`oakn.v1.…`), trusting only that cluster's CA: for tools and tests that talk to a
+/// cluster as its workers do (health checks, `/metrics`).
+pub fn cluster_client_builder(token: &str) -> Result<reqwest::ClientBuilder, WorkerError> {
+    pinned_builder(oak_tls::JoinToken::parse(token, oak_tls::TokenKind::Node)?.ca)
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! The cluster's MQTT side for real: against Debian's Mosquitto as an external broker, and the
-//! embedded broker's per-node topic isolation with credentials handed out at registration.
+//! The cluster's MQTT side for real: against Debian's Mosquitto as an external broker (plaintext
+//! and over TLS), and the embedded broker's TLS and per-node topic isolation with credentials
+//! handed out at registration.
 
 mod common;
 
@@ -8,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    admin_client, embedded, eventually, one_cluster_with_one_worker, start_cluster, start_root, start_worker,
+    admin_client, broker_tls, cluster_http, embedded, eventually, node_token, one_cluster_with_one_worker,
+    start_cluster, start_root, start_worker, ClusterHandle,
 };
 use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode, Transport};
 use serde_json::Value;
 
 const NGINX: &str = include_str!("../../../examples/sla/nginx.json");
@@ -29,14 +31,32 @@ impl Drop for Mosquitto {
     }
 }
 
-fn mosquitto(dir: &Path) -> Option<Mosquitto> {
+/// Mosquitto, plaintext or (with `tls`, the CA that signs its certificate) over TLS.
+fn mosquitto(dir: &Path, tls: Option<&oak_tls::Authority>) -> Option<Mosquitto> {
     if !oak_e2e::can_run("cluster with Mosquitto", &[oak_e2e::Need::Tool("mosquitto")]) {
         return None;
     }
     let bin = oak_e2e::which("mosquitto").expect("checked by can_run");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+    let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
+    if let Some(ca) = tls {
+        // The name workers and the cluster dial; the broker's certificate must carry it.
+        let identity = ca.issue_server("mosquitto.test", &["127.0.0.1".into()]).unwrap();
+        let (chain, key) = identity.to_pem();
+        let file = |name: &str, content: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            path.display().to_string()
+        };
+        text.push_str(&format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            file("broker-ca.pem", ca.cert_pem()),
+            file("broker.pem", &chain),
+            file("broker-key.pem", &key)
+        ));
+    }
+    std::fs::write(&conf, text).unwrap();
     let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Owned from here on: dropping it kills and reaps the broker.
     let broker = Mosquitto { child, port };
@@ -52,12 +72,38 @@ fn mosquitto(dir: &Path) -> Option<Mosquitto> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_on_an_external_mosquitto_broker() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(broker) = mosquitto(tmp.path()) else { return };
-    let (url, channel, _root) = start_root(&tmp.path().join("root")).await;
-    let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
-    let mode = oak_cluster::MqttMode::External { url: format!("mqtt://127.0.0.1:{}", broker.port) };
-    let cluster = start_cluster("edge", &tmp.path().join("edge"), channel, token.trim(), mode).await;
-    let worker = start_worker("w1", &cluster, &tmp.path().join("w1"), None);
+    let Some(broker) = mosquitto(tmp.path(), None) else { return };
+    let mode = oak_cluster::MqttMode::External { url: format!("mqtt://127.0.0.1:{}", broker.port), ca: None };
+    let cluster = an_instance_runs_through(tmp.path(), mode).await;
+    let _ = cluster.stop.send(true);
+    let _ = cluster.task.await;
+}
+
+/// `mqtts://` with `--mqtt-ca`: the cluster and its worker reach Mosquitto over TLS, the worker
+/// with the CA the cluster handed it at registration (over HTTPS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_on_an_external_mosquitto_broker_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = oak_tls::Authority::generate("broker CA").unwrap();
+    let Some(broker) = mosquitto(tmp.path(), Some(&ca)) else { return };
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let mode = oak_cluster::MqttMode::External { url, ca: Some(tmp.path().join("broker-ca.pem")) };
+    let cluster = an_instance_runs_through(tmp.path(), mode).await;
+    // A plaintext client gets nowhere with a TLS-only Mosquitto.
+    let answer = register(&cluster, &node_token(&cluster), "probe").await;
+    assert_eq!((answer.mqtt_scheme.as_str(), answer.mqtt_ca.as_str()), ("mqtts", ca.cert_pem()));
+    let (_, _, ok) = connect(broker.port, &answer, &answer.mqtt_password, Transport::Tcp).await;
+    assert!(!ok, "plaintext MQTT reached a TLS listener");
+    let _ = cluster.stop.send(true);
+    let _ = cluster.task.await;
+}
+
+/// A root, a cluster on `mode` and a worker; one nginx instance runs. Returns the cluster.
+async fn an_instance_runs_through(dir: &Path, mode: oak_cluster::MqttMode) -> ClusterHandle {
+    let (url, channel, _root) = start_root(&dir.join("root")).await;
+    let token = std::fs::read_to_string(dir.join("root/cluster-token")).unwrap();
+    let cluster = start_cluster("edge", &dir.join("edge"), channel, token.trim(), mode).await;
+    let worker = start_worker("w1", &cluster, &dir.join("w1"), None);
 
     let client = admin_client(&url).await;
     one_cluster_with_one_worker(&client).await;
@@ -72,25 +118,31 @@ async fn cluster_on_an_external_mosquitto_broker() {
     .await;
     assert!(s.instance_list[0].worker_id.is_some());
     let _ = worker.stop.send(true);
-    let _ = cluster.stop.send(true);
-    let _ = cluster.task.await;
+    cluster
 }
 
-async fn register(api: std::net::SocketAddr, token: &str, name: &str) -> RegisterNodeResponse {
+async fn register(cluster: &ClusterHandle, token: &str, name: &str) -> RegisterNodeResponse {
     let req = RegisterNodeRequest {
         node: NodeInfo { host: name.into(), vcpus: 1, memory: 100, ..Default::default() },
         token: token.into(),
         node_secret: String::new(),
     };
-    let resp = reqwest::Client::new().post(format!("http://{api}/api/node/register")).json(&req).send().await.unwrap();
+    let url = format!("https://{}/api/node/register", cluster.api);
+    let resp = cluster_http(cluster).post(url).json(&req).send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
     resp.json().await.unwrap()
 }
 
 /// Connects as a node; returns the client and its event loop after the CONNACK.
-async fn connect(port: u16, creds: &RegisterNodeResponse, password: &str) -> (AsyncClient, rumqttc::EventLoop, bool) {
+async fn connect(
+    port: u16,
+    creds: &RegisterNodeResponse,
+    password: &str,
+    transport: Transport,
+) -> (AsyncClient, rumqttc::EventLoop, bool) {
     let mut options = MqttOptions::new(format!("{}-test", creds.id), "127.0.0.1", port);
     options.set_credentials(creds.mqtt_username.clone(), password.to_string());
+    options.set_transport(transport);
     let (client, mut events) = AsyncClient::new(options, 16);
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.poll()).await.unwrap() {
@@ -107,17 +159,19 @@ async fn a_worker_cannot_use_another_nodes_topics() {
     let (_url, channel, _root) = start_root(&tmp.path().join("root")).await;
     let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
     let cluster = start_cluster("c", &tmp.path().join("c"), channel, token.trim(), embedded()).await;
-    let node_token = std::fs::read_to_string(tmp.path().join("c/node-token")).unwrap();
-    let a = register(cluster.api, node_token.trim(), "a").await;
-    let b = register(cluster.api, node_token.trim(), "b").await;
+    let a = register(&cluster, &node_token(&cluster), "a").await;
+    let b = register(&cluster, &node_token(&cluster), "b").await;
     assert_ne!(a.id, b.id);
+    assert_eq!((a.mqtt_scheme.as_str(), a.mqtt_ca.as_str()), ("mqtts", ""), "the embedded broker: TLS, the cluster's CA");
     let port: u16 = a.mqtt_broker_port.parse().unwrap();
 
-    // A wrong password is refused at CONNECT.
-    let (_, _, ok) = connect(port, &a, "not-the-password").await;
+    // Plaintext MQTT is refused even with valid credentials, and a wrong password at CONNECT.
+    let (_, _, ok) = connect(port, &a, &a.mqtt_password, Transport::Tcp).await;
+    assert!(!ok, "plaintext MQTT must be refused");
+    let (_, _, ok) = connect(port, &a, "not-the-password", broker_tls(&cluster)).await;
     assert!(!ok, "a wrong password must be refused");
 
-    let (client, mut events, ok) = connect(port, &a, &a.mqtt_password).await;
+    let (client, mut events, ok) = connect(port, &a, &a.mqtt_password, broker_tls(&cluster)).await;
     assert!(ok);
     client.subscribe(format!("nodes/{}/control/deploy", a.id), QoS::AtLeastOnce).await.unwrap();
     client.subscribe(format!("nodes/{}/control/deploy", b.id), QoS::AtLeastOnce).await.unwrap();

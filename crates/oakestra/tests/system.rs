@@ -59,10 +59,14 @@ async fn root_two_clusters_four_workers() {
     let c1 = start_cluster("c1", &tmp.path().join("c1"), channel, token, embedded()).await;
     let c2 = start_cluster("c2", &tmp.path().join("c2"), channel, token, embedded()).await;
 
-    // A worker with a wrong token is refused with a clear error.
-    let intruder = start_worker("w-bad", &c1, &tmp.path().join("w-bad"), Some("oakn_nope".into()));
+    // A worker with a wrong token (c1's CA, another secret) is refused with a clear error.
+    let token = common::node_token(&c1);
+    let (pinned, _secret) = token.rsplit_once('.').unwrap();
+    let wrong = format!("{pinned}.{}", "0".repeat(48));
+    let intruder = start_worker("w-bad", &c1, &tmp.path().join("w-bad"), Some(wrong));
     let err = tokio::time::timeout(Duration::from_secs(20), intruder.task).await.unwrap().unwrap().unwrap_err();
-    assert!(err.to_string().contains("token"), "{err}");
+    assert!(matches!(err, oak_worker::WorkerError::TokenRefused(_)), "{err}");
+    assert!(err.to_string().contains("join token is not valid for cluster \"c1\""), "{err}");
 
     let mut workers = vec![
         start_worker("w1", &c1, &tmp.path().join("w1"), None),
@@ -235,7 +239,7 @@ async fn root_two_clusters_four_workers() {
 }
 
 async fn register(cluster: &common::ClusterHandle, id: &str, secret: &str) -> RegisterNodeResponse {
-    let token = std::fs::read_to_string(cluster.dir.join("node-token")).unwrap();
+    let token = common::node_token(cluster);
     let overlay = OverlayInfo { public_addr: "192.0.2.8".into(), tunnel_port: 50103, ..Default::default() };
     let node = NodeInfo {
         id: id.into(),
@@ -244,9 +248,9 @@ async fn register(cluster: &common::ClusterHandle, id: &str, secret: &str) -> Re
         overlay: Some(overlay),
         ..Default::default()
     };
-    let req = RegisterNodeRequest { node, token: token.trim().into(), node_secret: secret.into() };
-    let url = format!("http://{}/api/node/register", cluster.api);
-    let resp = reqwest::Client::new().post(url).json(&req).send().await.unwrap();
+    let req = RegisterNodeRequest { node, token, node_secret: secret.into() };
+    let url = format!("https://{}/api/node/register", cluster.api);
+    let resp = common::cluster_http(cluster).post(url).json(&req).send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
     resp.json().await.unwrap()
 }
@@ -294,6 +298,7 @@ async fn overlay_routes_reach_workers_over_mqtt() {
     let mut options =
         MqttOptions::new(format!("{}-proxy", node.id), "127.0.0.1", node.mqtt_broker_port.parse().unwrap());
     options.set_credentials(node.mqtt_username.clone(), node.mqtt_password.clone());
+    options.set_transport(common::broker_tls(&c1));
     let (mqtt, mut events) = AsyncClient::new(options, 16);
     mqtt.subscribe(oak_api::net::topic::table_result(&node.id), QoS::AtLeastOnce).await.unwrap();
     loop {

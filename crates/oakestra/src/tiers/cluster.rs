@@ -41,13 +41,18 @@ pub struct ClusterArgs {
     /// Port of the embedded MQTT broker.
     #[arg(long, default_value_t = 10003)]
     pub mqtt_port: u16,
-    /// Use this external broker (`mqtt://[user:pass@]host:port`) instead of the embedded one.
+    /// Use this external broker instead of the embedded one: `mqtts://[user:pass@]host:port`
+    /// (with --mqtt-ca), or plaintext `mqtt://…` (logged as a warning).
     #[arg(long)]
     pub mqtt_url: Option<String>,
+    /// PEM file of the CA that signed the external `mqtts://` broker's certificate; workers get
+    /// it at registration.
+    #[arg(long)]
+    pub mqtt_ca: Option<PathBuf>,
     /// Broker host workers are told to use (default: the address they registered with).
     #[arg(long)]
     pub mqtt_advertise: Option<String>,
-    /// Directory of the cluster's database and worker join token.
+    /// Directory of the cluster's database, worker join token and CA (`tls/`).
     #[arg(long, default_value = "/var/lib/oakestra/cluster", env = "OAKESTRA_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Seconds between resource reports to the root.
@@ -99,7 +104,8 @@ impl ClusterArgs {
             return Err("--node-forget-after must be longer than --node-timeout".into());
         }
         let mqtt = match self.mqtt_url {
-            Some(url) => oak_cluster::MqttMode::External { url },
+            Some(url) => oak_cluster::MqttMode::External { url, ca: self.mqtt_ca },
+            None if self.mqtt_ca.is_some() => return Err("--mqtt-ca needs --mqtt-url mqtts://…".into()),
             None => oak_cluster::MqttMode::Embedded { addr: SocketAddr::new(self.listen_addr, self.mqtt_port) },
         };
         Ok(oak_cluster::ClusterConfig {

@@ -123,6 +123,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             api_port: args.cluster_api_port,
             mqtt_port: args.mqtt_port,
             mqtt_url: None,
+            mqtt_ca: None,
             mqtt_advertise: None,
             data_dir: args.data_dir.join("cluster"),
             report_interval: 2.0,

@@ -20,7 +20,8 @@ pub struct WorkerArgs {
     /// Directory of the worker's identity and desired instances.
     #[arg(long, default_value = "/var/lib/oakestra/worker", env = "OAKESTRA_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Worker join token issued by the cluster.
+    /// Worker join token issued by the cluster (`oakn.v1.<CA SHA-256>.<secret>`): the worker
+    /// trusts only the cluster whose CA it names.
     #[arg(long, env = "OAKESTRA_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the worker join token (e.g. the cluster's `<data-dir>/node-token`).
@@ -112,6 +113,8 @@ impl WorkerArgs {
     pub fn config(self) -> Result<oak_worker::WorkerConfig, String> {
         let addr = self.cluster_addr.filter(|a| !a.trim().is_empty()).ok_or("no cluster address: pass -a HOST")?;
         let token = read_token(self.token, self.token_file.as_deref(), "worker join token")?;
+        // Before anything else: a token the worker cannot verify its cluster with is never used.
+        oak_tls::JoinToken::parse(&token, oak_tls::TokenKind::Node).map_err(|e| e.to_string())?;
         if !(self.report_interval.is_finite() && self.report_interval > 0.0) {
             return Err("--report-interval must be a positive number of seconds".into());
         }
@@ -166,7 +169,6 @@ pub async fn deps(
             config.cluster_address.clone(),
             config.cluster_port,
         )),
-        http: reqwest::Client::new(),
     };
     Ok((deps, supervisor))
 }
@@ -246,28 +248,32 @@ mod tests {
         args: WorkerArgs,
     }
 
+    /// A well-formed worker join token.
+    const TOKEN: &str =
+        "oakn.v1.0000000000000000000000000000000000000000000000000000000000000000.0123456789abcdef0123456789abcdef";
+
     fn config(extra: &[&str]) -> Result<oak_worker::WorkerConfig, String> {
-        let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+        let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN];
         Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.config()
     }
 
     #[test]
     fn containers_get_a_pids_limit_of_1024_unless_told_otherwise() {
         let limit = |extra: &[&str]| {
-            let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+            let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN];
             Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.configs().unwrap().1.containerd.pids_limit
         };
         assert_eq!(limit(&[]), Some(1024));
         assert_eq!(limit(&["--pids-limit", "64"]), Some(64));
         assert_eq!(limit(&["--pids-limit", "0"]), None, "0: no limit");
-        let base = ["oakestra", "-a", "127.0.0.1", "--token", "t", "--pids-limit", "-1"];
+        let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN, "--pids-limit", "-1"];
         assert!(Cli::try_parse_from(base).is_err(), "a negative limit is refused");
     }
 
     #[test]
     fn unikernels_are_asked_for_with_u_the_new_or_the_originals_way() {
         let uni = |extra: &[&str]| {
-            let base = ["oakestra", "-a", "127.0.0.1", "--token", "t"];
+            let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN];
             Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args.configs().unwrap().1.unikernel)
         };
         use oak_qemu::AccelChoice;
@@ -278,6 +284,15 @@ mod tests {
         assert_eq!(uni(&["--unikernel", "--unikernel-accel", "tcg"]).unwrap(), Some(AccelChoice::Tcg));
         assert_eq!(uni(&["--unikernel=true", "--unikernel-accel", "kvm"]).unwrap(), Some(AccelChoice::Kvm));
         assert!(uni(&["-u", "--unikernel-accel", "hvf"]).is_err());
+    }
+
+    #[test]
+    fn a_token_without_the_cluster_ca_is_refused_with_a_clear_message() {
+        let legacy = ["oakestra", "-a", "127.0.0.1", "--token", "oakn_0123456789abcdef0123456789abcdef"];
+        let e = Cli::try_parse_from(legacy).unwrap().args.config().unwrap_err();
+        assert!(e.contains("no CA fingerprint") && e.contains("create a new token"), "{e}");
+        let e = Cli::try_parse_from(["oakestra", "-a", "h", "--token", "t"]).unwrap().args.config().unwrap_err();
+        assert!(e.contains("malformed worker join token"), "{e}");
     }
 
     #[test]

@@ -108,11 +108,28 @@ pub fn start_worker(name: &str, cluster: &ClusterHandle, dir: &Path, token: Opti
     let deps = oak_worker::WorkerDeps {
         runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
         node_source: Arc::new(Machine { name: name.into() }),
-        http: reqwest::Client::new(),
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
     Worker { name: name.into(), stop, task }
+}
+
+/// The cluster's worker join token (it pins the cluster's CA).
+pub fn node_token(cluster: &ClusterHandle) -> String {
+    std::fs::read_to_string(cluster.dir.join("node-token")).unwrap().trim().to_string()
+}
+
+/// A client of the cluster's node API (HTTPS), trusting the cluster's CA as its workers do.
+pub fn cluster_http(cluster: &ClusterHandle) -> reqwest::Client {
+    oak_worker::cluster_client_builder(&node_token(cluster)).unwrap().build().unwrap()
+}
+
+/// The transport to the cluster's embedded broker (MQTT over TLS), trusting the cluster's CA as
+/// its workers do.
+pub fn broker_tls(cluster: &ClusterHandle) -> rumqttc::Transport {
+    let token = oak_tls::JoinToken::parse(&node_token(cluster), oak_tls::TokenKind::Node).unwrap();
+    let config = oak_tls::pinned_client_config(token.ca, oak_tls::CLUSTER_SERVER_NAME, None).unwrap();
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config))
 }
 
 pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
