@@ -585,8 +585,7 @@ async fn execute(
         .zip(&cluster_http)
         .map(|((api, _), client)| (client.clone(), format!("https://127.0.0.1:{api}/metrics")))
         .collect();
-    let measured =
-        measure(params, children, &cluster_metrics_urls, &client, &app.id, service_ids.clone()).await?;
+    let measured = measure(params, children, &cluster_metrics_urls, &client, &app.id, service_ids.clone()).await?;
     let cpu_after = usage_by_process(children);
 
     // ---- after: metrics and memory ----

@@ -106,10 +106,7 @@ async fn run(args: WorkersArgs, token: String) -> anyhow::Result<ExitCode> {
         config.node_name = name.clone();
         config.report_interval = Duration::from_secs_f64(args.report_interval);
         config.overlay = false;
-        let deps = WorkerDeps {
-            runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
-            node_source: source.clone(),
-        };
+        let deps = WorkerDeps { runtimes: vec![Arc::new(FakeRuntime::new("docker"))], node_source: source.clone() };
         let mut stop = stop_rx.clone();
         workers.spawn(async move {
             let shutdown = async move {

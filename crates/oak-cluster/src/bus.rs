@@ -132,8 +132,7 @@ impl Bus {
                         String::new()
                     }
                 };
-                let workers =
-                    WorkerBroker { port: ext.port, scheme: if ext.tls { "mqtts" } else { "mqtt" }, ca_pem };
+                let workers = WorkerBroker { port: ext.port, scheme: if ext.tls { "mqtts" } else { "mqtt" }, ca_pem };
                 let (client, mut eventloop) = AsyncClient::new(options, 65_536);
                 let subscriber = client.clone();
                 tokio::spawn(async move {
@@ -241,7 +240,9 @@ fn parse_url(url: &str) -> anyhow::Result<ExternalBroker> {
         None => (None, rest),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("--mqtt-url {:?}: bad port {p:?}", redacted(url)))?),
+        Some((h, p)) => {
+            (h, p.parse::<u16>().with_context(|| format!("--mqtt-url {:?}: bad port {p:?}", redacted(url)))?)
+        }
         None => (hostport, if tls { 8883 } else { 1883 }),
     };
     anyhow::ensure!(!host.is_empty(), "--mqtt-url {:?} has no host", redacted(url));

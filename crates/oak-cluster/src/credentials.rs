@@ -64,7 +64,9 @@ pub fn node_token(data_dir: &Path, ca: Fingerprint) -> anyhow::Result<JoinToken>
     match replaced_because {
         Some(why) => tracing::warn!(file = %path.display(),
             "replaced the worker join token ({why}); give workers the new one (`oakestra worker --token-file`)"),
-        None => tracing::info!(file = %path.display(), "worker join token written; give it to `oakestra worker --token-file`"),
+        None => {
+            tracing::info!(file = %path.display(), "worker join token written; give it to `oakestra worker --token-file`")
+        }
     }
     Ok(token)
 }

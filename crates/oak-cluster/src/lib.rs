@@ -30,10 +30,10 @@ use oak_api::node::{topic, JobStatusReport, NodeInfo, ResourcesReport};
 use tokio::sync::{mpsc, watch};
 
 pub use bus::MqttMode;
-pub use tls::TLS_DIR;
 pub use root_link::Refused;
 use state::{ClusterState, Effect, Timing};
 use store::ClusterStore;
+pub use tls::TLS_DIR;
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

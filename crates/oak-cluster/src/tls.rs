@@ -50,7 +50,9 @@ fn alt_names(config: &ClusterConfig) -> Vec<String> {
     names.sort();
     names.dedup();
     // A name rcgen cannot encode would fail the start for a cosmetic reason.
-    names.retain(|n| n.parse::<std::net::IpAddr>().is_ok() || n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)));
+    names.retain(|n| {
+        n.parse::<std::net::IpAddr>().is_ok() || n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+    });
     names
 }
 

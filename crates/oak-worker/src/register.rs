@@ -145,7 +145,11 @@ pub(crate) async fn register_once(
     Ok(registration)
 }
 
-fn interpret(config: &WorkerConfig, token: &JoinToken, answer: RegisterNodeResponse) -> Result<Registration, WorkerError> {
+fn interpret(
+    config: &WorkerConfig,
+    token: &JoinToken,
+    answer: RegisterNodeResponse,
+) -> Result<Registration, WorkerError> {
     if answer.id.trim().is_empty() {
         return Err(WorkerError::BadRegistration("the node id is empty".into()));
     }

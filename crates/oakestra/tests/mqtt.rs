@@ -162,7 +162,11 @@ async fn a_worker_cannot_use_another_nodes_topics() {
     let a = register(&cluster, &node_token(&cluster), "a").await;
     let b = register(&cluster, &node_token(&cluster), "b").await;
     assert_ne!(a.id, b.id);
-    assert_eq!((a.mqtt_scheme.as_str(), a.mqtt_ca.as_str()), ("mqtts", ""), "the embedded broker: TLS, the cluster's CA");
+    assert_eq!(
+        (a.mqtt_scheme.as_str(), a.mqtt_ca.as_str()),
+        ("mqtts", ""),
+        "the embedded broker: TLS, the cluster's CA"
+    );
     let port: u16 = a.mqtt_broker_port.parse().unwrap();
 
     // Plaintext MQTT is refused even with valid credentials, and a wrong password at CONNECT.
