@@ -65,7 +65,8 @@ pub struct SystemInfo {
 pub struct RegisterNodeRequest {
     #[serde(flatten)]
     pub node: NodeInfo,
-    /// The cluster's worker join token.
+    /// The secret of the cluster's worker join token (`oakn.v1.<CA>.<secret>`; the whole token
+    /// is accepted too). Sent only over HTTPS to a server that proved the token's CA.
     #[serde(default)]
     pub token: String,
     /// The MQTT password the cluster gave this node before: proves a re-registering worker owns

@@ -331,6 +331,14 @@ mod tests {
         }
         let plain = http(TcpStream::connect(api).await.unwrap(), "/api/health").await;
         assert!(!plain.contains("HTTP/1.1"), "plaintext HTTP was answered: {plain}");
+        // The broker's port is TLS only as well: a plaintext MQTT CONNECT gets no CONNACK.
+        let mqtt = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.bus.worker_port()));
+        let connect = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0];
+        let mut plain_mqtt = TcpStream::connect(mqtt).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut plain_mqtt, &connect).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain_mqtt, &mut answer).await;
+        assert_ne!(answer.first(), Some(&0x20), "plaintext MQTT got a CONNACK");
 
         let dial = |pin| async move {
             let config = pinned_client_config(pin, CLUSTER_SERVER_NAME, None).unwrap();
@@ -343,11 +351,10 @@ mod tests {
         let health = http(dial(token.ca).await.unwrap(), "/api/health").await;
         assert!(health.starts_with("HTTP/1.1 200") && health.contains("ok"), "{health}");
         let metrics = http(dial(token.ca).await.unwrap(), "/metrics").await;
-        for reason in ["not_tls", "client_alert"] {
-            let line = format!("oakestra_tls_refused_total{{listener=\"node_api\",reason=\"{reason}\"}} 1");
+        for (listener, reason) in [("node_api", "not_tls"), ("node_api", "client_alert"), ("mqtt", "not_tls")] {
+            let line = format!("oakestra_tls_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} 1");
             assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
         }
-        assert!(ctx.tls_refusals.metrics().lines().count() >= 3);
         let _ = stop.send(());
         running.await.unwrap().unwrap();
     }
