@@ -17,7 +17,7 @@
 //!   latency of the test unikernel with a cached kernel (→ RUNNING, → console marker, → first
 //!   HTTP answer) against the worker's own QEMU command line started by hand in the same run,
 //!   and the worker's and QEMU's memory with several VMs running.
-//! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTP
+//! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTPS
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
 
