@@ -96,8 +96,16 @@ impl Carry {
 
 enum PumpEvent {
     Connected,
-    Message { topic: String, payload: Vec<u8> },
-    Disconnected(String),
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// The connection failed or ended; `tls`: in the TLS handshake (e.g. the broker's certificate
+    /// is not from the expected CA), which retrying alone will not fix.
+    Disconnected {
+        reason: String,
+        tls: bool,
+    },
     Refused(String),
 }
 
@@ -147,8 +155,10 @@ pub(crate) async fn run(
                     }
                 }
                 Some(PumpEvent::Message { topic, payload }) => session.dispatch(&topic, payload, engine),
-                Some(PumpEvent::Disconnected(reason)) => {
-                    if session.connected {
+                Some(PumpEvent::Disconnected { reason, tls }) => {
+                    if tls {
+                        tracing::warn!(%reason, "TLS with the broker failed; retrying");
+                    } else if session.connected {
                         tracing::warn!(%reason, "lost the broker connection; reconnecting");
                     } else {
                         tracing::debug!(%reason, "cannot connect to the broker; retrying");
@@ -297,7 +307,8 @@ async fn pump(mut eventloop: EventLoop, events: mpsc::UnboundedSender<PumpEvent>
                 return;
             }
             Err(e) => {
-                if events.send(PumpEvent::Disconnected(e.to_string())).is_err() {
+                let tls = matches!(e, ConnectionError::Tls(_));
+                if events.send(PumpEvent::Disconnected { reason: e.to_string(), tls }).is_err() {
                     return;
                 }
                 tokio::time::sleep(backoff.next_delay()).await;
