@@ -11,6 +11,7 @@ mod credentials;
 mod logs;
 mod node_api;
 mod root_link;
+pub mod root_trust;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -42,7 +43,8 @@ pub struct ClusterConfig {
     pub root_channel: String,
     /// The root's API URL (shown to operators; the channel carries all traffic).
     pub root_url: String,
-    /// Join token issued by the root.
+    /// Join token issued by the root (`oakc.v1.<root CA hash>.<secret>`); may be empty once
+    /// the cluster holds its certificate from an earlier join (`<data_dir>/tls/`).
     pub root_token: String,
     pub api_addr: SocketAddr,
     pub mqtt: MqttMode,
@@ -71,6 +73,8 @@ pub struct Ctx {
     store: ClusterStore,
     bus: bus::Bus,
     node_token_hash: String,
+    /// The root this cluster trusts and its identity there (join token, then certificate).
+    root_trust: root_trust::RootTrust,
     root: Mutex<Option<mpsc::Sender<ClusterMsg>>>,
     /// Parts of the root's full desired set received so far on this connection; applied as one
     /// set when the last part arrives.
@@ -101,6 +105,7 @@ impl Cluster {
         let store = ClusterStore::open(&dir.join("cluster.db"))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         let token = credentials::node_token(dir)?;
+        let root_trust = root_trust::RootTrust::open(dir, &config.root_token)?;
         let now = Instant::now();
         let state =
             ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
@@ -111,6 +116,7 @@ impl Cluster {
         let (bus, incoming) = bus::Bus::start(&config.mqtt, bus::node_authorizer(ctx_cell.clone())).await?;
         let ctx = Arc::new(Ctx {
             node_token_hash: credentials::hash(token.as_bytes()),
+            root_trust,
             state: Mutex::new(state),
             store,
             bus,
@@ -527,7 +533,8 @@ async fn test_ctx(dir: &std::path::Path) -> Arc<Ctx> {
         location: String::new(),
         root_channel: "127.0.0.1:1".into(),
         root_url: String::new(),
-        root_token: "t".into(),
+        root_token: oak_tls::JoinToken::generate(oak_tls::TokenKind::Cluster, oak_tls::Fingerprint::of(b"test CA"))
+            .to_string(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
         mqtt_advertise: None,

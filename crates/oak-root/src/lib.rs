@@ -30,6 +30,19 @@ pub use api::ApiDoc;
 pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use state::AppState;
 
+/// Directory in the data dir of the root's CA (`ca.pem`, `ca-key.pem`).
+pub const TLS_DIR: &str = "tls";
+
+/// Names in the channel certificate besides `oak_tls::ROOT_SERVER_NAME`: the address it listens
+/// on, when that is one address (clusters verify the pinned CA, not the address they dialled).
+fn channel_names(addr: SocketAddr) -> Vec<String> {
+    if addr.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![addr.ip().to_string()]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RootConfig {
     pub api_addr: SocketAddr,
@@ -67,9 +80,11 @@ impl Root {
         let key = bootstrap::signing_key(dir)?;
         let loopback = config.api_addr.ip().is_loopback();
         bootstrap::ensure_admin(&store, config.admin_password.as_deref(), dir, loopback)?;
-        cluster_tokens::ensure_first(&store, dir)?;
+        let trust = fleet::ChannelTrust::open(&dir.join(TLS_DIR), &channel_names(config.channel_addr))
+            .context("cannot set up the cluster channel's certificate authority")?;
+        cluster_tokens::ensure_first(&store, dir, trust.ca())?;
         let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
-        let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone())
+        let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone(), trust)
             .context("cannot rebuild the overlay's address pools from the database")?;
         let state = AppState {
             fleet,

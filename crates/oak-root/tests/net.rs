@@ -1,6 +1,6 @@
 //! The root's overlay control plane: addresses given with services and instances, released and
 //! reused; worker subnets; route-table queries and pushes, with test clusters speaking the
-//! cluster channel over TCP.
+//! cluster channel over TLS.
 
 use std::time::Duration;
 
@@ -11,8 +11,10 @@ use oak_api::net::RouteTable;
 use oak_root::{Root, RootConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+
+type Tls = oak_tls::tokio_rustls::client::TlsStream<TcpStream>;
 use tower::ServiceExt;
 
 const CLIENTSRVR: &str = include_str!("../../../examples/sla/clientsrvr.json");
@@ -126,29 +128,44 @@ fn sla(name: &str, rr: Option<&str>) -> Value {
     v
 }
 
+/// Dials the root's channel over TLS, trusting only the CA `token` pins.
+async fn dial_tls(addr: std::net::SocketAddr, token: &str) -> oak_tls::tokio_rustls::client::TlsStream<TcpStream> {
+    let pin = oak_tls::JoinToken::parse(token, oak_tls::TokenKind::Cluster).unwrap().ca;
+    let config = oak_tls::pinned_client_config(pin, oak_tls::ROOT_SERVER_NAME, None).unwrap();
+    let name = oak_tls::rustls::pki_types::ServerName::try_from(oak_tls::ROOT_SERVER_NAME).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    oak_tls::tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+}
+
+/// A certificate request, as a cluster's first hello carries.
+fn csr() -> String {
+    oak_tls::ClientKey::generate().unwrap().request("test cluster").unwrap()
+}
+
 /// A cluster speaking the channel protocol.
 struct TestCluster {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<ReadHalf<Tls>>,
+    wr: WriteHalf<Tls>,
     id: String,
     next_request: u64,
 }
 
 impl TestCluster {
     async fn join(root: &TestRoot, name: &str) -> Self {
-        let stream = TcpStream::connect(root.channel).await.unwrap();
-        let (rd, wr) = stream.into_split();
+        let stream = dial_tls(root.channel, &root.token).await;
+        let (rd, wr) = tokio::io::split(stream);
         let mut c = TestCluster { rd: BufReader::new(rd), wr, id: String::new(), next_request: 0 };
         c.send(ClusterMsg::Hello {
             protocol: PROTOCOL_VERSION,
             token: root.token.clone(),
+            csr: csr(),
             cluster_id: String::new(),
             cluster_name: name.into(),
             cluster_location: String::new(),
         })
         .await;
         match c.next().await {
-            RootMsg::Welcome { cluster_id } => c.id = cluster_id,
+            RootMsg::Welcome { cluster_id, .. } => c.id = cluster_id,
             other => panic!("expected a welcome, got {other:?}"),
         }
         match c.next().await {
