@@ -169,9 +169,30 @@ impl Client {
         self.authed::<(), _>(Method::GET, &["api", "clusters", cluster_id, "workers"], None).await
     }
 
-    /// `POST /api/clusters/tokens`: a new cluster join token (Admin only).
+    /// `POST /api/clusters/tokens`: a new single-use cluster join token that never expires
+    /// (Admin only).
     pub async fn create_cluster_token(&self) -> Result<oak_api::rest::ClusterToken, ClientError> {
         self.authed::<(), _>(Method::POST, &["api", "clusters", "tokens"], None).await
+    }
+
+    /// `POST /api/clusters/tokens` with an expiry and/or several uses (Admin only).
+    pub async fn create_cluster_token_with(
+        &self,
+        request: &oak_api::rest::ClusterTokenRequest,
+    ) -> Result<oak_api::rest::ClusterToken, ClientError> {
+        self.authed(Method::POST, &["api", "clusters", "tokens"], Some(request)).await
+    }
+
+    /// `POST /api/clusters/tokens/revoke`: revokes a join token given whole or by its id.
+    pub async fn revoke_cluster_token(&self, token_or_id: &str) -> Result<MessageResponse, ClientError> {
+        let body = oak_api::rest::RevokeClusterToken { token: token_or_id.to_string() };
+        self.authed(Method::POST, &["api", "clusters", "tokens", "revoke"], Some(&body)).await
+    }
+
+    /// `DELETE /api/clusters/{id}/certificate`: forgets a cluster's certificate (and disconnects
+    /// it) so it can join again with a join token.
+    pub async fn reset_cluster_certificate(&self, cluster_id: &str) -> Result<MessageResponse, ClientError> {
+        self.authed::<(), _>(Method::DELETE, &["api", "clusters", cluster_id, "certificate"], None).await
     }
 
     /// An instance's output as a streaming answer (read it with `chunk()`): the last `tail`
