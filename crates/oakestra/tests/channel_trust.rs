@@ -1,7 +1,8 @@
-//! The cluster channel's trust, with real `oakestra` processes on loopback: the join token never
+//! The control plane's TLS, with real `oakestra` processes on loopback: the join token never
 //! crosses the wire in clear (neither to a plain TCP listener nor to a TLS server of a foreign
-//! CA posing as the root), revoked tokens and tokens of another CA do not join, and a leaked
-//! token cannot take over an existing cluster's identity.
+//! CA posing as the root), revoked tokens and tokens of another CA do not join, a leaked token
+//! cannot take over an existing cluster's identity, and the public API over HTTPS with a
+//! certificate reloaded on SIGHUP, which `oakestra login --ca-cert` pins and watches.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,10 @@ struct Root {
 
 impl Root {
     async fn start(dir: &Path) -> Root {
+        Root::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: &Path, extra: &[String]) -> Root {
         let (api, channel) = (free_port(), free_port());
         let data = dir.join("root");
         let args = [
@@ -104,6 +109,7 @@ impl Root {
             s("--admin-password"),
             s(ADMIN_PASSWORD),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
         let proc = Proc::spawn(&args, dir.join("root.log"));
         let root = Root {
             proc,
@@ -121,6 +127,18 @@ impl Root {
 
     fn first_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("root/cluster-token")).unwrap().trim().to_string()
+    }
+
+    /// Runs an `oakestra` client command; answers its success, stdout and stderr.
+    fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_oakestra"))
+            .args(args)
+            .env("OAKESTRA_CONFIG_DIR", self.dir.join("cli"))
+            .env("OAKESTRA_URL", &self.url)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
     }
 
     /// Runs an `oakestra` client command logged in as Admin; answers stdout.
@@ -417,4 +435,69 @@ async fn a_leaked_token_cannot_take_over_a_cluster() {
     .await;
     assert!(!log.contains("received this cluster's certificate"), "it joined anew: {log}");
     assert!(real.exited(Duration::from_secs(1)).is_none(), "{}", real.log());
+}
+
+/// Writes a server certificate of `ca` for 127.0.0.1 to `cert.pem`/`key.pem` in `dir`.
+fn write_api_cert(ca: &Authority, dir: &Path) -> oak_tls::Fingerprint {
+    let identity = ca.issue_server("localhost", &["127.0.0.1".into()]).unwrap();
+    let (cert, key) = identity.to_pem();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    identity.fingerprint()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_https_with_a_certificate_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::generate("the operator's CA").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    let first = write_api_cert(&ca, dir.path());
+    let tls = [
+        s("--tls-cert"),
+        s(dir.path().join("cert.pem").display()),
+        s("--tls-key"),
+        s(dir.path().join("key.pem").display()),
+    ];
+    let mut root = Root::start_with(dir.path(), &tls).await;
+    root.url = root.url.replace("http://", "https://");
+    let ca_pem = s(dir.path().join("ca.pem").display());
+
+    // Plain HTTP gets no answer from the HTTPS port.
+    assert!(reqwest::get(root.url.replace("https://", "http://") + "/api/health").await.is_err());
+
+    // Without the CA the certificate is not trusted, and the error says what to do.
+    let (ok, _, err) = root.run_cli(&["login", "--password", ADMIN_PASSWORD]);
+    assert!(!ok && err.contains("--ca-cert"), "{err}");
+    // With it, login shows the certificate's fingerprint and keeps it.
+    let (ok, _, err) = root.run_cli(&["login", "--password", ADMIN_PASSWORD, "--ca-cert", &ca_pem]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&first.colon_hex()), "{err}");
+    let creds = std::fs::read_to_string(dir.path().join("cli/credentials.json")).unwrap();
+    assert!(creds.contains(&first.to_string()) && creds.contains("ca.pem"), "{creds}");
+    let (ok, _, err) = root.run_cli(&["clusters"]);
+    assert!(ok && !err.contains("WARNING"), "{err}");
+
+    // A new certificate on disk is served after SIGHUP, and the root logs its fingerprint…
+    let second = write_api_cert(&ca, dir.path());
+    let hup = |pid: u32| assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+    hup(root.proc.child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.proc.log().contains(&second.to_string()) {
+        assert!(Instant::now() < deadline, "no reload logged: {}", root.proc.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // …and the CLI, still trusting the CA, warns loudly that it is not the one of the login.
+    let (ok, _, err) = root.run_cli(&["clusters"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("CHANGED") && err.contains(&second.colon_hex()), "{err}");
+
+    // A broken file keeps the certificate in use, and the log says why.
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    hup(root.proc.child.id());
+    wait_for("the failed reload to be logged", Duration::from_secs(10), || {
+        root.proc.log().contains("the old one stays").then_some(())
+    })
+    .await;
+    let (ok, _, err) = root.run_cli(&["clusters"]);
+    assert!(ok && err.contains(&second.colon_hex()), "{err}");
 }
