@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oak_api::channel::{self, ClusterMsg, RootMsg, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use oak_tls::rustls::pki_types::{CertificateDer, ServerName};
 use oak_tls::tokio_rustls::TlsConnector;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -86,7 +86,8 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     let (rd, mut wr) = tokio::io::split(tls);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let known_id = ctx.store.meta(META_CLUSTER_ID).ok().flatten().unwrap_or_default();
-    let (token, csr) = ctx.root_trust.join_request(&ctx.config.name).map_err(|e| SessionError::Refused(format!("{e:#}")))?;
+    let (token, csr) =
+        ctx.root_trust.join_request(&ctx.config.name).map_err(|e| SessionError::Refused(format!("{e:#}")))?;
     let joining = !token.is_empty();
     let hello = ClusterMsg::Hello {
         protocol: PROTOCOL_VERSION,

@@ -70,12 +70,7 @@ pub fn create(store: &dyn RootStore, ca: Fingerprint, options: TokenOptions) -> 
 
 /// Checks `text` as a token of this root (pinning `ca`) that may still be used at `now` (Unix
 /// seconds); does not use it up (see [`consume`]).
-pub fn check(
-    store: &dyn RootStore,
-    text: &str,
-    ca: Fingerprint,
-    now: i64,
-) -> Result<ClusterTokenRecord, TokenRefusal> {
+pub fn check(store: &dyn RootStore, text: &str, ca: Fingerprint, now: i64) -> Result<ClusterTokenRecord, TokenRefusal> {
     let token = JoinToken::parse(text, TokenKind::Cluster).map_err(|e| refusal("malformed_token", e.to_string()))?;
     if token.ca != ca {
         return Err(refusal(

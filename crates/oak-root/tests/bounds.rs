@@ -225,7 +225,10 @@ async fn a_stranger_cannot_send_a_big_first_frame() {
     let mut body = vec![0u8; channel::frame_len(header).unwrap()];
     tls.read_exact(&mut body).await.unwrap();
     let welcome: RootMsg = serde_json::from_slice(&body).unwrap();
-    assert!(matches!(&welcome, RootMsg::Welcome { certificate, .. } if certificate.contains("CERTIFICATE")), "{welcome:?}");
+    assert!(
+        matches!(&welcome, RootMsg::Welcome { certificate, .. } if certificate.contains("CERTIFICATE")),
+        "{welcome:?}"
+    );
     let nodes: Vec<String> = (0..400).map(|i| format!("node-with-a-long-identifier-{i:04}")).collect();
     tls.write_all(&channel::encode(&ClusterMsg::Nodes { node_ids: nodes })).await.unwrap();
     assert!(!closed_soon(&mut tls).await, "a joined cluster's 14 KB frame was refused");

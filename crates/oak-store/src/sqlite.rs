@@ -134,8 +134,7 @@ fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<b
     Ok(conn.prepare_cached(sql)?.query_row(args, |_| Ok(())).optional()?.is_some())
 }
 
-const TOKEN_COLUMNS: &str =
-    "SELECT id, hash, created_at, expires_at, reusable, uses, revoked FROM cluster_tokens";
+const TOKEN_COLUMNS: &str = "SELECT id, hash, created_at, expires_at, reusable, uses, revoked FROM cluster_tokens";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterTokenRecord> {
     Ok(ClusterTokenRecord {

@@ -248,7 +248,8 @@ async fn plain_impostor() -> (SocketAddr, Heard) {
 async fn tls_impostor() -> (SocketAddr, Heard, Heard) {
     let foreign = Authority::generate("impostor CA").unwrap();
     let identity = foreign.issue_server(ROOT_SERVER_NAME, &["127.0.0.1".into()]).unwrap();
-    let acceptor = oak_tls::tokio_rustls::TlsAcceptor::from(oak_tls::server_config(&identity, ClientAuth::None).unwrap());
+    let acceptor =
+        oak_tls::tokio_rustls::TlsAcceptor::from(oak_tls::server_config(&identity, ClientAuth::None).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (raw, plain): (Heard, Heard) = (Arc::default(), Arc::default());
@@ -359,7 +360,8 @@ async fn revoked_tokens_and_tokens_of_another_ca_do_not_join() {
     let root = Root::start(dir.path()).await;
 
     // A token revoked with the CLI (by its id) is refused by the root, and the cluster says why.
-    let created: Value = serde_json::from_str(&root.cli(&["--json", "cluster-token", "create", "--ttl", "1h"])).unwrap();
+    let created: Value =
+        serde_json::from_str(&root.cli(&["--json", "cluster-token", "create", "--ttl", "1h"])).unwrap();
     let (token, id) = (created["token"].as_str().unwrap(), created["id"].as_str().unwrap());
     assert!(created["expires_at"].as_i64().is_some(), "{created}");
     assert!(root.cli(&["cluster-token", "--revoke", id]).contains("revoked"));

@@ -1,9 +1,9 @@
 //! `/api/clusters/…`: registered clusters with their aggregated resources.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use oak_api::model::Cluster;
-use axum::body::Bytes;
 use oak_api::rest::{ClusterToken, ClusterTokenRequest, ClusterWorkers, MessageResponse, RevokeClusterToken};
 use oak_api::ErrorBody;
 use oak_core::authz::Action;

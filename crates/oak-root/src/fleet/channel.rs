@@ -86,7 +86,15 @@ async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<
     tracing::info!(cluster = %id, name = %cluster_name, %peer, "cluster joined");
     let desired = match fleet.desired_for(&id) {
         Ok(d) => d,
-        Err(e) => return refuse(&fleet, peer, &mut wr, Refusal::new("store", format!("the root cannot read its database: {e}"))).await,
+        Err(e) => {
+            return refuse(
+                &fleet,
+                peer,
+                &mut wr,
+                Refusal::new("store", format!("the root cannot read its database: {e}")),
+            )
+            .await
+        }
     };
     let mut rx = joined.rx;
     let overflow = joined.overflow;

@@ -179,7 +179,10 @@ impl Fleet {
         };
         let doc = match (by_id, by_name) {
             (Some(mine), Some(other)) if other.id != mine.id => {
-                return Err(Refusal::new("bad_hello", format!("the cluster name {name:?} is taken by another cluster")));
+                return Err(Refusal::new(
+                    "bad_hello",
+                    format!("the cluster name {name:?} is taken by another cluster"),
+                ));
             }
             (Some(mine), _) => mine,
             (None, Some(existing)) => existing,
@@ -349,7 +352,7 @@ mod tests {
         // After an Admin's reset the name can join again with a token, keeping its id; the old
         // certificate is no longer accepted.
         assert!(fleet.reset_certificate(&first.cluster_id).unwrap());
-        assert!(fleet.lock().links.get(&first.cluster_id).is_none());
+        assert!(!fleet.lock().links.contains_key(&first.cluster_id));
         let rejoined = fleet.join(Credential::Token { token: &token, csr: &csr }, "", "edge", "").unwrap();
         assert_eq!(rejoined.cluster_id, first.cluster_id);
         let e = fleet.join(Credential::Certificate(cert), "", "edge", "").err().unwrap();

@@ -69,10 +69,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("{text:?}: expected a number with s, m, h or d (e.g. 12h)")),
     };
     match number.parse::<u64>() {
-        Ok(n) if n > 0 => n
-            .checked_mul(scale)
-            .map(std::time::Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long")),
+        Ok(n) if n > 0 => {
+            n.checked_mul(scale).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+        }
         _ => Err(format!("{text:?}: expected a positive number with s, m, h or d (e.g. 12h)")),
     }
 }
@@ -86,11 +85,12 @@ pub async fn run_token(session: &mut Session, json: bool, args: TokenArgs) -> Re
     match command {
         TokenCommand::Create { ttl, reusable } => {
             let request = ClusterTokenRequest { ttl_seconds: ttl.map(|t| t.as_secs()), reusable };
-            let token = session.call(|c| {
-                let request = request.clone();
-                async move { c.create_cluster_token_with(&request).await }
-            })
-            .await?;
+            let token = session
+                .call(|c| {
+                    let request = request.clone();
+                    async move { c.create_cluster_token_with(&request).await }
+                })
+                .await?;
             if json {
                 return emit_json(&token);
             }
@@ -100,15 +100,19 @@ pub async fn run_token(session: &mut Session, json: bool, args: TokenArgs) -> Re
                 Some(at) => format!("expires at Unix time {at}"),
                 None => "never expires".into(),
             };
-            eprintln!("token id {} ({uses}, {expiry}); revoke it with `oakestra cluster-token --revoke {}`", token.id, token.id);
+            eprintln!(
+                "token id {} ({uses}, {expiry}); revoke it with `oakestra cluster-token --revoke {}`",
+                token.id, token.id
+            );
             Ok(())
         }
         TokenCommand::Revoke { token } => {
-            let answer = session.call(|c| {
-                let token = token.clone();
-                async move { c.revoke_cluster_token(&token).await }
-            })
-            .await?;
+            let answer = session
+                .call(|c| {
+                    let token = token.clone();
+                    async move { c.revoke_cluster_token(&token).await }
+                })
+                .await?;
             if json {
                 return emit_json(&answer);
             }
@@ -125,11 +129,12 @@ pub async fn run_reset(session: &mut Session, json: bool, args: ResetArgs) -> Re
         anyhow::bail!("no cluster named {:?} (see `oakestra clusters --all`)", args.cluster);
     };
     let id = cluster.id.clone();
-    let answer = session.call(|c| {
-        let id = id.clone();
-        async move { c.reset_cluster_certificate(&id).await }
-    })
-    .await?;
+    let answer = session
+        .call(|c| {
+            let id = id.clone();
+            async move { c.reset_cluster_certificate(&id).await }
+        })
+        .await?;
     if json {
         return emit_json(&answer);
     }
@@ -150,6 +155,22 @@ pub async fn run(session: &mut Session, json: bool, args: ClustersArgs) -> Resul
     Ok(())
 }
 
+fn table(clusters: &[Cluster]) -> Table {
+    let mut t = Table::new(&["NAME", "LOCATION", "ACTIVE", "NODES", "CPU CORES", "MEMORY MB", "VIRTUALIZATION"]);
+    for c in clusters {
+        t.push(vec![
+            c.cluster_name.clone(),
+            c.cluster_location.clone(),
+            if c.active { "yes" } else { "no" }.to_string(),
+            c.active_nodes.to_string(),
+            number(c.total_cpu_cores),
+            c.memory_in_mb.to_string(),
+            c.virtualization.join(","),
+        ]);
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -166,20 +187,4 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
-}
-
-fn table(clusters: &[Cluster]) -> Table {
-    let mut t = Table::new(&["NAME", "LOCATION", "ACTIVE", "NODES", "CPU CORES", "MEMORY MB", "VIRTUALIZATION"]);
-    for c in clusters {
-        t.push(vec![
-            c.cluster_name.clone(),
-            c.cluster_location.clone(),
-            if c.active { "yes" } else { "no" }.to_string(),
-            c.active_nodes.to_string(),
-            number(c.total_cpu_cores),
-            c.memory_in_mb.to_string(),
-            c.virtualization.join(","),
-        ]);
-    }
-    t
 }

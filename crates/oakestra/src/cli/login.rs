@@ -36,13 +36,15 @@ pub async fn run(opts: &ClientOpts, args: LoginArgs) -> Result<()> {
     let url = opts.url.as_deref().unwrap_or(super::DEFAULT_URL);
     let ca_cert = args.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
     let client = super::session::client(url, ca_cert.as_deref())?;
-    let tokens = client.login(&args.username, &password, args.organization.as_deref()).await.map_err(|e| {
-        anyhow::anyhow!("{}", super::session::explain_tls(&e, url))
-    })?;
+    let tokens = client
+        .login(&args.username, &password, args.organization.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", super::session::explain_tls(&e, url)))?;
     let path = credentials::default_path()?;
     let fingerprint = client.server_fingerprint();
     if let Some(fingerprint) = fingerprint {
-        let before = Credentials::load(&path).ok().flatten().filter(|c| c.url == client.base_url()).and_then(|c| c.fingerprint);
+        let before =
+            Credentials::load(&path).ok().flatten().filter(|c| c.url == client.base_url()).and_then(|c| c.fingerprint);
         match before {
             Some(old) if old != fingerprint.to_string() => super::session::warn_changed(client.base_url(), &old, fingerprint),
             Some(_) => {}

@@ -89,7 +89,10 @@ impl Session {
 /// A client for `url`, trusting the CA in the PEM file `ca_cert` for HTTPS (else the system's).
 pub fn client(url: &str, ca_cert: Option<&Path>) -> Result<Client> {
     let pem = match ca_cert {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?),
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?,
+        ),
         None => None,
     };
     Client::with_ca(url, pem.as_deref()).with_context(|| match ca_cert {

@@ -59,7 +59,9 @@ impl ApiTlsArgs {
     /// error naming it.
     pub fn load(&self) -> Result<Option<std::sync::Arc<oak_tls::ReloadableCert>>, String> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => oak_tls::ReloadableCert::load(cert, key).map(Some).map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+            (Some(cert), Some(key)) => {
+                oak_tls::ReloadableCert::load(cert, key).map(Some).map_err(|e| format!("--tls-cert/--tls-key: {e}"))
+            }
             (None, None) => Ok(None),
             _ => Err("--tls-cert and --tls-key go together".into()),
         }
