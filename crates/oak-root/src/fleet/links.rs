@@ -108,7 +108,7 @@ impl Fleet {
                 let doc = self.member(fingerprint)?;
                 if by_name.as_ref().is_some_and(|other| other.id != doc.id) {
                     return Err(Refusal::new(
-                        "bad_hello",
+                        "name_taken",
                         format!("the cluster name {name:?} is taken by another cluster"),
                     ));
                 }
@@ -180,7 +180,7 @@ impl Fleet {
         let doc = match (by_id, by_name) {
             (Some(mine), Some(other)) if other.id != mine.id => {
                 return Err(Refusal::new(
-                    "bad_hello",
+                    "name_taken",
                     format!("the cluster name {name:?} is taken by another cluster"),
                 ));
             }

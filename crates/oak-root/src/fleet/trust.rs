@@ -28,6 +28,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "expired_token",
     "used_token",
     "identity_taken",
+    "name_taken",
     "unknown_certificate",
     "store",
 ];
