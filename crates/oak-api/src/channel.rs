@@ -1,8 +1,11 @@
 //! The cluster channel (cluster ↔ root, default port 50052).
 //!
-//! One TCP connection, opened by the cluster, carrying length-prefixed JSON frames: a 4-byte
-//! big-endian length, then one [`ClusterMsg`] or [`RootMsg`]. The first frame is the cluster's
-//! `Hello` with its join token; the root answers `Welcome` (or `Refused` and closes). After that
+//! One TLS connection, opened by the cluster, carrying length-prefixed JSON frames: a 4-byte
+//! big-endian length, then one [`ClusterMsg`] or [`RootMsg`]. The cluster verifies the root's
+//! certificate against the CA its join token pins before sending anything. The first frame is
+//! the cluster's `Hello`: with its join token and a certificate request on a first join, bare on
+//! a reconnect (the connection then carries the cluster's client certificate). The root answers
+//! `Welcome` (with the signed certificate on a first join), or `Refused` and closes. After that
 //! both sides send full state first (the root every instance it wants on the cluster, the cluster
 //! every instance it has), then changes. A reconnect repeats the full exchange, so no lost message
 //! matters (level-triggered).
@@ -41,7 +44,13 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum ClusterMsg {
     Hello {
         protocol: u32,
+        /// The join token, on a first join only (a member authenticates with its certificate).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         token: String,
+        /// PEM certificate request for the cluster's own key, on a first join: the root answers
+        /// with the signed certificate in `Welcome`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        csr: String,
         /// The id the root gave this cluster before, if any.
         #[serde(default)]
         cluster_id: String,
@@ -109,6 +118,10 @@ pub enum ClusterMsg {
 pub enum RootMsg {
     Welcome {
         cluster_id: String,
+        /// On a first join: the cluster's client certificate (PEM), signed by the root's CA, to
+        /// present on every later connection instead of a join token.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        certificate: String,
     },
     Refused {
         message: String,

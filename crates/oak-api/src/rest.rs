@@ -115,9 +115,36 @@ pub struct InstanceRequested {
     pub status: String,
 }
 
-/// A new cluster join token.
+/// A new cluster join token: `oakc.v1.<SHA-256 of the root's CA certificate, hex>.<secret>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterToken {
+    pub token: String,
+    /// Short id naming the token (e.g. to revoke it) without its secret.
+    #[serde(default)]
+    pub id: String,
+    /// Unix seconds after which the token is refused; absent = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// May join several clusters; otherwise the first join uses it up.
+    #[serde(default)]
+    pub reusable: bool,
+}
+
+/// Optional body of `POST /api/clusters/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTokenRequest {
+    /// Seconds until the token expires; absent = never.
+    #[schema(minimum = 1)]
+    pub ttl_seconds: Option<u64>,
+    /// Let the token join several clusters (default: single use).
+    pub reusable: bool,
+}
+
+/// Body of `POST /api/clusters/tokens/revoke`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RevokeClusterToken {
+    /// The whole token, or its short id.
     pub token: String,
 }
 

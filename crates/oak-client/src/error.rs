@@ -20,6 +20,9 @@ pub enum ClientError {
     /// The base URL cannot be used for HTTP requests.
     #[error("{0}")]
     InvalidUrl(String),
+    /// HTTPS cannot be set up (an unusable CA certificate).
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ClientError {

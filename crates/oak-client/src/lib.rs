@@ -5,6 +5,7 @@
 //! [`ClientError`]s whose `Display` is a single line fit for a terminal.
 
 mod error;
+mod tls;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::ClientError;
+pub use oak_tls::Fingerprint;
 
 /// How long one request may take before it fails as a transport error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +30,8 @@ pub struct Client {
     base_url: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// The root's certificate as last verified (HTTPS only).
+    seen: tls::SeenCertificate,
 }
 
 /// Never prints the token: debug output ends up in logs.
@@ -42,15 +46,41 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for the root at `base_url` (e.g. `http://localhost:10000`), without a token.
+    /// HTTPS URLs are verified against the system's CAs; a CA that cannot be loaded leaves the
+    /// client without HTTPS (its requests fail naming the reason).
     pub fn new(base_url: impl Into<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            // Building only fails when TLS back-ends cannot initialise; this client has none.
-            .unwrap_or_default();
-        let base_url = base_url.into().trim_end_matches('/').to_string();
-        Self { base_url, token: None, http }
+        let base_url = base_url.into();
+        Self::with_ca(&base_url, None).unwrap_or_else(|_| Self::build(base_url, None, tls::SeenCertificate::default()))
+    }
+
+    /// A client that trusts only the CA certificates in `ca_pem` (PEM) for HTTPS, or the
+    /// system's CAs when `None`.
+    pub fn with_ca(base_url: impl Into<String>, ca_pem: Option<&str>) -> Result<Self, ClientError> {
+        let base_url = base_url.into();
+        let seen = tls::SeenCertificate::default();
+        // Reading the system's CAs costs milliseconds: only for HTTPS.
+        let config = match (ca_pem, base_url.trim_start().to_ascii_lowercase().starts_with("https:")) {
+            (None, false) => None,
+            (ca_pem, _) => Some(tls::client_config(ca_pem, seen.clone())?),
+        };
+        Ok(Self::build(base_url, config, seen))
+    }
+
+    fn build(base_url: String, tls: Option<oak_tls::rustls::ClientConfig>, seen: tls::SeenCertificate) -> Self {
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).connect_timeout(Duration::from_secs(10));
+        if let Some(config) = tls {
+            builder = builder.use_preconfigured_tls(config);
+        }
+        // Building fails only when the TLS back-end cannot initialise; the default has none.
+        let http = builder.build().unwrap_or_default();
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Self { base_url, token: None, http, seen }
+    }
+
+    /// SHA-256 of the certificate the root presented on the last HTTPS connection this client
+    /// (or a clone) opened; `None` over plain HTTP.
+    pub fn server_fingerprint(&self) -> Option<Fingerprint> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The same client, sending `Authorization: Bearer <token>` with every request.
@@ -169,9 +199,30 @@ impl Client {
         self.authed::<(), _>(Method::GET, &["api", "clusters", cluster_id, "workers"], None).await
     }
 
-    /// `POST /api/clusters/tokens`: a new cluster join token (Admin only).
+    /// `POST /api/clusters/tokens`: a new single-use cluster join token that never expires
+    /// (Admin only).
     pub async fn create_cluster_token(&self) -> Result<oak_api::rest::ClusterToken, ClientError> {
         self.authed::<(), _>(Method::POST, &["api", "clusters", "tokens"], None).await
+    }
+
+    /// `POST /api/clusters/tokens` with an expiry and/or several uses (Admin only).
+    pub async fn create_cluster_token_with(
+        &self,
+        request: &oak_api::rest::ClusterTokenRequest,
+    ) -> Result<oak_api::rest::ClusterToken, ClientError> {
+        self.authed(Method::POST, &["api", "clusters", "tokens"], Some(request)).await
+    }
+
+    /// `POST /api/clusters/tokens/revoke`: revokes a join token given whole or by its id.
+    pub async fn revoke_cluster_token(&self, token_or_id: &str) -> Result<MessageResponse, ClientError> {
+        let body = oak_api::rest::RevokeClusterToken { token: token_or_id.to_string() };
+        self.authed(Method::POST, &["api", "clusters", "tokens", "revoke"], Some(&body)).await
+    }
+
+    /// `DELETE /api/clusters/{id}/certificate`: forgets a cluster's certificate (and disconnects
+    /// it) so it can join again with a join token.
+    pub async fn reset_cluster_certificate(&self, cluster_id: &str) -> Result<MessageResponse, ClientError> {
+        self.authed::<(), _>(Method::DELETE, &["api", "clusters", cluster_id, "certificate"], None).await
     }
 
     /// An instance's output as a streaming answer (read it with `chunk()`): the last `tail`

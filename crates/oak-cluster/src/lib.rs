@@ -11,6 +11,7 @@ mod credentials;
 mod logs;
 mod node_api;
 mod root_link;
+pub mod root_trust;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -44,7 +45,8 @@ pub struct ClusterConfig {
     pub root_channel: String,
     /// The root's API URL (shown to operators; the channel carries all traffic).
     pub root_url: String,
-    /// Join token issued by the root.
+    /// Join token issued by the root (`oakc.v1.<root CA hash>.<secret>`); may be empty once
+    /// the cluster holds its certificate from an earlier join (`<data_dir>/tls/`).
     pub root_token: String,
     pub api_addr: SocketAddr,
     pub mqtt: MqttMode,
@@ -75,6 +77,8 @@ pub struct Ctx {
     node_token_hash: String,
     /// Connections the node API and the broker refused during the TLS handshake.
     tls_refusals: Arc<tls::Refusals>,
+    /// The root this cluster trusts and its identity there (join token, then certificate).
+    root_trust: root_trust::RootTrust,
     root: Mutex<Option<mpsc::Sender<ClusterMsg>>>,
     /// Parts of the root's full desired set received so far on this connection; applied as one
     /// set when the last part arrives.
@@ -107,6 +111,7 @@ impl Cluster {
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         let tls = tls::ClusterTls::load(&config)?;
         let token = credentials::node_token(dir, tls.authority.fingerprint())?;
+        let root_trust = root_trust::RootTrust::open(dir, &config.root_token)?;
         let now = Instant::now();
         let state =
             ClusterState::new(config.name.clone(), config.timing.clone(), store.nodes()?, store.instances()?, now);
@@ -119,6 +124,7 @@ impl Cluster {
         let ctx = Arc::new(Ctx {
             node_token_hash: credentials::hash(token.secret.as_bytes()),
             tls_refusals: tls.refusals,
+            root_trust,
             state: Mutex::new(state),
             store,
             bus,
@@ -535,7 +541,8 @@ fn test_config(dir: &std::path::Path) -> ClusterConfig {
         location: String::new(),
         root_channel: "127.0.0.1:1".into(),
         root_url: String::new(),
-        root_token: "t".into(),
+        root_token: oak_tls::JoinToken::generate(oak_tls::TokenKind::Cluster, oak_tls::Fingerprint::of(b"test CA"))
+            .to_string(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         mqtt: MqttMode::Embedded { addr: "127.0.0.1:0".parse().unwrap() },
         mqtt_advertise: None,

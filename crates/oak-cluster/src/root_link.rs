@@ -1,11 +1,14 @@
-//! The cluster's end of the cluster channel: dial the root, say hello with the join token, then
-//! exchange full state and changes. A broken connection is re-dialled with back-off and both
+//! The cluster's end of the cluster channel: dial the root over TLS (verified against the pinned
+//! root CA before anything is sent), say hello (with the join token and a certificate request on
+//! the first join; with the client certificate after), then exchange full state and changes. A broken connection is re-dialled with back-off and both
 //! sides resynchronise from full state, so nothing depends on a message that was lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oak_api::channel::{self, ClusterMsg, RootMsg, PROTOCOL_VERSION};
+use oak_tls::rustls::pki_types::{CertificateDer, ServerName};
+use oak_tls::tokio_rustls::TlsConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -63,16 +66,33 @@ impl From<std::io::Error> for SessionError {
 
 async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     let addr = &ctx.config.root_channel;
-    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .map_err(|_| SessionError::Lost(format!("connecting to {addr} timed out")))??;
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let _ = tcp.set_nodelay(true);
+    // Nothing is sent before the root proved it holds a certificate of the pinned CA.
+    let config = ctx.root_trust.client_config().map_err(|e| SessionError::Lost(format!("{e:#}")))?;
+    let server_name = ServerName::try_from(oak_tls::ROOT_SERVER_NAME).expect("a valid server name");
+    let tls = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(server_name, tcp))
+        .await
+        .map_err(|_| SessionError::Lost(format!("the TLS handshake with {addr} timed out")))?
+        .map_err(|e| {
+            SessionError::Lost(format!(
+                "the TLS handshake with {addr} failed, so nothing was sent (no join token): {e}"
+            ))
+        })?;
+    let server_chain: Vec<CertificateDer<'static>> =
+        tls.get_ref().1.peer_certificates().unwrap_or_default().iter().map(|c| c.clone().into_owned()).collect();
+    let (rd, mut wr) = tokio::io::split(tls);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let known_id = ctx.store.meta(META_CLUSTER_ID).ok().flatten().unwrap_or_default();
+    let (token, csr) =
+        ctx.root_trust.join_request(&ctx.config.name).map_err(|e| SessionError::Refused(format!("{e:#}")))?;
+    let joining = !token.is_empty();
     let hello = ClusterMsg::Hello {
         protocol: PROTOCOL_VERSION,
-        token: ctx.config.root_token.clone(),
+        token,
+        csr,
         cluster_id: known_id.clone(),
         cluster_name: ctx.config.name.clone(),
         cluster_location: ctx.config.location.clone(),
@@ -83,7 +103,19 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         .map_err(|_| SessionError::Lost("the root did not answer the hello within 10 s".into()))?
         .map_err(SessionError::Lost)?;
     let cluster_id = match first {
-        RootMsg::Welcome { cluster_id } => cluster_id,
+        RootMsg::Welcome { cluster_id, certificate } => {
+            if joining {
+                if certificate.is_empty() {
+                    return Err(SessionError::Lost("the root welcomed a first join without a certificate".into()));
+                }
+                // Without the certificate the next connection could not authenticate, and the
+                // root does not let a token take over a cluster that has one.
+                ctx.root_trust.store_certificate(&certificate, &server_chain).map_err(|e| {
+                    SessionError::Refused(format!("cannot keep the certificate the root signed: {e:#}"))
+                })?;
+            }
+            cluster_id
+        }
         RootMsg::Refused { message } => return Err(SessionError::Refused(message)),
         other => return Err(SessionError::Lost(format!("unexpected first message from the root: {other:?}"))),
     };

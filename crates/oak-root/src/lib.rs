@@ -12,6 +12,7 @@ pub mod cluster_tokens;
 mod dashboard;
 mod error;
 pub mod fleet;
+mod https;
 mod ids;
 mod quotas;
 mod state;
@@ -22,13 +23,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::ServiceExt;
 use oak_store::SqliteStore;
 use tower::Layer;
 
 pub use api::ApiDoc;
 pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use state::AppState;
+
+/// Directory in the data dir of the root's CA (`ca.pem`, `ca-key.pem`).
+pub const TLS_DIR: &str = "tls";
+
+/// Names in the channel certificate besides `oak_tls::ROOT_SERVER_NAME`: the address it listens
+/// on, when that is one address (clusters verify the pinned CA, not the address they dialled).
+fn channel_names(addr: SocketAddr) -> Vec<String> {
+    if addr.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![addr.ip().to_string()]
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RootConfig {
@@ -49,6 +62,8 @@ pub struct Root {
     state: AppState,
     /// More listeners answering like the API's (the dashboard's own port).
     extra: Vec<tokio::net::TcpListener>,
+    /// The operator's certificate for HTTPS on the API's listeners; plain HTTP without.
+    api_cert: Option<Arc<oak_tls::ReloadableCert>>,
 }
 
 impl Root {
@@ -67,9 +82,11 @@ impl Root {
         let key = bootstrap::signing_key(dir)?;
         let loopback = config.api_addr.ip().is_loopback();
         bootstrap::ensure_admin(&store, config.admin_password.as_deref(), dir, loopback)?;
-        cluster_tokens::ensure_first(&store, dir)?;
+        let trust = fleet::ChannelTrust::open(&dir.join(TLS_DIR), &channel_names(config.channel_addr))
+            .context("cannot set up the cluster channel's certificate authority")?;
+        cluster_tokens::ensure_first(&store, dir, trust.ca())?;
         let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
-        let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone())
+        let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone(), trust)
             .context("cannot rebuild the overlay's address pools from the database")?;
         let state = AppState {
             fleet,
@@ -83,7 +100,7 @@ impl Root {
             )),
             admin_password_file: Arc::new(dir.join(bootstrap::ADMIN_PASSWORD_FILE)),
         };
-        Ok(Root { config, state, extra: Vec::new() })
+        Ok(Root { config, state, extra: Vec::new(), api_cert: None })
     }
 
     /// The file holding the generated `Admin` password, if this data directory has one.
@@ -95,6 +112,11 @@ impl Root {
     /// `listener`, e.g. the root's `--dashboard-port` or port 80 of `oakestra up`.
     pub fn add_listener(&mut self, listener: tokio::net::TcpListener) {
         self.extra.push(listener);
+    }
+
+    /// Serves the API and the dashboard over HTTPS with `cert` (reloaded on SIGHUP).
+    pub fn use_tls(&mut self, cert: Arc<oak_tls::ReloadableCert>) {
+        self.api_cert = Some(cert);
     }
 
     pub fn state(&self) -> AppState {
@@ -151,29 +173,36 @@ impl Root {
         };
         let channel_task = tokio::spawn(fleet::serve_channel(channel, self.state.fleet.clone(), stopped()));
         let retry_task = tokio::spawn(fleet::run_retries(self.state.fleet.clone(), stopped()));
-        let service = tower::util::MapRequestLayer::new(api::trim_trailing_slash).layer(api::router(self.state));
+        let trim: fn(axum::http::Request<axum::body::Body>) -> axum::http::Request<axum::body::Body> =
+            api::trim_trailing_slash;
+        let service = tower::util::MapRequestLayer::new(trim).layer(api::router(self.state));
+        let cert = self.api_cert;
+        if let Some(cert) = &cert {
+            tracing::info!(fingerprint = %cert.fingerprint(), "serving the API over HTTPS");
+            tokio::spawn(https::reload_on_sighup(cert.clone(), stopped()));
+        }
         let mut extra_tasks = Vec::new();
         for extra in self.extra {
             tracing::info!(addr = ?extra.local_addr().ok(), "dashboard and API also listening");
-            let serve = axum::serve(extra, service.clone().into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(stopped());
-            extra_tasks.push(tokio::spawn(async move {
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "the dashboard listener failed");
-                }
-            }));
+            extra_tasks.push(https::spawn_serve(extra, service.clone(), cert.clone(), stopped()));
         }
-        let result = axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-            })
-            .await
-            .context("the API server failed");
+        let main = https::spawn_serve(listener, service, cert, stopped());
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let result = match main.await {
+            Ok(r) => r.context("the API server failed"),
+            Err(e) => Err(anyhow::anyhow!("the API server task failed: {e}")),
+        };
         let _ = channel_task.await;
         let _ = retry_task.await;
         for task in extra_tasks {
-            let _ = task.await;
+            match task.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "the dashboard listener failed"),
+                Err(e) => tracing::error!(error = %e, "the dashboard listener task failed"),
+                Ok(Ok(())) => {}
+            }
         }
         result
     }

@@ -10,7 +10,7 @@ use oak_core::quotas::Quotas;
 use oak_root::fleet::FleetConfig;
 use oak_root::{Root, RootConfig};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
@@ -71,6 +71,13 @@ impl Served {
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        let resp = (self.service)(Request::builder().uri(path).body(Body::empty()).unwrap()).await;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     async fn login(&self, user: &str, password: &str) -> String {
@@ -156,9 +163,31 @@ async fn a_chunked_body_without_length_is_cut_off_at_64_kib() {
 }
 
 /// True when the root closes the connection within 2 s (the hello timeout is 10 s).
-async fn closed_soon(tcp: &mut TcpStream) -> bool {
+async fn closed_soon(tcp: &mut (impl AsyncRead + Unpin)) -> bool {
+    // A TLS peer may get an alert before the end of the stream.
     let mut buf = [0u8; 64];
-    matches!(tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    let until_closed = async {
+        loop {
+            if let Ok(0) | Err(_) = tcp.read(&mut buf).await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), until_closed).await.is_ok()
+}
+
+/// Dials the root's channel over TLS, trusting only the CA `token` pins.
+async fn dial_tls(addr: std::net::SocketAddr, token: &str) -> oak_tls::tokio_rustls::client::TlsStream<TcpStream> {
+    let pin = oak_tls::JoinToken::parse(token, oak_tls::TokenKind::Cluster).unwrap().ca;
+    let config = oak_tls::pinned_client_config(pin, oak_tls::ROOT_SERVER_NAME, None).unwrap();
+    let name = oak_tls::rustls::pki_types::ServerName::try_from(oak_tls::ROOT_SERVER_NAME).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    oak_tls::tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+}
+
+/// A certificate request, as a cluster's first hello carries.
+fn csr() -> String {
+    oak_tls::ClientKey::generate().unwrap().request("test cluster").unwrap()
 }
 
 #[tokio::test]
@@ -166,38 +195,49 @@ async fn a_stranger_cannot_send_a_big_first_frame() {
     let root = serve(Quotas::default()).await;
 
     // A first frame announced over 4 KiB is refused at its header, without waiting for (or
-    // allocating) its body.
-    let mut tcp = TcpStream::connect(root.channel).await.unwrap();
-    tcp.write_all(&5000u32.to_be_bytes()).await.unwrap();
-    assert!(closed_soon(&mut tcp).await, "the root waited for a 5000-byte hello");
+    // allocating) its body: in the TLS session, before any token was checked.
+    let mut tls = dial_tls(root.channel, &root.token).await;
+    tls.write_all(&5000u32.to_be_bytes()).await.unwrap();
+    assert!(closed_soon(&mut tls).await, "the root waited for a 5000-byte hello");
 
-    let mut tcp = TcpStream::connect(root.channel).await.unwrap();
-    tcp.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    assert!(closed_soon(&mut tcp).await);
+    let mut tls = dial_tls(root.channel, &root.token).await;
+    tls.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert!(closed_soon(&mut tls).await);
 
+    // Not TLS at all: refused in the handshake.
     let mut tcp = TcpStream::connect(root.channel).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     assert!(closed_soon(&mut tcp).await);
 
     // A real hello still joins, and after it frames may be big again.
-    let mut tcp = TcpStream::connect(root.channel).await.unwrap();
+    let mut tls = dial_tls(root.channel, &root.token).await;
     let hello = ClusterMsg::Hello {
         protocol: PROTOCOL_VERSION,
         token: root.token.clone(),
+        csr: csr(),
         cluster_id: String::new(),
         cluster_name: "c1".into(),
         cluster_location: String::new(),
     };
-    tcp.write_all(&channel::encode(&hello)).await.unwrap();
+    tls.write_all(&channel::encode(&hello)).await.unwrap();
     let mut header = [0u8; 4];
-    tcp.read_exact(&mut header).await.unwrap();
+    tls.read_exact(&mut header).await.unwrap();
     let mut body = vec![0u8; channel::frame_len(header).unwrap()];
-    tcp.read_exact(&mut body).await.unwrap();
+    tls.read_exact(&mut body).await.unwrap();
     let welcome: RootMsg = serde_json::from_slice(&body).unwrap();
-    assert!(matches!(welcome, RootMsg::Welcome { .. }), "{welcome:?}");
+    assert!(
+        matches!(&welcome, RootMsg::Welcome { certificate, .. } if certificate.contains("CERTIFICATE")),
+        "{welcome:?}"
+    );
     let nodes: Vec<String> = (0..400).map(|i| format!("node-with-a-long-identifier-{i:04}")).collect();
-    tcp.write_all(&channel::encode(&ClusterMsg::Nodes { node_ids: nodes })).await.unwrap();
-    assert!(!closed_soon(&mut tcp).await, "a joined cluster's 14 KB frame was refused");
+    tls.write_all(&channel::encode(&ClusterMsg::Nodes { node_ids: nodes })).await.unwrap();
+    assert!(!closed_soon(&mut tls).await, "a joined cluster's 14 KB frame was refused");
+
+    // Every refusal was counted by reason.
+    let (s, metrics) = root.text("/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(metrics.contains("oakestra_channel_refusals_total{reason=\"bad_hello\"} 2"), "{metrics}");
+    assert!(metrics.contains("oakestra_channel_refusals_total{reason=\"tls_handshake\"} 1"), "{metrics}");
 }
 
 #[tokio::test]

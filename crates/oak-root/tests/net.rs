@@ -1,6 +1,6 @@
 //! The root's overlay control plane: addresses given with services and instances, released and
 //! reused; worker subnets; route-table queries and pushes, with test clusters speaking the
-//! cluster channel over TCP.
+//! cluster channel over TLS.
 
 use std::time::Duration;
 
@@ -11,8 +11,10 @@ use oak_api::net::RouteTable;
 use oak_root::{Root, RootConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+
+type Tls = oak_tls::tokio_rustls::client::TlsStream<TcpStream>;
 use tower::ServiceExt;
 
 const CLIENTSRVR: &str = include_str!("../../../examples/sla/clientsrvr.json");
@@ -26,6 +28,8 @@ struct TestRoot {
     token: String,
     admin: String,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Each test cluster's certificate after its first join, by name: it reconnects with it.
+    identities: std::sync::Mutex<std::collections::HashMap<String, oak_tls::Identity>>,
 }
 
 async fn start(dir: &std::path::Path) -> TestRoot {
@@ -56,6 +60,7 @@ async fn start(dir: &std::path::Path) -> TestRoot {
         token: std::fs::read_to_string(dir.join("cluster-token")).unwrap().trim().to_string(),
         admin: String::new(),
         stop,
+        identities: Default::default(),
     };
     let (s, v) =
         api.call(Method::POST, "/api/auth/login", Some(json!({"username": "Admin", "password": "Admin"}))).await;
@@ -126,29 +131,57 @@ fn sla(name: &str, rr: Option<&str>) -> Value {
     v
 }
 
+/// Dials the root's channel over TLS, trusting only the CA `token` pins, presenting `identity`.
+async fn dial_tls(
+    addr: std::net::SocketAddr,
+    token: &str,
+    identity: Option<&oak_tls::Identity>,
+) -> oak_tls::tokio_rustls::client::TlsStream<TcpStream> {
+    let pin = oak_tls::JoinToken::parse(token, oak_tls::TokenKind::Cluster).unwrap().ca;
+    let config = oak_tls::pinned_client_config(pin, oak_tls::ROOT_SERVER_NAME, identity).unwrap();
+    let name = oak_tls::rustls::pki_types::ServerName::try_from(oak_tls::ROOT_SERVER_NAME).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    oak_tls::tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+}
+
 /// A cluster speaking the channel protocol.
 struct TestCluster {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<ReadHalf<Tls>>,
+    wr: WriteHalf<Tls>,
     id: String,
     next_request: u64,
 }
 
 impl TestCluster {
+    /// Joins as `name`: with the join token the first time, with its certificate after.
     async fn join(root: &TestRoot, name: &str) -> Self {
-        let stream = TcpStream::connect(root.channel).await.unwrap();
-        let (rd, wr) = stream.into_split();
+        let identity = root.identities.lock().unwrap().get(name).cloned();
+        let key = oak_tls::ClientKey::generate().unwrap();
+        let stream = dial_tls(root.channel, &root.token, identity.as_ref()).await;
+        let ca = stream.get_ref().1.peer_certificates().unwrap()[1].clone().into_owned();
+        let (rd, wr) = tokio::io::split(stream);
         let mut c = TestCluster { rd: BufReader::new(rd), wr, id: String::new(), next_request: 0 };
+        let (token, csr) = match identity {
+            Some(_) => (String::new(), String::new()),
+            None => (root.token.clone(), key.request(name).unwrap()),
+        };
         c.send(ClusterMsg::Hello {
             protocol: PROTOCOL_VERSION,
-            token: root.token.clone(),
+            token,
+            csr,
             cluster_id: String::new(),
             cluster_name: name.into(),
             cluster_location: String::new(),
         })
         .await;
         match c.next().await {
-            RootMsg::Welcome { cluster_id } => c.id = cluster_id,
+            RootMsg::Welcome { cluster_id, certificate } => {
+                c.id = cluster_id;
+                if !certificate.is_empty() {
+                    let identity = key.identity(&certificate, &ca).unwrap();
+                    root.identities.lock().unwrap().insert(name.to_string(), identity);
+                }
+            }
             other => panic!("expected a welcome, got {other:?}"),
         }
         match c.next().await {
@@ -355,7 +388,9 @@ async fn worker_subnets_are_kept_per_node_and_released_with_it() {
     let _ = root.stop.send(true);
     drop((c1, c2));
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let identities = std::mem::take(&mut *root.identities.lock().unwrap());
     let root = start(dir.path()).await;
+    *root.identities.lock().unwrap() = identities;
     let mut c1 = TestCluster::join(&root, "c1").await;
     assert_eq!(c1.subnet("n2").await.0, "10.18.0.64/26");
     assert_eq!(c1.subnet("n4").await.0, "10.18.0.192/26");

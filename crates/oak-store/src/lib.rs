@@ -38,6 +38,22 @@ pub struct SubnetRecord {
     pub subnet: String,
 }
 
+/// A cluster join token as stored: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTokenRecord {
+    /// Short public id (a prefix of the hash) to name the token when revoking it.
+    pub id: String,
+    pub hash: String,
+    pub created_at: String,
+    /// Unix seconds after which the token is refused; `None` never expires.
+    pub expires_at: Option<i64>,
+    /// May join any number of clusters; otherwise only one.
+    pub reusable: bool,
+    /// Clusters that joined with it.
+    pub uses: u64,
+    pub revoked: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule would be broken; the message names the clashing value.
@@ -142,9 +158,25 @@ pub trait RootStore: Send + Sync + 'static {
     /// Forgets the subnets of these nodes of a cluster (unknown ones are ignored).
     fn delete_subnets(&self, cluster_id: &str, node_ids: &[String]) -> Result<()>;
 
-    // --- cluster join tokens (stored as hashes) ---
-    fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()>;
-    fn cluster_token_known(&self, hash: &str) -> Result<bool>;
+    // --- cluster join tokens (stored as hashes of their secret) ---
+    fn add_cluster_token(&self, token: &ClusterTokenRecord) -> Result<()>;
+    fn cluster_token(&self, hash: &str) -> Result<Option<ClusterTokenRecord>>;
+    fn list_cluster_tokens(&self) -> Result<Vec<ClusterTokenRecord>>;
+    /// Counts one use of the token unless it is single-use and was used already; answers
+    /// whether the use was granted (atomic, so two clusters cannot both use a single-use token).
+    fn use_cluster_token(&self, hash: &str) -> Result<bool>;
+    /// Revokes the tokens whose hash or short id is `hash_or_id`; answers how many.
+    fn revoke_cluster_token(&self, hash_or_id: &str) -> Result<usize>;
+
+    // --- cluster certificates (SHA-256 fingerprints, hex) ---
+    /// Binds `cluster_id` to the certificate it authenticates with from now on (replacing any
+    /// older one).
+    fn set_cluster_cert(&self, cluster_id: &str, fingerprint: &str) -> Result<()>;
+    fn cluster_cert(&self, cluster_id: &str) -> Result<Option<String>>;
+    fn cluster_by_cert(&self, fingerprint: &str) -> Result<Option<String>>;
+    /// Forgets a cluster's certificate (it may join again with a join token); answers whether
+    /// it had one.
+    fn forget_cluster_cert(&self, cluster_id: &str) -> Result<bool>;
 
     // --- small settings (key material, bootstrap markers) ---
     fn meta(&self, key: &str) -> Result<Option<String>>;

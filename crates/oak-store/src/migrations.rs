@@ -74,4 +74,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: join tokens with a short id, an expiry, a revocation mark and a use count (hashes of the
+    // secret part only; rows of the older whole-token hashes match no new token and stay inert),
+    // and the fingerprint of the certificate each cluster authenticates with
+    r#"
+    ALTER TABLE cluster_tokens ADD COLUMN id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cluster_tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE cluster_tokens ADD COLUMN reusable INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cluster_tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cluster_tokens ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX cluster_tokens_id ON cluster_tokens(id);
+    CREATE TABLE cluster_certs (
+        cluster_id  TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE
+    );
+    "#,
 ];

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::migrations::MIGRATIONS;
-use crate::{Result, RootStore, StoreError, SubnetRecord, UserRecord};
+use crate::{ClusterTokenRecord, Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
 /// The root's store in `<data_dir>/root.db`.
 pub struct SqliteStore {
@@ -132,6 +132,20 @@ fn members_losing_roles<'a>(old: &'a Organization, new: Option<&Organization>) -
 
 fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<bool> {
     Ok(conn.prepare_cached(sql)?.query_row(args, |_| Ok(())).optional()?.is_some())
+}
+
+const TOKEN_COLUMNS: &str = "SELECT id, hash, created_at, expires_at, reusable, uses, revoked FROM cluster_tokens";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterTokenRecord> {
+    Ok(ClusterTokenRecord {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        reusable: r.get(4)?,
+        uses: r.get::<_, i64>(5)? as u64,
+        revoked: r.get(6)?,
+    })
 }
 
 /// `execute` through the statement cache.
@@ -610,19 +624,77 @@ impl RootStore for SqliteStore {
         })
     }
 
-    fn add_cluster_token(&self, hash: &str, created_at: &str) -> Result<()> {
+    fn add_cluster_token(&self, t: &ClusterTokenRecord) -> Result<()> {
         self.write(|tx| {
             exec(
                 tx,
-                "INSERT INTO cluster_tokens (hash, created_at) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
-                params![hash, created_at],
+                "INSERT INTO cluster_tokens (hash, created_at, id, expires_at, reusable, uses, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (hash) DO NOTHING",
+                params![t.hash, t.created_at, t.id, t.expires_at, t.reusable, t.uses as i64, t.revoked],
             )?;
             Ok(())
         })
     }
 
-    fn cluster_token_known(&self, hash: &str) -> Result<bool> {
-        exists(&self.lock(), "SELECT 1 FROM cluster_tokens WHERE hash = ?1", params![hash])
+    fn cluster_token(&self, hash: &str) -> Result<Option<ClusterTokenRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE hash = ?1"))?;
+        Ok(stmt.query_row(params![hash], token_row).optional()?)
+    }
+
+    fn list_cluster_tokens(&self) -> Result<Vec<ClusterTokenRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE id <> '' ORDER BY created_at, id"))?;
+        let rows = stmt.query_map([], token_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn use_cluster_token(&self, hash: &str) -> Result<bool> {
+        self.write(|tx| {
+            let n = exec(
+                tx,
+                "UPDATE cluster_tokens SET uses = uses + 1 WHERE hash = ?1 AND revoked = 0 AND (reusable <> 0 OR uses = 0)",
+                params![hash],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn revoke_cluster_token(&self, hash_or_id: &str) -> Result<usize> {
+        if hash_or_id.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            Ok(exec(tx, "UPDATE cluster_tokens SET revoked = 1 WHERE hash = ?1 OR id = ?1", params![hash_or_id])?)
+        })
+    }
+
+    fn set_cluster_cert(&self, cluster_id: &str, fingerprint: &str) -> Result<()> {
+        self.write(|tx| {
+            exec(
+                tx,
+                "INSERT INTO cluster_certs (cluster_id, fingerprint) VALUES (?1, ?2)
+                 ON CONFLICT (cluster_id) DO UPDATE SET fingerprint = excluded.fingerprint",
+                params![cluster_id, fingerprint],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cluster_cert(&self, cluster_id: &str) -> Result<Option<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT fingerprint FROM cluster_certs WHERE cluster_id = ?1")?;
+        Ok(stmt.query_row(params![cluster_id], |r| r.get(0)).optional()?)
+    }
+
+    fn cluster_by_cert(&self, fingerprint: &str) -> Result<Option<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT cluster_id FROM cluster_certs WHERE fingerprint = ?1")?;
+        Ok(stmt.query_row(params![fingerprint], |r| r.get(0)).optional()?)
+    }
+
+    fn forget_cluster_cert(&self, cluster_id: &str) -> Result<bool> {
+        self.write(|tx| Ok(exec(tx, "DELETE FROM cluster_certs WHERE cluster_id = ?1", params![cluster_id])? == 1))
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {

@@ -52,7 +52,8 @@ async fn root_two_clusters_four_workers() {
     let token = token.trim();
 
     // A wrong join token is refused with a clear error, and the cluster stops.
-    let bad = start_cluster("intruder", &tmp.path().join("bad"), channel, "oakc_wrong", embedded()).await;
+    let unknown = format!("{}.{}", token.rsplit_once('.').unwrap().0, "0".repeat(48));
+    let bad = start_cluster("intruder", &tmp.path().join("bad"), channel, &unknown, embedded()).await;
     let err = tokio::time::timeout(Duration::from_secs(20), bad.task).await.unwrap().unwrap().unwrap_err();
     assert!(format!("{err:#}").contains("join token is not valid"), "{err:#}");
 

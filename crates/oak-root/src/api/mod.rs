@@ -36,7 +36,8 @@ use crate::state::AppState;
         applications::update, applications::delete,
         services::create, services::get, services::update, services::delete, services::list_of_app, services::list,
         services::request_instance, services::delete_instance, logs::logs,
-        clusters::all, clusters::active, clusters::workers, clusters::create_token,
+        clusters::all, clusters::active, clusters::workers, clusters::create_token, clusters::revoke_token,
+        clusters::reset_certificate,
     ),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "users"), (name = "organizations"), (name = "applications"),
@@ -86,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters", get(clusters::all))
         .route("/api/clusters/active", get(clusters::active))
         .route("/api/clusters/tokens", post(clusters::create_token))
+        .route("/api/clusters/tokens/revoke", post(clusters::revoke_token))
+        .route("/api/clusters/{cluster_id}/certificate", axum::routing::delete(clusters::reset_certificate))
         .route("/api/clusters/{cluster_id}/workers", get(clusters::workers))
         .route("/metrics", get(clusters::metrics))
         .fallback(not_found)

@@ -1,80 +1,104 @@
-//! The cluster channel server (default port 50052): clusters dial in, say `Hello` with their
-//! join token, and then exchange length-prefixed JSON frames (`oak_api::channel`).
+//! The cluster channel server (default port 50052), over TLS: the root presents its channel
+//! certificate (the CA in its chain is what join tokens pin); a member presents its client
+//! certificate, a newcomer none. Then `Hello` (with a join token and a certificate request on a
+//! first join) and length-prefixed JSON frames (`oak_api::channel`). Every refusal is logged
+//! with the peer and counted by reason.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use oak_api::channel::{self, ClusterMsg, RootMsg, MAX_FRAME, MAX_HELLO_FRAME, PROTOCOL_VERSION};
+use oak_tls::{Fingerprint, TlsListener};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use super::links::{Credential, Refusal};
 use super::Fleet;
 
 /// How long a new connection may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+type Tls = oak_tls::tokio_rustls::server::TlsStream<TcpStream>;
+
 /// Accepts cluster connections until `shutdown` resolves.
 pub async fn serve_channel(listener: TcpListener, fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
+    let refused = {
+        let fleet = fleet.clone();
+        Arc::new(move |peer: SocketAddr, why: &str| fleet.trust().refused(peer, "tls_handshake", why))
+    };
+    let mut listener = match TlsListener::new(listener, fleet.trust().server.clone(), refused) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the cluster channel");
+            return;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let fleet = fleet.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection(fleet, stream).await {
-                            tracing::info!(%peer, error = %e, "cluster channel closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a cluster connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            (stream, peer) = listener.accept() => {
+                let fleet = fleet.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(fleet, stream, peer).await {
+                        tracing::info!(%peer, error = %e, "cluster channel closed");
+                    }
+                });
+            }
         }
     }
 }
 
-async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<(), String> {
+    let certificate = oak_tls::peer_certificate(stream.get_ref().1).map(|c| Fingerprint::of(&c));
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    // Before the token is checked a frame may only be small: a stranger cannot make the root
-    // allocate (or wait for) a big one.
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClusterMsg>(&mut rd, MAX_HELLO_FRAME)).await {
-        Err(_) => return Err("no hello within 10 s".into()),
-        Ok(r) => r?,
+    let bad_hello = |fleet: &Fleet, why: String| {
+        fleet.trust().refused(peer, "bad_hello", &why);
+        why
     };
-    let ClusterMsg::Hello { protocol, token, cluster_id, cluster_name, cluster_location } = hello else {
-        return refuse(&mut wr, "the first message must be a hello".into()).await;
+    // Before the cluster is authenticated a frame may only be small: a stranger cannot make the
+    // root allocate (or wait for) a big one.
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClusterMsg>(&mut rd, MAX_HELLO_FRAME)).await {
+        Err(_) => return Err(bad_hello(&fleet, "no hello within 10 s".into())),
+        Ok(Err(e)) => return Err(bad_hello(&fleet, e)),
+        Ok(Ok(m)) => m,
+    };
+    let ClusterMsg::Hello { protocol, token, csr, cluster_id, cluster_name, cluster_location } = hello else {
+        return refuse(&fleet, peer, &mut wr, Refusal::new("bad_hello", "the first message must be a hello")).await;
     };
     if protocol != PROTOCOL_VERSION {
-        return refuse(
-            &mut wr,
-            format!("protocol version {protocol} is not supported (this root speaks {PROTOCOL_VERSION})"),
-        )
-        .await;
+        let message = format!("protocol version {protocol} is not supported (this root speaks {PROTOCOL_VERSION})");
+        return refuse(&fleet, peer, &mut wr, Refusal::new("bad_hello", message)).await;
     }
-    let joined = match fleet.join(&token, &cluster_id, &cluster_name, &cluster_location) {
+    let credential = match certificate {
+        Some(fingerprint) => Credential::Certificate(fingerprint),
+        None => Credential::Token { token: &token, csr: &csr },
+    };
+    let joined = match fleet.join(credential, &cluster_id, &cluster_name, &cluster_location) {
         Ok(j) => j,
-        Err(refusal) => {
-            tracing::warn!(cluster = %cluster_name, reason = %refusal.0, "cluster refused");
-            return refuse(&mut wr, refusal.0).await;
-        }
+        Err(refusal) => return refuse(&fleet, peer, &mut wr, refusal).await,
     };
     let id = joined.cluster_id.clone();
-    tracing::info!(cluster = %id, name = %cluster_name, "cluster joined");
+    tracing::info!(cluster = %id, name = %cluster_name, %peer, "cluster joined");
     let desired = match fleet.desired_for(&id) {
         Ok(d) => d,
-        Err(e) => return refuse(&mut wr, format!("the root cannot read its database: {e}")).await,
+        Err(e) => {
+            return refuse(
+                &fleet,
+                peer,
+                &mut wr,
+                Refusal::new("store", format!("the root cannot read its database: {e}")),
+            )
+            .await
+        }
     };
     let mut rx = joined.rx;
     let overflow = joined.overflow;
-    let mut first = vec![RootMsg::Welcome { cluster_id: id.clone() }];
+    let mut first = vec![RootMsg::Welcome { cluster_id: id.clone(), certificate: joined.certificate }];
     first.extend(RootMsg::full_deploy(desired));
     let writer = tokio::spawn(async move {
         tokio::select! {
@@ -90,10 +114,17 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) -> Result<(), String> 
     result
 }
 
-async fn refuse(wr: &mut (impl AsyncWriteExt + Unpin), message: String) -> Result<(), String> {
-    let _ = wr.write_all(&channel::encode(&RootMsg::Refused { message: message.clone() })).await;
+/// Tells the cluster why, logs and counts the refusal, and closes.
+async fn refuse(
+    fleet: &Fleet,
+    peer: SocketAddr,
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    refusal: Refusal,
+) -> Result<(), String> {
+    fleet.trust().refused(peer, refusal.reason, &refusal.message);
+    let _ = wr.write_all(&channel::encode(&RootMsg::Refused { message: refusal.message.clone() })).await;
     let _ = wr.shutdown().await;
-    Err(format!("refused: {message}"))
+    Err(format!("refused: {}", refusal.message))
 }
 
 async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead + Unpin)) -> Result<(), String> {
@@ -105,7 +136,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
         match msg {
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
             ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
-            ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(request_id, data, cursor, error),
+            ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(id, request_id, data, cursor, error),
             ClusterMsg::SubnetRequest { request_id, node_id } => {
                 let (subnet, error) = match fleet.subnet_for(id, &node_id) {
                     Ok(s) => (s, String::new()),

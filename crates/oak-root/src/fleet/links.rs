@@ -8,6 +8,8 @@ use oak_api::channel::{ClusterResources, RootMsg};
 use oak_api::model::Cluster;
 use tokio::sync::{mpsc, Notify};
 
+use oak_tls::Fingerprint;
+
 use super::Fleet;
 use crate::ids;
 
@@ -32,12 +34,36 @@ pub(super) struct Link {
     pub seq: u64,
 }
 
-/// Why a cluster may not join.
+/// Why a cluster may not join: `reason` labels the refusal in `/metrics`, the message goes to
+/// the cluster and the log.
 #[derive(Debug)]
-pub struct Refusal(pub String);
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal { reason, message: message.into() }
+    }
+
+    fn store(e: impl std::fmt::Display) -> Self {
+        Refusal::new("store", format!("the root cannot use its database: {e}"))
+    }
+}
+
+/// How a connecting cluster proves who it is.
+pub(super) enum Credential<'a> {
+    /// The fingerprint of the client certificate it presented in the TLS handshake.
+    Certificate(Fingerprint),
+    /// A first join: a join token and a certificate request for the cluster's key.
+    Token { token: &'a str, csr: &'a str },
+}
 
 pub(super) struct Joined {
     pub cluster_id: String,
+    /// The certificate signed on a first join (PEM), empty on a reconnect.
+    pub certificate: String,
     pub conn: u64,
     pub rx: mpsc::Receiver<RootMsg>,
     /// Notified when the queue overflowed: the writer closes the connection.
@@ -62,35 +88,40 @@ impl Link {
 }
 
 impl Fleet {
-    /// Admits a cluster presenting `token`: finds or creates its stable id, records it, and
-    /// replaces any older connection of the same cluster.
-    pub(super) fn join(&self, token: &str, claimed_id: &str, name: &str, location: &str) -> Result<Joined, Refusal> {
+    /// Admits a cluster: a member by its certificate, a newcomer by its join token (then its
+    /// certificate request is signed). Finds or creates its stable id, records it, and replaces
+    /// any older connection of the same cluster. A join token never takes over a cluster that
+    /// has a certificate: a leaked token would otherwise evict the real cluster.
+    pub(super) fn join(
+        &self,
+        credential: Credential<'_>,
+        claimed_id: &str,
+        name: &str,
+        location: &str,
+    ) -> Result<Joined, Refusal> {
         if name.trim().is_empty() {
-            return Err(Refusal("cluster_name is empty: set CLUSTER_NAME or --name".into()));
+            return Err(Refusal::new("bad_hello", "cluster_name is empty: set CLUSTER_NAME or --name"));
         }
-        let known = crate::cluster_tokens::verify(&*self.store, token).map_err(|e| Refusal(format!("{e}")))?;
-        if !known {
-            return Err(Refusal("the join token is not valid: create one with `oakestra cluster-token create`".into()));
-        }
-        let by_name = self.store.cluster_by_name(name).map_err(|e| Refusal(e.to_string()))?;
-        let by_id = match claimed_id {
-            "" => None,
-            id => self.store.cluster(id).map_err(|e| Refusal(e.to_string()))?,
-        };
-        let mut doc = match (by_id, by_name) {
-            (Some(mine), Some(other)) if other.id != mine.id => {
-                return Err(Refusal(format!("the cluster name {name:?} is taken by another cluster")));
+        let by_name = self.store.cluster_by_name(name).map_err(Refusal::store)?;
+        let (mut doc, certificate) = match credential {
+            Credential::Certificate(fingerprint) => {
+                let doc = self.member(fingerprint)?;
+                if by_name.as_ref().is_some_and(|other| other.id != doc.id) {
+                    return Err(Refusal::new(
+                        "name_taken",
+                        format!("the cluster name {name:?} is taken by another cluster"),
+                    ));
+                }
+                (doc, String::new())
             }
-            (Some(mine), _) => mine,
-            (None, Some(existing)) => existing,
-            (None, None) => Cluster { id: ids::new_id(), ..Default::default() },
+            Credential::Token { token, csr } => self.newcomer(token, csr, claimed_id, name, by_name)?,
         };
         doc.cluster_name = name.to_string();
         doc.candidate_name = name.to_string();
         doc.cluster_location = location.to_string();
         doc.candidate_location = location.to_string();
         doc.active = false;
-        self.store.put_cluster(&doc).map_err(|e| Refusal(e.to_string()))?;
+        self.store.put_cluster(&doc).map_err(Refusal::store)?;
 
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let overflow = Arc::new(Notify::new());
@@ -111,7 +142,90 @@ impl Fleet {
         drop(inner);
         // An older connection's interests end with it: the cluster queries again.
         self.forget_interest(&cluster_id);
-        Ok(Joined { cluster_id, conn, rx, overflow })
+        Ok(Joined { cluster_id, certificate, conn, rx, overflow })
+    }
+
+    /// The cluster whose certificate has `fingerprint`.
+    fn member(&self, fingerprint: Fingerprint) -> Result<Cluster, Refusal> {
+        let unknown = || {
+            Refusal::new(
+                "unknown_certificate",
+                "this cluster's certificate is not known to the root (an Admin reset it, or the root lost its \
+                 database): remove the cluster's <data-dir>/tls and join again with a join token",
+            )
+        };
+        let id = self.store.cluster_by_cert(&fingerprint.to_string()).map_err(Refusal::store)?.ok_or_else(unknown)?;
+        self.store.cluster(&id).map_err(Refusal::store)?.ok_or_else(unknown)
+    }
+
+    /// A first join with a token: the cluster document it gets (its own if it had one without a
+    /// certificate, e.g. after a reset) and its signed certificate (PEM).
+    fn newcomer(
+        &self,
+        token: &str,
+        csr: &str,
+        claimed_id: &str,
+        name: &str,
+        by_name: Option<Cluster>,
+    ) -> Result<(Cluster, String), Refusal> {
+        let record = crate::cluster_tokens::check(&*self.store, token, self.trust.ca(), crate::cluster_tokens::now())
+            .map_err(|e| Refusal::new(e.reason, e.message))?;
+        if csr.is_empty() {
+            return Err(Refusal::new("bad_hello", "a first join needs a certificate request (csr)"));
+        }
+        let by_id = match claimed_id {
+            "" => None,
+            id => self.store.cluster(id).map_err(Refusal::store)?,
+        };
+        let doc = match (by_id, by_name) {
+            (Some(mine), Some(other)) if other.id != mine.id => {
+                return Err(Refusal::new(
+                    "name_taken",
+                    format!("the cluster name {name:?} is taken by another cluster"),
+                ));
+            }
+            (Some(mine), _) => mine,
+            (None, Some(existing)) => existing,
+            (None, None) => Cluster { id: ids::new_id(), ..Default::default() },
+        };
+        if self.store.cluster_cert(&doc.id).map_err(Refusal::store)?.is_some() {
+            return Err(Refusal::new(
+                "identity_taken",
+                format!(
+                    "cluster {:?} ({}) has joined before and authenticates with its certificate; a join token cannot \
+                     take over its identity. If that cluster lost its data directory, an Admin lets it join again \
+                     with `oakestra cluster-reset {}`, which disconnects it and forgets its certificate",
+                    doc.cluster_name, doc.id, doc.cluster_name
+                ),
+            ));
+        }
+        let (certificate, fingerprint) = self
+            .trust
+            .authority
+            .sign_client(csr, &doc.id, super::trust::CLUSTER_CERT_VALIDITY)
+            .map_err(|e| Refusal::new("bad_hello", format!("the certificate request is not usable: {e}")))?;
+        crate::cluster_tokens::consume(&*self.store, &record).map_err(|e| Refusal::new(e.reason, e.message))?;
+        // The document first: a new cluster's id must exist before its certificate names it.
+        let mut doc = doc;
+        doc.cluster_name = name.to_string();
+        self.store.put_cluster(&doc).map_err(Refusal::store)?;
+        self.store.set_cluster_cert(&doc.id, &fingerprint.to_string()).map_err(Refusal::store)?;
+        tracing::info!(cluster = %doc.id, name, token = %record.id, certificate = %fingerprint,
+            "cluster joined with a join token; its certificate authenticates it from now on");
+        Ok((doc, certificate))
+    }
+
+    /// Forgets `cluster_id`'s certificate and closes its connection, so it (or a replacement
+    /// that lost its data) can join again with a join token. Answers whether it had one.
+    pub fn reset_certificate(&self, cluster_id: &str) -> oak_store::Result<bool> {
+        let had = self.store.forget_cluster_cert(cluster_id)?;
+        let link = self.lock().links.remove(cluster_id);
+        if link.is_some() {
+            // Dropping the link ends its writer, which closes the connection.
+            self.forget_interest(cluster_id);
+            tracing::warn!(cluster = cluster_id, "cluster certificate reset: disconnected");
+        }
+        Ok(had)
     }
 
     /// Forgets a connection that closed (unless a newer one replaced it).
@@ -188,7 +302,62 @@ fn apply_resources(c: &mut Cluster, r: &ClusterResources, now: f64) {
 
 #[cfg(test)]
 mod tests {
+    use oak_store::{RootStore, SqliteStore};
+
     use super::*;
+    use crate::cluster_tokens::{self, TokenOptions};
+    use crate::fleet::{ChannelTrust, FleetConfig};
+
+    fn fleet() -> (tempfile::TempDir, Arc<Fleet>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn RootStore> = Arc::new(SqliteStore::open(&dir.path().join("root.db")).unwrap());
+        let trust = ChannelTrust::with(oak_tls::Authority::generate("test CA").unwrap(), &[]).unwrap();
+        let options = TokenOptions { reusable: true, ..Default::default() };
+        let token = cluster_tokens::create(&*store, trust.ca(), options).unwrap().token.to_string();
+        (dir, Fleet::open(store, FleetConfig::default(), trust).unwrap(), token)
+    }
+
+    fn csr() -> String {
+        oak_tls::ClientKey::generate().unwrap().request("c").unwrap()
+    }
+
+    fn fingerprint(pem: &str) -> Fingerprint {
+        use oak_tls::rustls::pki_types::pem::PemObject;
+        Fingerprint::of(&oak_tls::rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_join_token_cannot_take_over_a_cluster_that_has_a_certificate() {
+        let (_dir, fleet, token) = fleet();
+        let csr = csr();
+        let first = fleet.join(Credential::Token { token: &token, csr: &csr }, "", "edge", "").unwrap();
+        assert!(first.certificate.contains("BEGIN CERTIFICATE"));
+        let cert = fingerprint(&first.certificate);
+
+        // The same name, or the real cluster's id, with a (leaked, reusable) token: refused.
+        for claimed in ["", first.cluster_id.as_str()] {
+            let e = fleet.join(Credential::Token { token: &token, csr: &csr }, claimed, "edge", "").err().unwrap();
+            assert_eq!(e.reason, "identity_taken", "{}", e.message);
+            assert!(e.message.contains("oakestra cluster-reset edge"), "{}", e.message);
+        }
+        // The real cluster stays connected.
+        assert!(fleet.lock().links.get(&first.cluster_id).is_some_and(|l| l.conn == first.conn));
+
+        // The real cluster reconnects with its certificate, a stranger's certificate is unknown.
+        let again = fleet.join(Credential::Certificate(cert), "", "edge", "").unwrap();
+        assert_eq!((again.cluster_id.as_str(), again.certificate.as_str()), (first.cluster_id.as_str(), ""));
+        let e = fleet.join(Credential::Certificate(Fingerprint::of(b"x")), "", "edge", "").err().unwrap();
+        assert_eq!(e.reason, "unknown_certificate");
+
+        // After an Admin's reset the name can join again with a token, keeping its id; the old
+        // certificate is no longer accepted.
+        assert!(fleet.reset_certificate(&first.cluster_id).unwrap());
+        assert!(!fleet.lock().links.contains_key(&first.cluster_id));
+        let rejoined = fleet.join(Credential::Token { token: &token, csr: &csr }, "", "edge", "").unwrap();
+        assert_eq!(rejoined.cluster_id, first.cluster_id);
+        let e = fleet.join(Credential::Certificate(cert), "", "edge", "").err().unwrap();
+        assert_eq!(e.reason, "unknown_certificate");
+    }
 
     #[tokio::test]
     async fn a_full_queue_closes_the_connection_instead_of_growing() {

@@ -13,6 +13,7 @@ mod links;
 mod logs;
 mod retry;
 mod routes;
+mod trust;
 mod workers;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ pub use addresses::AddressRefusal;
 pub use channel::serve_channel;
 pub use logs::LogsError;
 pub use retry::run_retries;
+pub use trust::ChannelTrust;
 
 /// Timing knobs of the root's control loops, and the per-user quotas on what the fleet holds.
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ pub struct Fleet {
     interest: Mutex<routes::Interest>,
     /// The clusters' workers as last reported.
     workers: Mutex<workers::Known>,
+    /// The CA and TLS config of the cluster channel, and its refusal counters.
+    trust: ChannelTrust,
 }
 
 struct Inner {
@@ -84,7 +88,7 @@ struct Inner {
 
 impl Fleet {
     /// The fleet of `store`'s root, with the overlay's address pools rebuilt from it.
-    pub fn open(store: Arc<dyn RootStore>, config: FleetConfig) -> oak_store::Result<Arc<Self>> {
+    pub fn open(store: Arc<dyn RootStore>, config: FleetConfig, trust: ChannelTrust) -> oak_store::Result<Arc<Self>> {
         let addresses = addresses::Addresses::rebuild(&*store)?;
         Ok(Arc::new(Fleet {
             store,
@@ -101,6 +105,7 @@ impl Fleet {
             addresses: Mutex::new(addresses),
             interest: Mutex::new(routes::Interest::default()),
             workers: Mutex::new(workers::Known::default()),
+            trust,
         }))
     }
 

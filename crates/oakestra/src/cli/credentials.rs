@@ -17,6 +17,12 @@ pub struct Credentials {
     pub username: String,
     pub token: String,
     pub refresh_token: String,
+    /// The CA certificate (PEM file) `login --ca-cert` trusted for this root's HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// SHA-256 of the root's HTTPS certificate at login; a different one later is warned about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The config directory: `$OAKESTRA_CONFIG_DIR`, else `$XDG_CONFIG_HOME/oakestra`, else
@@ -128,6 +134,8 @@ mod tests {
             username: "Admin".into(),
             token: "access".into(),
             refresh_token: "refresh".into(),
+            ca_cert: None,
+            fingerprint: None,
         }
     }
 

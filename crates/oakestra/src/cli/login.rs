@@ -3,8 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
 use clap::Args;
-use oak_client::Client;
 
 use super::credentials::{self, Credentials};
 use super::output::{emit, emit_json};
@@ -21,6 +22,10 @@ pub struct LoginArgs {
     /// Organization to log in to (the root uses `root` when not given).
     #[arg(long)]
     pub organization: Option<String>,
+    /// Trust this CA certificate (PEM) for the root's HTTPS instead of the system's CAs (a root
+    /// whose certificate a private CA signed). Remembered with the login.
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub async fn run(opts: &ClientOpts, args: LoginArgs) -> Result<()> {
@@ -28,15 +33,36 @@ pub async fn run(opts: &ClientOpts, args: LoginArgs) -> Result<()> {
         Some(p) => p,
         None => read_password()?,
     };
-    let client = Client::new(opts.url.as_deref().unwrap_or(super::DEFAULT_URL));
-    let tokens = client.login(&args.username, &password, args.organization.as_deref()).await?;
+    let url = opts.url.as_deref().unwrap_or(super::DEFAULT_URL);
+    let ca_cert = args.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let client = super::session::client(url, ca_cert.as_deref())?;
+    let tokens = client
+        .login(&args.username, &password, args.organization.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", super::session::explain_tls(&e, url)))?;
+    let path = credentials::default_path()?;
+    let fingerprint = client.server_fingerprint();
+    if let Some(fingerprint) = fingerprint {
+        let before =
+            Credentials::load(&path).ok().flatten().filter(|c| c.url == client.base_url()).and_then(|c| c.fingerprint);
+        match before {
+            Some(old) if old != fingerprint.to_string() => super::session::warn_changed(client.base_url(), &old, fingerprint),
+            Some(_) => {}
+            None => eprintln!(
+                "The root's HTTPS certificate has SHA-256 fingerprint\n  {}\nCompare it with the one the root logged at start (\"serving the API over HTTPS\").",
+                fingerprint.colon_hex()
+            ),
+        }
+    }
     let creds = Credentials {
         url: client.base_url().to_string(),
         username: args.username,
         token: tokens.token,
         refresh_token: tokens.refresh_token,
+        ca_cert,
+        fingerprint: fingerprint.map(|f| f.to_string()),
     };
-    creds.save(&credentials::default_path()?)?;
+    creds.save(&path)?;
     if opts.json {
         emit_json(&serde_json::json!({ "url": creds.url, "username": creds.username }))
     } else {

@@ -49,9 +49,13 @@ pub enum ClientCommand {
     Logs(logs::LogsArgs),
     /// List the clusters (by default only the active ones).
     Clusters(clusters::ClustersArgs),
-    /// Issue cluster join tokens (Admin only).
-    #[command(subcommand, name = "cluster-token")]
-    ClusterToken(clusters::TokenCommand),
+    /// Issue and revoke cluster join tokens (Admin only).
+    #[command(name = "cluster-token")]
+    ClusterToken(clusters::TokenArgs),
+    /// Forget a cluster's certificate and disconnect it, so that a cluster that lost its data
+    /// directory can join again under its name with a join token (Admin only).
+    #[command(name = "cluster-reset")]
+    ClusterReset(clusters::ResetArgs),
 }
 
 /// Runs one client command on a single-threaded runtime (one request at a time needs no more)
@@ -79,6 +83,7 @@ async fn dispatch(opts: &ClientOpts, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Service(cmd) => services::run(&mut Session::open(opts)?, opts.json, cmd).await,
         ClientCommand::Logs(args) => logs::run(&mut Session::open(opts)?, args).await,
         ClientCommand::Clusters(args) => clusters::run(&mut Session::open(opts)?, opts.json, args).await,
-        ClientCommand::ClusterToken(cmd) => clusters::run_token(&mut Session::open(opts)?, opts.json, cmd).await,
+        ClientCommand::ClusterToken(args) => clusters::run_token(&mut Session::open(opts)?, opts.json, args).await,
+        ClientCommand::ClusterReset(args) => clusters::run_reset(&mut Session::open(opts)?, opts.json, args).await,
     }
 }

@@ -2,9 +2,9 @@
 //! transparent renewal of the short-lived access token.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use oak_client::{Client, ClientError};
 
 use super::credentials::{self, Credentials};
@@ -33,7 +33,7 @@ impl Session {
                 normalize(&url)
             );
         }
-        let client = Client::new(&url).with_token(creds.token.clone());
+        let client = client(&url, creds.ca_cert.as_deref())?.with_token(creds.token.clone());
         Ok(Self { client, creds, path })
     }
 
@@ -44,12 +44,24 @@ impl Session {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        match op(self.client.clone()).await {
+        let result = match op(self.client.clone()).await {
             Err(err) if err.status() == Some(401) => {
                 self.renew(&err).await?;
-                Ok(op(self.client.clone()).await?)
+                op(self.client.clone()).await
             }
-            other => Ok(other?),
+            other => other,
+        };
+        self.check_certificate();
+        result.map_err(|e| anyhow!("{}", explain_tls(&e, &self.creds.url)))
+    }
+
+    /// Warns when the root's HTTPS certificate is not the one seen at login.
+    fn check_certificate(&self) {
+        let (Some(now), Some(then)) = (self.client.server_fingerprint(), self.creds.fingerprint.as_deref()) else {
+            return;
+        };
+        if now.to_string() != then {
+            warn_changed(&self.creds.url, then, now);
         }
     }
 
@@ -72,6 +84,43 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A client for `url`, trusting the CA in the PEM file `ca_cert` for HTTPS (else the system's).
+pub fn client(url: &str, ca_cert: Option<&Path>) -> Result<Client> {
+    let pem = match ca_cert {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Client::with_ca(url, pem.as_deref()).with_context(|| match ca_cert {
+        Some(path) => format!("{}", path.display()),
+        None => "the system's CA certificates".to_string(),
+    })
+}
+
+/// A transport error caused by an untrusted certificate, with the way out.
+pub fn explain_tls(err: &ClientError, url: &str) -> String {
+    let text = err.to_string();
+    if url.starts_with("https://") && matches!(err, ClientError::Transport(_)) && text.contains("certificate") {
+        format!("{text} (if a private CA signed the root's certificate, log in with --ca-cert <its PEM file>)")
+    } else {
+        text
+    }
+}
+
+/// The loud warning of a root certificate that changed since login.
+pub fn warn_changed(url: &str, before: &str, now: oak_client::Fingerprint) {
+    eprintln!(
+        "WARNING: the HTTPS certificate of {url} CHANGED since you logged in.\n  \
+         at login: {}\n  now:      {}\n\
+         If the root's certificate was not renewed on purpose, someone may be intercepting the connection. \
+         Once you checked the new fingerprint, run \"oakestra login\" again to accept it.",
+        oak_client::Fingerprint::from_hex(before).map_or(before.to_string(), |f| f.colon_hex()),
+        now.colon_hex()
+    );
 }
 
 /// URLs compare equal regardless of a trailing slash.

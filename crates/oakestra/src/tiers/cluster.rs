@@ -26,7 +26,8 @@ pub struct ClusterArgs {
     /// `host:port` of the root's cluster channel.
     #[arg(long)]
     pub root_channel: Option<String>,
-    /// Cluster join token issued by the root.
+    /// Cluster join token issued by the root (`oakc.v1.<root CA hash>.<secret>`); not needed once
+    /// the cluster joined (it then authenticates with its certificate in `<data-dir>/tls`).
     #[arg(long, env = "OAKESTRA_CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the cluster join token (e.g. the root's `<data-dir>/cluster-token`).
@@ -90,7 +91,11 @@ impl ClusterArgs {
             .root_url
             .or_else(|| host.as_ref().map(|h| format!("http://{h}:10000")))
             .unwrap_or_else(|| format!("http://{}:10000", root_channel.rsplit_once(':').map_or("", |(h, _)| h)));
-        let root_token = read_token(self.token, self.token_file.as_deref(), "cluster join token")?;
+        // A cluster that joined before authenticates with its certificate and needs no token.
+        let root_token = match (self.token.is_some() || self.token_file.is_some(), joined_before(&self.data_dir)) {
+            (false, true) => String::new(),
+            _ => read_token(self.token, self.token_file.as_deref(), "cluster join token")?,
+        };
         let seconds = |v: f64, flag: &str| {
             if v.is_finite() && v > 0.0 {
                 Ok(Duration::from_secs_f64(v))
@@ -127,6 +132,11 @@ impl ClusterArgs {
             },
         })
     }
+}
+
+/// Whether `data_dir` holds the certificate of an earlier join.
+fn joined_before(data_dir: &std::path::Path) -> bool {
+    data_dir.join(oak_cluster::root_trust::TLS_DIR).join("cluster.pem").exists()
 }
 
 pub fn run(args: ClusterArgs) -> ExitCode {

@@ -38,6 +38,43 @@ pub struct RootArgs {
     /// Per-user quotas (Admins are exempt): services, instances and service IPs one user may hold.
     #[command(flatten)]
     pub quotas: QuotaArgs,
+    #[command(flatten)]
+    pub tls: ApiTlsArgs,
+}
+
+/// HTTPS for the public API and the dashboard.
+#[derive(Args, Clone, Default)]
+pub struct ApiTlsArgs {
+    /// Serve the API (and the dashboard) over HTTPS with this certificate chain (PEM, leaf
+    /// first); re-read on SIGHUP. Without it the API is plain HTTP.
+    #[arg(long, requires = "tls_key", env = "OAKESTRA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", env = "OAKESTRA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ApiTlsArgs {
+    /// The certificate to serve, if HTTPS was asked for; an unusable file is a configuration
+    /// error naming it.
+    pub fn load(&self) -> Result<Option<std::sync::Arc<oak_tls::ReloadableCert>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                oak_tls::ReloadableCert::load(cert, key).map(Some).map_err(|e| format!("--tls-cert/--tls-key: {e}"))
+            }
+            (None, None) => Ok(None),
+            _ => Err("--tls-cert and --tls-key go together".into()),
+        }
+    }
+
+    /// `https` with a certificate, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -84,11 +121,18 @@ pub fn run(args: RootArgs) -> ExitCode {
     init_logging();
     let config = args.config();
     let (api_addr, dashboard_port) = (args.api_addr, args.dashboard_port);
+    let cert = match args.tls.load() {
+        Ok(c) => c,
+        Err(e) => return config_error("root", e),
+    };
     block_on("root", async move {
         let mut root = match oak_root::Root::open(config).await {
             Ok(root) => root,
             Err(e) => return config_error("root", format!("{e:#}")),
         };
+        if let Some(cert) = cert {
+            root.use_tls(cert);
+        }
         if dashboard_port != 0 {
             let addr = SocketAddr::new(api_addr, dashboard_port);
             match tokio::net::TcpListener::bind(addr).await {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::cluster::ClusterArgs;
-use super::root::RootArgs;
+use super::root::{ApiTlsArgs, RootArgs};
 use super::worker::WorkerArgs;
 use super::{block_on, config_error, init_logging, shutdown_signal};
 
@@ -54,6 +54,8 @@ pub struct UpArgs {
     /// Roles besides Admin that may submit privileged containers and reserved host ports.
     #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
     pub privileged_roles: Vec<String>,
+    #[command(flatten)]
+    pub tls: ApiTlsArgs,
     /// Let the worker offer the `unikernel` virtualization (QEMU).
     #[arg(short = 'u', long = "unikernel", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
@@ -74,12 +76,21 @@ pub fn run(args: UpArgs) -> ExitCode {
         admin_password: args.admin_password,
         privileged_roles: args.privileged_roles,
         quotas: Default::default(),
+        tls: args.tls.clone(),
     };
+    let cert = match args.tls.load() {
+        Ok(c) => c,
+        Err(e) => return config_error("up", e),
+    };
+    let scheme = args.tls.scheme();
     block_on("up", async move {
         let mut root = match oak_root::Root::open(root_args.config()).await {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
+        if let Some(cert) = cert {
+            root.use_tls(cert);
+        }
         let admin_password_file = root.admin_password_file();
         let (api_listener, channel_listener) = match root.listen().await {
             Ok(l) => l,
@@ -115,7 +126,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             name: Some(args.cluster_name.clone()),
             location: String::new(),
             system_manager: None,
-            root_url: Some(format!("http://127.0.0.1:{}", args.api_port)),
+            root_url: Some(format!("{scheme}://127.0.0.1:{}", args.api_port)),
             root_channel: Some(format!("127.0.0.1:{}", args.cluster_port)),
             token: None,
             token_file: Some(root_args.data_dir.join(oak_root::cluster_tokens::TOKEN_FILE)),
@@ -178,15 +189,15 @@ pub fn run(args: UpArgs) -> ExitCode {
         let mut worker_task = tokio::spawn(tier_result(oak_worker::run(worker_config, deps, stopped())));
 
         println!(
-            "Oakestra is up (1-DOC): dashboard {dashboard}, API http://127.0.0.1:{port}, docs http://127.0.0.1:{port}/api/docs\n\
-             {admin}Log in:   oakestra login --url http://127.0.0.1:{port} -u Admin {login}\n\
+            "Oakestra is up (1-DOC): dashboard {dashboard}, API {scheme}://127.0.0.1:{port}, docs {scheme}://127.0.0.1:{port}/api/docs\n\
+             {admin}Log in:   oakestra login --url {scheme}://127.0.0.1:{port} -u Admin {login}\n\
              Deploy:   oakestra app create -f examples/sla/nginx.json && oakestra service list\n\
              Scale:    oakestra service scale <service id>   (then: oakestra service show <service id>)",
             port = args.api_port,
             dashboard = match dashboard {
-                Some(80) => "http://127.0.0.1/".to_string(),
-                Some(d) => format!("http://127.0.0.1:{d}/"),
-                None => format!("http://127.0.0.1:{}/", args.api_port),
+                Some(80) if scheme == "http" => "http://127.0.0.1/".to_string(),
+                Some(d) => format!("{scheme}://127.0.0.1:{d}/"),
+                None => format!("{scheme}://127.0.0.1:{}/", args.api_port),
             },
             login = admin_login(admin_password_file.as_deref()),
             admin = generated_password_line(admin_password_file.as_deref()),

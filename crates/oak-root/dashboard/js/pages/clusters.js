@@ -42,7 +42,9 @@ export async function render(main) {
     try {
       const t = await api.call("POST", "/api/clusters/tokens");
       clear(tokenStatus, el("div", { class: "ok-box" },
-        el("div", {}, "Join token (shown once; pass it to ", el("code", {}, "oakestra cluster --token"), "):"),
+        el("div", {}, "Join token for one cluster (shown once; id ", el("code", {}, t.id),
+          ", revoke with ", el("code", {}, "oakestra cluster-token --revoke " + t.id), "; pass it to ",
+          el("code", {}, "oakestra cluster --token"), "):"),
         el("code", { id: "cluster-token" }, t.token)));
     } catch (err) {
       clear(tokenStatus, errorBox(err));

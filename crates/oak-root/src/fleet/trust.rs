@@ -1,0 +1,99 @@
+//! What the cluster channel trusts: the root's CA (signs each cluster's certificate at its first
+//! join), the channel's TLS config (the root's certificate; clients may present one of the CA's
+//! certificates), and counters of what was refused, by reason, for `/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oak_tls::{Authority, ClientAuth, Fingerprint, ROOT_SERVER_NAME};
+
+use super::Fleet;
+
+/// Certificates of clusters are long-lived: the root checks each one's fingerprint against its
+/// store at every connection, so forgetting it (`oakestra cluster-reset`) revokes it.
+pub const CLUSTER_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Reasons a channel connection is refused; each is a label of
+/// `oakestra_channel_refusals_total`, listed so every one shows (as 0) from the start.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "tls_handshake",
+    "bad_hello",
+    "malformed_token",
+    "unknown_token",
+    "revoked_token",
+    "expired_token",
+    "used_token",
+    "identity_taken",
+    "name_taken",
+    "unknown_certificate",
+    "store",
+];
+
+pub struct ChannelTrust {
+    pub authority: Authority,
+    pub server: Arc<oak_tls::rustls::ServerConfig>,
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Answers (by request id) from a cluster that was not asked.
+    pub stray_answers: AtomicU64,
+}
+
+impl ChannelTrust {
+    /// Loads or creates the CA in `tls_dir` and issues the channel's certificate for
+    /// [`ROOT_SERVER_NAME`] and `addresses`.
+    pub fn open(tls_dir: &Path, addresses: &[String]) -> Result<Self, oak_tls::TlsError> {
+        let authority = Authority::load_or_create(tls_dir, "Oakestra root CA")?;
+        Self::with(authority, addresses)
+    }
+
+    /// The same with a given CA (tests).
+    pub fn with(authority: Authority, addresses: &[String]) -> Result<Self, oak_tls::TlsError> {
+        let identity = authority.issue_server(ROOT_SERVER_NAME, addresses)?;
+        let server = oak_tls::server_config(&identity, ClientAuth::Optional(authority.cert().clone()))?;
+        Ok(ChannelTrust { authority, server, refusals: Mutex::new(BTreeMap::new()), stray_answers: AtomicU64::new(0) })
+    }
+
+    pub fn ca(&self) -> Fingerprint {
+        self.authority.fingerprint()
+    }
+
+    /// Logs and counts a refused connection.
+    pub fn refused(&self, peer: SocketAddr, reason: &'static str, detail: &str) {
+        tracing::warn!(%peer, reason, detail, "cluster channel connection refused");
+        *self.refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Refusals so far by reason, every known reason included.
+    pub fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: BTreeMap<&'static str, u64> = REFUSAL_REASONS.iter().map(|r| (*r, 0)).collect();
+        all.extend(counts.iter().map(|(k, v)| (*k, *v)));
+        all.into_iter().collect()
+    }
+
+    pub fn count_stray_answer(&self) {
+        self.stray_answers.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Fleet {
+    pub fn trust(&self) -> &ChannelTrust {
+        &self.trust
+    }
+
+    /// `/metrics` lines of the channel's refusals and stray answers.
+    pub fn channel_metrics(&self) -> String {
+        let mut out = String::from("# TYPE oakestra_channel_refusals_total counter\n");
+        for (reason, n) in self.trust.refusal_counts() {
+            out.push_str(&format!("oakestra_channel_refusals_total{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out.push_str(&format!(
+            "# TYPE oakestra_channel_stray_answers_total counter\noakestra_channel_stray_answers_total {}\n",
+            self.trust.stray_answers.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
