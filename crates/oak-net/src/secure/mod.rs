@@ -252,7 +252,12 @@ impl SecureTunnel {
             },
             Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
                 Some(k) => *k,
-                None => return Opened::Refused(Refusal::UnknownPeer),
+                None => {
+                    // A known peer still using a session this worker forgot (it restarted): a
+                    // new handshake, so its flows do not wait for its own rekey timers.
+                    self.rekey(from);
+                    return Opened::Refused(Refusal::UnknownPeer);
+                }
             },
         };
         if !self.peers.contains_key(&key) {
@@ -267,7 +272,15 @@ impl SecureTunnel {
         };
         match peer.tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out) {
             TunnResult::Done => Opened::Control,
-            TunnResult::Err(e) => Opened::Refused(e.into()),
+            TunnResult::Err(e) => {
+                let reason = Refusal::from(e);
+                if reason == Refusal::NoSession && is_data(datagram) {
+                    // The peer sends on a session this worker no longer has (it restarted).
+                    let endpoint = peer.endpoint;
+                    self.rekey(endpoint);
+                }
+                Opened::Refused(reason)
+            }
             TunnResult::WriteToNetwork(reply) => {
                 self.outbox.push((from, reply.to_vec()));
                 // A finished handshake releases the packets queued behind it.
@@ -348,14 +361,14 @@ impl SecureTunnel {
         self.refusals.add(reason);
     }
 
-    /// Forces a new handshake with the worker at `endpoint` (sessions rekey by themselves every
-    /// two minutes; this is for tests and for a peer that changed).
+    /// Starts a new handshake with the worker at `endpoint` unless one is under way (sessions
+    /// rekey by themselves every two minutes; this is for a peer that lost its sessions).
     pub fn rekey(&mut self, endpoint: SocketAddrV4) {
         let Some(peer) = self.by_endpoint.get(&endpoint).and_then(|k| self.peers.get_mut(k)) else {
             return;
         };
         let mut out = [0u8; MIN_OUT];
-        if let TunnResult::WriteToNetwork(d) = peer.tunn.format_handshake_initiation(&mut out, true) {
+        if let TunnResult::WriteToNetwork(d) = peer.tunn.format_handshake_initiation(&mut out, false) {
             self.outbox.push((peer.endpoint, d.to_vec()));
         }
     }

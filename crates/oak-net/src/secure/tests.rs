@@ -214,6 +214,22 @@ fn rekeying_keeps_the_flow() {
 }
 
 #[test]
+fn a_restarted_peer_gets_a_new_handshake() {
+    let (mut a, b) = connected();
+    // `b` restarts with the same key but no sessions; `a` keeps sending on its old session.
+    let mut b2 = worker(2);
+    b2.tunnel.set_peer(a.tunnel.public(), a.endpoint, None);
+    let stale = seal(&mut a, &b, &packet(b"into the void"));
+    assert_eq!(deliver(&mut b2, a.endpoint, &stale), Opened::Refused(Refusal::NoSession));
+    // b2 answers with a handshake of its own; afterwards both directions work again.
+    pump(&mut a, &mut b2);
+    let wire = seal(&mut a, &b2, &packet(b"again"));
+    assert!(matches!(deliver(&mut b2, a.endpoint, &wire), Opened::Packet { .. }));
+    let back = seal(&mut b2, &a, &packet(b"back"));
+    assert!(matches!(deliver(&mut a, b2.endpoint, &back), Opened::Packet { .. }));
+}
+
+#[test]
 fn a_new_key_takes_over_its_endpoint() {
     let (mut a, mut b) = connected();
     // `b` lost its data dir: same endpoint, new key; the tables now name the new key.
