@@ -338,23 +338,21 @@ impl Datapath {
         };
         let stride = size + OVERHEAD;
         scratch.sealed.clear();
-        let outbox = {
-            let mut secure = secure.lock().unwrap();
-            for seg in scratch.segments.chunks(size) {
-                let start = scratch.sealed.len();
-                scratch.sealed.resize(start + stride.max(MIN_OUT), 0);
-                match secure.seal(peer, seg, &mut scratch.sealed[start..]) {
-                    Sealed::Ready(n) => scratch.sealed.truncate(start + n),
-                    Sealed::Queued => scratch.sealed.truncate(start),
-                    Sealed::NoPeer => {
-                        scratch.sealed.truncate(start);
-                        tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped");
-                        break;
-                    }
+        // One datagram per lock, so the receiving thread can open in between.
+        for seg in scratch.segments.chunks(size) {
+            let start = scratch.sealed.len();
+            scratch.sealed.resize(start + stride.max(MIN_OUT), 0);
+            match secure.lock().unwrap().seal(peer, seg, &mut scratch.sealed[start..]) {
+                Sealed::Ready(n) => scratch.sealed.truncate(start + n),
+                Sealed::Queued => scratch.sealed.truncate(start),
+                Sealed::NoPeer => {
+                    scratch.sealed.truncate(start);
+                    tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped");
+                    break;
                 }
             }
-            secure.take_outbox()
-        };
+        }
+        let outbox = secure.lock().unwrap().take_outbox();
         self.send_outbox(outbox);
         self.send_datagrams(&scratch.sealed, stride, peer);
     }
@@ -672,8 +670,9 @@ struct Received<'a> {
 
 /// The secure tunnel's receive: opens every datagram of a batch into `plain` (same offsets),
 /// answers probes, checks that each packet's source belongs to its sender and translates the
-/// rest; `datagrams` gets those to deliver. Handshake answers, pongs, directory questions and
-/// refusal logs go out once the locks are released.
+/// rest; `datagrams` gets those to deliver. Decryption holds the tunnel's lock one datagram at a
+/// time, so the other packet thread can seal in between; handshake answers, pongs, directory
+/// questions and refusal logs go out once the locks are released.
 fn open_batch(
     d: &Datapath,
     secure: &Mutex<SecureTunnel>,
@@ -684,61 +683,61 @@ fn open_batch(
     let now = Instant::now();
     let mut unknown: Vec<PeerKey> = Vec::new();
     let mut refused: Vec<(SocketAddrV4, Refusal)> = Vec::new();
+    // (message, offset, length, sender) of every opened packet.
+    let mut opened: Vec<(usize, usize, usize, PeerKey, SocketAddrV4)> = Vec::new();
+    for (i, m) in batch.msgs.iter().enumerate() {
+        let n = m.msg_len as usize;
+        if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || n == 0 {
+            continue;
+        }
+        let a = batch.addrs[i];
+        let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
+        let seg = if batch.gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
+        for off in (0..n).step_by(seg) {
+            let len = seg.min(n - off);
+            let datagram = &batch.bufs[i][off..off + len];
+            match secure.lock().unwrap().open(from, datagram, &mut plain[i][off..], now) {
+                Opened::Packet { len: plen, peer } => opened.push((i, off, plen, peer, from)),
+                Opened::Control => {}
+                Opened::Unknown(key) => unknown.push(key),
+                Opened::Refused(reason) => refused.push((from, reason)),
+            }
+        }
+    }
     let mut pongs: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
     let outbox = {
         let mut secure = secure.lock().unwrap();
         let mut proxy = d.proxy.lock().unwrap();
-        for (i, m) in batch.msgs.iter().enumerate() {
-            let n = m.msg_len as usize;
-            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || n == 0 {
-                continue;
-            }
-            let a = batch.addrs[i];
-            let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
-            let seg = if batch.gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
-            let mut off = 0;
-            while off < n {
-                let len = seg.min(n - off);
-                let datagram = &batch.bufs[i][off..off + len];
-                match secure.open(from, datagram, &mut plain[i][off..], now) {
-                    Opened::Packet { len: plen, peer } => {
-                        let packet = &mut plain[i][off..off + plen];
-                        if let Some(probe) = Probe::from_packet(packet) {
-                            let Some(endpoint) = secure.endpoint_of(&peer) else { continue };
-                            match probe.kind {
-                                ProbeKind::Ping => {
-                                    let mut out = vec![0u8; MIN_OUT];
-                                    if let Sealed::Ready(k) = secure.seal(endpoint, &probe.pong().to_packet(), &mut out)
-                                    {
-                                        out.truncate(k);
-                                        pongs.push((endpoint, out));
-                                    }
-                                }
-                                ProbeKind::Pong => {
-                                    let at = d.epoch.elapsed().as_nanos() as u64;
-                                    if let Some(rtt) = at.checked_sub(probe.sent_nanos) {
-                                        proxy.set_rtt(endpoint, Duration::from_nanos(rtt));
-                                    }
-                                }
-                            }
-                        } else {
-                            let (src, _) = oak_net::packet::addresses(packet);
-                            if !secure.source_allowed(peer, src, proxy.instance_endpoint(src)) {
-                                secure.refuse(Refusal::WrongSource);
-                                refused.push((from, Refusal::WrongSource));
-                            } else {
-                                match proxy.inbound(packet, now) {
-                                    Inbound::Deliver => datagrams.push((i, off, plen, true)),
-                                    Inbound::Drop(reason) => tracing::debug!(%reason, "inbound packet dropped"),
-                                }
-                            }
+        for (i, off, plen, peer, from) in opened {
+            let packet = &mut plain[i][off..off + plen];
+            if let Some(probe) = Probe::from_packet(packet) {
+                match (probe.kind, secure.endpoint_of(&peer)) {
+                    (ProbeKind::Ping, Some(endpoint)) => {
+                        let mut out = vec![0u8; MIN_OUT];
+                        if let Sealed::Ready(k) = secure.seal(endpoint, &probe.pong().to_packet(), &mut out) {
+                            out.truncate(k);
+                            pongs.push((endpoint, out));
                         }
                     }
-                    Opened::Control => {}
-                    Opened::Unknown(key) => unknown.push(key),
-                    Opened::Refused(reason) => refused.push((from, reason)),
+                    (ProbeKind::Pong, Some(endpoint)) => {
+                        let at = d.epoch.elapsed().as_nanos() as u64;
+                        if let Some(rtt) = at.checked_sub(probe.sent_nanos) {
+                            proxy.set_rtt(endpoint, Duration::from_nanos(rtt));
+                        }
+                    }
+                    (_, None) => {}
                 }
-                off += len;
+                continue;
+            }
+            let (src, _) = oak_net::packet::addresses(packet);
+            if !secure.source_allowed(peer, src, proxy.instance_endpoint(src)) {
+                secure.refuse(Refusal::WrongSource);
+                refused.push((from, Refusal::WrongSource));
+                continue;
+            }
+            match proxy.inbound(packet, now) {
+                Inbound::Deliver => datagrams.push((i, off, plen, true)),
+                Inbound::Drop(reason) => tracing::debug!(%reason, "inbound packet dropped"),
             }
         }
         secure.take_outbox()
