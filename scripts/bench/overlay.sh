@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark `overlay` (targets P7, P8): root, cluster and two workers (wa, wb) as processes in a
-# lab of network namespaces, with a containerd of its own and a registry on the lab bridge. A
-# client instance on wa and a server instance on wb; TCP bulk throughput (median of runs) and
-# 64-byte request/response round trips (p50, p99) from the client's namespace to the server's
-# round-robin service IP (overlay) against the same pair routed natively (kernel routing through
-# the lab), measured in the same run. Prints a table, writes bench/results/overlay-<time>.json.
+# Benchmark `overlay` (targets P7, P8): root, cluster and four workers as processes in a lab of
+# network namespaces, with a containerd of its own and a registry on the lab bridge. A client
+# instance on wa and a server instance on wb (encrypted tunnel), and the same pair on pa/pb
+# (workers with --insecure-plaintext-overlay); TCP bulk throughput (median of runs) and 64-byte
+# request/response round trips (p50, p99) from each client's namespace to its server's
+# round-robin service IP against the wa/wb pair routed natively (kernel routing through the
+# lab), all measured in the same run. Prints a table, writes bench/results/overlay-<time>.json.
 # Needs root. Exits non-zero if it cannot run.
 #
 #   scripts/bench/overlay.sh                  # 3 × 5 s bulk, 2,000 round trips per path

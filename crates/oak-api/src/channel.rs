@@ -95,6 +95,9 @@ pub enum ClusterMsg {
         #[serde(default)]
         ip: String,
     },
+    /// Who holds a tunnel key (a handshake from a worker of another cluster); answered with
+    /// [`RootMsg::Peer`] from the workers every cluster reported.
+    PeerQuery { request_id: u64, public_key: String },
     /// No worker of this cluster needs the job's routes any more.
     Uninterest { job_name: String },
     /// The cluster's workers. `full` = (a part of) every worker, sent after `Welcome` and
@@ -162,6 +165,11 @@ pub enum RootMsg {
         #[serde(default)]
         error: String,
     },
+    /// Answer to [`ClusterMsg::PeerQuery`] (`answer.error` set when no worker has the key).
+    Peer {
+        request_id: u64,
+        answer: crate::net::PeerAnswer,
+    },
     /// Answer to [`ClusterMsg::TableQuery`] (`table.error` set when unknown).
     Table {
         request_id: u64,
@@ -176,6 +184,10 @@ pub enum RootMsg {
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 impl RootMsg {
@@ -253,6 +265,9 @@ pub struct InstanceReport {
     pub worker_id: Option<String>,
     pub host_ip: Option<String>,
     pub host_port: Option<String>,
+    /// The tunnel key of its worker (see [`crate::net::RouteInstance::public_key`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_key: Option<String>,
     /// The instance's overlay address on its worker's bridge.
     pub namespace_ip: Option<String>,
     pub publicip: Option<String>,
@@ -276,6 +291,14 @@ pub struct WorkerSummary {
     /// The overlay's public address of the worker, when it runs the overlay and found one.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub public_address: String,
+    /// The overlay's tunnel port, key and /26, when the worker runs the overlay (the root's
+    /// peer directory answers from them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tunnel_port: u16,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tunnel_key: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subnet: String,
     /// `amd64`, `arm64`, …
     pub architecture: String,
     pub virtualization: Vec<String>,

@@ -113,6 +113,9 @@ pub struct Instance {
     pub host_ip: Option<String>,
     #[serde(default)]
     pub host_port: Option<String>,
+    /// The tunnel key of its worker, copied into route tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_key: Option<String>,
     /// The instance's service IP (10.30.x.y), allocated when the instance is created and kept
     /// until it is removed, also when it moves.
     #[serde(default)]
@@ -151,6 +154,7 @@ impl Instance {
             worker_name: None,
             host_ip: None,
             host_port: None,
+            tunnel_key: None,
             instance_ip: None,
             namespace_ip: None,
             publicip: None,

@@ -34,6 +34,10 @@ pub struct RouteInstance {
     pub host_port: u16,
     pub worker_id: String,
     pub cluster_id: String,
+    /// The worker's tunnel key (X25519 public key, 64 hex digits): packets to this instance are
+    /// sealed for it, and only that key may send from its instance IP.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
 }
 
 /// A service's route table: its service-level addresses and its live instances (only those
@@ -85,6 +89,48 @@ pub struct OverlayInfo {
     pub tunnel_port: u16,
     /// The worker's /26 (e.g. `10.18.0.64/26`), once it has one.
     pub subnet: String,
+    /// The worker's tunnel key (X25519 public key, 64 hex digits); empty when the worker runs
+    /// the insecure plaintext tunnel.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// Tunnel datagrams refused since the worker started, per reason (`unknown_peer`,
+    /// `unauthenticated`, `replayed`, …).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, u64>,
+}
+
+impl OverlayInfo {
+    /// Whether the parts peers depend on (endpoint, subnet, key) are the same; the counters
+    /// may differ.
+    pub fn same_identity(&self, other: &OverlayInfo) -> bool {
+        (&self.public_addr, self.tunnel_port, &self.subnet, &self.public_key)
+            == (&other.public_addr, other.tunnel_port, &other.subnet, &other.public_key)
+    }
+}
+
+/// `nodes/<id>/net/peerquery/request`: a worker received a handshake from a tunnel key no route
+/// table named and asks who it is. Answered on `nodes/<id>/net/peerquery/result`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerQuery {
+    pub public_key: String,
+}
+
+/// The peer directory's answer: the worker holding `public_key`, or `error` when no worker of
+/// the fleet does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerAnswer {
+    pub public_key: String,
+    pub worker_id: String,
+    pub cluster_id: String,
+    /// Its tunnel endpoint.
+    pub host_ip: String,
+    pub host_port: u16,
+    /// Its /26.
+    pub subnet: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
 }
 
 /// Topic names of the overlay under `nodes/<node_id>/net/`.
@@ -98,8 +144,16 @@ pub mod topic {
     pub fn interest_remove(node: &str) -> String {
         format!("nodes/{node}/net/interest/remove")
     }
+    pub fn peer_query(node: &str) -> String {
+        format!("nodes/{node}/net/peerquery/request")
+    }
+    pub fn peer_result(node: &str) -> String {
+        format!("nodes/{node}/net/peerquery/result")
+    }
     /// Suffixes after `nodes/<id>/`, as [`crate::node::topic::parse`] returns them.
     pub const TABLE_QUERY: &str = "net/tablequery/request";
     pub const TABLE_RESULT: &str = "net/tablequery/result";
     pub const INTEREST_REMOVE: &str = "net/interest/remove";
+    pub const PEER_QUERY: &str = "net/peerquery/request";
+    pub const PEER_RESULT: &str = "net/peerquery/result";
 }

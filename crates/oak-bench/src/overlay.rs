@@ -1,25 +1,29 @@
 //! `oak-bench overlay`: targets P7 (overlay throughput) and P8 (overlay latency).
 //!
-//! A lab of network namespaces (`oak_e2e::Lab`: hosts `root`, `cluster`, `wa`, `wb` on one
-//! bridge) runs `oakestra root`, `cluster` and two workers as real processes, with a containerd
-//! of the benchmark's own and a registry on the bridge. Service `server` is pinned to `wb`,
-//! `client` to `wa`; their containers only provide network namespaces (a sleeper image). The
-//! load runs in those namespaces: `oak-bench tcp-sink` (hidden subcommand) in the server's, and
-//! `oak-bench tcp-source` in the client's, both entered with `nsenter --net=/proc/<task pid>/ns/net`.
+//! A lab of network namespaces (`oak_e2e::Lab`: hosts `root`, `cluster`, `wa`, `wb`, `pa`, `pb`
+//! on one bridge) runs `oakestra root`, `cluster` and four workers as real processes, with a
+//! containerd of the benchmark's own and a registry on the bridge. `wa` and `wb` run the default,
+//! encrypted tunnel; `pa` and `pb` run `--insecure-plaintext-overlay` (the tunnel as it was
+//! before encryption, kept for this comparison). Service `server` is pinned to `wb`, `client` to
+//! `wa`, `pserver` to `pb`, `pclient` to `pa`; their containers only provide network namespaces
+//! (a sleeper image). The load runs in those namespaces: `oak-bench tcp-sink` (hidden
+//! subcommand) in the servers', and `oak-bench tcp-source` in the clients', both entered with
+//! `nsenter --net=/proc/<task pid>/ns/net`.
 //!
-//! Two paths between the same two namespaces, measured in the same run and interleaved:
-//! - overlay: client → the server's round-robin IP (TUN, the worker's user-space proxy, UDP tunnel
-//!   to `wb`, its proxy, its bridge);
+//! Three paths, measured in the same run and interleaved:
+//! - encrypted: client → the server's round-robin IP (TUN, the worker's user-space proxy, sealed
+//!   UDP tunnel to `wb`, its proxy, its bridge);
+//! - plaintext: pclient → pserver's round-robin IP, the same way with the tunnel in clear;
 //! - native: client → the server's namespace IP, routed by the kernel through the lab (a route on
 //!   each worker host to the other's /26 via its lab address; removed afterwards). The worker
 //!   masquerades traffic from its subnet that leaves by another interface than its bridge, so
 //!   the server sees `wa`'s lab address; conntrack maps the replies back. That is a plain kernel
 //!   path (veth, bridge, forwarding, NAT), the reference the overlay is compared with.
 //!
-//! Bulk: `--runs` × `--seconds` of 128 KiB writes per path (median Mbit/s; P7 ratio = overlay /
+//! Bulk: `--runs` × `--seconds` of 128 KiB writes per path (median Mbit/s; P7 ratio = encrypted /
 //! native, target ≥ 0.5). Request/response: `--round-trips` sequential 64-byte round trips over
 //! one connection per path after 100 warm-up ones (P8 = overlay p50 − native p50, target
-//! ≤ 0.1 ms).
+//! ≤ 0.15 ms encrypted, ≤ 0.1 ms plaintext).
 //!
 //! Wire protocol of `tcp-sink` (one connection, first byte the mode): `B` bulk, the client sends
 //! bytes until it shuts down its write side, the sink answers the count of bytes after the mode
@@ -68,7 +72,12 @@ const POLL: Duration = Duration::from_millis(200);
 /// SIGTERM grace of the oakestra processes (undeploys take up to 10 s of grace).
 const STOP_GRACE: Duration = Duration::from_secs(20);
 const TARGET_P7_RATIO: f64 = 0.5;
-const TARGET_P8_ADDED_MS: f64 = 0.1;
+const TARGET_P8_ADDED_MS: f64 = 0.15;
+const TARGET_P8_PLAINTEXT_ADDED_MS: f64 = 0.1;
+/// Lab hosts of the workers; those starting with `p` run the plaintext tunnel.
+const WORKERS: [&str; 4] = ["wa", "wb", "pa", "pb"];
+/// The flag that makes a worker's tunnel plaintext.
+const PLAINTEXT_FLAG: &str = "--insecure-plaintext-overlay";
 
 #[derive(Args, Debug, Clone)]
 pub struct OverlayArgs {
@@ -371,6 +380,9 @@ struct Topology {
     client_subnet: String,
     server_subnet: String,
     server_rr_ip: Ipv4Addr,
+    /// pclient (pa) → pserver (pb), the plaintext tunnel.
+    plaintext_client_namespace_ip: Ipv4Addr,
+    plaintext_server_rr_ip: Ipv4Addr,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -392,7 +404,9 @@ impl PathSamples {
 struct Measured {
     topology: Topology,
     native: PathSamples,
+    /// The encrypted tunnel.
     overlay: PathSamples,
+    plaintext: PathSamples,
     /// (run, path) in the order measured.
     order: Vec<(usize, &'static str)>,
     cleanup_problems: Vec<String>,
@@ -414,7 +428,7 @@ fn run(args: &OverlayArgs, bin: &str, lab: &mut Lab, work: &Workdir, socket: &Pa
 }
 
 fn print_tails(work: &Workdir) {
-    for name in ["root", "cluster", "worker-wa", "worker-wb"] {
+    for name in ["root", "cluster", "worker-wa", "worker-wb", "worker-pa", "worker-pb"] {
         let log = work.join(format!("{name}.log"));
         if log.exists() {
             eprintln!("--- {name}.log (tail)\n{}", procs::log_tail(&log, 4000));
@@ -509,8 +523,10 @@ impl Bench {
         let gateway = lab.gateway();
         let root_host = lab.add_host("root")?;
         let cluster_host = lab.add_host("cluster")?;
-        let wa = lab.add_host("wa")?;
-        let wb = lab.add_host("wb")?;
+        let mut worker_hosts = Vec::new();
+        for name in WORKERS {
+            worker_hosts.push(lab.add_host(name)?);
+        }
 
         let port = oak_e2e::registry::free_port(gateway.into())?;
         let registry = Registry::start(&format!("{gateway}:{port}"))?;
@@ -563,26 +579,24 @@ impl Bench {
             Ok(node_token.exists().then_some(()))
         })?;
 
-        for host in [wa, wb] {
+        for host in worker_hosts {
             let name = host.name().to_string();
             let data = work.join(format!("data/worker-{name}"));
             let ns = format!("{PREFIX}-{name}");
-            let p = Proc::start(
-                &format!("worker-{name}"),
-                &host,
-                bin,
-                &oak_e2e::procs::WorkerFlags {
-                    cluster: cluster_host.ip(),
-                    data_dir: &data,
-                    token_file: &node_token,
-                    node_name: &name,
-                    containerd_socket: socket,
-                    containerd_namespace: &ns,
-                    registry: &format!("{gateway}:{port}"),
-                }
-                .args(),
-                work,
-            )?;
+            let mut args = oak_e2e::procs::WorkerFlags {
+                cluster: cluster_host.ip(),
+                data_dir: &data,
+                token_file: &node_token,
+                node_name: &name,
+                containerd_socket: socket,
+                containerd_namespace: &ns,
+                registry: &format!("{gateway}:{port}"),
+            }
+            .args();
+            if name.starts_with('p') {
+                args.push(PLAINTEXT_FLAG.into());
+            }
+            let p = Proc::start(&format!("worker-{name}"), &host, bin, &args, work)?;
             bench.procs.push(p);
             bench.workers.push(WorkerHost { name, host, ns, data, id: String::new() });
         }
@@ -595,14 +609,14 @@ impl Bench {
             })?;
             bench.workers[i].id = id;
         }
-        bench.wait("the cluster to be active with both workers", Duration::from_secs(60), |b| {
+        bench.wait("the cluster to be active with all workers", Duration::from_secs(60), |b| {
             let cs = b.api.call(reqwest::Method::GET, "/api/clusters/active", None)?;
             Ok(cs
                 .as_array()
                 .is_some_and(|cs| {
                     cs.iter().any(|c| {
                         c["cluster_name"] == CLUSTER
-                            && c["active_nodes"].as_u64() == Some(2)
+                            && c["active_nodes"].as_u64() == Some(WORKERS.len() as u64)
                             && c["virtualization"].to_string().contains("docker")
                     })
                 })
@@ -645,7 +659,8 @@ impl Bench {
         self.workers.iter().find(|w| w.name == name).expect("a worker of the lab")
     }
 
-    /// Application `ovbench` with `server` pinned to wb and `client` to wa.
+    /// Application `ovbench` with `server` pinned to wb, `client` to wa, `pserver` to pb and
+    /// `pclient` to pa.
     fn deploy(&mut self, image: &str) -> Result<()> {
         let ms = |name: &str, node: &str| {
             json!({
@@ -660,12 +675,12 @@ impl Bench {
             "applications": [{
                 "applicationID": "", "application_name": APP, "application_namespace": NS,
                 "application_desc": "overlay benchmark",
-                "microservices": [ms("server", "wb"), ms("client", "wa")]
+                "microservices": [ms("server", "wb"), ms("client", "wa"), ms("pserver", "pb"), ms("pclient", "pa")]
             }]
         });
         self.api.call(reqwest::Method::POST, "/api/application/", Some(sla))?;
         let services = self.api.call(reqwest::Method::GET, "/api/services/", None)?;
-        for name in ["server", "client"] {
+        for name in ["server", "client", "pserver", "pclient"] {
             let s = services
                 .as_array()
                 .and_then(|a| a.iter().find(|s| s["microservice_name"] == name))
@@ -728,6 +743,8 @@ impl Bench {
     fn measure(&mut self, args: &OverlayArgs) -> Result<Measured> {
         let server = self.wait_instance(0, "wb")?;
         let client = self.wait_instance(1, "wa")?;
+        self.wait_instance(2, "pb")?;
+        let pclient = self.wait_instance(3, "pa")?;
         let ip = |v: &Value, key: &str| -> Result<Ipv4Addr> {
             v[key].as_str().and_then(|s| s.parse().ok()).with_context(|| format!("no IPv4 {key}: {v}"))
         };
@@ -736,6 +753,8 @@ impl Bench {
         let svc = self.api.call(reqwest::Method::GET, &format!("/api/service/{}", self.services[0].id), None)?;
         let rr_ip = ip(&svc, "RR_ip")?;
         ensure!(rr_ip.octets()[..2] == [10, 30], "RR_ip {rr_ip} is not in 10.30.0.0/16");
+        let psvc = self.api.call(reqwest::Method::GET, &format!("/api/service/{}", self.services[2].id), None)?;
+        let plain_rr_ip = ip(&psvc, "RR_ip")?;
         let subnet = |a: Ipv4Addr| format!("{}/26", Ipv4Addr::from(u32::from(a) & !63));
         let topology = Topology {
             client_worker_ip: self.worker("wa").host.ip(),
@@ -745,12 +764,16 @@ impl Bench {
             client_subnet: subnet(client_ns_ip),
             server_subnet: subnet(server_ns_ip),
             server_rr_ip: rr_ip,
+            plaintext_client_namespace_ip: ip(&pclient, "namespace_ip")?,
+            plaintext_server_rr_ip: plain_rr_ip,
         };
         eprintln!("overlay: {topology:?}");
 
         let server_pid = self.task_pid("wb", &self.services[0].job)?;
         let client_pid = self.task_pid("wa", &self.services[1].job)?;
-        for pid in [server_pid, client_pid] {
+        let pserver_pid = self.task_pid("pb", &self.services[2].job)?;
+        let pclient_pid = self.task_pid("pa", &self.services[3].job)?;
+        for pid in [server_pid, client_pid, pserver_pid, pclient_pid] {
             if let Ok(out) = Command::new("ip").args(["netns", "identify", &pid.to_string()]).output() {
                 let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if !name.is_empty() {
@@ -759,79 +782,74 @@ impl Bench {
             }
         }
 
-        // The sink, for the whole run.
+        // The sinks, for the whole run.
         let exe = std::env::current_exe()?;
-        let log = self.dir.join("sink.log");
-        self.sinks.spawn(
-            "tcp-sink",
-            Kind::Workers,
-            Path::new("nsenter"),
-            &[
-                format!("--net=/proc/{server_pid}/ns/net"),
-                "--".into(),
-                exe.display().to_string(),
-                "tcp-sink".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{SINK_PORT}"),
-            ],
-            &log,
-        )?;
-        self.wait("the sink to listen", Duration::from_secs(10), |b| {
-            b.sinks.check_alive()?;
-            Ok(std::fs::read_to_string(&log)?.contains("listening").then_some(()))
-        })?;
+        for (pid, name) in [(server_pid, "sink"), (pserver_pid, "sink-plaintext")] {
+            let log = self.dir.join(format!("{name}.log"));
+            self.sinks.spawn(
+                "tcp-sink",
+                Kind::Workers,
+                Path::new("nsenter"),
+                &[
+                    format!("--net=/proc/{pid}/ns/net"),
+                    "--".into(),
+                    exe.display().to_string(),
+                    "tcp-sink".into(),
+                    "--listen".into(),
+                    format!("0.0.0.0:{SINK_PORT}"),
+                ],
+                &log,
+            )?;
+            self.wait("the sink to listen", Duration::from_secs(10), |b| {
+                b.sinks.check_alive()?;
+                Ok(std::fs::read_to_string(&log)?.contains("listening").then_some(()))
+            })?;
+        }
 
         // Native path: each worker host routes the other's instance subnet through the lab.
         let (wa, wb) = (self.worker("wa").host.clone(), self.worker("wb").host.clone());
         self.add_route(&wa, &topology.server_subnet, wb.ip())?;
         self.add_route(&wb, &topology.client_subnet, wa.ip())?;
 
-        let overlay_to = SocketAddrV4::new(rr_ip, SINK_PORT);
-        let native_to = SocketAddrV4::new(server_ns_ip, SINK_PORT);
         let source = Source { exe: exe.clone(), pid: client_pid };
-        for (path, to) in [("native", native_to), ("overlay", overlay_to)] {
+        let plain_source = Source { exe: exe.clone(), pid: pclient_pid };
+        let paths: [(&'static str, SocketAddrV4, &Source); 3] = [
+            ("native", SocketAddrV4::new(server_ns_ip, SINK_PORT), &source),
+            ("encrypted", SocketAddrV4::new(rr_ip, SINK_PORT), &source),
+            ("plaintext", SocketAddrV4::new(plain_rr_ip, SINK_PORT), &plain_source),
+        ];
+        for (path, to, source) in paths {
             let what = format!("the sink to answer on the {path} path ({to})");
             self.wait(&what, Duration::from_secs(30), |_| source.rr(to, 5, 0).map(|_| Some(())))?;
         }
 
-        let mut native = PathSamples::default();
-        let mut overlay = PathSamples::default();
+        let mut samples: [PathSamples; 3] = Default::default();
         let mut order = Vec::new();
         let seconds = args.seconds;
         for run in 0..args.runs {
-            // Alternate which path goes first, so a drift of the machine hits both alike.
-            let paths: [(&'static str, SocketAddrV4); 2] = if run % 2 == 0 {
-                [("native", native_to), ("overlay", overlay_to)]
-            } else {
-                [("overlay", overlay_to), ("native", native_to)]
-            };
-            for (path, to) in paths {
+            // Rotate which path goes first, so a drift of the machine hits all alike.
+            for k in 0..paths.len() {
+                let i = (run + k) % paths.len();
+                let (path, to, source) = paths[i];
                 check_interrupted()?;
                 self.ensure_alive()?;
                 let r = source.bulk(to, seconds).with_context(|| format!("bulk run {run} on the {path} path"))?;
                 eprintln!("overlay: bulk run {run} {path}: {:.1} Mbit/s", r.mbit_s());
-                if path == "native" {
-                    native.bulk.push(r)
-                } else {
-                    overlay.bulk.push(r)
-                }
+                samples[i].bulk.push(r);
                 order.push((run, path));
             }
         }
-        for (path, to) in [("native", native_to), ("overlay", overlay_to)] {
+        for (i, (path, to, source)) in paths.into_iter().enumerate() {
             check_interrupted()?;
             self.ensure_alive()?;
             let r =
                 source.rr(to, args.round_trips, WARMUP).with_context(|| format!("round trips on the {path} path"))?;
             let s = Summary::of(&r.rtt_us);
             eprintln!("overlay: round trips {path}: p50 {:.1} µs, p99 {:.1} µs", s.p50, s.p99);
-            if path == "native" {
-                native.rr = Some(r)
-            } else {
-                overlay.rr = Some(r)
-            }
+            samples[i].rr = Some(r);
         }
-        Ok(Measured { topology, native, overlay, order, cleanup_problems: Vec::new() })
+        let [native, overlay, plaintext] = samples;
+        Ok(Measured { topology, native, overlay, plaintext, order, cleanup_problems: Vec::new() })
     }
 
     fn ensure_alive(&mut self) -> Result<()> {
@@ -851,9 +869,11 @@ impl Bench {
         for p in &self.procs {
             eprintln!("--- {} (tail)\n{}", p.log.display(), procs::log_tail(&p.log, 4000));
         }
-        let sink = self.dir.join("sink.log");
-        if sink.exists() {
-            eprintln!("--- {} (tail)\n{}", sink.display(), procs::log_tail(&sink, 2000));
+        for name in ["sink.log", "sink-plaintext.log"] {
+            let sink = self.dir.join(name);
+            if sink.exists() {
+                eprintln!("--- {} (tail)\n{}", sink.display(), procs::log_tail(&sink, 2000));
+            }
         }
     }
 
@@ -1081,16 +1101,21 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 fn summarize(args: &OverlayArgs, m: &Measured, machine: Machine, commit: Commit) -> Value {
-    let (nat_tp, ovl_tp) = (m.native.mbit_s(), m.overlay.mbit_s());
-    let (nat_med, ovl_med) = (median(&nat_tp), median(&ovl_tp));
+    let (nat_tp, ovl_tp, pla_tp) = (m.native.mbit_s(), m.overlay.mbit_s(), m.plaintext.mbit_s());
+    let (nat_med, ovl_med, pla_med) = (median(&nat_tp), median(&ovl_tp), median(&pla_tp));
     let tp = |v: &[f64]| Summary::of(v);
-    let (nat_s, ovl_s) = (tp(&nat_tp), tp(&ovl_tp));
-    let ratio = if nat_med > 0.0 { ovl_med / nat_med } else { f64::NAN };
+    let (nat_s, ovl_s, pla_s) = (tp(&nat_tp), tp(&ovl_tp), tp(&pla_tp));
+    let share = |x: f64| if nat_med > 0.0 { x / nat_med } else { f64::NAN };
+    let (ratio, plain_ratio) = (share(ovl_med), share(pla_med));
     let p7_ok = ratio >= TARGET_P7_RATIO;
-    let (nat_rtt, ovl_rtt) = (Summary::of(m.native.rtt_us()), Summary::of(m.overlay.rtt_us()));
+    let (nat_rtt, ovl_rtt, pla_rtt) =
+        (Summary::of(m.native.rtt_us()), Summary::of(m.overlay.rtt_us()), Summary::of(m.plaintext.rtt_us()));
     let added_p50_ms = (ovl_rtt.p50 - nat_rtt.p50) / 1000.0;
     let added_p99_ms = (ovl_rtt.p99 - nat_rtt.p99) / 1000.0;
+    let plain_added_p50_ms = (pla_rtt.p50 - nat_rtt.p50) / 1000.0;
+    let plain_added_p99_ms = (pla_rtt.p99 - nat_rtt.p99) / 1000.0;
     let p8_ok = added_p50_ms <= TARGET_P8_ADDED_MS;
+    let p8_plain_ok = plain_added_p50_ms <= TARGET_P8_PLAINTEXT_ADDED_MS;
     let t = &m.topology;
     let runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
 
@@ -1102,44 +1127,60 @@ fn summarize(args: &OverlayArgs, m: &Measured, machine: Machine, commit: Commit)
         format!("{} → {}, server RR_ip {}", t.client_namespace_ip, t.server_namespace_ip, t.server_rr_ip),
     );
     table.row(
+        "pclient (pa) → pserver (pb)",
+        "plaintext",
+        format!("{} → RR_ip {} ({PLAINTEXT_FLAG})", t.plaintext_client_namespace_ip, t.plaintext_server_rr_ip),
+    );
+    table.row(
         "native path",
         "kernel",
         format!("route {} via {} (wb), masqueraded by wa", t.server_subnet, t.server_worker_ip),
     );
     table.row("bulk", format!("{} × {} s", args.runs, args.seconds), format!("{} KiB writes", BULK_WRITE / 1024));
     table.section("P7 overlay throughput (TCP bulk, median of runs)");
-    table.row(
-        "native",
-        format!("{nat_med:.1} Mbit/s"),
-        format!("min {:.1}, max {:.1} ({})", nat_s.min, nat_s.max, runs(&nat_tp)),
-    );
-    table.row(
-        "overlay (RR_ip)",
-        format!("{ovl_med:.1} Mbit/s"),
-        format!("min {:.1}, max {:.1} ({})", ovl_s.min, ovl_s.max, runs(&ovl_tp)),
-    );
-    table.row("ratio overlay / native", format!("{ratio:.3}"), format!(">= {TARGET_P7_RATIO} {}", verdict(p7_ok)));
+    for (name, med, s, v) in [
+        ("native", nat_med, &nat_s, &nat_tp),
+        ("encrypted overlay (RR_ip)", ovl_med, &ovl_s, &ovl_tp),
+        ("plaintext overlay (RR_ip)", pla_med, &pla_s, &pla_tp),
+    ] {
+        table.row(name, format!("{med:.1} Mbit/s"), format!("min {:.1}, max {:.1} ({})", s.min, s.max, runs(v)));
+    }
+    table.row("ratio encrypted / native", format!("{ratio:.3}"), format!(">= {TARGET_P7_RATIO} {}", verdict(p7_ok)));
+    table.row("ratio plaintext / native", format!("{plain_ratio:.3}"), "");
     table.section(&format!("P8 overlay latency ({MESSAGE}-byte request/response, {} round trips)", args.round_trips));
     let ms = |us: f64| us / 1000.0;
-    for (name, s) in [("native", &nat_rtt), ("overlay (RR_ip)", &ovl_rtt)] {
+    for (name, s) in
+        [("native", &nat_rtt), ("encrypted overlay (RR_ip)", &ovl_rtt), ("plaintext overlay (RR_ip)", &pla_rtt)]
+    {
         table.row(
             format!("{name} p50 / p99"),
             format!("{:.3} / {:.3} ms", ms(s.p50), ms(s.p99)),
             format!("min {:.3}, max {:.3} ms", ms(s.min), ms(s.max)),
         );
     }
-    table.row("added p50", format!("{added_p50_ms:.3} ms"), format!("<= {TARGET_P8_ADDED_MS} ms {}", verdict(p8_ok)));
-    table.row("added p99", format!("{added_p99_ms:.3} ms"), "");
     table.row(
-        "ratio overlay / native p50",
-        format!("{:.2}", if nat_rtt.p50 > 0.0 { ovl_rtt.p50 / nat_rtt.p50 } else { f64::NAN }),
-        "",
+        "added p50 encrypted",
+        format!("{added_p50_ms:.3} ms"),
+        format!("<= {TARGET_P8_ADDED_MS} ms {}", verdict(p8_ok)),
     );
+    table.row("added p99 encrypted", format!("{added_p99_ms:.3} ms"), "");
+    table.row(
+        "added p50 plaintext",
+        format!("{plain_added_p50_ms:.3} ms"),
+        format!("<= {TARGET_P8_PLAINTEXT_ADDED_MS} ms {}", verdict(p8_plain_ok)),
+    );
+    table.row("added p99 plaintext", format!("{plain_added_p99_ms:.3} ms"), "");
     print!("{}", table.render());
     if !m.cleanup_problems.is_empty() {
         println!("cleanup problems: {:?}", m.cleanup_problems);
     }
 
+    let path = |p: &PathSamples, tp: &[f64], med: f64, s: &Summary, rtt: &Summary| {
+        json!({
+            "bulk": p.bulk, "bulk_mbit_s": tp, "bulk_median_mbit_s": med, "bulk_summary": s,
+            "rtt_us": p.rtt_us(), "rtt_summary_us": rtt,
+        })
+    };
     json!({
         "benchmark": "overlay",
         "machine": machine,
@@ -1150,21 +1191,21 @@ fn summarize(args: &OverlayArgs, m: &Measured, machine: Machine, commit: Commit)
         },
         "topology": t,
         "notes": [
-            "native path: the same two instance namespaces, kernel-routed through the lab (route on each worker host to the other's /26 via its lab address); the client's worker masquerades it (its rule for traffic leaving by another interface than oakbr0), conntrack maps replies back",
-            "overlay path: client → the server's RR_ip (TUN oaktun0, user-space proxy, UDP tunnel on port 50103)",
-            "everything runs on one machine: sources, sinks, both workers' proxies share its cores",
+            "native path: the same two instance namespaces as the encrypted path, kernel-routed through the lab (route on each worker host to the other's /26 via its lab address); the client's worker masquerades it (its rule for traffic leaving by another interface than oakbr0), conntrack maps replies back",
+            "encrypted path (`overlay`): client → the server's RR_ip (TUN oaktun0, user-space proxy, Noise IK / ChaCha20-Poly1305 UDP tunnel on port 50103)",
+            "plaintext path: pclient → pserver's RR_ip between two workers started with --insecure-plaintext-overlay",
+            "everything runs on one machine: sources, sinks, all workers' proxies share its cores",
         ],
         "order": m.order.iter().map(|(run, path)| json!({"run": run, "path": path})).collect::<Vec<_>>(),
-        "native": {
-            "bulk": m.native.bulk, "bulk_mbit_s": nat_tp, "bulk_median_mbit_s": nat_med, "bulk_summary": nat_s,
-            "rtt_us": m.native.rtt_us(), "rtt_summary_us": nat_rtt,
+        "native": path(&m.native, &nat_tp, nat_med, &nat_s, &nat_rtt),
+        "overlay": path(&m.overlay, &ovl_tp, ovl_med, &ovl_s, &ovl_rtt),
+        "plaintext": path(&m.plaintext, &pla_tp, pla_med, &pla_s, &pla_rtt),
+        "p7": {"ratio": ratio, "plaintext_ratio": plain_ratio, "target_min": TARGET_P7_RATIO, "met": p7_ok},
+        "p8": {
+            "added_p50_ms": added_p50_ms, "added_p99_ms": added_p99_ms, "target_max_ms": TARGET_P8_ADDED_MS, "met": p8_ok,
+            "plaintext_added_p50_ms": plain_added_p50_ms, "plaintext_added_p99_ms": plain_added_p99_ms,
+            "plaintext_target_max_ms": TARGET_P8_PLAINTEXT_ADDED_MS, "plaintext_met": p8_plain_ok,
         },
-        "overlay": {
-            "bulk": m.overlay.bulk, "bulk_mbit_s": ovl_tp, "bulk_median_mbit_s": ovl_med, "bulk_summary": ovl_s,
-            "rtt_us": m.overlay.rtt_us(), "rtt_summary_us": ovl_rtt,
-        },
-        "p7": {"ratio": ratio, "target_min": TARGET_P7_RATIO, "met": p7_ok},
-        "p8": {"added_p50_ms": added_p50_ms, "added_p99_ms": added_p99_ms, "target_max_ms": TARGET_P8_ADDED_MS, "met": p8_ok},
         "cleanup_problems": m.cleanup_problems,
     })
 }

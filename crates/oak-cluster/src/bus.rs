@@ -50,6 +50,7 @@ const FILTERS: &[&str] = &[
     "nodes/+/jobs/resources",
     "nodes/+/logs",
     "nodes/+/net/tablequery/request",
+    "nodes/+/net/peerquery/request",
     "nodes/+/net/interest/remove",
 ];
 

@@ -10,6 +10,7 @@ mod bus;
 mod credentials;
 mod logs;
 mod node_api;
+pub mod peers;
 mod root_link;
 pub mod root_trust;
 pub mod routes;
@@ -303,6 +304,13 @@ impl Ctx {
                 }
                 Err(e) => vec![garbled(node, kind, e)],
             },
+            oak_api::net::topic::PEER_QUERY => match serde_json::from_slice::<oak_api::net::PeerQuery>(payload) {
+                Ok(q) => {
+                    let connected = self.root_connected();
+                    self.state().peer_query(node, &q.public_key, connected, now)
+                }
+                Err(e) => vec![garbled(node, kind, e)],
+            },
             oak_api::net::topic::INTEREST_REMOVE => match serde_json::from_slice::<InterestRemove>(payload) {
                 Ok(r) => self.state().routes.remove_interest(node, r.appname.trim()),
                 Err(e) => vec![garbled(node, kind, e)],
@@ -334,6 +342,11 @@ impl Ctx {
                 self.perform(effects);
                 return;
             }
+            RootMsg::Peer { request_id, answer } => {
+                let effects = self.state().peers.answer(request_id, answer, now);
+                self.perform(effects);
+                return;
+            }
             other => other,
         };
         let effects = {
@@ -356,6 +369,7 @@ impl Ctx {
                 | RootMsg::Logs { .. }
                 | RootMsg::Subnet { .. }
                 | RootMsg::Table { .. }
+                | RootMsg::Peer { .. }
                 | RootMsg::Routes { .. } => Vec::new(),
             }
         };
@@ -416,6 +430,7 @@ impl Ctx {
             if periodic {
                 st.queue_due_metrics(now);
                 fx.extend(st.routes.expire(now));
+                fx.extend(st.peers.expire(now));
             }
             fx.extend(st.schedule(now));
             let updates = if connected { st.root_updates(false, now) } else { Vec::new() };
@@ -467,6 +482,7 @@ impl Ctx {
                     (topic::error(&node), serde_json::to_vec(&oak_api::node::ControlError { message }))
                 }
                 Effect::Table { node, table } => (oak_api::net::topic::table_result(&node), serde_json::to_vec(&table)),
+                Effect::Peer { node, answer } => (oak_api::net::topic::peer_result(&node), serde_json::to_vec(&answer)),
                 Effect::Root(msg) => {
                     self.send_root(*msg);
                     continue;

@@ -157,6 +157,15 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
         st.placement.quantile(0.99) / 1e6,
         st.placement.len()
     ));
+    // Tunnel datagrams each worker refused (forged, replayed, from unknown keys, …), as it
+    // last reported them.
+    out.push_str("# TYPE oakestra_overlay_refused_total counter\n");
+    for (id, node) in &st.nodes {
+        for (reason, n) in node.record.info.overlay.iter().flat_map(|o| o.refused.iter()) {
+            let reason: String = reason.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            out.push_str(&format!("oakestra_overlay_refused_total{{node=\"{id}\",reason=\"{reason}\"}} {n}\n"));
+        }
+    }
     drop(st);
     out.push_str(&ctx.tls_refusals.metrics());
     out

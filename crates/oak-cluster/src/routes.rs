@@ -242,6 +242,7 @@ mod tests {
                 host_port: 50103,
                 worker_id: "w1".into(),
                 cluster_id: "c1".into(),
+                public_key: String::new(),
             }],
             error: String::new(),
         }

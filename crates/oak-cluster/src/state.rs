@@ -64,6 +64,11 @@ pub enum Effect {
         node: String,
         message: String,
     },
+    /// A peer directory answer for a worker (`nodes/<node>/net/peerquery/result`).
+    Peer {
+        node: String,
+        answer: Box<oak_api::net::PeerAnswer>,
+    },
     /// A route table for a worker (`nodes/<node>/net/tablequery/result`).
     Table {
         node: String,
@@ -137,6 +142,11 @@ fn endpoint(info: &NodeInfo) -> (String, Option<String>) {
         Some(o) => (info.ip.clone(), Some(o.tunnel_port.to_string())),
         None => (info.ip.clone(), None),
     }
+}
+
+/// The node's tunnel key, when it runs the encrypted overlay.
+fn tunnel_key(info: &NodeInfo) -> Option<String> {
+    info.overlay.as_ref().map(|o| o.public_key.clone()).filter(|k| !k.is_empty())
 }
 
 pub struct Inst {
@@ -220,6 +230,8 @@ pub struct ClusterState {
     forgotten: BTreeSet<String>,
     /// Route tables relayed to workers, and who wants which.
     pub routes: Routes,
+    /// Who holds which tunnel key, for workers' peer queries.
+    pub peers: crate::peers::Peers,
     /// Placement decision times in microseconds.
     pub placement: Samples,
     /// Whether some instance may be placeable now (skip scheduling passes otherwise).
@@ -247,6 +259,7 @@ impl ClusterState {
             removed: BTreeSet::new(),
             forgotten: BTreeSet::new(),
             routes: Routes::default(),
+            peers: Default::default(),
             placement: Samples::new(100_000),
             pending: true,
         };
@@ -281,7 +294,8 @@ impl ClusterState {
         let id = record.id.clone();
         match self.nodes.get_mut(&id) {
             Some(node) => {
-                let moved = endpoint(&node.record.info) != endpoint(&record.info);
+                let moved = endpoint(&node.record.info) != endpoint(&record.info)
+                    || tunnel_key(&node.record.info) != tunnel_key(&record.info);
                 node.record = record;
                 node.view = None;
                 node.last_heard = now;
@@ -329,8 +343,13 @@ impl ClusterState {
         if info.host.is_empty() {
             info.host = node.record.info.host.clone();
         }
-        let moved = endpoint(&node.record.info) != endpoint(&info);
-        let overlay_changed = node.record.info.overlay != info.overlay;
+        // A new tunnel key (a worker that lost its data) reaches the route tables like a move.
+        let moved =
+            endpoint(&node.record.info) != endpoint(&info) || tunnel_key(&node.record.info) != tunnel_key(&info);
+        let overlay_changed = match (&node.record.info.overlay, &info.overlay) {
+            (Some(a), Some(b)) => !a.same_identity(b),
+            (a, b) => a.is_some() != b.is_some(),
+        };
         node.record.info = info;
         node.view = None;
         node.last_seen = Some(now);
@@ -749,6 +768,7 @@ impl ClusterState {
             }
             // Its proxy is gone: it asks again when it is back.
             effects.extend(self.routes.forget_node(&id));
+            self.peers.forget_node(&id);
         }
         effects.extend(self.forget_silent_nodes(now));
         effects
@@ -775,6 +795,7 @@ impl ClusterState {
             self.nodes.remove(&id);
             self.dirty_nodes.remove(&id);
             effects.extend(self.routes.forget_node(&id));
+            self.peers.forget_node(&id);
             effects.push(Effect::Forgotten { node: id.clone() });
             self.forgotten.insert(id);
         }
@@ -787,6 +808,31 @@ impl ClusterState {
     }
 
     // ---------------------------------------------------------------- routes
+
+    /// `nodes/<id>/net/peerquery/request` from a registered node: who holds tunnel key `key`.
+    pub fn peer_query(&mut self, node_id: &str, key: &str, root_connected: bool, now: Instant) -> Vec<Effect> {
+        if !self.nodes.contains_key(node_id) {
+            return vec![Effect::NodeError {
+                node: node_id.into(),
+                message: "Node not registered to the cluster".into(),
+            }];
+        }
+        let key = key.trim();
+        let own = self.nodes.iter().find_map(|(id, node)| {
+            let info = &node.record.info;
+            let overlay = info.overlay.as_ref().filter(|o| !key.is_empty() && o.public_key == key)?;
+            let (host_ip, port) = endpoint(info);
+            Some(oak_api::net::PeerAnswer {
+                public_key: key.to_string(),
+                worker_id: id.clone(),
+                host_ip,
+                host_port: port.and_then(|p| p.parse().ok()).unwrap_or(0),
+                subnet: overlay.subnet.clone(),
+                ..Default::default()
+            })
+        });
+        self.peers.query(node_id, key, own, root_connected, now)
+    }
 
     /// `nodes/<id>/net/tablequery/request` from a registered node.
     pub fn table_query(&mut self, node_id: &str, q: TableQuery, root_connected: bool, now: Instant) -> Vec<Effect> {
@@ -834,12 +880,12 @@ impl ClusterState {
         for key in keys {
             let Some(inst) = self.instances.get_mut(&key) else { continue };
             inst.metrics_sent = Some(now);
-            let (host_ip, host_port) = match inst.worker_id.as_ref().and_then(|w| self.nodes.get(w)) {
+            let (host_ip, host_port, tunnel_key) = match inst.worker_id.as_ref().and_then(|w| self.nodes.get(w)) {
                 Some(node) => {
                     let (ip, port) = endpoint(&node.record.info);
-                    (Some(ip), port)
+                    (Some(ip), port, tunnel_key(&node.record.info))
                 }
-                None => (inst.host_ip.clone(), None),
+                None => (inst.host_ip.clone(), None, None),
             };
             out.push(InstanceReport {
                 job_id: key.0.clone(),
@@ -849,6 +895,7 @@ impl ClusterState {
                 worker_id: inst.worker_id.clone(),
                 host_ip,
                 host_port,
+                tunnel_key,
                 namespace_ip: inst.namespace_ip.clone(),
                 publicip: inst.publicip.clone(),
                 cpu_percent: inst.cpu_percent,

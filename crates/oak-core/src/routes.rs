@@ -25,6 +25,7 @@ pub fn route_instance(inst: &Instance) -> Option<RouteInstance> {
             entry.namespace_ip = ns.to_string();
             entry.host_ip = host.to_string();
             entry.host_port = port;
+            entry.public_key = inst.tunnel_key.clone().unwrap_or_default();
         }
     }
     Some(entry)
@@ -87,6 +88,7 @@ mod tests {
         i.host_port = Some("50103".into());
         i.worker_id = Some("w1".into());
         i.cluster_id = Some("c1".into());
+        i.tunnel_key = Some("ab".repeat(32));
         i
     }
 
@@ -125,6 +127,7 @@ mod tests {
             (ok.namespace_ip.as_str(), ok.host_ip.as_str(), ok.host_port, ok.worker_id.as_str()),
             ("10.18.0.66", "192.0.2.7", 50103, "w1")
         );
+        assert_eq!(ok.public_key, "ab".repeat(32), "packets are sealed for its worker's key");
         let mut scheduled = running(1, "10.30.0.3");
         scheduled.status = status::NODE_SCHEDULED.into();
         let mut no_ns = running(2, "10.30.0.4");
@@ -137,6 +140,7 @@ mod tests {
             let entry = route_instance(&inst).unwrap();
             assert!(!routable(&entry), "{inst:?}");
             assert_eq!((entry.namespace_ip.as_str(), entry.host_ip.as_str(), entry.host_port), ("", "", 0));
+            assert!(entry.public_key.is_empty());
             assert_eq!(entry.instance_ip, inst.instance_ip.clone().unwrap(), "still listed with its address");
         }
         let mut no_ip = running(5, "");

@@ -4,8 +4,9 @@
 //!
 //! Everything except [`tun`] is pure logic: no sockets, no clock reads (the caller passes
 //! `Instant`s), so the whole translation can be tested packet by packet. The caller owns the I/O
-//! loop: read from the TUN → [`Proxy::outbound`], read from the tunnel socket →
-//! [`probe::classify`] → [`Proxy::inbound`], and act on the returned action.
+//! loop: read from the TUN → [`Proxy::outbound`] → [`SecureTunnel::seal`], read from the tunnel
+//! socket → [`SecureTunnel::open`] → [`Proxy::inbound`], and act on the returned action (with
+//! `--insecure-plaintext-overlay`, [`probe::classify`] takes the place of the secure tunnel).
 
 pub mod config;
 pub mod flows;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod proxy;
 pub mod queue;
 pub mod routes;
+pub mod secure;
 pub mod stats;
 pub mod tun;
 
@@ -29,5 +31,6 @@ pub use packet::{PacketError, Protocol};
 pub use probe::{classify, Datagram, Probe, ProbeKind};
 pub use proxy::{Expired, Inbound, Outbound, Proxy, TableError, TableReport};
 pub use routes::Target;
+pub use secure::{Ipv4Net, Opened, PeerKey, Refusal, RefusalCounts, Sealed, SecureTunnel, StaticKey};
 pub use stats::{DropCounts, DropReason, ProxyStats};
 pub use tun::Tun;

@@ -68,6 +68,39 @@ impl Probe {
     }
 }
 
+/// IPv4 protocol number of a probe inside the encrypted tunnel (253: for experimentation,
+/// RFC 3692); instances never send it, and the proxy would refuse it anyway.
+const PROBE_PROTOCOL: u8 = 253;
+/// An IPv4 header, then the probe.
+pub const PROBE_PACKET_LEN: usize = crate::packet::IPV4_MIN_HEADER + PROBE_LEN;
+
+impl Probe {
+    /// The probe as an IPv4 packet (0.0.0.0 → 0.0.0.0, protocol 253), to be sealed like data on
+    /// the encrypted tunnel, so only the peer can answer it.
+    pub fn to_packet(&self) -> [u8; PROBE_PACKET_LEN] {
+        let mut out = [0u8; PROBE_PACKET_LEN];
+        out[0] = 0x45;
+        out[2..4].copy_from_slice(&(PROBE_PACKET_LEN as u16).to_be_bytes());
+        out[8] = 1;
+        out[9] = PROBE_PROTOCOL;
+        let sum = crate::packet::internet_checksum(&out[..20]);
+        out[10..12].copy_from_slice(&sum.to_be_bytes());
+        out[20..].copy_from_slice(&self.encode());
+        out
+    }
+
+    /// The probe in an opened tunnel packet; `None` for anything else (data).
+    pub fn from_packet(packet: &[u8]) -> Option<Self> {
+        if packet.len() != PROBE_PACKET_LEN || packet[0] != 0x45 || packet[9] != PROBE_PROTOCOL {
+            return None;
+        }
+        if packet[12..20] != [0; 8] {
+            return None;
+        }
+        Self::decode(&packet[20..])
+    }
+}
+
 /// What a datagram received on the tunnel port is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datagram {
@@ -101,6 +134,21 @@ mod tests {
         assert_eq!(pong, Probe { kind: ProbeKind::Pong, id: ping.id, sent_nanos: 123_456_789 });
         assert_eq!(classify(&pong.encode()), Datagram::Probe(pong));
         assert_ne!(pong.encode(), bytes);
+    }
+
+    #[test]
+    fn probes_travel_as_ip_packets() {
+        let ping = Probe::ping(9, 77);
+        let packet = ping.to_packet();
+        assert_eq!(crate::packet::internet_checksum(&packet[..20]), 0);
+        assert_eq!(Probe::from_packet(&packet), Some(ping));
+        let mut other = packet;
+        other[15] = 1; // a source address: an instance's packet, not a probe
+        assert_eq!(Probe::from_packet(&other), None);
+        assert_eq!(Probe::from_packet(&packet[..PROBE_PACKET_LEN - 1]), None);
+        let mut tcp = packet;
+        tcp[9] = 6;
+        assert_eq!(Probe::from_packet(&tcp), None);
     }
 
     #[test]

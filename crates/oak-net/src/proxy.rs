@@ -244,6 +244,12 @@ impl Proxy {
         self.routes.probe_targets(self.cfg.own_endpoint)
     }
 
+    /// The endpoint of the worker that the known tables say runs the instance with instance IP
+    /// `ip` (cryptokey routing checks inbound sources against it).
+    pub fn instance_endpoint(&self, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+        self.routes.instance_endpoint(ip)
+    }
+
     /// Whether the table of `job` is known.
     pub fn has_job(&self, job: &str) -> bool {
         self.routes.has_job(job)

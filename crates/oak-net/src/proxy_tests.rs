@@ -45,6 +45,7 @@ fn instance(n: u32, iip: &str, ns: &str, node: &str) -> RouteInstance {
         host_port: node.port(),
         worker_id: format!("worker-{}", node.ip()),
         cluster_id: "cluster-1".into(),
+        public_key: String::new(),
     }
 }
 

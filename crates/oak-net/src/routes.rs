@@ -207,6 +207,14 @@ impl Routes {
         }
     }
 
+    /// The tunnel endpoint of the worker running the instance whose instance IP is `ip`, if a
+    /// known table lists it as routable (for checking who may send from that address).
+    pub fn instance_endpoint(&self, ip: Ipv4Addr) -> Option<SocketAddrV4> {
+        let addr = self.by_ip.get(&ip)?;
+        let Policy::Instance(n) = addr.policy else { return None };
+        self.jobs.get(&addr.job)?.live.iter().find(|t| t.instance_number == n).map(|t| t.endpoint)
+    }
+
     /// Whether `dst` still belongs to `job` and `target` is still one of its routable instances
     /// unchanged (same number, address and worker): a flow may keep its choice.
     pub fn still_routes(&self, job: &str, dst: Ipv4Addr, target: &Target) -> bool {
@@ -321,6 +329,7 @@ mod tests {
             host_port: 50103,
             worker_id: format!("w-{host}"),
             cluster_id: "c1".into(),
+            public_key: String::new(),
         }
     }
 
@@ -381,6 +390,11 @@ mod tests {
         assert_eq!(pick(&mut r, "10.30.0.10"), Some(0));
         assert_eq!(r.resolve(ip("10.30.0.12"), own()), Resolved::NoTarget { job: "a.b.c.d".into() });
         assert_eq!(r.resolve(ip("10.30.9.9"), own()), Resolved::Unknown);
+        // Who may send from an instance IP: the worker its table names, if routable.
+        assert_eq!(r.instance_endpoint(ip("10.30.0.11")), Some("192.168.1.3:50103".parse().unwrap()));
+        assert_eq!(r.instance_endpoint(ip("10.30.0.12")), None, "not routable");
+        assert_eq!(r.instance_endpoint(ip("10.30.1.1")), None, "a service IP, not an instance's");
+        assert_eq!(r.instance_endpoint(ip("10.30.9.9")), None);
     }
 
     #[test]

@@ -63,15 +63,19 @@ async fn run_worker(
     let shared = Arc::new(Shared::new());
     let (engine_tx, engine_rx) = mpsc::unbounded_channel();
     let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
-    let net = config.overlay.then(|| {
-        NetManager::new(
-            config.overlay_config.clone(),
-            config.data_dir.clone(),
-            config.cluster_address.clone(),
-            config.cluster_port,
-            outbox_tx.clone(),
-        )
-    });
+    let net = match config.overlay {
+        true => Some(
+            NetManager::new(
+                config.overlay_config.clone(),
+                config.data_dir.clone(),
+                config.cluster_address.clone(),
+                config.cluster_port,
+                outbox_tx.clone(),
+            )
+            .map_err(|e| WorkerError::Overlay(e.0))?,
+        ),
+        false => None,
+    };
     // With the overlay, every runtime runs its instances in namespaces the overlay wired.
     let deps = match &net {
         Some(net) => WorkerDeps { runtimes: Networked::wrap_all(deps.runtimes, net.clone()), ..deps },

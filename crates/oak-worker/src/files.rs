@@ -14,7 +14,7 @@ pub(crate) async fn write_private(path: &Path, bytes: Vec<u8>) -> io::Result<()>
         .map_err(|e| io::Error::other(format!("writer task failed: {e}")))?
 }
 
-fn write_private_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temp_path(path);
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     file.write_all(bytes)?;

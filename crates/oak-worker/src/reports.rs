@@ -1,7 +1,7 @@
 //! What the worker publishes, before it is given a topic: the session adds the node id and IP
 //! it is connected with.
 
-use oak_api::net::{InterestRemove, TableQuery};
+use oak_api::net::{InterestRemove, PeerQuery, TableQuery};
 use oak_api::node::{JobStatusReport, LogsAnswer, NodeInfo, ResourcesReport};
 use oak_api::status;
 
@@ -22,6 +22,9 @@ pub(crate) enum Outgoing {
     TableQuery(TableQuery),
     /// `nodes/<id>/net/interest/remove`.
     InterestRemove(InterestRemove),
+    /// `nodes/<id>/net/peerquery/request` (dropped while disconnected: the tunnel gives the
+    /// held handshake up and the initiator retries).
+    PeerQuery(PeerQuery),
 }
 
 pub(crate) fn job(job_name: &str, instance: u32, status: &str, detail: impl Into<String>) -> Outgoing {

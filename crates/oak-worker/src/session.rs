@@ -68,7 +68,7 @@ impl Carry {
             Outgoing::Job(r) => self
                 .pending
                 .retain(|p| !matches!(p, Outgoing::Job(old) if old.sname == r.sname && old.instance == r.instance)),
-            Outgoing::TableQuery(_) | Outgoing::InterestRemove(_) => {}
+            Outgoing::TableQuery(_) | Outgoing::InterestRemove(_) | Outgoing::PeerQuery(_) => {}
         }
         if self.pending.len() >= CARRY_MAX {
             self.pending.pop_front();
@@ -202,6 +202,7 @@ impl Session<'_> {
             vec![topic::deploy(self.node_id), topic::delete(self.node_id), topic::logs_query(self.node_id)];
         if self.net.is_some() {
             topics.push(net_topic::table_result(self.node_id));
+            topics.push(net_topic::peer_result(self.node_id));
         }
         for topic in topics {
             if let Err(e) = self.client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
@@ -218,6 +219,12 @@ impl Session<'_> {
             Some((id, net_topic::TABLE_RESULT)) if id == self.node_id => {
                 if let Some(net) = self.net {
                     net.on_table(&payload);
+                }
+                return;
+            }
+            Some((id, net_topic::PEER_RESULT)) if id == self.node_id => {
+                if let Some(net) = self.net {
+                    net.on_peer(&payload);
                 }
                 return;
             }
@@ -254,6 +261,9 @@ impl Session<'_> {
             }
             Outgoing::InterestRemove(remove) => {
                 (net_topic::interest_remove(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&remove), None)
+            }
+            Outgoing::PeerQuery(query) => {
+                (net_topic::peer_query(self.node_id), QoS::AtLeastOnce, serde_json::to_vec(&query), None)
             }
             Outgoing::Info(mut info) => {
                 info.id = self.node_id.to_string();

@@ -17,7 +17,8 @@
 //!   server with instances on e1 and e2 (both answer), each instance IP, and pings it; an
 //!   undeployed instance stops getting traffic within a second; a killed worker's instance is
 //!   re-placed and reachable under the same instance IP; a port mapping answers on the node's
-//!   address only; the closest IP follows the lower round-trip time.
+//!   address only; the closest IP follows the lower round-trip time; tunnel traffic is sealed
+//!   and forged or foreign datagrams never reach an instance (`e2e_lab/tunnel_security.rs`).
 //! - Undeploying everything and stopping every process leaves no container or task behind, and
 //!   no link, address, route, iptables rule or namespace of the overlay.
 //!
@@ -27,6 +28,8 @@
 mod e2e;
 #[path = "e2e_lab/overlay.rs"]
 mod overlay;
+#[path = "e2e_lab/tunnel_security.rs"]
+mod tunnel_security;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -209,6 +212,7 @@ fn lab_root_two_clusters_three_workers() {
         step("overlay: port mapping", || overlay::scenario_port_mapping(t))?;
         step("overlay: closest", || overlay::scenario_closest(t))?;
         step("overlay: address change", || overlay::scenario_address_change(t))?;
+        step("overlay: tunnel security", || tunnel_security::scenario_tunnel_security(t))?;
         step("teardown", || teardown(t))?;
         step("overlay: nothing left", || overlay::check_no_overlay_leftovers(t))?;
         Ok(())

@@ -289,8 +289,12 @@ fn created_on_the_worker_means_running() {
 }
 
 fn overlay(mut i: NodeInfo, public_addr: &str) -> NodeInfo {
-    i.overlay =
-        Some(OverlayInfo { public_addr: public_addr.into(), tunnel_port: 50103, subnet: "10.18.0.64/26".into() });
+    i.overlay = Some(OverlayInfo {
+        public_addr: public_addr.into(),
+        tunnel_port: 50103,
+        subnet: "10.18.0.64/26".into(),
+        ..Default::default()
+    });
     i
 }
 
@@ -337,6 +341,23 @@ fn overlay_instances_carry_their_addresses_and_the_tunnel_endpoint() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].host_ip.as_deref(), Some("198.51.100.9"));
     assert_eq!(st.take_batch().nodes.len(), 1, "the new endpoint is stored");
+
+    // The worker lost its tunnel key and made a new one: the tables must name the new key.
+    let with_key = |key: &str, refused: u64| {
+        let mut i = overlay(info("a", 1000), "198.51.100.9");
+        let o = i.overlay.as_mut().unwrap();
+        o.public_key = key.into();
+        o.refused.insert("unauthenticated".into(), refused);
+        i
+    };
+    st.node_information("a", with_key(&"aa".repeat(32), 0), t);
+    assert_eq!(st.root_updates(false, t)[0].tunnel_key, Some("aa".repeat(32)));
+    st.take_batch();
+    st.node_information("a", with_key(&"aa".repeat(32), 7), t);
+    assert!(st.root_updates(false, t).is_empty(), "counters are no news for the root");
+    assert!(st.take_batch().nodes.is_empty(), "nor worth a store write");
+    st.node_information("a", with_key(&"bb".repeat(32), 7), t);
+    assert_eq!(st.root_updates(false, t)[0].tunnel_key, Some("bb".repeat(32)));
 
     // An instance that fails leaves its bridge address behind.
     let dead =

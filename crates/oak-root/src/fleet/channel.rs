@@ -149,6 +149,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
                 fleet.on_table_query(id, conn, request_id, &job_name, &ip)
             }
             ClusterMsg::Uninterest { job_name } => fleet.on_uninterest(id, &job_name),
+            ClusterMsg::PeerQuery { request_id, public_key } => fleet.on_peer_query(id, conn, request_id, &public_key),
             ClusterMsg::Workers { full, workers, removed, last } => {
                 fleet.on_workers(id, conn, full, workers, removed, last)
             }

@@ -195,6 +195,7 @@ fn merge_report(inst: &mut Instance, r: &InstanceReport, now: f64) {
     inst.worker_id = r.worker_id.clone();
     inst.host_ip = r.host_ip.clone();
     inst.host_port = r.host_port.clone();
+    inst.tunnel_key = r.tunnel_key.clone();
     inst.namespace_ip = r.namespace_ip.clone();
     inst.publicip = r.publicip.clone();
     inst.cpu_percent = r.cpu_percent;

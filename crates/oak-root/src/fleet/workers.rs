@@ -1,11 +1,13 @@
 //! The clusters' workers as they last described them (`ClusterMsg::Workers`): memory only,
 //! rebuilt from each cluster's full list when it (re)connects. Read by
-//! `GET /api/clusters/{id}/workers` and to name the workers of instances.
+//! `GET /api/clusters/{id}/workers`, to name the workers of instances, and as the fleet's peer
+//! directory: which worker holds a tunnel key (`ClusterMsg::PeerQuery`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use oak_api::channel::WorkerSummary;
 use oak_api::model::Service;
+use oak_api::net::PeerAnswer;
 use oak_api::rest::ClusterWorkers;
 
 use super::Fleet;
@@ -71,6 +73,29 @@ impl Known {
         out
     }
 
+    /// The peer directory: the worker whose tunnel key is `key`, with its tunnel endpoint.
+    fn peer(&self, key: &str) -> PeerAnswer {
+        let found = self.clusters.iter().find_map(|(cluster, ws)| {
+            ws.current.values().find(|w| !key.is_empty() && w.tunnel_key == key).map(|w| (cluster, w))
+        });
+        match found {
+            Some((cluster, w)) if w.tunnel_port != 0 => PeerAnswer {
+                public_key: key.to_string(),
+                worker_id: w.id.clone(),
+                cluster_id: cluster.clone(),
+                host_ip: if w.public_address.is_empty() { w.address.clone() } else { w.public_address.clone() },
+                host_port: w.tunnel_port,
+                subnet: w.subnet.clone(),
+                error: String::new(),
+            },
+            _ => PeerAnswer {
+                public_key: key.to_string(),
+                error: "no worker of the fleet holds that tunnel key".into(),
+                ..Default::default()
+            },
+        }
+    }
+
     fn worker_name(&self, cluster_id: &str, worker_id: &str) -> Option<&str> {
         let w = self.clusters.get(cluster_id)?.current.get(worker_id)?;
         Some(w.name.as_str()).filter(|n| !n.is_empty())
@@ -93,6 +118,12 @@ impl Fleet {
             return;
         }
         self.known_workers().apply(cluster_id, conn, full, workers, &removed, last);
+    }
+
+    /// Answers a cluster's question about a tunnel key.
+    pub(super) fn on_peer_query(&self, cluster_id: &str, conn: u64, request_id: u64, key: &str) {
+        let answer = self.known_workers().peer(key.trim());
+        self.send_to(cluster_id, Some(conn), oak_api::channel::RootMsg::Peer { request_id, answer });
     }
 
     fn known_workers(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -171,5 +202,32 @@ mod tests {
         assert_eq!(k.worker_name("c1", "b"), None);
         assert_eq!(k.worker_name("c2", "c"), None);
         assert!(k.list("c2", true).is_empty());
+    }
+
+    #[test]
+    fn the_peer_directory_finds_workers_by_tunnel_key() {
+        let mut k = Known::default();
+        let mut a = w("a", "one");
+        (a.address, a.tunnel_port, a.tunnel_key, a.subnet) =
+            ("192.0.2.1".into(), 50103, "aa".repeat(32), "10.18.0.64/26".into());
+        let mut b = a.clone();
+        (b.id, b.public_address, b.tunnel_key) = ("b".into(), "203.0.113.9".into(), "bb".repeat(32));
+        k.apply("c1", 1, true, vec![a], &[], true);
+        k.apply("c2", 1, true, vec![b.clone()], &[], true);
+        let found = k.peer(&"aa".repeat(32));
+        assert_eq!((found.cluster_id.as_str(), found.worker_id.as_str()), ("c1", "a"));
+        assert_eq!(
+            (found.host_ip.as_str(), found.host_port, found.subnet.as_str()),
+            ("192.0.2.1", 50103, "10.18.0.64/26")
+        );
+        assert!(found.error.is_empty());
+        assert_eq!(k.peer(&"bb".repeat(32)).host_ip, "203.0.113.9", "the public address wins");
+        assert!(!k.peer(&"cc".repeat(32)).error.is_empty());
+        assert!(!k.peer("").error.is_empty());
+        // A worker that made a new key is found only under it.
+        b.tunnel_key = "dd".repeat(32);
+        k.apply("c2", 1, false, vec![b], &[], true);
+        assert!(!k.peer(&"bb".repeat(32)).error.is_empty());
+        assert_eq!(k.peer(&"dd".repeat(32)).worker_id, "b");
     }
 }

@@ -4,6 +4,12 @@
 //! without holding up other flows (the proxy queues the packet). A ticker expires flows and
 //! interests, probes peers' round-trip times for closest balancing and re-checks the public
 //! address.
+//!
+//! Between the proxy and the socket sits the secure tunnel (`oak_net::secure`): every datagram
+//! is sealed for its peer's key and every received one opened and checked, probes included,
+//! so nothing from an unknown or forged sender reaches an instance or the RTT table. Refusals
+//! are counted (node information) and logged, rate-limited. With `--insecure-plaintext-overlay`
+//! packets travel in clear as they did before.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -12,12 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use oak_api::net::{RouteTable, TableQuery};
+use oak_api::net::{PeerAnswer, PeerQuery, RouteTable, TableQuery};
 use oak_net::gso::{self, VnetHdr, VNET_HDR_LEN};
-use oak_net::{classify, Datagram, Inbound, Outbound, Probe, ProbeKind, Proxy, ProxyConfig, Tun};
+use oak_net::secure::{MIN_OUT, OVERHEAD};
+use oak_net::{
+    classify, Datagram, Inbound, Ipv4Net, Opened, Outbound, PeerKey, Probe, ProbeKind, Proxy, ProxyConfig, Refusal,
+    RefusalCounts, Sealed, SecureTunnel, StaticKey, Tun,
+};
 use tokio::task::JoinSet;
 
 use super::names;
+use super::refusal_log::RefusalLog;
 use super::state::Attachment;
 use super::NetManager;
 use crate::reports::Outgoing;
@@ -26,7 +37,8 @@ use crate::reports::Outgoing;
 const TUN_BUFFER: usize = 65_536 + VNET_HDR_LEN + 64;
 /// Largest tunnel datagram accepted (peers send at most [`WIRE_MAX`]).
 const UDP_BUFFER: usize = 4096;
-/// Largest IPv4 packet carried in one tunnel datagram (the overlay MTU).
+/// Largest IPv4 packet carried in one tunnel datagram (the overlay MTU; sealed, it grows by
+/// [`OVERHEAD`] and still fits a 1500-byte link).
 const WIRE_MAX: usize = names::MTU as usize;
 /// Datagrams received per `recvmmsg`.
 const BATCH: usize = 32;
@@ -55,12 +67,22 @@ pub(crate) struct Datapath {
     /// Cleared when the kernel refuses `UDP_SEGMENT`; segments are then sent one by one.
     udp_gso: AtomicBool,
     tasks: Mutex<JoinSet<()>>,
+    /// `None`: the insecure plaintext tunnel. Never locked while holding `proxy`.
+    secure: Option<Mutex<SecureTunnel>>,
+    refusal_log: Mutex<RefusalLog>,
 }
 
 impl Datapath {
     /// Opens the TUN and binds the tunnel port, then starts the loops: one thread per direction
     /// (blocking I/O, no async overhead per packet) and a ticker task.
-    pub(crate) async fn open(net: Arc<NetManager>, endpoint: SocketAddrV4) -> std::io::Result<Arc<Self>> {
+    pub(crate) async fn open(
+        net: Arc<NetManager>,
+        endpoint: SocketAddrV4,
+        key: Option<StaticKey>,
+    ) -> std::io::Result<Arc<Self>> {
+        let instance_range = Ipv4Net::parse(names::SERVICE_RANGE)
+            .ok_or_else(|| std::io::Error::other("the service range is not an IPv4 prefix"))?;
+        let secure = key.map(|k| Mutex::new(SecureTunnel::new(k, instance_range)));
         let tun = Tun::open_offload(names::TUN)?;
         let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, endpoint.port())).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot bind the tunnel port {}: {e}", endpoint.port()))
@@ -78,6 +100,8 @@ impl Datapath {
             stopped: AtomicBool::new(false),
             udp_gso: AtomicBool::new(true),
             tasks: Mutex::new(JoinSet::new()),
+            secure,
+            refusal_log: Mutex::new(RefusalLog::new(Instant::now())),
         });
         tracing::debug!(offload = datapath.tun.vnet_hdr(), "overlay TUN opened");
         let d = datapath.clone();
@@ -111,6 +135,21 @@ impl Datapath {
 
     /// Applies a table and sends the packets that waited for it.
     pub(crate) fn apply_table(self: &Arc<Self>, table: RouteTable) {
+        if let Some(secure) = &self.secure {
+            let mut secure = secure.lock().unwrap();
+            for inst in &table.instance_list {
+                let Ok(host) = inst.host_ip.trim().parse::<Ipv4Addr>() else { continue };
+                if inst.host_port == 0 || inst.public_key.is_empty() {
+                    continue;
+                }
+                match PeerKey::parse(&inst.public_key) {
+                    Ok(key) => secure.set_peer(key, SocketAddrV4::new(host, inst.host_port), None),
+                    Err(e) => {
+                        tracing::warn!(job = %table.app_name, instance = inst.instance_number, error = %e, "ignoring a bad tunnel key in a route table")
+                    }
+                }
+            }
+        }
         let released = {
             let mut proxy = self.proxy.lock().unwrap();
             match proxy.apply_table(&table, Instant::now()) {
@@ -134,6 +173,91 @@ impl Datapath {
         }
     }
 
+    /// Refused tunnel datagrams per reason; `None` for the plaintext tunnel.
+    pub(crate) fn refusals(&self) -> Option<RefusalCounts> {
+        self.secure.as_ref().map(|s| s.lock().unwrap().refusals())
+    }
+
+    /// The peer directory answered about a key: a peer now (its held handshake completes), or
+    /// refused.
+    pub(crate) fn directory_answer(&self, answer: &PeerAnswer) {
+        let Some(secure) = &self.secure else { return };
+        let key = match PeerKey::parse(&answer.public_key) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer answer with a bad key ignored");
+                return;
+            }
+        };
+        let found = match (answer.error.is_empty(), answer.host_ip.trim().parse::<Ipv4Addr>()) {
+            (true, Ok(host)) if answer.host_port != 0 => {
+                Some((SocketAddrV4::new(host, answer.host_port), Ipv4Net::parse(&answer.subnet)))
+            }
+            _ => None,
+        };
+        match &found {
+            Some((endpoint, _)) => {
+                tracing::debug!(peer = ?key, %endpoint, worker = %answer.worker_id, "tunnel peer confirmed by the directory")
+            }
+            None => {
+                self.log_refusal(None, Refusal::UnknownPeer, &format!("no worker holds key {key:?}: {}", answer.error))
+            }
+        }
+        let outbox = {
+            let mut secure = secure.lock().unwrap();
+            secure.directory_answer(key, found, Instant::now());
+            secure.take_outbox()
+        };
+        self.send_outbox(outbox);
+    }
+
+    fn send_outbox(&self, outbox: Vec<(SocketAddrV4, Vec<u8>)>) {
+        for (to, datagram) in outbox {
+            if let Err(e) = self.udp.send_to(&datagram, to) {
+                tracing::debug!(peer = %to, error = %e, "tunnel send failed");
+            }
+        }
+    }
+
+    /// One log line per refusal, at most a few per window (see [`RefusalLog`]).
+    fn log_refusal(&self, from: Option<SocketAddrV4>, reason: Refusal, detail: &str) {
+        let (log, unlogged) = self.refusal_log.lock().unwrap().admit(Instant::now());
+        if unlogged > 0 {
+            tracing::warn!(count = unlogged, "more tunnel datagrams refused (not logged one by one)");
+        }
+        if log {
+            match from {
+                Some(from) => tracing::warn!(peer = %from, %reason, "tunnel datagram refused{detail}"),
+                None => tracing::warn!(%reason, "tunnel peer refused: {detail}"),
+            }
+        }
+    }
+
+    /// Sends one packet to a peer: sealed, or in clear with the plaintext tunnel.
+    fn send_packet(&self, packet: &[u8], peer: SocketAddrV4, scratch: &mut Scratch) {
+        let Some(secure) = &self.secure else {
+            if let Err(e) = self.udp.send_to(packet, peer) {
+                tracing::debug!(%peer, error = %e, "tunnel send failed");
+            }
+            return;
+        };
+        scratch.sealed.resize((packet.len() + OVERHEAD).max(MIN_OUT), 0);
+        let (sealed, outbox) = {
+            let mut secure = secure.lock().unwrap();
+            (secure.seal(peer, packet, &mut scratch.sealed), secure.take_outbox())
+        };
+        self.send_outbox(outbox);
+        match sealed {
+            Sealed::Ready(n) => {
+                if let Err(e) = self.udp.send_to(&scratch.sealed[..n], peer) {
+                    tracing::debug!(%peer, error = %e, "tunnel send failed");
+                }
+            }
+            Sealed::Queued => {}
+            Sealed::NoPeer => tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped"),
+        }
+    }
+
     /// Bytes of the virtio-net header before each TUN packet (0 without offloads).
     fn tun_header(&self) -> usize {
         if self.tun.vnet_hdr() {
@@ -153,11 +277,11 @@ impl Datapath {
             Outbound::Tunnel(peer) => {
                 if gso_size > 0 || packet.len() > WIRE_MAX {
                     match segment(packet, gso_size, &mut scratch.segments) {
-                        Some(size) => self.send_segments(&scratch.segments, size, peer),
+                        Some(size) => self.send_segments(size, peer, scratch),
                         None => tracing::debug!("cannot segment a large outbound packet; dropped"),
                     }
-                } else if let Err(e) = self.udp.send_to(packet, peer) {
-                    tracing::debug!(%peer, error = %e, "tunnel send failed");
+                } else {
+                    self.send_packet(packet, peer, scratch);
                 }
             }
             Outbound::Local => {
@@ -205,9 +329,40 @@ impl Datapath {
         }
     }
 
-    /// Sends equal-size segments (the last may be shorter) laid out back to back, each as one
-    /// datagram, with as few `sendmsg` calls as UDP GSO allows.
-    fn send_segments(&self, data: &[u8], size: usize, peer: SocketAddrV4) {
+    /// Sends the equal-size segments in `scratch.segments` (the last may be shorter), each as one
+    /// datagram, sealed first on the secure tunnel: the overhead is constant, so the sealed
+    /// segments are equal-size too and still go out with UDP GSO.
+    fn send_segments(&self, size: usize, peer: SocketAddrV4, scratch: &mut Scratch) {
+        let Some(secure) = &self.secure else {
+            return self.send_datagrams(&scratch.segments, size, peer);
+        };
+        let stride = size + OVERHEAD;
+        scratch.sealed.clear();
+        // One datagram per lock, so the receiving thread can open in between.
+        for seg in scratch.segments.chunks(size) {
+            let start = scratch.sealed.len();
+            scratch.sealed.resize(start + stride.max(MIN_OUT), 0);
+            match secure.lock().unwrap().seal(peer, seg, &mut scratch.sealed[start..]) {
+                Sealed::Ready(n) => scratch.sealed.truncate(start + n),
+                Sealed::Queued => scratch.sealed.truncate(start),
+                Sealed::NoPeer => {
+                    scratch.sealed.truncate(start);
+                    tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped");
+                    break;
+                }
+            }
+        }
+        let outbox = secure.lock().unwrap().take_outbox();
+        self.send_outbox(outbox);
+        self.send_datagrams(&scratch.sealed, stride, peer);
+    }
+
+    /// Sends equal-size datagrams (the last may be shorter) laid out back to back, with as few
+    /// `sendmsg` calls as UDP GSO allows.
+    fn send_datagrams(&self, data: &[u8], size: usize, peer: SocketAddrV4) {
+        if data.is_empty() {
+            return;
+        }
         let per_send = (GSO_MAX_BYTES / size).clamp(1, GSO_MAX_SEGMENTS);
         for chunk in data.chunks(per_send * size) {
             if chunk.len() > size && self.udp_gso.load(Ordering::Relaxed) {
@@ -236,11 +391,17 @@ impl Datapath {
 struct Scratch {
     segments: Vec<u8>,
     frame: Vec<u8>,
+    /// Sealed datagrams, back to back.
+    sealed: Vec<u8>,
 }
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { segments: Vec::with_capacity(2 * TUN_BUFFER), frame: Vec::with_capacity(WIRE_MAX + VNET_HDR_LEN) }
+        Scratch {
+            segments: Vec::with_capacity(2 * TUN_BUFFER),
+            frame: Vec::with_capacity(WIRE_MAX + VNET_HDR_LEN),
+            sealed: Vec::with_capacity(2 * TUN_BUFFER + 64 * OVERHEAD),
+        }
     }
 }
 
@@ -398,6 +559,10 @@ fn from_tunnel(d: Arc<Datapath>) {
         m.msg_hdr.msg_iovlen = 1;
         m.msg_hdr.msg_control = control.as_mut_ptr().cast();
     }
+    // Opened packets, at the offsets of their datagrams (room for a handshake answer after
+    // the last one).
+    let mut plain: Vec<Vec<u8>> =
+        (0..if d.secure.is_some() { BATCH } else { 0 }).map(|_| vec![0u8; size + MIN_OUT]).collect();
     // (message, offset, length, delivered) of every datagram of a batch.
     let mut datagrams: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(BATCH * 64);
     let mut coalescer = gso::TcpCoalescer::new();
@@ -427,7 +592,10 @@ fn from_tunnel(d: Arc<Datapath>) {
             continue;
         }
         datagrams.clear();
-        {
+        if let Some(secure) = &d.secure {
+            let batch = Received { msgs: &msgs[..got as usize], addrs: &addrs, bufs: &bufs, gro };
+            open_batch(&d, secure, batch, &mut plain, &mut datagrams);
+        } else {
             let now = Instant::now();
             let mut proxy = d.proxy.lock().unwrap();
             for (i, m) in msgs.iter().enumerate().take(got as usize) {
@@ -453,7 +621,7 @@ fn from_tunnel(d: Arc<Datapath>) {
             }
         }
         for &(i, off, len, deliver) in &datagrams {
-            let packet = &bufs[i][off..off + len];
+            let packet = if d.secure.is_some() { &plain[i][off..off + len] } else { &bufs[i][off..off + len] };
             if deliver {
                 if head > 0 {
                     // Merge in-order TCP segments of one flow into one offloaded packet.
@@ -489,6 +657,103 @@ fn from_tunnel(d: Arc<Datapath>) {
         if coalescer.is_active() {
             d.write_tun(coalescer.finish());
         }
+    }
+}
+
+/// One `recvmmsg` worth of datagrams.
+struct Received<'a> {
+    msgs: &'a [libc::mmsghdr],
+    addrs: &'a [libc::sockaddr_in],
+    bufs: &'a [Vec<u8>],
+    gro: bool,
+}
+
+/// The secure tunnel's receive: opens every datagram of a batch into `plain` (same offsets),
+/// answers probes, checks that each packet's source belongs to its sender and translates the
+/// rest; `datagrams` gets those to deliver. Decryption holds the tunnel's lock one datagram at a
+/// time, so the other packet thread can seal in between; handshake answers, pongs, directory
+/// questions and refusal logs go out once the locks are released.
+fn open_batch(
+    d: &Datapath,
+    secure: &Mutex<SecureTunnel>,
+    batch: Received<'_>,
+    plain: &mut [Vec<u8>],
+    datagrams: &mut Vec<(usize, usize, usize, bool)>,
+) {
+    let now = Instant::now();
+    let mut unknown: Vec<PeerKey> = Vec::new();
+    let mut refused: Vec<(SocketAddrV4, Refusal)> = Vec::new();
+    // (message, offset, length, sender) of every opened packet.
+    let mut opened: Vec<(usize, usize, usize, PeerKey, SocketAddrV4)> = Vec::new();
+    for (i, m) in batch.msgs.iter().enumerate() {
+        let n = m.msg_len as usize;
+        if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || n == 0 {
+            continue;
+        }
+        let a = batch.addrs[i];
+        let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
+        let seg = if batch.gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
+        for off in (0..n).step_by(seg) {
+            let len = seg.min(n - off);
+            let datagram = &batch.bufs[i][off..off + len];
+            match secure.lock().unwrap().open(from, datagram, &mut plain[i][off..], now) {
+                Opened::Packet { len: plen, peer } => opened.push((i, off, plen, peer, from)),
+                Opened::Control => {}
+                Opened::Unknown(key) => unknown.push(key),
+                Opened::Refused(reason) => refused.push((from, reason)),
+            }
+        }
+    }
+    let mut pongs: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
+    let outbox = {
+        let mut secure = secure.lock().unwrap();
+        let mut proxy = d.proxy.lock().unwrap();
+        for (i, off, plen, peer, from) in opened {
+            let packet = &mut plain[i][off..off + plen];
+            if let Some(probe) = Probe::from_packet(packet) {
+                match (probe.kind, secure.endpoint_of(&peer)) {
+                    (ProbeKind::Ping, Some(endpoint)) => {
+                        let mut out = vec![0u8; MIN_OUT];
+                        if let Sealed::Ready(k) = secure.seal(endpoint, &probe.pong().to_packet(), &mut out) {
+                            out.truncate(k);
+                            pongs.push((endpoint, out));
+                        }
+                    }
+                    (ProbeKind::Pong, Some(endpoint)) => {
+                        let at = d.epoch.elapsed().as_nanos() as u64;
+                        if let Some(rtt) = at.checked_sub(probe.sent_nanos) {
+                            proxy.set_rtt(endpoint, Duration::from_nanos(rtt));
+                        }
+                    }
+                    (_, None) => {}
+                }
+                continue;
+            }
+            let (src, _) = oak_net::packet::addresses(packet);
+            if !secure.source_allowed(peer, src, proxy.instance_endpoint(src)) {
+                secure.refuse(Refusal::WrongSource);
+                refused.push((from, Refusal::WrongSource));
+                continue;
+            }
+            match proxy.inbound(packet, now) {
+                Inbound::Deliver => datagrams.push((i, off, plen, true)),
+                Inbound::Drop(reason) => tracing::debug!(%reason, "inbound packet dropped"),
+            }
+        }
+        secure.take_outbox()
+    };
+    d.send_outbox(outbox);
+    d.send_outbox(pongs);
+    if !unknown.is_empty() {
+        if let Some(net) = d.net.upgrade() {
+            for key in unknown {
+                tracing::debug!(peer = ?key, "handshake from a key no table named; asking the cluster");
+                net.send(Outgoing::PeerQuery(PeerQuery { public_key: key.to_hex() }));
+            }
+        }
+    }
+    for (from, reason) in refused {
+        d.log_refusal(Some(from), reason, "");
     }
 }
 
@@ -540,12 +805,28 @@ async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
         for job in expired.jobs {
             net.interest_expired(job);
         }
+        if let Some(secure) = &d.secure {
+            // Handshake retries, rekeying, keepalives.
+            let outbox = {
+                let mut secure = secure.lock().unwrap();
+                secure.tick(Instant::now());
+                secure.take_outbox()
+            };
+            d.send_outbox(outbox);
+        }
         if ticks.is_multiple_of(PROBE_EVERY) {
             let targets = d.proxy.lock().unwrap().probe_targets();
             let sent_nanos = d.epoch.elapsed().as_nanos() as u64;
+            let mut scratch = Scratch::new();
             for (i, peer) in targets.into_iter().enumerate() {
-                let ping = Probe::ping(u64::from(ticks) << 16 | i as u64, sent_nanos).encode();
-                let _ = d.udp.send_to(&ping, peer);
+                let ping = Probe::ping(u64::from(ticks) << 16 | i as u64, sent_nanos);
+                if d.secure.is_some() {
+                    // Sealed like data: only the peer can answer, so no forged pong steers
+                    // the closest choice.
+                    d.send_packet(&ping.to_packet(), peer, &mut scratch);
+                } else {
+                    let _ = d.udp.send_to(&ping.encode(), peer);
+                }
             }
         }
         if ticks.is_multiple_of(address_every) && net.recheck_address() {

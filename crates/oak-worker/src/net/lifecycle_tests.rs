@@ -56,7 +56,7 @@ async fn stop_after_cut_short_work(data_dir: &Path) {
     ip(&["link", "set", "lo", "up"]);
     let (outbox, _outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let config = OverlayConfig { public_addr: Some(Ipv4Addr::LOCALHOST), ..OverlayConfig::default() };
-    let net = NetManager::new(config, data_dir.to_path_buf(), "127.0.0.1".into(), 1, outbox);
+    let net = NetManager::new(config, data_dir.to_path_buf(), "127.0.0.1".into(), 1, outbox).unwrap();
     let node_id = format!("lifecycle-{}", std::process::id());
     let prefix = names::netns_prefix(&node_id);
     let _cleanup = Cleanup(prefix.clone());

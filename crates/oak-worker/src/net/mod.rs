@@ -12,9 +12,11 @@ mod lifecycle_tests;
 mod names;
 mod networked;
 mod plumbing;
+mod refusal_log;
 mod state;
 #[cfg(test)]
 mod test_netns;
+mod tunnel_key;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -46,6 +48,9 @@ pub struct OverlayConfig {
     /// How often an automatic public address is looked up again (a DHCP lease or a roaming
     /// device changes it); rounded to whole seconds, at least one.
     pub address_check: Duration,
+    /// INSECURE, for benchmarks and debugging only: carry packets in clear and accept them from
+    /// anyone, as before the tunnel was encrypted. Such a worker cannot talk to encrypted ones.
+    pub insecure_plaintext: bool,
 }
 
 /// How often an automatic public address is looked up again by default.
@@ -53,7 +58,12 @@ pub const DEFAULT_ADDRESS_CHECK: Duration = Duration::from_secs(30);
 
 impl Default for OverlayConfig {
     fn default() -> Self {
-        Self { tunnel_port: DEFAULT_TUNNEL_PORT, public_addr: None, address_check: DEFAULT_ADDRESS_CHECK }
+        Self {
+            tunnel_port: DEFAULT_TUNNEL_PORT,
+            public_addr: None,
+            address_check: DEFAULT_ADDRESS_CHECK,
+            insecure_plaintext: false,
+        }
     }
 }
 
@@ -85,6 +95,8 @@ pub(crate) struct NetManager {
     /// Jobs whose tables the proxy holds: asked for again after a reconnect, because the
     /// cluster forgets a worker's interests when it loses it.
     jobs: Mutex<std::collections::BTreeSet<String>>,
+    /// The tunnel key; `None` with `insecure_plaintext`.
+    key: Option<oak_net::StaticKey>,
 }
 
 impl std::fmt::Debug for NetManager {
@@ -123,13 +135,21 @@ impl NetManager {
         cluster_host: String,
         cluster_port: u16,
         outbox: mpsc::UnboundedSender<Outgoing>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, OverlayError> {
+        let key = if config.insecure_plaintext {
+            tracing::warn!("INSECURE: the overlay tunnel carries packets in clear and accepts them from anyone (--insecure-plaintext-overlay)");
+            None
+        } else {
+            let key = tunnel_key::load_or_create(&data_dir)
+                .map_err(|e| OverlayError(format!("the overlay tunnel key: {e}")))?;
+            Some(key)
+        };
         let addr = config
             .public_addr
             .or_else(|| crate::host_info::route_source(&cluster_host, cluster_port))
             .unwrap_or(Ipv4Addr::LOCALHOST);
         let endpoint = SocketAddrV4::new(addr, config.tunnel_port);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             config,
             data_dir,
             cluster_host,
@@ -144,14 +164,25 @@ impl NetManager {
             nsips: Mutex::new(BTreeMap::new()),
             datapath: Mutex::new(None),
             jobs: Mutex::new(Default::default()),
-        })
+            key,
+        }))
     }
 
     /// What the node information says about the overlay.
     pub(crate) fn info(&self) -> OverlayInfo {
         let endpoint = *self.endpoint.lock().unwrap();
         let subnet = self.started.lock().unwrap().as_ref().map(|s| s.subnet.to_string()).unwrap_or_default();
-        OverlayInfo { public_addr: endpoint.ip().to_string(), tunnel_port: endpoint.port(), subnet }
+        let refused = match self.datapath.lock().unwrap().as_ref().and_then(|d| d.refusals()) {
+            Some(counts) => counts.iter().map(|(r, n)| (r.as_str().to_string(), n)).collect(),
+            None => Default::default(),
+        };
+        OverlayInfo {
+            public_addr: endpoint.ip().to_string(),
+            tunnel_port: endpoint.port(),
+            subnet,
+            public_key: self.key.as_ref().map(|k| k.public().to_hex()).unwrap_or_default(),
+            refused,
+        }
     }
 
     /// Sets the host up for `subnet` (the first time, or again if the cluster gave a new one),
@@ -176,7 +207,9 @@ impl NetManager {
                 Some(d) => d,
                 None => {
                     let endpoint = *self.endpoint.lock().unwrap();
-                    let d = datapath::Datapath::open(self.clone(), endpoint).await.map_err(OverlayError::datapath)?;
+                    let d = datapath::Datapath::open(self.clone(), endpoint, self.key.clone())
+                        .await
+                        .map_err(OverlayError::datapath)?;
                     plumbing::setup_tun()
                         .await
                         .map_err(|e| OverlayError::setup(format!("routing the service range: {e}")))?;
@@ -381,6 +414,20 @@ impl NetManager {
         }
         if let Some(d) = self.datapath.lock().unwrap().clone() {
             d.apply_table(table);
+        }
+    }
+
+    /// `nodes/<id>/net/peerquery/result`: the directory's answer about a tunnel key.
+    pub(crate) fn on_peer(&self, payload: &[u8]) {
+        let answer: oak_api::net::PeerAnswer = match serde_json::from_slice(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a garbled peer answer from the cluster");
+                return;
+            }
+        };
+        if let Some(d) = self.datapath.lock().unwrap().clone() {
+            d.directory_answer(&answer);
         }
     }
 

@@ -23,8 +23,9 @@ pub const CHAIN_POSTROUTING: &str = "OAK-POST";
 pub const CHAIN_PORTS: &str = "OAK-PORTS";
 /// The service range routed into the TUN.
 pub const SERVICE_RANGE: &str = "10.30.0.0/16";
-/// MTU of bridge, veths and TUN: 1500 minus the tunnel's outer IPv4 and UDP headers, with room.
-pub const MTU: u32 = 1450;
+/// MTU of bridge, veths and TUN: 1500 minus the tunnel's outer IPv4 and UDP headers (28) and
+/// the encryption's constant 32 bytes, with room (WireGuard's 1420).
+pub const MTU: u32 = 1420;
 
 /// Where named network namespaces are bind-mounted (`ip netns`).
 pub const NETNS_DIR: &str = "/run/netns";

@@ -166,6 +166,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             tunnel_port: args.tunnel_port,
             public_addr: None,
             address_check: oak_worker::DEFAULT_ADDRESS_CHECK.as_secs(),
+            insecure_plaintext_overlay: false,
             report_interval: 2.0,
             containerd_socket: args.containerd_socket,
             containerd_namespace: "oakestra".into(),

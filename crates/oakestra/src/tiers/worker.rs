@@ -51,6 +51,11 @@ pub struct WorkerArgs {
     /// a change is reported to the cluster and peers switch to the new address.
     #[arg(long, default_value_t = oak_worker::DEFAULT_ADDRESS_CHECK.as_secs())]
     pub address_check: u64,
+    /// INSECURE, for benchmarks and debugging only: run the overlay tunnel in clear, without
+    /// keys, accepting packets from any sender (the default tunnel is authenticated and
+    /// encrypted). Such a worker cannot exchange overlay traffic with encrypted workers.
+    #[arg(long)]
+    pub insecure_plaintext_overlay: bool,
     /// Seconds between node and instance reports.
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
@@ -135,6 +140,7 @@ impl WorkerArgs {
             tunnel_port: self.tunnel_port,
             public_addr: self.public_addr,
             address_check: Duration::from_secs(self.address_check),
+            insecure_plaintext: self.insecure_plaintext_overlay,
         };
         config.report_interval = Duration::from_secs_f64(self.report_interval);
         Ok(config)

@@ -40,7 +40,7 @@ fn ping_from(t: &Topology, worker: &str, job: &str, n: u64, ip: &str, size: usiz
     Ok(text)
 }
 
-fn task_pid(t: &Topology, worker: &str, job: &str, n: u64) -> Result<u32> {
+pub(super) fn task_pid(t: &Topology, worker: &str, job: &str, n: u64) -> Result<u32> {
     let id = format!("{job}.instance.{n}");
     let tasks = t.tasks(&t.worker(worker).ns)?;
     tasks
@@ -50,7 +50,7 @@ fn task_pid(t: &Topology, worker: &str, job: &str, n: u64) -> Result<u32> {
         .with_context(|| format!("no running task {id} on {worker}: {tasks:?}"))
 }
 
-fn ip_of<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+pub(super) fn ip_of<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
     v[key].as_str().filter(|s| s.starts_with("10.30.")).with_context(|| format!("no {key} in 10.30.0.0/16: {v}"))
 }
 

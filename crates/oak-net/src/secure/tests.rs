@@ -1,0 +1,265 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use super::*;
+use crate::testutil::{build, L4};
+
+const RANGE: Ipv4Net = Ipv4Net { addr: Ipv4Addr::new(10, 30, 0, 0), prefix: 16 };
+
+struct Worker {
+    tunnel: SecureTunnel,
+    endpoint: SocketAddrV4,
+    /// Packets opened so far.
+    received: Vec<(Vec<u8>, PeerKey)>,
+}
+
+fn worker(seed: u8) -> Worker {
+    Worker {
+        tunnel: SecureTunnel::new(StaticKey::from_bytes([seed; KEY_LEN]), RANGE),
+        endpoint: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, seed), 50103),
+        received: Vec::new(),
+    }
+}
+
+fn introduce(a: &mut Worker, b: &mut Worker) {
+    a.tunnel.set_peer(b.tunnel.public(), b.endpoint, None);
+    b.tunnel.set_peer(a.tunnel.public(), a.endpoint, None);
+}
+
+/// Delivers one datagram; what it opened to.
+fn deliver(to: &mut Worker, from: SocketAddrV4, datagram: &[u8]) -> Opened {
+    let mut out = vec![0u8; datagram.len().max(MIN_OUT)];
+    let opened = to.tunnel.open(from, datagram, &mut out, Instant::now());
+    if let Opened::Packet { len, peer } = opened {
+        to.received.push((out[..len].to_vec(), peer));
+    }
+    opened
+}
+
+/// Exchanges the outboxes of `a` and `b` until both are empty.
+fn pump(a: &mut Worker, b: &mut Worker) {
+    for _ in 0..10 {
+        let from_a = a.tunnel.take_outbox();
+        let from_b = b.tunnel.take_outbox();
+        if from_a.is_empty() && from_b.is_empty() {
+            return;
+        }
+        for (to, d) in from_a {
+            assert_eq!(to, b.endpoint);
+            deliver(b, a.endpoint, &d);
+        }
+        for (to, d) in from_b {
+            assert_eq!(to, a.endpoint);
+            deliver(a, b.endpoint, &d);
+        }
+    }
+    panic!("the handshake does not settle");
+}
+
+fn packet(marker: &[u8]) -> Vec<u8> {
+    build(
+        Ipv4Addr::new(10, 30, 0, 5),
+        Ipv4Addr::new(10, 18, 0, 66),
+        L4::Udp { sport: 1, dport: 2, checksum: true },
+        marker,
+    )
+}
+
+/// Seals for `b` once sessions exist.
+fn seal(a: &mut Worker, b: &Worker, pkt: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; pkt.len() + OVERHEAD + MIN_OUT];
+    match a.tunnel.seal(b.endpoint, pkt, &mut out) {
+        Sealed::Ready(n) => out[..n].to_vec(),
+        other => panic!("not sealed: {other:?}"),
+    }
+}
+
+fn connected() -> (Worker, Worker) {
+    let (mut a, mut b) = (worker(1), worker(2));
+    introduce(&mut a, &mut b);
+    let first = packet(b"first packet");
+    let mut out = vec![0u8; 2048];
+    assert_eq!(a.tunnel.seal(b.endpoint, &first, &mut out), Sealed::Queued, "no session yet");
+    pump(&mut a, &mut b);
+    assert_eq!(b.received, vec![(first, a.tunnel.public())], "the queued packet follows the handshake");
+    b.received.clear();
+    (a, b)
+}
+
+#[test]
+fn sealed_packets_round_trip_and_hide_their_payload() {
+    let (mut a, mut b) = connected();
+    let pkt = packet(b"SECRET-MARKER-1234");
+    let wire = seal(&mut a, &b, &pkt);
+    assert_eq!(wire.len(), pkt.len() + OVERHEAD, "constant overhead");
+    assert!(!wire.windows(18).any(|w| w == b"SECRET-MARKER-1234"), "payload in clear");
+    assert_eq!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { len: pkt.len(), peer: a.tunnel.public() });
+    assert_eq!(b.received[0].0, pkt);
+    // And back.
+    let reply = packet(b"reply");
+    let wire = seal(&mut b, &a, &reply);
+    assert!(matches!(deliver(&mut a, b.endpoint, &wire), Opened::Packet { .. }));
+    assert_eq!(a.received[0].0, reply);
+    assert_eq!(a.tunnel.refusals().total() + b.tunnel.refusals().total(), 0);
+}
+
+#[test]
+fn replayed_datagrams_are_refused_and_counted() {
+    let (mut a, mut b) = connected();
+    let wire = seal(&mut a, &b, &packet(b"once"));
+    assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+    assert_eq!(deliver(&mut b, a.endpoint, &wire), Opened::Refused(Refusal::Replayed));
+    assert_eq!(deliver(&mut b, a.endpoint, &wire), Opened::Refused(Refusal::Replayed));
+    assert_eq!(b.tunnel.refusals().get(Refusal::Replayed), 2);
+    assert_eq!(b.received.len(), 1);
+}
+
+#[test]
+fn forged_and_garbled_datagrams_are_refused_and_counted() {
+    let (mut a, mut b) = connected();
+    let wire = seal(&mut a, &b, &packet(b"genuine"));
+    for at in [16, 30, wire.len() - 1] {
+        let mut bad = wire.clone();
+        bad[at] ^= 0x40;
+        assert_eq!(deliver(&mut b, a.endpoint, &bad), Opened::Refused(Refusal::Unauthenticated), "byte {at}");
+    }
+    // A plaintext IPv4 packet, as the old tunnel carried them.
+    assert_eq!(deliver(&mut b, a.endpoint, &packet(b"forged")), Opened::Refused(Refusal::Malformed));
+    // A data message for a session index nobody gave out.
+    let mut foreign = wire.clone();
+    foreign[4..8].copy_from_slice(&0xdead_0000u32.to_le_bytes());
+    assert_eq!(deliver(&mut b, a.endpoint, &foreign), Opened::Refused(Refusal::UnknownPeer));
+    // A garbled handshake initiation fails its MAC before any key agreement.
+    let (mut c, mut d) = (worker(3), worker(4));
+    introduce(&mut c, &mut d);
+    c.tunnel.seal(d.endpoint, &packet(b"x"), &mut [0u8; 2048]);
+    let (_, mut init) = c.tunnel.take_outbox().remove(0);
+    init[60] ^= 1;
+    assert_eq!(deliver(&mut d, c.endpoint, &init), Opened::Refused(Refusal::Unauthenticated));
+    let r = b.tunnel.refusals();
+    assert_eq!((r.get(Refusal::Unauthenticated), r.get(Refusal::Malformed), r.get(Refusal::UnknownPeer)), (3, 1, 1));
+    // The genuine datagram still opens: refusals do not disturb the session.
+    assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let (_, mut b) = connected();
+    let from = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 9);
+    let mut state = 0x1234_5678u32;
+    for len in 0..400usize {
+        let mut d: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        if len >= 4 {
+            d[0] = (len % 5) as u8; // every message type, with valid and invalid lengths
+            d[1..4].fill(0);
+        }
+        assert!(matches!(deliver(&mut b, from, &d), Opened::Refused(_) | Opened::Control | Opened::Unknown(_)));
+    }
+    // Too small an output buffer is refused, not a panic.
+    assert_eq!(b.tunnel.open(from, &[4, 0, 0, 0], &mut [0u8; 8], Instant::now()), Opened::Refused(Refusal::Malformed));
+    assert_eq!(b.tunnel.seal(from, &[0; 100], &mut [0u8; 8]), Sealed::NoPeer);
+}
+
+#[test]
+fn unknown_initiators_wait_for_the_directory() {
+    let (mut a, mut b) = (worker(1), worker(2));
+    // `a` knows `b` from a table; `b` has never heard of `a`.
+    a.tunnel.set_peer(b.tunnel.public(), b.endpoint, None);
+    a.tunnel.seal(b.endpoint, &packet(b"hello"), &mut [0u8; 2048]);
+    let (_, init) = a.tunnel.take_outbox().remove(0);
+    assert_eq!(deliver(&mut b, a.endpoint, &init), Opened::Unknown(a.tunnel.public()));
+    assert_eq!(deliver(&mut b, a.endpoint, &init), Opened::Control, "asked once");
+    assert!(b.tunnel.take_outbox().is_empty(), "no answer before the directory confirms");
+    let subnet = Ipv4Net::parse("10.18.0.64/26");
+    b.tunnel.directory_answer(a.tunnel.public(), Some((a.endpoint, subnet)), Instant::now());
+    pump(&mut a, &mut b);
+    assert_eq!(b.received, vec![(packet(b"hello"), a.tunnel.public())]);
+    assert!(b.tunnel.source_allowed(a.tunnel.public(), Ipv4Addr::new(10, 18, 0, 70), None));
+
+    // A key the directory does not know is refused, and stays refused without asking again.
+    let mut c = worker(3);
+    c.tunnel.set_peer(b.tunnel.public(), b.endpoint, None);
+    c.tunnel.seal(b.endpoint, &packet(b"intruder"), &mut [0u8; 2048]);
+    let (_, init) = c.tunnel.take_outbox().remove(0);
+    assert_eq!(deliver(&mut b, c.endpoint, &init), Opened::Unknown(c.tunnel.public()));
+    b.tunnel.directory_answer(c.tunnel.public(), None, Instant::now());
+    assert_eq!(deliver(&mut b, c.endpoint, &init), Opened::Refused(Refusal::UnknownPeer));
+    assert_eq!(b.tunnel.refusals().get(Refusal::UnknownPeer), 2);
+    assert!(b.tunnel.take_outbox().is_empty());
+    assert!(!b.received.iter().any(|(p, _)| p == &packet(b"intruder")));
+}
+
+#[test]
+fn rekeying_keeps_the_flow() {
+    let (mut a, mut b) = connected();
+    let old = seal(&mut a, &b, &packet(b"sealed before the rekey"));
+    a.tunnel.rekey(b.endpoint);
+    pump(&mut a, &mut b);
+    let new = seal(&mut a, &b, &packet(b"sealed after the rekey"));
+    assert_ne!(old[4..8], new[4..8], "a new session (receiver index) is in use");
+    // In flight across the rekey: the old session still opens.
+    assert!(matches!(deliver(&mut b, a.endpoint, &old), Opened::Packet { .. }));
+    assert!(matches!(deliver(&mut b, a.endpoint, &new), Opened::Packet { .. }));
+    let reply = seal(&mut b, &a, &packet(b"answer"));
+    assert!(matches!(deliver(&mut a, b.endpoint, &reply), Opened::Packet { .. }));
+    assert_eq!(b.received.len(), 2);
+    assert_eq!(a.tunnel.refusals().total() + b.tunnel.refusals().total(), 0);
+}
+
+#[test]
+fn a_restarted_peer_gets_a_new_handshake() {
+    let (mut a, b) = connected();
+    // `b` restarts with the same key but no sessions; `a` keeps sending on its old session.
+    let mut b2 = worker(2);
+    b2.tunnel.set_peer(a.tunnel.public(), a.endpoint, None);
+    let stale = seal(&mut a, &b, &packet(b"into the void"));
+    assert_eq!(deliver(&mut b2, a.endpoint, &stale), Opened::Refused(Refusal::NoSession));
+    // b2 answers with a handshake of its own; afterwards both directions work again.
+    pump(&mut a, &mut b2);
+    let wire = seal(&mut a, &b2, &packet(b"again"));
+    assert!(matches!(deliver(&mut b2, a.endpoint, &wire), Opened::Packet { .. }));
+    let back = seal(&mut b2, &a, &packet(b"back"));
+    assert!(matches!(deliver(&mut a, b2.endpoint, &back), Opened::Packet { .. }));
+}
+
+#[test]
+fn a_new_key_takes_over_its_endpoint() {
+    let (mut a, mut b) = connected();
+    // `b` lost its data dir: same endpoint, new key; the tables now name the new key.
+    let mut b2 = worker(9);
+    b2.endpoint = b.endpoint;
+    introduce(&mut a, &mut b2);
+    assert_eq!(a.tunnel.key_of(b.endpoint), Some(b2.tunnel.public()));
+    let mut out = vec![0u8; 2048];
+    assert_eq!(a.tunnel.seal(b2.endpoint, &packet(b"to the new key"), &mut out), Sealed::Queued);
+    pump(&mut a, &mut b2);
+    assert_eq!(b2.received, vec![(packet(b"to the new key"), a.tunnel.public())]);
+    // The old key no longer speaks for that endpoint's instances.
+    assert!(!a.tunnel.source_allowed(b.tunnel.public(), Ipv4Addr::new(10, 30, 0, 5), Some(b.endpoint)));
+    assert!(a.tunnel.source_allowed(b2.tunnel.public(), Ipv4Addr::new(10, 30, 0, 5), Some(b.endpoint)));
+    b.received.clear();
+}
+
+#[test]
+fn cryptokey_routing() {
+    let (a, b) = connected();
+    let pa = a.tunnel.public();
+    let t = &b.tunnel;
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 77), 50103);
+    assert!(t.source_allowed(pa, Ipv4Addr::new(10, 30, 1, 2), Some(a.endpoint)), "the table says a holds it");
+    assert!(!t.source_allowed(pa, Ipv4Addr::new(10, 30, 1, 2), Some(elsewhere)), "the table says another worker");
+    assert!(t.source_allowed(pa, Ipv4Addr::new(10, 30, 1, 2), None), "an instance IP of a job not known here");
+    assert!(!t.source_allowed(pa, Ipv4Addr::new(10, 18, 0, 70), None), "a bridge address, no subnet known");
+    assert!(!t.source_allowed(pa, Ipv4Addr::new(8, 8, 8, 8), None));
+    assert!(Ipv4Net::parse("10.18.0.64/26").unwrap().contains(Ipv4Addr::new(10, 18, 0, 127)));
+    assert!(!Ipv4Net::parse("10.18.0.64/26").unwrap().contains(Ipv4Addr::new(10, 18, 0, 128)));
+    assert_eq!(Ipv4Net::parse("10.18.0.64/33"), None);
+    assert!(Ipv4Net::parse("0.0.0.0/0").unwrap().contains(Ipv4Addr::new(1, 2, 3, 4)));
+}
