@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
+use oak_core::log_budget::LogBudget;
 use oak_tls::rustls::ServerConfig;
 use oak_tls::{Authority, ClientAuth, OnRefused, CLUSTER_SERVER_NAME};
 
@@ -57,9 +59,16 @@ fn alt_names(config: &ClusterConfig) -> Vec<String> {
 }
 
 /// Connections refused during the TLS handshake, by listener and reason (`/metrics`).
-#[derive(Default)]
 pub struct Refusals {
     counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// A port scan must not fill the log: a few lines per window, then a sum.
+    log: Mutex<LogBudget>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals { counts: Mutex::default(), log: Mutex::new(LogBudget::new(Instant::now())) }
+    }
 }
 
 impl Refusals {
@@ -68,7 +77,13 @@ impl Refusals {
         let this = self.clone();
         Arc::new(move |peer, reason: &str| {
             let label = oak_tls::refusal_label(reason);
-            tracing::warn!(%peer, listener, reason, "refused a connection");
+            let (log, unlogged) = this.log.lock().unwrap_or_else(|e| e.into_inner()).admit(Instant::now());
+            if unlogged > 0 {
+                tracing::warn!(count = unlogged, "more connections refused (not logged one by one)");
+            }
+            if log {
+                tracing::warn!(%peer, listener, reason, "refused a connection");
+            }
             *this.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((listener, label)).or_default() += 1;
         })
     }

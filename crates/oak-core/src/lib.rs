@@ -8,6 +8,7 @@ pub mod authz;
 /// Who may ask for privileged containers and reserved host ports.
 pub mod descriptor_policy;
 pub mod jobs;
+pub mod log_budget;
 /// The cluster tier's scheduler and resource report: which worker runs an instance, a node's
 /// free capacity after its placed instances, and the totals a cluster sends the root. Pure so
 /// both the cluster and the tests run exactly the same rules.

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use oak_core::log_budget::LogBudget;
 use oak_tls::{Authority, ClientAuth, Fingerprint, ROOT_SERVER_NAME};
 
 use super::Fleet;
@@ -37,6 +38,8 @@ pub struct ChannelTrust {
     pub authority: Authority,
     pub server: Arc<oak_tls::rustls::ServerConfig>,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// A port scan must not fill the log: a few lines per window, then a sum.
+    refusal_log: Mutex<LogBudget>,
     /// Answers (by request id) from a cluster that was not asked.
     pub stray_answers: AtomicU64,
 }
@@ -53,7 +56,13 @@ impl ChannelTrust {
     pub fn with(authority: Authority, addresses: &[String]) -> Result<Self, oak_tls::TlsError> {
         let identity = authority.issue_server(ROOT_SERVER_NAME, addresses)?;
         let server = oak_tls::server_config(&identity, ClientAuth::Optional(authority.cert().clone()))?;
-        Ok(ChannelTrust { authority, server, refusals: Mutex::new(BTreeMap::new()), stray_answers: AtomicU64::new(0) })
+        Ok(ChannelTrust {
+            authority,
+            server,
+            refusals: Mutex::new(BTreeMap::new()),
+            refusal_log: Mutex::new(LogBudget::new(Instant::now())),
+            stray_answers: AtomicU64::new(0),
+        })
     }
 
     pub fn ca(&self) -> Fingerprint {
@@ -62,7 +71,13 @@ impl ChannelTrust {
 
     /// Logs and counts a refused connection.
     pub fn refused(&self, peer: SocketAddr, reason: &'static str, detail: &str) {
-        tracing::warn!(%peer, reason, detail, "cluster channel connection refused");
+        let (log, unlogged) = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).admit(Instant::now());
+        if unlogged > 0 {
+            tracing::warn!(count = unlogged, "more cluster channel connections refused (not logged one by one)");
+        }
+        if log {
+            tracing::warn!(%peer, reason, detail, "cluster channel connection refused");
+        }
         *self.refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
     }
 

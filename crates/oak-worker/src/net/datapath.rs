@@ -28,10 +28,10 @@ use oak_net::{
 use tokio::task::JoinSet;
 
 use super::names;
-use super::refusal_log::RefusalLog;
 use super::state::Attachment;
 use super::NetManager;
 use crate::reports::Outgoing;
+use oak_core::log_budget::LogBudget;
 
 /// Largest packet read from the TUN (an offloaded TCP packet is up to 64 KiB).
 const TUN_BUFFER: usize = 65_536 + VNET_HDR_LEN + 64;
@@ -69,7 +69,7 @@ pub(crate) struct Datapath {
     tasks: Mutex<JoinSet<()>>,
     /// `None`: the insecure plaintext tunnel. Never locked while holding `proxy`.
     secure: Option<Mutex<SecureTunnel>>,
-    refusal_log: Mutex<RefusalLog>,
+    refusal_log: Mutex<LogBudget>,
 }
 
 impl Datapath {
@@ -101,7 +101,7 @@ impl Datapath {
             udp_gso: AtomicBool::new(true),
             tasks: Mutex::new(JoinSet::new()),
             secure,
-            refusal_log: Mutex::new(RefusalLog::new(Instant::now())),
+            refusal_log: Mutex::new(LogBudget::new(Instant::now())),
         });
         tracing::debug!(offload = datapath.tun.vnet_hdr(), "overlay TUN opened");
         let d = datapath.clone();
@@ -219,7 +219,7 @@ impl Datapath {
         }
     }
 
-    /// One log line per refusal, at most a few per window (see [`RefusalLog`]).
+    /// One log line per refusal, at most a few per window (see [`LogBudget`]).
     fn log_refusal(&self, from: Option<SocketAddrV4>, reason: Refusal, detail: &str) {
         let (log, unlogged) = self.refusal_log.lock().unwrap().admit(Instant::now());
         if unlogged > 0 {

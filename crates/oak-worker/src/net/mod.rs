@@ -12,7 +12,6 @@ mod lifecycle_tests;
 mod names;
 mod networked;
 mod plumbing;
-mod refusal_log;
 mod state;
 #[cfg(test)]
 mod test_netns;

@@ -1,5 +1,6 @@
-//! Log lines for refused tunnel datagrams, rate-limited: a flood of forged packets must not
-//! fill the log, yet the first ones of each burst name the sender and the reason.
+//! A budget of log lines for refused connections and datagrams: a flood (a port scan, forged
+//! tunnel packets, TLS garbage) must not fill the log, yet the first ones of each burst name the
+//! sender and the reason. Every tier's refusal log uses it; the time is passed in.
 
 use std::time::{Duration, Instant};
 
@@ -8,19 +9,19 @@ const LINES: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
-pub(crate) struct RefusalLog {
+pub struct LogBudget {
     window_start: Instant,
     lines: u32,
     suppressed: u64,
 }
 
-impl RefusalLog {
-    pub(crate) fn new(now: Instant) -> Self {
-        RefusalLog { window_start: now, lines: 0, suppressed: 0 }
+impl LogBudget {
+    pub fn new(now: Instant) -> Self {
+        LogBudget { window_start: now, lines: 0, suppressed: 0 }
     }
 
     /// Whether to log this refusal; when a new window opens, how many went unlogged before.
-    pub(crate) fn admit(&mut self, now: Instant) -> (bool, u64) {
+    pub fn admit(&mut self, now: Instant) -> (bool, u64) {
         let mut unlogged = 0;
         if now.saturating_duration_since(self.window_start) >= WINDOW {
             unlogged = std::mem::take(&mut self.suppressed);
@@ -44,7 +45,7 @@ mod tests {
     #[test]
     fn a_flood_logs_a_few_lines_then_a_sum() {
         let t0 = Instant::now();
-        let mut log = RefusalLog::new(t0);
+        let mut log = LogBudget::new(t0);
         let logged = (0..1000).filter(|_| log.admit(t0).0).count();
         assert_eq!(logged, LINES as usize);
         assert_eq!(log.admit(t0 + WINDOW), (true, 1000 - u64::from(LINES)));
