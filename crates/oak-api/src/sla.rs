@@ -85,8 +85,20 @@ pub struct Microservice {
     pub addresses: Option<Addresses>,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// Spread the service's instances over nodes (and clusters, where constraints allow), like
+    /// Kubernetes' topology spread; `false` opts out and lets them pack. Absent means `true`.
+    #[serde(default = "spread_by_default", skip_serializing_if = "is_true")]
+    pub spread: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+fn spread_by_default() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Microservice {

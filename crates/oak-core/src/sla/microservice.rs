@@ -35,7 +35,7 @@ pub fn validate_microservice(ms: &Value, path: &str, errors: &mut Vec<FieldError
     for key in ["cmd", "args", "added_files"] {
         f.strings(key, Need::Optional, errors);
     }
-    for key in ["one_shot", "privileged"] {
+    for key in ["one_shot", "privileged", "spread"] {
         f.boolean(key, errors);
     }
     for key in ["platform", "state", "sla_violation_strategy", "target_node"] {
