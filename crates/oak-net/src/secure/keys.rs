@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use boringtun::x25519::{PublicKey, StaticSecret};
+use x25519_dalek::{x25519, X25519_BASEPOINT_BYTES};
 
 /// Bytes of an X25519 key.
 pub const KEY_LEN: usize = 32;
@@ -42,10 +42,6 @@ impl PeerKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-
-    pub(crate) fn public(&self) -> PublicKey {
-        PublicKey::from(self.0)
-    }
 }
 
 impl fmt::Display for PeerKey {
@@ -65,16 +61,14 @@ impl fmt::Debug for PeerKey {
 /// and keeps them in the worker's data dir.
 #[derive(Clone)]
 pub struct StaticKey {
-    secret: StaticSecret,
+    secret: [u8; KEY_LEN],
     public: PeerKey,
 }
 
 impl StaticKey {
     /// A key from 32 random bytes (clamped by X25519 itself).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        let secret = StaticSecret::from(bytes);
-        let public = PeerKey(PublicKey::from(&secret).to_bytes());
-        StaticKey { secret, public }
+        StaticKey { secret: bytes, public: PeerKey(x25519(bytes, X25519_BASEPOINT_BYTES)) }
     }
 
     /// Parses the hex form written by [`Self::to_hex`].
@@ -84,15 +78,15 @@ impl StaticKey {
 
     /// The secret in hex, for the key file.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.secret.to_bytes())
+        hex::encode(self.secret)
     }
 
     pub fn public(&self) -> PeerKey {
         self.public
     }
 
-    pub(crate) fn secret(&self) -> &StaticSecret {
-        &self.secret
+    pub(crate) fn secret_bytes(&self) -> [u8; KEY_LEN] {
+        self.secret
     }
 }
 

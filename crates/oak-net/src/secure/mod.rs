@@ -1,8 +1,9 @@
 //! The authenticated, encrypted tunnel between workers, WireGuard-style: every pair of workers
-//! runs a Noise IK handshake with their static X25519 keys and then exchanges ChaCha20-Poly1305
-//! sealed datagrams with a replay window and rekeying every two minutes. The protocol is
-//! `boringtun`'s (`noise::Tunn`, one per peer); this module only routes datagrams to the right
-//! peer, decides who is a peer, and counts what it refuses.
+//! runs a Noise IK handshake with their static X25519 keys ([`handshake`], by `snow`) and then
+//! exchanges sealed datagrams ([`session`]: AES-256-GCM where both CPUs accelerate AES, else
+//! ChaCha20-Poly1305; a replay window; rekeying every two minutes without dropping a flow).
+//! This module routes datagrams to the right peer and session, decides who is a peer, and
+//! counts what it refuses.
 //!
 //! Peers come from the control plane only: a route table names each instance's worker key, and
 //! an initiator whose key no table named is held until the cluster's peer directory confirms it
@@ -12,36 +13,46 @@
 //! Like the rest of the crate it does no I/O: datagrams to send for handshakes, keepalives and
 //! packets released by a finished handshake collect in an outbox the caller drains.
 
+mod handshake;
 mod keys;
+mod peer;
 mod refusals;
+mod replay;
+mod session;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use handshake::HandshakeError;
+use peer::{Peer, Slot};
+use session::OpenError;
+use wire::Message;
 
 pub use keys::{KeyError, PeerKey, StaticKey, KEY_LEN};
 pub use refusals::{Refusal, RefusalCounts};
+pub use session::{Cipher, Offer};
 
-/// Bytes a sealed data packet adds (type, receiver index, counter, tag); constant, no padding,
-/// so equal-size segments stay equal-size on the wire.
-pub const OVERHEAD: usize = 32;
-/// Smallest output buffer: a handshake initiation.
+/// Bytes a sealed data packet adds (header and tag); constant, no padding, so equal-size
+/// segments stay equal-size on the wire.
+pub const OVERHEAD: usize = wire::DATA_HEADER + wire::TAG_LEN;
+/// Smallest output buffer: a handshake message.
 pub const MIN_OUT: usize = 148;
-/// Handshakes per second accepted before initiators must prove their address (cookies).
-const HANDSHAKES_PER_SECOND: u64 = 100;
+/// Handshakes answered per second (each costs key agreements); beyond, initiations are
+/// refused as rate-limited until the next tick.
+const HANDSHAKES_PER_SECOND: u32 = 100;
+/// How long an initiation waits for its response before the next one is sent.
+const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long this worker keeps trying to reach a peer for queued packets before dropping them.
+const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 /// Initiators waiting for the directory at once; more are refused until answers come.
 const MAX_UNKNOWN: usize = 256;
 /// How long a held initiation waits for the directory, and how long a refused key stays
 /// refused without asking again.
 const DIRECTORY_WAIT: Duration = Duration::from_secs(10);
-/// Largest 24-bit local index (boringtun keeps the low 8 bits for its sessions).
-const MAX_INDEX: u32 = (1 << 24) - 1;
 
 /// An IPv4 prefix (a worker's /26, the instance IP range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,14 +100,6 @@ pub enum Opened {
     Refused(Refusal),
 }
 
-struct Peer {
-    tunn: Tunn,
-    /// Where its datagrams go: the endpoint of its table entries, or where it last spoke from.
-    endpoint: SocketAddrV4,
-    /// Its /26, when the directory told it.
-    subnet: Option<Ipv4Net>,
-}
-
 /// An initiation held while the directory is asked about its key.
 struct Held {
     from: SocketAddrV4,
@@ -107,18 +110,21 @@ struct Held {
 /// The tunnel state of one worker: its key, its peers and their sessions.
 pub struct SecureTunnel {
     own: StaticKey,
+    offer: Offer,
     peers: HashMap<PeerKey, Peer>,
+    /// Local session (and pending handshake) indices → the peer they belong to.
     by_index: HashMap<u32, PeerKey>,
     by_endpoint: HashMap<SocketAddrV4, PeerKey>,
-    next_index: u32,
     /// Instance IPs (the overlay's service range): sources a peer may use before its table is
     /// known here.
     instance_range: Ipv4Net,
     held: HashMap<PeerKey, Held>,
     /// Keys the directory did not know, until when they stay refused.
     refused_keys: HashMap<PeerKey, Instant>,
-    /// Checks initiations' MAC and rate before the expensive key agreement.
-    limiter: RateLimiter,
+    /// Initiations read since the last tick (the rate limit).
+    handshakes: u32,
+    /// The newest timestamp this worker put in an initiation (they must grow).
+    last_timestamp: u64,
     outbox: Vec<(SocketAddrV4, Vec<u8>)>,
     refusals: RefusalCounts,
 }
@@ -131,17 +137,22 @@ impl std::fmt::Debug for SecureTunnel {
 
 impl SecureTunnel {
     pub fn new(own: StaticKey, instance_range: Ipv4Net) -> Self {
-        let limiter = RateLimiter::new(&own.public().public(), HANDSHAKES_PER_SECOND);
+        Self::with_offer(own, instance_range, Offer::of_this_cpu())
+    }
+
+    /// A tunnel that offers only `offer`'s ciphers (tests, and machines where AES is slow).
+    pub fn with_offer(own: StaticKey, instance_range: Ipv4Net, offer: Offer) -> Self {
         SecureTunnel {
             own,
+            offer,
             peers: HashMap::new(),
             by_index: HashMap::new(),
             by_endpoint: HashMap::new(),
-            next_index: 1,
             instance_range,
             held: HashMap::new(),
             refused_keys: HashMap::new(),
-            limiter,
+            handshakes: 0,
+            last_timestamp: 0,
             outbox: Vec::new(),
             refusals: RefusalCounts::default(),
         }
@@ -160,21 +171,11 @@ impl SecureTunnel {
         }
         self.refused_keys.remove(&key);
         self.by_endpoint.insert(endpoint, key);
-        if let Some(peer) = self.peers.get_mut(&key) {
-            peer.endpoint = endpoint;
-            if subnet.is_some() {
-                peer.subnet = subnet;
-            }
-            return;
+        let peer = self.peers.entry(key).or_insert_with(|| Peer::new(endpoint, subnet));
+        peer.endpoint = endpoint;
+        if subnet.is_some() {
+            peer.subnet = subnet;
         }
-        let index = self.next_index;
-        self.next_index = if index >= MAX_INDEX { 1 } else { index + 1 };
-        if let Some(old) = self.by_index.remove(&index) {
-            self.peers.remove(&old);
-        }
-        let tunn = Tunn::new(self.own.secret().clone(), key.public(), None, None, index, None);
-        self.peers.insert(key, Peer { tunn, endpoint, subnet });
-        self.by_index.insert(index, key);
     }
 
     /// The key that `endpoint` stands for, if any table or answer named one.
@@ -190,23 +191,80 @@ impl SecureTunnel {
         self.peers.get(key).map(|p| p.endpoint)
     }
 
+    /// The cipher of the session that seals for `endpoint`, once there is one.
+    pub fn cipher_for(&self, endpoint: SocketAddrV4) -> Option<Cipher> {
+        let key = self.by_endpoint.get(&endpoint)?;
+        self.peers.get(key)?.current.as_ref().map(|s| s.cipher)
+    }
+
     /// Seals `packet` for the worker at `endpoint` into `out` (at least `packet.len() +
     /// OVERHEAD` and [`MIN_OUT`] bytes; shorter buffers are refused as [`Sealed::NoPeer`] would
     /// be, never a panic).
     pub fn seal(&mut self, endpoint: SocketAddrV4, packet: &[u8], out: &mut [u8]) -> Sealed {
-        let Some(peer) = self.by_endpoint.get(&endpoint).and_then(|k| self.peers.get_mut(k)) else {
+        self.seal_at(endpoint, packet, out, Instant::now())
+    }
+
+    fn seal_at(&mut self, endpoint: SocketAddrV4, packet: &[u8], out: &mut [u8], now: Instant) -> Sealed {
+        let Some(&key) = self.by_endpoint.get(&endpoint) else {
             return Sealed::NoPeer;
         };
-        if out.len() < (packet.len() + OVERHEAD).max(MIN_OUT) {
+        if out.len() < (packet.len() + OVERHEAD).max(MIN_OUT) || !self.peers.contains_key(&key) {
             return Sealed::NoPeer;
         }
-        match peer.tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(d) if is_data(d) => Sealed::Ready(d.len()),
-            TunnResult::WriteToNetwork(handshake) => {
-                self.outbox.push((endpoint, handshake.to_vec()));
-                Sealed::Queued
+        let peer = self.peers.get_mut(&key).expect("checked above");
+        if let Some(session) = peer.sealing(now) {
+            let n = session.seal(packet, out);
+            if session.wants_rekey(now) && peer.pending.is_none() {
+                self.initiate(key, now);
             }
-            _ => Sealed::Queued,
+            return Sealed::Ready(n);
+        }
+        peer.enqueue(packet);
+        if peer.pending.is_none() {
+            peer.trying_since.get_or_insert(now);
+            self.initiate(key, now);
+        }
+        Sealed::Queued
+    }
+
+    /// Sends a new initiation to `key` (replacing one in flight).
+    fn initiate(&mut self, key: PeerKey, now: Instant) {
+        let index = self.new_index(key);
+        let timestamp = self.next_timestamp();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let (pending, datagram) = handshake::initiate(&self.own, &key, index, timestamp, self.offer, now);
+        if let Some(old) = peer.pending.replace(pending) {
+            self.by_index.remove(&old.local_index);
+        }
+        self.outbox.push((peer.endpoint, datagram));
+    }
+
+    /// A fresh random local index, registered for `key`.
+    fn new_index(&mut self, key: PeerKey) -> u32 {
+        loop {
+            let mut bytes = [0u8; 4];
+            getrandom::getrandom(&mut bytes).expect("the system's random source");
+            let index = u32::from_le_bytes(bytes);
+            if index != 0 && !self.by_index.contains_key(&index) {
+                self.by_index.insert(index, key);
+                return index;
+            }
+        }
+    }
+
+    /// Wall-clock nanoseconds, strictly growing across this tunnel's initiations (and across
+    /// restarts as long as the clock does not go back).
+    fn next_timestamp(&mut self) -> u64 {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        self.last_timestamp = wall.max(self.last_timestamp + 1);
+        self.last_timestamp
+    }
+
+    fn forget_indices(&mut self, indices: Vec<u32>) {
+        for i in indices {
+            self.by_index.remove(&i);
         }
     }
 
@@ -224,74 +282,163 @@ impl SecureTunnel {
         if out.len() < datagram.len().max(MIN_OUT) {
             return Opened::Refused(Refusal::Malformed);
         }
-        let mut cookie = [0u8; 64];
-        let packet = match self.limiter.verify_packet(Some(IpAddr::V4(*from.ip())), datagram, &mut cookie) {
-            Ok(p) => p,
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                self.outbox.push((from, reply.to_vec()));
-                return Opened::Control;
+        match Message::parse(datagram) {
+            None => Opened::Refused(Refusal::Malformed),
+            Some(Message::Data { receiver, counter, sealed }) => {
+                self.open_data(from, receiver, counter, sealed, out, now)
             }
-            Err(TunnResult::Err(e)) => return Opened::Refused(e.into()),
-            Err(_) => return Opened::Refused(Refusal::Malformed),
-        };
-        let key = match packet {
-            Packet::HandshakeInit(ref init) => {
-                let public = self.own.public().public();
-                match parse_handshake_anon(self.own.secret(), &public, init) {
-                    Ok(half) => PeerKey(half.peer_static_public),
-                    Err(e) => return Opened::Refused(e.into()),
+            Some(Message::Response { receiver, .. }) => self.complete(receiver, datagram, now),
+            Some(Message::Initiation) => {
+                if self.handshakes >= HANDSHAKES_PER_SECOND {
+                    return Opened::Refused(Refusal::RateLimited);
                 }
+                self.handshakes += 1;
+                let init = match handshake::read_initiation(&self.own, datagram) {
+                    Ok(init) => init,
+                    Err(_) => return Opened::Refused(Refusal::Unauthenticated),
+                };
+                if !self.peers.contains_key(&init.peer) {
+                    return self.hold(init.peer, from, datagram, now);
+                }
+                self.answer(init, from, now)
             }
-            Packet::HandshakeResponse(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => return Opened::Refused(Refusal::UnknownPeer),
-            },
-            Packet::PacketCookieReply(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => return Opened::Refused(Refusal::UnknownPeer),
-            },
-            Packet::PacketData(ref p) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => {
-                    // A known peer still using a session this worker forgot (it restarted): a
-                    // new handshake, so its flows do not wait for its own rekey timers.
-                    self.rekey(from);
-                    return Opened::Refused(Refusal::UnknownPeer);
-                }
-            },
-        };
-        if !self.peers.contains_key(&key) {
-            return self.hold(key, from, datagram, now);
         }
-        self.open_from_peer(key, from, datagram, out)
     }
 
-    fn open_from_peer(&mut self, key: PeerKey, from: SocketAddrV4, datagram: &[u8], out: &mut [u8]) -> Opened {
+    fn open_data(
+        &mut self,
+        from: SocketAddrV4,
+        receiver: u32,
+        counter: u64,
+        sealed: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> Opened {
+        let Some(&key) = self.by_index.get(&receiver) else {
+            // A known peer still using a session this worker forgot (it restarted): a new
+            // handshake, so its flows do not wait for its own rekey timers.
+            self.rekey(from);
+            return Opened::Refused(Refusal::UnknownPeer);
+        };
         let Some(peer) = self.peers.get_mut(&key) else {
             return Opened::Refused(Refusal::UnknownPeer);
         };
-        match peer.tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, out) {
-            TunnResult::Done => Opened::Control,
-            TunnResult::Err(e) => {
-                let reason = Refusal::from(e);
-                if reason == Refusal::NoSession && is_data(datagram) {
-                    // The peer sends on a session this worker no longer has (it restarted).
-                    let endpoint = peer.endpoint;
-                    self.rekey(endpoint);
-                }
-                Opened::Refused(reason)
-            }
-            TunnResult::WriteToNetwork(reply) => {
-                self.outbox.push((from, reply.to_vec()));
-                // A finished handshake releases the packets queued behind it.
-                let mut scratch = vec![0u8; 65_536 + OVERHEAD];
-                while let TunnResult::WriteToNetwork(d) = peer.tunn.decapsulate(None, &[], &mut scratch) {
-                    self.outbox.push((peer.endpoint, d.to_vec()));
-                }
+        let Some(slot) = peer.slot_of(receiver) else {
+            // The index of a handshake still in flight: no keys yet.
+            return Opened::Refused(Refusal::NoSession);
+        };
+        let session = peer.session_mut(slot).expect("the slot holds a session");
+        let len = match session.open(counter, sealed, out, now) {
+            Ok(len) => len,
+            Err(OpenError::Replayed) => return Opened::Refused(Refusal::Replayed),
+            Err(OpenError::Unauthenticated) => return Opened::Refused(Refusal::Unauthenticated),
+            Err(OpenError::Expired) => return Opened::Refused(Refusal::NoSession),
+        };
+        if slot == Slot::Next {
+            let retired = peer.promote_next();
+            self.forget_indices(retired);
+            self.flush(key, now);
+        }
+        if len == 0 {
+            return Opened::Control; // a keepalive
+        }
+        if out[0] >> 4 != 4 {
+            return Opened::Refused(Refusal::Malformed);
+        }
+        Opened::Packet { len, peer: key }
+    }
+
+    /// Answers an initiation from a known peer.
+    fn answer(&mut self, init: handshake::Initiation, from: SocketAddrV4, now: Instant) -> Opened {
+        let key = init.peer;
+        let Some(peer) = self.peers.get(&key) else {
+            return Opened::Refused(Refusal::UnknownPeer);
+        };
+        if init.timestamp <= peer.last_timestamp {
+            return Opened::Refused(Refusal::Replayed);
+        }
+        let timestamp = init.timestamp;
+        let index = self.new_index(key);
+        match handshake::respond(init, self.offer, index, now) {
+            Ok((session, response)) => {
+                let peer = self.peers.get_mut(&key).expect("checked above");
+                peer.last_timestamp = timestamp;
+                let retired = peer.install_responded(session);
+                self.forget_indices(retired);
+                self.outbox.push((from, response));
                 Opened::Control
             }
-            TunnResult::WriteToTunnelV4(packet, _) => Opened::Packet { len: packet.len(), peer: key },
-            TunnResult::WriteToTunnelV6(..) => Opened::Refused(Refusal::Malformed),
+            Err(e) => {
+                self.by_index.remove(&index);
+                Opened::Refused(match e {
+                    HandshakeError::Unauthenticated => Refusal::Unauthenticated,
+                    HandshakeError::NoCommonCipher => Refusal::Malformed,
+                })
+            }
+        }
+    }
+
+    /// Completes our initiation with its response; queued packets (or a keepalive that
+    /// confirms the session) follow at once.
+    fn complete(&mut self, receiver: u32, datagram: &[u8], now: Instant) -> Opened {
+        let Some(&key) = self.by_index.get(&receiver) else {
+            return Opened::Refused(Refusal::UnknownPeer);
+        };
+        let own = self.own.public();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return Opened::Refused(Refusal::UnknownPeer);
+        };
+        let Some(pending) = peer.pending.take_if(|p| p.local_index == receiver) else {
+            return Opened::Refused(Refusal::NoSession);
+        };
+        match handshake::complete(pending, &own, datagram, now) {
+            Ok(session) => {
+                let retired = peer.install_initiated(session);
+                let confirm = peer.queue.is_empty();
+                self.forget_indices(retired);
+                if confirm {
+                    self.keepalive(key, now);
+                }
+                self.flush(key, now);
+                Opened::Control
+            }
+            Err(_) => {
+                // The handshake state is spent; the next seal or tick starts another.
+                self.by_index.remove(&receiver);
+                Opened::Refused(Refusal::Unauthenticated)
+            }
+        }
+    }
+
+    /// Seals the packets queued for `key` into the outbox, now that a session seals.
+    fn flush(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let endpoint = peer.endpoint;
+        while peer.sealing(now).is_some() {
+            let Some(packet) = peer.queue.pop_front() else {
+                break;
+            };
+            let mut out = vec![0u8; packet.len() + OVERHEAD];
+            let session = peer.sealing(now).expect("checked by the loop");
+            let n = session.seal(&packet, &mut out);
+            out.truncate(n);
+            self.outbox.push((endpoint, out));
+        }
+    }
+
+    /// An empty data message: tells the responder its session works.
+    fn keepalive(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let endpoint = peer.endpoint;
+        if let Some(session) = peer.sealing(now) {
+            let mut out = vec![0u8; OVERHEAD];
+            let n = session.seal(&[], &mut out);
+            out.truncate(n);
+            self.outbox.push((endpoint, out));
         }
     }
 
@@ -337,8 +484,11 @@ impl SecureTunnel {
         };
         self.set_peer(key, endpoint, subnet);
         if let Some(h) = held {
-            let mut out = vec![0u8; MIN_OUT.max(h.datagram.len())];
-            if let Opened::Refused(reason) = self.open_from_peer(key, h.from, &h.datagram, &mut out) {
+            let opened = match handshake::read_initiation(&self.own, &h.datagram) {
+                Ok(init) if init.peer == key => self.answer(init, h.from, now),
+                _ => Opened::Refused(Refusal::Unauthenticated),
+            };
+            if let Opened::Refused(reason) = opened {
                 self.refusals.add(reason);
             }
         }
@@ -364,24 +514,40 @@ impl SecureTunnel {
     /// Starts a new handshake with the worker at `endpoint` unless one is under way (sessions
     /// rekey by themselves every two minutes; this is for a peer that lost its sessions).
     pub fn rekey(&mut self, endpoint: SocketAddrV4) {
-        let Some(peer) = self.by_endpoint.get(&endpoint).and_then(|k| self.peers.get_mut(k)) else {
+        let Some(&key) = self.by_endpoint.get(&endpoint) else {
             return;
         };
-        let mut out = [0u8; MIN_OUT];
-        if let TunnResult::WriteToNetwork(d) = peer.tunn.format_handshake_initiation(&mut out, false) {
-            self.outbox.push((peer.endpoint, d.to_vec()));
+        if self.peers.get(&key).is_some_and(|p| p.pending.is_none()) {
+            self.initiate(key, Instant::now());
         }
     }
 
-    /// Timers, about once a second: handshake retries, rekeying, keepalives, session expiry;
-    /// forgets held initiations and refusals that are too old.
+    /// Timers, about once a second: handshake retries, session expiry, giving up on a peer that
+    /// never answers; forgets held initiations and refusals that are too old.
     pub fn tick(&mut self, now: Instant) {
-        self.limiter.reset_count();
-        let mut out = [0u8; MIN_OUT];
-        for peer in self.peers.values_mut() {
-            if let TunnResult::WriteToNetwork(d) = peer.tunn.update_timers(&mut out) {
-                self.outbox.push((peer.endpoint, d.to_vec()));
+        self.handshakes = 0;
+        let mut retired = Vec::new();
+        let mut retry = Vec::new();
+        for (key, peer) in self.peers.iter_mut() {
+            retired.extend(peer.expire(now));
+            if let Some(p) = peer.pending.take_if(|p| now.saturating_duration_since(p.sent) >= REKEY_TIMEOUT) {
+                retired.push(p.local_index);
             }
+            let waiting = !peer.queue.is_empty() && peer.sealing(now).is_none();
+            if !waiting || peer.pending.is_some() {
+                continue;
+            }
+            let since = *peer.trying_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= REKEY_ATTEMPT_TIME {
+                peer.queue.clear();
+                peer.trying_since = None;
+            } else {
+                retry.push(*key);
+            }
+        }
+        self.forget_indices(retired);
+        for key in retry {
+            self.initiate(key, now);
         }
         let before = self.held.len();
         self.held.retain(|_, h| now.saturating_duration_since(h.since) < DIRECTORY_WAIT);
@@ -403,9 +569,4 @@ impl SecureTunnel {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
-}
-
-/// Whether a sealed datagram is a data message (type 4) rather than a handshake.
-fn is_data(datagram: &[u8]) -> bool {
-    datagram.first() == Some(&4)
 }

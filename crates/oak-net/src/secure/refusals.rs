@@ -3,8 +3,6 @@
 
 use std::fmt;
 
-use boringtun::noise::errors::WireGuardError;
-
 /// Why a datagram received on the tunnel port was dropped before reaching the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -56,23 +54,6 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl From<WireGuardError> for Refusal {
-    fn from(e: WireGuardError) -> Self {
-        use WireGuardError as E;
-        match e {
-            E::InvalidMac | E::InvalidAeadTag | E::WrongKey | E::InvalidTai64nTimestamp => Refusal::Unauthenticated,
-            E::DuplicateCounter | E::InvalidCounter | E::WrongTai64nTimestamp => Refusal::Replayed,
-            E::WrongIndex | E::NoCurrentSession | E::ConnectionExpired | E::UnexpectedPacket => Refusal::NoSession,
-            E::UnderLoad => Refusal::RateLimited,
-            E::DestinationBufferTooSmall
-            | E::IncorrectPacketLength
-            | E::WrongPacketType
-            | E::InvalidPacket
-            | E::LockFailed => Refusal::Malformed,
-        }
     }
 }
 

@@ -1,5 +1,5 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::testutil::{build, L4};
@@ -220,7 +220,7 @@ fn a_restarted_peer_gets_a_new_handshake() {
     let mut b2 = worker(2);
     b2.tunnel.set_peer(a.tunnel.public(), a.endpoint, None);
     let stale = seal(&mut a, &b, &packet(b"into the void"));
-    assert_eq!(deliver(&mut b2, a.endpoint, &stale), Opened::Refused(Refusal::NoSession));
+    assert_eq!(deliver(&mut b2, a.endpoint, &stale), Opened::Refused(Refusal::UnknownPeer), "a session it never made");
     // b2 answers with a handshake of its own; afterwards both directions work again.
     pump(&mut a, &mut b2);
     let wire = seal(&mut a, &b2, &packet(b"again"));
@@ -262,4 +262,121 @@ fn cryptokey_routing() {
     assert!(!Ipv4Net::parse("10.18.0.64/26").unwrap().contains(Ipv4Addr::new(10, 18, 0, 128)));
     assert_eq!(Ipv4Net::parse("10.18.0.64/33"), None);
     assert!(Ipv4Net::parse("0.0.0.0/0").unwrap().contains(Ipv4Addr::new(1, 2, 3, 4)));
+}
+
+#[test]
+fn the_cipher_is_the_fastest_both_run() {
+    let (mut a, mut b) = connected();
+    let expected = Offer::of_this_cpu().choose(Offer::of_this_cpu());
+    assert_eq!(a.tunnel.cipher_for(b.endpoint), expected);
+    assert_eq!(b.tunnel.cipher_for(a.endpoint), expected);
+    // A worker without fast AES gets ChaCha20-Poly1305, whichever side starts.
+    for chacha_starts in [true, false] {
+        let mut c = Worker {
+            tunnel: SecureTunnel::with_offer(StaticKey::from_bytes([5; KEY_LEN]), RANGE, Offer::chacha_only()),
+            endpoint: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 5), 50103),
+            received: Vec::new(),
+        };
+        let mut d = worker(6);
+        introduce(&mut c, &mut d);
+        let mut out = vec![0u8; 2048];
+        if chacha_starts {
+            c.tunnel.seal(d.endpoint, &packet(b"x"), &mut out);
+        } else {
+            d.tunnel.seal(c.endpoint, &packet(b"x"), &mut out);
+        }
+        pump(&mut c, &mut d);
+        assert_eq!(c.tunnel.cipher_for(d.endpoint).or(d.tunnel.cipher_for(c.endpoint)), Some(Cipher::ChaCha20Poly1305));
+        assert_eq!(c.received.len() + d.received.len(), 1);
+    }
+    let _ = (&mut a, &mut b);
+}
+
+#[test]
+fn a_replayed_initiation_is_refused_and_leaves_the_session_alone() {
+    let (mut a, mut b) = (worker(1), worker(2));
+    introduce(&mut a, &mut b);
+    a.tunnel.seal(b.endpoint, &packet(b"first"), &mut [0u8; 2048]);
+    let (_, init) = a.tunnel.take_outbox().remove(0);
+    assert_eq!(deliver(&mut b, a.endpoint, &init), Opened::Control);
+    pump(&mut b, &mut a);
+    pump(&mut a, &mut b);
+    assert_eq!(b.received.len(), 1);
+    // An attacker replays the captured initiation: refused, no answer, the session still works.
+    assert_eq!(deliver(&mut b, a.endpoint, &init), Opened::Refused(Refusal::Replayed));
+    assert!(b.tunnel.take_outbox().is_empty());
+    let wire = seal(&mut a, &b, &packet(b"still"));
+    assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+}
+
+#[test]
+fn both_ends_starting_at_once_still_deliver_both_ways() {
+    let (mut a, mut b) = (worker(1), worker(2));
+    introduce(&mut a, &mut b);
+    let mut out = vec![0u8; 2048];
+    assert_eq!(a.tunnel.seal(b.endpoint, &packet(b"from a"), &mut out), Sealed::Queued);
+    assert_eq!(b.tunnel.seal(a.endpoint, &packet(b"from b"), &mut out), Sealed::Queued);
+    pump(&mut a, &mut b);
+    assert_eq!(a.received, vec![(packet(b"from b"), b.tunnel.public())]);
+    assert_eq!(b.received, vec![(packet(b"from a"), a.tunnel.public())]);
+    for i in 0..5 {
+        let wire = seal(&mut a, &b, &packet(format!("a{i}").as_bytes()));
+        assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+        let wire = seal(&mut b, &a, &packet(format!("b{i}").as_bytes()));
+        assert!(matches!(deliver(&mut a, b.endpoint, &wire), Opened::Packet { .. }));
+    }
+    assert_eq!(a.tunnel.refusals().total() + b.tunnel.refusals().total(), 0);
+}
+
+#[test]
+fn timers_retry_rekey_and_give_up() {
+    let (mut a, b) = (worker(1), worker(2));
+    a.tunnel.set_peer(b.tunnel.public(), b.endpoint, None);
+    let t = Instant::now();
+    a.tunnel.seal_at(b.endpoint, &packet(b"lost"), &mut [0u8; 2048], t);
+    assert_eq!(a.tunnel.take_outbox().len(), 1);
+    a.tunnel.tick(t + Duration::from_secs(1));
+    assert!(a.tunnel.take_outbox().is_empty(), "the first initiation is still in flight");
+    a.tunnel.tick(t + REKEY_TIMEOUT);
+    assert_eq!(a.tunnel.take_outbox().len(), 1, "retried after the timeout");
+    let late = t + REKEY_ATTEMPT_TIME + REKEY_TIMEOUT * 2;
+    a.tunnel.tick(late);
+    assert!(a.tunnel.take_outbox().is_empty(), "gave up: the queued packet is dropped");
+
+    // An established session rekeys on use once it is two minutes old, and keeps sealing.
+    let (mut a, mut b) = connected();
+    let old = seal(&mut a, &b, &packet(b"old"));
+    let mut out = vec![0u8; 2048];
+    let later = Instant::now() + session::REKEY_AFTER;
+    assert!(matches!(a.tunnel.seal_at(b.endpoint, &packet(b"aged"), &mut out, later), Sealed::Ready(_)));
+    assert_eq!(a.tunnel.take_outbox().len(), 1, "a new initiation goes out");
+    // Past the reject age the old session neither seals nor opens.
+    let dead = Instant::now() + session::REJECT_AFTER;
+    assert_eq!(a.tunnel.seal_at(b.endpoint, &packet(b"x"), &mut out, dead), Sealed::Queued);
+    let mut buf = vec![0u8; 2048];
+    assert_eq!(b.tunnel.open(a.endpoint, &old, &mut buf, dead), Opened::Refused(Refusal::NoSession));
+    let _ = &mut b;
+}
+
+#[test]
+fn initiation_floods_are_rate_limited() {
+    let mut b = worker(2);
+    let mut refused = 0;
+    for seed in 0..(HANDSHAKES_PER_SECOND + 20) {
+        let mut x = worker(100 + (seed % 100) as u8);
+        x.endpoint = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 1000 + seed as u16);
+        x.tunnel.set_peer(b.tunnel.public(), b.endpoint, None);
+        x.tunnel.seal(b.endpoint, &packet(b"x"), &mut [0u8; 2048]);
+        let (_, init) = x.tunnel.take_outbox().remove(0);
+        if deliver(&mut b, x.endpoint, &init) == Opened::Refused(Refusal::RateLimited) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    b.tunnel.tick(Instant::now());
+    let (mut c, mut b2) = (worker(3), b);
+    introduce(&mut c, &mut b2);
+    c.tunnel.seal(b2.endpoint, &packet(b"after the tick"), &mut [0u8; 2048]);
+    pump(&mut c, &mut b2);
+    assert!(b2.received.iter().any(|(p, _)| p == &packet(b"after the tick")));
 }
