@@ -4,7 +4,7 @@
 //! Keyed by the full 5-tuple as the local client sent it (spec §9, replacing the original's
 //! port-indexed ring), with a reverse index keyed by the 5-tuple of the replies.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -100,8 +100,8 @@ fn reply_key(key: &FlowKey, flow: &Flow) -> FlowKey {
 /// Flows by outbound 5-tuple, with the reverse index of their replies.
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    forward: HashMap<FlowKey, Flow>,
-    reverse: HashMap<FlowKey, FlowKey>,
+    forward: FastMap<FlowKey, Flow>,
+    reverse: FastMap<FlowKey, FlowKey>,
 }
 
 impl FlowTable {

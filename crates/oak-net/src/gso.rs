@@ -69,23 +69,28 @@ pub enum GsoError {
 }
 
 /// Unfolded one's-complement sum of `data` (big-endian 16-bit words; an odd last byte is padded
-/// with zero) added to `initial`. Summing 32-bit words and folding gives the same result.
+/// with zero) added to `initial`. This is the data path's hottest loop (every segment's TCP
+/// checksum), so it sums native-endian 32-bit words into eight 64-bit lanes the compiler turns
+/// into wide vector adds, folds once and swaps the 16-bit result into network order: the
+/// one's-complement sum is independent of byte order up to that final swap (RFC 1071).
 pub fn ones_sum(data: &[u8], initial: u64) -> u64 {
-    let mut sum = initial;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        sum += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    let mut lanes = [0u64; 8];
+    let mut blocks = data.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += u64::from(u32::from_ne_bytes([word[0], word[1], word[2], word[3]]));
+        }
     }
-    let rest = chunks.remainder();
-    let mut i = 0;
-    while i + 1 < rest.len() {
-        sum += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
-        i += 2;
+    // 2^32 ≡ 1 (mod 2^16 − 1): a lane's halves add like 32-bit words.
+    let mut sum: u64 = lanes.iter().map(|l| (l & 0xffff_ffff) + (l >> 32)).sum();
+    let mut rest = blocks.remainder().chunks_exact(2);
+    for pair in &mut rest {
+        sum += u64::from(u16::from_ne_bytes([pair[0], pair[1]]));
     }
-    if i < rest.len() {
-        sum += u64::from(rest[i]) << 8;
+    if let [last] = rest.remainder() {
+        sum += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    sum
+    initial + u64::from(u16::from_be(fold64(sum)))
 }
 
 /// Folds a sum of [`ones_sum`] to 16 bits.
@@ -333,9 +338,11 @@ mod tests {
 
     #[test]
     fn ones_sum_matches_the_reference_checksum() {
-        for len in [0usize, 1, 2, 3, 5, 8, 33, 1001] {
+        for len in [0usize, 1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 1001, 1388, 65_535] {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert_eq!(!fold64(ones_sum(&data, 0)), internet_checksum(&data), "len {len}");
+            let all_ones = vec![0xffu8; len];
+            assert_eq!(!fold64(ones_sum(&all_ones, 0)), internet_checksum(&all_ones), "ones, len {len}");
         }
     }
 

@@ -4,7 +4,7 @@
 //! inbound it undoes the source part for replies of tracked flows. It never performs I/O: every
 //! call returns what the caller must do with the (rewritten in place) packet.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ struct Local {
 #[derive(Debug)]
 pub struct Proxy {
     cfg: ProxyConfig,
-    locals: HashMap<Ipv4Addr, Local>,
+    locals: FastMap<Ipv4Addr, Local>,
     routes: Routes,
     flows: FlowTable,
     queue: PendingQueue,
@@ -93,7 +93,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(cfg: ProxyConfig) -> Self {
         Proxy {
-            locals: HashMap::new(),
+            locals: FastMap::default(),
             routes: Routes::new(),
             flows: FlowTable::new(),
             queue: PendingQueue::new(cfg.queue),

@@ -4,6 +4,7 @@
 //! A table replaces everything known about its job, so the index never mixes old and new
 //! instance lists. Lookups are hash maps: address → job, job → routes.
 
+use crate::FastMap;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -74,12 +75,12 @@ pub struct Replaced {
 /// All known route tables plus the state of the balancing policies.
 #[derive(Debug, Default)]
 pub struct Routes {
-    jobs: HashMap<String, JobRoutes>,
-    by_ip: HashMap<Ipv4Addr, Address>,
+    jobs: FastMap<String, JobRoutes>,
+    by_ip: FastMap<Ipv4Addr, Address>,
     /// Next round-robin position per RR address.
-    rr_next: HashMap<Ipv4Addr, usize>,
+    rr_next: FastMap<Ipv4Addr, usize>,
     /// Measured RTT per worker endpoint, for the closest policy.
-    rtts: HashMap<SocketAddrV4, Duration>,
+    rtts: FastMap<SocketAddrV4, Duration>,
 }
 
 impl Routes {
@@ -306,7 +307,7 @@ fn routable(inst: &oak_api::net::RouteInstance) -> Result<Option<(Ipv4Addr, Sock
 
 /// The instance with the lowest RTT to its worker: this worker's own instances count as 0,
 /// unmeasured workers rank after measured ones, ties go to the lower instance number.
-fn closest(live: &[Target], own: SocketAddrV4, rtts: &HashMap<SocketAddrV4, Duration>) -> Option<Target> {
+fn closest(live: &[Target], own: SocketAddrV4, rtts: &FastMap<SocketAddrV4, Duration>) -> Option<Target> {
     live.iter()
         .min_by_key(|t| {
             let rtt = if t.endpoint == own { Some(Duration::ZERO) } else { rtts.get(&t.endpoint).copied() };

@@ -23,7 +23,7 @@ mod session;
 mod tests;
 mod wire;
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,16 +111,16 @@ struct Held {
 pub struct SecureTunnel {
     own: StaticKey,
     offer: Offer,
-    peers: HashMap<PeerKey, Peer>,
+    peers: FastMap<PeerKey, Peer>,
     /// Local session (and pending handshake) indices → the peer they belong to.
-    by_index: HashMap<u32, PeerKey>,
-    by_endpoint: HashMap<SocketAddrV4, PeerKey>,
+    by_index: FastMap<u32, PeerKey>,
+    by_endpoint: FastMap<SocketAddrV4, PeerKey>,
     /// Instance IPs (the overlay's service range): sources a peer may use before its table is
     /// known here.
     instance_range: Ipv4Net,
-    held: HashMap<PeerKey, Held>,
+    held: FastMap<PeerKey, Held>,
     /// Keys the directory did not know, until when they stay refused.
-    refused_keys: HashMap<PeerKey, Instant>,
+    refused_keys: FastMap<PeerKey, Instant>,
     /// Initiations read since the last tick (the rate limit).
     handshakes: u32,
     /// The newest timestamp this worker put in an initiation (they must grow).
@@ -145,12 +145,12 @@ impl SecureTunnel {
         SecureTunnel {
             own,
             offer,
-            peers: HashMap::new(),
-            by_index: HashMap::new(),
-            by_endpoint: HashMap::new(),
+            peers: FastMap::default(),
+            by_index: FastMap::default(),
+            by_endpoint: FastMap::default(),
             instance_range,
-            held: HashMap::new(),
-            refused_keys: HashMap::new(),
+            held: FastMap::default(),
+            refused_keys: FastMap::default(),
             handshakes: 0,
             last_timestamp: 0,
             outbox: Vec::new(),
