@@ -146,6 +146,18 @@ pub fn tcp4_header_len(pkt: &[u8]) -> Result<usize, GsoError> {
 /// last (which may be shorter): the `UDP_SEGMENT` size. A packet with no more than `mss` bytes of
 /// payload becomes one segment.
 pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Result<usize, GsoError> {
+    segment_tcp4_with_room(pkt, mss, (0, 0), out)
+}
+
+/// [`segment_tcp4`] leaving `room.0` bytes before and `room.1` after every segment (all of them
+/// zero), so a tunnel can seal each segment where it lies: segment `i` starts at
+/// `i * (room.0 + size + room.1) + room.0`, `size` being the returned segment size.
+pub fn segment_tcp4_with_room(
+    pkt: &[u8],
+    mss: usize,
+    room: (usize, usize),
+    out: &mut Vec<u8>,
+) -> Result<usize, GsoError> {
     if mss == 0 {
         return Err(GsoError::BadSegmentSize);
     }
@@ -159,9 +171,10 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Result<usize, 
     let pseudo = ones_sum(&pkt[12..20], 6);
     let count = payload.len().div_ceil(mss).max(1);
     out.clear();
-    out.reserve(count * hdr + payload.len());
+    out.reserve(count * (room.0 + hdr + room.1) + payload.len());
     for i in 0..count {
         let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        out.resize(out.len() + room.0, 0);
         let start = out.len();
         out.extend_from_slice(header);
         out.extend_from_slice(chunk);
@@ -184,10 +197,14 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Result<usize, 
         t[13] = f;
         t[16..18].copy_from_slice(&[0, 0]);
         let tcp_len = t.len() as u64;
-        let sum = !fold64(ones_sum(t, pseudo + tcp_len));
-        t[16..18].copy_from_slice(&sum.to_be_bytes());
+        // The payload is summed where it was read from, not in the copy just written (reading
+        // that back stalled on the fresh stores); the TCP header's length is a multiple of
+        // four, so the chunk's 16-bit words line up with the segment's.
+        let sum = ones_sum(&t[..hdr - ihl], pseudo + tcp_len) + ones_sum(chunk, 0);
+        t[16..18].copy_from_slice(&(!fold64(sum)).to_be_bytes());
+        out.resize(out.len() + room.1, 0);
     }
-    Ok(if count > 1 { hdr + mss } else { out.len() })
+    Ok(if count > 1 { hdr + mss } else { out.len() - room.0 - room.1 })
 }
 
 /// Most bytes of a coalesced IPv4 packet.
@@ -407,6 +424,26 @@ mod tests {
         }
         assert_eq!(data, &big[52..]);
         assert_eq!(segments[10].len(), 52 + 123);
+    }
+
+    #[test]
+    fn room_around_segments_leaves_them_as_without_it() {
+        let mss = 1000;
+        let big = tcp_with_options(3 * mss + 7, 0x10 | 0x08);
+        let (mut plain, mut roomy) = (Vec::new(), Vec::new());
+        let size = segment_tcp4(&big, mss, &mut plain).unwrap();
+        assert_eq!(segment_tcp4_with_room(&big, mss, (16, 16), &mut roomy).unwrap(), size);
+        let stride = 16 + size + 16;
+        assert_eq!(roomy.len(), 4 * 32 + plain.len());
+        for (i, seg) in plain.chunks(size).enumerate() {
+            let at = i * stride;
+            assert!(roomy[at..at + 16].iter().all(|b| *b == 0), "head room of {i}");
+            assert_eq!(&roomy[at + 16..at + 16 + seg.len()], seg, "segment {i}");
+            assert!(roomy[at + 16 + seg.len()..at + 32 + seg.len()].iter().all(|b| *b == 0), "tail room of {i}");
+        }
+        let small = tcp_with_options(10, 0x10);
+        assert_eq!(segment_tcp4_with_room(&small, mss, (16, 16), &mut roomy).unwrap(), small.len());
+        assert_eq!(roomy.len(), small.len() + 32);
     }
 
     #[test]

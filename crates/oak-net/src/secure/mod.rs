@@ -34,7 +34,8 @@ use wire::Message;
 
 pub use keys::{KeyError, PeerKey, StaticKey, KEY_LEN};
 pub use refusals::{Refusal, RefusalCounts};
-pub use session::{Cipher, Offer};
+pub use session::{Cipher, Offer, SealBatch};
+pub use wire::DATA_HEADER;
 
 /// Bytes a sealed data packet adds (header and tag); constant, no padding, so equal-size
 /// segments stay equal-size on the wire.
@@ -227,6 +228,21 @@ impl SecureTunnel {
         Sealed::Queued
     }
 
+    /// Reserves `count` datagrams' counters of the session with the worker at `endpoint`, to
+    /// seal outside this tunnel's lock (see [`SealBatch`]); `None` when there is no usable
+    /// session yet: [`SecureTunnel::seal`] then queues the packets and starts a handshake.
+    pub fn reserve(&mut self, endpoint: SocketAddrV4, count: usize) -> Option<SealBatch> {
+        let now = Instant::now();
+        let key = *self.by_endpoint.get(&endpoint)?;
+        let peer = self.peers.get_mut(&key)?;
+        let session = peer.sealing(now)?;
+        let batch = session.reserve(count as u64);
+        if session.wants_rekey(now) && peer.pending.is_none() {
+            self.initiate(key, now);
+        }
+        Some(batch)
+    }
+
     /// Sends a new initiation to `key` (replacing one in flight).
     fn initiate(&mut self, key: PeerKey, now: Instant) {
         let index = self.new_index(key);
@@ -271,22 +287,39 @@ impl SecureTunnel {
     /// Authenticates and opens a datagram from `from` into `out` (at least the datagram's
     /// length and [`MIN_OUT`] bytes; shorter buffers refuse it).
     pub fn open(&mut self, from: SocketAddrV4, datagram: &[u8], out: &mut [u8], now: Instant) -> Opened {
-        let opened = self.open_counted(from, datagram, out, now);
+        if out.len() < datagram.len().max(MIN_OUT) {
+            self.refusals.add(Refusal::Malformed);
+            return Opened::Refused(Refusal::Malformed);
+        }
+        out[..datagram.len()].copy_from_slice(datagram);
+        let opened = self.open_in_place(from, &mut out[..datagram.len()], now);
+        if let Opened::Packet { len, .. } = opened {
+            out.copy_within(DATA_HEADER..DATA_HEADER + len, 0);
+        }
+        opened
+    }
+
+    /// [`SecureTunnel::open`] where the datagram lies, without a copy: an opened packet is at
+    /// `datagram[DATA_HEADER..][..len]`.
+    pub fn open_in_place(&mut self, from: SocketAddrV4, datagram: &mut [u8], now: Instant) -> Opened {
+        let data = match Message::parse(datagram) {
+            Some(Message::Data { receiver, counter, .. }) => Some((receiver, counter)),
+            _ => None,
+        };
+        let opened = match data {
+            Some((receiver, counter)) => self.open_data(from, receiver, counter, &mut datagram[DATA_HEADER..], now),
+            None => self.open_control(from, datagram, now),
+        };
         if let Opened::Refused(reason) = opened {
             self.refusals.add(reason);
         }
         opened
     }
 
-    fn open_counted(&mut self, from: SocketAddrV4, datagram: &[u8], out: &mut [u8], now: Instant) -> Opened {
-        if out.len() < datagram.len().max(MIN_OUT) {
-            return Opened::Refused(Refusal::Malformed);
-        }
+    /// Handshake messages (and anything that parses as no message at all).
+    fn open_control(&mut self, from: SocketAddrV4, datagram: &[u8], now: Instant) -> Opened {
         match Message::parse(datagram) {
-            None => Opened::Refused(Refusal::Malformed),
-            Some(Message::Data { receiver, counter, sealed }) => {
-                self.open_data(from, receiver, counter, sealed, out, now)
-            }
+            None | Some(Message::Data { .. }) => Opened::Refused(Refusal::Malformed),
             Some(Message::Response { receiver, .. }) => self.complete(receiver, datagram, now),
             Some(Message::Initiation) => {
                 if self.handshakes >= HANDSHAKES_PER_SECOND {
@@ -310,8 +343,7 @@ impl SecureTunnel {
         from: SocketAddrV4,
         receiver: u32,
         counter: u64,
-        sealed: &[u8],
-        out: &mut [u8],
+        sealed: &mut [u8],
         now: Instant,
     ) -> Opened {
         let Some(&key) = self.by_index.get(&receiver) else {
@@ -328,7 +360,7 @@ impl SecureTunnel {
             return Opened::Refused(Refusal::NoSession);
         };
         let session = peer.session_mut(slot).expect("the slot holds a session");
-        let len = match session.open(counter, sealed, out, now) {
+        let len = match session.open_in_place(counter, sealed, now) {
             Ok(len) => len,
             Err(OpenError::Replayed) => return Opened::Refused(Refusal::Replayed),
             Err(OpenError::Unauthenticated) => return Opened::Refused(Refusal::Unauthenticated),
@@ -342,7 +374,7 @@ impl SecureTunnel {
         if len == 0 {
             return Opened::Control; // a keepalive
         }
-        if out[0] >> 4 != 4 {
+        if sealed[0] >> 4 != 4 {
             return Opened::Refused(Refusal::Malformed);
         }
         Opened::Packet { len, peer: key }

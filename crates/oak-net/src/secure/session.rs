@@ -3,6 +3,7 @@
 //! workers run fastest (AES-256-GCM where both CPUs accelerate AES, else ChaCha20-Poly1305),
 //! agreed inside the authenticated handshake, so nobody on the path can steer it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
@@ -120,7 +121,7 @@ pub struct Session {
     /// The index peers address this session by (ours); theirs is `remote_index`.
     pub local_index: u32,
     remote_index: u32,
-    send: LessSafeKey,
+    send: Arc<LessSafeKey>,
     recv: LessSafeKey,
     pub cipher: Cipher,
     next_counter: u64,
@@ -145,7 +146,7 @@ impl Session {
         Session {
             local_index,
             remote_index,
-            send: cipher.key(&send),
+            send: Arc::new(cipher.key(&send)),
             recv: cipher.key(&recv),
             cipher,
             next_counter: 0,
@@ -168,34 +169,74 @@ impl Session {
     /// Seals `packet` into `out` (at least `packet.len()` + header + tag bytes, which the
     /// caller checked); returns the datagram's length.
     pub fn seal(&mut self, packet: &[u8], out: &mut [u8]) -> usize {
-        let counter = self.next_counter;
-        self.next_counter += 1;
-        let end = DATA_HEADER + packet.len();
-        out[..DATA_HEADER].copy_from_slice(&data_header(self.remote_index, counter));
-        out[DATA_HEADER..end].copy_from_slice(packet);
-        let tag = self
-            .send
-            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), &mut out[DATA_HEADER..end])
-            .expect("an AEAD seals any packet shorter than its limit");
-        out[end..end + TAG_LEN].copy_from_slice(tag.as_ref());
-        end + TAG_LEN
+        out[DATA_HEADER..DATA_HEADER + packet.len()].copy_from_slice(packet);
+        self.reserve(1).seal_in_place(out, packet.len())
+    }
+
+    /// Takes the next `count` counters for a batch the caller seals without holding the
+    /// tunnel (the key is shared, the counters are the batch's alone, so nonces never repeat).
+    pub fn reserve(&mut self, count: u64) -> SealBatch {
+        let next = self.next_counter;
+        self.next_counter = next.saturating_add(count);
+        SealBatch { key: self.send.clone(), remote_index: self.remote_index, next, end: self.next_counter }
     }
 
     /// Opens the sealed part of a data message into `out` (at least `sealed.len()` bytes);
-    /// returns the plaintext's length. The counter counts as seen only once it authenticated.
+    /// returns the plaintext's length.
+    #[cfg(test)]
     pub fn open(&mut self, counter: u64, sealed: &[u8], out: &mut [u8], now: Instant) -> Result<usize, OpenError> {
+        let buf = &mut out[..sealed.len()];
+        buf.copy_from_slice(sealed);
+        self.open_in_place(counter, buf, now)
+    }
+
+    /// Opens the sealed part of a data message where it lies (the plaintext then starts at
+    /// `sealed[0]`); returns the plaintext's length. The counter counts as seen only once it
+    /// authenticated.
+    pub fn open_in_place(&mut self, counter: u64, sealed: &mut [u8], now: Instant) -> Result<usize, OpenError> {
         if self.expired(now) {
             return Err(OpenError::Expired);
         }
         if !self.window.fresh(counter) {
             return Err(OpenError::Replayed);
         }
-        let buf = &mut out[..sealed.len()];
-        buf.copy_from_slice(sealed);
-        let len =
-            self.recv.open_in_place(nonce(counter), Aad::empty(), buf).map_err(|_| OpenError::Unauthenticated)?.len();
+        let len = self
+            .recv
+            .open_in_place(nonce(counter), Aad::empty(), sealed)
+            .map_err(|_| OpenError::Unauthenticated)?
+            .len();
         self.window.accept(counter);
         Ok(len)
+    }
+}
+
+/// Counters reserved from a session: seals exactly that many datagrams, in place.
+pub struct SealBatch {
+    key: Arc<LessSafeKey>,
+    remote_index: u32,
+    next: u64,
+    end: u64,
+}
+
+impl SealBatch {
+    /// Seals the packet at `buf[DATA_HEADER..DATA_HEADER + len]` where it lies, writing the
+    /// header before it and the tag after it (`buf` holds at least `len` + header + tag bytes);
+    /// returns the datagram's length.
+    ///
+    /// # Panics
+    /// When called more often than counters were reserved (a nonce must never repeat).
+    pub fn seal_in_place(&mut self, buf: &mut [u8], len: usize) -> usize {
+        assert!(self.next < self.end, "more datagrams sealed than counters reserved");
+        let counter = self.next;
+        self.next += 1;
+        let end = DATA_HEADER + len;
+        buf[..DATA_HEADER].copy_from_slice(&data_header(self.remote_index, counter));
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(counter), Aad::empty(), &mut buf[DATA_HEADER..end])
+            .expect("an AEAD seals any packet shorter than its limit");
+        buf[end..end + TAG_LEN].copy_from_slice(tag.as_ref());
+        end + TAG_LEN
     }
 }
 
@@ -236,6 +277,31 @@ mod tests {
             assert_eq!(b.open(1, &wire[DATA_HEADER..n2], &mut out, now), Ok(3), "a failed open marks nothing seen");
             assert_eq!(b.open(1, &wire[DATA_HEADER..n2], &mut out, now + REJECT_AFTER), Err(OpenError::Expired));
         }
+    }
+
+    #[test]
+    fn a_reserved_batch_seals_in_place_with_its_own_counters() {
+        let (mut a, mut b) = pair(Cipher::Aes256Gcm);
+        let mut batch = a.reserve(2);
+        let after = {
+            let mut wire = [0u8; 64];
+            let n = a.seal(b"after", &mut wire);
+            wire[..n].to_vec()
+        };
+        let now = Instant::now();
+        let mut out = [0u8; 64];
+        for (i, text) in [&b"one"[..], b"two"].iter().enumerate() {
+            let mut buf = [0u8; 64];
+            buf[DATA_HEADER..DATA_HEADER + text.len()].copy_from_slice(text);
+            let n = batch.seal_in_place(&mut buf, text.len());
+            assert_eq!(n, text.len() + DATA_HEADER + TAG_LEN);
+            assert_eq!(u64::from_le_bytes(buf[8..16].try_into().unwrap()), i as u64, "counter");
+            assert_eq!(b.open(i as u64, &buf[DATA_HEADER..n], &mut out, now), Ok(text.len()));
+            assert_eq!(&out[..text.len()], *text);
+        }
+        assert_eq!(b.open(2, &after[DATA_HEADER..], &mut out, now), Ok(5), "the session went on after the batch");
+        let over = std::panic::catch_unwind(move || batch.seal_in_place(&mut [0u8; 64], 1));
+        assert!(over.is_err(), "a batch never seals more than it reserved");
     }
 
     #[test]

@@ -380,3 +380,24 @@ fn initiation_floods_are_rate_limited() {
     pump(&mut c, &mut b2);
     assert!(b2.received.iter().any(|(p, _)| p == &packet(b"after the tick")));
 }
+
+#[test]
+fn batches_sealed_outside_the_tunnel_open_at_the_peer_in_order() {
+    let (mut a, mut b) = (worker(1), worker(2));
+    introduce(&mut a, &mut b);
+    assert!(a.tunnel.reserve(b.endpoint, 3).is_none(), "no session yet: nothing to reserve");
+    let (mut a, mut b) = connected();
+    let mut batch = a.tunnel.reserve(b.endpoint, 3).expect("a session");
+    let before = b.received.len();
+    for marker in [&b"batch one"[..], b"batch two", b"batch three"] {
+        let pkt = packet(marker);
+        let mut buf = vec![0u8; pkt.len() + OVERHEAD];
+        buf[DATA_HEADER..DATA_HEADER + pkt.len()].copy_from_slice(&pkt);
+        let n = batch.seal_in_place(&mut buf, pkt.len());
+        assert!(matches!(deliver(&mut b, a.endpoint, &buf[..n]), Opened::Packet { .. }));
+        assert_eq!(b.received.last().unwrap().0, pkt);
+    }
+    assert_eq!(b.received.len(), before + 3);
+    let unknown = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 50103);
+    assert!(a.tunnel.reserve(unknown, 1).is_none(), "no peer there");
+}

@@ -35,26 +35,30 @@ pub const TAG_LEN: usize = 16;
 
 /// A received datagram, split into its parts (lengths checked, nothing authenticated yet).
 #[derive(Debug)]
-pub enum Message<'a> {
+pub enum Message {
     Initiation,
-    Response { receiver: u32 },
-    Data { receiver: u32, counter: u64, sealed: &'a [u8] },
+    Response {
+        receiver: u32,
+    },
+    /// The sealed part is `d[DATA_HEADER..]`.
+    Data {
+        receiver: u32,
+        counter: u64,
+    },
 }
 
-impl<'a> Message<'a> {
+impl Message {
     /// Splits a datagram; `None` for anything that is no tunnel message.
-    pub fn parse(d: &'a [u8]) -> Option<Self> {
+    pub fn parse(d: &[u8]) -> Option<Self> {
         if d.len() < 4 || d[1..4] != [0, 0, 0] {
             return None;
         }
         match d[0] {
             INITIATION if d.len() == INIT_LEN => Some(Message::Initiation),
             RESPONSE if d.len() == RESP_LEN => Some(Message::Response { receiver: u32_at(d, 4) }),
-            DATA if d.len() >= DATA_HEADER + TAG_LEN => Some(Message::Data {
-                receiver: u32_at(d, 4),
-                counter: u64::from_le_bytes(d[8..16].try_into().ok()?),
-                sealed: &d[DATA_HEADER..],
-            }),
+            DATA if d.len() >= DATA_HEADER + TAG_LEN => {
+                Some(Message::Data { receiver: u32_at(d, 4), counter: u64::from_le_bytes(d[8..16].try_into().ok()?) })
+            }
             _ => None,
         }
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use oak_api::net::{PeerAnswer, PeerQuery, RouteTable, TableQuery};
 use oak_net::gso::{self, VnetHdr, VNET_HDR_LEN};
-use oak_net::secure::{MIN_OUT, OVERHEAD};
+use oak_net::secure::{DATA_HEADER, MIN_OUT, OVERHEAD};
 use oak_net::{
     classify, Datagram, Inbound, Ipv4Net, Opened, Outbound, PeerKey, Probe, ProbeKind, Proxy, ProxyConfig, Refusal,
     RefusalCounts, Sealed, SecureTunnel, StaticKey, Tun,
@@ -276,7 +276,12 @@ impl Datapath {
         match action {
             Outbound::Tunnel(peer) => {
                 if gso_size > 0 || packet.len() > WIRE_MAX {
-                    match segment(packet, gso_size, &mut scratch.segments) {
+                    // Sealed, every segment gets the tunnel's header before and tag after it.
+                    let (room, out) = match &self.secure {
+                        Some(_) => ((DATA_HEADER, OVERHEAD - DATA_HEADER), &mut scratch.sealed),
+                        None => ((0, 0), &mut scratch.segments),
+                    };
+                    match segment(packet, gso_size, room, out) {
                         Some(size) => self.send_segments(size, peer, scratch),
                         None => tracing::debug!("cannot segment a large outbound packet; dropped"),
                     }
@@ -286,7 +291,7 @@ impl Datapath {
             }
             Outbound::Local => {
                 if gso_size > 0 || packet.len() > WIRE_MAX {
-                    let Some(size) = segment(packet, gso_size, &mut scratch.segments) else {
+                    let Some(size) = segment(packet, gso_size, (0, 0), &mut scratch.segments) else {
                         tracing::debug!("cannot segment a large local packet; dropped");
                         return;
                     };
@@ -329,32 +334,45 @@ impl Datapath {
         }
     }
 
-    /// Sends the equal-size segments in `scratch.segments` (the last may be shorter), each as one
-    /// datagram, sealed first on the secure tunnel: the overhead is constant, so the sealed
-    /// segments are equal-size too and still go out with UDP GSO.
+    /// Sends the equal-size segments of `size` bytes (the last may be shorter), each as one
+    /// datagram: on the secure tunnel they lie in `scratch.sealed` with room for the header and
+    /// tag around each, and are sealed there, outside the tunnel's lock, with counters reserved
+    /// in one go; the overhead is constant, so the sealed datagrams are equal-size too and still
+    /// go out with UDP GSO. In clear they lie back to back in `scratch.segments`.
     fn send_segments(&self, size: usize, peer: SocketAddrV4, scratch: &mut Scratch) {
         let Some(secure) = &self.secure else {
             return self.send_datagrams(&scratch.segments, size, peer);
         };
         let stride = size + OVERHEAD;
-        scratch.sealed.clear();
-        // One datagram per lock, so the receiving thread can open in between.
-        for seg in scratch.segments.chunks(size) {
-            let start = scratch.sealed.len();
-            scratch.sealed.resize(start + stride.max(MIN_OUT), 0);
-            match secure.lock().unwrap().seal(peer, seg, &mut scratch.sealed[start..]) {
-                Sealed::Ready(n) => scratch.sealed.truncate(start + n),
-                Sealed::Queued => scratch.sealed.truncate(start),
-                Sealed::NoPeer => {
-                    scratch.sealed.truncate(start);
-                    tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped");
-                    break;
+        let count = scratch.sealed.len().div_ceil(stride);
+        let reserved = secure.lock().unwrap().reserve(peer, count);
+        if let Some(mut batch) = reserved {
+            for datagram in scratch.sealed.chunks_mut(stride) {
+                let len = datagram.len() - OVERHEAD;
+                batch.seal_in_place(datagram, len);
+            }
+            self.send_datagrams(&scratch.sealed, stride, peer);
+        } else {
+            // No session yet: the tunnel queues the packets and starts a handshake.
+            let mut out = vec![0u8; stride.max(MIN_OUT)];
+            for datagram in scratch.sealed.chunks(stride) {
+                let packet = &datagram[DATA_HEADER..datagram.len() - (OVERHEAD - DATA_HEADER)];
+                match secure.lock().unwrap().seal(peer, packet, &mut out) {
+                    Sealed::Ready(n) => {
+                        if let Err(e) = self.udp.send_to(&out[..n], peer) {
+                            tracing::debug!(%peer, error = %e, "tunnel send failed");
+                        }
+                    }
+                    Sealed::Queued => {}
+                    Sealed::NoPeer => {
+                        tracing::debug!(%peer, "no tunnel key known for the peer; packet dropped");
+                        break;
+                    }
                 }
             }
         }
         let outbox = secure.lock().unwrap().take_outbox();
         self.send_outbox(outbox);
-        self.send_datagrams(&scratch.sealed, stride, peer);
     }
 
     /// Sends equal-size datagrams (the last may be shorter) laid out back to back, with as few
@@ -406,12 +424,13 @@ impl Scratch {
 }
 
 /// Segments a TCP packet into packets of at most [`WIRE_MAX`] bytes (and at most `gso_size`
-/// payload bytes if given); returns the segment size.
-fn segment(packet: &[u8], gso_size: usize, out: &mut Vec<u8>) -> Option<usize> {
+/// payload bytes if given), with `room` around each (see [`gso::segment_tcp4_with_room`]);
+/// returns the segment size.
+fn segment(packet: &[u8], gso_size: usize, room: (usize, usize), out: &mut Vec<u8>) -> Option<usize> {
     let hdr = gso::tcp4_header_len(packet).ok()?;
-    let room = WIRE_MAX.checked_sub(hdr).filter(|r| *r > 0)?;
-    let mss = if gso_size > 0 { gso_size.min(room) } else { room };
-    gso::segment_tcp4(packet, mss, out).ok()
+    let space = WIRE_MAX.checked_sub(hdr).filter(|r| *r > 0)?;
+    let mss = if gso_size > 0 { gso_size.min(space) } else { space };
+    gso::segment_tcp4_with_room(packet, mss, room, out).ok()
 }
 
 /// Asks for large socket buffers: bursts of a bulk transfer otherwise overflow the defaults.
@@ -559,10 +578,6 @@ fn from_tunnel(d: Arc<Datapath>) {
         m.msg_hdr.msg_iovlen = 1;
         m.msg_hdr.msg_control = control.as_mut_ptr().cast();
     }
-    // Opened packets, at the offsets of their datagrams (room for a handshake answer after
-    // the last one).
-    let mut plain: Vec<Vec<u8>> =
-        (0..if d.secure.is_some() { BATCH } else { 0 }).map(|_| vec![0u8; size + MIN_OUT]).collect();
     // (message, offset, length, delivered) of every datagram of a batch.
     let mut datagrams: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(BATCH * 64);
     let mut coalescer = gso::TcpCoalescer::new();
@@ -593,8 +608,8 @@ fn from_tunnel(d: Arc<Datapath>) {
         }
         datagrams.clear();
         if let Some(secure) = &d.secure {
-            let batch = Received { msgs: &msgs[..got as usize], addrs: &addrs, bufs: &bufs, gro };
-            open_batch(&d, secure, batch, &mut plain, &mut datagrams);
+            let batch = Received { msgs: &msgs[..got as usize], addrs: &addrs, bufs: &mut bufs, gro };
+            open_batch(&d, secure, batch, &mut datagrams);
         } else {
             let now = Instant::now();
             let mut proxy = d.proxy.lock().unwrap();
@@ -621,7 +636,7 @@ fn from_tunnel(d: Arc<Datapath>) {
             }
         }
         for &(i, off, len, deliver) in &datagrams {
-            let packet = if d.secure.is_some() { &plain[i][off..off + len] } else { &bufs[i][off..off + len] };
+            let packet = &bufs[i][off..off + len];
             if deliver {
                 if head > 0 {
                     // Merge in-order TCP segments of one flow into one offloaded packet.
@@ -664,20 +679,20 @@ fn from_tunnel(d: Arc<Datapath>) {
 struct Received<'a> {
     msgs: &'a [libc::mmsghdr],
     addrs: &'a [libc::sockaddr_in],
-    bufs: &'a [Vec<u8>],
+    bufs: &'a mut [Vec<u8>],
     gro: bool,
 }
 
-/// The secure tunnel's receive: opens every datagram of a batch into `plain` (same offsets),
-/// answers probes, checks that each packet's source belongs to its sender and translates the
-/// rest; `datagrams` gets those to deliver. Decryption holds the tunnel's lock one datagram at a
-/// time, so the other packet thread can seal in between; handshake answers, pongs, directory
+/// The secure tunnel's receive: opens every datagram of a batch where it lies (the packet then
+/// starts `DATA_HEADER` bytes into it), answers probes, checks that each packet's source belongs
+/// to its sender and translates the rest; `datagrams` gets those to deliver (their offsets are
+/// the packets'). Decryption holds the tunnel's lock one datagram at a time, so the other packet
+/// thread can reserve counters in between; handshake answers, pongs, directory
 /// questions and refusal logs go out once the locks are released.
 fn open_batch(
     d: &Datapath,
     secure: &Mutex<SecureTunnel>,
     batch: Received<'_>,
-    plain: &mut [Vec<u8>],
     datagrams: &mut Vec<(usize, usize, usize, bool)>,
 ) {
     let now = Instant::now();
@@ -695,9 +710,9 @@ fn open_batch(
         let seg = if batch.gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
         for off in (0..n).step_by(seg) {
             let len = seg.min(n - off);
-            let datagram = &batch.bufs[i][off..off + len];
-            match secure.lock().unwrap().open(from, datagram, &mut plain[i][off..], now) {
-                Opened::Packet { len: plen, peer } => opened.push((i, off, plen, peer, from)),
+            let datagram = &mut batch.bufs[i][off..off + len];
+            match secure.lock().unwrap().open_in_place(from, datagram, now) {
+                Opened::Packet { len: plen, peer } => opened.push((i, off + DATA_HEADER, plen, peer, from)),
                 Opened::Control => {}
                 Opened::Unknown(key) => unknown.push(key),
                 Opened::Refused(reason) => refused.push((from, reason)),
@@ -709,7 +724,7 @@ fn open_batch(
         let mut secure = secure.lock().unwrap();
         let mut proxy = d.proxy.lock().unwrap();
         for (i, off, plen, peer, from) in opened {
-            let packet = &mut plain[i][off..off + plen];
+            let packet = &mut batch.bufs[i][off..off + plen];
             if let Some(probe) = Probe::from_packet(packet) {
                 match (probe.kind, secure.endpoint_of(&peer)) {
                     (ProbeKind::Ping, Some(endpoint)) => {
