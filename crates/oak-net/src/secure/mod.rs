@@ -47,6 +47,12 @@ pub const MIN_OUT: usize = 148;
 const HANDSHAKES_PER_SECOND: u32 = 100;
 /// How long an initiation waits for its response before the next one is sent.
 const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that has sent data and not answered for this long gets a keepalive.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data sent with nothing authenticated back for this long: the session is presumed lost.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Unknown-session notices sent per second at most.
+const NOTICES_PER_SECOND: u32 = 100;
 /// How long this worker keeps trying to reach a peer for queued packets before dropping them.
 const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 /// Initiators waiting for the directory at once; more are refused until answers come.
@@ -124,6 +130,8 @@ pub struct SecureTunnel {
     refused_keys: FastMap<PeerKey, Instant>,
     /// Initiations read since the last tick (the rate limit).
     handshakes: u32,
+    /// Unknown-session notices sent since the last tick.
+    notices: u32,
     /// The newest timestamp this worker put in an initiation (they must grow).
     last_timestamp: u64,
     outbox: Vec<(SocketAddrV4, Vec<u8>)>,
@@ -153,6 +161,7 @@ impl SecureTunnel {
             held: FastMap::default(),
             refused_keys: FastMap::default(),
             handshakes: 0,
+            notices: 0,
             last_timestamp: 0,
             outbox: Vec::new(),
             refusals: RefusalCounts::default(),
@@ -215,7 +224,9 @@ impl SecureTunnel {
         let peer = self.peers.get_mut(&key).expect("checked above");
         if let Some(session) = peer.sealing(now) {
             let n = session.seal(packet, out);
-            if session.wants_rekey(now) && peer.pending.is_none() {
+            let rekey = session.wants_rekey(now);
+            peer.sent_data(now);
+            if rekey && peer.pending.is_none() {
                 self.initiate(key, now);
             }
             return Sealed::Ready(n);
@@ -237,7 +248,9 @@ impl SecureTunnel {
         let peer = self.peers.get_mut(&key)?;
         let session = peer.sealing(now)?;
         let batch = session.reserve(count as u64);
-        if session.wants_rekey(now) && peer.pending.is_none() {
+        let rekey = session.wants_rekey(now);
+        peer.sent_data(now);
+        if rekey && peer.pending.is_none() {
             self.initiate(key, now);
         }
         Some(batch)
@@ -320,6 +333,7 @@ impl SecureTunnel {
     fn open_control(&mut self, from: SocketAddrV4, datagram: &[u8], now: Instant) -> Opened {
         match Message::parse(datagram) {
             None | Some(Message::Data { .. }) => Opened::Refused(Refusal::Malformed),
+            Some(Message::Unknown { index }) => self.unknown_session(index, now),
             Some(Message::Response { receiver, .. }) => self.complete(receiver, datagram, now),
             Some(Message::Initiation) => {
                 if self.handshakes >= HANDSHAKES_PER_SECOND {
@@ -347,9 +361,14 @@ impl SecureTunnel {
         now: Instant,
     ) -> Opened {
         let Some(&key) = self.by_index.get(&receiver) else {
-            // A known peer still using a session this worker forgot (it restarted): a new
-            // handshake, so its flows do not wait for its own rekey timers.
+            // A peer still using a session this worker forgot (it restarted): a new handshake
+            // from here if the sender is a known endpoint, and a notice back in any case (it
+            // may come through a relay or NAT), so its flows do not wait for its timers.
             self.rekey(from);
+            if self.notices < NOTICES_PER_SECOND {
+                self.notices += 1;
+                self.outbox.push((from, wire::unknown_session(receiver).to_vec()));
+            }
             return Opened::Refused(Refusal::UnknownPeer);
         };
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -366,6 +385,7 @@ impl SecureTunnel {
             Err(OpenError::Unauthenticated) => return Opened::Refused(Refusal::Unauthenticated),
             Err(OpenError::Expired) => return Opened::Refused(Refusal::NoSession),
         };
+        peer.received(len > 0, now);
         if slot == Slot::Next {
             let retired = peer.promote_next();
             self.forget_indices(retired);
@@ -425,6 +445,7 @@ impl SecureTunnel {
         };
         match handshake::complete(pending, &own, datagram, now) {
             Ok(session) => {
+                peer.received(false, now);
                 let retired = peer.install_initiated(session);
                 let confirm = peer.queue.is_empty();
                 self.forget_indices(retired);
@@ -457,6 +478,7 @@ impl SecureTunnel {
             let n = session.seal(&packet, &mut out);
             out.truncate(n);
             self.outbox.push((endpoint, out));
+            peer.sent_data(now);
         }
     }
 
@@ -471,6 +493,24 @@ impl SecureTunnel {
             let n = session.seal(&[], &mut out);
             out.truncate(n);
             self.outbox.push((endpoint, out));
+            peer.reply_owed_since = None;
+        }
+    }
+
+    /// A peer says a data message named a session it does not have (it restarted): if that
+    /// is the session this worker seals with for some peer, a new handshake starts at once.
+    /// Anything else (an old or guessed index) is ignored.
+    fn unknown_session(&mut self, index: u32, now: Instant) -> Opened {
+        let stale = self.peers.iter().find_map(|(key, p)| {
+            let current = p.current.as_ref().is_some_and(|s| s.remote_index == index);
+            (current && p.pending.is_none()).then_some(*key)
+        });
+        match stale {
+            Some(key) => {
+                self.initiate(key, now);
+                Opened::Control
+            }
+            None => Opened::Refused(Refusal::NoSession),
         }
     }
 
@@ -558,12 +598,23 @@ impl SecureTunnel {
     /// never answers; forgets held initiations and refusals that are too old.
     pub fn tick(&mut self, now: Instant) {
         self.handshakes = 0;
+        self.notices = 0;
         let mut retired = Vec::new();
         let mut retry = Vec::new();
+        let mut keepalives = Vec::new();
         for (key, peer) in self.peers.iter_mut() {
             retired.extend(peer.expire(now));
             if let Some(p) = peer.pending.take_if(|p| now.saturating_duration_since(p.sent) >= REKEY_TIMEOUT) {
                 retired.push(p.local_index);
+            }
+            if peer.reply_owed_since.is_some_and(|t| now.saturating_duration_since(t) >= KEEPALIVE_TIMEOUT) {
+                keepalives.push(*key);
+            }
+            let silent = peer.awaiting_reply_since.is_some_and(|t| now.saturating_duration_since(t) >= REPLY_TIMEOUT);
+            if silent && peer.pending.is_none() {
+                peer.awaiting_reply_since = None;
+                retry.push(*key);
+                continue;
             }
             let waiting = !peer.queue.is_empty() && peer.sealing(now).is_none();
             if !waiting || peer.pending.is_some() {
@@ -580,6 +631,9 @@ impl SecureTunnel {
         self.forget_indices(retired);
         for key in retry {
             self.initiate(key, now);
+        }
+        for key in keepalives {
+            self.keepalive(key, now);
         }
         let before = self.held.len();
         self.held.retain(|_, h| now.saturating_duration_since(h.since) < DIRECTORY_WAIT);

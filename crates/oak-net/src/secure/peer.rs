@@ -32,6 +32,12 @@ pub struct Peer {
     pub queue: VecDeque<Vec<u8>>,
     /// The newest initiation timestamp accepted from it: older or equal ones are replays.
     pub last_timestamp: u64,
+    /// Since when data went to it with nothing authenticated back: long enough, and its
+    /// session is presumed lost (it restarted, its keys expired) and a handshake starts.
+    pub awaiting_reply_since: Option<Instant>,
+    /// Since when data came from it with nothing sent back: long enough, and a keepalive goes,
+    /// so its own reply timer does not fire on a one-way flow.
+    pub reply_owed_since: Option<Instant>,
 }
 
 /// Which of a peer's sessions a local index named.
@@ -54,6 +60,8 @@ impl Peer {
             trying_since: None,
             queue: VecDeque::new(),
             last_timestamp: 0,
+            awaiting_reply_since: None,
+            reply_owed_since: None,
         }
     }
 
@@ -106,6 +114,20 @@ impl Peer {
     /// A session that may seal now.
     pub fn sealing(&mut self, now: Instant) -> Option<&mut Session> {
         self.current.as_mut().filter(|s| !s.expired(now))
+    }
+
+    /// Data went out now.
+    pub fn sent_data(&mut self, now: Instant) {
+        self.awaiting_reply_since.get_or_insert(now);
+        self.reply_owed_since = None;
+    }
+
+    /// Something authenticated came in now (`data`: not just a keepalive).
+    pub fn received(&mut self, data: bool, now: Instant) {
+        self.awaiting_reply_since = None;
+        if data {
+            self.reply_owed_since.get_or_insert(now);
+        }
     }
 
     pub fn enqueue(&mut self, packet: &[u8]) {

@@ -120,7 +120,7 @@ pub enum OpenError {
 pub struct Session {
     /// The index peers address this session by (ours); theirs is `remote_index`.
     pub local_index: u32,
-    remote_index: u32,
+    pub remote_index: u32,
     send: Arc<LessSafeKey>,
     recv: LessSafeKey,
     pub cipher: Cipher,
@@ -213,7 +213,7 @@ impl Session {
 /// Counters reserved from a session: seals exactly that many datagrams, in place.
 pub struct SealBatch {
     key: Arc<LessSafeKey>,
-    remote_index: u32,
+    pub remote_index: u32,
     next: u64,
     end: u64,
 }

@@ -230,6 +230,54 @@ fn a_restarted_peer_gets_a_new_handshake() {
 }
 
 #[test]
+fn a_restarted_peer_behind_a_relay_sends_a_notice_and_the_sender_rekeys_at_once() {
+    let (mut a, b) = connected();
+    let mut b2 = worker(2);
+    b2.tunnel.set_peer(a.tunnel.public(), a.endpoint, None);
+    // `a`'s datagrams reach b2 from a relay's address, which b2 cannot map to a peer.
+    let relay = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 50), 40000);
+    let stale = seal(&mut a, &b, &packet(b"through the relay"));
+    assert_eq!(deliver(&mut b2, relay, &stale), Opened::Refused(Refusal::UnknownPeer));
+    let notices: Vec<_> = b2.tunnel.take_outbox();
+    assert_eq!(notices.len(), 1, "only the notice: b2 cannot start a handshake with a relay");
+    assert_eq!(notices[0].0, relay, "back where the datagram came from");
+    // The notice (forwarded by the relay) makes `a` start a handshake without waiting.
+    assert_eq!(deliver(&mut a, relay, &notices[0].1), Opened::Control);
+    pump(&mut a, &mut b2);
+    let wire = seal(&mut a, &b2, &packet(b"after the notice"));
+    assert!(matches!(deliver(&mut b2, relay, &wire), Opened::Packet { .. }));
+    // A notice naming an index `a` does not seal with changes nothing.
+    let forged = wire::unknown_session(0xdead_beef);
+    assert_eq!(deliver(&mut a, relay, &forged), Opened::Refused(Refusal::NoSession));
+    assert!(a.tunnel.take_outbox().is_empty(), "no handshake for a guessed index");
+}
+
+#[test]
+fn a_peer_that_never_answers_gets_a_new_handshake_and_one_way_flows_get_keepalives() {
+    let (mut a, mut b) = connected();
+    let t = Instant::now();
+    // One-way flow a → b: b owes a reply and sends a keepalive after KEEPALIVE_TIMEOUT...
+    let wire = seal(&mut a, &b, &packet(b"one way"));
+    assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+    b.tunnel.tick(t + KEEPALIVE_TIMEOUT + Duration::from_secs(1));
+    let keepalives = b.tunnel.take_outbox();
+    assert_eq!(keepalives.len(), 1, "one keepalive");
+    assert_eq!(deliver(&mut a, b.endpoint, &keepalives[0].1), Opened::Control);
+    // ... so `a`, having heard back, starts no handshake at its reply timeout.
+    a.tunnel.tick(t + REPLY_TIMEOUT + Duration::from_secs(1));
+    assert!(a.tunnel.take_outbox().is_empty(), "the keepalive answered");
+    // Now `b` goes silent for good (its notice lost): `a` rekeys after REPLY_TIMEOUT.
+    let t = Instant::now();
+    seal(&mut a, &b, &packet(b"unanswered"));
+    a.tunnel.tick(t + Duration::from_secs(1));
+    assert!(a.tunnel.take_outbox().is_empty(), "not yet");
+    a.tunnel.tick(t + REPLY_TIMEOUT + Duration::from_secs(1));
+    let out = a.tunnel.take_outbox();
+    assert_eq!(out.len(), 1);
+    assert!(matches!(wire::Message::parse(&out[0].1), Some(wire::Message::Initiation)), "a new initiation");
+}
+
+#[test]
 fn a_new_key_takes_over_its_endpoint() {
     let (mut a, mut b) = connected();
     // `b` lost its data dir: same endpoint, new key; the tables now name the new key.

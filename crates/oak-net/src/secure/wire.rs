@@ -6,7 +6,12 @@
 //!   the Noise second message (ephemeral key, sealed payload: chosen cipher, the responder's
 //!   index), then `mac1`;
 //! - data (type 4): receiver index, 64-bit counter (the AEAD nonce), ciphertext and tag. An
-//!   empty ciphertext is a keepalive that confirms a new session.
+//!   empty ciphertext is a keepalive that confirms a new session;
+//! - unknown session (type 5, [`UNKNOWN_LEN`]): the receiver index of a data message that
+//!   named no session here (this worker restarted), sent back to where it came from, so the
+//!   sender starts a handshake at once instead of after its reply timer. Unauthenticated: it
+//!   only ever triggers a handshake, and only when it names an index the sender uses, which an
+//!   off-path attacker cannot guess.
 //!
 //! `mac1` is a keyed BLAKE2s over the message, keyed by the receiver's public key: anything not
 //! meant for this worker is dropped before the costly key agreement.
@@ -19,6 +24,9 @@ use super::keys::PeerKey;
 pub const INITIATION: u8 = 1;
 pub const RESPONSE: u8 = 2;
 pub const DATA: u8 = 4;
+pub const UNKNOWN: u8 = 5;
+/// Type and the index that named no session.
+pub const UNKNOWN_LEN: usize = 8;
 
 /// Noise IK message 1: ephemeral (32) + sealed static (32 + 16) + sealed payload.
 pub const INIT_PAYLOAD: usize = 8 + 1 + 4;
@@ -45,6 +53,9 @@ pub enum Message {
         receiver: u32,
         counter: u64,
     },
+    Unknown {
+        index: u32,
+    },
 }
 
 impl Message {
@@ -59,9 +70,18 @@ impl Message {
             DATA if d.len() >= DATA_HEADER + TAG_LEN => {
                 Some(Message::Data { receiver: u32_at(d, 4), counter: u64::from_le_bytes(d[8..16].try_into().ok()?) })
             }
+            UNKNOWN if d.len() == UNKNOWN_LEN => Some(Message::Unknown { index: u32_at(d, 4) }),
             _ => None,
         }
     }
+}
+
+/// The unknown-session notice for a data message addressed to `index`.
+pub fn unknown_session(index: u32) -> [u8; UNKNOWN_LEN] {
+    let mut m = [0u8; UNKNOWN_LEN];
+    m[0] = UNKNOWN;
+    m[4..8].copy_from_slice(&index.to_le_bytes());
+    m
 }
 
 fn u32_at(d: &[u8], at: usize) -> u32 {
