@@ -92,6 +92,14 @@ fn faults_root_two_clusters_four_workers() {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         let service = lab.create_service("steady", INSTANCES, json!([]))?;
         lab.desired.push(service);
+        for (worker, cluster) in lab.workers.iter().map(|w| (w.name.clone(), w.cluster.clone())).collect::<Vec<_>>() {
+            let probe = lab.create_service(
+                &format!("probe{worker}"),
+                0,
+                json!([{"type": "direct", "node": worker, "cluster": cluster}]),
+            )?;
+            lab.desired.push(probe);
+        }
         if let Err(v) = scenarios::recover(&lab, Instant::now()) {
             bail!("the service never ran as desired: {}", v.problems.join("; "));
         }

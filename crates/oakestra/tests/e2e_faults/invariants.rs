@@ -8,7 +8,8 @@
 //! - no instance namespace `oak-<node>-…` or veth `oakv…` beyond the wired instances and the one
 //!   a worker wires ahead for its next instance (orphans), and every wired instance's namespace
 //!   exists;
-//! - no instance IP twice in the API, no namespace address twice on a worker.
+//! - no instance IP twice in the API, no namespace address twice on a worker;
+//! - the root has both clusters connected and they report every worker active.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -90,6 +91,21 @@ pub fn check(lab: &FaultLab) -> Result<Verdict> {
         if holders.len() > 1 {
             v.ip_duplicates += 1;
             v.problem(format!("instance IP {ip} used by {holders:?}"));
+        }
+    }
+
+    // ---- the fleet as the root sees it
+    for (name, id) in &lab.cluster_ids {
+        let workers = lab.api.get(&format!("/api/clusters/{id}/workers"))?;
+        if workers["connected"] != true {
+            v.problem(format!("cluster {name} is not connected to the root"));
+            continue;
+        }
+        for w in lab.workers.iter().filter(|w| w.cluster == *name) {
+            let listed = workers["workers"].as_array().into_iter().flatten().find(|x| x["id"] == w.id.as_str());
+            if !listed.is_some_and(|x| x["active"] == true) {
+                v.problem(format!("worker {} is not active in cluster {name}", w.name));
+            }
         }
     }
 

@@ -1,6 +1,12 @@
 //! The faults, each injected into the running lab and then healed, and the run of one fault:
 //! invariants hold before it, the fault, then the time until every invariant holds again (and
 //! still holds a second later), with the API poller's failures meanwhile.
+//!
+//! Invariants that held all along would say nothing about a component that was restarted or
+//! cut off: so when a fault ends, a probe instance is added at once to a service pinned to the
+//! worker the fault hit (`probe<worker>`). Recovery includes it RUNNING there, which needs
+//! the whole chain root → cluster → worker → containerd and back to work again; it is removed
+//! before the next fault.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -78,6 +84,17 @@ pub struct RunResult {
     pub notes: Vec<String>,
 }
 
+/// How a fault ended: when (recovery is measured from there), and which worker's probe service
+/// gets an instance (`None`: the fault deployed its own).
+pub struct Ended {
+    at: Instant,
+    probe: Option<String>,
+}
+
+fn ended(probe: &str) -> Ended {
+    Ended { at: Instant::now(), probe: Some(probe.to_string()) }
+}
+
 /// Injects `fault`, heals it and measures the recovery. Never panics on the lab's behaviour:
 /// what fails is in the result, so the other faults still run.
 pub fn run(lab: &mut FaultLab, poller: &Poller, fault: Fault, run: usize) -> RunResult {
@@ -110,6 +127,12 @@ pub fn run(lab: &mut FaultLab, poller: &Poller, fault: Fault, run: usize) -> Run
         Fault::DiskFull => disk_full(lab, run, &mut r.notes),
     };
     let mut errors = Vec::new();
+    let injected = injected.and_then(|e| {
+        if let Some(worker) = &e.probe {
+            add_probe(lab, worker)?;
+        }
+        Ok(e.at)
+    });
     match injected {
         Ok(ended) => match recover(lab, ended) {
             Ok((took, v)) => {
@@ -125,6 +148,9 @@ pub fn run(lab: &mut FaultLab, poller: &Poller, fault: Fault, run: usize) -> Run
             }
         },
         Err(e) => errors.push(format!("{e:#}")),
+    }
+    if let Err(e) = remove_probes(lab) {
+        errors.push(format!("removing the probe instance: {e:#}"));
     }
     if fault == Fault::DiskFull {
         if let Err(e) = after_disk_full(lab) {
@@ -198,41 +224,41 @@ pub fn recover(lab: &FaultLab, since: Instant) -> std::result::Result<(Duration,
 
 // ------------------------------------------------------------------------------- the faults
 
-fn worker_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
+fn worker_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
     let target = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
     notes.push(format!("killed {target}"));
     let w = lab.worker_mut(&target);
     w.proc.kill9()?;
-    let t = Instant::now();
     w.proc.start()?;
-    Ok(t)
+    Ok(ended(&target))
 }
 
-fn cluster_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
-    let target = lab.worker(&lab.busiest_worker(&["e1", "e2", "w1", "w2"])?).cluster.clone();
+fn cluster_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
+    let worker = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
+    let target = lab.worker(&worker).cluster.clone();
     notes.push(format!("killed cluster {target}"));
     let c = lab.cluster_mut(&target);
     c.proc.kill9()?;
-    let t = Instant::now();
     c.proc.start()?;
-    Ok(t)
+    Ok(ended(&worker))
 }
 
-fn root_kill(lab: &mut FaultLab, poller: &Poller, notes: &mut Vec<String>) -> Result<Instant> {
+fn root_kill(lab: &mut FaultLab, poller: &Poller, notes: &mut Vec<String>) -> Result<Ended> {
+    let worker = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
     poller.set_root_down(true);
     let killed = Instant::now();
     let restarted = (|| {
         lab.root.kill9()?;
-        let t = Instant::now();
         lab.root.start()?;
+        let e = ended(&worker);
         wait_until("the restarted root's API", Duration::from_secs(30), Duration::from_millis(50), || {
             lab.root.ensure_alive()?;
             Ok(lab.api.get("/api/services/").ok())
         })?;
-        Ok(t)
+        Ok(e)
     })();
     poller.set_root_down(false);
-    notes.push(format!("API back {:?} after the kill", killed.elapsed()));
+    notes.push(format!("API back {:.2} s after the kill", killed.elapsed().as_secs_f64()));
     restarted
 }
 
@@ -316,18 +342,19 @@ fn moved_off(lab: &FaultLab, workers: &[String]) -> Result<bool> {
         }))
 }
 
-fn worker_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
+fn worker_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
     let target = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
     notes.push(format!("partitioned {target}"));
     let cut = Partition::cut(&lab.worker(&target).proc.host)?;
     hold_partition(lab, Duration::from_secs(WORKER_TIMEOUT_S + 4), std::slice::from_ref(&target), notes);
     lab.worker(&target).proc.ensure_alive()?;
     drop(cut);
-    Ok(Instant::now())
+    Ok(ended(&target))
 }
 
-fn cluster_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
-    let target = lab.worker(&lab.busiest_worker(&["e1", "e2", "w1", "w2"])?).cluster.clone();
+fn cluster_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
+    let worker = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
+    let target = lab.worker(&worker).cluster.clone();
     let workers: Vec<String> = lab.workers.iter().filter(|w| w.cluster == target).map(|w| w.name.clone()).collect();
     notes.push(format!("partitioned cluster {target}"));
     let host = lab.clusters.iter().find(|c| c.name == target).context("cluster")?.proc.host.clone();
@@ -339,7 +366,7 @@ fn cluster_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Inst
     };
     hold_partition(lab, Duration::from_secs(hold), &workers, notes);
     drop(cut);
-    Ok(Instant::now())
+    Ok(ended(&worker))
 }
 
 /// The lab's veth on the bridge side of `host` (`<prefix>-v<last octet>`).
@@ -387,7 +414,7 @@ impl Drop for Impairment {
     }
 }
 
-fn lossy_link(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
+fn lossy_link(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
     let target = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
     notes.push(format!("lossy link of {target}"));
     let placement = current_placement(lab)?;
@@ -417,7 +444,7 @@ fn lossy_link(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
         sleep(Duration::from_millis(500));
     }
     drop(imp);
-    let ended = Instant::now();
+    let end = ended(&target);
     let after = all_tasks(lab)?;
     if after != tasks {
         problems.push(format!("tasks changed (redeployed): {tasks:?} → {after:?}"));
@@ -425,7 +452,7 @@ fn lossy_link(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
-    Ok(ended)
+    Ok(end)
 }
 
 /// (job, instance) → (status, worker id) of every desired service.
@@ -453,13 +480,13 @@ fn all_tasks(lab: &FaultLab) -> Result<BTreeMap<String, Vec<(String, u32)>>> {
     Ok(m)
 }
 
-fn containerd_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instant> {
+fn containerd_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ended> {
     let target = lab.busiest_worker(&["e1", "e2", "w1", "w2"])?;
     let before = all_tasks(lab)?;
     lab.worker_mut(&target).containerd.kill()?;
     sleep(CONTAINERD_DOWN);
     lab.worker(&target).proc.ensure_alive().context("the worker without its containerd")?;
-    let t = Instant::now();
+    let t = ended(&target);
     lab.worker_mut(&target).containerd.restart()?;
     let after = all_tasks(lab)?;
     notes.push(format!(
@@ -472,7 +499,7 @@ fn containerd_kill(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Instan
 /// Fills the tmpfs under [`DISK_WORKER`]'s data directory, deploys an instance pinned there
 /// (it must fail naming the full disk, the worker must live on and keep its state file), then
 /// frees the space: the instance must then run (recovery).
-fn disk_full(lab: &mut FaultLab, run: usize, notes: &mut Vec<String>) -> Result<Instant> {
+fn disk_full(lab: &mut FaultLab, run: usize, notes: &mut Vec<String>) -> Result<Ended> {
     let (data, cluster) = {
         let w = lab.worker(DISK_WORKER);
         (w.data.clone(), w.cluster.clone())
@@ -507,7 +534,7 @@ fn disk_full(lab: &mut FaultLab, run: usize, notes: &mut Vec<String>) -> Result<
         Ok(())
     })();
     let freed = std::fs::remove_file(&fill).context("freeing the space");
-    let t = Instant::now();
+    let t = Ended { at: Instant::now(), probe: None };
     deployed?;
     freed?;
     Ok(t)
@@ -530,6 +557,52 @@ fn fill_up(path: &std::path::Path) -> Result<u64> {
     }
     let _ = f.sync_all();
     Ok(written)
+}
+
+/// Adds an instance to `probe<worker>` (retried while the API does not take it) and to the
+/// desired set.
+fn add_probe(lab: &mut FaultLab, worker: &str) -> Result<()> {
+    let name = format!("probe{worker}");
+    let service =
+        lab.desired.iter().find(|s| s.job.starts_with(&format!("{name}."))).cloned().context("probe service")?;
+    let n = wait_until(&format!("the API to take an instance of {name}"), Duration::from_secs(30), POLL, || {
+        let a = lab.api.call(reqwest::Method::POST, &format!("/api/service/{}/instance", service.id), None)?;
+        Ok(a["instance_number"].as_u64())
+    })?;
+    let s = lab.desired.iter_mut().find(|s| s.id == service.id).context("probe service")?;
+    s.instances.insert(n);
+    Ok(())
+}
+
+/// Deletes every probe instance and waits until their containers are gone.
+fn remove_probes(lab: &mut FaultLab) -> Result<()> {
+    let probes: Vec<(String, String, Vec<u64>)> = lab
+        .desired
+        .iter()
+        .filter(|s| s.job.starts_with("probe") && !s.instances.is_empty())
+        .map(|s| (s.id.clone(), s.job.clone(), s.instances.iter().copied().collect()))
+        .collect();
+    for (id, _, numbers) in &probes {
+        for n in numbers {
+            lab.api.call(reqwest::Method::DELETE, &format!("/api/service/{id}/instance/{n}"), None)?;
+        }
+        if let Some(s) = lab.desired.iter_mut().find(|s| s.id == *id) {
+            s.instances.clear();
+        }
+    }
+    wait_until("the probe instances' containers to go", Duration::from_secs(40), POLL, || {
+        for w in &lab.workers {
+            let left: Vec<String> = lab
+                .containers(w)?
+                .into_iter()
+                .filter(|c| probes.iter().any(|(_, job, _)| c.starts_with(&format!("{job}.instance."))))
+                .collect();
+            if !left.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
 }
 
 /// Deletes the disk-full run's service and waits until its container is gone.
