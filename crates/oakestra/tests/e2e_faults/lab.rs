@@ -22,6 +22,9 @@ pub const SUBNET: u8 = 79;
 pub const POLL: Duration = Duration::from_millis(200);
 /// The clusters' worker timeout (`--worker-timeout`, or `--node-timeout` before it existed).
 pub const WORKER_TIMEOUT_S: u64 = 5;
+/// The clusters' `--deploy-timeout`: an instance not started within it is placed again (also
+/// the only way a deploy command lost on the way to a worker is sent again).
+pub const DEPLOY_TIMEOUT_S: u64 = 15;
 /// The root's `--cluster-timeout`, passed when the root has the flag.
 pub const CLUSTER_TIMEOUT_S: u64 = 8;
 /// Size of the tmpfs under the disk-full worker's data directory.
@@ -266,7 +269,7 @@ impl FaultLab {
         })?;
 
         let timeout_flag = if has_flag("cluster", "--worker-timeout") { "--worker-timeout" } else { "--node-timeout" };
-        flags.push(format!("cluster {timeout_flag} {WORKER_TIMEOUT_S}"));
+        flags.push(format!("cluster {timeout_flag} {WORKER_TIMEOUT_S} --deploy-timeout {DEPLOY_TIMEOUT_S}"));
         let mut clusters = Vec::new();
         for host in &cluster_hosts {
             let name = host.name();
@@ -280,6 +283,7 @@ impl FaultLab {
             }
             .args();
             args.extend([timeout_flag.to_string(), WORKER_TIMEOUT_S.to_string()]);
+            args.extend(["--deploy-timeout".to_string(), DEPLOY_TIMEOUT_S.to_string()]);
             let mut proc = Proc::new(&format!("cluster-{name}"), host, work.path(), args);
             proc.start()?;
             clusters.push(Cluster { name: name.into(), proc });

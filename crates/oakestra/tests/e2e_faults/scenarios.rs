@@ -504,7 +504,8 @@ fn disk_full(lab: &mut FaultLab, run: usize, notes: &mut Vec<String>) -> Result<
         let w = lab.worker(DISK_WORKER);
         (w.data.clone(), w.cluster.clone())
     };
-    let state_before = std::fs::read(data.join("instances.json")).unwrap_or_default();
+    // `None` while the worker never had an instance to record.
+    let state_before = std::fs::read(data.join("instances.json")).ok();
     let fill = data.join("fill");
     let written = fill_up(&fill)?;
     notes.push(format!("filled {DISK_WORKER}'s data dir with {} KiB", written / 1024));
@@ -526,11 +527,14 @@ fn disk_full(lab: &mut FaultLab, run: usize, notes: &mut Vec<String>) -> Result<
         notes.push(format!("deploy FAILED: {detail}"));
         ensure!(detail.contains("No space left on device"), "the failure does not name the full disk: {detail}");
         lab.worker(DISK_WORKER).proc.ensure_alive()?;
-        // The state file is intact: what ran there is still recorded.
-        let state_now = std::fs::read(data.join("instances.json")).context("instances.json")?;
-        let parsed: Value = serde_json::from_slice(&state_now).context("instances.json no longer parses")?;
-        ensure!(parsed["instances"].is_array(), "instances.json: {parsed}");
+        // The state file is intact: what ran there is still recorded, nothing half-written.
+        let state_now = std::fs::read(data.join("instances.json")).ok();
+        if let Some(bytes) = &state_now {
+            let parsed: Value = serde_json::from_slice(bytes).context("instances.json no longer parses")?;
+            ensure!(parsed["instances"].is_array(), "instances.json: {parsed}");
+        }
         ensure!(state_now == state_before, "instances.json changed while the disk was full");
+        ensure!(!data.join("instances.json.tmp").exists(), "a partial instances.json.tmp was left on the full disk");
         Ok(())
     })();
     let freed = std::fs::remove_file(&fill).context("freeing the space");
