@@ -75,6 +75,17 @@ impl Proc {
         Ok(())
     }
 
+    /// The log's length now (to read what comes after with [`Proc::log_since`]).
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The log written after `offset`.
+    pub fn log_since(&self, offset: u64) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
+    }
+
     /// Fails if the process exited on its own (an exited child stays a zombie until reaped).
     pub fn ensure_alive(&self) -> Result<()> {
         if let Some(c) = &self.child {

@@ -116,6 +116,7 @@ pub fn run(lab: &mut FaultLab, poller: &Poller, fault: Fault, run: usize) -> Run
         return r;
     }
     let before = poller.counts();
+    let cluster_logs: Vec<u64> = lab.clusters.iter().map(|c| c.proc.log_len()).collect();
     let injected = match fault {
         Fault::WorkerKill => worker_kill(lab, &mut r.notes),
         Fault::ClusterKill => cluster_kill(lab, &mut r.notes),
@@ -148,6 +149,17 @@ pub fn run(lab: &mut FaultLab, poller: &Poller, fault: Fault, run: usize) -> Run
             }
         },
         Err(e) => errors.push(format!("{e:#}")),
+    }
+    // A deploy command that never reached its worker is only sent again when the cluster's
+    // deploy timeout places the instance anew: say so, it is most of such a recovery.
+    let resent: usize = lab
+        .clusters
+        .iter()
+        .zip(&cluster_logs)
+        .map(|(c, from)| c.proc.log_since(*from).matches("did not start it within").count())
+        .sum();
+    if resent > 0 {
+        r.notes.push(format!("{resent} deploy(s) re-sent after the clusters' --deploy-timeout (command lost)"));
     }
     if let Err(e) = remove_probes(lab) {
         errors.push(format!("removing the probe instance: {e:#}"));
