@@ -24,7 +24,8 @@ pub type Key = (String, u32);
 /// Timing rules of the control loop.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// A node that sent no information for this long is inactive; its instances move.
+    /// A node that sent no information for this long is lost: inactive, and its instances move
+    /// (`--worker-timeout`).
     pub node_timeout: Duration,
     /// An instance sent to a worker that has not started it after this long is re-placed.
     pub deploy_timeout: Duration,
@@ -40,7 +41,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            node_timeout: Duration::from_secs(6),
+            node_timeout: Duration::from_secs(15),
             deploy_timeout: Duration::from_secs(120),
             retry_max: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(10),

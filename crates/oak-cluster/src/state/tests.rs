@@ -35,8 +35,13 @@ fn info(name: &str, memory: u64) -> NodeInfo {
     }
 }
 
+/// The timing these tests are written for: workers are lost after 6 s of silence.
+fn timing() -> Timing {
+    Timing { node_timeout: Duration::from_secs(6), ..Default::default() }
+}
+
 fn state(nodes: &[(&str, u64)], t0: Instant) -> ClusterState {
-    let mut st = ClusterState::new("c1".into(), Timing::default(), Vec::new(), Vec::new(), t0);
+    let mut st = ClusterState::new("c1".into(), timing(), Vec::new(), Vec::new(), t0);
     for (id, mem) in nodes {
         let record =
             NodeRecord { id: id.to_string(), secret_hash: String::new(), info: info(id, *mem), subnet: String::new() };
@@ -377,7 +382,7 @@ fn overlay_instances_carry_their_addresses_and_the_tunnel_endpoint() {
 #[test]
 fn nodes_keep_their_subnet_and_silent_ones_are_forgotten() {
     let t = Instant::now();
-    let timing = Timing { node_forget_after: Duration::from_secs(100), ..Default::default() };
+    let timing = Timing { node_forget_after: Duration::from_secs(100), ..timing() };
     let mut st = ClusterState::new("c1".into(), timing, Vec::new(), Vec::new(), t);
     for id in ["a", "b"] {
         let record = NodeRecord {
@@ -497,7 +502,7 @@ fn host_ports_survive_a_restart_and_the_tunnel_port_is_taken() {
     let web = mapping("web", "8080");
     deploy(&mut st, &web, 0, t);
     let batch = st.take_batch();
-    let mut restarted = ClusterState::new("c1".into(), Timing::default(), batch.nodes, batch.instances, t);
+    let mut restarted = ClusterState::new("c1".into(), timing(), batch.nodes, batch.instances, t);
     restarted.node_information("a", info("a", 8000), t);
     assert!(placed_on(&deploy(&mut restarted, &web, 1, t)).is_empty());
     assert_eq!(status_of(&restarted, &web, 1), status::NO_WORKER_CAPACITY);
