@@ -393,6 +393,13 @@ impl ClusterState {
         node.last_seen.is_some_and(|t| now.duration_since(t) <= self.timing.node_timeout)
     }
 
+    /// How long ago each worker last registered or reported, by node id: what an operator
+    /// compares with `--worker-timeout` on a lossy link, and how a test sees that the cluster
+    /// heard from a worker again.
+    pub fn report_ages(&self, now: Instant) -> impl Iterator<Item = (&str, Duration)> {
+        self.nodes.iter().map(move |(id, n)| (id.as_str(), now.saturating_duration_since(n.last_heard)))
+    }
+
     pub fn active_nodes(&self, now: Instant) -> usize {
         self.nodes.values().filter(|n| self.is_active(n, now)).count()
     }

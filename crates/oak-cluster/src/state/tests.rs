@@ -670,3 +670,15 @@ fn a_returning_worker_is_told_to_stop_its_stale_copies() {
     // b's copy is the one counted: a holds nothing.
     assert_eq!(st.nodes["a"].placed, Default::default());
 }
+
+#[test]
+fn report_ages_count_from_the_last_registration_or_report() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 1000)], t);
+    st.node_information("b", info("b", 1000), t + Duration::from_secs(3));
+    let ages: Vec<(&str, Duration)> = st.report_ages(t + Duration::from_secs(5)).collect();
+    assert_eq!(ages, [("a", Duration::from_secs(5)), ("b", Duration::from_secs(2))]);
+    // Silent past the timeout: still listed, still counting.
+    st.check_timeouts(t + Duration::from_secs(20));
+    assert_eq!(st.report_ages(t + Duration::from_secs(20)).next(), Some(("a", Duration::from_secs(20))));
+}
