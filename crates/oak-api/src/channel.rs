@@ -312,7 +312,7 @@ pub struct WorkerSummary {
     /// Memory available.
     pub memory_free_mb: u64,
     pub gpus: u32,
-    /// The worker reported within the cluster's node timeout.
+    /// The worker reported within the cluster's `--worker-timeout`.
     pub active: bool,
 }
 

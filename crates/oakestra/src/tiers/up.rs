@@ -138,7 +138,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             mqtt_advertise: None,
             data_dir: args.data_dir.join("cluster"),
             report_interval: 2.0,
-            node_timeout: 6.0,
+            worker_timeout: super::cluster::DEFAULT_WORKER_TIMEOUT_S,
             deploy_timeout: 120.0,
             node_forget_after: 3600.0,
         };
