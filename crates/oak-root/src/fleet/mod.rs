@@ -11,14 +11,15 @@ mod channel;
 mod dispatch;
 mod links;
 mod logs;
+mod lost;
 mod retry;
 mod routes;
 mod trust;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oak_core::reservations::Reservations;
 use oak_core::stats::Samples;
@@ -42,8 +43,12 @@ pub struct FleetConfig {
     pub retry_tick: Duration,
     /// Longest wait between two placement attempts of the same instance.
     pub retry_max: Duration,
-    /// How long a cluster may send nothing before its connection is considered dead.
+    /// How long a cluster may send nothing before its connection is considered dead (clusters
+    /// send a keepalive after a second without other frames).
     pub idle_timeout: Duration,
+    /// A cluster silent this long (since the last frame the root received from it) is lost:
+    /// its instances are placed on other clusters (`--cluster-timeout`).
+    pub cluster_timeout: Duration,
 }
 
 impl Default for FleetConfig {
@@ -53,7 +58,8 @@ impl Default for FleetConfig {
             report_freshness: Duration::from_secs(15),
             retry_tick: Duration::from_millis(500),
             retry_max: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: oak_api::channel::IDLE_TIMEOUT,
+            cluster_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct Fleet {
     workers: Mutex<workers::Known>,
     /// The CA and TLS config of the cluster channel, and its refusal counters.
     trust: ChannelTrust,
+    /// When this root started: clusters not heard from since count their silence from here.
+    started: Instant,
 }
 
 struct Inner {
@@ -84,6 +92,10 @@ struct Inner {
     reservations: Reservations,
     backoff: HashMap<(String, u32), retry::Backoff>,
     next_conn: u64,
+    /// When the root last received a frame from each cluster (kept across disconnects).
+    heard: HashMap<String, Instant>,
+    /// Clusters whose loss was logged (a cluster heard again leaves it).
+    lost: HashSet<String>,
 }
 
 impl Fleet {
@@ -98,6 +110,8 @@ impl Fleet {
                 reservations: Reservations::default(),
                 backoff: HashMap::new(),
                 next_conn: 1,
+                heard: HashMap::new(),
+                lost: HashSet::new(),
             }),
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
@@ -106,6 +120,7 @@ impl Fleet {
             interest: Mutex::new(routes::Interest::default()),
             workers: Mutex::new(workers::Known::default()),
             trust,
+            started: Instant::now(),
         }))
     }
 
