@@ -44,10 +44,11 @@ impl Unplaced {
 /// none fits (one of the original's status strings). Neither spreading nor node names: see
 /// [`choose`].
 pub fn choose_cluster<'a>(service: &Service, clusters: &'a [Cluster]) -> Result<&'a Cluster, &'static str> {
-    choose(service, u32::MAX, clusters, None).map_err(|u| u.status)
+    choose(service, clusters, None, &HashMap::new()).map_err(|u| u.status)
 }
 
-/// Picks the cluster for instance `number` of `service`.
+/// Picks the cluster for one instance of `service`; `others` holds how many of the service's
+/// other instances each cluster (by id) has (see [`spread_counts`]).
 ///
 /// A `direct` constraint naming a cluster allows only that cluster. One naming only nodes
 /// (`node`, `;`-separated) allows the clusters that hold one of those nodes according to
@@ -57,9 +58,9 @@ pub fn choose_cluster<'a>(service: &Service, clusters: &'a [Cluster]) -> Result<
 /// clusters); then the most free memory wins, then the most free vCPUs, then the lower name.
 pub fn choose<'a>(
     service: &Service,
-    number: u32,
     clusters: &'a [Cluster],
     hosts: Option<&NodeHosts>,
+    others: &HashMap<String, usize>,
 ) -> Result<&'a Cluster, Unplaced> {
     let spec = &service.spec;
     let direct = spec.constraints.iter().find(|c| c.kind == "direct");
@@ -99,7 +100,7 @@ pub fn choose<'a>(
                 format!("the cluster holding node {named} ({}) is not active", names.join(", ")),
             ));
         }
-        let best = best_fit(service, number, clusters.iter().filter(|c| holding.iter().any(|h| h.id == c.id)));
+        let best = best_fit(service, others, clusters.iter().filter(|c| holding.iter().any(|h| h.id == c.id)));
         return best.ok_or_else(|| {
             let why = unmet_in(service, &holding, &format!("active cluster holding node {named}"));
             Unplaced::new(status::TARGET_CLUSTER_NO_CAPACITY, why.unwrap_or_default())
@@ -108,16 +109,20 @@ pub fn choose<'a>(
     if !clusters.iter().any(|c| c.active) {
         return Err(Unplaced::new(status::TARGET_CLUSTER_NOT_ACTIVE, explain(status::TARGET_CLUSTER_NOT_ACTIVE)));
     }
-    best_fit(service, number, clusters.iter()).ok_or_else(|| {
+    best_fit(service, others, clusters.iter()).ok_or_else(|| {
         let why = unmet(service, clusters).unwrap_or_else(|| explain(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY).into());
         Unplaced::new(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY, why)
     })
 }
 
 /// The active cluster of `candidates` that fits and ranks first (see [`choose`]).
-fn best_fit<'a>(service: &Service, number: u32, candidates: impl Iterator<Item = &'a Cluster>) -> Option<&'a Cluster> {
-    let counts = if service.spec.spread { spread_counts(service, number) } else { HashMap::new() };
-    let count = |c: &Cluster| counts.get(c.id.as_str()).copied().unwrap_or(0);
+fn best_fit<'a>(
+    service: &Service,
+    others: &HashMap<String, usize>,
+    candidates: impl Iterator<Item = &'a Cluster>,
+) -> Option<&'a Cluster> {
+    let spread = service.spec.spread;
+    let count = |c: &Cluster| if spread { others.get(c.id.as_str()).copied().unwrap_or(0) } else { 0 };
     candidates.filter(|c| c.active && fits(service, c)).max_by(|a, b| {
         count(b)
             .cmp(&count(a))
@@ -127,19 +132,34 @@ fn best_fit<'a>(service: &Service, number: u32, candidates: impl Iterator<Item =
     })
 }
 
-/// How many of `service`'s instances other than `number` each cluster holds (by cluster id);
-/// finished ones do not count.
-pub fn spread_counts(service: &Service, number: u32) -> HashMap<&str, usize> {
+/// How many instances other than `number` each cluster holds (by cluster id), from
+/// `(instance number, cluster id, status)` of a service's instances; finished ones do not count.
+pub fn spread_counts<'a>(
+    placements: impl IntoIterator<Item = (u32, &'a str, &'a str)>,
+    number: u32,
+) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for inst in &service.instance_list {
-        if inst.instance_number == number || inst.status == status::COMPLETED || inst.status == status::UNDEPLOYED {
+    for (n, cluster, st) in placements {
+        if n == number || !counts_for_spread(st) {
             continue;
         }
-        if let Some(c) = inst.cluster_id.as_deref() {
-            *counts.entry(c).or_insert(0) += 1;
-        }
+        *counts.entry(cluster.to_string()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Whether an instance in status `st` counts where it is placed (finished ones do not).
+pub fn counts_for_spread(st: &str) -> bool {
+    st != status::COMPLETED && st != status::UNDEPLOYED
+}
+
+/// [`spread_counts`] of a service document's `instance_list`.
+pub fn spread_counts_of(service: &Service, number: u32) -> HashMap<String, usize> {
+    let placements = service
+        .instance_list
+        .iter()
+        .filter_map(|i| i.cluster_id.as_deref().map(|c| (i.instance_number, c, i.status.as_str())));
+    spread_counts(placements, number)
 }
 
 /// `"a"`, or `"a" or "b"`.
@@ -579,31 +599,36 @@ mod tests {
         let mut svc = service(1, 100, vec![]);
         let mut order = Vec::new();
         for n in 0..4u32 {
-            let c = choose(&svc, n, &clusters, None).unwrap();
+            let c = choose(&svc, &clusters, None, &spread_counts_of(&svc, n)).unwrap();
             order.push(c.cluster_name.clone());
             svc.instance_list.push(placed(n, &c.cluster_name));
         }
         assert_eq!(order, ["b", "a", "b", "a"]);
         // Re-placing instance 0 (on b) counts only the others: b holds 1, a holds 2.
-        assert_eq!(choose(&svc, 0, &clusters, None).unwrap().cluster_name, "b");
+        assert_eq!(choose(&svc, &clusters, None, &spread_counts_of(&svc, 0)).unwrap().cluster_name, "b");
         // Completed instances no longer count.
         for i in svc.instance_list.iter_mut().filter(|i| i.cluster_id.as_deref() == Some("id-a")) {
             i.status = status::COMPLETED.into();
         }
-        assert_eq!(choose(&svc, 9, &clusters, None).unwrap().cluster_name, "a");
+        assert_eq!(choose(&svc, &clusters, None, &spread_counts_of(&svc, 9)).unwrap().cluster_name, "a");
+
+        // Counted from the store's rows: finished and this instance's own place do not count.
+        let rows = [(0, "a", status::RUNNING), (1, "a", status::COMPLETED), (2, "b", status::RUNNING), (3, "a", "")];
+        let want: HashMap<String, usize> = [("a".to_string(), 2)].into();
+        assert_eq!(spread_counts(rows, 2), want);
 
         // spread = false packs by free capacity.
         let mut packed = service(1, 100, vec![]);
         packed.spec.spread = false;
         for n in 0..3u32 {
-            let c = choose(&packed, n, &clusters, None).unwrap();
+            let c = choose(&packed, &clusters, None, &spread_counts_of(&packed, n)).unwrap();
             assert_eq!(c.cluster_name, "b");
             packed.instance_list.push(placed(n, "b"));
         }
         // Spreading never picks a cluster that does not fit.
         let mut big = service(1, 3500, vec![]);
         big.instance_list.push(placed(0, "b"));
-        assert_eq!(choose(&big, 1, &clusters, None).unwrap().cluster_name, "b");
+        assert_eq!(choose(&big, &clusters, None, &spread_counts_of(&big, 1)).unwrap().cluster_name, "b");
     }
 
     #[test]
@@ -611,8 +636,9 @@ mod tests {
         let clusters =
             vec![cluster("a", true, 4.0, 3000), cluster("b", true, 8.0, 4000), cluster("off", false, 8.0, 4000)];
         let h = hosts(&[("a", &["edge-1", "edge-2"]), ("b", &["big-1"]), ("off", &["gone-1"])]);
-        let pick =
-            |c: Constraint| choose(&service(1, 100, vec![c]), 0, &clusters, Some(&h)).map(|c| c.cluster_name.clone());
+        let pick = |c: Constraint| {
+            choose(&service(1, 100, vec![c]), &clusters, Some(&h), &HashMap::new()).map(|c| c.cluster_name.clone())
+        };
         assert_eq!(pick(node("edge-2")).unwrap(), "a", "a has less memory free but holds the node");
         assert_eq!(pick(node(" zz ; big-1")).unwrap(), "b");
         assert_eq!(
@@ -627,11 +653,14 @@ mod tests {
         let both = Constraint { cluster: Some("b".into()), ..node("edge-1") };
         assert_eq!(pick(both).unwrap(), "b");
         // Too big for the cluster holding the node: not placed elsewhere.
-        let e = choose(&service(6, 100, vec![node("edge-1")]), 0, &clusters, Some(&h)).unwrap_err();
+        let e = choose(&service(6, 100, vec![node("edge-1")]), &clusters, Some(&h), &HashMap::new()).unwrap_err();
         assert_eq!(e.status, status::TARGET_CLUSTER_NO_CAPACITY);
         assert_eq!(e.detail, "no active cluster holding node \"edge-1\" has 6 free vCPUs (most: 4 on a)");
         // Without the node view the clusters decide (the old behaviour).
-        assert_eq!(choose(&service(1, 100, vec![node("edge-1")]), 0, &clusters, None).unwrap().cluster_name, "b");
+        assert_eq!(
+            choose(&service(1, 100, vec![node("edge-1")]), &clusters, None, &HashMap::new()).unwrap().cluster_name,
+            "b"
+        );
     }
 
     #[test]
@@ -665,7 +694,7 @@ mod tests {
         ];
         for (name, svc, want) in cases {
             assert_eq!(unmet(&svc, &all).as_deref(), want, "{name}");
-            let placed = choose(&svc, 0, &all, None);
+            let placed = choose(&svc, &all, None, &HashMap::new());
             match want {
                 None => assert!(placed.is_ok(), "{name}"),
                 Some(detail) => {
@@ -677,9 +706,9 @@ mod tests {
                 }
             }
         }
-        let e = choose(&service(16, 100, vec![direct("a")]), 0, &all, None).unwrap_err();
+        let e = choose(&service(16, 100, vec![direct("a")]), &all, None, &HashMap::new()).unwrap_err();
         assert_eq!(e.detail, "no cluster \"a\" has 16 free vCPUs (most: 4 on a)");
-        let e = choose(&service(1, 100, vec![direct("zz")]), 0, &all, None).unwrap_err();
+        let e = choose(&service(1, 100, vec![direct("zz")]), &all, None, &HashMap::new()).unwrap_err();
         assert_eq!(e, Unplaced::new(status::TARGET_CLUSTER_NOT_FOUND, "no cluster is named \"zz\""));
         // Architecture capacity: the cluster total fits, no single architecture does.
         let arm = with_arch(with_arch(cluster("m", true, 4.0, 3000), "arm64", 2.0, 1000, 0), "amd64", 2.0, 2000, 0);

@@ -32,6 +32,15 @@ impl Fleet {
         });
         let hosts = by_node.then(|| self.known_workers().node_hosts());
         let started = Instant::now();
+        // Spreading counts the service's instances per cluster (never while `inner` is held).
+        let others = if service.spec.spread {
+            self.spread().others(&*self.store, &service.id, number, started).unwrap_or_else(|e| {
+                tracing::error!(service = %service.id, error = %e, "cannot count instances per cluster; not spreading");
+                Default::default()
+            })
+        } else {
+            Default::default()
+        };
         let mut inner = self.lock();
         let reachable = |inner: &super::Inner, id: &str| self.reach_of(inner, id, started) == Reach::Active;
         let mut candidates: Vec<Cluster> = Vec::with_capacity(inner.links.len() + offline.len());
@@ -48,7 +57,7 @@ impl Fleet {
             }
         }
         let decision =
-            choose(service, number, &candidates, hosts.as_ref()).map(|c| (c.id.clone(), c.cluster_location.clone()));
+            choose(service, &candidates, hosts.as_ref(), &others).map(|c| (c.id.clone(), c.cluster_location.clone()));
         let mut instance = previous.cloned().unwrap_or_else(|| Instance::new(number, status::REQUESTED, "", now));
         instance.last_modified_timestamp = now;
         match decision {
@@ -74,6 +83,7 @@ impl Fleet {
             }
         }
         drop(inner);
+        self.spread().placed(&service.id, number, instance.cluster_id.as_deref());
         self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(started.elapsed().as_micros() as u64);
         instance
     }
@@ -104,6 +114,7 @@ impl Fleet {
 
     /// Removes instances from the cluster running them and frees what they reserved.
     pub fn undeploy(&self, service_id: &str, instances: &[Instance]) {
+        self.spread().forget(service_id);
         let mut inner = self.lock();
         for inst in instances {
             inner.reservations.release(&(service_id.to_string(), inst.instance_number));

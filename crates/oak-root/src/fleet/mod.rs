@@ -14,6 +14,7 @@ mod logs;
 mod lost;
 mod retry;
 mod routes;
+mod spread;
 mod trust;
 mod workers;
 
@@ -81,6 +82,8 @@ pub struct Fleet {
     interest: Mutex<routes::Interest>,
     /// The clusters' workers as last reported.
     workers: Mutex<workers::Known>,
+    /// Instances per service and cluster, for spreading.
+    spread: Mutex<spread::Spread>,
     /// The CA and TLS config of the cluster channel, and its refusal counters.
     trust: ChannelTrust,
     /// When this root started: clusters not heard from since count their silence from here.
@@ -119,6 +122,7 @@ impl Fleet {
             addresses: Mutex::new(addresses),
             interest: Mutex::new(routes::Interest::default()),
             workers: Mutex::new(workers::Known::default()),
+            spread: Mutex::new(spread::Spread::default()),
             trust,
             started: Instant::now(),
         }))
@@ -127,6 +131,10 @@ impl Fleet {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` consistent before any call that could panic.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spread(&self) -> MutexGuard<'_, spread::Spread> {
+        self.spread.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn quotas(&self) -> oak_core::quotas::Quotas {

@@ -54,6 +54,15 @@ pub fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = 
 }
 
 pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>) {
+    start_root_with(dir, oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() })
+        .await
+}
+
+/// A root whose fleet runs with `fleet` (timeouts, quotas).
+pub async fn start_root_with(
+    dir: &Path,
+    fleet: oak_root::fleet::FleetConfig,
+) -> (String, SocketAddr, watch::Sender<bool>) {
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let channel = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (api_addr, channel_addr) = (api.local_addr().unwrap(), channel.local_addr().unwrap());
@@ -62,7 +71,7 @@ pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>)
         channel_addr,
         data_dir: dir.to_path_buf(),
         admin_password: None,
-        fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
+        fleet,
         privileged_roles: Vec::new(),
     })
     .await
@@ -100,15 +109,23 @@ pub async fn start_cluster(
 }
 
 pub fn start_worker(name: &str, cluster: &ClusterHandle, dir: &Path, token: Option<String>) -> Worker {
+    start_worker_on(name, cluster, dir, token, Arc::new(FakeRuntime::new("docker")))
+}
+
+/// A worker running its instances on `runtime` (so the test sees what it runs).
+pub fn start_worker_on(
+    name: &str,
+    cluster: &ClusterHandle,
+    dir: &Path,
+    token: Option<String>,
+    runtime: Arc<FakeRuntime>,
+) -> Worker {
     let token = token.unwrap_or_else(|| std::fs::read_to_string(cluster.dir.join("node-token")).unwrap());
     let mut config = oak_worker::WorkerConfig::new("127.0.0.1", dir, token.trim());
     config.cluster_port = cluster.api.port();
     config.node_name = name.into();
     config.report_interval = Duration::from_millis(300);
-    let deps = oak_worker::WorkerDeps {
-        runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
-        node_source: Arc::new(Machine { name: name.into() }),
-    };
+    let deps = oak_worker::WorkerDeps { runtimes: vec![runtime], node_source: Arc::new(Machine { name: name.into() }) };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
     Worker { name: name.into(), stop, task }
