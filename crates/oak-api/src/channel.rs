@@ -113,7 +113,17 @@ pub enum ClusterMsg {
         #[serde(default = "yes")]
         last: bool,
     },
+    /// Sent when the cluster has written nothing for [`KEEPALIVE`]: the root counts a cluster's
+    /// unreachability from the last frame it received, so silence means the link is cut.
+    Ping,
 }
+
+/// Either side sends a `Ping` after writing nothing for this long, and treats a connection it
+/// has read nothing from for [`IDLE_TIMEOUT`] as dead.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Five keepalive periods without a frame: the peer is unreachable (packets dropped, no FIN).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Root → cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +190,9 @@ pub enum RootMsg {
     Routes {
         table: RouteTable,
     },
+    /// Sent when the root has written nothing for [`KEEPALIVE`], so a cluster notices a cut
+    /// link within [`IDLE_TIMEOUT`] and re-dials.
+    Ping,
 }
 
 fn yes() -> bool {

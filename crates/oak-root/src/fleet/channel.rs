@@ -83,6 +83,7 @@ async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<
         Err(refusal) => return refuse(&fleet, peer, &mut wr, refusal).await,
     };
     let id = joined.cluster_id.clone();
+    fleet.heard(&id);
     tracing::info!(cluster = %id, name = %cluster_name, %peer, "cluster joined");
     let desired = match fleet.desired_for(&id) {
         Ok(d) => d,
@@ -133,6 +134,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
             Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),
             Ok(m) => m?,
         };
+        fleet.heard(id);
         match msg {
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
             ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
@@ -153,12 +155,14 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
             ClusterMsg::Workers { full, workers, removed, last } => {
                 fleet.on_workers(id, conn, full, workers, removed, last)
             }
+            ClusterMsg::Ping => {}
             ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
         }
     }
 }
 
-/// Writes queued messages, coalescing whatever is queued into one write.
+/// Writes queued messages, coalescing whatever is queued into one write; a `Ping` after
+/// [`channel::KEEPALIVE`] without any, so the cluster can tell a quiet root from a cut link.
 async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, rx: &mut mpsc::Receiver<RootMsg>) {
     let mut buf = Vec::new();
     for m in &first {
@@ -177,9 +181,10 @@ async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, 
             }
             buf.clear();
         }
-        match rx.recv().await {
-            Some(m) => append(&mut buf, &m),
-            None => {
+        match tokio::time::timeout(channel::KEEPALIVE, rx.recv()).await {
+            Err(_) => append(&mut buf, &RootMsg::Ping),
+            Ok(Some(m)) => append(&mut buf, &m),
+            Ok(None) => {
                 let _ = wr.shutdown().await;
                 return;
             }

@@ -61,6 +61,15 @@ pub fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = 
 }
 
 pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>) {
+    start_root_with(dir, oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() })
+        .await
+}
+
+/// A root whose fleet runs with `fleet` (timeouts, quotas).
+pub async fn start_root_with(
+    dir: &Path,
+    fleet: oak_root::fleet::FleetConfig,
+) -> (String, SocketAddr, watch::Sender<bool>) {
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let channel = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (api_addr, channel_addr) = (api.local_addr().unwrap(), channel.local_addr().unwrap());
@@ -69,7 +78,7 @@ pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>)
         channel_addr,
         data_dir: dir.to_path_buf(),
         admin_password: None,
-        fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
+        fleet,
         privileged_roles: Vec::new(),
     })
     .await
