@@ -6,8 +6,9 @@
 //! - `kill -9` and immediate restart of a worker, of a cluster, of the root;
 //! - a network partition (iptables DROP on the host's link) of a worker, then of a cluster, for
 //!   longer than the cluster's worker timeout (the root's cluster timeout when it has one);
-//! - a lossy link: 20 % loss and 100 ms delay (`tc netem`; without `sch_netem` 20 % loss by
-//!   iptables) on a worker's link for 10 s: nothing may be redeployed, the worker stays active;
+//! - a lossy link: 20 % loss and 100 ms delay (`tc netem` on the worker's `eth0`; without
+//!   `sch_netem` 20 % loss of the same packets by iptables) for 10 s: nothing may be
+//!   redeployed, the worker stays active;
 //! - a worker's containerd killed and restarted;
 //! - the disk-full worker (`w2`, data directory on a 16 MiB tmpfs) filled up, then a deploy
 //!   pinned to it: it must FAIL naming the full disk, the worker live on with its state file

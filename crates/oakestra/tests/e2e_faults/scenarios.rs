@@ -282,13 +282,16 @@ struct Partition {
 
 impl Partition {
     fn cut(host: &Host) -> Result<Partition> {
-        Partition::with(host, &[])
+        Partition::with(host, &[], false)
     }
 
-    /// DROP of the packets on eth0 matching `extra` (nothing: all of them).
-    fn with(host: &Host, extra: &[&str]) -> Result<Partition> {
+    /// DROP of the packets on eth0 matching `extra` (nothing: all of them), both ways or only
+    /// those leaving.
+    fn with(host: &Host, extra: &[&str], egress_only: bool) -> Result<Partition> {
         let mut p = Partition { host: host.clone(), rules: Vec::new() };
-        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o"), ("FORWARD", "-i"), ("FORWARD", "-o")] {
+        let both = [("INPUT", "-i"), ("OUTPUT", "-o"), ("FORWARD", "-i"), ("FORWARD", "-o")];
+        let chains = if egress_only { &[both[1], both[3]][..] } else { &both[..] };
+        for &(chain, dir) in chains {
             let mut rule: Vec<String> = vec![chain.into(), dir.into(), "eth0".into()];
             rule.extend(extra.iter().map(|s| s.to_string()));
             rule.extend(["-j".into(), "DROP".into()]);
@@ -381,13 +384,9 @@ fn cluster_partition(lab: &mut FaultLab, notes: &mut Vec<String>) -> Result<Ende
     Ok(ended(&worker))
 }
 
-/// The lab's veth on the bridge side of `host` (`<prefix>-v<last octet>`).
-fn bridge_veth(host: &Host) -> String {
-    format!("{}-v{}", super::lab::PREFIX, host.ip().octets()[3])
-}
-
-/// 20 % loss and 100 ms delay both ways on a worker's link, by `tc netem` where the kernel has
-/// it, else (no `sch_netem`) 20 % loss each way by iptables' `statistic` match, without delay.
+/// 20 % loss and 100 ms delay on what a worker sends on its link (`tc netem` on its `eth0`)
+/// where the kernel has `sch_netem`, else 20 % loss of the same packets by iptables'
+/// `statistic` match, without delay.
 enum Impairment {
     Netem { host: Host },
     Statistic(#[allow(dead_code)] Partition),
@@ -398,22 +397,14 @@ impl Impairment {
         let netem = ["qdisc", "add", "dev", "eth0", "root", "netem", "loss", "20%", "delay", "100ms"];
         let out = host.run("tc", &netem)?;
         if out.status.success() {
-            let veth = bridge_veth(host);
-            let mut outer = netem;
-            outer[3] = &veth;
-            let out = std::process::Command::new("tc").args(outer).output()?;
-            let imp = Impairment::Netem { host: host.clone() };
-            ensure!(out.status.success(), "tc on {veth}: {}", String::from_utf8_lossy(&out.stderr));
-            notes.push("tc netem loss 20% delay 100ms both ways".into());
-            return Ok(imp);
+            notes.push("tc netem loss 20% delay 100ms on its eth0".into());
+            return Ok(Impairment::Netem { host: host.clone() });
         }
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(err.contains("qdisc kind is unknown"), "tc netem: {err}");
-        notes.push("no sch_netem in this kernel: 20 % loss each way by iptables statistic, no delay".into());
-        Ok(Impairment::Statistic(Partition::with(
-            host,
-            &["-m", "statistic", "--mode", "random", "--probability", "0.2"],
-        )?))
+        notes.push("no sch_netem in this kernel: 20 % loss of what it sends by iptables statistic, no delay".into());
+        let random = ["-m", "statistic", "--mode", "random", "--probability", "0.2"];
+        Ok(Impairment::Statistic(Partition::with(host, &random, true)?))
     }
 }
 
@@ -421,7 +412,6 @@ impl Drop for Impairment {
     fn drop(&mut self) {
         if let Impairment::Netem { host } = self {
             let _ = host.run("tc", &["qdisc", "del", "dev", "eth0", "root"]);
-            let _ = std::process::Command::new("tc").args(["qdisc", "del", "dev", &bridge_veth(host), "root"]).status();
         }
     }
 }
