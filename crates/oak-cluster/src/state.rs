@@ -357,6 +357,7 @@ impl ClusterState {
             (Some(a), Some(b)) => !a.same_identity(b),
             (a, b) => a.is_some() != b.is_some(),
         };
+        let offers_changed = offers_differ(&node.record.info, &info);
         node.record.info = info;
         node.view = None;
         node.last_seen = Some(now);
@@ -371,13 +372,13 @@ impl ClusterState {
             tracing::info!(node = node_id, endpoint = ?endpoint(&node.record.info), "worker endpoint changed");
             self.endpoint_changed(node_id);
         }
-        if !was_active {
+        if !was_active || offers_changed {
             self.workers_changed(now);
         }
         Vec::new()
     }
 
-    /// A worker became active: instances that found no node try again now, their back-off
+    /// A worker became active, or what it offers changed: instances that found no node try again now, their back-off
     /// starting over (a crash-looping instance keeps its own).
     fn workers_changed(&mut self, now: Instant) {
         for inst in self.instances.values_mut() {
@@ -969,6 +970,19 @@ impl ClusterState {
         let forgotten = std::mem::take(&mut self.forgotten).into_iter().collect();
         Batch { nodes, instances, removed, forgotten }
     }
+}
+
+/// Whether a worker's new report changes what placement reads beyond its usage: its name,
+/// architecture, virtualizations, add-ons or capacity (a worker restarted with a new add-on
+/// within the worker timeout never looked inactive, yet may now take waiting instances).
+fn offers_differ(old: &NodeInfo, new: &NodeInfo) -> bool {
+    old.host != new.host
+        || old.architecture != new.architecture
+        || old.virtualization != new.virtualization
+        || old.supported_addons != new.supported_addons
+        || old.vcpus != new.vcpus
+        || old.memory_total != new.memory_total
+        || old.vgpus != new.vgpus
 }
 
 /// How many instances of service `job_id` each node holds (indexed like `index`'s values).

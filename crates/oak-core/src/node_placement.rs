@@ -29,14 +29,14 @@
 //! # Which fitting node wins
 //!
 //! With the job's `spread` (the default), the one holding the fewest instances of the job's
-//! service ([`choose_node_spread`]); among those (or among all, with `spread: false`), the one
+//! service ([`choose_node_spread`](crate::node_placement::choose_node_spread)); among those (or among all, with `spread: false`), the one
 //! with the most free memory, then the most free vCPUs, then the lowest name, then the lowest
 //! id: deterministic for equal inputs and computed in one pass (no sorting), so choosing among
 //! 1,000 nodes is a few microseconds.
 //!
 //! # Negative outcomes
 //!
-//! The status is one of the original's, the detail names the unmet requirement ([`reasons`]):
+//! The status is one of the original's, the detail names the unmet requirement ([`reasons`](crate::node_placement::reasons)):
 //!
 //! - no active node at all: [`status::NO_WORKER_CAPACITY`], `no active worker in cluster …`;
 //! - active nodes, but none qualifies: [`status::NO_QUALIFIED_WORKER_FOUND`] (retrying will not

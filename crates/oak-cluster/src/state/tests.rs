@@ -682,3 +682,27 @@ fn report_ages_count_from_the_last_registration_or_report() {
     st.check_timeouts(t + Duration::from_secs(20));
     assert_eq!(st.report_ages(t + Duration::from_secs(20)).next(), Some(("a", Duration::from_secs(20))));
 }
+
+/// A worker that stays active but starts offering what a waiting instance needs (restarted
+/// with a new add-on within the worker timeout) takes it at once too; usage changes alone do
+/// not cut the back-off short.
+#[test]
+fn a_worker_offering_more_cuts_the_back_off_short() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = needs_addon("gpu", "gpu-magic");
+    deploy(&mut st, &j, 0, t);
+    for s in 1..=3 {
+        let at = t + Duration::from_secs(s);
+        st.node_information("a", info("a", 1000), at);
+        st.schedule(at);
+    }
+    let waiting_until = st.instances[&(j.id.clone(), 0)].next_try;
+    assert_eq!(waiting_until, t + Duration::from_secs(7), "tries at 0, 1 and 3 s: the next at 7 s");
+    let at = t + Duration::from_secs(4);
+    st.node_information("a", NodeInfo { memory: 900, cpu_percent: 50.0, ..info("a", 1000) }, at);
+    assert!(placed_on(&st.schedule(at)).is_empty());
+    assert_eq!(st.instances[&(j.id.clone(), 0)].next_try, waiting_until, "usage alone changes nothing");
+    st.node_information("a", with_addon("a", "gpu-magic"), at);
+    assert_eq!(placed_on(&st.schedule(at)), ["a"]);
+}

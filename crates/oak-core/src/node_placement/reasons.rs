@@ -171,8 +171,8 @@ fn meets(need: &Need, node: &NodeView) -> bool {
 }
 
 /// Why [`super::choose_node`] found no node for `job` among `nodes` (see the module
-/// documentation). Meant for its negative outcome: on nodes where the job fits, the reason is
-/// only as meaningful as "nothing is missing", reported as taken ports (none).
+/// documentation). Only meaningful when no node fits: otherwise it is an empty
+/// [`Reason::PortsTaken`].
 pub(super) fn why(
     rules: &NodeRules<'_>,
     job: &Microservice,
