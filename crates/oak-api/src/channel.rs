@@ -122,8 +122,10 @@ pub enum ClusterMsg {
 /// has read nothing from for [`IDLE_TIMEOUT`] as dead.
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Five keepalive periods without a frame: the peer is unreachable (packets dropped, no FIN).
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Ten keepalive periods without a frame: the peer is unreachable (packets dropped, no FIN).
+/// Generous, so a peer starved of CPU for a few seconds is not made to resync; how soon a
+/// silent cluster counts as lost does not depend on it (`--cluster-timeout`, from the last frame).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Root → cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

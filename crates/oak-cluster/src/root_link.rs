@@ -176,7 +176,7 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     };
     let reader = async {
         loop {
-            // The root pings after a second of silence: five without a frame mean a cut link
+            // The root pings after a second of silence: ten without a frame mean a cut link
             // (no FIN), so the cluster re-dials instead of waiting for TCP to give up.
             match tokio::time::timeout(channel::IDLE_TIMEOUT, read_frame::<RootMsg>(&mut rd)).await {
                 Err(_) => return SessionError::Lost(format!("the root was silent for {:?}", channel::IDLE_TIMEOUT)),

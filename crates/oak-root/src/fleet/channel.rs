@@ -214,3 +214,33 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("malformed message: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_quiet_writer_sends_keepalives_and_queued_messages_go_first() {
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(RootMsg::Undeploy { instances: vec![] }).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let (_, mut wr) = tokio::io::split(theirs);
+            write_loop(&mut wr, vec![], &mut rx).await;
+        });
+        let started = std::time::Instant::now();
+        let first: RootMsg = read_frame(&mut ours, MAX_FRAME).await.unwrap();
+        assert_eq!(first, RootMsg::Undeploy { instances: vec![] });
+        // Nothing else queued: a keepalive after about a second, and another.
+        for _ in 0..2 {
+            let ping: RootMsg = read_frame(&mut ours, MAX_FRAME).await.unwrap();
+            assert_eq!(ping, RootMsg::Ping);
+        }
+        assert!(started.elapsed() >= channel::KEEPALIVE, "pings only when idle");
+        // The queue closed: the writer ends the stream.
+        drop(tx);
+        writer.await.unwrap();
+        let end = read_frame::<RootMsg>(&mut ours, MAX_FRAME).await;
+        assert!(end.is_err());
+    }
+}

@@ -112,3 +112,108 @@ impl Fleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use oak_api::channel::{ClusterResources, ResourceTotals};
+    use oak_api::model::{Application, Instance};
+    use oak_store::{RootStore, SqliteStore};
+
+    use super::*;
+    use crate::cluster_tokens::{self, TokenOptions};
+    use crate::fleet::links::Credential;
+    use crate::fleet::{ChannelTrust, FleetConfig};
+
+    fn resources() -> ClusterResources {
+        ClusterResources {
+            active_nodes: 1,
+            totals: ResourceTotals {
+                nodes: 1,
+                total_cpu_cores: 8.0,
+                free_vcpus: 8.0,
+                memory_in_mb: 8192,
+                free_memory_mb: 8192,
+                ..Default::default()
+            },
+            virtualization: vec!["docker".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_clusters_instances_move_once_keeping_their_ips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn RootStore> = Arc::new(SqliteStore::open(&dir.path().join("root.db")).unwrap());
+        let trust = ChannelTrust::with(oak_tls::Authority::generate("test CA").unwrap(), &[]).unwrap();
+        let options = TokenOptions { reusable: true, ..Default::default() };
+        let token = cluster_tokens::create(&*store, trust.ca(), options).unwrap().token.to_string();
+        let config = FleetConfig { cluster_timeout: Duration::from_secs(30), ..Default::default() };
+        let fleet = Fleet::open(store.clone(), config, trust).unwrap();
+        let mut joined = Vec::new();
+        for name in ["alpha", "beta"] {
+            let csr = oak_tls::ClientKey::generate().unwrap().request(name).unwrap();
+            let j = fleet.join(Credential::Token { token: &token, csr: &csr }, "", name, "").unwrap();
+            fleet.heard(&j.cluster_id);
+            fleet.on_report(&j.cluster_id, j.conn, resources());
+            joined.push(j);
+        }
+        let (alpha, beta) = (joined[0].cluster_id.clone(), joined[1].cluster_id.clone());
+
+        let app: Application = serde_json::from_value(serde_json::json!({
+            "_id": "a", "applicationID": "a", "application_name": "shop", "application_namespace": "test", "userId": "u"
+        }))
+        .unwrap();
+        let ms = serde_json::from_value(serde_json::json!({
+            "microservice_name": "web", "microservice_namespace": "test", "virtualization": "container", "code": "img"
+        }))
+        .unwrap();
+        let service = oak_core::jobs::new_service("s".into(), &app, ms);
+        store.create_application(&app, std::slice::from_ref(&service)).unwrap();
+        let put = |n: u32, st: &str| {
+            let mut i = Instance::new(n, st, "running", 0.0);
+            i.cluster_id = Some(alpha.clone());
+            i.worker_id = Some("w1".into());
+            i.instance_ip = Some(format!("10.30.0.{}", n + 10));
+            store.put_instance("s", &i).unwrap();
+        };
+        put(0, status::RUNNING);
+        put(1, status::COMPLETED);
+
+        // Not yet: alpha was heard just now.
+        fleet.check_lost();
+        assert_eq!(store.service("s").unwrap().unwrap().instance_list[0].cluster_id.as_deref(), Some(alpha.as_str()));
+        assert_eq!(fleet.clusters_now().unwrap().iter().filter(|c| c.status == "active").count(), 2);
+
+        // alpha's last frame was 31 s ago (its connection may still look open); beta is fine.
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(31)).expect("the machine is up for 31 s");
+        fleet.lock().heard.insert(alpha.clone(), long_ago);
+        fleet.check_lost();
+        let s = store.service("s").unwrap().unwrap();
+        let moved = &s.instance_list[0];
+        assert_eq!(moved.cluster_id.as_deref(), Some(beta.as_str()));
+        assert_eq!(moved.status, status::CLUSTER_SCHEDULED);
+        assert_eq!(moved.instance_ip.as_deref(), Some("10.30.0.10"), "the instance IP stays");
+        assert_eq!(moved.worker_id, None);
+        assert_eq!(moved.placement_note, "re-placed from cluster alpha: lost 31 s ago");
+        assert!(moved.status_detail.contains("re-placed from cluster alpha: lost 31 s ago"), "{}", moved.status_detail);
+        // Finished instances stay where they finished.
+        assert_eq!(s.instance_list[1].cluster_id.as_deref(), Some(alpha.as_str()));
+        assert_eq!(s.instance_list[1].status, status::COMPLETED);
+        // alpha shows lost, is disconnected, and no longer a candidate.
+        let clusters = fleet.clusters_now().unwrap();
+        let a = clusters.iter().find(|c| c.id == alpha).unwrap();
+        assert_eq!((a.status.as_str(), a.active), ("lost", false));
+        assert!(!fleet.lock().links.contains_key(&alpha));
+
+        // Level-triggered and idempotent: another pass changes nothing.
+        fleet.check_lost();
+        assert_eq!(store.service("s").unwrap().unwrap().instance_list[0], *moved);
+
+        // A frame from alpha: it is back (not lost) and reconnects to resync.
+        fleet.heard(&alpha);
+        let a = fleet.clusters_now().unwrap().into_iter().find(|c| c.id == alpha).unwrap();
+        assert_eq!(a.status, "unreachable", "heard, but not connected with a fresh report yet");
+    }
+}
