@@ -113,7 +113,19 @@ pub enum ClusterMsg {
         #[serde(default = "yes")]
         last: bool,
     },
+    /// Sent when the cluster has written nothing for [`KEEPALIVE`]: the root counts a cluster's
+    /// unreachability from the last frame it received, so silence means the link is cut.
+    Ping,
 }
+
+/// Either side sends a `Ping` after writing nothing for this long, and treats a connection it
+/// has read nothing from for [`IDLE_TIMEOUT`] as dead.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ten keepalive periods without a frame: the peer is unreachable (packets dropped, no FIN).
+/// Generous, so a peer starved of CPU for a few seconds is not made to resync; how soon a
+/// silent cluster counts as lost does not depend on it (`--cluster-timeout`, from the last frame).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Root → cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +192,9 @@ pub enum RootMsg {
     Routes {
         table: RouteTable,
     },
+    /// Sent when the root has written nothing for [`KEEPALIVE`], so a cluster notices a cut
+    /// link within [`IDLE_TIMEOUT`] and re-dials.
+    Ping,
 }
 
 fn yes() -> bool {
@@ -312,7 +327,7 @@ pub struct WorkerSummary {
     /// Memory available.
     pub memory_free_mb: u64,
     pub gpus: u32,
-    /// The worker reported within the cluster's node timeout.
+    /// The worker reported within the cluster's `--worker-timeout`.
     pub active: bool,
 }
 

@@ -136,6 +136,10 @@ pub struct Instance {
     pub disk: Option<u64>,
     #[serde(default)]
     pub logs: Option<String>,
+    /// Why the root moved the instance off its previous cluster (e.g. `re-placed from cluster
+    /// alpha: lost 30 s ago`); kept in `status_detail` next to what its cluster reports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub placement_note: String,
     /// Seconds since the Unix epoch of the last change.
     #[serde(default)]
     pub last_modified_timestamp: f64,
@@ -163,6 +167,7 @@ impl Instance {
             memory_bytes: None,
             disk: None,
             logs: None,
+            placement_note: String::new(),
             last_modified_timestamp: now,
         }
     }
@@ -180,6 +185,10 @@ pub struct Cluster {
     /// Same as `cluster_location` (original field).
     pub candidate_location: String,
     pub active: bool,
+    /// `active` (connected, reporting), `unreachable` (silent for less than the root's
+    /// `--cluster-timeout`) or `lost` (silent longer: its instances were placed elsewhere).
+    #[serde(default)]
+    pub status: String,
     pub last_modified_timestamp: f64,
     pub active_nodes: u64,
     /// Free vCPUs summed over active workers.

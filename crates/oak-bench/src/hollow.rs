@@ -284,7 +284,7 @@ fn is_writable_dir(dir: &Path) -> bool {
 }
 
 /// `n` ports from `base` upwards that can be bound on 127.0.0.1 right now.
-fn free_ports(base: u16, n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(base: u16, n: usize) -> anyhow::Result<Vec<u16>> {
     let mut ports = Vec::with_capacity(n);
     let mut port = base.max(1024);
     while ports.len() < n {
@@ -652,25 +652,30 @@ fn sla(params: &Params) -> serde_json::Value {
     })
 }
 
-async fn login(url: &str) -> anyhow::Result<Client> {
+pub(crate) async fn login(url: &str) -> anyhow::Result<Client> {
     let client = Client::new(url);
     let tokens = client.login("Admin", "Admin", None).await.context("logging in as Admin/Admin")?;
     Ok(client.with_token(tokens.token))
 }
 
 /// A client of a cluster's node API, once its node token exists (it pins the cluster's CA).
-fn cluster_client(node_token: &std::path::Path) -> Option<reqwest::Client> {
+pub(crate) fn cluster_client(node_token: &std::path::Path) -> Option<reqwest::Client> {
     let token = std::fs::read_to_string(node_token).ok()?;
     oak_worker::cluster_client_builder(&token).ok()?.timeout(Duration::from_secs(5)).build().ok()
 }
 
-async fn healthy(http: &reqwest::Client, url: &str) -> bool {
+pub(crate) async fn healthy(http: &reqwest::Client, url: &str) -> bool {
     http.get(url).send().await.is_ok_and(|r| r.status().is_success())
 }
 
 /// Polls `check` every 100 ms until it yields a value, failing if a child exits or `timeout`
 /// passes.
-async fn wait_for<T, F, Fut>(children: &mut Children, what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+pub(crate) async fn wait_for<T, F, Fut>(
+    children: &mut Children,
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -17,6 +17,9 @@
 //!   latency of the test unikernel with a cached kernel (→ RUNNING, → console marker, → first
 //!   HTTP answer) against the worker's own QEMU command line started by hand in the same run,
 //!   and the worker's and QEMU's memory with several VMs running.
+//! - `recovery` (target P9): root, two clusters and four single-worker processes; `kill -9` of
+//!   the worker, then of the cluster, running an instance, `--runs` times each; the time until
+//!   the root shows the instance `RUNNING` elsewhere, next to the configured timeouts.
 //! - `hollow-workers`: many workers in one process, each the real `oak_worker` code (HTTPS
 //!   registration, MQTT, reporting, instance state machine) over an in-memory fake runtime.
 //!   `hollow` starts these; they can also be run by hand against any cluster.
@@ -27,6 +30,7 @@ mod machine;
 mod overlay;
 mod placement;
 mod procs;
+mod recovery;
 mod report;
 mod signals;
 mod unikernel;
@@ -61,6 +65,8 @@ enum Command {
     TcpSource(overlay::SourceArgs),
     /// 1-DOC with QEMU (TCG): unikernel deploy latency against the same QEMU started by hand.
     Unikernel(unikernel::UnikernelArgs),
+    /// Recovery after `kill -9` of a worker and of a whole cluster: time until RUNNING elsewhere.
+    Recovery(recovery::RecoveryArgs),
     /// Run many hollow workers (fake runtime) against one cluster, in this process.
     HollowWorkers(workers::WorkersArgs),
 }
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::HollowWorkers(args) => workers::main(args),
         Command::Overlay(args) => overlay::main(args),
         Command::Unikernel(args) => unikernel::main(args),
+        Command::Recovery(args) => recovery::main(args),
         Command::TcpSink(args) => overlay::sink_main(args),
         Command::TcpSource(args) => overlay::source_main(args),
     };

@@ -83,6 +83,18 @@ impl Children {
         self.list.iter()
     }
 
+    /// Kills the running child named `name` with SIGKILL (no shutdown code runs) and forgets it,
+    /// so one of the same name can be started again.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some(at) = self.list.iter().position(|c| c.name == name && c.exited.is_none()) else {
+            bail!("no running child named {name}");
+        };
+        let mut child = self.list.remove(at);
+        child.process.kill().with_context(|| format!("cannot kill {name}"))?;
+        let _ = child.process.wait();
+        Ok(())
+    }
+
     /// Fails, naming the child and quoting the end of its log, if any child has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for child in &mut self.list {

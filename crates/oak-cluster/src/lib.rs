@@ -347,6 +347,8 @@ impl Ctx {
                 self.perform(effects);
                 return;
             }
+            // A keepalive: that it arrived is all it says.
+            RootMsg::Ping => return,
             other => other,
         };
         let effects = {
@@ -370,7 +372,8 @@ impl Ctx {
                 | RootMsg::Subnet { .. }
                 | RootMsg::Table { .. }
                 | RootMsg::Peer { .. }
-                | RootMsg::Routes { .. } => Vec::new(),
+                | RootMsg::Routes { .. }
+                | RootMsg::Ping => Vec::new(),
             }
         };
         // Placed at once rather than at the next tick.

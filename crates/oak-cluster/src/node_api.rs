@@ -166,6 +166,10 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
             out.push_str(&format!("oakestra_overlay_refused_total{{node=\"{id}\",reason=\"{reason}\"}} {n}\n"));
         }
     }
+    out.push_str("# TYPE oakestra_worker_report_age_seconds gauge\n");
+    for (id, age) in st.report_ages(now) {
+        out.push_str(&format!("oakestra_worker_report_age_seconds{{node=\"{id}\"}} {:.3}\n", age.as_secs_f64()));
+    }
     drop(st);
     out.push_str(&ctx.tls_refusals.metrics());
     out
@@ -364,6 +368,7 @@ mod tests {
             let line = format!("oakestra_tls_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} 1");
             assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
         }
+        assert!(metrics.contains("# TYPE oakestra_worker_report_age_seconds gauge"), "{metrics}");
         let _ = stop.send(());
         running.await.unwrap().unwrap();
     }

@@ -165,17 +165,23 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
                 return SessionError::Lost(format!("cannot write to the root: {e}"));
             }
             buf.clear();
-            match rx.recv().await {
-                Some(m) => append(&mut buf, &m),
-                None => return SessionError::Lost("the queue to the root closed (overflow or shutdown)".into()),
+            // A keepalive when there is nothing else: the root counts this cluster's silence
+            // from the last frame it received.
+            match tokio::time::timeout(channel::KEEPALIVE, rx.recv()).await {
+                Err(_) => append(&mut buf, &ClusterMsg::Ping),
+                Ok(Some(m)) => append(&mut buf, &m),
+                Ok(None) => return SessionError::Lost("the queue to the root closed (overflow or shutdown)".into()),
             }
         }
     };
     let reader = async {
         loop {
-            match read_frame::<RootMsg>(&mut rd).await {
-                Ok(msg) => ctx.on_root_message(msg),
-                Err(e) => return SessionError::Lost(e),
+            // The root pings after a second of silence: ten without a frame mean a cut link
+            // (no FIN), so the cluster re-dials instead of waiting for TCP to give up.
+            match tokio::time::timeout(channel::IDLE_TIMEOUT, read_frame::<RootMsg>(&mut rd)).await {
+                Err(_) => return SessionError::Lost(format!("the root was silent for {:?}", channel::IDLE_TIMEOUT)),
+                Ok(Ok(msg)) => ctx.on_root_message(msg),
+                Ok(Err(e)) => return SessionError::Lost(e),
             }
         }
     };

@@ -12,7 +12,7 @@ use oak_api::net::{RouteTable, TableQuery};
 use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
 use oak_api::sla::Microservice;
 use oak_api::status;
-use oak_core::node_placement::{aggregate, choose_node, Demand, NodeView};
+use oak_core::node_placement::{aggregate, choose_node_spread, Demand, NodeView};
 use oak_core::ports::{host_ports, HostPort};
 use oak_core::stats::Samples;
 
@@ -24,11 +24,13 @@ pub type Key = (String, u32);
 /// Timing rules of the control loop.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// A node that sent no information for this long is inactive; its instances move.
+    /// A node that sent no information for this long is lost: inactive, and its instances move
+    /// (`--worker-timeout`).
     pub node_timeout: Duration,
     /// An instance sent to a worker that has not started it after this long is re-placed.
     pub deploy_timeout: Duration,
-    /// Longest wait between two placement attempts of one instance.
+    /// Longest wait between two placement attempts of one instance (they start 1 s apart and
+    /// double up to this).
     pub retry_max: Duration,
     /// Metrics-only changes are sent to the root at most this often per instance.
     pub metrics_interval: Duration,
@@ -40,7 +42,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            node_timeout: Duration::from_secs(6),
+            node_timeout: Duration::from_secs(15),
             deploy_timeout: Duration::from_secs(120),
             retry_max: Duration::from_secs(30),
             metrics_interval: Duration::from_secs(10),
@@ -166,7 +168,11 @@ pub struct Inst {
     pub memory_bytes: Option<u64>,
     pub disk: Option<u64>,
     pub logs: Option<String>,
+    /// Failures where it ran (persisted): a crash loop backs off more each time.
     pub attempts: u32,
+    /// Placement attempts in a row that found no node; not persisted, and reset when the set of
+    /// active workers changes, so a joining worker takes waiting instances at once.
+    pub tries: u32,
     /// Earliest time of the next placement attempt.
     pub next_try: Instant,
     /// When the current status was entered.
@@ -193,6 +199,7 @@ impl Inst {
             disk: None,
             logs: None,
             attempts: 0,
+            tries: 0,
             next_try: now,
             since: now,
             metrics_sent: None,
@@ -350,13 +357,13 @@ impl ClusterState {
             (Some(a), Some(b)) => !a.same_identity(b),
             (a, b) => a.is_some() != b.is_some(),
         };
+        let offers_changed = offers_differ(&node.record.info, &info);
         node.record.info = info;
         node.view = None;
         node.last_seen = Some(now);
         node.last_heard = now;
         if !was_active {
             tracing::info!(node = node_id, name = %node.record.info.host, "worker active");
-            self.pending = true;
         }
         if !was_active || overlay_changed {
             self.dirty_nodes.insert(node_id.to_string());
@@ -365,11 +372,33 @@ impl ClusterState {
             tracing::info!(node = node_id, endpoint = ?endpoint(&node.record.info), "worker endpoint changed");
             self.endpoint_changed(node_id);
         }
+        if !was_active || offers_changed {
+            self.workers_changed(now);
+        }
         Vec::new()
+    }
+
+    /// A worker became active, or what it offers changed: instances that found no node try again now, their back-off
+    /// starting over (a crash-looping instance keeps its own).
+    fn workers_changed(&mut self, now: Instant) {
+        for inst in self.instances.values_mut() {
+            if matches!(inst.status.as_str(), status::NO_WORKER_CAPACITY | status::NO_QUALIFIED_WORKER_FOUND) {
+                inst.tries = 0;
+                inst.next_try = inst.next_try.min(now);
+            }
+        }
+        self.pending = true;
     }
 
     fn is_active(&self, node: &Node, now: Instant) -> bool {
         node.last_seen.is_some_and(|t| now.duration_since(t) <= self.timing.node_timeout)
+    }
+
+    /// How long ago each worker last registered or reported, by node id: what an operator
+    /// compares with `--worker-timeout` on a lossy link, and how a test sees that the cluster
+    /// heard from a worker again.
+    pub fn report_ages(&self, now: Instant) -> impl Iterator<Item = (&str, Duration)> {
+        self.nodes.iter().map(move |(id, n)| (id.as_str(), now.saturating_duration_since(n.last_heard)))
     }
 
     pub fn active_nodes(&self, now: Instant) -> usize {
@@ -510,15 +539,23 @@ impl ClusterState {
             })
             .collect();
         let mut touched = vec![false; views.len()];
+        let index: HashMap<String, usize> = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        // Per service: how many of its instances each node holds, counted once per step.
+        let mut siblings: HashMap<String, Vec<u32>> = HashMap::new();
         let mut effects = Vec::new();
         for key in due {
             let started = Instant::now();
             let job = self.instances[&key].job.clone();
-            let decision = choose_node(&job.spec, &self.name, &views);
+            let counts = siblings
+                .entry(key.0.clone())
+                .or_insert_with(|| sibling_counts(&self.instances, &key.0, &index, views.len()));
+            let decision = choose_node_spread(&job.spec, &self.name, &views, counts);
             self.placement.record(started.elapsed().as_micros() as u64);
             let inst = self.instances.get_mut(&key).expect("due instances exist");
             match decision {
                 Ok(i) => {
+                    counts[i] += 1;
+                    inst.tries = 0;
                     let demand = Demand::of(&job.spec);
                     let view = &mut views[i];
                     view.free_vcpus = (view.free_vcpus - demand.vcpus).max(0.0);
@@ -545,8 +582,8 @@ impl ClusterState {
                     });
                 }
                 Err(unplaced) => {
-                    inst.attempts = inst.attempts.saturating_add(1);
-                    inst.next_try = now + backoff(inst.attempts, self.timing.retry_max);
+                    inst.next_try = now + backoff(inst.tries, self.timing.retry_max);
+                    inst.tries = inst.tries.saturating_add(1);
                     let detail = unplaced.detail();
                     if inst.status != unplaced.status || inst.detail != detail {
                         inst.status = unplaced.status.into();
@@ -933,6 +970,36 @@ impl ClusterState {
         let forgotten = std::mem::take(&mut self.forgotten).into_iter().collect();
         Batch { nodes, instances, removed, forgotten }
     }
+}
+
+/// Whether a worker's new report changes what placement reads beyond its usage: its name,
+/// architecture, virtualizations, add-ons or capacity (a worker restarted with a new add-on
+/// within the worker timeout never looked inactive, yet may now take waiting instances).
+fn offers_differ(old: &NodeInfo, new: &NodeInfo) -> bool {
+    old.host != new.host
+        || old.architecture != new.architecture
+        || old.virtualization != new.virtualization
+        || old.supported_addons != new.supported_addons
+        || old.vcpus != new.vcpus
+        || old.memory_total != new.memory_total
+        || old.vgpus != new.vgpus
+}
+
+/// How many instances of service `job_id` each node holds (indexed like `index`'s values).
+fn sibling_counts(
+    instances: &BTreeMap<Key, Inst>,
+    job_id: &str,
+    index: &HashMap<String, usize>,
+    nodes: usize,
+) -> Vec<u32> {
+    let mut counts = vec![0; nodes];
+    let range = (job_id.to_string(), 0)..=(job_id.to_string(), u32::MAX);
+    for inst in instances.range(range).map(|(_, i)| i).filter(|i| on_node(&i.status)) {
+        if let Some(&i) = inst.worker_id.as_deref().and_then(|w| index.get(w)) {
+            counts[i] += 1;
+        }
+    }
+    counts
 }
 
 /// An instance a worker should not run (unknown, removed, or moved elsewhere): tell it to stop,

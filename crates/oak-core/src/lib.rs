@@ -5,6 +5,8 @@
 
 pub mod addresses;
 pub mod authz;
+/// When the root gives up on a silent cluster and moves its instances.
+pub mod cluster_loss;
 /// Who may ask for privileged containers and reserved host ports.
 pub mod descriptor_policy;
 pub mod jobs;

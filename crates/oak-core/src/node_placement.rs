@@ -28,17 +28,22 @@
 //!
 //! # Which fitting node wins
 //!
-//! The one with the most free memory, then the most free vCPUs, then the lowest name, then the
-//! lowest id: deterministic for equal inputs and computed in one pass (no sorting), so choosing
-//! among 1,000 nodes is a few microseconds.
+//! With the job's `spread` (the default), the one holding the fewest instances of the job's
+//! service ([`choose_node_spread`](crate::node_placement::choose_node_spread)); among those (or among all, with `spread: false`), the one
+//! with the most free memory, then the most free vCPUs, then the lowest name, then the lowest
+//! id: deterministic for equal inputs and computed in one pass (no sorting), so choosing among
+//! 1,000 nodes is a few microseconds.
 //!
 //! # Negative outcomes
 //!
-//! - no active node at all: [`status::NO_WORKER_CAPACITY`];
+//! The status is one of the original's, the detail names the unmet requirement ([`reasons`](crate::node_placement::reasons)):
+//!
+//! - no active node at all: [`status::NO_WORKER_CAPACITY`], `no active worker in cluster …`;
 //! - active nodes, but none qualifies: [`status::NO_QUALIFIED_WORKER_FOUND`] (retrying will not
-//!   help until the constraints or the nodes change);
+//!   help until the constraints or the nodes change), e.g. `no active worker offers addon "x"`;
 //! - some qualify, but none has the free resources and free host ports:
-//!   [`status::NO_WORKER_CAPACITY`], with the taken ports in [`Unplaced::ports_taken`].
+//!   [`status::NO_WORKER_CAPACITY`], e.g. `no worker with 4096 MB free in cluster …` or the
+//!   taken host ports.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +54,9 @@ use oak_api::status;
 use serde_json::Value;
 
 use crate::ports::{host_ports, HostPort, Protocol};
+
+pub mod reasons;
+pub use reasons::{Need, Reason, Resource};
 
 /// What one instance asks of a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -247,69 +255,61 @@ impl<'a> NodeRules<'a> {
     }
 }
 
-/// Why no node takes an instance: one of the original's negative statuses, and the host ports
-/// that were taken on every qualified node with the free resources (if that is what stopped it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why no node takes an instance: one of the original's negative statuses, and the unmet
+/// requirement behind it ([`reasons`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Unplaced {
     pub status: &'static str,
-    pub ports_taken: BTreeSet<HostPort>,
+    pub reason: Reason,
 }
 
 impl Unplaced {
-    fn of(status: &'static str) -> Self {
-        Unplaced { status, ports_taken: BTreeSet::new() }
-    }
-
-    /// A sentence for the instance's `status_detail`.
+    /// A sentence for the instance's `status_detail`, naming the unmet requirement.
     pub fn detail(&self) -> String {
-        let ports: Vec<String> = self.ports_taken.iter().map(HostPort::to_string).collect();
-        match ports.as_slice() {
-            [] => explain(self.status).to_string(),
-            [one] => format!("host port {one} is taken on every qualified worker with the requested free resources"),
-            many => format!(
-                "host ports {} are taken on the qualified workers with the requested free resources",
-                many.join(", ")
-            ),
-        }
+        self.reason.to_string()
     }
 }
 
 /// Picks the node (its index in `nodes`) for one instance of `job` on the cluster named
-/// `cluster_name`, or the negative status saying why none can take it. See the module
-/// documentation for the rules.
+/// `cluster_name`, or the negative status saying why none can take it, as if no node held an
+/// instance of the job's service yet. See the module documentation for the rules.
 pub fn choose_node(job: &Microservice, cluster_name: &str, nodes: &[NodeView]) -> Result<usize, Unplaced> {
+    choose_node_spread(job, cluster_name, nodes, &[])
+}
+
+/// [`choose_node`] for a job whose service already has `siblings[i]` instances on `nodes[i]`
+/// (missing entries count 0). With the job's `spread` (the default), the fitting node with the
+/// fewest siblings wins and the usual ranking only breaks ties, so replicas land on different
+/// nodes while there are enough, like Kubernetes' topology spread; without it, siblings are
+/// ignored and instances pack by the usual ranking.
+pub fn choose_node_spread(
+    job: &Microservice,
+    cluster_name: &str,
+    nodes: &[NodeView],
+    siblings: &[u32],
+) -> Result<usize, Unplaced> {
     let rules = NodeRules::new(job, cluster_name);
     let demand = Demand::of(job);
     let wanted = host_ports(&job.port);
-    let mut any_active = false;
-    let mut any_qualified = false;
-    let mut ports_taken = BTreeSet::new();
+    let count = |i: usize| if job.spread { siblings.get(i).copied().unwrap_or(0) } else { 0 };
     let mut best: Option<usize> = None;
     for (i, node) in nodes.iter().enumerate() {
-        if !node.active {
+        if !node.active || !rules.qualifies(job, node) || !node.fits(demand) || node.taken(&wanted).is_some() {
             continue;
         }
-        any_active = true;
-        if !rules.qualifies(job, node) {
-            continue;
-        }
-        any_qualified = true;
-        if !node.fits(demand) {
-            continue;
-        }
-        if let Some(port) = node.taken(&wanted) {
-            ports_taken.insert(port);
-            continue;
-        }
-        if best.is_none_or(|b| node.better_than(&nodes[b])) {
+        let wins = |b: usize| match count(i).cmp(&count(b)) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => node.better_than(&nodes[b]),
+        };
+        if best.is_none_or(wins) {
             best = Some(i);
         }
     }
-    match best {
-        Some(i) => Ok(i),
-        None if any_active && !any_qualified => Err(Unplaced::of(status::NO_QUALIFIED_WORKER_FOUND)),
-        None => Err(Unplaced { status: status::NO_WORKER_CAPACITY, ports_taken }),
-    }
+    best.ok_or_else(|| {
+        let reason = reasons::why(&rules, job, cluster_name, demand, &wanted, nodes);
+        Unplaced { status: reason.status(), reason }
+    })
 }
 
 /// A sentence for the instance's `status_detail` explaining a negative status of [`choose_node`]

@@ -17,31 +17,154 @@
 //! Before deciding, the root subtracts the capacity it already promised since each cluster's last
 //! report ([`crate::reservations::Reservations::apply`]), so a burst of placements does not
 //! over-commit a cluster between two reports.
+use std::collections::{BTreeSet, HashMap};
+
 use oak_api::model::{Cluster, Service};
 use oak_api::status;
 
+/// The node names each cluster's workers registered with, by cluster id (from the clusters'
+/// worker summaries): how the root resolves a `direct` constraint that names only nodes.
+pub type NodeHosts = HashMap<String, BTreeSet<String>>;
+
+/// Why an instance was not placed: one of the original's status strings and a sentence naming
+/// the unmet requirement, for the instance's `status_detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub status: &'static str,
+    pub detail: String,
+}
+
+impl Unplaced {
+    fn new(status: &'static str, detail: impl Into<String>) -> Self {
+        Unplaced { status, detail: detail.into() }
+    }
+}
+
 /// Picks the cluster for one new instance of `service`, or the negative status explaining why
-/// none fits (one of the original's status strings).
+/// none fits (one of the original's status strings). Neither spreading nor node names: see
+/// [`choose`].
 pub fn choose_cluster<'a>(service: &Service, clusters: &'a [Cluster]) -> Result<&'a Cluster, &'static str> {
+    choose(service, clusters, None, &HashMap::new()).map_err(|u| u.status)
+}
+
+/// Picks the cluster for one instance of `service`; `others` holds how many of the service's
+/// other instances each cluster (by id) has (see [`spread_counts`]).
+///
+/// A `direct` constraint naming a cluster allows only that cluster. One naming only nodes
+/// (`node`, `;`-separated) allows the clusters that hold one of those nodes according to
+/// `hosts` (without `hosts` it is left to the clusters). Otherwise every active cluster is a
+/// candidate. Among the candidates that fit, a service that spreads (`spread`, the default)
+/// prefers the cluster with the fewest of its other instances (topology spread over
+/// clusters); then the most free memory wins, then the most free vCPUs, then the lower name.
+pub fn choose<'a>(
+    service: &Service,
+    clusters: &'a [Cluster],
+    hosts: Option<&NodeHosts>,
+    others: &HashMap<String, usize>,
+) -> Result<&'a Cluster, Unplaced> {
     let spec = &service.spec;
-    let direct = spec.constraints.iter().find(|c| c.kind == "direct").and_then(|c| c.cluster.as_deref());
-    if let Some(name) = direct.filter(|n| !n.is_empty()) {
-        let target = clusters.iter().find(|c| c.cluster_name == name).ok_or(status::TARGET_CLUSTER_NOT_FOUND)?;
+    let direct = spec.constraints.iter().find(|c| c.kind == "direct");
+    let cluster_name = direct.and_then(|c| c.cluster.as_deref()).map(str::trim).filter(|n| !n.is_empty());
+    let nodes: Vec<&str> = direct
+        .and_then(|c| c.node.as_deref())
+        .map(|n| n.split(';').map(str::trim).filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default();
+    if let Some(name) = cluster_name {
+        let Some(target) = clusters.iter().find(|c| c.cluster_name == name) else {
+            return Err(Unplaced::new(status::TARGET_CLUSTER_NOT_FOUND, format!("no cluster is named {name:?}")));
+        };
         if !target.active {
-            return Err(status::TARGET_CLUSTER_NOT_ACTIVE);
+            return Err(Unplaced::new(status::TARGET_CLUSTER_NOT_ACTIVE, format!("cluster {name:?} is not active")));
         }
-        return if fits(service, target) { Ok(target) } else { Err(status::TARGET_CLUSTER_NO_CAPACITY) };
+        return if fits(service, target) {
+            Ok(target)
+        } else {
+            let why = unmet_in(service, std::slice::from_ref(target), &format!("cluster {name:?}"));
+            Err(Unplaced::new(status::TARGET_CLUSTER_NO_CAPACITY, why.unwrap_or_default()))
+        };
     }
-    let mut active = clusters.iter().filter(|c| c.active).peekable();
-    if active.peek().is_none() {
-        return Err(status::TARGET_CLUSTER_NOT_ACTIVE);
+    if let (false, Some(hosts)) = (nodes.is_empty(), hosts) {
+        let named = quoted_alternatives(&nodes);
+        let holding: Vec<Cluster> = clusters
+            .iter()
+            .filter(|c| hosts.get(&c.id).is_some_and(|h| nodes.iter().any(|n| h.contains(*n))))
+            .cloned()
+            .collect();
+        if holding.is_empty() {
+            return Err(Unplaced::new(status::TARGET_CLUSTER_NOT_FOUND, format!("no cluster has node {named}")));
+        }
+        if !holding.iter().any(|c| c.active) {
+            let names: Vec<&str> = holding.iter().map(|c| c.cluster_name.as_str()).collect();
+            return Err(Unplaced::new(
+                status::TARGET_CLUSTER_NOT_ACTIVE,
+                format!("the cluster holding node {named} ({}) is not active", names.join(", ")),
+            ));
+        }
+        let best = best_fit(service, others, clusters.iter().filter(|c| holding.iter().any(|h| h.id == c.id)));
+        return best.ok_or_else(|| {
+            let why = unmet_in(service, &holding, &format!("active cluster holding node {named}"));
+            Unplaced::new(status::TARGET_CLUSTER_NO_CAPACITY, why.unwrap_or_default())
+        });
     }
-    active
-        .filter(|c| fits(service, c))
-        .max_by(|a, b| {
-            a.memory.cmp(&b.memory).then(a.vcpus.total_cmp(&b.vcpus)).then_with(|| b.cluster_name.cmp(&a.cluster_name))
-        })
-        .ok_or(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY)
+    if !clusters.iter().any(|c| c.active) {
+        return Err(Unplaced::new(status::TARGET_CLUSTER_NOT_ACTIVE, explain(status::TARGET_CLUSTER_NOT_ACTIVE)));
+    }
+    best_fit(service, others, clusters.iter()).ok_or_else(|| {
+        let why = unmet(service, clusters).unwrap_or_else(|| explain(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY).into());
+        Unplaced::new(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY, why)
+    })
+}
+
+/// The active cluster of `candidates` that fits and ranks first (see [`choose`]).
+fn best_fit<'a>(
+    service: &Service,
+    others: &HashMap<String, usize>,
+    candidates: impl Iterator<Item = &'a Cluster>,
+) -> Option<&'a Cluster> {
+    let spread = service.spec.spread;
+    let count = |c: &Cluster| if spread { others.get(c.id.as_str()).copied().unwrap_or(0) } else { 0 };
+    candidates.filter(|c| c.active && fits(service, c)).max_by(|a, b| {
+        count(b)
+            .cmp(&count(a))
+            .then(a.memory.cmp(&b.memory))
+            .then(a.vcpus.total_cmp(&b.vcpus))
+            .then_with(|| b.cluster_name.cmp(&a.cluster_name))
+    })
+}
+
+/// How many instances other than `number` each cluster holds (by cluster id), from
+/// `(instance number, cluster id, status)` of a service's instances; finished ones do not count.
+pub fn spread_counts<'a>(
+    placements: impl IntoIterator<Item = (u32, &'a str, &'a str)>,
+    number: u32,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (n, cluster, st) in placements {
+        if n == number || !counts_for_spread(st) {
+            continue;
+        }
+        *counts.entry(cluster.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Whether an instance in status `st` counts where it is placed (finished ones do not).
+pub fn counts_for_spread(st: &str) -> bool {
+    st != status::COMPLETED && st != status::UNDEPLOYED
+}
+
+/// [`spread_counts`] of a service document's `instance_list`.
+pub fn spread_counts_of(service: &Service, number: u32) -> HashMap<String, usize> {
+    let placements = service
+        .instance_list
+        .iter()
+        .filter_map(|i| i.cluster_id.as_deref().map(|c| (i.instance_number, c, i.status.as_str())));
+    spread_counts(placements, number)
+}
+
+/// `"a"`, or `"a" or "b"`.
+fn quoted_alternatives(names: &[&str]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(" or ")
 }
 
 /// A sentence for the instance's `status_detail` explaining a negative scheduling status.
@@ -55,38 +178,83 @@ pub fn explain(negative: &str) -> &'static str {
     }
 }
 
-/// A sharper `status_detail` when the cause is that no active cluster offers the service's
-/// virtualization or any of its architectures at all (not a matter of free capacity).
-pub fn missing_offer(service: &Service, clusters: &[Cluster]) -> Option<String> {
+/// The requirement of `service` that no active cluster of `clusters` meets, as a sentence for
+/// the instance's `status_detail`; `None` when one fits. Requirements are checked in a fixed
+/// order (virtualization, allowed clusters, add-ons, architecture, vCPUs, memory, GPUs, then
+/// all of them at once on one architecture), each on the clusters that met the earlier ones,
+/// so the sentence names the first requirement that leaves no cluster.
+pub fn unmet(service: &Service, clusters: &[Cluster]) -> Option<String> {
+    unmet_in(service, clusters, "active cluster")
+}
+
+/// One free amount of a cluster.
+type Amount = fn(&Cluster) -> f64;
+
+fn unmet_in(service: &Service, clusters: &[Cluster], scope: &str) -> Option<String> {
     let spec = &service.spec;
-    let active: Vec<&Cluster> = clusters.iter().filter(|c| c.active).collect();
-    if active.is_empty() {
-        return None;
+    let mut left: Vec<&Cluster> = clusters.iter().filter(|c| c.active).collect();
+    if left.is_empty() {
+        return Some(format!("no {scope}: waiting for a cluster to join or report"));
     }
-    let offering: Vec<&&Cluster> = active.iter().filter(|c| c.virtualization.contains(&spec.virtualization)).collect();
+    let virt = &spec.virtualization;
+    let offering: Vec<&Cluster> = left.iter().copied().filter(|c| c.virtualization.contains(virt)).collect();
     if offering.is_empty() {
-        let mut offered: Vec<&str> = active.iter().flat_map(|c| c.virtualization.iter().map(String::as_str)).collect();
+        let mut offered: Vec<&str> = left.iter().flat_map(|c| c.virtualization.iter().map(String::as_str)).collect();
         offered.sort_unstable();
         offered.dedup();
+        let offered = if offered.is_empty() { "none".to_string() } else { offered.join(", ") };
+        return Some(format!("no {scope} offers virtualization {virt:?} (offered: {offered})"));
+    }
+    left = offering;
+    for allowed in spec.constraints.iter().filter(|k| k.kind == "clusters") {
+        let names = allowed.allowed.as_deref().unwrap_or_default();
+        left.retain(|c| names.contains(&c.cluster_name));
+        if left.is_empty() {
+            return Some(format!("no {scope} is one of the allowed clusters ({})", names.join(", ")));
+        }
+    }
+    for addons in spec.constraints.iter().filter(|k| k.kind == "addons") {
+        let needs = addons.needs.as_deref().unwrap_or_default();
+        left.retain(|c| needs.iter().all(|n| c.supported_addons.contains(n)));
+        if left.is_empty() {
+            return Some(format!("no {scope} supports the add-ons {}", needs.join(", ")));
+        }
+    }
+    let archs: &[String] = spec.arch.as_deref().unwrap_or_default();
+    if !archs.is_empty() {
+        left.retain(|c| archs.iter().any(|a| c.aggregation_per_architecture.contains_key(a)));
+        if left.is_empty() {
+            return Some(format!("no {scope} offering {virt:?} has a worker of architecture {}", archs.join(" or ")));
+        }
+    }
+    let memory = spec.memory_mb();
+    let most = |left: &[&Cluster], key: Amount| {
+        left.iter()
+            .map(|c| (key(c), c.cluster_name.clone()))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+    };
+    let steps: [(&str, f64, Amount); 3] = [
+        ("free vCPUs", spec.vcpus as f64, |c| c.vcpus),
+        ("MB of free memory", memory as f64, |c| c.memory as f64),
+        ("free GPUs", spec.vgpus as f64, |c| c.vgpus as f64),
+    ];
+    for (what, need, key) in steps {
+        let best = most(&left, key);
+        left.retain(|c| key(c) >= need);
+        if left.is_empty() {
+            let (have, on) = best.unwrap_or_default();
+            return Some(format!("no {scope} has {need} {what} (most: {have} on {on})"));
+        }
+    }
+    if !left.iter().any(|c| fits(service, c)) {
         return Some(format!(
-            "no active cluster offers virtualization {:?} (offered: {})",
-            spec.virtualization,
-            if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+            "no {scope} has {} vCPUs, {memory} MB and {} GPUs free on workers of architecture {}",
+            spec.vcpus,
+            spec.vgpus,
+            archs.join(" or ")
         ));
     }
-    match spec.arch.as_deref() {
-        Some(archs) if !archs.is_empty() => {
-            let any = offering.iter().any(|c| archs.iter().any(|a| c.aggregation_per_architecture.contains_key(a)));
-            (!any).then(|| {
-                format!(
-                    "no active cluster offering {:?} has a worker of architecture {}",
-                    spec.virtualization,
-                    archs.join(" or ")
-                )
-            })
-        }
-        _ => None,
-    }
+    None
 }
 
 fn fits(service: &Service, c: &Cluster) -> bool {
@@ -245,18 +413,18 @@ mod tests {
         svc.spec.virtualization = "unikernel".into();
         let c = cluster("a", true, 4.0, 1000);
         assert_eq!(
-            missing_offer(&svc, std::slice::from_ref(&c)).unwrap(),
+            unmet(&svc, std::slice::from_ref(&c)).unwrap(),
             "no active cluster offers virtualization \"unikernel\" (offered: docker)"
         );
         let mut u = with_arch(c.clone(), "amd64", 4.0, 1000, 0);
         u.virtualization.push("unikernel".into());
-        assert_eq!(missing_offer(&svc, std::slice::from_ref(&u)), None);
+        assert_eq!(unmet(&svc, std::slice::from_ref(&u)), None);
         svc.spec.arch = Some(vec!["arm64".into()]);
         assert_eq!(
-            missing_offer(&svc, std::slice::from_ref(&u)).unwrap(),
+            unmet(&svc, std::slice::from_ref(&u)).unwrap(),
             "no active cluster offering \"unikernel\" has a worker of architecture arm64"
         );
-        assert_eq!(missing_offer(&svc, &[]), None, "no cluster at all has its own status");
+        assert_eq!(unmet(&svc, &[]).unwrap(), "no active cluster: waiting for a cluster to join or report");
     }
 
     fn with_arch(mut c: Cluster, arch: &str, vcpus: f64, memory: u64, gpus: u64) -> Cluster {
@@ -408,5 +576,146 @@ mod tests {
         let on_a = (0..20u32).map(|k| (svc.id.clone(), k)).find(|k| r.clone().release(k).as_deref() == Some("id-a"));
         assert_eq!(r.release(&on_a.unwrap()).as_deref(), Some("id-a"));
         assert_eq!(choose_cluster(&svc, &r.applied(&reported)).unwrap().cluster_name, "a");
+    }
+
+    fn placed(number: u32, on: &str) -> oak_api::model::Instance {
+        let mut i = oak_api::model::Instance::new(number, status::RUNNING, "", 0.0);
+        i.cluster_id = Some(format!("id-{on}"));
+        i
+    }
+
+    fn hosts(entries: &[(&str, &[&str])]) -> NodeHosts {
+        entries.iter().map(|(c, nodes)| (format!("id-{c}"), nodes.iter().map(|n| n.to_string()).collect())).collect()
+    }
+
+    fn node(names: &str) -> Constraint {
+        Constraint { kind: "direct".into(), node: Some(names.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn instances_spread_over_clusters_unless_the_service_opts_out() {
+        // b has more free memory, so without spreading everything goes there.
+        let clusters = vec![cluster("a", true, 4.0, 3000), cluster("b", true, 8.0, 4000)];
+        let mut svc = service(1, 100, vec![]);
+        let mut order = Vec::new();
+        for n in 0..4u32 {
+            let c = choose(&svc, &clusters, None, &spread_counts_of(&svc, n)).unwrap();
+            order.push(c.cluster_name.clone());
+            svc.instance_list.push(placed(n, &c.cluster_name));
+        }
+        assert_eq!(order, ["b", "a", "b", "a"]);
+        // Re-placing instance 0 (on b) counts only the others: b holds 1, a holds 2.
+        assert_eq!(choose(&svc, &clusters, None, &spread_counts_of(&svc, 0)).unwrap().cluster_name, "b");
+        // Completed instances no longer count.
+        for i in svc.instance_list.iter_mut().filter(|i| i.cluster_id.as_deref() == Some("id-a")) {
+            i.status = status::COMPLETED.into();
+        }
+        assert_eq!(choose(&svc, &clusters, None, &spread_counts_of(&svc, 9)).unwrap().cluster_name, "a");
+
+        // Counted from the store's rows: finished and this instance's own place do not count.
+        let rows = [(0, "a", status::RUNNING), (1, "a", status::COMPLETED), (2, "b", status::RUNNING), (3, "a", "")];
+        let want: HashMap<String, usize> = [("a".to_string(), 2)].into();
+        assert_eq!(spread_counts(rows, 2), want);
+
+        // spread = false packs by free capacity.
+        let mut packed = service(1, 100, vec![]);
+        packed.spec.spread = false;
+        for n in 0..3u32 {
+            let c = choose(&packed, &clusters, None, &spread_counts_of(&packed, n)).unwrap();
+            assert_eq!(c.cluster_name, "b");
+            packed.instance_list.push(placed(n, "b"));
+        }
+        // Spreading never picks a cluster that does not fit.
+        let mut big = service(1, 3500, vec![]);
+        big.instance_list.push(placed(0, "b"));
+        assert_eq!(choose(&big, &clusters, None, &spread_counts_of(&big, 1)).unwrap().cluster_name, "b");
+    }
+
+    #[test]
+    fn a_direct_node_goes_to_the_cluster_holding_it() {
+        let clusters =
+            vec![cluster("a", true, 4.0, 3000), cluster("b", true, 8.0, 4000), cluster("off", false, 8.0, 4000)];
+        let h = hosts(&[("a", &["edge-1", "edge-2"]), ("b", &["big-1"]), ("off", &["gone-1"])]);
+        let pick = |c: Constraint| {
+            choose(&service(1, 100, vec![c]), &clusters, Some(&h), &HashMap::new()).map(|c| c.cluster_name.clone())
+        };
+        assert_eq!(pick(node("edge-2")).unwrap(), "a", "a has less memory free but holds the node");
+        assert_eq!(pick(node(" zz ; big-1")).unwrap(), "b");
+        assert_eq!(
+            pick(node("x")).unwrap_err(),
+            Unplaced::new(status::TARGET_CLUSTER_NOT_FOUND, "no cluster has node \"x\"")
+        );
+        assert_eq!(pick(node("x;y")).unwrap_err().detail, "no cluster has node \"x\" or \"y\"");
+        let e = pick(node("gone-1")).unwrap_err();
+        assert_eq!(e.status, status::TARGET_CLUSTER_NOT_ACTIVE);
+        assert_eq!(e.detail, "the cluster holding node \"gone-1\" (off) is not active");
+        // A named cluster decides, whatever the node.
+        let both = Constraint { cluster: Some("b".into()), ..node("edge-1") };
+        assert_eq!(pick(both).unwrap(), "b");
+        // Too big for the cluster holding the node: not placed elsewhere.
+        let e = choose(&service(6, 100, vec![node("edge-1")]), &clusters, Some(&h), &HashMap::new()).unwrap_err();
+        assert_eq!(e.status, status::TARGET_CLUSTER_NO_CAPACITY);
+        assert_eq!(e.detail, "no active cluster holding node \"edge-1\" has 6 free vCPUs (most: 4 on a)");
+        // Without the node view the clusters decide (the old behaviour).
+        assert_eq!(
+            choose(&service(1, 100, vec![node("edge-1")]), &clusters, None, &HashMap::new()).unwrap().cluster_name,
+            "b"
+        );
+    }
+
+    #[test]
+    fn unmet_names_the_first_requirement_no_cluster_meets() {
+        let mut a = cluster("a", true, 4.0, 3000);
+        a.vgpus = 1;
+        let b = cluster("b", true, 8.0, 2000);
+        let all = vec![a, b, cluster("off", false, 64.0, 64000)];
+        let mut gpus = service(1, 100, vec![]);
+        gpus.spec.vgpus = 2;
+        let cases: Vec<(&str, Service, Option<&str>)> = vec![
+            ("fits", service(1, 100, vec![]), None),
+            ("vcpus", service(16, 100, vec![]), Some("no active cluster has 16 free vCPUs (most: 8 on b)")),
+            (
+                "memory",
+                service(1, 5000, vec![]),
+                Some("no active cluster has 5000 MB of free memory (most: 3000 on a)"),
+            ),
+            ("gpus", gpus, Some("no active cluster has 2 free GPUs (most: 1 on a)")),
+            (
+                "vcpus, then memory among those with the vCPUs",
+                service(6, 2500, vec![]),
+                Some("no active cluster has 2500 MB of free memory (most: 2000 on b)"),
+            ),
+            (
+                "allowed",
+                service(1, 100, vec![allowed(&["off", "zz"])]),
+                Some("no active cluster is one of the allowed clusters (off, zz)"),
+            ),
+            ("addons", service(1, 100, vec![addons(&["flops"])]), Some("no active cluster supports the add-ons flops")),
+        ];
+        for (name, svc, want) in cases {
+            assert_eq!(unmet(&svc, &all).as_deref(), want, "{name}");
+            let placed = choose(&svc, &all, None, &HashMap::new());
+            match want {
+                None => assert!(placed.is_ok(), "{name}"),
+                Some(detail) => {
+                    assert_eq!(
+                        placed.unwrap_err(),
+                        Unplaced::new(status::NO_ACTIVE_CLUSTER_WITH_CAPACITY, detail),
+                        "{name}"
+                    )
+                }
+            }
+        }
+        let e = choose(&service(16, 100, vec![direct("a")]), &all, None, &HashMap::new()).unwrap_err();
+        assert_eq!(e.detail, "no cluster \"a\" has 16 free vCPUs (most: 4 on a)");
+        let e = choose(&service(1, 100, vec![direct("zz")]), &all, None, &HashMap::new()).unwrap_err();
+        assert_eq!(e, Unplaced::new(status::TARGET_CLUSTER_NOT_FOUND, "no cluster is named \"zz\""));
+        // Architecture capacity: the cluster total fits, no single architecture does.
+        let arm = with_arch(with_arch(cluster("m", true, 4.0, 3000), "arm64", 2.0, 1000, 0), "amd64", 2.0, 2000, 0);
+        let svc = arch_service(1, 1500, &["arm64"], vec![]);
+        assert_eq!(
+            unmet(&svc, std::slice::from_ref(&arm)).unwrap(),
+            "no active cluster has 1 vCPUs, 1500 MB and 0 GPUs free on workers of architecture arm64"
+        );
     }
 }

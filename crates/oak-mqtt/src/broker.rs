@@ -268,7 +268,8 @@ impl BrokerHandle {
     }
 
     /// Closes every connection authenticated as node `node_id` (e.g. after it was deregistered);
-    /// returns how many there were. The node may reconnect if its credentials are still accepted.
+    /// returns how many there were. The node may reconnect if its credentials are still accepted,
+    /// and then resumes its persistent session (kept sessions are forgotten after an hour).
     pub fn disconnect_node(&self, node_id: &str) -> usize {
         self.shared.router.kick_node(node_id)
     }

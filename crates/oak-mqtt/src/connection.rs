@@ -289,15 +289,17 @@ impl<S: Stream> Connection<S> {
         let registered = self.shared.router.register_remote(RemoteClient {
             principal: &principal,
             client_id: &client_id,
+            clean_session: connect.clean_session,
             label: label.clone(),
             sink: tx,
             kill: kill.clone(),
         });
-        let Some(id) = registered else {
+        let Some((id, session_present)) = registered else {
             let code = ConnectReturnCode::ServiceUnavailable;
             return Err(refuse(&mut self.wbuf, code, "broker shutting down".into()));
         };
-        put(&mut self.wbuf, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)));
+        // Queued before any delivery (kept ones of a resumed session wait in `rx`).
+        put(&mut self.wbuf, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)));
         debug!(client = %label, keep_alive = connect.keep_alive, "MQTT client connected");
         Ok(Session {
             shared: self.shared.clone(),

@@ -54,13 +54,17 @@
 //! # Behaviour and limits
 //!
 //! * QoS 0 and 1. Incoming QoS 1 is acknowledged after routing; deliveries go out at
-//!   min(publish QoS, subscription QoS) with fresh packet ids. PUBACKs are accepted; nothing is
-//!   redelivered (clean sessions only). QoS 2 PUBLISH (and PUBREC/PUBREL/PUBCOMP) closes the
-//!   connection; a QoS 2 subscription is granted as QoS 1.
-//! * Clean sessions only: CONNACK always says `session_present = false`, and a `clean_session = 0`
-//!   client is treated as a new clean session. Retained messages and wills are not supported: the
-//!   retain flag is ignored (messages are delivered to current subscribers only) and a will is
-//!   never published.
+//!   min(publish QoS, subscription QoS) with fresh packet ids. PUBACKs are accepted; a delivery
+//!   in flight when a connection drops is not redelivered. QoS 2 PUBLISH (and
+//!   PUBREC/PUBREL/PUBCOMP) closes the connection; a QoS 2 subscription is granted as QoS 1.
+//! * Sessions: a `clean_session = 0` client's subscriptions outlive its connection. While it is
+//!   away, QoS 1 messages for them are kept (at most 1,024, the oldest dropped first, for an
+//!   hour); its next connection with the same client id and `clean_session = 0` gets
+//!   `session_present = true`, its subscriptions, and the kept messages right after the CONNACK
+//!   (a worker restarting or reconnecting still gets the deploy sent meanwhile). A clean
+//!   session discards what was kept. Retained messages and
+//!   wills are not supported: the retain flag is ignored (messages are delivered to current
+//!   subscribers and kept sessions only) and a will is never published.
 //! * A second CONNECT with the same client id from the same principal takes over: the older
 //!   connection is closed. Client ids are scoped per principal, so one node cannot kick another off
 //!   by reusing its client id. An empty client id (with clean session) gets a generated one.

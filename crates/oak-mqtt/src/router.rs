@@ -3,10 +3,18 @@
 //! All state sits behind one `RwLock`: routing (the hot path, run by the publishing connection's
 //! own task) only takes the read lock and never waits for a subscriber — deliveries go into bounded
 //! per-subscriber queues with `try_send`. CONNECT, SUBSCRIBE and disconnects take the write lock.
+//!
+//! A client that connected with `clean_session = 0` keeps its session when it disconnects: its
+//! subscriptions stay in the tree under its old id ("parked") and QoS 1 messages for them are
+//! kept (at most [`PARKED_QUEUE`], oldest dropped first, for [`PARKED_TTL`]); the next
+//! connection of the same principal and client id without a clean session takes the
+//! subscriptions over and gets the kept messages first, after its CONNACK. So a command sent
+//! while a worker reconnects (restarted, or a dropped connection) still reaches it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::QoS;
 use tokio::sync::mpsc::error::TrySendError;
@@ -78,29 +86,48 @@ impl KillSwitch {
 
 type SessionKey = (Principal, String);
 
+/// Most QoS 1 messages kept for one disconnected session.
+pub(crate) const PARKED_QUEUE: usize = 1024;
+/// How long a disconnected session is kept.
+pub(crate) const PARKED_TTL: Duration = Duration::from_secs(3600);
+
 struct Subscriber {
     /// For logs: who this is.
     label: Arc<str>,
     sink: mpsc::Sender<Delivery>,
     /// `None` for local clients, which cannot be disconnected.
     kill: Option<Arc<KillSwitch>>,
-    /// Filters this subscriber holds, to clean the tree up when it goes away.
-    filters: Vec<Box<str>>,
+    /// Filters this subscriber holds and their QoS, to clean the tree up when it goes away (or
+    /// hand them to the session's next connection).
+    filters: Vec<(Box<str>, QoS)>,
     session: Option<SessionKey>,
+    /// Connected with `clean_session = 0`: parked when it disconnects.
+    persistent: bool,
     dropped: AtomicU64,
+}
+
+/// A disconnected persistent session: its subscriptions stay in the tree under its old id.
+struct Parked {
+    key: SessionKey,
+    label: Arc<str>,
+    filters: Vec<(Box<str>, QoS)>,
+    queue: Mutex<VecDeque<Delivery>>,
+    since: Instant,
 }
 
 #[derive(Default)]
 struct State {
     subscribers: HashMap<SubscriberId, Subscriber>,
     sessions: HashMap<SessionKey, SubscriberId>,
+    parked: HashMap<SubscriberId, Parked>,
+    parked_keys: HashMap<SessionKey, SubscriberId>,
     tree: SubscriptionTree,
 }
 
 impl State {
     fn remove(&mut self, id: SubscriberId) -> Option<Subscriber> {
         let sub = self.subscribers.remove(&id)?;
-        for filter in &sub.filters {
+        for (filter, _) in &sub.filters {
             self.tree.remove(filter, id);
         }
         if let Some(key) = &sub.session {
@@ -109,6 +136,29 @@ impl State {
             }
         }
         Some(sub)
+    }
+
+    /// Forgets a parked session and its subscriptions.
+    fn unpark(&mut self, id: SubscriberId) -> Option<Parked> {
+        let parked = self.parked.remove(&id)?;
+        for (filter, _) in &parked.filters {
+            self.tree.remove(filter, id);
+        }
+        if self.parked_keys.get(&parked.key) == Some(&id) {
+            self.parked_keys.remove(&parked.key);
+        }
+        Some(parked)
+    }
+
+    /// Forgets the sessions parked longer than [`PARKED_TTL`].
+    fn expire_parked(&mut self, now: Instant) {
+        let old: Vec<SubscriberId> =
+            self.parked.iter().filter(|(_, p)| now.duration_since(p.since) > PARKED_TTL).map(|(id, _)| *id).collect();
+        for id in old {
+            if let Some(p) = self.unpark(id) {
+                info!(client = %p.label, "forgetting a session disconnected for an hour");
+            }
+        }
     }
 }
 
@@ -123,6 +173,8 @@ pub(crate) struct Router {
 pub(crate) struct RemoteClient<'a> {
     pub principal: &'a Principal,
     pub client_id: &'a str,
+    /// The CONNECT's flag: `false` asks to resume (and later keep) the session.
+    pub clean_session: bool,
     pub label: Arc<str>,
     pub sink: mpsc::Sender<Delivery>,
     pub kill: Arc<KillSwitch>,
@@ -153,19 +205,55 @@ impl Router {
     }
 
     /// Registers an authenticated TCP client. An older connection of the same principal with the
-    /// same client id is unregistered and told to close. `None` once the broker shut down.
-    pub fn register_remote(&self, client: RemoteClient<'_>) -> Option<SubscriberId> {
+    /// same client id is unregistered and told to close. Without a clean session, the session of
+    /// that connection or the parked one is resumed: its subscriptions move to the new id and
+    /// the messages kept for it are queued at once. Returns the id and whether a session was
+    /// resumed (CONNACK's `session_present`); `None` once the broker shut down.
+    pub fn register_remote(&self, client: RemoteClient<'_>) -> Option<(SubscriberId, bool)> {
         let mut state = self.write();
         if self.is_closed() {
             return None;
         }
+        state.expire_parked(Instant::now());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key: SessionKey = (client.principal.clone(), client.client_id.to_owned());
+        let mut resumed: Option<Vec<(Box<str>, QoS)>> = None;
+        let mut kept = VecDeque::new();
         if let Some(old_id) = state.sessions.insert(key.clone(), id) {
             if let Some(old) = state.remove(old_id) {
                 info!(client = %client.label, old = %old.label, "client id taken over by a new connection");
                 if let Some(kill) = &old.kill {
                     kill.trip(KickReason::TakenOver);
+                }
+                if old.persistent {
+                    resumed = Some(old.filters);
+                }
+            }
+        }
+        if let Some(parked_id) = state.parked_keys.get(&key).copied() {
+            if let Some(parked) = state.unpark(parked_id) {
+                if resumed.is_none() {
+                    resumed = Some(parked.filters);
+                    kept = parked.queue.into_inner().unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        let (filters, session_present) = match resumed {
+            Some(filters) if !client.clean_session => (filters, true),
+            _ => (Vec::new(), false),
+        };
+        for (filter, qos) in &filters {
+            state.tree.insert(filter, id, *qos);
+        }
+        if session_present {
+            info!(client = %client.label, kept = kept.len(), subscriptions = filters.len(), "session resumed");
+        }
+        let sink = client.sink;
+        if session_present {
+            for delivery in kept {
+                // The queue is fresh and as long as the parked one; a short one drops the rest.
+                if sink.try_send(delivery).is_err() {
+                    Counters::bump(&self.stats.dropped);
                 }
             }
         }
@@ -173,14 +261,15 @@ impl Router {
             id,
             Subscriber {
                 label: client.label,
-                sink: client.sink,
+                sink,
                 kill: Some(client.kill),
-                filters: Vec::new(),
+                filters,
                 session: Some(key),
+                persistent: !client.clean_session,
                 dropped: AtomicU64::new(0),
             },
         );
-        Some(id)
+        Some((id, session_present))
     }
 
     /// Registers an in-process client. `None` once the broker shut down.
@@ -192,14 +281,41 @@ impl Router {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         state.subscribers.insert(
             id,
-            Subscriber { label, sink, kill: None, filters: Vec::new(), session: None, dropped: AtomicU64::new(0) },
+            Subscriber {
+                label,
+                sink,
+                kill: None,
+                filters: Vec::new(),
+                session: None,
+                persistent: false,
+                dropped: AtomicU64::new(0),
+            },
         );
         Some(id)
     }
 
     /// Forgets a subscriber and its subscriptions; returns how many deliveries it had dropped.
+    /// A persistent session that no newer connection took over is parked instead: its
+    /// subscriptions stay and collect QoS 1 messages until it comes back.
     pub fn unregister(&self, id: SubscriberId) -> Option<u64> {
-        self.write().remove(id).map(|sub| sub.dropped.into_inner())
+        let mut state = self.write();
+        let current_persistent = state.subscribers.get(&id).is_some_and(|sub| {
+            sub.persistent && sub.session.as_ref().is_some_and(|key| state.sessions.get(key) == Some(&id))
+        });
+        if !current_persistent || self.is_closed() {
+            return state.remove(id).map(|sub| sub.dropped.into_inner());
+        }
+        let sub = state.subscribers.remove(&id)?;
+        let key = sub.session.clone()?;
+        state.sessions.remove(&key);
+        let now = Instant::now();
+        state.expire_parked(now);
+        if let Some(older) = state.parked_keys.insert(key.clone(), id) {
+            state.unpark(older);
+        }
+        let parked = Parked { key, label: sub.label, filters: sub.filters, queue: Mutex::default(), since: now };
+        state.parked.insert(id, parked);
+        Some(sub.dropped.into_inner())
     }
 
     /// Adds (or re-QoSes) a subscription; `false` if the subscriber is gone (taken over, shut down).
@@ -208,8 +324,9 @@ impl Router {
         let Some(sub) = state.subscribers.get_mut(&id) else {
             return false;
         };
-        if !sub.filters.iter().any(|f| &**f == filter) {
-            sub.filters.push(filter.into());
+        match sub.filters.iter_mut().find(|(f, _)| &**f == filter) {
+            Some((_, q)) => *q = qos,
+            None => sub.filters.push((filter.into(), qos)),
         }
         state.tree.insert(filter, id, qos);
         true
@@ -221,7 +338,7 @@ impl Router {
         let Some(sub) = state.subscribers.get_mut(&id) else {
             return false;
         };
-        sub.filters.retain(|f| &**f != filter);
+        sub.filters.retain(|(f, _)| &**f != filter);
         state.tree.remove(filter, id)
     }
 
@@ -242,10 +359,20 @@ impl Router {
         }
         let mut queued = 0;
         for &(id, sub_qos) in scratch.iter() {
+            let qos = if (sub_qos as u8) < (qos as u8) { sub_qos } else { qos };
             let Some(sub) = state.subscribers.get(&id) else {
+                // A parked session keeps what it must get at least once, the newest.
+                if let (Some(parked), QoS::AtLeastOnce) = (state.parked.get(&id), qos) {
+                    let mut kept = parked.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    if kept.len() >= PARKED_QUEUE {
+                        kept.pop_front();
+                        Counters::bump(&self.stats.dropped);
+                    }
+                    kept.push_back(Delivery { msg: msg.clone(), qos });
+                    queued += 1;
+                }
                 continue;
             };
-            let qos = if (sub_qos as u8) < (qos as u8) { sub_qos } else { qos };
             match sub.sink.try_send(Delivery { msg: msg.clone(), qos }) {
                 Ok(()) => {
                     queued += 1;
@@ -272,7 +399,8 @@ impl Router {
         queued
     }
 
-    /// Tells every connection authenticated as node `node_id` to close; returns how many.
+    /// Tells every connection authenticated as node `node_id` to close; returns how many. Its
+    /// persistent sessions are parked as usual (a re-registered worker resumes them).
     pub fn kick_node(&self, node_id: &str) -> usize {
         let state = self.read();
         let mut kicked = 0;

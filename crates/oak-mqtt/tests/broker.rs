@@ -320,3 +320,73 @@ async fn refused_connect_codes_follow_the_authorizer() {
     let msg = within("operator message", cluster.recv()).await.unwrap();
     assert_eq!(msg.topic, "nodes/n7/control/deploy");
 }
+
+/// A worker connects with `clean_session = 0`: what the cluster sends while it is away (a
+/// restart, a dropped connection) reaches it when it comes back; a clean session starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_the_commands_sent_while_it_was_away() {
+    let broker = TestBroker::start().await;
+    let cluster = broker.handle.local_client("cluster");
+    let persistent = || {
+        let mut o = options(broker.addr, "n1-ne", Some(("n1", "pw1")));
+        o.set_clean_session(false);
+        o
+    };
+    let connack = |ev: &Ev| match ev {
+        Ev::In(Packet::ConnAck(ack)) => Some((ack.code, ack.session_present)),
+        _ => None,
+    };
+
+    let mut n1 = Client::start(persistent());
+    assert_eq!(n1.wait_for("CONNACK", connack).await, (ConnectReturnCode::Success, false));
+    n1.subscribe("nodes/n1/control/#", QoS::AtLeastOnce).await;
+    drop(n1);
+    broker.wait_stats("n1 gone", |s| s.connections == 0).await;
+
+    // Kept: QoS 1, in order. Not kept: QoS 0, other nodes' topics.
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"d1".to_vec()).unwrap(), 1);
+    assert_eq!(cluster.publish_with_qos("nodes/n1/control/deploy", b"q0".to_vec(), QoS::AtMostOnce).unwrap(), 0);
+    assert_eq!(cluster.publish("nodes/n1/control/delete", b"d2".to_vec()).unwrap(), 1);
+    assert_eq!(cluster.publish("nodes/n2/control/deploy", b"other".to_vec()).unwrap(), 0);
+
+    let mut n1 = Client::start(persistent());
+    assert_eq!(n1.wait_for("CONNACK", connack).await, (ConnectReturnCode::Success, true));
+    let first = n1.next_publish().await;
+    assert_eq!(
+        (first.topic.as_str(), first.qos, &first.payload[..]),
+        ("nodes/n1/control/deploy", QoS::AtLeastOnce, &b"d1"[..])
+    );
+    let second = n1.next_publish().await;
+    assert_eq!((second.topic.as_str(), &second.payload[..]), ("nodes/n1/control/delete", &b"d2"[..]));
+    // The subscription came back with the session: live messages flow without a new SUBSCRIBE.
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"live".to_vec()).unwrap(), 1);
+    assert_eq!(&n1.next_publish().await.payload[..], b"live");
+    drop(n1);
+    broker.wait_stats("n1 gone again", |s| s.connections == 0).await;
+
+    // A clean session throws the kept session away.
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"stale".to_vec()).unwrap(), 1);
+    let mut n1 = Client::start(options(broker.addr, "n1-ne", Some(("n1", "pw1"))));
+    assert_eq!(n1.wait_for("CONNACK", connack).await, (ConnectReturnCode::Success, false));
+    n1.subscribe("nodes/n1/control/#", QoS::AtLeastOnce).await;
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"fresh".to_vec()).unwrap(), 1);
+    assert_eq!(&n1.next_publish().await.payload[..], b"fresh", "the stale command must not be delivered");
+    drop(n1);
+    broker.wait_stats("n1 gone a third time", |s| s.connections == 0).await;
+    // … and keeps nothing after it.
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"x".to_vec()).unwrap(), 0);
+
+    // The cluster ends a re-registering node's connections (new password): its session is kept
+    // for the connection that follows.
+    let mut n1 = Client::start(persistent());
+    assert_eq!(n1.wait_for("CONNACK", connack).await, (ConnectReturnCode::Success, false));
+    n1.subscribe("nodes/n1/control/#", QoS::AtLeastOnce).await;
+    assert_eq!(broker.handle.disconnect_node("n1"), 1);
+    n1.closed().await;
+    broker.wait_stats("n1 disconnected", |s| s.connections == 0).await;
+    assert_eq!(cluster.publish("nodes/n1/control/deploy", b"after kick".to_vec()).unwrap(), 1);
+    let mut n1 = Client::start(persistent());
+    assert_eq!(n1.wait_for("CONNACK", connack).await, (ConnectReturnCode::Success, true));
+    assert_eq!(&n1.next_publish().await.payload[..], b"after kick");
+    broker.stop().await;
+}

@@ -140,6 +140,9 @@ pub trait RootStore: Send + Sync + 'static {
     fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>>;
     /// Services with, in `instance_list`, only their instances assigned to `cluster_id`.
     fn cluster_instances(&self, cluster_id: &str) -> Result<Vec<Service>>;
+    /// `(instance number, cluster id, status)` of every instance of `service_id` that has a
+    /// cluster (what spreading over clusters counts).
+    fn service_placements(&self, service_id: &str) -> Result<Vec<(u32, String, String)>>;
     /// `(service id, instance number)` of every instance whose status is one of `statuses`.
     fn instances_in_status(&self, statuses: &[&str]) -> Result<Vec<(String, u32)>>;
     /// Loads each instance named in `keys` and lets `change` edit it (returning whether to save),

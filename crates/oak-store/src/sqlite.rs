@@ -553,6 +553,16 @@ impl RootStore for SqliteStore {
         Ok(services)
     }
 
+    fn service_placements(&self, service_id: &str) -> Result<Vec<(u32, String, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT instance_number, cluster_id, status FROM instances WHERE service_id = ?1 AND cluster_id IS NOT NULL
+             ORDER BY instance_number",
+        )?;
+        let rows = stmt.query_map(params![service_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     fn instances_in_status(&self, statuses: &[&str]) -> Result<Vec<(String, u32)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(

@@ -14,13 +14,21 @@ pub(crate) async fn write_private(path: &Path, bytes: Vec<u8>) -> io::Result<()>
         .map_err(|e| io::Error::other(format!("writer task failed: {e}")))?
 }
 
+/// On failure (a full disk) the old file is left as it was and the partial temporary one is
+/// removed, so it holds no space.
 pub(crate) fn write_private_blocking(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temp_path(path);
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn temp_path(path: &Path) -> PathBuf {

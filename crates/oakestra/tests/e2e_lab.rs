@@ -1034,6 +1034,29 @@ fn scenario_memory_limit(t: &mut Topology) -> Result<()> {
     Ok(())
 }
 
+/// The `/metrics` of `worker`'s cluster.
+fn cluster_metrics(t: &Topology, worker: &str) -> Result<String> {
+    let w = t.worker(worker);
+    let cluster = t.clusters.iter().find(|c| c.name == format!("cluster-{}", w.cluster)).context("its cluster")?;
+    // The node API is HTTPS, trusted through the CA the cluster's node token pins.
+    let token = std::fs::read_to_string(t.dir.join(format!("data/{}/node-token", cluster.name)))?;
+    let pin = oak_tls::JoinToken::parse(&token, oak_tls::TokenKind::Node)?.ca;
+    let tls = oak_tls::pinned_client_config(pin, oak_tls::CLUSTER_SERVER_NAME, None)?;
+    let client = reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(oak_tls::rustls::ClientConfig::clone(&tls))
+        .build()?;
+    let url = format!("https://{}:10100/metrics", cluster.host.ip());
+    Ok(client.get(&url).send()?.error_for_status()?.text()?)
+}
+
+/// How long ago `worker`'s cluster last heard from it.
+fn report_age(t: &Topology, worker: &str) -> Result<Duration> {
+    let prefix = format!("oakestra_worker_report_age_seconds{{node=\"{}\"}} ", t.worker(worker).id);
+    let text = cluster_metrics(t, worker)?;
+    let line = text.lines().find_map(|l| l.strip_prefix(&prefix)).with_context(|| format!("{prefix} in\n{text}"))?;
+    Ok(Duration::from_secs_f64(line.trim().parse()?))
+}
+
 fn scenario_worker_restart(t: &mut Topology) -> Result<()> {
     let image = t.images.web.clone();
     // The overlay gives the container a namespace of its own: the node's port is a mapping.
@@ -1063,6 +1086,9 @@ fn scenario_worker_restart(t: &mut Topology) -> Result<()> {
     let old_id = t.worker("e1").id.clone();
 
     let log_before = t.worker("e1").proc.log_text().len();
+    let cluster_name = format!("cluster-{}", t.worker("e1").cluster);
+    let cluster_log = |t: &Topology| t.clusters.iter().find(|c| c.name == cluster_name).map(|c| c.log_text());
+    let cluster_log_before = cluster_log(t).context("e1's cluster")?.len();
     let stopped_at = Instant::now();
     let status = t.worker_mut("e1").proc.stop()?.context("e1 was running")?;
     ensure!(status.success(), "worker e1 exited with {status} on SIGTERM");
@@ -1088,13 +1114,20 @@ fn scenario_worker_restart(t: &mut Topology) -> Result<()> {
         let new = log.get(log_before..).unwrap_or("");
         Ok((new.contains("adopted running instance") && new.contains("connected to the broker")).then_some(()))
     })?;
+    let back = Instant::now();
     eprintln!("e2e-lab: e1 back after {:?}", stopped_at.elapsed());
-    // Beyond the cluster's node timeout (6 s) after the stop, the instance must still be there.
-    while stopped_at.elapsed() < Duration::from_secs(10) {
+    // Once the cluster has heard from the restarted e1, the restart can no longer cost e1 its
+    // instance (its reports reset the worker timeout): until then, and at that point, the
+    // instance must still be RUNNING there, and the cluster must never have declared e1 lost.
+    wait_until("the cluster to hear from the restarted e1", Duration::from_secs(30), POLL, || {
         watch(t, &mut statuses)?;
-        sleep(POLL);
-    }
+        Ok((report_age(t, "e1")? < back.elapsed()).then_some(()))
+    })?;
     watch(t, &mut statuses)?;
+    let log = cluster_log(t).context("cluster-east")?;
+    let lost =
+        log.get(cluster_log_before..).unwrap_or("").lines().find(|l| l.contains("worker inactive")).map(str::to_string);
+    ensure!(lost.is_none(), "the cluster declared a worker lost during e1's restart: {lost:?}");
     let want = format!("0:RUNNING@{old_id}");
     ensure!(
         statuses.iter().all(|d| d.starts_with(&want) && !d.contains(", ")),

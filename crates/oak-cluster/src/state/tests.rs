@@ -35,8 +35,13 @@ fn info(name: &str, memory: u64) -> NodeInfo {
     }
 }
 
+/// The timing these tests are written for: workers are lost after 6 s of silence.
+fn timing() -> Timing {
+    Timing { node_timeout: Duration::from_secs(6), ..Default::default() }
+}
+
 fn state(nodes: &[(&str, u64)], t0: Instant) -> ClusterState {
-    let mut st = ClusterState::new("c1".into(), Timing::default(), Vec::new(), Vec::new(), t0);
+    let mut st = ClusterState::new("c1".into(), timing(), Vec::new(), Vec::new(), t0);
     for (id, mem) in nodes {
         let record =
             NodeRecord { id: id.to_string(), secret_hash: String::new(), info: info(id, *mem), subnet: String::new() };
@@ -377,7 +382,7 @@ fn overlay_instances_carry_their_addresses_and_the_tunnel_endpoint() {
 #[test]
 fn nodes_keep_their_subnet_and_silent_ones_are_forgotten() {
     let t = Instant::now();
-    let timing = Timing { node_forget_after: Duration::from_secs(100), ..Default::default() };
+    let timing = Timing { node_forget_after: Duration::from_secs(100), ..timing() };
     let mut st = ClusterState::new("c1".into(), timing, Vec::new(), Vec::new(), t);
     for id in ["a", "b"] {
         let record = NodeRecord {
@@ -497,7 +502,7 @@ fn host_ports_survive_a_restart_and_the_tunnel_port_is_taken() {
     let web = mapping("web", "8080");
     deploy(&mut st, &web, 0, t);
     let batch = st.take_batch();
-    let mut restarted = ClusterState::new("c1".into(), Timing::default(), batch.nodes, batch.instances, t);
+    let mut restarted = ClusterState::new("c1".into(), timing(), batch.nodes, batch.instances, t);
     restarted.node_information("a", info("a", 8000), t);
     assert!(placed_on(&deploy(&mut restarted, &web, 1, t)).is_empty());
     assert_eq!(status_of(&restarted, &web, 1), status::NO_WORKER_CAPACITY);
@@ -544,4 +549,160 @@ fn an_updated_descriptor_moves_what_its_node_holds() {
     st.undeploy(&[InstanceRef { job_id: new.id.clone(), instance_number: 0 }]);
     let held: Vec<String> = st.nodes["a"].ports.keys().map(|p| p.to_string()).collect();
     assert_eq!((held, st.nodes["a"].placed.memory_mb), (vec!["8080/tcp".to_string()], 100));
+}
+
+fn needs_addon(name: &str, addon: &str) -> JobSpec {
+    let mut j = job(name, 100);
+    j.spec.constraints = vec![serde_json::from_value(serde_json::json!({"type": "addons", "needs": [addon]})).unwrap()];
+    j
+}
+
+fn with_addon(name: &str, addon: &str) -> NodeInfo {
+    NodeInfo { supported_addons: vec![addon.into()], ..info(name, 1000) }
+}
+
+/// An instance no worker can run says why in the first round (and the root hears it), retries
+/// 1 s, 2 s, 4 s … apart up to 30 s, and a worker that joins takes it at once.
+#[test]
+fn unplaced_instances_say_why_back_off_and_a_joining_worker_takes_them() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = needs_addon("gpu", "gpu-magic");
+    assert!(placed_on(&deploy(&mut st, &j, 0, t)).is_empty());
+    assert_eq!(status_of(&st, &j, 0), status::NO_QUALIFIED_WORKER_FOUND);
+    let updates = st.root_updates(false, t);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].status_detail, "no active worker offers addon \"gpu-magic\"");
+    // Attempts at 1 s, then 2 s, 4 s, 8 s, 16 s, 30 s (capped) later; nothing in between, and
+    // an unchanged reason is not sent again.
+    let mut at = t;
+    for gap in [1, 2, 4, 8, 16, 30, 30] {
+        let next = at + Duration::from_secs(gap);
+        // a keeps reporting (a worker that comes back would reset the back-off).
+        for s in 1..gap {
+            st.node_information("a", info("a", 1000), at + Duration::from_secs(s));
+        }
+        st.schedule(next - Duration::from_millis(10));
+        assert_eq!(st.instances[&(j.id.clone(), 0)].next_try, next, "gap {gap}");
+        st.schedule(next);
+        at = next;
+    }
+    assert!(st.root_updates(false, at).is_empty());
+
+    // A worker with the add-on joins: it is tried at its first report, back-off or not.
+    let later = at + Duration::from_secs(1);
+    let record =
+        NodeRecord { id: "b".into(), secret_hash: String::new(), info: info("b", 1000), subnet: String::new() };
+    st.register_node(record, later);
+    st.node_information("a", info("a", 1000), later);
+    st.node_information("b", with_addon("b", "gpu-magic"), later);
+    assert_eq!(placed_on(&st.schedule(later)), ["b"]);
+    assert_eq!(st.instances[&(j.id.clone(), 0)].tries, 0);
+
+    // No active worker at all names that.
+    let mut empty = ClusterState::new("alpha".into(), timing(), Vec::new(), Vec::new(), t);
+    assert!(placed_on(&deploy(&mut empty, &j, 0, t)).is_empty());
+    assert_eq!(empty.instances[&(j.id.clone(), 0)].detail, "no active worker in cluster alpha");
+    // Too big for every worker: the memory asked for.
+    let big = job("big", 4096);
+    deploy(&mut st, &big, 0, later);
+    assert!(
+        detail_of(&st, &big, 0).starts_with("no worker with 4096 MB free in cluster c1"),
+        "{}",
+        detail_of(&st, &big, 0)
+    );
+}
+
+/// Replicas spread over the nodes by default even when one node is much bigger; with
+/// `spread: false` they pack by the usual ranking.
+#[test]
+fn replicas_spread_over_nodes_unless_the_sla_opts_out() {
+    let t = Instant::now();
+    let mut st = state(&[("big", 8000), ("small", 1000)], t);
+    let j = job("web", 100);
+    let mut placed: Vec<String> = (0..4).flat_map(|n| placed_on(&deploy(&mut st, &j, n, t))).collect();
+    placed.sort();
+    assert_eq!(placed, ["big", "big", "small", "small"]);
+    // Another service counts its own instances only.
+    let other = job("db", 100);
+    assert_eq!(placed_on(&deploy(&mut st, &other, 0, t)), ["big"]);
+    assert_eq!(placed_on(&deploy(&mut st, &other, 1, t)), ["small"]);
+
+    let mut st = state(&[("big", 8000), ("small", 1000)], t);
+    let mut packed = job("batch", 100);
+    packed.spec.spread = false;
+    let placed: Vec<String> = (0..3).flat_map(|n| placed_on(&deploy(&mut st, &packed, n, t))).collect();
+    assert_eq!(placed, ["big", "big", "big"]);
+}
+
+/// A worker declared lost whose instance now runs elsewhere: whatever it reports about its old
+/// copy (running, failed, created) changes nothing, and each of its reports tells it to stop it.
+#[test]
+fn a_returning_worker_is_told_to_stop_its_stale_copies() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 900)], t);
+    let j = job("web", 100);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["a"]);
+    running(&mut st, "a", &j, 0, t);
+    let later = t + Duration::from_secs(7);
+    st.node_information("b", info("b", 900), later);
+    st.check_timeouts(later);
+    assert_eq!(placed_on(&st.schedule(later)), ["b"]);
+    running(&mut st, "b", &j, 0, later);
+    st.root_updates(false, later);
+
+    // a comes back: active again, and its reports are answered with deletes every time.
+    let back = later + Duration::from_secs(1);
+    st.node_information("a", info("a", 1000), back);
+    for _ in 0..2 {
+        let fx = running(&mut st, "a", &j, 0, back);
+        assert!(matches!(&fx[..], [Effect::Delete { node, cmd }] if node == "a" && cmd.instance_number == 0), "{fx:?}");
+    }
+    for s in [status::RUNNING, status::CREATED, status::FAILED] {
+        let report = JobStatusReport { sname: j.job_name.clone(), status: s.into(), instance: 0, ..Default::default() };
+        let fx = st.job_report("a", report, back);
+        let deleted = matches!(&fx[..], [Effect::Delete { node, .. }] if node == "a");
+        assert_eq!(deleted, s != status::FAILED, "{s}: {fx:?}");
+    }
+    assert_eq!(status_of(&st, &j, 0), status::RUNNING);
+    assert_eq!(st.instances[&(j.id.clone(), 0)].worker_id.as_deref(), Some("b"));
+    assert!(st.root_updates(false, back).is_empty(), "nothing changed for the root");
+    // b's copy is the one counted: a holds nothing.
+    assert_eq!(st.nodes["a"].placed, Default::default());
+}
+
+#[test]
+fn report_ages_count_from_the_last_registration_or_report() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 1000)], t);
+    st.node_information("b", info("b", 1000), t + Duration::from_secs(3));
+    let ages: Vec<(&str, Duration)> = st.report_ages(t + Duration::from_secs(5)).collect();
+    assert_eq!(ages, [("a", Duration::from_secs(5)), ("b", Duration::from_secs(2))]);
+    // Silent past the timeout: still listed, still counting.
+    st.check_timeouts(t + Duration::from_secs(20));
+    assert_eq!(st.report_ages(t + Duration::from_secs(20)).next(), Some(("a", Duration::from_secs(20))));
+}
+
+/// A worker that stays active but starts offering what a waiting instance needs (restarted
+/// with a new add-on within the worker timeout) takes it at once too; usage changes alone do
+/// not cut the back-off short.
+#[test]
+fn a_worker_offering_more_cuts_the_back_off_short() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000)], t);
+    let j = needs_addon("gpu", "gpu-magic");
+    deploy(&mut st, &j, 0, t);
+    for s in 1..=3 {
+        let at = t + Duration::from_secs(s);
+        st.node_information("a", info("a", 1000), at);
+        st.schedule(at);
+    }
+    let waiting_until = st.instances[&(j.id.clone(), 0)].next_try;
+    assert_eq!(waiting_until, t + Duration::from_secs(7), "tries at 0, 1 and 3 s: the next at 7 s");
+    let at = t + Duration::from_secs(4);
+    st.node_information("a", NodeInfo { memory: 900, cpu_percent: 50.0, ..info("a", 1000) }, at);
+    assert!(placed_on(&st.schedule(at)).is_empty());
+    assert_eq!(st.instances[&(j.id.clone(), 0)].next_try, waiting_until, "usage alone changes nothing");
+    st.node_information("a", with_addon("a", "gpu-magic"), at);
+    assert_eq!(placed_on(&st.schedule(at)), ["a"]);
 }

@@ -532,13 +532,13 @@ fn host_port_table() {
             "no node has the resources: the plain explanation",
             with(mapping("8080"), |j| j.memory = 50_000),
             vec![ports(big.clone(), &[(8080, Tcp)])],
-            Err((status::NO_WORKER_CAPACITY, "no active worker has the requested free resources")),
+            Err((status::NO_WORKER_CAPACITY, "no worker with 50000 MB free in cluster edge-1")),
         ),
         (
             "unqualified nodes stay unqualified",
             with(mapping("8080"), |j| j.virtualization = "unikernel".into()),
             vec![ports(big.clone(), &[(8080, Tcp)])],
-            Err((status::NO_QUALIFIED_WORKER_FOUND, "no active worker meets the constraints")),
+            Err((status::NO_QUALIFIED_WORKER_FOUND, "virtualization unikernel offered by no active worker")),
         ),
     ];
     for (name, job, nodes, want) in cases {
@@ -574,4 +574,141 @@ fn memory_less_instances_count_the_default() {
     let one_placed = [NodeView::from_info(&info, true, [Demand::of(&no_memory)])];
     assert_eq!(one_placed[0].free_memory_mb, 300 - 256);
     assert_eq!(choose_node(&no_memory, CLUSTER, &one_placed).map_err(|e| e.status), Err(status::NO_WORKER_CAPACITY));
+}
+
+/// The detail of a negative outcome names the first unmet requirement, and its status agrees
+/// with the plain rules.
+#[test]
+fn reasons_name_the_unmet_requirement() {
+    let a = node("a", "amd64", 4.0, 4000, 0);
+    let b = node("b", "arm64", 2.0, 2000, 1);
+    type Case = (&'static str, Microservice, Vec<NodeView>, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
+        ("no nodes", job(1, 100, 0), vec![], status::NO_WORKER_CAPACITY, "no active worker in cluster edge-1"),
+        (
+            "only inactive nodes",
+            job(1, 100, 0),
+            vec![inactive(a.clone())],
+            status::NO_WORKER_CAPACITY,
+            "no active worker in cluster edge-1",
+        ),
+        (
+            "missing add-on",
+            constrained(vec![addons(&["gpu-magic"])]),
+            vec![a.clone(), addon_node(inactive(b.clone()), &["gpu-magic"])],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "no active worker offers addon \"gpu-magic\"",
+        ),
+        (
+            "second of two add-ons",
+            constrained(vec![addons(&["x", "y"])]),
+            vec![addon_node(a.clone(), &["x"])],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "no active worker offers addon \"y\"",
+        ),
+        (
+            "virtualization",
+            with(job(1, 100, 0), |j| j.virtualization = "unikernel".into()),
+            vec![a.clone(), b.clone()],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "virtualization unikernel offered by no active worker",
+        ),
+        (
+            "architecture",
+            arch(&["riscv64", "s390x"]),
+            vec![a.clone(), b.clone()],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "no active worker has architecture riscv64 or s390x",
+        ),
+        (
+            "node names",
+            constrained(vec![direct(Some("x; y"), None)]),
+            vec![a.clone(), b.clone()],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "no active worker is named \"x\" or \"y\"",
+        ),
+        (
+            "another cluster",
+            constrained(vec![direct(Some("a"), Some("elsewhere"))]),
+            vec![a.clone()],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "a direct constraint names cluster \"elsewhere\", not this cluster \"edge-1\"",
+        ),
+        (
+            "each met somewhere, not together",
+            with(constrained(vec![addons(&["gpu"])]), |j| j.arch = Some(vec!["amd64".into()])),
+            vec![a.clone(), addon_node(b.clone(), &["gpu"])],
+            status::NO_QUALIFIED_WORKER_FOUND,
+            "no active worker has addon \"gpu\" together with architecture amd64",
+        ),
+        (
+            "memory",
+            job(1, 4096, 0),
+            vec![a.clone(), b.clone()],
+            status::NO_WORKER_CAPACITY,
+            "no worker with 4096 MB free in cluster edge-1 (the most free on a qualified worker: 4000 MB)",
+        ),
+        (
+            "memory only on an unqualified node",
+            with(job(1, 3000, 0), |j| j.arch = Some(vec!["arm64".into()])),
+            vec![a.clone(), b.clone()],
+            status::NO_WORKER_CAPACITY,
+            "no worker with 3000 MB free in cluster edge-1 (the most free on a qualified worker: 2000 MB)",
+        ),
+        (
+            "vCPUs",
+            job(8, 100, 0),
+            vec![a.clone(), b.clone()],
+            status::NO_WORKER_CAPACITY,
+            "no worker with 8 vCPUs free",
+        ),
+        ("GPUs", job(1, 100, 2), vec![a.clone(), b.clone()], status::NO_WORKER_CAPACITY, "no worker with 2 GPUs free"),
+        (
+            "vCPUs on one node, memory on the other",
+            job(3, 3000, 1),
+            vec![node("m", "amd64", 1.0, 4000, 1), node("c", "amd64", 4.0, 1000, 1)],
+            status::NO_WORKER_CAPACITY,
+            "no worker with 3 vCPUs, 3000 MB and 1 GPU free at once in cluster edge-1",
+        ),
+    ];
+    for (name, job, nodes, status_want, detail_want) in cases {
+        let err = choose_node(&job, CLUSTER, &nodes).expect_err(name);
+        assert_eq!(err.status, status_want, "{name}: {}", err.detail());
+        assert!(err.detail().contains(detail_want), "{name}: {}", err.detail());
+    }
+}
+
+/// Replicas of one service go to the node holding the fewest of them; ties (and `spread: false`)
+/// fall back to the usual ranking.
+#[test]
+fn spreading_prefers_nodes_with_fewer_siblings() {
+    let big = node("big", "amd64", 8.0, 8000, 0);
+    let small = node("small", "amd64", 2.0, 1000, 0);
+    let nodes = [big.clone(), small.clone()];
+    let spread = job(1, 100, 0);
+    let packed = with(job(1, 100, 0), |j| j.spread = false);
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &nodes, &[]), Ok(0), "no siblings: the usual ranking");
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &nodes, &[1, 0]), Ok(1), "fewest siblings wins");
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &nodes, &[1, 1]), Ok(0), "a tie: the usual ranking");
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &nodes, &[2, 1]), Ok(1));
+    assert_eq!(choose_node_spread(&packed, CLUSTER, &nodes, &[3, 0]), Ok(0), "spread: false packs");
+    // A node with fewer siblings that does not fit or qualify is not chosen.
+    let full = node("full", "amd64", 0.0, 0, 0);
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &[big.clone(), full], &[2, 0]), Ok(0));
+    assert_eq!(choose_node_spread(&spread, CLUSTER, &[big.clone(), inactive(small.clone())], &[5, 0]), Ok(0));
+
+    // Placing a burst with the sibling counts updated as the cluster does: round robin over
+    // three nodes, never more than one apart.
+    let three = [big, small, node("mid", "amd64", 4.0, 4000, 0)];
+    let mut siblings = [0u32; 3];
+    for _ in 0..7 {
+        let i = choose_node_spread(&spread, CLUSTER, &three, &siblings).unwrap();
+        siblings[i] += 1;
+    }
+    assert_eq!(siblings, [3, 2, 2]);
+    let mut packed_siblings = [0u32; 3];
+    for _ in 0..3 {
+        packed_siblings[choose_node_spread(&packed, CLUSTER, &three, &packed_siblings).unwrap()] += 1;
+    }
+    assert_eq!(packed_siblings, [3, 0, 0], "without spread, the same views give the same node");
 }

@@ -83,6 +83,7 @@ async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<
         Err(refusal) => return refuse(&fleet, peer, &mut wr, refusal).await,
     };
     let id = joined.cluster_id.clone();
+    fleet.heard(&id);
     tracing::info!(cluster = %id, name = %cluster_name, %peer, "cluster joined");
     let desired = match fleet.desired_for(&id) {
         Ok(d) => d,
@@ -133,6 +134,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
             Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),
             Ok(m) => m?,
         };
+        fleet.heard(id);
         match msg {
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
             ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
@@ -153,12 +155,14 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
             ClusterMsg::Workers { full, workers, removed, last } => {
                 fleet.on_workers(id, conn, full, workers, removed, last)
             }
+            ClusterMsg::Ping => {}
             ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
         }
     }
 }
 
-/// Writes queued messages, coalescing whatever is queued into one write.
+/// Writes queued messages, coalescing whatever is queued into one write; a `Ping` after
+/// [`channel::KEEPALIVE`] without any, so the cluster can tell a quiet root from a cut link.
 async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, rx: &mut mpsc::Receiver<RootMsg>) {
     let mut buf = Vec::new();
     for m in &first {
@@ -177,9 +181,10 @@ async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, 
             }
             buf.clear();
         }
-        match rx.recv().await {
-            Some(m) => append(&mut buf, &m),
-            None => {
+        match tokio::time::timeout(channel::KEEPALIVE, rx.recv()).await {
+            Err(_) => append(&mut buf, &RootMsg::Ping),
+            Ok(Some(m)) => append(&mut buf, &m),
+            Ok(None) => {
                 let _ = wr.shutdown().await;
                 return;
             }
@@ -208,4 +213,34 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
     let mut body = vec![0u8; len];
     rd.read_exact(&mut body).await.map_err(|e| format!("connection closed mid-frame: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("malformed message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_quiet_writer_sends_keepalives_and_queued_messages_go_first() {
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(RootMsg::Undeploy { instances: vec![] }).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let (_, mut wr) = tokio::io::split(theirs);
+            write_loop(&mut wr, vec![], &mut rx).await;
+        });
+        let started = std::time::Instant::now();
+        let first: RootMsg = read_frame(&mut ours, MAX_FRAME).await.unwrap();
+        assert_eq!(first, RootMsg::Undeploy { instances: vec![] });
+        // Nothing else queued: a keepalive after about a second, and another.
+        for _ in 0..2 {
+            let ping: RootMsg = read_frame(&mut ours, MAX_FRAME).await.unwrap();
+            assert_eq!(ping, RootMsg::Ping);
+        }
+        assert!(started.elapsed() >= channel::KEEPALIVE, "pings only when idle");
+        // The queue closed: the writer ends the stream.
+        drop(tx);
+        writer.await.unwrap();
+        let end = read_frame::<RootMsg>(&mut ours, MAX_FRAME).await;
+        assert!(end.is_err());
+    }
 }

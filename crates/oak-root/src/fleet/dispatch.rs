@@ -7,8 +7,9 @@ use oak_api::channel::{DeployInstance, InstanceRef, InstanceReport, RootMsg};
 use oak_api::model::{Cluster, Instance, Service};
 use oak_api::node::JobSpec;
 use oak_api::status;
+use oak_core::cluster_loss::{with_note, Reach};
 use oak_core::node_placement::Demand;
-use oak_core::placement::{choose_cluster, explain};
+use oak_core::placement::choose;
 use oak_core::routes::route_instance;
 
 use super::Fleet;
@@ -22,17 +23,30 @@ impl Fleet {
         let now = ids::now();
         // Registered but unconnected clusters matter to `direct` constraints (not active vs
         // not found); only then is the store consulted.
-        let offline = if service.spec.constraints.iter().any(|c| c.kind == "direct") {
-            self.store.list_clusters().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let direct = service.spec.constraints.iter().find(|c| c.kind == "direct");
+        let offline = if direct.is_some() { self.store.list_clusters().unwrap_or_default() } else { Vec::new() };
+        // A `direct` constraint naming only nodes goes to the cluster holding them.
+        let by_node = direct.is_some_and(|d| {
+            d.cluster.as_deref().is_none_or(|c| c.trim().is_empty())
+                && d.node.as_deref().is_some_and(|n| !n.trim().is_empty())
+        });
+        let hosts = by_node.then(|| self.known_workers().node_hosts());
         let started = Instant::now();
+        // Spreading counts the service's instances per cluster (never while `inner` is held).
+        let others = if service.spec.spread {
+            self.spread().others(&*self.store, &service.id, number, started).unwrap_or_else(|e| {
+                tracing::error!(service = %service.id, error = %e, "cannot count instances per cluster; not spreading");
+                Default::default()
+            })
+        } else {
+            Default::default()
+        };
         let mut inner = self.lock();
+        let reachable = |inner: &super::Inner, id: &str| self.reach_of(inner, id, started) == Reach::Active;
         let mut candidates: Vec<Cluster> = Vec::with_capacity(inner.links.len() + offline.len());
         for link in inner.links.values() {
             let mut c = link.view.clone();
-            c.active = self.is_fresh(link);
+            c.active = reachable(&inner, &c.id);
             inner.reservations.apply(&mut c);
             candidates.push(c);
         }
@@ -42,7 +56,8 @@ impl Fleet {
                 candidates.push(c);
             }
         }
-        let decision = choose_cluster(service, &candidates).map(|c| (c.id.clone(), c.cluster_location.clone()));
+        let decision =
+            choose(service, &candidates, hosts.as_ref(), &others).map(|c| (c.id.clone(), c.cluster_location.clone()));
         let mut instance = previous.cloned().unwrap_or_else(|| Instance::new(number, status::REQUESTED, "", now));
         instance.last_modified_timestamp = now;
         match decision {
@@ -54,20 +69,21 @@ impl Fleet {
                     Demand::of(&service.spec),
                 );
                 instance.status = status::CLUSTER_SCHEDULED.into();
-                instance.status_detail = "waiting for the cluster to choose a worker".into();
+                instance.status_detail =
+                    with_note(&instance.placement_note, "waiting for the cluster to choose a worker");
                 instance.cluster_id = Some(cluster_id);
                 instance.cluster_location = Some(location);
                 instance.worker_id = None;
             }
-            Err(negative) => {
-                instance.status = negative.into();
-                instance.status_detail = oak_core::placement::missing_offer(service, &candidates)
-                    .unwrap_or_else(|| explain(negative).into());
+            Err(unplaced) => {
+                instance.status = unplaced.status.into();
+                instance.status_detail = with_note(&instance.placement_note, &unplaced.detail);
                 instance.cluster_id = None;
                 instance.cluster_location = None;
             }
         }
         drop(inner);
+        self.spread().placed(&service.id, number, instance.cluster_id.as_deref());
         self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(started.elapsed().as_micros() as u64);
         instance
     }
@@ -98,6 +114,7 @@ impl Fleet {
 
     /// Removes instances from the cluster running them and frees what they reserved.
     pub fn undeploy(&self, service_id: &str, instances: &[Instance]) {
+        self.spread().forget(service_id);
         let mut inner = self.lock();
         for inst in instances {
             inner.reservations.release(&(service_id.to_string(), inst.instance_number));
@@ -191,7 +208,7 @@ pub fn job_spec(service: &Service) -> JobSpec {
 
 fn merge_report(inst: &mut Instance, r: &InstanceReport, now: f64) {
     inst.status = r.status.clone();
-    inst.status_detail = r.status_detail.clone();
+    inst.status_detail = with_note(&inst.placement_note, &r.status_detail);
     inst.worker_id = r.worker_id.clone();
     inst.host_ip = r.host_ip.clone();
     inst.host_port = r.host_port.clone();

@@ -2,7 +2,7 @@
 //! scheduler read.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use oak_api::channel::{ClusterResources, RootMsg};
 use oak_api::model::Cluster;
@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, Notify};
 
 use oak_tls::Fingerprint;
 
-use super::Fleet;
+use oak_core::cluster_loss::{reach, Reach};
+
+use super::{Fleet, Inner};
 use crate::ids;
 
 /// Messages queued for one cluster's writer. A cluster that falls this far behind is
@@ -260,20 +262,45 @@ impl Fleet {
         self.wake.notify_one();
     }
 
-    /// Every known cluster, `active` when connected and recently reported.
+    /// Every known cluster, `active` when connected, recently reported and not lost; `status`
+    /// says `active`, `unreachable` or `lost`.
     pub fn clusters_now(&self) -> oak_store::Result<Vec<Cluster>> {
         let mut clusters = self.store.list_clusters()?;
         let inner = self.lock();
+        let now = Instant::now();
         for c in &mut clusters {
-            match inner.links.get(&c.id) {
-                Some(link) => {
-                    *c = link.view.clone();
-                    c.active = self.is_fresh(link);
-                }
-                None => c.active = false,
+            if let Some(link) = inner.links.get(&c.id) {
+                *c = link.view.clone();
             }
+            let reach = self.reach_of(&inner, &c.id, now);
+            c.active = reach == Reach::Active;
+            c.status = reach.as_str().to_string();
         }
         Ok(clusters)
+    }
+
+    /// Notes a frame from `cluster_id`: its silence starts again.
+    pub(super) fn heard(&self, cluster_id: &str) {
+        let mut inner = self.lock();
+        inner.heard.insert(cluster_id.to_string(), Instant::now());
+        if inner.lost.remove(cluster_id) {
+            drop(inner);
+            tracing::warn!(
+                cluster = cluster_id,
+                "a lost cluster is back: it resyncs and drops the instances moved away"
+            );
+        }
+    }
+
+    /// How long `cluster_id` has been silent: since its last frame, or since this root started.
+    pub(super) fn silent_for(&self, inner: &Inner, cluster_id: &str, now: Instant) -> Duration {
+        now.saturating_duration_since(inner.heard.get(cluster_id).copied().unwrap_or(self.started))
+    }
+
+    /// Whether placement may use `cluster_id`, or it is silent, or lost.
+    pub(super) fn reach_of(&self, inner: &Inner, cluster_id: &str, now: Instant) -> Reach {
+        let fresh = inner.links.get(cluster_id).is_some_and(|l| self.is_fresh(l));
+        reach(self.silent_for(inner, cluster_id, now), fresh, self.config.cluster_timeout)
     }
 
     pub(super) fn is_fresh(&self, link: &Link) -> bool {

@@ -11,14 +11,16 @@ mod channel;
 mod dispatch;
 mod links;
 mod logs;
+mod lost;
 mod retry;
 mod routes;
+mod spread;
 mod trust;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oak_core::reservations::Reservations;
 use oak_core::stats::Samples;
@@ -42,8 +44,12 @@ pub struct FleetConfig {
     pub retry_tick: Duration,
     /// Longest wait between two placement attempts of the same instance.
     pub retry_max: Duration,
-    /// How long a cluster may send nothing before its connection is considered dead.
+    /// How long a cluster may send nothing before its connection is considered dead (clusters
+    /// send a keepalive after a second without other frames).
     pub idle_timeout: Duration,
+    /// A cluster silent this long (since the last frame the root received from it) is lost:
+    /// its instances are placed on other clusters (`--cluster-timeout`).
+    pub cluster_timeout: Duration,
 }
 
 impl Default for FleetConfig {
@@ -53,7 +59,8 @@ impl Default for FleetConfig {
             report_freshness: Duration::from_secs(15),
             retry_tick: Duration::from_millis(500),
             retry_max: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: oak_api::channel::IDLE_TIMEOUT,
+            cluster_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -75,8 +82,12 @@ pub struct Fleet {
     interest: Mutex<routes::Interest>,
     /// The clusters' workers as last reported.
     workers: Mutex<workers::Known>,
+    /// Instances per service and cluster, for spreading.
+    spread: Mutex<spread::Spread>,
     /// The CA and TLS config of the cluster channel, and its refusal counters.
     trust: ChannelTrust,
+    /// When this root started: clusters not heard from since count their silence from here.
+    started: Instant,
 }
 
 struct Inner {
@@ -84,6 +95,10 @@ struct Inner {
     reservations: Reservations,
     backoff: HashMap<(String, u32), retry::Backoff>,
     next_conn: u64,
+    /// When the root last received a frame from each cluster (kept across disconnects).
+    heard: HashMap<String, Instant>,
+    /// Clusters whose loss was logged (a cluster heard again leaves it).
+    lost: HashSet<String>,
 }
 
 impl Fleet {
@@ -98,6 +113,8 @@ impl Fleet {
                 reservations: Reservations::default(),
                 backoff: HashMap::new(),
                 next_conn: 1,
+                heard: HashMap::new(),
+                lost: HashSet::new(),
             }),
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
@@ -105,13 +122,19 @@ impl Fleet {
             addresses: Mutex::new(addresses),
             interest: Mutex::new(routes::Interest::default()),
             workers: Mutex::new(workers::Known::default()),
+            spread: Mutex::new(spread::Spread::default()),
             trust,
+            started: Instant::now(),
         }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` consistent before any call that could panic.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spread(&self) -> MutexGuard<'_, spread::Spread> {
+        self.spread.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn quotas(&self) -> oak_core::quotas::Quotas {

@@ -27,7 +27,8 @@ pub(super) struct Backoff {
     next: Instant,
 }
 
-/// Re-places waiting instances every tick (and at once when a cluster joins or reports).
+/// Re-places waiting instances every tick (and at once when a cluster joins or reports), after
+/// moving the instances of lost clusters (`lost.rs`).
 pub async fn run_retries(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -37,7 +38,11 @@ pub async fn run_retries(fleet: Arc<Fleet>, shutdown: impl Future<Output = ()>) 
             _ = fleet.wake.notified() => {}
         }
         let f = fleet.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || f.retry_once()).await {
+        let pass = move || {
+            f.check_lost();
+            f.retry_once();
+        };
+        if let Err(e) = tokio::task::spawn_blocking(pass).await {
             tracing::error!(error = %e, "retry pass failed");
         }
     }

@@ -96,6 +96,14 @@ impl Known {
         }
     }
 
+    /// Every cluster's node names (what `direct` node constraints name).
+    pub(super) fn node_hosts(&self) -> oak_core::placement::NodeHosts {
+        self.clusters
+            .iter()
+            .map(|(cluster, ws)| (cluster.clone(), ws.current.values().map(|w| w.name.clone()).collect()))
+            .collect()
+    }
+
     fn worker_name(&self, cluster_id: &str, worker_id: &str) -> Option<&str> {
         let w = self.clusters.get(cluster_id)?.current.get(worker_id)?;
         Some(w.name.as_str()).filter(|n| !n.is_empty())
@@ -126,7 +134,7 @@ impl Fleet {
         self.send_to(cluster_id, Some(conn), oak_api::channel::RootMsg::Peer { request_id, answer });
     }
 
-    fn known_workers(&self) -> std::sync::MutexGuard<'_, Known> {
+    pub(super) fn known_workers(&self) -> std::sync::MutexGuard<'_, Known> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -3,7 +3,10 @@
 //! one at a time, so no two decisions about an instance race. Runtime calls themselves run as
 //! separate tasks: a slow image pull never blocks other commands.
 //!
-//! Desired state (what the cluster asked for) is persisted after every change; observed state
+//! Desired state (what the cluster asked for) is persisted after every change, and a new instance
+//! is recorded before its deploy starts: a worker that cannot write its state file (a full
+//! disk) fails the deploy with the reason instead of running an instance a restart would not
+//! know about; observed state
 //! comes from the runtimes' events and, as the source of truth, from `list` every report
 //! interval, so a missed event is caught up with.
 
@@ -140,7 +143,7 @@ impl Engine {
         loop {
             tokio::select! {
                 msg = inbox.recv() => match msg {
-                    Some(msg) => self.handle(msg),
+                    Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 Some(joined) = self.ops.join_next_with_id() => self.on_joined(joined),
@@ -151,9 +154,9 @@ impl Engine {
         self.persist().await;
     }
 
-    fn handle(&mut self, msg: EngineMsg) {
+    async fn handle(&mut self, msg: EngineMsg) {
         match msg {
-            EngineMsg::Deploy(payload) => self.on_deploy(&payload),
+            EngineMsg::Deploy(payload) => self.on_deploy(&payload).await,
             EngineMsg::Delete(payload) => self.on_delete(&payload),
             EngineMsg::Logs(payload) => self.on_logs(&payload),
             EngineMsg::Exited { runtime, job_name, instance, code } => {
@@ -179,7 +182,7 @@ impl Engine {
 
     // ---- control commands ----
 
-    fn on_deploy(&mut self, payload: &[u8]) {
+    async fn on_deploy(&mut self, payload: &[u8]) {
         let cmd = match commands::parse_deploy(payload) {
             Ok(cmd) => cmd,
             Err(rejected) => {
@@ -199,6 +202,18 @@ impl Engine {
             self.report(&key.0, key.1, status::FAILED, detail);
             return;
         };
+        // A new instance (or a new one after the old copy stops) is recorded first.
+        let starts = match self.entries.get(&key).map(|e| &e.phase) {
+            None | Some(Phase::Stopping { .. }) => true,
+            Some(Phase::Deploying { .. } | Phase::Running { .. }) => false,
+        };
+        if starts {
+            if let Err(detail) = self.record(&cmd).await {
+                tracing::error!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
+                self.report(&key.0, key.1, status::FAILED, detail);
+                return;
+            }
+        }
         self.dirty = true;
         let Some(entry) = self.entries.get_mut(&key) else {
             self.start_deploy(key, runtime, cmd);
@@ -214,6 +229,25 @@ impl Engine {
                 self.report(&key.0, key.1, status::RUNNING, "instance is already running");
             }
             Phase::Stopping { then_deploy, .. } => *then_deploy = Some(Box::new((cmd, runtime))),
+        }
+    }
+
+    /// Writes the desired set with `cmd` added (replacing a command for the same instance), or
+    /// says why it could not: the instance must not start unrecorded. The old file stays intact.
+    async fn record(&mut self, cmd: &DeployCommand) -> Result<(), String> {
+        let mut desired = self.desired();
+        desired.retain(|d| (&d.job.job_name, d.instance_number) != (&cmd.job.job_name, cmd.instance_number));
+        desired.push(cmd.clone());
+        desired.sort_by(|a, b| (&a.job.job_name, a.instance_number).cmp(&(&b.job.job_name, b.instance_number)));
+        match desired::save(&self.data_dir, &desired).await {
+            Ok(()) => {
+                self.saved = Some(desired);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "not deployed: the worker cannot record the instance in {}: {e}",
+                desired::path(&self.data_dir).display()
+            )),
         }
     }
 

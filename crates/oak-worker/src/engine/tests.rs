@@ -292,3 +292,39 @@ async fn logs_queries_are_answered_from_the_runtime() {
     assert_eq!(answer.request_id, 9);
     assert!(answer.error.contains("instance 5"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_deploy_that_cannot_be_recorded_fails_clearly_and_keeps_the_state() {
+    let mut h = Harness::start();
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    assert_eq!(h.desired().await.len(), 1);
+
+    // The state file can no longer be written (as on a full disk: the temporary file cannot
+    // be created; root ignores permissions, so a directory in its place stands in for ENOSPC).
+    let blocker = h.dir.path().join("instances.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    h.deploy(1, "img", false);
+    let report = h.next_job().await;
+    assert_eq!(status_of(&report), (JOB, 1, "FAILED"), "{report:?}");
+    assert!(
+        report.status_detail.starts_with("not deployed: the worker cannot record the instance in")
+            && report.status_detail.contains("instances.json"),
+        "{report:?}"
+    );
+    assert!(h.docker.status(JOB, 1).is_none(), "the instance must not run unrecorded");
+    assert_eq!(h.docker.deploy_calls(), 1);
+    // Nothing was lost: instance 0 is still recorded and still running.
+    let desired = h.desired().await;
+    assert_eq!(desired.iter().map(|d| d.instance_number).collect::<Vec<_>>(), [0]);
+    assert!(h.docker.status(JOB, 0).is_some());
+    // The engine goes on answering.
+    h.barrier().await;
+
+    // Space again: the same deploy succeeds and is recorded next to instance 0.
+    std::fs::remove_dir(&blocker).unwrap();
+    h.deploy(1, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 1, "CREATED"));
+    let desired = h.desired().await;
+    assert_eq!(desired.iter().map(|d| d.instance_number).collect::<Vec<_>>(), [0, 1]);
+}

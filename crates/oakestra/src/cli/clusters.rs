@@ -156,12 +156,14 @@ pub async fn run(session: &mut Session, json: bool, args: ClustersArgs) -> Resul
 }
 
 fn table(clusters: &[Cluster]) -> Table {
-    let mut t = Table::new(&["NAME", "LOCATION", "ACTIVE", "NODES", "CPU CORES", "MEMORY MB", "VIRTUALIZATION"]);
+    let mut t =
+        Table::new(&["NAME", "LOCATION", "ACTIVE", "STATUS", "NODES", "CPU CORES", "MEMORY MB", "VIRTUALIZATION"]);
     for c in clusters {
         t.push(vec![
             c.cluster_name.clone(),
             c.cluster_location.clone(),
             if c.active { "yes" } else { "no" }.to_string(),
+            if c.status.is_empty() { "-".to_string() } else { c.status.clone() },
             c.active_nodes.to_string(),
             number(c.total_cpu_cores),
             c.memory_in_mb.to_string(),

@@ -9,6 +9,12 @@ use clap::Args;
 
 use super::{block_on, config_error, init_logging, read_token, shutdown_signal};
 
+/// Default of `--worker-timeout`, in seconds.
+pub const DEFAULT_WORKER_TIMEOUT_S: f64 = 15.0;
+/// Upper bound of `--worker-timeout`: beyond it a dead worker's instances stay down too long to
+/// be a sensible setting (and a typo like `150000` is caught).
+const MAX_WORKER_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Args)]
 pub struct ClusterArgs {
     /// Cluster name, unique under its root.
@@ -59,9 +65,11 @@ pub struct ClusterArgs {
     /// Seconds between resource reports to the root.
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
-    /// Seconds without node information after which a worker is inactive and its instances move.
-    #[arg(long, default_value_t = 6.0)]
-    pub node_timeout: f64,
+    /// Seconds without node information after which a worker is lost and its instances move.
+    /// 15 s rides out a few lost reports on a lossy edge link (workers report every 2 s);
+    /// `--node-timeout` is the older name.
+    #[arg(long, visible_alias = "node-timeout", default_value_t = DEFAULT_WORKER_TIMEOUT_S)]
+    pub worker_timeout: f64,
     /// Seconds a worker may take to start an instance before it is placed elsewhere.
     #[arg(long, default_value_t = 120.0)]
     pub deploy_timeout: f64,
@@ -103,10 +111,16 @@ impl ClusterArgs {
                 Err(format!("--{flag} must be a positive number of seconds"))
             }
         };
-        let node_timeout = seconds(self.node_timeout, "node-timeout")?;
+        let node_timeout = seconds(self.worker_timeout, "worker-timeout")?;
+        if node_timeout > MAX_WORKER_TIMEOUT {
+            return Err(format!(
+                "--worker-timeout must be at most {} seconds (instances of a lost worker wait that long to move)",
+                MAX_WORKER_TIMEOUT.as_secs()
+            ));
+        }
         let node_forget_after = seconds(self.node_forget_after, "node-forget-after")?;
         if node_forget_after <= node_timeout {
-            return Err("--node-forget-after must be longer than --node-timeout".into());
+            return Err("--node-forget-after must be longer than --worker-timeout".into());
         }
         let mqtt = match self.mqtt_url {
             Some(url) => oak_cluster::MqttMode::External { url, ca: self.mqtt_ca },
@@ -183,7 +197,21 @@ mod tests {
         assert_eq!(timing.node_forget_after.as_secs(), 3600);
         assert_eq!(config(&["--node-forget-after", "120"]).unwrap().timing.node_forget_after.as_secs(), 120);
         let err = config(&["--node-forget-after", "5"]).unwrap_err();
-        assert!(err.contains("longer than --node-timeout"), "{err}");
+        assert!(err.contains("longer than --worker-timeout"), "{err}");
         assert!(config(&["--node-forget-after", "0"]).unwrap_err().contains("--node-forget-after"));
+    }
+
+    #[test]
+    fn worker_timeout_defaults_to_15s_has_an_alias_and_is_bounded() {
+        assert_eq!(config(&[]).unwrap().timing.node_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(config(&["--worker-timeout", "2.5"]).unwrap().timing.node_timeout.as_millis(), 2500);
+        assert_eq!(config(&["--node-timeout", "7"]).unwrap().timing.node_timeout.as_secs(), 7);
+        for bad in ["0", "-3", "NaN", "inf", "601"] {
+            let err = config(&[&format!("--worker-timeout={bad}")]).unwrap_err();
+            assert!(err.contains("--worker-timeout"), "{bad}: {err}");
+        }
+        assert!(config(&["--worker-timeout", "600"]).is_ok());
+        let not_a_number = Cli::try_parse_from(["oakestra", "--name", "c", "--worker-timeout", "soon"]);
+        assert!(not_a_number.is_err());
     }
 }

@@ -9,6 +9,11 @@ use oak_core::quotas::Quotas;
 
 use super::{block_on, config_error, init_logging, shutdown_signal};
 
+/// Shorter would count a cluster lost between two of its keepalives (one a second).
+const MIN_CLUSTER_TIMEOUT: f64 = 2.0;
+/// A week: longer is a typo, not a policy.
+const MAX_CLUSTER_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
+
 #[derive(Args)]
 pub struct RootArgs {
     /// Port of the public REST API.
@@ -35,6 +40,11 @@ pub struct RootArgs {
     /// the orchestrator (comma-separated, e.g. `Organization_Admin,Application_Provider`).
     #[arg(long, env = "OAKESTRA_PRIVILEGED_ROLES", value_delimiter = ',')]
     pub privileged_roles: Vec<String>,
+    /// Seconds a cluster may stay silent (counted from the last frame the root received from
+    /// it; connected clusters send one at least every second) before it is lost and its
+    /// instances are placed on other clusters. At least 2.
+    #[arg(long, default_value_t = 30.0, env = "OAKESTRA_CLUSTER_TIMEOUT")]
+    pub cluster_timeout: f64,
     /// Per-user quotas (Admins are exempt): services, instances and service IPs one user may hold.
     #[command(flatten)]
     pub quotas: QuotaArgs,
@@ -98,8 +108,14 @@ impl Default for QuotaArgs {
 }
 
 impl RootArgs {
-    pub fn config(&self) -> oak_root::RootConfig {
-        oak_root::RootConfig {
+    pub fn config(&self) -> Result<oak_root::RootConfig, String> {
+        let cluster_timeout = self.cluster_timeout;
+        if !(cluster_timeout.is_finite() && (MIN_CLUSTER_TIMEOUT..=MAX_CLUSTER_TIMEOUT).contains(&cluster_timeout)) {
+            return Err(format!(
+                "--cluster-timeout must be between {MIN_CLUSTER_TIMEOUT} and {MAX_CLUSTER_TIMEOUT} seconds, got {cluster_timeout}"
+            ));
+        }
+        Ok(oak_root::RootConfig {
             api_addr: SocketAddr::new(self.api_addr, self.api_port),
             channel_addr: SocketAddr::new(self.api_addr, self.cluster_port),
             data_dir: self.data_dir.clone(),
@@ -110,16 +126,20 @@ impl RootArgs {
                     instances: self.quotas.quota_instances,
                     service_ips: self.quotas.quota_service_ips,
                 },
+                cluster_timeout: std::time::Duration::from_secs_f64(cluster_timeout),
                 ..Default::default()
             },
             privileged_roles: self.privileged_roles.clone(),
-        }
+        })
     }
 }
 
 pub fn run(args: RootArgs) -> ExitCode {
     init_logging();
-    let config = args.config();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return config_error("root", e),
+    };
     let (api_addr, dashboard_port) = (args.api_addr, args.dashboard_port);
     let cert = match args.tls.load() {
         Ok(c) => c,
@@ -168,10 +188,25 @@ mod tests {
     #[test]
     fn privileged_roles_are_a_comma_separated_list() {
         let parse = |extra: &[&str]| {
-            Cli::try_parse_from(["oakestra"].iter().chain(extra)).unwrap().args.config().privileged_roles
+            Cli::try_parse_from(["oakestra"].iter().chain(extra)).unwrap().args.config().unwrap().privileged_roles
         };
         assert!(parse(&[]).is_empty(), "only Admin unless told otherwise");
         let roles = parse(&["--privileged-roles", "Organization_Admin,Application_Provider"]);
         assert_eq!(roles, ["Organization_Admin", "Application_Provider"]);
+    }
+
+    #[test]
+    fn the_cluster_timeout_is_validated() {
+        let parse = |extra: &[&str]| Cli::try_parse_from(["oakestra"].iter().chain(extra)).unwrap().args.config();
+        assert_eq!(parse(&[]).unwrap().fleet.cluster_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(
+            parse(&["--cluster-timeout", "2.5"]).unwrap().fleet.cluster_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        for bad in ["1", "0", "-3", "NaN", "inf", "1e9"].map(|b| format!("--cluster-timeout={b}")) {
+            let e = parse(&[bad.as_str()]).unwrap_err();
+            assert!(e.contains("--cluster-timeout must be between 2 and 604800 seconds"), "{bad}: {e}");
+        }
+        assert!(Cli::try_parse_from(["oakestra", "--cluster-timeout", "soon"]).is_err());
     }
 }

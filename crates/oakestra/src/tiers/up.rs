@@ -63,6 +63,10 @@ pub struct UpArgs {
     /// QEMU accelerator for unikernels: `kvm`, `tcg` or `auto`.
     #[arg(long, default_value = "auto", value_parser = clap::value_parser!(oak_qemu::AccelChoice))]
     pub unikernel_accel: oak_qemu::AccelChoice,
+    /// Seconds a cluster may stay silent before the root places its instances elsewhere (as
+    /// `oakestra root --cluster-timeout`).
+    #[arg(long, default_value_t = 30.0)]
+    pub cluster_timeout: f64,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -76,7 +80,12 @@ pub fn run(args: UpArgs) -> ExitCode {
         admin_password: args.admin_password,
         privileged_roles: args.privileged_roles,
         quotas: Default::default(),
+        cluster_timeout: args.cluster_timeout,
         tls: args.tls.clone(),
+    };
+    let root_config = match root_args.config() {
+        Ok(c) => c,
+        Err(e) => return config_error("up", e),
     };
     let cert = match args.tls.load() {
         Ok(c) => c,
@@ -84,7 +93,7 @@ pub fn run(args: UpArgs) -> ExitCode {
     };
     let scheme = args.tls.scheme();
     block_on("up", async move {
-        let mut root = match oak_root::Root::open(root_args.config()).await {
+        let mut root = match oak_root::Root::open(root_config).await {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
@@ -138,7 +147,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             mqtt_advertise: None,
             data_dir: args.data_dir.join("cluster"),
             report_interval: 2.0,
-            node_timeout: 6.0,
+            worker_timeout: super::cluster::DEFAULT_WORKER_TIMEOUT_S,
             deploy_timeout: 120.0,
             node_forget_after: 3600.0,
         };

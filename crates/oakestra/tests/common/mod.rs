@@ -11,9 +11,16 @@ use oak_runtime::FakeRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// A fixed machine: 4 cores, 4 GB.
+/// A fixed machine: 4 cores, 4 GB unless told otherwise.
 pub struct Machine {
     pub name: String,
+    pub memory_mb: u64,
+}
+
+impl Machine {
+    pub fn new(name: &str) -> Self {
+        Machine { name: name.into(), memory_mb: 4096 }
+    }
 }
 
 #[async_trait::async_trait]
@@ -23,8 +30,8 @@ impl oak_worker::NodeInfoSource for Machine {
             host: self.name.clone(),
             ip: "127.0.0.1".into(),
             vcpus: 4,
-            memory: 4096,
-            memory_total: 4096,
+            memory: self.memory_mb,
+            memory_total: self.memory_mb,
             architecture: "amd64".into(),
             cpu_percent: 5.0,
             memory_percent: 10.0,
@@ -54,6 +61,15 @@ pub fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = 
 }
 
 pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>) {
+    start_root_with(dir, oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() })
+        .await
+}
+
+/// A root whose fleet runs with `fleet` (timeouts, quotas).
+pub async fn start_root_with(
+    dir: &Path,
+    fleet: oak_root::fleet::FleetConfig,
+) -> (String, SocketAddr, watch::Sender<bool>) {
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let channel = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (api_addr, channel_addr) = (api.local_addr().unwrap(), channel.local_addr().unwrap());
@@ -62,7 +78,7 @@ pub async fn start_root(dir: &Path) -> (String, SocketAddr, watch::Sender<bool>)
         channel_addr,
         data_dir: dir.to_path_buf(),
         admin_password: None,
-        fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(200), ..Default::default() },
+        fleet,
         privileged_roles: Vec::new(),
     })
     .await
@@ -100,15 +116,26 @@ pub async fn start_cluster(
 }
 
 pub fn start_worker(name: &str, cluster: &ClusterHandle, dir: &Path, token: Option<String>) -> Worker {
+    start_worker_on(Machine::new(name), Arc::new(FakeRuntime::new("docker")), cluster, dir, token)
+}
+
+/// A worker on `machine` running its instances in `runtime` (which outlives the worker, as
+/// containers outlive a stopped worker process).
+pub fn start_worker_on(
+    machine: Machine,
+    runtime: Arc<FakeRuntime>,
+    cluster: &ClusterHandle,
+    dir: &Path,
+    token: Option<String>,
+) -> Worker {
+    let name = machine.name.clone();
+    let name = name.as_str();
     let token = token.unwrap_or_else(|| std::fs::read_to_string(cluster.dir.join("node-token")).unwrap());
     let mut config = oak_worker::WorkerConfig::new("127.0.0.1", dir, token.trim());
     config.cluster_port = cluster.api.port();
     config.node_name = name.into();
     config.report_interval = Duration::from_millis(300);
-    let deps = oak_worker::WorkerDeps {
-        runtimes: vec![Arc::new(FakeRuntime::new("docker"))],
-        node_source: Arc::new(Machine { name: name.into() }),
-    };
+    let deps = oak_worker::WorkerDeps { runtimes: vec![runtime], node_source: Arc::new(machine) };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
     Worker { name: name.into(), stop, task }

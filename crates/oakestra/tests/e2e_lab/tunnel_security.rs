@@ -173,18 +173,8 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]
 
 /// e1's refused tunnel datagrams per reason, from its cluster's `/metrics`.
 fn refused(t: &Topology, worker: &str) -> Result<BTreeMap<String, u64>> {
-    let w = t.worker(worker);
-    let cluster = t.clusters.iter().find(|c| c.name == format!("cluster-{}", w.cluster)).context("its cluster")?;
-    // The node API is HTTPS, trusted through the CA the cluster's node token pins.
-    let token = std::fs::read_to_string(t.dir.join(format!("data/{}/node-token", cluster.name)))?;
-    let pin = oak_tls::JoinToken::parse(&token, oak_tls::TokenKind::Node)?.ca;
-    let tls = oak_tls::pinned_client_config(pin, oak_tls::CLUSTER_SERVER_NAME, None)?;
-    let client = reqwest::blocking::Client::builder()
-        .use_preconfigured_tls(oak_tls::rustls::ClientConfig::clone(&tls))
-        .build()?;
-    let url = format!("https://{}:10100/metrics", cluster.host.ip());
-    let text = client.get(&url).send()?.error_for_status()?.text()?;
-    let prefix = format!("oakestra_overlay_refused_total{{node=\"{}\",reason=\"", w.id);
+    let text = cluster_metrics(t, worker)?;
+    let prefix = format!("oakestra_overlay_refused_total{{node=\"{}\",reason=\"", t.worker(worker).id);
     Ok(text
         .lines()
         .filter_map(|l| l.strip_prefix(&prefix))
