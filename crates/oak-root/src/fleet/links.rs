@@ -281,9 +281,15 @@ impl Fleet {
 
     /// Notes a frame from `cluster_id`: its silence starts again.
     pub(super) fn heard(&self, cluster_id: &str) {
+        let now = Instant::now();
         let mut inner = self.lock();
-        inner.heard.insert(cluster_id.to_string(), Instant::now());
-        if inner.lost.remove(cluster_id) {
+        match inner.heard.get_mut(cluster_id) {
+            Some(t) => *t = now,
+            None => {
+                inner.heard.insert(cluster_id.to_string(), now);
+            }
+        }
+        if !inner.lost.is_empty() && inner.lost.remove(cluster_id) {
             drop(inner);
             tracing::warn!(
                 cluster = cluster_id,

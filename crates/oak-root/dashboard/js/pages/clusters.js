@@ -109,7 +109,7 @@ export async function render(main) {
       clear(list, table([
         { title: "Cluster", cell: (c) => el("span", { title: `id ${c._id}` }, c.cluster_name) },
         { title: "Location", cell: (c) => c.cluster_location || "–" },
-        { title: "State", cell: (c) => el("span", { class: `status ${c.active ? "active" : "inactive"}` }, c.active ? "active" : "inactive") },
+        { title: "State", cell: clusterState },
         { title: "Workers", cell: (c) => fmt(c.active_nodes) },
         { title: "CPU cores", cell: (c) => fmt(c.total_cpu_cores) },
         { title: "CPU used", cell: (c) => `${fmt(c.aggregated_cpu_percent ?? c.cpu_percent)} %`, class: "nowrap" },
@@ -132,4 +132,13 @@ export async function render(main) {
     stopped = true;
     clearTimeout(timer);
   };
+}
+
+// `active`, `unreachable` (silent, instances stay) or `lost` (silent past the root's
+// --cluster-timeout: its instances were placed elsewhere); older roots send only `active`.
+const STATE_CLASS = { active: "active", unreachable: "pending", lost: "inactive" };
+
+function clusterState(c) {
+  const word = c.status || (c.active ? "active" : "inactive");
+  return el("span", { class: `status ${STATE_CLASS[word] || "inactive"}` }, word);
 }
