@@ -146,7 +146,19 @@ pub fn tcp4_header_len(pkt: &[u8]) -> Result<usize, GsoError> {
 /// last (which may be shorter): the `UDP_SEGMENT` size. A packet with no more than `mss` bytes of
 /// payload becomes one segment.
 pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut Vec<u8>) -> Result<usize, GsoError> {
-    segment_tcp4_with_room(pkt, mss, (0, 0), out)
+    segment_tcp4_with_room(pkt, mss, (0, 0), TcpChecksum::Full, out)
+}
+
+/// What a segment's TCP checksum field gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// The complete checksum.
+    Full,
+    /// Only the pseudo-header sum (as with `VIRTIO_NET_HDR_F_NEEDS_CSUM`): for segments the
+    /// secure tunnel carries, whose integrity its AEAD guarantees and whose receiver sets the
+    /// field again anyway ([`tcp_partial_checksum`]); summing every payload byte was a third
+    /// of the sending thread's time.
+    Partial,
 }
 
 /// [`segment_tcp4`] leaving `room.0` bytes before and `room.1` after every segment (all of them
@@ -156,6 +168,7 @@ pub fn segment_tcp4_with_room(
     pkt: &[u8],
     mss: usize,
     room: (usize, usize),
+    checksum: TcpChecksum,
     out: &mut Vec<u8>,
 ) -> Result<usize, GsoError> {
     if mss == 0 {
@@ -200,11 +213,28 @@ pub fn segment_tcp4_with_room(
         // The payload is summed where it was read from, not in the copy just written (reading
         // that back stalled on the fresh stores); the TCP header's length is a multiple of
         // four, so the chunk's 16-bit words line up with the segment's.
-        let sum = ones_sum(&t[..hdr - ihl], pseudo + tcp_len) + ones_sum(chunk, 0);
-        t[16..18].copy_from_slice(&(!fold64(sum)).to_be_bytes());
+        let field = match checksum {
+            TcpChecksum::Full => !fold64(ones_sum(&t[..hdr - ihl], pseudo + tcp_len) + ones_sum(chunk, 0)),
+            TcpChecksum::Partial => fold64(pseudo + tcp_len),
+        };
+        t[16..18].copy_from_slice(&field.to_be_bytes());
         out.resize(out.len() + room.1, 0);
     }
     Ok(if count > 1 { hdr + mss } else { out.len() - room.0 - room.1 })
+}
+
+/// Prepares an unfragmented TCP/IPv4 packet for the TUN as a partial checksum, whatever its
+/// checksum field held: the field gets the pseudo-header sum and the returned header says
+/// `NEEDS_CSUM`, so the kernel trusts the packet on local delivery and completes the checksum
+/// should it ever leave the machine. `None` (packet untouched) for anything else.
+pub fn tcp_partial_checksum(pkt: &mut [u8]) -> Option<VnetHdr> {
+    let (ihl, _, total) = tcp4_lengths(pkt).ok()?;
+    if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 || total != pkt.len() {
+        return None;
+    }
+    let pseudo = fold64(ones_sum(&pkt[12..20], 6 + (total - ihl) as u64));
+    pkt[ihl + 16..ihl + 18].copy_from_slice(&pseudo.to_be_bytes());
+    Some(VnetHdr { flags: F_NEEDS_CSUM, csum_start: ihl as u16, csum_offset: 16, ..VnetHdr::default() })
 }
 
 /// Most bytes of a coalesced IPv4 packet.
@@ -306,7 +336,9 @@ impl TcpCoalescer {
             return &[];
         }
         if segments == 1 {
-            self.buf[..VNET_HDR_LEN].fill(0);
+            // Its checksum may be partial (see `TcpChecksum::Partial`): the kernel completes it.
+            let hdr = tcp_partial_checksum(&mut self.buf[VNET_HDR_LEN..]).unwrap_or_default();
+            self.buf[..VNET_HDR_LEN].copy_from_slice(&hdr.encode());
             return &self.buf;
         }
         let ihl = self.ihl;
@@ -432,7 +464,7 @@ mod tests {
         let big = tcp_with_options(3 * mss + 7, 0x10 | 0x08);
         let (mut plain, mut roomy) = (Vec::new(), Vec::new());
         let size = segment_tcp4(&big, mss, &mut plain).unwrap();
-        assert_eq!(segment_tcp4_with_room(&big, mss, (16, 16), &mut roomy).unwrap(), size);
+        assert_eq!(segment_tcp4_with_room(&big, mss, (16, 16), TcpChecksum::Full, &mut roomy).unwrap(), size);
         let stride = 16 + size + 16;
         assert_eq!(roomy.len(), 4 * 32 + plain.len());
         for (i, seg) in plain.chunks(size).enumerate() {
@@ -442,8 +474,34 @@ mod tests {
             assert!(roomy[at + 16 + seg.len()..at + 32 + seg.len()].iter().all(|b| *b == 0), "tail room of {i}");
         }
         let small = tcp_with_options(10, 0x10);
-        assert_eq!(segment_tcp4_with_room(&small, mss, (16, 16), &mut roomy).unwrap(), small.len());
+        assert_eq!(segment_tcp4_with_room(&small, mss, (16, 16), TcpChecksum::Full, &mut roomy).unwrap(), small.len());
         assert_eq!(roomy.len(), small.len() + 32);
+    }
+
+    #[test]
+    fn partial_checksums_complete_to_the_full_ones() {
+        let mss = 1000;
+        let big = tcp_with_options(3 * mss + 7, 0x10 | 0x08);
+        let (mut full, mut partial) = (Vec::new(), Vec::new());
+        let size = segment_tcp4(&big, mss, &mut full).unwrap();
+        segment_tcp4_with_room(&big, mss, (0, 0), TcpChecksum::Partial, &mut partial).unwrap();
+        for (f, p) in full.chunks(size).zip(partial.chunks_mut(size)) {
+            assert_ne!(f, &*p, "the TCP checksum is left partial");
+            assert_eq!(f[..36], p[..36], "everything before the TCP checksum is the same");
+            // The receiver's preparation is the same whatever the field held.
+            let mut g = f.to_vec();
+            let hdr = tcp_partial_checksum(p).expect("TCP");
+            assert_eq!(tcp_partial_checksum(&mut g), Some(hdr));
+            assert_eq!(g, *p);
+            assert_eq!((hdr.flags, hdr.gso_type, hdr.csum_start, hdr.csum_offset), (F_NEEDS_CSUM, GSO_NONE, 20, 16));
+            complete_checksum(p, 20, 16).unwrap();
+            assert_eq!(f, &*p, "completed, the partial checksum is the full one");
+        }
+        let udp = build(A, B, L4::Udp { sport: 1, dport: 2, checksum: true }, &[0; 10]);
+        assert_eq!(tcp_partial_checksum(&mut udp.clone()), None, "only TCP");
+        let mut fragment = tcp_with_options(10, 0x10);
+        fragment[6] |= 0x20; // more fragments
+        assert_eq!(tcp_partial_checksum(&mut fragment), None, "never a fragment");
     }
 
     #[test]
@@ -527,12 +585,16 @@ mod tests {
         fin[33] |= 0x01;
         assert!(!c.push(&fin));
         assert!(c.push(&s[1]));
-        // A single segment comes back unchanged with an empty header.
+        // A single segment comes back as a partial checksum the kernel completes.
         let mut one = TcpCoalescer::new();
         assert!(one.start(&s[3]));
-        let out = one.finish();
-        assert_eq!(&out[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
-        assert_eq!(&out[VNET_HDR_LEN..], &s[3][..]);
+        let out = one.finish().to_vec();
+        let mut want = s[3].clone();
+        let hdr = tcp_partial_checksum(&mut want).unwrap();
+        assert_eq!(&out[..VNET_HDR_LEN], &hdr.encode());
+        assert_eq!(&out[VNET_HDR_LEN..], &want[..]);
+        complete_checksum(&mut want, 20, 16).unwrap();
+        assert_eq!(want, s[3], "and completes to the segment's own");
         let syn = build(A, B, L4::Tcp { sport: 1, dport: 2, flags: 0x02 }, b"");
         assert!(!one.start(&syn));
         let ack = build(A, B, L4::Tcp { sport: 1, dport: 2, flags: 0x10 }, b"");

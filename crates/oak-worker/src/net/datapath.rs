@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use oak_api::net::{PeerAnswer, PeerQuery, RouteTable, TableQuery};
-use oak_net::gso::{self, VnetHdr, VNET_HDR_LEN};
+use oak_net::gso::{self, TcpChecksum, VnetHdr, VNET_HDR_LEN};
 use oak_net::secure::{DATA_HEADER, MIN_OUT, OVERHEAD};
 use oak_net::{
     classify, Datagram, Inbound, Ipv4Net, Opened, Outbound, PeerKey, Probe, ProbeKind, Proxy, ProxyConfig, Refusal,
@@ -277,11 +277,13 @@ impl Datapath {
             Outbound::Tunnel(peer) => {
                 if gso_size > 0 || packet.len() > WIRE_MAX {
                     // Sealed, every segment gets the tunnel's header before and tag after it.
-                    let (room, out) = match &self.secure {
-                        Some(_) => ((DATA_HEADER, OVERHEAD - DATA_HEADER), &mut scratch.sealed),
-                        None => ((0, 0), &mut scratch.segments),
+                    // and its TCP checksum is left partial: the AEAD protects the segment and
+                    // the receiver sets the field again (`TcpChecksum::Partial`).
+                    let (room, checksum, out) = match &self.secure {
+                        Some(_) => ((DATA_HEADER, OVERHEAD - DATA_HEADER), TcpChecksum::Partial, &mut scratch.sealed),
+                        None => ((0, 0), TcpChecksum::Full, &mut scratch.segments),
                     };
-                    match segment(packet, gso_size, room, out) {
+                    match segment(packet, gso_size, room, checksum, out) {
                         Some(size) => self.send_segments(size, peer, scratch),
                         None => tracing::debug!("cannot segment a large outbound packet; dropped"),
                     }
@@ -291,7 +293,7 @@ impl Datapath {
             }
             Outbound::Local => {
                 if gso_size > 0 || packet.len() > WIRE_MAX {
-                    let Some(size) = segment(packet, gso_size, (0, 0), &mut scratch.segments) else {
+                    let Some(size) = segment(packet, gso_size, (0, 0), TcpChecksum::Full, &mut scratch.segments) else {
                         tracing::debug!("cannot segment a large local packet; dropped");
                         return;
                     };
@@ -314,6 +316,22 @@ impl Datapath {
             }
             Outbound::Queued => {}
             Outbound::Drop(reason) => tracing::debug!(%reason, "outbound packet dropped"),
+        }
+    }
+
+    /// Writes a packet the secure tunnel delivered into the TUN: a TCP one's checksum may be
+    /// partial (`TcpChecksum::Partial`), so it goes as `NEEDS_CSUM`, or without offloads gets
+    /// its checksum completed here.
+    fn write_tun_opened(&self, packet: &mut [u8]) {
+        let Some(hdr) = gso::tcp_partial_checksum(packet) else {
+            return self.write_tun_packet(packet);
+        };
+        if self.tun_header() == 0 {
+            let _ = gso::complete_checksum(packet, usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
+            return self.write_tun(packet);
+        }
+        if let Err(e) = self.tun.try_send_vectored(&[&hdr.encode(), packet]) {
+            tracing::debug!(error = %e, "TUN write failed");
         }
     }
 
@@ -426,11 +444,17 @@ impl Scratch {
 /// Segments a TCP packet into packets of at most [`WIRE_MAX`] bytes (and at most `gso_size`
 /// payload bytes if given), with `room` around each (see [`gso::segment_tcp4_with_room`]);
 /// returns the segment size.
-fn segment(packet: &[u8], gso_size: usize, room: (usize, usize), out: &mut Vec<u8>) -> Option<usize> {
+fn segment(
+    packet: &[u8],
+    gso_size: usize,
+    room: (usize, usize),
+    checksum: TcpChecksum,
+    out: &mut Vec<u8>,
+) -> Option<usize> {
     let hdr = gso::tcp4_header_len(packet).ok()?;
     let space = WIRE_MAX.checked_sub(hdr).filter(|r| *r > 0)?;
     let mss = if gso_size > 0 { gso_size.min(space) } else { space };
-    gso::segment_tcp4_with_room(packet, mss, room, out).ok()
+    gso::segment_tcp4_with_room(packet, mss, room, checksum, out).ok()
 }
 
 /// Asks for large socket buffers: bursts of a bulk transfer otherwise overflow the defaults.
@@ -636,7 +660,7 @@ fn from_tunnel(d: Arc<Datapath>) {
             }
         }
         for &(i, off, len, deliver) in &datagrams {
-            let packet = &bufs[i][off..off + len];
+            let packet = &mut bufs[i][off..off + len];
             if deliver {
                 if head > 0 {
                     // Merge in-order TCP segments of one flow into one offloaded packet.
@@ -650,7 +674,11 @@ fn from_tunnel(d: Arc<Datapath>) {
                         continue;
                     }
                 }
-                d.write_tun_packet(packet);
+                if d.secure.is_some() {
+                    d.write_tun_opened(packet);
+                } else {
+                    d.write_tun_packet(packet);
+                }
                 continue;
             }
             let a = addrs[i];
