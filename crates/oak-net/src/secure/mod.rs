@@ -1,6 +1,6 @@
 //! The authenticated, encrypted tunnel between workers, WireGuard-style: every pair of workers
 //! runs a Noise IK handshake with their static X25519 keys ([`handshake`], by `snow`) and then
-//! exchanges sealed datagrams ([`session`]: AES-256-GCM where both CPUs accelerate AES, else
+//! exchanges sealed datagrams ([`session`]: AES-128-GCM where both CPUs accelerate AES, else
 //! ChaCha20-Poly1305; a replay window; rekeying every two minutes without dropping a flow).
 //! This module routes datagrams to the right peer and session, decides who is a peer, and
 //! counts what it refuses.
