@@ -714,8 +714,8 @@ struct Received<'a> {
 /// The secure tunnel's receive: opens every datagram of a batch where it lies (the packet then
 /// starts `DATA_HEADER` bytes into it), answers probes, checks that each packet's source belongs
 /// to its sender and translates the rest; `datagrams` gets those to deliver (their offsets are
-/// the packets'). Decryption holds the tunnel's lock one datagram at a time, so the other packet
-/// thread can reserve counters in between; handshake answers, pongs, directory
+/// the packets'). Decryption holds the tunnel's lock one received message at a time, so the
+/// other packet thread can reserve counters in between; handshake answers, pongs, directory
 /// questions and refusal logs go out once the locks are released.
 fn open_batch(
     d: &Datapath,
@@ -736,10 +736,12 @@ fn open_batch(
         let a = batch.addrs[i];
         let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port));
         let seg = if batch.gro { gro_size(&m.msg_hdr).filter(|s| *s > 0).unwrap_or(n) } else { n };
+        // One lock per received message (one datagram, or a GRO run of one sender's).
+        let mut tunnel = secure.lock().unwrap();
         for off in (0..n).step_by(seg) {
             let len = seg.min(n - off);
             let datagram = &mut batch.bufs[i][off..off + len];
-            match secure.lock().unwrap().open_in_place(from, datagram, now) {
+            match tunnel.open_in_place(from, datagram, now) {
                 Opened::Packet { len: plen, peer } => opened.push((i, off + DATA_HEADER, plen, peer, from)),
                 Opened::Control => {}
                 Opened::Unknown(key) => unknown.push(key),
@@ -751,6 +753,9 @@ fn open_batch(
     let outbox = {
         let mut secure = secure.lock().unwrap();
         let mut proxy = d.proxy.lock().unwrap();
+        // The last sender and source found allowed: a run of one flow's packets is checked once
+        // (nothing can change the answer while both locks are held).
+        let mut allowed: Option<(PeerKey, Ipv4Addr)> = None;
         for (i, off, plen, peer, from) in opened {
             let packet = &mut batch.bufs[i][off..off + plen];
             if let Some(probe) = Probe::from_packet(packet) {
@@ -773,10 +778,13 @@ fn open_batch(
                 continue;
             }
             let (src, _) = oak_net::packet::addresses(packet);
-            if !secure.source_allowed(peer, src, proxy.instance_endpoint(src)) {
-                secure.refuse(Refusal::WrongSource);
-                refused.push((from, Refusal::WrongSource));
-                continue;
+            if allowed != Some((peer, src)) {
+                if !secure.source_allowed(peer, src, proxy.instance_endpoint(src)) {
+                    secure.refuse(Refusal::WrongSource);
+                    refused.push((from, Refusal::WrongSource));
+                    continue;
+                }
+                allowed = Some((peer, src));
             }
             match proxy.inbound(packet, now) {
                 Inbound::Deliver => datagrams.push((i, off, plen, true)),
