@@ -182,24 +182,26 @@ pub fn segment_tcp4_with_room(
     let flags = pkt[ihl + 13];
     // Pseudo-header without the length: source, destination, protocol.
     let pseudo = ones_sum(&pkt[12..20], 6);
+    // The headers' sums without the fields that change per segment (IP total length, id and
+    // checksum; TCP sequence number, flags and checksum), which are added as numbers: nothing
+    // reads back a segment just written (those loads stalled on the copy's stores).
+    let mut base = [0u8; 120];
+    base[..hdr].copy_from_slice(header);
+    base[2..6].fill(0);
+    base[10..12].fill(0);
+    base[ihl + 4..ihl + 8].fill(0);
+    base[ihl + 13] = 0;
+    base[ihl + 16..ihl + 18].fill(0);
+    let ip_base = ones_sum(&base[..ihl], 0);
+    let tcp_base = ones_sum(&base[ihl..hdr], 0);
     let count = payload.len().div_ceil(mss).max(1);
     out.clear();
     out.reserve(count * (room.0 + hdr + room.1) + payload.len());
     for i in 0..count {
         let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        out.resize(out.len() + room.0, 0);
-        let start = out.len();
-        out.extend_from_slice(header);
-        out.extend_from_slice(chunk);
-        let seg = &mut out[start..];
         let len = (hdr + chunk.len()) as u16;
-        seg[2..4].copy_from_slice(&len.to_be_bytes());
-        seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-        seg[10..12].copy_from_slice(&[0, 0]);
-        let ip_sum = !fold64(ones_sum(&seg[..ihl], 0));
-        seg[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let t = &mut seg[ihl..];
-        t[4..8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+        let seg_id = id.wrapping_add(i as u16);
+        let seg_seq = seq.wrapping_add((i * mss) as u32);
         let mut f = flags;
         if i + 1 < count {
             f &= !(TCP_FIN | TCP_PSH);
@@ -207,16 +209,26 @@ pub fn segment_tcp4_with_room(
         if i > 0 {
             f &= !TCP_CWR;
         }
-        t[13] = f;
-        t[16..18].copy_from_slice(&[0, 0]);
-        let tcp_len = t.len() as u64;
-        // The payload is summed where it was read from, not in the copy just written (reading
-        // that back stalled on the fresh stores); the TCP header's length is a multiple of
-        // four, so the chunk's 16-bit words line up with the segment's.
+        let ip_sum = !fold64(ip_base + u64::from(len) + u64::from(seg_id));
+        let tcp_len = u64::from(len) - ihl as u64;
         let field = match checksum {
-            TcpChecksum::Full => !fold64(ones_sum(&t[..hdr - ihl], pseudo + tcp_len) + ones_sum(chunk, 0)),
+            TcpChecksum::Full => {
+                let words = u64::from(seg_seq >> 16) + u64::from(seg_seq & 0xffff) + u64::from(f);
+                !fold64(tcp_base + words + pseudo + tcp_len + ones_sum(chunk, 0))
+            }
             TcpChecksum::Partial => fold64(pseudo + tcp_len),
         };
+        out.resize(out.len() + room.0, 0);
+        let start = out.len();
+        out.extend_from_slice(header);
+        out.extend_from_slice(chunk);
+        let seg = &mut out[start..];
+        seg[2..4].copy_from_slice(&len.to_be_bytes());
+        seg[4..6].copy_from_slice(&seg_id.to_be_bytes());
+        seg[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        let t = &mut seg[ihl..];
+        t[4..8].copy_from_slice(&seg_seq.to_be_bytes());
+        t[13] = f;
         t[16..18].copy_from_slice(&field.to_be_bytes());
         out.resize(out.len() + room.1, 0);
     }

@@ -304,7 +304,12 @@ impl Datapath {
                         self.write_tun(&scratch.frame);
                     }
                 } else {
-                    frame[..VNET_HDR_LEN].fill(0);
+                    // A TCP checksum left partial (see `from_tun`) goes in as one again.
+                    let partial = match (&self.secure, self.tun_header()) {
+                        (Some(_), 1..) => gso::tcp_partial_checksum(&mut frame[VNET_HDR_LEN..]),
+                        _ => None,
+                    };
+                    frame[..VNET_HDR_LEN].copy_from_slice(&partial.unwrap_or_default().encode());
                     self.write_tun(&frame[VNET_HDR_LEN - self.tun_header()..]);
                 }
             }
@@ -561,7 +566,10 @@ fn from_tun(d: Arc<Datapath>) {
                     if hdr.flags & gso::F_NEEDS_CSUM != 0 {
                         let packet = &mut frame[VNET_HDR_LEN..];
                         let (start, offset) = (usize::from(hdr.csum_start), usize::from(hdr.csum_offset));
-                        if gso::complete_checksum(packet, start, offset).is_err() {
+                        // On the secure tunnel a TCP checksum may stay partial: whoever writes
+                        // the packet into a TUN sets it up again (`TcpChecksum::Partial`).
+                        let tcp = d.secure.is_some() && offset == 16 && packet.get(9) == Some(&6);
+                        if !tcp && gso::complete_checksum(packet, start, offset).is_err() {
                             tracing::debug!("TUN packet with bad checksum offsets dropped");
                             continue;
                         }
