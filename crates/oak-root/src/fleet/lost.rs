@@ -118,7 +118,7 @@ mod tests {
     use std::sync::Arc;
 
     use oak_api::channel::{ClusterResources, ResourceTotals};
-    use oak_api::model::{Application, Instance};
+    use oak_api::model::Instance;
     use oak_store::{RootStore, SqliteStore};
 
     use super::*;
@@ -161,16 +161,7 @@ mod tests {
         }
         let (alpha, beta) = (joined[0].cluster_id.clone(), joined[1].cluster_id.clone());
 
-        let app: Application = serde_json::from_value(serde_json::json!({
-            "_id": "a", "applicationID": "a", "application_name": "shop", "application_namespace": "test", "userId": "u"
-        }))
-        .unwrap();
-        let ms = serde_json::from_value(serde_json::json!({
-            "microservice_name": "web", "microservice_namespace": "test", "virtualization": "container", "code": "img"
-        }))
-        .unwrap();
-        let service = oak_core::jobs::new_service("s".into(), &app, ms);
-        store.create_application(&app, std::slice::from_ref(&service)).unwrap();
+        crate::fleet::test_fixtures::store_shop_with_service_s(&*store);
         let put = |n: u32, st: &str| {
             let mut i = Instance::new(n, st, "running", 0.0);
             i.cluster_id = Some(alpha.clone());

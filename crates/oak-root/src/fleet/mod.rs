@@ -18,6 +18,27 @@ mod spread;
 mod trust;
 mod workers;
 
+/// Fixtures the fleet's unit tests share.
+#[cfg(test)]
+mod test_fixtures {
+    use oak_api::model::Application;
+    use oak_store::RootStore;
+
+    /// Stores the application "shop" with one container service, id "s".
+    pub(super) fn store_shop_with_service_s(store: &dyn RootStore) {
+        let app: Application = serde_json::from_value(serde_json::json!({
+            "_id": "a", "applicationID": "a", "application_name": "shop", "application_namespace": "test", "userId": "u"
+        }))
+        .unwrap();
+        let ms = serde_json::from_value(serde_json::json!({
+            "microservice_name": "web", "microservice_namespace": "test", "virtualization": "container", "code": "img"
+        }))
+        .unwrap();
+        let service = oak_core::jobs::new_service("s".into(), &app, ms);
+        store.create_application(&app, std::slice::from_ref(&service)).unwrap();
+    }
+}
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

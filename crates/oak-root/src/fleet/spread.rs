@@ -76,7 +76,7 @@ impl Spread {
 mod tests {
     use std::sync::Arc;
 
-    use oak_api::model::{Application, Instance};
+    use oak_api::model::Instance;
     use oak_store::SqliteStore;
 
     use super::*;
@@ -85,16 +85,7 @@ mod tests {
     fn counts_follow_placements_and_reload_when_stale() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn RootStore> = Arc::new(SqliteStore::open(&dir.path().join("root.db")).unwrap());
-        let app: Application = serde_json::from_value(serde_json::json!({
-            "_id": "a", "applicationID": "a", "application_name": "shop", "application_namespace": "test", "userId": "u"
-        }))
-        .unwrap();
-        let ms = serde_json::from_value(serde_json::json!({
-            "microservice_name": "web", "microservice_namespace": "test", "virtualization": "container", "code": "img"
-        }))
-        .unwrap();
-        let service = oak_core::jobs::new_service("s".into(), &app, ms);
-        store.create_application(&app, std::slice::from_ref(&service)).unwrap();
+        crate::fleet::test_fixtures::store_shop_with_service_s(&*store);
         let put = |n: u32, cluster: &str, st: &str| {
             let mut i = Instance::new(n, st, "", 0.0);
             i.cluster_id = Some(cluster.into());
