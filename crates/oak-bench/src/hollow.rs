@@ -186,15 +186,7 @@ impl Params {
         ] {
             anyhow::ensure!(v.is_finite() && v > 0.0, "--{flag} must be a positive number of seconds");
         }
-        let oakestra = match &args.oakestra {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?.with_file_name("oakestra"),
-        };
-        anyhow::ensure!(
-            oakestra.is_file(),
-            "no oakestra binary at {} (build it with `cargo build --release -p oakestra` and pass --oakestra)",
-            oakestra.display()
-        );
+        let oakestra = crate::procs::oakestra_binary(args.oakestra.as_deref())?;
         Ok(Params {
             scale: args.scale,
             clusters,

@@ -155,6 +155,21 @@ impl Drop for Children {
 }
 
 /// The last `max` bytes of a log file (lossy UTF-8).
+/// The `oakestra` binary a benchmark starts: `given`, else the one next to this executable
+/// (both are built into the same target directory).
+pub fn oakestra_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let oakestra = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("oakestra"),
+    };
+    anyhow::ensure!(
+        oakestra.is_file(),
+        "no oakestra binary at {} (build it with `cargo build --release -p oakestra` and pass --oakestra)",
+        oakestra.display()
+    );
+    Ok(oakestra)
+}
+
 pub fn log_tail(path: &Path, max: u64) -> String {
     let Ok(mut file) = File::open(path) else { return format!("(cannot open {})", path.display()) };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);

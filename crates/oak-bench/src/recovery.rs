@@ -98,15 +98,7 @@ impl Params {
             a.report_interval < a.worker_timeout,
             "--report-interval must be shorter than --worker-timeout, or idle workers count as dead"
         );
-        let oakestra = match &a.oakestra {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?.with_file_name("oakestra"),
-        };
-        anyhow::ensure!(
-            oakestra.is_file(),
-            "no oakestra binary at {} (build it with `cargo build --release -p oakestra` and pass --oakestra)",
-            oakestra.display()
-        );
+        let oakestra = crate::procs::oakestra_binary(a.oakestra.as_deref())?;
         Ok(Params {
             runs: a.runs,
             worker_timeout_s: a.worker_timeout,
@@ -475,25 +467,22 @@ fn summarize(params: &Params, samples: &Samples, machine: &Machine, commit: &Com
     let c = Summary::of(&samples.cluster_s);
     let wb = Summary::of(&beyond(&samples.worker_s, params.worker_timeout_s));
     let cb = Summary::of(&beyond(&samples.cluster_s, params.cluster_timeout_s));
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    table.section(&format!("worker killed (cluster --node-timeout {} s), {} runs", params.worker_timeout_s, w.count));
-    table.row("kill → RUNNING elsewhere p50", format!("{:.2} s", w.p50), "");
-    table.row("kill → RUNNING elsewhere p99 / max", format!("{:.2} / {:.2} s", w.p99, w.max), "");
-    table.row("min", format!("{:.2} s", w.min), "");
-    table.row(
-        "beyond the worker timeout p50 / max",
-        format!("{:.2} / {:.2} s", wb.p50, wb.max),
-        format!("≤ 10 s: {}", verdict(wb.max <= 10.0)),
-    );
-    table.section(&format!("cluster killed (root --cluster-timeout {} s), {} runs", params.cluster_timeout_s, c.count));
-    table.row("kill → RUNNING on the other cluster p50", format!("{:.2} s", c.p50), "");
-    table.row("kill → RUNNING on the other cluster p99 / max", format!("{:.2} / {:.2} s", c.p99, c.max), "");
-    table.row("min", format!("{:.2} s", c.min), "");
-    table.row(
-        "beyond the cluster timeout p50 / max",
-        format!("{:.2} / {:.2} s", cb.p50, cb.max),
-        format!("≤ 10 s: {}", verdict(cb.max <= 10.0)),
-    );
+    let mut scenario = |title: String, what: &str, timeout: &str, s: &Summary, beyond: &Summary| {
+        let verdict = if beyond.max <= 10.0 { "met" } else { "MISSED" };
+        table.section(&title);
+        table.row(format!("kill → {what} p50"), format!("{:.2} s", s.p50), "");
+        table.row(format!("kill → {what} p99 / max"), format!("{:.2} / {:.2} s", s.p99, s.max), "");
+        table.row("min", format!("{:.2} s", s.min), "");
+        table.row(
+            format!("beyond the {timeout} timeout p50 / max"),
+            format!("{:.2} / {:.2} s", beyond.p50, beyond.max),
+            format!("≤ 10 s: {verdict}"),
+        );
+    };
+    let title = format!("worker killed (cluster --node-timeout {} s), {} runs", params.worker_timeout_s, w.count);
+    scenario(title, "RUNNING elsewhere", "worker", &w, &wb);
+    let title = format!("cluster killed (root --cluster-timeout {} s), {} runs", params.cluster_timeout_s, c.count);
+    scenario(title, "RUNNING on the other cluster", "cluster", &c, &cb);
     let json = json!({
         "benchmark": "recovery",
         "target": "P9",
