@@ -88,6 +88,20 @@ pub struct Proxy {
     fragments_out: FragmentTable<(Ipv4Addr, Ipv4Addr, Outbound)>,
     /// Addresses of first fragments delivered, for their later fragments.
     fragments_in: FragmentTable<(Ipv4Addr, Ipv4Addr)>,
+    /// The last inbound plain TCP segment's decision, for the next of the same flow.
+    inbound_memo: Option<InboundMemo>,
+}
+
+/// An inbound TCP segment without SYN, FIN or RST changes nothing that the translation of the
+/// next segment of its flow depends on, so a run of one flow's segments (a bulk transfer's
+/// dozens per received batch) is looked up once. Valid only for calls with the same `now`
+/// and no other call in between: every other `&mut self` method clears it.
+#[derive(Debug, Clone, Copy)]
+struct InboundMemo {
+    key: FlowKey,
+    at: Instant,
+    /// The source address the flow's replies get (`None`: delivered unchanged).
+    new_src: Option<Ipv4Addr>,
 }
 
 impl Proxy {
@@ -100,12 +114,14 @@ impl Proxy {
             stats: ProxyStats::default(),
             fragments_out: FragmentTable::default(),
             fragments_in: FragmentTable::default(),
+            inbound_memo: None,
             cfg,
         }
     }
 
     /// The worker's advertised tunnel endpoint changed (e.g. new public address).
     pub fn set_own_endpoint(&mut self, ep: SocketAddrV4) {
+        self.inbound_memo = None;
         self.cfg.own_endpoint = ep;
     }
 
@@ -116,6 +132,7 @@ impl Proxy {
     /// Registers a local instance; its job's table is kept while it exists. Re-registering an
     /// nsIP replaces the old instance and forgets its flows.
     pub fn add_local(&mut self, ns_ip: Ipv4Addr, instance_ip: Ipv4Addr, job: &str) {
+        self.inbound_memo = None;
         let old = self.locals.insert(ns_ip, Local { instance_ip, job: job.to_string() });
         if old.is_some() {
             self.flows.retain(|k, _| k.src != ns_ip);
@@ -124,6 +141,7 @@ impl Proxy {
 
     /// Unregisters a local instance and forgets the flows it started.
     pub fn remove_local(&mut self, ns_ip: Ipv4Addr) {
+        self.inbound_memo = None;
         if self.locals.remove(&ns_ip).is_some() {
             self.flows.retain(|k, _| k.src != ns_ip);
         }
@@ -133,6 +151,7 @@ impl Proxy {
     /// releases packets waiting for any of its addresses and drops flows whose instance is gone.
     /// An answer with `error` set only fails the query it answers (`query_key` as an IP).
     pub fn apply_table(&mut self, table: &RouteTable, now: Instant) -> Result<TableReport, TableError> {
+        self.inbound_memo = None;
         if !table.error.is_empty() {
             let failed = match table.query_key.trim().parse::<Ipv4Addr>() {
                 Ok(ip) => self.queue.fail(ip, now, &self.cfg.timeouts),
@@ -158,12 +177,14 @@ impl Proxy {
 
     /// Forgets a job's table and its flows.
     pub fn remove_job(&mut self, job: &str) {
+        self.inbound_memo = None;
         self.routes.remove(job);
         self.flows.retain(|_, f| f.job != job);
     }
 
     /// Translates a packet sent by a local instance (read from the TUN), in place.
     pub fn outbound(&mut self, pkt: &mut [u8], now: Instant) -> Outbound {
+        self.inbound_memo = None;
         self.stats.packets_out += 1;
         let fragment = packet::fragment_key(pkt);
         let action = match fragment {
@@ -188,6 +209,11 @@ impl Proxy {
     pub fn inbound(&mut self, pkt: &mut [u8], now: Instant) -> Inbound {
         self.stats.packets_in += 1;
         let fragment = packet::fragment_key(pkt);
+        if fragment.is_none() {
+            if let Some(action) = self.inbound_memoized(pkt, now) {
+                return action;
+            }
+        }
         let action = match (fragment, packet::parse(pkt)) {
             (Some((key, false)), _) => self.inbound_later_fragment(key, pkt, now),
             (_, Err(e)) => Inbound::Drop(e.into()),
@@ -205,12 +231,14 @@ impl Proxy {
 
     /// Packets released by tables since the last call; feed each through [`Self::outbound`].
     pub fn take_released(&mut self) -> Vec<Vec<u8>> {
+        self.inbound_memo = None;
         self.queue.take_released()
     }
 
     /// Periodic housekeeping: drops idle flows and stale queued packets, and removes the tables
     /// of jobs without local instance unused for the interest timeout.
     pub fn expire(&mut self, now: Instant) -> Expired {
+        self.inbound_memo = None;
         let t = self.cfg.timeouts;
         let flows = self.flows.expire(now, &t);
         self.fragments_out.expire(now);
@@ -236,6 +264,7 @@ impl Proxy {
 
     /// Records a measured round-trip time to a worker, for the closest policy.
     pub fn set_rtt(&mut self, peer: SocketAddrV4, rtt: Duration) {
+        self.inbound_memo = None;
         self.routes.set_rtt(peer, rtt);
     }
 
@@ -349,15 +378,39 @@ impl Proxy {
     }
 
     fn translate_inbound(&mut self, pkt: &mut [u8], info: &PacketInfo, now: Instant) -> Inbound {
+        self.inbound_memo = None;
         if !self.locals.contains_key(&info.dst) {
             return Inbound::Drop(DropReason::NotForLocal);
         }
         let reply = FlowKey::of(info);
+        let mut new_src = None;
         if let Some((orig, flow)) = self.flows.match_reply(&reply, info.tcp_flags, now) {
             packet::rewrite_addresses(pkt, info, orig.dst, info.dst);
             self.routes.touch(&flow.job, now);
+            new_src = Some(orig.dst);
+        }
+        if plain_tcp(info) {
+            self.inbound_memo = Some(InboundMemo { key: reply, at: now, new_src });
         }
         Inbound::Deliver
+    }
+
+    /// Delivers a plain TCP segment of the flow the last call translated, as it did (see
+    /// [`InboundMemo`]); `None` if the memo does not apply.
+    fn inbound_memoized(&mut self, pkt: &mut [u8], now: Instant) -> Option<Inbound> {
+        let memo = self.inbound_memo?;
+        if memo.at != now {
+            return None;
+        }
+        let info = packet::parse(pkt).ok()?;
+        if !plain_tcp(&info) || FlowKey::of(&info) != memo.key {
+            return None;
+        }
+        if let Some(src) = memo.new_src {
+            packet::rewrite_addresses(pkt, &info, src, info.dst);
+        }
+        self.stats.delivered += 1;
+        Some(Inbound::Deliver)
     }
 
     /// Moves the queue's discard counters into the drop statistics.
@@ -367,4 +420,10 @@ impl Proxy {
         self.stats.drops.add(DropReason::QueueFull, d.overflow as u64);
         self.stats.drops.add(DropReason::QueryFailed, d.failed as u64);
     }
+}
+
+/// A TCP segment that opens, closes or resets nothing.
+fn plain_tcp(info: &PacketInfo) -> bool {
+    info.protocol == packet::Protocol::Tcp
+        && info.tcp_flags & (packet::TCP_SYN | packet::TCP_FIN | packet::TCP_RST) == 0
 }

@@ -548,3 +548,38 @@ fn re_registered_local_instance_gets_fresh_flows() {
     assert_eq!(a.stats().flows, 0);
     assert!(!a.has_job(SERVER_JOB));
 }
+
+/// A run of one flow's plain segments (as one received batch delivers them, with one `now`)
+/// is translated like the first, another flow or a FIN in the run is looked up, and nothing done in
+/// between (here: the client instance going away) is skipped by the shortcut.
+#[test]
+fn a_run_of_one_flows_segments_is_translated_like_its_first() {
+    let t0 = Instant::now();
+    let mut a = node_a(t0);
+    a.apply_table(&server_table(), t0).unwrap();
+    let mut syn = tcp(CLIENT_NS, 34278, RR_IP, 30443, TCP_SYN);
+    assert_eq!(a.outbound(&mut syn, t0), Outbound::Tunnel(ep(NODE_B)));
+
+    let t1 = t0 + Duration::from_millis(1);
+    for _ in 0..5 {
+        let mut seg = tcp(S0_IIP, 30443, CLIENT_NS, 34278, TCP_ACK);
+        assert_eq!(a.inbound(&mut seg, t1), Inbound::Deliver);
+        assert_eq!(addrs(&seg), (ip(RR_IP), ip(CLIENT_NS)));
+    }
+    // Another flow's segment in the run is looked up on its own (no flow: unchanged).
+    let mut stray = tcp(S1_IIP, 30443, CLIENT_NS, 34278, TCP_ACK);
+    assert_eq!(a.inbound(&mut stray, t1), Inbound::Deliver);
+    assert_eq!(addrs(&stray), (ip(S1_IIP), ip(CLIENT_NS)));
+    let mut fin = tcp(S0_IIP, 30443, CLIENT_NS, 34278, TCP_ACK | crate::packet::TCP_FIN);
+    assert_eq!(a.inbound(&mut fin, t1), Inbound::Deliver);
+    assert_eq!(addrs(&fin), (ip(RR_IP), ip(CLIENT_NS)));
+    let s = a.stats();
+    assert_eq!((s.packets_in, s.delivered), (7, 7));
+
+    // The client goes away between two segments of the run: the next one is refused.
+    let mut seg = tcp(S0_IIP, 30443, CLIENT_NS, 34278, TCP_ACK);
+    assert_eq!(a.inbound(&mut seg, t1), Inbound::Deliver);
+    a.remove_local(ip(CLIENT_NS));
+    let mut seg = tcp(S0_IIP, 30443, CLIENT_NS, 34278, TCP_ACK);
+    assert_eq!(a.inbound(&mut seg, t1), Inbound::Drop(DropReason::NotForLocal));
+}
