@@ -532,14 +532,19 @@ fn send_gso(udp: &UdpSocket, data: &[u8], size: u16, peer: SocketAddrV4) -> std:
 
 /// TUN → proxy → tunnel (or back into the TUN), on a thread of its own.
 fn from_tun(d: Arc<Datapath>) {
+    raise_priority();
     let head = d.tun_header();
     // The packet always starts at VNET_HDR_LEN, so released and read packets share one layout.
     let mut buf = vec![0u8; TUN_BUFFER];
     let mut scratch = Scratch::new();
+    let mut spin = Spin::new();
     while !d.is_stopped() {
         let n = match d.tun.try_recv(&mut buf[VNET_HDR_LEN - head..]) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if spin.again() {
+                    continue;
+                }
                 if let Err(e) = d.tun.wait_readable(IDLE_POLL_MS) {
                     tracing::error!(error = %e, "waiting on the TUN failed; the overlay data path stops");
                     return;
@@ -554,6 +559,7 @@ fn from_tun(d: Arc<Datapath>) {
                 return;
             }
         };
+        spin.reset();
         if n < head {
             continue;
         }
@@ -591,6 +597,7 @@ fn from_tun(d: Arc<Datapath>) {
 /// on the socket one receive may hold several datagrams of one sender back to back, all of the
 /// size the control message gives except the last.
 fn from_tunnel(d: Arc<Datapath>) {
+    raise_priority();
     let head = d.tun_header();
     let gro = head > 0 && enable_udp_gro(&d.udp);
     let size = if gro { GRO_BUFFER } else { UDP_BUFFER };
@@ -613,6 +620,7 @@ fn from_tunnel(d: Arc<Datapath>) {
     // (message, offset, length, delivered) of every datagram of a batch.
     let mut datagrams: Vec<(usize, usize, usize, bool)> = Vec::with_capacity(BATCH * 64);
     let mut coalescer = gso::TcpCoalescer::new();
+    let mut spin = Spin::new();
     while !d.is_stopped() {
         for m in msgs.iter_mut() {
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -626,18 +634,23 @@ fn from_tunnel(d: Arc<Datapath>) {
                 d.udp.as_raw_fd(),
                 msgs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                libc::MSG_WAITFORONE | if spin.spinning() { libc::MSG_DONTWAIT } else { 0 },
                 std::ptr::null_mut(),
             )
         };
         if got < 0 {
             // Timeouts, interrupts and ICMP port unreachable from a peer all surface here.
             let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::WouldBlock && spin.spinning() {
+                spin.again();
+                continue;
+            }
             if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) {
                 tracing::debug!(error = %e, "tunnel receive error");
             }
             continue;
         }
+        spin.reset();
         datagrams.clear();
         if let Some(secure) = &d.secure {
             let batch = Received { msgs: &msgs[..got as usize], addrs: &addrs, bufs: &mut bufs, gro };
@@ -816,6 +829,62 @@ fn open_batch(
     }
 }
 
+/// A packet thread keeps looking for work a little while after its last packet before it
+/// sleeps: in a bulk transfer the next packet usually comes within microseconds, and a sleep
+/// and wakeup per packet costs more than that and adds to every round trip.
+struct Spin {
+    until: Option<Instant>,
+}
+
+/// How long a packet thread looks for more work before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
+impl Spin {
+    fn new() -> Self {
+        Spin { until: None }
+    }
+
+    /// Work came: the next wait starts with a spin again.
+    fn reset(&mut self) {
+        self.until = None;
+    }
+
+    /// Whether the thread is (still) in its spin; a spin that just began counts.
+    fn spinning(&mut self) -> bool {
+        match self.until {
+            None => true,
+            Some(until) => Instant::now() < until,
+        }
+    }
+
+    /// Nothing was there: true (after letting other threads run) if the thread should look
+    /// again, false once the spin is over and it should block.
+    fn again(&mut self) -> bool {
+        let now = Instant::now();
+        let until = *self.until.get_or_insert(now + SPIN);
+        if now >= until {
+            return false;
+        }
+        std::thread::yield_now();
+        true
+    }
+}
+
+/// Packet threads run at a higher priority than the instances whose packets they carry: a
+/// packet thread that waits for a core behind a busy instance delays every flow through it
+/// (the kernel's own network processing likewise preempts user code). Best effort: without
+/// `CAP_SYS_NICE` the thread keeps its priority.
+fn raise_priority() {
+    // SAFETY: gettid and setpriority take plain integers.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, PACKET_THREAD_NICE) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot raise the packet thread's priority");
+    }
+}
+
+/// Nice value of the packet threads.
+const PACKET_THREAD_NICE: libc::c_int = -10;
+
 /// Asks the kernel to hand over runs of same-size datagrams in one receive (`UDP_GRO`).
 fn enable_udp_gro(udp: &UdpSocket) -> bool {
     let on: libc::c_int = 1;
@@ -892,5 +961,44 @@ async fn ticker(d: Arc<Datapath>, net: Weak<NetManager>) {
             let endpoint = *net.endpoint.lock().unwrap();
             d.proxy.lock().unwrap().set_own_endpoint(endpoint);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spin_lasts_its_time_then_blocks_until_work_comes() {
+        let mut spin = Spin::new();
+        let start = Instant::now();
+        assert!(spin.spinning(), "a wait starts with a spin");
+        let mut looks = 0;
+        while spin.again() {
+            looks += 1;
+        }
+        assert!(start.elapsed() >= SPIN, "the spin ended after {:?}", start.elapsed());
+        assert!(looks > 0);
+        assert!(!spin.spinning() && !spin.again(), "after the spin the thread blocks");
+        spin.reset();
+        assert!(spin.spinning() && spin.again(), "work came: the next wait spins again");
+    }
+
+    #[test]
+    fn packet_threads_run_at_a_raised_priority() {
+        if !oak_testenv::can_run("packet_threads_run_at_a_raised_priority", &[oak_testenv::Need::Root]) {
+            return;
+        }
+        let nice = std::thread::spawn(|| {
+            raise_priority();
+            // SAFETY: plain integers; errno is cleared first because -1 is a valid answer.
+            unsafe {
+                *libc::__errno_location() = 0;
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice, PACKET_THREAD_NICE);
     }
 }
