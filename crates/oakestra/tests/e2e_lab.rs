@@ -73,7 +73,9 @@ impl Proc {
 
     fn start(&mut self) -> Result<()> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let log = std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "info".into());
+        // The overlay's packet path at debug level: a lost packet (a table miss, a dropped or
+        // queued packet, a handshake waiting) then leaves a line saying why.
+        let log = std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "info,oak_worker::net::datapath=debug".into());
         let child = self.host.spawn(BIN, &args, &[("RUST_LOG", log.as_str()), ("NO_COLOR", "1")], &self.log)?;
         self.child = Some(child);
         Ok(())
