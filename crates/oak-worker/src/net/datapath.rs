@@ -969,6 +969,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_instances_largest_packet_goes_out_in_one_udp_send() {
+        // The fewest header bytes a TCP segment has (IPv4 and TCP without options): the most
+        // segments an offloaded packet of `INSTANCE_GSO_MAX` bytes can be cut into.
+        let mss = WIRE_MAX - 40;
+        let segments = (names::INSTANCE_GSO_MAX as usize - 40).div_ceil(mss);
+        let sealed = WIRE_MAX + OVERHEAD;
+        assert!(segments * sealed <= GSO_MAX_BYTES, "{segments} sealed segments of {sealed} bytes");
+        assert!(segments <= GSO_MAX_SEGMENTS);
+    }
+
+    #[test]
     fn a_spin_lasts_its_time_then_blocks_until_work_comes() {
         let mut spin = Spin::new();
         let start = Instant::now();

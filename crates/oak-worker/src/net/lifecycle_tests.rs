@@ -64,6 +64,11 @@ async fn stop_after_cut_short_work(data_dir: &Path) {
 
     let netns = net.attach(&deploy_command()).await.expect("the instance is wired");
     assert!(Path::new(&netns).exists(), "{netns}");
+    // The instance's offloaded packets are sized for one UDP send once sealed.
+    let name = Path::new(&netns).file_name().unwrap().to_string_lossy().into_owned();
+    let link = Command::new("ip").args(["-n", &name, "-d", "link", "show", names::INSTANCE_IF]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(&format!("gso_max_size {} ", names::INSTANCE_GSO_MAX)), "{link}");
     // The undeploy is cut short at its first wait, as the worker's stop aborts running work.
     let mut detach = Box::pin(net.detach(JOB, 0));
     std::future::poll_fn(|cx| {

@@ -262,14 +262,16 @@ pub async fn attach(w: &Wiring, subnet: Subnet) -> Result<(), String> {
     if Path::new(&w.netns_path()).exists() || link_exists(&w.veth) {
         detach(w).await;
     }
-    let mtu = names::MTU;
+    let (mtu, gso) = (names::MTU, names::INSTANCE_GSO_MAX);
     let (veth, netns, eth) = (&w.veth, &w.netns, names::INSTANCE_IF);
     let result = async {
         ip_batch(
             None,
             &[
                 format!("netns add {netns}"),
-                format!("link add {veth} mtu {mtu} type veth peer name {eth} mtu {mtu} netns {netns}"),
+                format!(
+                    "link add {veth} mtu {mtu} gso_max_size {gso} type veth peer name {eth} mtu {mtu} gso_max_size {gso} netns {netns}"
+                ),
                 format!("link set dev {veth} master {} up", names::BRIDGE),
             ],
         )
