@@ -280,7 +280,8 @@ pub struct WorkerFlags<'a> {
 }
 
 impl WorkerFlags<'_> {
-    /// The arguments of `oakestra worker` (cluster node API on 10100).
+    /// The arguments of `oakestra worker` (cluster node API on 10100, `/metrics` on 10190 with the
+    /// scrape token [`LAB_METRICS_TOKEN`]).
     pub fn args(&self) -> Vec<String> {
         [
             "worker",
@@ -300,6 +301,8 @@ impl WorkerFlags<'_> {
             self.containerd_namespace,
             "--insecure-registry",
             self.registry,
+            "--metrics-token",
+            LAB_METRICS_TOKEN,
         ]
         .iter()
         .map(|s| s.to_string())

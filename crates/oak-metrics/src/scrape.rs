@@ -11,6 +11,7 @@ pub type Labels = Vec<(&'static str, String)>;
 enum Samples {
     Gauge(Vec<(Labels, f64)>),
     Counter(Vec<(Labels, u64)>),
+    FloatCounter(Vec<(Labels, f64)>),
 }
 
 struct Family {
@@ -40,6 +41,11 @@ impl Scrape {
     /// A counter family (monotonic values kept by the tier).
     pub fn counters(&mut self, name: &'static str, help: &'static str, samples: Vec<(Labels, u64)>) {
         self.families.push(Family { name, help, samples: Samples::Counter(samples) });
+    }
+
+    /// A counter family of fractional values (CPU seconds).
+    pub fn float_counters(&mut self, name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) {
+        self.families.push(Family { name, help, samples: Samples::FloatCounter(samples) });
     }
 
     /// A counter without labels.
@@ -92,6 +98,14 @@ where
                         counter.encode(metric.encode_family(labels)?)?;
                     }
                 }
+                Samples::FloatCounter(samples) if !samples.is_empty() => {
+                    let kind = prometheus_client::metrics::counter::Counter::<u64>::TYPE;
+                    let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+                    for (labels, value) in samples {
+                        let counter = prometheus_client::metrics::counter::ConstCounter::new(*value);
+                        counter.encode(metric.encode_family(labels)?)?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -114,6 +128,7 @@ mod tests {
             s.gauges("oakestra_instances", "Instances by status", rows);
             s.counter("oakestra_refused", "Refused", 7);
             s.gauge("oakestra_ratio", "A fraction", 0.25);
+            s.float_counters("oakestra_cpu_seconds", "CPU", vec![(vec![("job", "j".to_string())], 1.5)]);
             s.gauges("oakestra_nothing", "Nothing", Vec::new());
         }));
         let text = render(&registry);
@@ -122,6 +137,10 @@ mod tests {
         assert!(text.contains("# TYPE oakestra_refused_total counter\noakestra_refused_total 7\n"), "{text}");
         assert!(!text.contains("oakestra_nothing"), "{text}");
         assert!(text.contains("oakestra_ratio 0.25\n"), "{text}");
+        assert!(
+            text.contains("# TYPE oakestra_cpu_seconds_total counter\noakestra_cpu_seconds_total{job=\"j\"} 1.5\n"),
+            "{text}"
+        );
         state.lock().unwrap().retain(|(k, _)| *k == "RUNNING");
         let text = render(&registry);
         assert!(!text.contains("FAILED"), "a series whose subject went is gone: {text}");

@@ -67,8 +67,12 @@ pub struct UpArgs {
     /// `oakestra root --cluster-timeout`).
     #[arg(long, default_value_t = 30.0)]
     pub cluster_timeout: f64,
+    /// Port of the worker's `/metrics` (0: none).
+    #[arg(long, default_value_t = oak_worker::DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
     /// Token Prometheus presents (`Authorization: Bearer <token>`) to read `/metrics` of the
-    /// root and the cluster (they listen beyond loopback); see the README's monitoring section.
+    /// root, the cluster and the worker (they listen beyond loopback); see the README's
+    /// monitoring section.
     #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 }
@@ -190,6 +194,9 @@ pub fn run(args: UpArgs) -> ExitCode {
             pids_limit: oak_containerd::DEFAULT_PIDS_LIMIT,
             unikernel: args.unikernel,
             unikernel_accel: args.unikernel_accel,
+            metrics_port: args.metrics_port,
+            metrics_addr: "0.0.0.0".parse().expect("literal address"),
+            metrics_token: args.metrics_token.clone(),
         };
         let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,
