@@ -12,10 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # iproute2/iptables for network namespaces; python3-venv for the API fuzz's schemathesis;
 # chromium and chromium-driver for the dashboard's browser test; qemu-system-x86 for unikernel
 # workers (`-u`) and their end-to-end test, which also downloads (not installs) Debian's
-# linux-image-cloud-amd64 as its test kernel.
+# linux-image-cloud-amd64 as its test kernel; prometheus for `promtool` (every tier's /metrics
+# and the shipped monitoring configuration are checked with it) and the monitoring e2e test.
 PACKAGES=(build-essential pkg-config ca-certificates curl protobuf-compiler mosquitto mosquitto-clients
   containerd runc docker-registry skopeo busybox-static iproute2 iptables python3-venv
-  chromium chromium-driver qemu-system-x86)
+  chromium chromium-driver qemu-system-x86 prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

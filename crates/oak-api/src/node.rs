@@ -179,6 +179,16 @@ pub struct ServiceResources {
     pub disk: String,
     /// Last 1024 bytes of the instance's output.
     pub logs: String,
+    /// CPU time used since the instance started, in seconds, where the runtime knows it (not
+    /// in the original protocol; read by the worker's `/metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// The instance's memory limit in bytes, if it has one the runtime knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes of the instance the kernel's OOM killer killed, where the runtime knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// Where a reader of an instance's output left off: the rotation generation of the log file and

@@ -959,8 +959,8 @@ async fn scrape_placement(http: &reqwest::Client, url: &str) -> Placement {
 fn parse_placement(text: &str) -> Placement {
     let value =
         |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok());
-    let p50 = value("oakestra_placement_seconds{quantile=\"0.5\"}");
-    let p99 = value("oakestra_placement_seconds{quantile=\"0.99\"}");
+    let p50 = value("oakestra_placement_p50_seconds ");
+    let p99 = value("oakestra_placement_p99_seconds ");
     let count = value("oakestra_placement_seconds_count");
     match (p50, p99, count) {
         (Some(p50_s), Some(p99_s), Some(count)) => Placement { p50_s, p99_s, count: count as u64, scraped: true },
@@ -1337,9 +1337,12 @@ mod tests {
 
     #[test]
     fn placement_lines_are_parsed() {
-        let text = "# TYPE oakestra_placement_seconds summary\n\
-                    oakestra_placement_seconds{quantile=\"0.5\"} 0.000012\n\
-                    oakestra_placement_seconds{quantile=\"0.99\"} 0.00031\n\
+        let text = "# TYPE oakestra_placement_p50_seconds gauge\n\
+                    oakestra_placement_p50_seconds 0.000012\n\
+                    # TYPE oakestra_placement_p99_seconds gauge\n\
+                    oakestra_placement_p99_seconds 0.00031\n\
+                    # TYPE oakestra_placement_seconds histogram\n\
+                    oakestra_placement_seconds_bucket{le=\"+Inf\"} 10000\n\
                     oakestra_placement_seconds_count 10000\n";
         let p = parse_placement(text);
         assert!(p.scraped);

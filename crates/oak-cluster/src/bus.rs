@@ -187,6 +187,14 @@ impl Bus {
         }
     }
 
+    /// The embedded broker's counters (none for an external broker).
+    pub fn stats(&self) -> Option<oak_mqtt::Stats> {
+        match &self.kind {
+            Kind::Embedded { handle, .. } => Some(handle.stats()),
+            Kind::External { .. } => None,
+        }
+    }
+
     /// Ends a node's broker sessions (its credentials changed).
     pub fn kick(&self, node_id: &str) {
         if let Kind::Embedded { handle, .. } = &self.kind {

@@ -9,6 +9,7 @@
 mod bus;
 mod credentials;
 mod logs;
+mod metrics;
 mod node_api;
 pub mod peers;
 mod root_link;
@@ -56,6 +57,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     pub report_interval: Duration,
     pub timing: Timing,
+    /// The scrape token `/metrics` asks for when the node API listens beyond loopback.
+    pub metrics_token: Option<String>,
 }
 
 /// Period of the control loop (timeouts, placement, reports, store writes) when nothing wakes it.
@@ -89,6 +92,8 @@ pub struct Ctx {
     subnets: Mutex<subnets::Waits>,
     /// The worker summaries the root holds from this connection.
     workers_sent: Mutex<workers::Sent>,
+    /// The registry behind `/metrics` and who may read it.
+    metrics: metrics::ClusterMetrics,
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
@@ -122,6 +127,13 @@ impl Cluster {
         let api = oak_tls::TlsListener::new(api, tls.server.clone(), tls.refusals.callback("node_api"))?;
         let ctx_cell: Arc<std::sync::OnceLock<std::sync::Weak<Ctx>>> = Arc::new(std::sync::OnceLock::new());
         let (bus, incoming) = bus::Bus::start(&config.mqtt, bus::node_authorizer(ctx_cell.clone()), &tls).await?;
+        let metrics = metrics::ClusterMetrics::new(state.placement_seconds.clone(), config.metrics_token.clone());
+        metrics.access.listening_on(api.local_addr());
+        if metrics.access.exposed() && !metrics.access.has_token() {
+            tracing::warn!(
+                "the node API listens beyond loopback and no --metrics-token is set: /metrics refuses every scrape"
+            );
+        }
         let ctx = Arc::new(Ctx {
             node_token_hash: credentials::hash(token.secret.as_bytes()),
             tls_refusals: tls.refusals,
@@ -135,6 +147,7 @@ impl Cluster {
             subnets: Mutex::new(subnets::Waits::default()),
             workers_sent: Mutex::new(workers::Sent::default()),
             wake: tokio::sync::Notify::new(),
+            metrics,
             config,
         });
         let _ = ctx_cell.set(Arc::downgrade(&ctx));
@@ -240,6 +253,9 @@ impl Ctx {
 
     /// A new connection (or none): parts of a full set from an older one are forgotten.
     fn set_root(&self, tx: Option<mpsc::Sender<ClusterMsg>>) {
+        if tx.is_some() {
+            self.metrics.root_connections.inc();
+        }
         self.full_deploy.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = tx;
     }
@@ -262,6 +278,12 @@ impl Ctx {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Messages queued for the root, while connected.
+    fn root_queue(&self) -> Option<usize> {
+        let root = self.root.lock().unwrap_or_else(|e| e.into_inner());
+        root.as_ref().map(|tx| tx.max_capacity() - tx.capacity())
     }
 
     fn root_connected(&self) -> bool {
@@ -568,6 +590,7 @@ fn test_config(dir: &std::path::Path) -> ClusterConfig {
         data_dir: dir.to_path_buf(),
         report_interval: Duration::from_secs(1),
         timing: Default::default(),
+        metrics_token: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The node API on port 10100 (HTTPS with the cluster's certificate, whose CA the node token
 //! pins): workers register here (`POST /api/node/register`, spec §5.2) and get their id and MQTT
-//! credentials. Also `/api/health` and Prometheus `/metrics`.
+//! credentials. Also `/api/health` and Prometheus `/metrics` (`metrics.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,8 +22,9 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/api/node/register", post(register))
         .route("/api/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(ctx.metrics.http.clone(), oak_metrics::HttpMetrics::track))
         .with_state(ctx)
 }
 
@@ -130,49 +131,6 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
         subnet,
     })
     .into_response()
-}
-
-async fn metrics(State(ctx): State<Arc<Ctx>>) -> String {
-    let now = Instant::now();
-    let st = ctx.state();
-    let mut by_status: std::collections::BTreeMap<&str, u64> = Default::default();
-    for i in st.instances.values() {
-        *by_status.entry(i.status.as_str()).or_default() += 1;
-    }
-    let mut out = format!(
-        "# TYPE oakestra_nodes gauge\noakestra_nodes {}\n# TYPE oakestra_nodes_active gauge\noakestra_nodes_active {}\n",
-        st.nodes.len(),
-        st.active_nodes(now)
-    );
-    out.push_str("# TYPE oakestra_instances gauge\n");
-    for (s, n) in by_status {
-        out.push_str(&format!("oakestra_instances{{status=\"{s}\"}} {n}\n"));
-    }
-    out.push_str(&format!(
-        "# TYPE oakestra_placement_seconds summary\n\
-         oakestra_placement_seconds{{quantile=\"0.5\"}} {}\n\
-         oakestra_placement_seconds{{quantile=\"0.99\"}} {}\n\
-         oakestra_placement_seconds_count {}\n",
-        st.placement.quantile(0.5) / 1e6,
-        st.placement.quantile(0.99) / 1e6,
-        st.placement.len()
-    ));
-    // Tunnel datagrams each worker refused (forged, replayed, from unknown keys, …), as it
-    // last reported them.
-    out.push_str("# TYPE oakestra_overlay_refused_total counter\n");
-    for (id, node) in &st.nodes {
-        for (reason, n) in node.record.info.overlay.iter().flat_map(|o| o.refused.iter()) {
-            let reason: String = reason.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            out.push_str(&format!("oakestra_overlay_refused_total{{node=\"{id}\",reason=\"{reason}\"}} {n}\n"));
-        }
-    }
-    out.push_str("# TYPE oakestra_worker_report_age_seconds gauge\n");
-    for (id, age) in st.report_ages(now) {
-        out.push_str(&format!("oakestra_worker_report_age_seconds{{node=\"{id}\"}} {:.3}\n", age.as_secs_f64()));
-    }
-    drop(st);
-    out.push_str(&ctx.tls_refusals.metrics());
-    out
 }
 
 #[cfg(test)]
@@ -309,9 +267,18 @@ mod tests {
     }
 
     /// One HTTP/1.1 request over `stream`; the whole answer (the server closes).
-    async fn http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, path: &str) -> String {
+    async fn http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, path: &str) -> String {
+        http_with(stream, path, "").await
+    }
+
+    /// A GET with `headers` (each ending in CRLF).
+    async fn http_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut stream: S,
+        path: &str,
+        headers: &str,
+    ) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!("GET {path} HTTP/1.1\r\nHost: cluster\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: cluster\r\n{headers}Connection: close\r\n\r\n");
         if stream.write_all(request.as_bytes()).await.is_err() {
             return String::new();
         }
@@ -368,7 +335,53 @@ mod tests {
             let line = format!("oakestra_tls_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} 1");
             assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
         }
-        assert!(metrics.contains("# TYPE oakestra_worker_report_age_seconds gauge"), "{metrics}");
+        for line in [
+            "oakestra_http_requests_total{method=\"GET\",route=\"/api/health\",status=\"200\"} 1",
+            "oakestra_root_channel_connected 0",
+            "oakestra_nodes 0\n",
+            "oakestra_placement_queue 0",
+            "oakestra_mqtt_connections_accepted_total 0",
+            "# TYPE oakestra_placement_seconds histogram",
+        ] {
+            assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+        }
+        let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if let Some(verdict) = oak_testenv::promtool_check_metrics("cluster_metrics_pass_promtool", body) {
+            assert_eq!(verdict, Ok(()), "{body}");
+        }
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_metrics_need_the_scrape_token() {
+        use oak_tls::tokio_rustls::TlsConnector;
+        use oak_tls::{pinned_client_config, CLUSTER_SERVER_NAME};
+        use tokio::net::TcpStream;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::test_config(dir.path());
+        config.api_addr = "0.0.0.0:0".parse().unwrap();
+        config.metrics_token = Some("scrape-s3cret".into());
+        let cluster = crate::Cluster::open(config).await.unwrap();
+        let api = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.api_addr().port()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(cluster.run(async move {
+            let _ = stopped.await;
+        }));
+        let file = std::fs::read_to_string(dir.path().join(credentials::NODE_TOKEN_FILE)).unwrap();
+        let token = oak_tls::JoinToken::parse(&file, oak_tls::TokenKind::Node).unwrap();
+        let get = |headers: &'static str| async move {
+            let config = pinned_client_config(token.ca, CLUSTER_SERVER_NAME, None).unwrap();
+            let tcp = TcpStream::connect(api).await.unwrap();
+            let tls = TlsConnector::from(config).connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
+            http_with(tls, "/metrics", headers).await
+        };
+        let refused = get("").await;
+        assert!(refused.starts_with("HTTP/1.1 401") && refused.contains("--metrics-token"), "{refused}");
+        assert!(get("Authorization: Bearer wrong\r\n").await.starts_with("HTTP/1.1 401"));
+        let allowed = get("Authorization: Bearer scrape-s3cret\r\n").await;
+        assert!(allowed.starts_with("HTTP/1.1 200") && allowed.contains("oakestra_nodes 0"), "{allowed}");
         let _ = stop.send(());
         running.await.unwrap().unwrap();
     }

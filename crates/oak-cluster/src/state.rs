@@ -241,6 +241,8 @@ pub struct ClusterState {
     pub peers: crate::peers::Peers,
     /// Placement decision times in microseconds.
     pub placement: Samples,
+    /// The same as a histogram in seconds (`oakestra_placement_seconds`).
+    pub placement_seconds: oak_metrics::Histogram,
     /// Whether some instance may be placeable now (skip scheduling passes otherwise).
     pending: bool,
 }
@@ -268,6 +270,7 @@ impl ClusterState {
             routes: Routes::default(),
             peers: Default::default(),
             placement: Samples::new(100_000),
+            placement_seconds: oak_metrics::latency_histogram(),
             pending: true,
         };
         for record in nodes {
@@ -550,7 +553,9 @@ impl ClusterState {
                 .entry(key.0.clone())
                 .or_insert_with(|| sibling_counts(&self.instances, &key.0, &index, views.len()));
             let decision = choose_node_spread(&job.spec, &self.name, &views, counts);
-            self.placement.record(started.elapsed().as_micros() as u64);
+            let took = started.elapsed();
+            self.placement.record(took.as_micros() as u64);
+            self.placement_seconds.observe(took.as_secs_f64());
             let inst = self.instances.get_mut(&key).expect("due instances exist");
             match decision {
                 Ok(i) => {

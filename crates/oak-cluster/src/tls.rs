@@ -88,12 +88,13 @@ impl Refusals {
         })
     }
 
-    /// Prometheus text of the counters.
-    pub fn metrics(&self) -> String {
-        let mut out = String::from("# TYPE oakestra_tls_refused_total counter\n");
-        for ((listener, reason), n) in self.counts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.push_str(&format!("oakestra_tls_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}\n"));
-        }
-        out
+    /// The counters by (listener, reason), as metric labels.
+    pub fn counts(&self) -> Vec<(Vec<(&'static str, String)>, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        (counts.iter())
+            .map(|((listener, reason), n)| {
+                (vec![("listener", listener.to_string()), ("reason", reason.to_string())], *n)
+            })
+            .collect()
     }
 }

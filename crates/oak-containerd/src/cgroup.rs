@@ -51,13 +51,30 @@ impl Cgroups {
 
     /// Whether the kernel's OOM killer killed a process of the cgroup.
     pub fn oom_killed(&self, path: &str) -> bool {
+        self.oom_kills(path).is_some_and(|n| n > 0)
+    }
+
+    /// How many processes of the cgroup the kernel's OOM killer killed.
+    pub fn oom_kills(&self, path: &str) -> Option<u64> {
         let rel = path.trim_start_matches('/');
         let (file, key) = if self.v2 {
             (self.root.join(rel).join("memory.events"), "oom_kill")
         } else {
             (self.root.join("memory").join(rel).join("memory.oom_control"), "oom_kill")
         };
-        read(&file).and_then(|s| stat_value(&s, key)).is_some_and(|n| n > 0)
+        read(&file).and_then(|s| stat_value(&s, key))
+    }
+
+    /// The cgroup's memory limit in bytes; `None` without one (`max`, or v1's huge default).
+    pub fn memory_limit(&self, path: &str) -> Option<u64> {
+        let rel = path.trim_start_matches('/');
+        let text = if self.v2 {
+            read(&self.root.join(rel).join("memory.max"))?
+        } else {
+            read(&self.root.join("memory").join(rel).join("memory.limit_in_bytes"))?
+        };
+        // v1 reports "no limit" as the largest page-aligned i64.
+        text.trim().parse::<u64>().ok().filter(|&n| n < 1 << 62)
     }
 }
 
@@ -112,6 +129,22 @@ mod tests {
         let cgroups = Cgroups::at(v1.path());
         assert_eq!(cgroups.usage(cg), Some(Usage { cpu_ns: 1234, memory_bytes: 7000 }));
         assert!(cgroups.oom_killed(cg));
+        assert_eq!(cgroups.oom_kills(cg), Some(1));
+        assert_eq!(cgroups.memory_limit(cg), None, "no limit file");
+        std::fs::write(
+            v1.path().join("memory/oak/x.instance.0/memory.limit_in_bytes"),
+            "9223372036854771712
+",
+        )
+        .unwrap();
+        assert_eq!(cgroups.memory_limit(cg), None, "v1's default means no limit");
+        std::fs::write(
+            v1.path().join("memory/oak/x.instance.0/memory.limit_in_bytes"),
+            "268435456
+",
+        )
+        .unwrap();
+        assert_eq!(cgroups.memory_limit(cg), Some(268_435_456));
         assert_eq!(cgroups.usage("/oak/other"), None);
 
         let v2 = tempfile::tempdir().unwrap();
@@ -122,8 +155,13 @@ mod tests {
         std::fs::write(dir.join("memory.current"), "8192\n").unwrap();
         std::fs::write(dir.join("memory.stat"), "anon 4096\ninactive_file 4096\n").unwrap();
         std::fs::write(dir.join("memory.events"), "low 0\noom 0\noom_kill 0\n").unwrap();
+        std::fs::write(dir.join("memory.max"), "max\n").unwrap();
         let cgroups = Cgroups::at(v2.path());
         assert_eq!(cgroups.usage(cg), Some(Usage { cpu_ns: 7000, memory_bytes: 4096 }));
         assert!(!cgroups.oom_killed(cg));
+        assert_eq!(cgroups.oom_kills(cg), Some(0));
+        assert_eq!(cgroups.memory_limit(cg), None, "max means no limit");
+        std::fs::write(dir.join("memory.max"), "67108864\n").unwrap();
+        assert_eq!(cgroups.memory_limit(cg), Some(64 << 20));
     }
 }

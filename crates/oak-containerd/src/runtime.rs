@@ -548,7 +548,8 @@ impl Runtime for ContainerdRuntime {
             if let Err(e) = inner.logs.rotate_if_needed(&id) {
                 tracing::warn!(container = %id, error = %e, "cannot rotate log file");
             }
-            let usage = inner.cgroups.usage(&inner.cgroup_path(&id));
+            let cgroup = inner.cgroup_path(&id);
+            let usage = inner.cgroups.usage(&cgroup);
             let cpu = match usage {
                 Some(u) => {
                     let mut samples = inner.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
@@ -578,6 +579,9 @@ impl Runtime for ContainerdRuntime {
                 memory_bytes: memory.to_string(),
                 disk: disk.to_string(),
                 logs: inner.logs.tail(&id, 1024).unwrap_or_default(),
+                cpu_seconds: usage.map(|u| u.cpu_ns as f64 / 1e9),
+                memory_limit_bytes: inner.cgroups.memory_limit(&cgroup),
+                oom_kills: inner.cgroups.oom_kills(&cgroup),
             });
         }
         out.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));

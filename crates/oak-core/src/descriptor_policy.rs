@@ -15,8 +15,8 @@ use crate::authz::Principal;
 use crate::ports::{parse_port_mappings, TUNNEL_PORT};
 
 /// Ports of the orchestrator's tiers at their defaults: root API, root network manager, cluster
-/// channel, cluster node API, MQTT broker, overlay tunnel.
-pub const ORCHESTRATOR_PORTS: [u16; 6] = [10000, 10099, 50052, 10100, 10003, TUNNEL_PORT];
+/// channel, cluster node API, MQTT broker, overlay tunnel, worker metrics.
+pub const ORCHESTRATOR_PORTS: [u16; 7] = [10000, 10099, 50052, 10100, 10003, TUNNEL_PORT, 10190];
 
 /// Host ports below this are the system's (ssh, dns, http…).
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
@@ -163,6 +163,7 @@ mod tests {
             ("tunnel port over tcp", provider.clone(), ms(false, "50103"), Err(("422", "port"))),
             ("root api port", provider.clone(), ms(false, "10000"), Err(("422", "port"))),
             ("mqtt port", provider.clone(), ms(false, "10003/udp"), Err(("422", "port"))),
+            ("worker metrics port", provider.clone(), ms(false, "10190"), Err(("422", "port"))),
             ("configured api port", provider.clone(), ms(false, "8000"), Err(("422", "port"))),
             ("configured cluster port", provider.clone(), ms(false, "9000"), Err(("422", "port"))),
             ("privileged wins over ports", provider.clone(), ms(true, "80"), Err(("403", "privileged"))),

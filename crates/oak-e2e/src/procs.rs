@@ -198,8 +198,13 @@ fn signal_group(pid: i32, sig: i32) {
 /// The `Admin` password of a lab's root (listening beyond loopback, it has no default).
 pub const LAB_ADMIN_PASSWORD: &str = "lab-admin-password";
 
+/// The scrape token of a lab's tiers (`--metrics-token`): their `/metrics` listen beyond
+/// loopback, so a scrape presents it as `Authorization: Bearer …`.
+pub const LAB_METRICS_TOKEN: &str = "lab-metrics-token";
+
 /// The arguments of a lab's `oakestra root`: API on 10000 of every address, cluster channel on
-/// 50052, state in `data_dir`, Admin's password [`LAB_ADMIN_PASSWORD`].
+/// 50052, state in `data_dir`, Admin's password [`LAB_ADMIN_PASSWORD`], scrape token
+/// [`LAB_METRICS_TOKEN`].
 pub fn root_args(data_dir: &std::path::Path) -> Vec<String> {
     let data_dir = data_dir.display().to_string();
     [
@@ -214,6 +219,8 @@ pub fn root_args(data_dir: &std::path::Path) -> Vec<String> {
         &data_dir,
         "--admin-password",
         LAB_ADMIN_PASSWORD,
+        "--metrics-token",
+        LAB_METRICS_TOKEN,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -233,7 +240,8 @@ pub struct ClusterFlags<'a> {
 }
 
 impl ClusterFlags<'_> {
-    /// The arguments of `oakestra cluster` (node API on 10100, embedded broker on 10003).
+    /// The arguments of `oakestra cluster` (node API on 10100, embedded broker on 10003, scrape
+    /// token [`LAB_METRICS_TOKEN`]).
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec!["cluster".into(), "--name".into(), self.name.into()];
         if let Some(location) = self.location {
@@ -252,6 +260,8 @@ impl ClusterFlags<'_> {
             self.data_dir.display().to_string(),
             "--token-file".into(),
             self.token_file.display().to_string(),
+            "--metrics-token".into(),
+            LAB_METRICS_TOKEN.into(),
         ]);
         args
     }
@@ -270,7 +280,8 @@ pub struct WorkerFlags<'a> {
 }
 
 impl WorkerFlags<'_> {
-    /// The arguments of `oakestra worker` (cluster node API on 10100).
+    /// The arguments of `oakestra worker` (cluster node API on 10100, `/metrics` on 10190 with the
+    /// scrape token [`LAB_METRICS_TOKEN`]).
     pub fn args(&self) -> Vec<String> {
         [
             "worker",
@@ -290,6 +301,8 @@ impl WorkerFlags<'_> {
             self.containerd_namespace,
             "--insecure-registry",
             self.registry,
+            "--metrics-token",
+            LAB_METRICS_TOKEN,
         ]
         .iter()
         .map(|s| s.to_string())

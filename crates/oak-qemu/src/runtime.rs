@@ -439,6 +439,9 @@ impl Runtime for QemuRuntime {
                 memory_bytes: rss.to_string(),
                 disk: "0".into(),
                 logs: inner.logs.tail(id, 1024).unwrap_or_default(),
+                cpu_seconds: Some(cpu_ns as f64 / 1e9),
+                memory_limit_bytes: None,
+                oom_kills: None,
             });
         }
         out.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));

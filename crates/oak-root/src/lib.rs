@@ -14,6 +14,7 @@ mod error;
 pub mod fleet;
 mod https;
 mod ids;
+mod metrics;
 mod quotas;
 mod state;
 
@@ -88,7 +89,9 @@ impl Root {
         let store: Arc<dyn oak_store::RootStore> = Arc::new(store);
         let fleet = fleet::Fleet::open(store.clone(), config.fleet.clone(), trust)
             .context("cannot rebuild the overlay's address pools from the database")?;
+        let metrics = Arc::new(metrics::RootMetrics::new(&fleet, None));
         let state = AppState {
+            metrics,
             fleet,
             store,
             tokens: Arc::new(auth::tokens::TokenKeys::from_secret(&key)),
@@ -117,6 +120,12 @@ impl Root {
     /// Serves the API and the dashboard over HTTPS with `cert` (reloaded on SIGHUP).
     pub fn use_tls(&mut self, cert: Arc<oak_tls::ReloadableCert>) {
         self.api_cert = Some(cert);
+    }
+
+    /// The scrape token `/metrics` asks for when the API listens on more than loopback
+    /// (`--metrics-token`); without one only an Admin's access token reads it there.
+    pub fn set_metrics_token(&mut self, token: Option<String>) {
+        self.state.metrics = Arc::new(metrics::RootMetrics::new(&self.state.fleet, token));
     }
 
     pub fn state(&self) -> AppState {
@@ -175,11 +184,18 @@ impl Root {
         let retry_task = tokio::spawn(fleet::run_retries(self.state.fleet.clone(), stopped()));
         let trim: fn(axum::http::Request<axum::body::Body>) -> axum::http::Request<axum::body::Body> =
             api::trim_trailing_slash;
-        let service = tower::util::MapRequestLayer::new(trim).layer(api::router(self.state));
+        let service = tower::util::MapRequestLayer::new(trim).layer(api::router(self.state.clone()));
         let cert = self.api_cert;
         if let Some(cert) = &cert {
             tracing::info!(fingerprint = %cert.fingerprint(), "serving the API over HTTPS");
             tokio::spawn(https::reload_on_sighup(cert.clone(), stopped()));
+        }
+        let access = &self.state.metrics.access;
+        for addr in std::iter::once(&listener).chain(&self.extra).filter_map(|l| l.local_addr().ok()) {
+            access.listening_on(addr);
+        }
+        if access.exposed() && !access.has_token() {
+            tracing::warn!("the API listens beyond loopback and no --metrics-token is set: /metrics answers only to an Admin's access token");
         }
         let mut extra_tasks = Vec::new();
         for extra in self.extra {

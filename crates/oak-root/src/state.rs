@@ -22,6 +22,8 @@ pub struct AppState {
     /// Where a generated `Admin` password lies (if it does): removed once Admin's password
     /// changes, so no stale secret stays on disk.
     pub admin_password_file: Arc<std::path::PathBuf>,
+    /// The registry behind `/metrics` and who may read it.
+    pub metrics: Arc<crate::metrics::RootMetrics>,
 }
 
 impl AppState {

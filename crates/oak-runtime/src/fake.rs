@@ -190,6 +190,9 @@ impl Runtime for FakeRuntime {
                 memory_bytes: "1048576".into(),
                 disk: "4096".into(),
                 logs: format!("output of {}\n", task_id(job_name, *instance)),
+                cpu_seconds: Some(0.5),
+                memory_limit_bytes: Some(256 << 20),
+                oom_kills: Some(0),
             })
             .collect())
     }

@@ -93,8 +93,32 @@ pub fn debian_package(tool: &str) -> &str {
         "timeout" => "coreutils",
         "mosquitto_pub" | "mosquitto_sub" => "mosquitto-clients",
         "mosquitto_passwd" => "mosquitto",
+        "promtool" => "prometheus",
         other => other,
     }
+}
+
+/// Runs `promtool check metrics` (lints of the Prometheus text format and naming) on `text`.
+/// `None` when promtool cannot run here (skipped as by [`can_run`]; under CI that panics), else
+/// whether it passed, with promtool's complaints.
+pub fn promtool_check_metrics(test: &str, text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    if !can_run(test, &[Need::Tool("promtool")]) {
+        return None;
+    }
+    let mut child = std::process::Command::new(which("promtool")?)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{test}: cannot start promtool: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("{test}: cannot feed promtool: {e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{test}: promtool failed to run: {e}"));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some(if out.status.success() { Ok(()) } else { Err(said) })
 }
 
 #[cfg(test)]
@@ -124,5 +148,17 @@ mod tests {
     fn missing_tools_name_their_package() {
         assert!(missing(&[Need::Tool("mosquitto_sub-nope")])[0].contains("apt-get install -y mosquitto_sub-nope"));
         assert_eq!(debian_package("ctr"), "containerd");
+        assert_eq!(debian_package("promtool"), "prometheus");
+    }
+
+    #[test]
+    fn promtool_tells_good_metrics_from_bad() {
+        let good = "# HELP oak_things_total Things.\n# TYPE oak_things_total counter\noak_things_total 3\n";
+        let Some(verdict) = promtool_check_metrics("promtool_tells_good_metrics_from_bad", good) else { return };
+        assert_eq!(verdict, Ok(()));
+        // A counter without `_total` and a family without HELP are what promtool lints.
+        let bad = "# TYPE oak_things counter\noak_things 3\n";
+        let verdict = promtool_check_metrics("promtool_tells_good_metrics_from_bad", bad).unwrap();
+        assert!(verdict.is_err(), "{verdict:?}");
     }
 }

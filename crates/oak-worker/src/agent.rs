@@ -60,7 +60,14 @@ async fn run_worker(
     deps: WorkerDeps,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let shared = Arc::new(Shared::new());
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::new(config.metrics_token.clone()));
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::listen(&metrics, addr).await.map_err(|e| WorkerError::Metrics(format!("{addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let shared = Arc::new(Shared::with_metrics(metrics.clone()));
     let (engine_tx, engine_rx) = mpsc::unbounded_channel();
     let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
     let net = match config.overlay {
@@ -89,6 +96,9 @@ async fn run_worker(
 
     // Subscribe to runtime events before adopting, so no exit falls between the two.
     let mut tasks = JoinSet::new();
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(crate::metrics::run(metrics, listener, std::future::pending()).in_current_span());
+    }
     for (index, rt) in deps.runtimes.iter().enumerate() {
         tasks.spawn(forward_events(index, rt.events(), engine_tx.clone()).in_current_span());
     }

@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     pub overlay: bool,
     /// Tunnel port and public address of the overlay.
     pub overlay_config: crate::net::OverlayConfig,
+    /// Where `/metrics` listens (`None`: nowhere; the tier's default is port 10190).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The scrape token `/metrics` asks for when it listens beyond loopback.
+    pub metrics_token: Option<String>,
 }
 
 impl WorkerConfig {
@@ -51,6 +55,8 @@ impl WorkerConfig {
             report_interval: DEFAULT_REPORT_INTERVAL,
             overlay: false,
             overlay_config: crate::net::OverlayConfig::default(),
+            metrics_addr: None,
+            metrics_token: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub enum WorkerError {
     /// its tunnel port free).
     #[error("overlay network: {0}")]
     Overlay(String),
+    /// The metrics listener cannot be bound (its port is taken, or the address is not local).
+    #[error("metrics listener: {0}")]
+    Metrics(String),
     #[error("cluster sent an invalid registration answer: {0}")]
     BadRegistration(String),
     #[error("data directory {path}: {source}")]

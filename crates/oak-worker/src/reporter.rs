@@ -63,6 +63,7 @@ impl Reporter {
                 return;
             }
             let info = self.stamp.apply(self.source.sample().await);
+            self.shared.metrics.node(&info);
             if self.outbox.send(Outgoing::Info(Box::new(info))).is_err() {
                 return;
             }

@@ -1048,7 +1048,8 @@ fn cluster_metrics(t: &Topology, worker: &str) -> Result<String> {
         .use_preconfigured_tls(oak_tls::rustls::ClientConfig::clone(&tls))
         .build()?;
     let url = format!("https://{}:10100/metrics", cluster.host.ip());
-    Ok(client.get(&url).send()?.error_for_status()?.text()?)
+    let request = client.get(&url).bearer_auth(oak_e2e::procs::LAB_METRICS_TOKEN);
+    Ok(request.send()?.error_for_status()?.text()?)
 }
 
 /// How long ago `worker`'s cluster last heard from it.

@@ -134,21 +134,3 @@ fn require_admin(caller: &Caller, what: &str) -> ApiResult<()> {
         Err(ApiError::Forbidden(format!("only an Admin can {what}")))
     }
 }
-
-/// Prometheus metrics of the root: clusters, placement decision times.
-pub async fn metrics(State(st): State<AppState>) -> ApiResult<String> {
-    let clusters = st.fleet.clusters_now()?;
-    let active = clusters.iter().filter(|c| c.active).count();
-    let (p50, p99, count) = st.fleet.placement_stats();
-    Ok(format!(
-        "# TYPE oakestra_clusters gauge\noakestra_clusters {}\n\
-         # TYPE oakestra_clusters_active gauge\noakestra_clusters_active {active}\n\
-         # TYPE oakestra_placement_seconds summary\n\
-         oakestra_placement_seconds{{quantile=\"0.5\"}} {}\n\
-         oakestra_placement_seconds{{quantile=\"0.99\"}} {}\n\
-         oakestra_placement_seconds_count {count}\n",
-        clusters.len(),
-        p50 / 1e6,
-        p99 / 1e6,
-    ) + &st.fleet.channel_metrics())
-}

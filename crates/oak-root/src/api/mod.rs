@@ -90,15 +90,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters/tokens/revoke", post(clusters::revoke_token))
         .route("/api/clusters/{cluster_id}/certificate", axum::routing::delete(clusters::reset_certificate))
         .route("/api/clusters/{cluster_id}/workers", get(clusters::workers))
-        .route("/metrics", get(clusters::metrics))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(not_found)
         // Bodies over the limit are cut off while read (chunked ones too) and answered 413.
         .layer(axum::extract::DefaultBodyLimit::max(crate::body::MAX_BODY))
-        .with_state(state);
+        .with_state(state.clone());
     let doc = ApiDoc::openapi();
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()))
         .merge(crate::dashboard::router())
         .route("/docs/openapi.json", get(move || std::future::ready(Json(doc.clone()))))
+        // Requests by route template and status: the whole router, 404s included.
+        .layer(axum::middleware::from_fn_with_state(state.metrics.http.clone(), oak_metrics::HttpMetrics::track))
         .layer(tower_http::cors::CorsLayer::permissive())
 }
 

@@ -84,7 +84,9 @@ impl Fleet {
         }
         drop(inner);
         self.spread().placed(&service.id, number, instance.cluster_id.as_deref());
-        self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(started.elapsed().as_micros() as u64);
+        let took = started.elapsed();
+        self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(took.as_micros() as u64);
+        self.placement_seconds.observe(took.as_secs_f64());
         instance
     }
 

@@ -20,6 +20,13 @@ use crate::ids;
 /// level-triggered), rather than the root buffering without limit.
 pub(super) const LINK_QUEUE: usize = 16 * 1024;
 
+impl Link {
+    /// Messages waiting in this connection's queue.
+    pub(super) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
 /// One cluster with an open channel.
 pub(super) struct Link {
     /// Distinguishes this connection from a later one of the same cluster.

@@ -137,7 +137,10 @@ mod tests {
         };
         fleet.on_logs(&other.cluster_id, request_id, "forged".into(), Default::default(), String::new());
         assert_eq!(fleet.trust.stray_answers.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(fleet.channel_metrics().contains("oakestra_channel_stray_answers_total 1"));
+        let mut registry = oak_metrics::Registry::default();
+        let observed = fleet.clone();
+        registry.register_collector(oak_metrics::live(move |s| observed.observe(s)));
+        assert!(oak_metrics::render(&registry).contains("oakestra_channel_stray_answers_total 1"));
         fleet.on_logs(&asked.cluster_id, request_id, "real".into(), Default::default(), String::new());
         let (data, _) = reader.await.unwrap().unwrap();
         assert_eq!(data, "real");

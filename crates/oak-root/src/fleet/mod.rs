@@ -12,6 +12,7 @@ mod dispatch;
 mod links;
 mod logs;
 mod lost;
+mod observe;
 mod retry;
 mod routes;
 mod spread;
@@ -95,6 +96,8 @@ pub struct Fleet {
     wake: Notify,
     /// Root placement decision times, in microseconds.
     placement: Mutex<Samples>,
+    /// The same as a histogram in seconds (`oakestra_placement_seconds`).
+    placement_seconds: oak_metrics::Histogram,
     /// Logs reads waiting for their cluster's answer.
     logs: Mutex<logs::Pending>,
     /// The overlay's service IPs and worker subnets.
@@ -139,6 +142,7 @@ impl Fleet {
             }),
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
+            placement_seconds: oak_metrics::latency_histogram(),
             logs: Mutex::new(logs::Pending::default()),
             addresses: Mutex::new(addresses),
             interest: Mutex::new(routes::Interest::default()),
@@ -160,6 +164,11 @@ impl Fleet {
 
     pub fn quotas(&self) -> oak_core::quotas::Quotas {
         self.config.quotas
+    }
+
+    /// Placement decision times as a histogram in seconds, to register for `/metrics`.
+    pub fn placement_histogram(&self) -> oak_metrics::Histogram {
+        self.placement_seconds.clone()
     }
 
     /// Placement decision times so far (microseconds): p50, p99, count.

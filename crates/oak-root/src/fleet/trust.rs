@@ -98,17 +98,4 @@ impl Fleet {
     pub fn trust(&self) -> &ChannelTrust {
         &self.trust
     }
-
-    /// `/metrics` lines of the channel's refusals and stray answers.
-    pub fn channel_metrics(&self) -> String {
-        let mut out = String::from("# TYPE oakestra_channel_refusals_total counter\n");
-        for (reason, n) in self.trust.refusal_counts() {
-            out.push_str(&format!("oakestra_channel_refusals_total{{reason=\"{reason}\"}} {n}\n"));
-        }
-        out.push_str(&format!(
-            "# TYPE oakestra_channel_stray_answers_total counter\noakestra_channel_stray_answers_total {}\n",
-            self.trust.stray_answers.load(Ordering::Relaxed)
-        ));
-        out
-    }
 }

@@ -27,6 +27,16 @@ struct Workers {
 }
 
 impl Known {
+    /// Per cluster id: workers active and inactive as last reported.
+    pub(super) fn counts(&self) -> Vec<(String, usize, usize)> {
+        (self.clusters.iter())
+            .map(|(id, w)| {
+                let active = w.current.values().filter(|w| w.active).count();
+                (id.clone(), active, w.current.len() - active)
+            })
+            .collect()
+    }
+
     /// Applies one `Workers` message of connection `conn`: a full list replaces the known one
     /// once its last part arrived; changes replace or remove single workers.
     pub(super) fn apply(

@@ -10,7 +10,7 @@
 //! comes from the runtimes' events and, as the source of truth, from `list` every report
 //! interval, so a missed event is caught up with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::commands;
 use crate::desired;
+use crate::metrics::{InstanceRow, WorkerMetrics};
 use crate::reports::{self, Outgoing};
 
 /// Output returned for a logs query without `tail`, and the most one answer carries (it
@@ -41,11 +42,18 @@ pub(crate) struct Shared {
     /// Increases at every change of what runs: lets the engine tell whether an observation was
     /// started before or after a change (an instance deployed after `list` began is not missing).
     pub seq: AtomicU64,
+    /// What `/metrics` shows.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        Self { connected: AtomicBool::new(false), seq: AtomicU64::new(1) }
+        Self::with_metrics(Arc::new(WorkerMetrics::new(None)))
+    }
+
+    pub(crate) fn with_metrics(metrics: Arc<WorkerMetrics>) -> Self {
+        Self { connected: AtomicBool::new(false), seq: AtomicU64::new(1), metrics }
     }
 }
 
@@ -261,6 +269,7 @@ impl Engine {
         };
         let key: Key = (cmd.job_name, cmd.instance_number);
         self.dirty = true;
+        self.shared.metrics.deleted(&key);
         let Some(entry) = self.entries.get_mut(&key) else {
             // Unknown here, but a runtime may still hold it (e.g. from before a lost state file):
             // remove it wherever it is and confirm, so deletes are idempotent.
@@ -348,6 +357,7 @@ impl Engine {
         let one_shot = entry.cmd.as_ref().is_some_and(|c| c.job.spec.one_shot);
         let status = reports::exit_status(one_shot, code);
         tracing::info!(job = %key.0, instance = key.1, code, status, "instance exited");
+        self.shared.metrics.exited(&key);
         entry.phase = Phase::Stopping { report_undeployed: false, then_deploy: None };
         let runtime = entry.runtime;
         self.dirty = true;
@@ -358,6 +368,7 @@ impl Engine {
     fn on_observed(&mut self, seq: u64, results: Vec<Result<Observation, RuntimeError>>) {
         let mut services = Vec::new();
         let mut seen = HashSet::new();
+        let mut rows = BTreeMap::new();
         for (index, result) in results.into_iter().enumerate() {
             let Some(runtime) = self.runtimes.get(index).cloned() else { continue };
             let observation = match result {
@@ -368,6 +379,7 @@ impl Engine {
                 }
             };
             self.reconcile(index, seq, &observation.instances);
+            self.metric_rows(&observation, &mut rows);
             for mut usage in observation.stats {
                 let key: Key = (usage.job_name.clone(), usage.instance);
                 let include = match self.entries.get(&key) {
@@ -387,6 +399,24 @@ impl Engine {
         self.tombstones.retain(|_, removed| *removed > seq);
         services.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));
         let _ = self.outbox.send(Outgoing::Resources(ResourcesReport { services }));
+        self.shared.metrics.instances(rows);
+    }
+
+    /// The instances one runtime lists, as `/metrics` shows them: with their service id (from
+    /// the deploy command, empty for instances the worker has no command for) and usage.
+    fn metric_rows(&self, observation: &Observation, rows: &mut BTreeMap<Key, InstanceRow>) {
+        for listed in &observation.instances {
+            let key: Key = (listed.job_name.clone(), listed.instance);
+            let service_id =
+                (self.entries.get(&key).and_then(|e| e.cmd.as_ref())).map(|c| c.job.id.clone()).unwrap_or_default();
+            let state = match listed.state {
+                InstanceStatus::Creating => "creating",
+                InstanceStatus::Running => "running",
+                InstanceStatus::Exited { .. } => "exited",
+            };
+            let usage = (observation.stats.iter()).find(|u| u.job_name == key.0 && u.instance == key.1).cloned();
+            rows.entry(key).or_insert(InstanceRow { service_id, state, usage });
+        }
     }
 
     /// Compares what runtime `index` lists with what the engine believes runs there.
@@ -504,7 +534,14 @@ impl Engine {
         self.entries.insert(key.clone(), Entry { cmd: Some(cmd.clone()), runtime: Some(runtime), phase });
         let rt = self.runtimes[runtime].clone();
         let span = tracing::info_span!("deploy", job = %key.0, instance = key.1);
-        let handle = self.ops.spawn(async move { rt.deploy(&cmd).await }.instrument(span));
+        let metrics = self.shared.metrics.clone();
+        let deploy = async move {
+            let started = std::time::Instant::now();
+            let result = rt.deploy(&cmd).await;
+            metrics.operation(rt.name(), "deploy", started.elapsed());
+            result
+        };
+        let handle = self.ops.spawn(deploy.instrument(span));
         self.op_keys.insert(handle.id(), (key, OpKind::Deploy));
     }
 
@@ -515,12 +552,18 @@ impl Engine {
         };
         let (job, instance) = key.clone();
         let span = tracing::info_span!("undeploy", job = %job, instance);
+        let metrics = self.shared.metrics.clone();
         let handle = self.ops.spawn(
             async move {
                 // Removed from any runtime counts as success; "not found" everywhere too.
                 let mut outcome = Err(RuntimeError::NotFound(task_id(&job, instance)));
                 for rt in targets {
-                    match rt.undeploy(&job, instance).await {
+                    let started = std::time::Instant::now();
+                    let result = rt.undeploy(&job, instance).await;
+                    if !matches!(result, Err(RuntimeError::NotFound(_))) {
+                        metrics.operation(rt.name(), "undeploy", started.elapsed());
+                    }
+                    match result {
                         Ok(()) => outcome = Ok(()),
                         Err(RuntimeError::NotFound(_)) => {}
                         Err(e) if outcome.is_err() => outcome = Err(e),

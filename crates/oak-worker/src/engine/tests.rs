@@ -328,3 +328,29 @@ async fn a_deploy_that_cannot_be_recorded_fails_clearly_and_keeps_the_state() {
     let desired = h.desired().await;
     assert_eq!(desired.iter().map(|d| d.instance_number).collect::<Vec<_>>(), [0, 1]);
 }
+
+#[tokio::test]
+async fn metrics_show_each_observed_instance_with_its_service_until_it_goes() {
+    let mut h = Harness::start();
+    h.deploy(2, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 2, "CREATED"));
+    h.observe(h.seq()).await;
+    assert_eq!(h.next_resources().await.len(), 1);
+    let text = h.shared.metrics.render();
+    let labels = format!("service_id=\"s1\",job=\"{JOB}\",instance=\"2\"");
+    for line in [
+        format!("oakestra_instance_memory_bytes{{{labels}}} 1048576\n"),
+        format!("oakestra_instance_state{{{labels},state=\"running\"}} 1\n"),
+        format!("oakestra_instance_cpu_seconds_total{{{labels}}} 0.5\n"),
+        "oakestra_runtime_operation_seconds_count{runtime=\"docker\",operation=\"deploy\"} 1\n".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    h.delete(2);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 2, "UNDEPLOYED"));
+    h.observe(h.seq()).await;
+    assert!(h.next_resources().await.is_empty());
+    let text = h.shared.metrics.render();
+    assert!(!text.contains(JOB), "the undeployed instance's series are gone: {text}");
+    assert!(text.contains("operation=\"undeploy\"} 1\n"), "{text}");
+}

@@ -79,6 +79,10 @@ pub struct ClusterArgs {
     /// keeps its id, subnet and routes) yet returns the subnets of workers gone for good.
     #[arg(long, default_value_t = 3600.0)]
     pub node_forget_after: f64,
+    /// Token Prometheus presents (`Authorization: Bearer <token>`) to read `/metrics` of the
+    /// node API when it listens beyond loopback; without one such scrapes are refused.
+    #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 impl ClusterArgs {
@@ -144,6 +148,7 @@ impl ClusterArgs {
                 node_forget_after,
                 ..Default::default()
             },
+            metrics_token: self.metrics_token,
         })
     }
 }

@@ -50,6 +50,10 @@ pub struct RootArgs {
     pub quotas: QuotaArgs,
     #[command(flatten)]
     pub tls: ApiTlsArgs,
+    /// Token Prometheus presents (`Authorization: Bearer <token>`) to read `/metrics` when the
+    /// API listens beyond loopback; without one only an Admin's access token reads it there.
+    #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// HTTPS for the public API and the dashboard.
@@ -141,6 +145,7 @@ pub fn run(args: RootArgs) -> ExitCode {
         Err(e) => return config_error("root", e),
     };
     let (api_addr, dashboard_port) = (args.api_addr, args.dashboard_port);
+    let metrics_token = args.metrics_token.clone();
     let cert = match args.tls.load() {
         Ok(c) => c,
         Err(e) => return config_error("root", e),
@@ -150,6 +155,7 @@ pub fn run(args: RootArgs) -> ExitCode {
             Ok(root) => root,
             Err(e) => return config_error("root", format!("{e:#}")),
         };
+        root.set_metrics_token(metrics_token);
         if let Some(cert) = cert {
             root.use_tls(cert);
         }

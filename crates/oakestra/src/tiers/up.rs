@@ -67,6 +67,14 @@ pub struct UpArgs {
     /// `oakestra root --cluster-timeout`).
     #[arg(long, default_value_t = 30.0)]
     pub cluster_timeout: f64,
+    /// Port of the worker's `/metrics` (0: none).
+    #[arg(long, default_value_t = oak_worker::DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
+    /// Token Prometheus presents (`Authorization: Bearer <token>`) to read `/metrics` of the
+    /// root, the cluster and the worker (they listen beyond loopback); see the README's
+    /// monitoring section.
+    #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -82,6 +90,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         quotas: Default::default(),
         cluster_timeout: args.cluster_timeout,
         tls: args.tls.clone(),
+        metrics_token: args.metrics_token.clone(),
     };
     let root_config = match root_args.config() {
         Ok(c) => c,
@@ -97,6 +106,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             Ok(r) => r,
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
+        root.set_metrics_token(args.metrics_token.clone());
         if let Some(cert) = cert {
             root.use_tls(cert);
         }
@@ -150,6 +160,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             worker_timeout: super::cluster::DEFAULT_WORKER_TIMEOUT_S,
             deploy_timeout: 120.0,
             node_forget_after: 3600.0,
+            metrics_token: args.metrics_token.clone(),
         };
         let cluster_dir = cluster_args.data_dir.clone();
         let cluster = match cluster_args.config() {
@@ -183,6 +194,9 @@ pub fn run(args: UpArgs) -> ExitCode {
             pids_limit: oak_containerd::DEFAULT_PIDS_LIMIT,
             unikernel: args.unikernel,
             unikernel_accel: args.unikernel_accel,
+            metrics_port: args.metrics_port,
+            metrics_addr: "0.0.0.0".parse().expect("literal address"),
+            metrics_token: args.metrics_token.clone(),
         };
         let (worker_config, runtime) = match worker_args.configs() {
             Ok(c) => c,

@@ -83,6 +83,16 @@ pub struct WorkerArgs {
     /// used when asked for, see the README).
     #[arg(long, default_value = "auto", value_parser = clap::value_parser!(oak_qemu::AccelChoice))]
     pub unikernel_accel: oak_qemu::AccelChoice,
+    /// Port of the worker's Prometheus `/metrics`; 0 turns it off.
+    #[arg(long, default_value_t = oak_worker::DEFAULT_METRICS_PORT, env = "OAKESTRA_METRICS_PORT")]
+    pub metrics_port: u16,
+    /// Address `/metrics` listens on.
+    #[arg(long, default_value = "0.0.0.0", env = "OAKESTRA_METRICS_ADDR")]
+    pub metrics_addr: std::net::IpAddr,
+    /// Token Prometheus presents (`Authorization: Bearer <token>`) to read `/metrics` when it
+    /// listens beyond loopback; without one such scrapes are refused.
+    #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -143,6 +153,9 @@ impl WorkerArgs {
             insecure_plaintext: self.insecure_plaintext_overlay,
         };
         config.report_interval = Duration::from_secs_f64(self.report_interval);
+        config.metrics_addr =
+            (self.metrics_port != 0).then(|| std::net::SocketAddr::new(self.metrics_addr, self.metrics_port));
+        config.metrics_token = self.metrics_token;
         Ok(config)
     }
 }
@@ -299,6 +312,16 @@ mod tests {
         assert!(e.contains("no CA fingerprint") && e.contains("create a new token"), "{e}");
         let e = Cli::try_parse_from(["oakestra", "-a", "h", "--token", "t"]).unwrap().args.config().unwrap_err();
         assert!(e.contains("malformed worker join token"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_on_10190_of_every_address_unless_told_otherwise() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:10190".parse().unwrap()));
+        assert_eq!(c.metrics_token, None);
+        assert_eq!(config(&["--metrics-port", "0"]).unwrap().metrics_addr, None, "0 turns it off");
+        let c = config(&["--metrics-port", "9999", "--metrics-addr", "127.0.0.1", "--metrics-token", "t"]).unwrap();
+        assert_eq!((c.metrics_addr, c.metrics_token.as_deref()), (Some("127.0.0.1:9999".parse().unwrap()), Some("t")));
     }
 
     #[test]

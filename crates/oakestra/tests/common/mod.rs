@@ -107,6 +107,7 @@ pub async fn start_cluster(
         data_dir: dir.to_path_buf(),
         report_interval: Duration::from_millis(300),
         timing: oak_cluster::state::Timing { node_timeout: Duration::from_secs(2), ..Default::default() },
+        metrics_token: None,
     };
     let cluster = oak_cluster::Cluster::open(config).await.unwrap();
     let api = cluster.api_addr();

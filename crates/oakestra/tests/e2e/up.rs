@@ -54,6 +54,8 @@ pub struct Ports {
     pub tunnel: u16,
     /// The dashboard's own port (`up` would take 80 otherwise).
     pub dashboard: u16,
+    /// The worker's `/metrics`.
+    pub metrics: u16,
 }
 
 impl Ports {
@@ -73,6 +75,7 @@ impl Ports {
             mqtt: next()?,
             tunnel: next()?,
             dashboard: next()?,
+            metrics: next()?,
         };
         Ok(ports)
     }
@@ -85,6 +88,7 @@ impl Ports {
             ("--mqtt-port", self.mqtt),
             ("--tunnel-port", self.tunnel),
             ("--dashboard-port", self.dashboard),
+            ("--metrics-port", self.metrics),
         ]
         .iter()
         .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
