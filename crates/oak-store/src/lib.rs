@@ -10,7 +10,7 @@ mod sqlite;
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};
 use serde::{Deserialize, Serialize};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// A user account as stored: unlike [`oak_api::model::User`] it holds the password hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The transaction holding the change could not begin or commit (a group commit answers
+    /// every change in it with the reason).
+    #[error("database commit failed: {0}")]
+    Commit(String),
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
     #[error("data directory: {0}")]

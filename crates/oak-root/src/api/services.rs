@@ -216,28 +216,39 @@ pub async fn request_instance(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRequested>> {
+    // Off the async runtime: the store answers only after the group commit holding the
+    // instance, and waiting for it must not hold up the runtime's few threads.
+    blocking(move || request_instance_now(&st, &caller, &id)).await.map(Json)
+}
+
+/// Runs `f` on the blocking pool; a panic there is a 500, as on the runtime.
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("request handler failed: {e}")))?
+}
+
+fn request_instance_now(st: &AppState, caller: &Caller, id: &str) -> ApiResult<InstanceRequested> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
-    let (service, app) = owned(&st, &caller, &id, true, false)?;
-    crate::quotas::check(&st, &caller, &app.user_id, Usage { instances: 1, ..Usage::default() })?;
+    let (service, app) = owned(st, caller, id, true, false)?;
+    crate::quotas::check(st, caller, &app.user_id, Usage { instances: 1, ..Usage::default() })?;
     // Its overlay address, kept for the instance's life (also when it moves).
-    let ip = st.fleet.allocate_instance_ip(&id)?;
-    let number = match st.store.allocate_instance_number(&id) {
+    let ip = st.fleet.allocate_instance_ip(id)?;
+    let number = match st.store.allocate_instance_number(id) {
         Ok(n) => n,
         Err(e) => {
-            st.fleet.release_addresses(&id, [&ip]);
+            st.fleet.release_addresses(id, [&ip]);
             return Err(e.into());
         }
     };
     let mut instance = st.fleet.place(&service, number, None);
     instance.instance_ip = Some(ip);
-    if let Err(e) = st.store.put_instance(&id, &instance) {
-        st.fleet.undeploy(&id, std::slice::from_ref(&instance));
-        st.fleet.release_addresses(&id, instance.instance_ip.iter());
+    if let Err(e) = st.store.put_instance(id, &instance) {
+        st.fleet.undeploy(id, std::slice::from_ref(&instance));
+        st.fleet.release_addresses(id, instance.instance_ip.iter());
         return Err(e.into());
     }
     st.fleet.dispatch(&service, &instance);
-    st.fleet.routes_changed([id.as_str()]);
-    Ok(Json(InstanceRequested { message: "ok".into(), instance_number: number, status: instance.status }))
+    st.fleet.routes_changed([id]);
+    Ok(InstanceRequested { message: "ok".into(), instance_number: number, status: instance.status })
 }
 
 /// Remove one instance of a service.
