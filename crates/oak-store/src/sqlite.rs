@@ -688,6 +688,11 @@ impl RootStore for SqliteStore {
         })
     }
 
+    fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()> {
+        let (service_id, instances) = (service_id.to_owned(), instances.to_owned());
+        self.write_batched(move |tx| instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i)))
+    }
+
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {
         let service_id = service_id.to_owned();
         self.write_batched(move |tx| {
@@ -716,25 +721,24 @@ impl RootStore for SqliteStore {
         self.read(|c| query_docs(c, "SELECT doc FROM clusters ORDER BY rowid", []))
     }
 
-    fn allocate_instance_number(&self, service_id: &str) -> Result<u32> {
+    fn allocate_instance_numbers(&self, service_id: &str, count: u32) -> Result<std::ops::Range<u32>> {
         // Bumped inside SQLite: parsing and re-serializing the whole service document in Rust
         // for one counter was most of the cost of scaling a service.
         let service_id = service_id.to_owned();
         self.write_batched(move |tx| {
-            let service_id = &service_id;
-
             let next: Option<i64> = tx
                 .prepare_cached(
                     "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
-                         json_extract(doc, '$.next_instance_progressive_number') + 1)
+                         json_extract(doc, '$.next_instance_progressive_number') + ?2)
                      WHERE id = ?1
                      RETURNING json_extract(doc, '$.next_instance_progressive_number')",
                 )?
-                .query_row(params![service_id], |r| r.get(0))
+                .query_row(params![service_id, count], |r| r.get(0))
                 .optional()?;
             let next = next.ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
-            u32::try_from(next - 1)
-                .map_err(|_| StoreError::Corrupt(format!("service {service_id} has instance counter {next}")))
+            let corrupt = || StoreError::Corrupt(format!("service {service_id} has instance counter {next}"));
+            let end = u32::try_from(next).map_err(|_| corrupt())?;
+            Ok(end.checked_sub(count).ok_or_else(corrupt)?..end)
         })
     }
 

@@ -104,3 +104,22 @@ fn concurrent_writes_all_commit_with_their_own_outcome_and_survive_reopen() {
         assert_eq!(s.next_instance_progressive_number, want.len() as u32);
     }
 }
+
+#[test]
+fn numbers_are_taken_in_runs_and_instances_stored_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("root.db")).unwrap();
+    shop(&store);
+    assert_eq!(store.allocate_instance_number("s").unwrap(), 0);
+    assert_eq!(store.allocate_instance_numbers("s", 5).unwrap(), 1..6);
+    assert_eq!(store.allocate_instance_number("s").unwrap(), 6);
+    assert!(matches!(store.allocate_instance_numbers("nope", 2), Err(StoreError::NotFound(_))));
+    let run: Vec<Instance> = (1..6).map(|n| Instance::new(n, "REQUESTED", "", 0.0)).collect();
+    store.put_instances("s", &run).unwrap();
+    let numbers: Vec<u32> =
+        store.service("s").unwrap().unwrap().instance_list.iter().map(|i| i.instance_number).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+    // All or nothing: a run for a missing service stores none of it.
+    assert!(store.put_instances("nope", &run).is_err());
+    assert!(store.put_instances("t", &[Instance::new(0, "REQUESTED", "", 0.0)]).is_ok());
+}
