@@ -4,10 +4,11 @@
 //! Concurrency: reads run on a pool of read-only connections of their own (WAL lets readers
 //! proceed while a write commits), so a long listing never holds up a request. Writes go through
 //! one writer connection. Writes whose inputs the store can own are *group-committed*: a caller
-//! queues its change and whoever holds the writer next runs every queued change in one
-//! transaction, each inside a savepoint of its own (a failing change is rolled back alone and
-//! answered with its error), commits once and answers all of them. A caller returns only after
-//! the commit that holds its change.
+//! queues its change for the store's writer thread, which takes every change queued by then, runs
+//! them in one transaction, each inside a savepoint of its own (a failing change is rolled back
+//! alone and answered with its error), commits once and answers all of them; the callers wait
+//! only for their answer (no queue of threads taking a lock in turn). A caller returns only
+//! after the commit that holds its change.
 //!
 //! Durability: WAL with `synchronous = NORMAL` ([`Durability::Normal`], the default): a change
 //! that was answered survives a crash of the process (the WAL is in the OS's page cache), but
@@ -18,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -57,14 +58,14 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// The root's store in `<data_dir>/root.db`.
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
-    /// Changes waiting for the next group commit.
-    queue: Mutex<Vec<Job>>,
+    writer: Arc<Mutex<Connection>>,
+    /// Changes for the writer thread's next group commit.
+    queue: mpsc::Sender<Job>,
     /// The database file read connections open; `None` for an in-memory database (reads then
     /// use the writer connection).
     path: Option<PathBuf>,
     readers: Mutex<Vec<Connection>>,
-    commits: AtomicU64,
+    commits: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -95,13 +96,13 @@ impl SqliteStore {
         // Every statement is prepared once and kept: parsing SQL was a good part of a request.
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
-        Ok(Self {
-            writer: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
-            path,
-            readers: Mutex::new(Vec::new()),
-            commits: AtomicU64::new(0),
-        })
+        let writer = Arc::new(Mutex::new(conn));
+        let commits = Arc::new(AtomicU64::new(0));
+        let (queue, queued) = mpsc::channel::<Job>();
+        let (w, c) = (writer.clone(), commits.clone());
+        // Ends when the store is dropped (the queue's sender with it).
+        std::thread::Builder::new().name("oak-store-writer".into()).spawn(move || group_commits(&w, &queued, &c))?;
+        Ok(Self { writer, queue, path, readers: Mutex::new(Vec::new()), commits })
     }
 
     /// The writer connection. A panic while holding it cannot leave SQLite inconsistent
@@ -117,6 +118,9 @@ impl SqliteStore {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(128);
+        // Pages read through a memory map instead of copied out of the file: a read connection's
+        // cache starts over after every commit of the writer.
+        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         Ok(conn)
     }
 
@@ -155,9 +159,6 @@ impl SqliteStore {
         f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let answered = self.enqueue(f);
-        // Whoever holds the writer runs the whole queue; once we hold it, either a previous
-        // holder ran our change (and answered before letting go) or it is still queued.
-        self.flush();
         answered.recv().unwrap_or_else(|_| Err(StoreError::Commit("a panic while writing dropped the change".into())))
     }
 
@@ -180,21 +181,14 @@ impl SqliteStore {
                 let _ = answer.send(out);
             })
         });
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+        if let Err(mpsc::SendError(job)) = self.queue.send(job) {
+            // The writer thread is gone (it panicked): the change is answered with that.
+            job(Err("the store's writer thread has stopped"))(None);
+        }
         answered
     }
 
-    /// Takes the writer and runs every queued change in one transaction.
-    fn flush(&self) {
-        let mut conn = self.writer();
-        let jobs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        if !jobs.is_empty() {
-            run_batch(&mut conn, jobs);
-            self.commits.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Transactions committed by group commit so far (each holding one or more changes).
+    /// Group-commit transactions run so far (each holding one or more changes).
     pub fn group_commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
@@ -209,6 +203,19 @@ fn in_savepoint<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Res
         (Ok(v), Ok(())) => Ok(v),
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e.into()),
+    }
+}
+
+/// The writer thread: waits for a change, takes the writer connection, adds every change queued
+/// by then and runs them as one batch.
+fn group_commits(writer: &Mutex<Connection>, queued: &mpsc::Receiver<Job>, commits: &AtomicU64) {
+    while let Ok(first) = queued.recv() {
+        let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = vec![first];
+        jobs.extend(queued.try_iter());
+        // Counted before anyone is answered, so an answered caller sees its batch counted.
+        commits.fetch_add(1, Ordering::Relaxed);
+        run_batch(&mut conn, jobs);
     }
 }
 
@@ -1015,6 +1022,9 @@ mod tests {
     #[test]
     fn queued_changes_commit_together_and_a_failing_one_alone_is_undone() {
         let (_dir, store) = store();
+        // While the writer connection is held, the writer thread can run nothing: everything
+        // queued meanwhile goes into its next batch.
+        let held = store.writer();
         let a = store.enqueue(set("a", "1"));
         // Writes a row, then fails: its row must not survive, the others' must.
         let bad = store.enqueue(|tx| -> Result<()> {
@@ -1023,18 +1033,18 @@ mod tests {
         });
         let dup = store.enqueue(set("a", "again"));
         let b = store.enqueue(set("b", "2"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(a.try_recv().is_err(), "nothing is answered before the commit");
-        store.flush();
-        assert_eq!(store.group_commits(), 1, "one transaction for the four changes");
+        drop(held);
         assert!(a.recv().unwrap().is_ok());
+        assert_eq!(store.group_commits(), 1, "one transaction for the four changes");
         assert!(matches!(bad.recv().unwrap(), Err(StoreError::Conflict(m)) if m == "refused"));
         assert!(matches!(dup.recv().unwrap(), Err(StoreError::Db(_))), "unique key");
         assert!(b.recv().unwrap().is_ok());
         assert_eq!(store.meta("a").unwrap().as_deref(), Some("1"));
         assert_eq!(store.meta("b").unwrap().as_deref(), Some("2"));
         assert_eq!(store.meta("bad").unwrap(), None);
-        store.flush();
-        assert_eq!(store.group_commits(), 1, "an empty queue commits nothing");
+        assert_eq!(store.group_commits(), 1, "nothing queued, nothing committed");
     }
 
     #[test]
