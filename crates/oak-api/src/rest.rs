@@ -110,8 +110,19 @@ pub struct DeployedService {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceRequested {
     pub message: String,
+    /// The (first) instance's number.
     pub instance_number: u32,
     /// Status right after the request (a negative scheduling status if no cluster fits).
+    pub status: String,
+    /// With `?count=N`: every instance requested, in number order (absent without `count`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<RequestedInstance>,
+}
+
+/// One instance of a `?count=N` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestedInstance {
+    pub instance_number: u32,
     pub status: String,
 }
 

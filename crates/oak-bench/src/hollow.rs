@@ -92,6 +92,10 @@ pub struct HollowArgs {
     /// Instance requests in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Instances asked for per request (`POST /api/service/{id}/instance?count=N`, 1 to 100);
+    /// 1 sends the plain request without `count`.
+    #[arg(long, default_value_t = 1)]
+    pub per_request: u32,
     /// Seconds the instances may take to all reach RUNNING.
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
@@ -147,6 +151,7 @@ struct Params {
     instances: usize,
     services: usize,
     concurrency: usize,
+    per_request: u32,
     timeout_s: f64,
     ready_timeout_s: f64,
     poll_ms: u64,
@@ -179,6 +184,7 @@ impl Params {
         anyhow::ensure!(instances >= 1 && services >= 1, "need at least one instance and one service");
         anyhow::ensure!(services <= 10_000, "at most 10000 services");
         anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!((1..=100).contains(&args.per_request), "--per-request must be from 1 to 100");
         for (v, flag) in [
             (args.timeout, "timeout"),
             (args.ready_timeout, "ready-timeout"),
@@ -195,6 +201,7 @@ impl Params {
             instances,
             services,
             concurrency: args.concurrency,
+            per_request: args.per_request,
             timeout_s: args.timeout,
             ready_timeout_s: args.ready_timeout,
             poll_ms: args.poll_ms.max(10),
@@ -820,25 +827,59 @@ async fn measure(
     let wall_t0 = wall_now();
     let t0 = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..params.concurrency.min(n) {
+    let per = params.per_request as usize;
+    for _ in 0..params.concurrency.min(n.div_ceil(per)) {
         let (client, next, sent, ids) = (client.clone(), next.clone(), sent.clone(), service_ids.clone());
         senders.spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = next.fetch_add(per, Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
-                let service = i % ids.len();
+                let k = per.min(n - i);
+                let service = (i / per) % ids.len();
                 let sent_at = t0.elapsed();
-                let r = client.request_instance(&ids[service]).await;
-                let latency_ms = (t0.elapsed() - sent_at).as_secs_f64() * 1e3;
-                let (instance_number, status, error) = match r {
-                    Ok(ok) => (Some(ok.instance_number), Some(ok.status), None),
-                    Err(e) => (None, None, Some(e.to_string())),
+                let r = if per == 1 {
+                    client.request_instance(&ids[service]).await
+                } else {
+                    client.request_instances(&ids[service], k as u32).await
                 };
+                let latency_ms = (t0.elapsed() - sent_at).as_secs_f64() * 1e3;
                 let sent_s = sent_at.as_secs_f64();
-                let record = Sent { service, instance_number, sent_s, latency_ms, status, error };
-                sent.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+                // One record per instance asked for, each with the request's latency.
+                let records: Vec<Sent> = match r {
+                    Ok(ok) if ok.instances.is_empty() => vec![Sent {
+                        service,
+                        instance_number: Some(ok.instance_number),
+                        sent_s,
+                        latency_ms,
+                        status: Some(ok.status),
+                        error: None,
+                    }],
+                    Ok(ok) => ok
+                        .instances
+                        .into_iter()
+                        .map(|inst| Sent {
+                            service,
+                            instance_number: Some(inst.instance_number),
+                            sent_s,
+                            latency_ms,
+                            status: Some(inst.status),
+                            error: None,
+                        })
+                        .collect(),
+                    Err(e) => (0..k)
+                        .map(|_| Sent {
+                            service,
+                            instance_number: None,
+                            sent_s,
+                            latency_ms,
+                            status: None,
+                            error: Some(e.to_string()),
+                        })
+                        .collect(),
+                };
+                sent.lock().unwrap_or_else(|e| e.into_inner()).extend(records);
             }
         });
     }
@@ -1141,7 +1182,11 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         format!("{:.2} / {:.2} / {:.2} s", at_fraction(0.5), at_fraction(0.9), at_fraction(1.0)),
         "",
     );
-    t.row("request phase", format!("{:.2} s ({request_rate:.0} req/s)", m.requests_done_s), "");
+    t.row(
+        "request phase",
+        format!("{:.2} s ({request_rate:.0} instances/s, {} per request)", m.requests_done_s, s.params.per_request),
+        "",
+    );
     t.row(
         "request latency p50 / p99 / max",
         format!("{:.1} / {:.1} / {:.1} ms", request_latency.p50, request_latency.p99, request_latency.max),
@@ -1158,7 +1203,11 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         format!("p50 {:.1} ms, p99 {:.1} ms", reference_latency.p50, reference_latency.p99),
     );
     t.row("ratio throughput / reference rate", format!("{:.3}", throughput / reference_rate), "");
-    t.row("ratio request rate / reference rate", format!("{:.3}", request_rate / reference_rate), "");
+    t.row(
+        "ratio instance-request rate / reference rate",
+        format!("{:.3}", request_rate / reference_rate),
+        format!(">= 0.6 {}", verdict(request_rate / reference_rate >= 0.6)),
+    );
     t.section("P3 placement decision");
     t.row(
         "root p50 / p99",
@@ -1373,6 +1422,12 @@ mod tests {
         assert_eq!((quick.clusters, quick.workers_per_cluster, quick.instances, quick.services), (2, 50, 200, 10));
         assert!(Params::resolve(&parse(&["--clusters", "0"])).is_err());
         assert!(Params::resolve(&parse(&["--timeout", "0"])).is_err());
+        assert_eq!(full.per_request, 1, "plain requests unless asked");
+        assert_eq!(Params::resolve(&parse(&["--per-request", "10"])).unwrap().per_request, 10);
+        for bad in ["0", "101"] {
+            let e = Params::resolve(&parse(&["--per-request", bad])).unwrap_err().to_string();
+            assert!(e.contains("--per-request must be from 1 to 100"), "{bad}: {e}");
+        }
         assert!(Params::resolve(&parse(&["--oakestra", "/nonexistent/oakestra"])).is_err());
     }
 

@@ -117,13 +117,13 @@ impl Client {
             password: password.to_string(),
             organization_name: organization.map(str::to_string),
         };
-        self.send(Method::POST, &["api", "auth", "login"], Some(&body), None).await
+        self.send(Method::POST, &["api", "auth", "login"], &[], Some(&body), None).await
     }
 
     /// `POST /api/auth/refresh`: a new access token, authenticated with the refresh token (not
     /// with this client's access token).
     pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshResponse, ClientError> {
-        self.send::<(), _>(Method::POST, &["api", "auth", "refresh"], None, Some(refresh_token)).await
+        self.send::<(), _>(Method::POST, &["api", "auth", "refresh"], &[], None, Some(refresh_token)).await
     }
 
     // --- applications ---
@@ -174,6 +174,14 @@ impl Client {
     /// `POST /api/service/{id}/instance`: requests one more instance (scale up by one).
     pub async fn request_instance(&self, id: &str) -> Result<InstanceRequested, ClientError> {
         self.authed::<(), _>(Method::POST, &["api", "service", id, "instance"], None).await
+    }
+
+    /// `POST /api/service/{id}/instance?count=N`: requests `count` more instances at once (the
+    /// answer lists them in `instances`).
+    pub async fn request_instances(&self, id: &str, count: u32) -> Result<InstanceRequested, ClientError> {
+        let count = count.to_string();
+        let path = ["api", "service", id, "instance"];
+        self.send::<(), _>(Method::POST, &path, &[("count", &count)], None, self.token.as_deref()).await
     }
 
     /// `DELETE /api/service/{id}/instance/{n}`: undeploys instance number `n`.
@@ -270,7 +278,7 @@ impl Client {
         path: &[&str],
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        self.send(method, path, body, self.token.as_deref()).await
+        self.send(method, path, &[], body, self.token.as_deref()).await
     }
 
     /// Sends one request and decodes a 2xx answer as `T`, any other status as an `ErrorBody`.
@@ -278,10 +286,14 @@ impl Client {
         &self,
         method: Method,
         path: &[&str],
+        query: &[(&str, &str)],
         body: Option<&B>,
         bearer: Option<&str>,
     ) -> Result<T, ClientError> {
-        let url = self.url(path)?;
+        let mut url = self.url(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let what = format!("{method} {}", url.path());
         let mut request = self.http.request(method, url);
         if let Some(token) = bearer {

@@ -29,6 +29,7 @@ use tower::Layer;
 
 pub use api::ApiDoc;
 pub use dashboard::CONTENT_SECURITY_POLICY;
+pub use oak_store::Durability;
 pub use state::AppState;
 
 /// Directory in the data dir of the root's CA (`ca.pem`, `ca-key.pem`).
@@ -50,6 +51,9 @@ pub struct RootConfig {
     /// Where clusters dial in (the cluster channel).
     pub channel_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// What an answered request survives: a crash of the process (`Normal`, the default) or
+    /// also a power cut (`Full`: the database syncs its log at every group commit).
+    pub store_durability: oak_store::Durability,
     /// Password for the `Admin` user created at first start; `None` means the default `Admin`
     /// while `api_addr` is loopback, else a generated one in `<data_dir>/admin-password`.
     pub admin_password: Option<String>,
@@ -73,7 +77,7 @@ impl Root {
     pub async fn open(config: RootConfig) -> anyhow::Result<Self> {
         let dir = &config.data_dir;
         bootstrap::secure_data_dir(dir)?;
-        let store = SqliteStore::open(&dir.join(bootstrap::DATABASE_FILE))
+        let store = SqliteStore::open_with(&dir.join(bootstrap::DATABASE_FILE), config.store_durability)
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
         bootstrap::secure_data_dir(dir)?;
         let unknown = oak_core::authz::unknown_roles(&config.privileged_roles);

@@ -20,6 +20,7 @@ async fn open(dir: &Path, api_addr: &str, admin_password: Option<&str>) -> Root 
         api_addr: api_addr.parse().unwrap(),
         channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: admin_password.map(str::to_string),
         fleet: Default::default(),
         privileged_roles: Vec::new(),

@@ -68,6 +68,7 @@ async fn open(dir: &std::path::Path) -> Root {
         api_addr: "127.0.0.1:0".parse().unwrap(),
         channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet: Default::default(),
         privileged_roles: Vec::new(),
@@ -218,6 +219,29 @@ async fn application_lifecycle() {
     }
     assert_eq!(inst["instance_ip"], "10.30.0.1", "each instance has its own overlay address");
     assert_eq!(v["next_instance_progressive_number"], 2);
+
+    // `?count=N` asks for N at once; bad counts are 400s naming `count`, and store nothing
+    let (s, v) = api.call(Method::POST, &format!("/api/service/{svc_id}/instance?count=3"), t, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["instance_number"], 2, "the first of the run: {v}");
+    let listed: Vec<u64> =
+        v["instances"].as_array().unwrap().iter().map(|i| i["instance_number"].as_u64().unwrap()).collect();
+    assert_eq!(listed, [2, 3, 4]);
+    assert!(v["instances"].as_array().unwrap().iter().all(|i| i["status"] == "TargetClusterNotActive"), "{v}");
+    for bad in ["0", "101", "x", "-1", "2.5", ""] {
+        let (s, v) = api.call(Method::POST, &format!("/api/service/{svc_id}/instance?count={bad}"), t, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "count={bad}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("count"), "count={bad}: {v}");
+    }
+    let (_, v) = api.call(Method::GET, &format!("/api/service/{svc_id}"), t, None).await;
+    let ips: std::collections::BTreeSet<&str> =
+        v["instance_list"].as_array().unwrap().iter().map(|i| i["instance_ip"].as_str().unwrap()).collect();
+    assert_eq!(ips.len(), 5, "five instances, each with its own address: {v}");
+    assert_eq!(v["next_instance_progressive_number"], 5);
+    for n in 2..5 {
+        let (s, _) = api.call(Method::DELETE, &format!("/api/service/{svc_id}/instance/{n}"), t, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
 
     // undeploy one instance; an unknown one and a non-number are clear errors
     let (s, _) = api.call(Method::DELETE, &format!("/api/service/{svc_id}/instance/0"), t, None).await;
@@ -406,6 +430,8 @@ async fn organizations_clusters_and_docs() {
     assert_eq!(s, StatusCode::OK);
     assert!(v["paths"]["/api/application"]["post"].is_object());
     assert!(v["paths"]["/api/service/{id}/instance"]["post"].is_object());
+    let params = v["paths"]["/api/service/{id}/instance"]["post"]["parameters"].as_array().unwrap();
+    assert!(params.iter().any(|p| p["name"] == "count" && p["in"] == "query"), "count is documented: {params:?}");
     let schemas = &v["components"]["schemas"];
     // A service is its descriptor (`allOf` Microservice) plus what the system adds.
     let service = &schemas["Service"]["allOf"][1]["properties"];

@@ -34,6 +34,7 @@ async fn serve(quotas: Quotas) -> Served {
         api_addr: "127.0.0.1:0".parse().unwrap(),
         channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet: FleetConfig { quotas, ..Default::default() },
         privileged_roles: Vec::new(),

@@ -20,6 +20,7 @@ async fn open(dir: &std::path::Path) -> Root {
         api_addr: "127.0.0.1:0".parse().unwrap(),
         channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet: Default::default(),
         privileged_roles: Vec::new(),

@@ -18,6 +18,7 @@ async fn open(dir: &std::path::Path, privileged_roles: &[&str]) -> anyhow::Resul
         api_addr: "127.0.0.1:8000".parse().unwrap(),
         channel_addr: "127.0.0.1:9000".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet: Default::default(),
         privileged_roles: privileged_roles.iter().map(|r| r.to_string()).collect(),

@@ -37,6 +37,7 @@ async fn start(dir: &std::path::Path) -> TestRoot {
         api_addr: "127.0.0.1:0".parse().unwrap(),
         channel_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet: oak_root::fleet::FleetConfig { retry_tick: Duration::from_millis(100), ..Default::default() },
         privileged_roles: Vec::new(),

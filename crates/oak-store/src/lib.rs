@@ -10,7 +10,7 @@ mod sqlite;
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};
 use serde::{Deserialize, Serialize};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// A user account as stored: unlike [`oak_api::model::User`] it holds the password hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The transaction holding the change could not begin or commit (a group commit answers
+    /// every change in it with the reason).
+    #[error("database commit failed: {0}")]
+    Commit(String),
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
     #[error("data directory: {0}")]
@@ -125,6 +129,8 @@ pub trait RootStore: Send + Sync + 'static {
 
     /// Inserts or replaces one instance of a service.
     fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()>;
+    /// Inserts or replaces several instances of a service, all or nothing.
+    fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()>;
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()>;
     /// Updates the service document and one instance together.
     fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()>;
@@ -133,7 +139,12 @@ pub trait RootStore: Send + Sync + 'static {
     fn list_clusters(&self) -> Result<Vec<Cluster>>;
     /// Takes the next instance number of a service (atomically: concurrent requests never share
     /// a number).
-    fn allocate_instance_number(&self, service_id: &str) -> Result<u32>;
+    fn allocate_instance_number(&self, service_id: &str) -> Result<u32> {
+        self.allocate_instance_numbers(service_id, 1).map(|r| r.start)
+    }
+    /// Takes the next `count` instance numbers of a service at once (atomically, as
+    /// [`RootStore::allocate_instance_number`]).
+    fn allocate_instance_numbers(&self, service_id: &str, count: u32) -> Result<std::ops::Range<u32>>;
     /// Creates or replaces a cluster (by id); names are unique.
     fn put_cluster(&self, cluster: &Cluster) -> Result<()>;
     fn cluster(&self, id: &str) -> Result<Option<Cluster>>;

@@ -1,60 +1,240 @@
 //! SQLite backend: one database file in the data directory, WAL journal, JSON documents in
 //! `doc` columns next to the few columns that carry uniqueness rules and lookups.
+//!
+//! Concurrency: reads run on a pool of read-only connections of their own (WAL lets readers
+//! proceed while a write commits), so a long listing never holds up a request. Writes go through
+//! one writer connection. Writes whose inputs the store can own are *group-committed*: a caller
+//! queues its change for the store's writer thread, which takes every change queued by then, runs
+//! them in one transaction, each inside a savepoint of its own (a failing change is rolled back
+//! alone and answered with its error), commits once and answers all of them; the callers wait
+//! only for their answer (no queue of threads taking a lock in turn). A caller returns only
+//! after the commit that holds its change.
+//!
+//! Durability: WAL with `synchronous = NORMAL` ([`Durability::Normal`], the default): a change
+//! that was answered survives a crash of the process (the WAL is in the OS's page cache), but
+//! not a power cut or kernel crash, which may lose the last commits. [`Durability::Full`]
+//! (`synchronous = FULL`) also syncs the WAL at every commit, so answered changes survive a
+//! power cut; group commit makes that one sync per batch, not per request.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::migrations::MIGRATIONS;
 use crate::{ClusterTokenRecord, Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
+/// What an answered write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a crash of the process, not a power cut.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: a power cut too (one sync of the WAL per group commit).
+    Full,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// Idle read connections kept for reuse; more are opened when more reads run at once.
+const IDLE_READERS: usize = 16;
+
+/// A queued change: runs inside the batch's transaction and answers its caller once the
+/// transaction's fate is known (the commit's error, if it failed).
+type Job = Box<dyn FnOnce(std::result::Result<&Transaction<'_>, &str>) -> Answer + Send>;
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
 /// The root's store in `<data_dir>/root.db`.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    writer: Arc<Mutex<Connection>>,
+    /// Changes for the writer thread's next group commit.
+    queue: mpsc::Sender<Job>,
+    /// The database file read connections open; `None` for an in-memory database (reads then
+    /// use the writer connection).
+    path: Option<PathBuf>,
+    readers: Mutex<Vec<Connection>>,
+    commits: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::default())
+    }
+
+    /// Like [`SqliteStore::open`], with the durability of answered writes chosen.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        Self::init(conn, Some(path.to_path_buf()), durability)
     }
 
     /// A private in-memory database, for tests.
     pub fn in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None, Durability::default())
     }
 
-    fn init(mut conn: Connection) -> Result<Self> {
+    fn init(mut conn: Connection, path: Option<PathBuf>, durability: Durability) -> Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", durability.pragma())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement is prepared once and kept: parsing SQL was a good part of a request.
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        let writer = Arc::new(Mutex::new(conn));
+        let commits = Arc::new(AtomicU64::new(0));
+        let (queue, queued) = mpsc::channel::<Job>();
+        let (w, c) = (writer.clone(), commits.clone());
+        // Ends when the store is dropped (the queue's sender with it).
+        std::thread::Builder::new().name("oak-store-writer".into()).spawn(move || group_commits(&w, &queued, &c))?;
+        Ok(Self { writer, queue, path, readers: Mutex::new(Vec::new()), commits })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
-        // back on drop), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The writer connection. A panic while holding it cannot leave SQLite inconsistent
+    /// (transactions roll back on drop), so a poisoned lock is safe to keep using.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn open_reader(path: &Path) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(128);
+        // Pages read through a memory map instead of copied out of the file: a read connection's
+        // cache starts over after every commit of the writer.
+        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a read connection of its own (from the pool, or a new one). Each statement
+    /// sees the last commit before it started.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let Some(path) = &self.path else { return f(&self.writer()) };
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::open_reader(path)?,
+        };
+        // One read transaction: statements reading a service and then its instances see one state.
+        let out = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| f(&tx));
+        let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` in a transaction of its own on the writer connection (for changes that borrow
+    /// what they work with and so cannot wait in the group-commit queue).
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Runs `f` in the next group commit and answers once that commit is done: `f`'s own error
+    /// (its changes rolled back, the batch's others kept), or the commit's.
+    fn write_batched<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let answered = self.enqueue(f);
+        answered.recv().unwrap_or_else(|_| Err(StoreError::Commit("a panic while writing dropped the change".into())))
+    }
+
+    /// Queues `f` for the next group commit; its answer arrives on the receiver.
+    fn enqueue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> mpsc::Receiver<Result<T>> {
+        let (answer, answered) = mpsc::sync_channel::<Result<T>>(1);
+        let job: Job = Box::new(move |tx| {
+            let out = match tx {
+                Ok(tx) => in_savepoint(tx, f),
+                Err(begin) => Err(StoreError::Commit(begin.to_string())),
+            };
+            Box::new(move |commit_error| {
+                let out = match (out, commit_error) {
+                    (Ok(_), Some(e)) => Err(StoreError::Commit(e.to_string())),
+                    (out, _) => out,
+                };
+                let _ = answer.send(out);
+            })
+        });
+        if let Err(mpsc::SendError(job)) = self.queue.send(job) {
+            // The writer thread is gone (it panicked): the change is answered with that.
+            job(Err("the store's writer thread has stopped"))(None);
+        }
+        answered
+    }
+
+    /// Group-commit transactions run so far (each holding one or more changes).
+    pub fn group_commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `f` inside a savepoint of `tx`: released on success, rolled back on error.
+fn in_savepoint<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    tx.execute_batch("SAVEPOINT job")?;
+    let out = f(tx);
+    let end = if out.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+    match (out, tx.execute_batch(end)) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+    }
+}
+
+/// The writer thread: waits for a change, takes the writer connection, adds every change queued
+/// by then and runs them as one batch.
+fn group_commits(writer: &Mutex<Connection>, queued: &mpsc::Receiver<Job>, commits: &AtomicU64) {
+    while let Ok(first) = queued.recv() {
+        let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = vec![first];
+        jobs.extend(queued.try_iter());
+        // Counted before anyone is answered, so an answered caller sees its batch counted.
+        commits.fetch_add(1, Ordering::Relaxed);
+        run_batch(&mut conn, jobs);
+    }
+}
+
+/// One transaction for every queued change, one commit, then every caller answered.
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for job in jobs {
+                job(Err(&msg))(None);
+            }
+            return;
+        }
+    };
+    let answers: Vec<Answer> = jobs.into_iter().map(|job| job(Ok(&tx))).collect();
+    let commit = tx.commit().err().map(|e| e.to_string());
+    for answer in answers {
+        answer(commit.as_deref());
     }
 }
 
@@ -241,7 +421,10 @@ fn update_app_tx(tx: &Connection, app: &Application) -> Result<()> {
 
 impl RootStore for SqliteStore {
     fn insert_user(&self, user: &UserRecord) -> Result<()> {
-        self.write(|tx| {
+        let user = user.to_owned();
+        self.write_batched(move |tx| {
+            let user = &user;
+
             if exists(tx, "SELECT 1 FROM users WHERE name = ?1", params![user.name])? {
                 return Err(StoreError::Conflict(format!("a user named {:?} already exists", user.name)));
             }
@@ -255,7 +438,10 @@ impl RootStore for SqliteStore {
     }
 
     fn update_user(&self, user: &UserRecord) -> Result<()> {
-        self.write(|tx| {
+        let user = user.to_owned();
+        self.write_batched(move |tx| {
+            let user = &user;
+
             let old: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE id = ?1", params![user.id])?
                 .ok_or_else(|| StoreError::NotFound(format!("user {}", user.name)))?;
             exec(tx, "UPDATE users SET name = ?2, doc = ?3 WHERE id = ?1", params![user.id, user.name, to_doc(user)?])?;
@@ -268,21 +454,25 @@ impl RootStore for SqliteStore {
 
     fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
         let users =
-            query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE name = ?1", params![name])?;
+            self.read(|c| query_users(c, "SELECT doc, token_generation FROM users WHERE name = ?1", params![name]))?;
         Ok(users.into_iter().next())
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>> {
-        let users = query_users(&self.lock(), "SELECT doc, token_generation FROM users WHERE id = ?1", params![id])?;
+        let users =
+            self.read(|c| query_users(c, "SELECT doc, token_generation FROM users WHERE id = ?1", params![id]))?;
         Ok(users.into_iter().next())
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
-        query_users(&self.lock(), "SELECT doc, token_generation FROM users ORDER BY rowid", [])
+        self.read(|c| query_users(c, "SELECT doc, token_generation FROM users ORDER BY rowid", []))
     }
 
     fn delete_user(&self, name: &str) -> Result<()> {
-        self.write(|tx| {
+        let name = name.to_owned();
+        self.write_batched(move |tx| {
+            let name = &name;
+
             let user: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE name = ?1", params![name])?
                 .ok_or_else(|| StoreError::NotFound(format!("user {name:?}")))?;
             let orgs: Vec<Organization> = query_docs(tx, "SELECT doc FROM organizations", [])?;
@@ -299,7 +489,10 @@ impl RootStore for SqliteStore {
     }
 
     fn insert_organization(&self, org: &Organization) -> Result<()> {
-        self.write(|tx| {
+        let org = org.to_owned();
+        self.write_batched(move |tx| {
+            let org = &org;
+
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1", params![org.name])? {
                 return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
             }
@@ -313,7 +506,10 @@ impl RootStore for SqliteStore {
     }
 
     fn update_organization(&self, org: &Organization) -> Result<()> {
-        self.write(|tx| {
+        let org = org.to_owned();
+        self.write_batched(move |tx| {
+            let org = &org;
+
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1 AND id <> ?2", params![org.name, org.id])? {
                 return Err(StoreError::Conflict(format!("an organization named {:?} already exists", org.name)));
             }
@@ -332,19 +528,22 @@ impl RootStore for SqliteStore {
     }
 
     fn organization_by_id(&self, id: &str) -> Result<Option<Organization>> {
-        query_doc(&self.lock(), "SELECT doc FROM organizations WHERE id = ?1", params![id])
+        self.read(|c| query_doc(c, "SELECT doc FROM organizations WHERE id = ?1", params![id]))
     }
 
     fn organization_by_name(&self, name: &str) -> Result<Option<Organization>> {
-        query_doc(&self.lock(), "SELECT doc FROM organizations WHERE name = ?1", params![name])
+        self.read(|c| query_doc(c, "SELECT doc FROM organizations WHERE name = ?1", params![name]))
     }
 
     fn list_organizations(&self) -> Result<Vec<Organization>> {
-        query_docs(&self.lock(), "SELECT doc FROM organizations ORDER BY rowid", [])
+        self.read(|c| query_docs(c, "SELECT doc FROM organizations ORDER BY rowid", []))
     }
 
     fn delete_organization(&self, id: &str) -> Result<()> {
-        self.write(|tx| {
+        let id = id.to_owned();
+        self.write_batched(move |tx| {
+            let id = &id;
+
             let old: Option<Organization> = query_doc(tx, "SELECT doc FROM organizations WHERE id = ?1", params![id])?;
             if let Some(old) = &old {
                 revoke_tokens(tx, members_losing_roles(old, None))?;
@@ -355,7 +554,10 @@ impl RootStore for SqliteStore {
     }
 
     fn create_application(&self, app: &Application, services: &[Service]) -> Result<()> {
-        self.write(|tx| {
+        let (app, services) = (app.to_owned(), services.to_owned());
+        self.write_batched(move |tx| {
+            let (app, services) = (&app, &services);
+
             check_app_unique(tx, app)?;
             exec(
                 tx,
@@ -368,30 +570,39 @@ impl RootStore for SqliteStore {
     }
 
     fn update_application(&self, app: &Application) -> Result<()> {
-        self.write(|tx| update_app_tx(tx, app))
+        let app = app.to_owned();
+        self.write_batched(move |tx| {
+            let app = &app;
+            update_app_tx(tx, app)
+        })
     }
 
     fn update_application_with_services(&self, app: &Application, services: &[Service]) -> Result<()> {
-        self.write(|tx| {
+        let (app, services) = (app.to_owned(), services.to_owned());
+        self.write_batched(move |tx| {
+            let (app, services) = (&app, &services);
+
             update_app_tx(tx, app)?;
             services.iter().try_for_each(|s| update_service_tx(tx, s))
         })
     }
 
     fn application(&self, id: &str) -> Result<Option<Application>> {
-        query_doc(&self.lock(), "SELECT doc FROM applications WHERE id = ?1", params![id])
+        self.read(|c| query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![id]))
     }
 
     fn list_applications(&self, owner: Option<&str>) -> Result<Vec<Application>> {
-        let conn = self.lock();
-        match owner {
-            Some(o) => query_docs(&conn, "SELECT doc FROM applications WHERE owner = ?1 ORDER BY seq", params![o]),
-            None => query_docs(&conn, "SELECT doc FROM applications ORDER BY seq", []),
-        }
+        self.read(|conn| match owner {
+            Some(o) => query_docs(conn, "SELECT doc FROM applications WHERE owner = ?1 ORDER BY seq", params![o]),
+            None => query_docs(conn, "SELECT doc FROM applications ORDER BY seq", []),
+        })
     }
 
     fn delete_application(&self, id: &str) -> Result<()> {
-        self.write(|tx| {
+        let id = id.to_owned();
+        self.write_batched(move |tx| {
+            let id = &id;
+
             // Instances and services go with it (ON DELETE CASCADE).
             let n = exec(tx, "DELETE FROM applications WHERE id = ?1", params![id])?;
             expect_changed(n, || format!("application {id}"))
@@ -399,7 +610,10 @@ impl RootStore for SqliteStore {
     }
 
     fn add_services(&self, app_id: &str, services: &[Service]) -> Result<()> {
-        self.write(|tx| {
+        let (app_id, services) = (app_id.to_owned(), services.to_owned());
+        self.write_batched(move |tx| {
+            let (app_id, services) = (&app_id, &services);
+
             let mut app: Application = query_doc(tx, "SELECT doc FROM applications WHERE id = ?1", params![app_id])?
                 .ok_or_else(|| StoreError::NotFound(format!("application {app_id}")))?;
             insert_services(tx, app_id, services)?;
@@ -409,46 +623,56 @@ impl RootStore for SqliteStore {
     }
 
     fn update_service(&self, service: &Service) -> Result<()> {
-        self.write(|tx| update_service_tx(tx, service))
+        let service = service.to_owned();
+        self.write_batched(move |tx| {
+            let service = &service;
+            update_service_tx(tx, service)
+        })
     }
 
     fn service(&self, id: &str) -> Result<Option<Service>> {
-        let conn = self.lock();
-        let mut service: Option<Service> = query_doc(&conn, "SELECT doc FROM services WHERE id = ?1", params![id])?;
-        if let Some(s) = service.as_mut() {
-            load_instances(&conn, s)?;
-        }
-        Ok(service)
+        self.read(|conn| {
+            let mut service: Option<Service> = query_doc(conn, "SELECT doc FROM services WHERE id = ?1", params![id])?;
+            if let Some(s) = service.as_mut() {
+                load_instances(conn, s)?;
+            }
+            Ok(service)
+        })
     }
 
     fn service_spec(&self, id: &str) -> Result<Option<Service>> {
-        query_doc(&self.lock(), "SELECT doc FROM services WHERE id = ?1", params![id])
+        self.read(|c| query_doc(c, "SELECT doc FROM services WHERE id = ?1", params![id]))
     }
 
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>> {
-        let conn = self.lock();
-        let mut service: Option<Service> =
-            query_doc(&conn, "SELECT doc FROM services WHERE job_name = ?1", params![job_name])?;
-        if let Some(s) = service.as_mut() {
-            load_instances(&conn, s)?;
-        }
-        Ok(service)
+        self.read(|conn| {
+            let mut service: Option<Service> =
+                query_doc(conn, "SELECT doc FROM services WHERE job_name = ?1", params![job_name])?;
+            if let Some(s) = service.as_mut() {
+                load_instances(conn, s)?;
+            }
+            Ok(service)
+        })
     }
 
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>> {
-        let conn = self.lock();
-        let mut services: Vec<Service> = match app_id {
-            Some(a) => query_docs(&conn, "SELECT doc FROM services WHERE app_id = ?1 ORDER BY seq", params![a])?,
-            None => query_docs(&conn, "SELECT doc FROM services ORDER BY seq", [])?,
-        };
-        for s in &mut services {
-            load_instances(&conn, s)?;
-        }
-        Ok(services)
+        self.read(|conn| {
+            let mut services: Vec<Service> = match app_id {
+                Some(a) => query_docs(conn, "SELECT doc FROM services WHERE app_id = ?1 ORDER BY seq", params![a])?,
+                None => query_docs(conn, "SELECT doc FROM services ORDER BY seq", [])?,
+            };
+            for s in &mut services {
+                load_instances(conn, s)?;
+            }
+            Ok(services)
+        })
     }
 
     fn delete_service(&self, id: &str) -> Result<()> {
-        self.write(|tx| {
+        let id = id.to_owned();
+        self.write_batched(move |tx| {
+            let id = &id;
+
             let app_id: Option<String> =
                 tx.query_row("SELECT app_id FROM services WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
             let app_id = app_id.ok_or_else(|| StoreError::NotFound(format!("service {id}")))?;
@@ -464,11 +688,23 @@ impl RootStore for SqliteStore {
     }
 
     fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()> {
-        self.write(|tx| put_instance_tx(tx, service_id, instance))
+        let (service_id, instance) = (service_id.to_owned(), instance.to_owned());
+        self.write_batched(move |tx| {
+            let (service_id, instance) = (&service_id, &instance);
+            put_instance_tx(tx, service_id, instance)
+        })
+    }
+
+    fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()> {
+        let (service_id, instances) = (service_id.to_owned(), instances.to_owned());
+        self.write_batched(move |tx| instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i)))
     }
 
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {
-        self.write(|tx| {
+        let service_id = service_id.to_owned();
+        self.write_batched(move |tx| {
+            let service_id = &service_id;
+
             let n = exec(
                 tx,
                 "DELETE FROM instances WHERE service_id = ?1 AND instance_number = ?2",
@@ -479,37 +715,45 @@ impl RootStore for SqliteStore {
     }
 
     fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()> {
-        self.write(|tx| {
+        let (service, instance) = (service.to_owned(), instance.to_owned());
+        self.write_batched(move |tx| {
+            let (service, instance) = (&service, &instance);
+
             update_service_tx(tx, service)?;
             put_instance_tx(tx, &service.id, instance)
         })
     }
 
     fn list_clusters(&self) -> Result<Vec<Cluster>> {
-        query_docs(&self.lock(), "SELECT doc FROM clusters ORDER BY rowid", [])
+        self.read(|c| query_docs(c, "SELECT doc FROM clusters ORDER BY rowid", []))
     }
 
-    fn allocate_instance_number(&self, service_id: &str) -> Result<u32> {
+    fn allocate_instance_numbers(&self, service_id: &str, count: u32) -> Result<std::ops::Range<u32>> {
         // Bumped inside SQLite: parsing and re-serializing the whole service document in Rust
         // for one counter was most of the cost of scaling a service.
-        self.write(|tx| {
+        let service_id = service_id.to_owned();
+        self.write_batched(move |tx| {
             let next: Option<i64> = tx
                 .prepare_cached(
                     "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
-                         json_extract(doc, '$.next_instance_progressive_number') + 1)
+                         json_extract(doc, '$.next_instance_progressive_number') + ?2)
                      WHERE id = ?1
                      RETURNING json_extract(doc, '$.next_instance_progressive_number')",
                 )?
-                .query_row(params![service_id], |r| r.get(0))
+                .query_row(params![service_id, count], |r| r.get(0))
                 .optional()?;
             let next = next.ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
-            u32::try_from(next - 1)
-                .map_err(|_| StoreError::Corrupt(format!("service {service_id} has instance counter {next}")))
+            let corrupt = || StoreError::Corrupt(format!("service {service_id} has instance counter {next}"));
+            let end = u32::try_from(next).map_err(|_| corrupt())?;
+            Ok(end.checked_sub(count).ok_or_else(corrupt)?..end)
         })
     }
 
     fn put_cluster(&self, cluster: &Cluster) -> Result<()> {
-        self.write(|tx| {
+        let cluster = cluster.to_owned();
+        self.write_batched(move |tx| {
+            let cluster = &cluster;
+
             if exists(
                 tx,
                 "SELECT 1 FROM clusters WHERE name = ?1 AND id <> ?2",
@@ -528,50 +772,53 @@ impl RootStore for SqliteStore {
     }
 
     fn cluster(&self, id: &str) -> Result<Option<Cluster>> {
-        query_doc(&self.lock(), "SELECT doc FROM clusters WHERE id = ?1", params![id])
+        self.read(|c| query_doc(c, "SELECT doc FROM clusters WHERE id = ?1", params![id]))
     }
 
     fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>> {
-        query_doc(&self.lock(), "SELECT doc FROM clusters WHERE name = ?1", params![name])
+        self.read(|c| query_doc(c, "SELECT doc FROM clusters WHERE name = ?1", params![name]))
     }
 
     fn cluster_instances(&self, cluster_id: &str) -> Result<Vec<Service>> {
-        let conn = self.lock();
-        let mut services: Vec<Service> = query_docs(
-            &conn,
-            "SELECT doc FROM services WHERE id IN (SELECT DISTINCT service_id FROM instances WHERE cluster_id = ?1)
+        self.read(|conn| {
+            let mut services: Vec<Service> = query_docs(
+                conn,
+                "SELECT doc FROM services WHERE id IN (SELECT DISTINCT service_id FROM instances WHERE cluster_id = ?1)
              ORDER BY seq",
-            params![cluster_id],
-        )?;
-        for s in &mut services {
-            s.instance_list = query_docs(
-                &conn,
-                "SELECT doc FROM instances WHERE service_id = ?1 AND cluster_id = ?2 ORDER BY instance_number",
-                params![s.id, cluster_id],
+                params![cluster_id],
             )?;
-        }
-        Ok(services)
+            for s in &mut services {
+                s.instance_list = query_docs(
+                    conn,
+                    "SELECT doc FROM instances WHERE service_id = ?1 AND cluster_id = ?2 ORDER BY instance_number",
+                    params![s.id, cluster_id],
+                )?;
+            }
+            Ok(services)
+        })
     }
 
     fn service_placements(&self, service_id: &str) -> Result<Vec<(u32, String, String)>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
             "SELECT instance_number, cluster_id, status FROM instances WHERE service_id = ?1 AND cluster_id IS NOT NULL
              ORDER BY instance_number",
         )?;
-        let rows = stmt.query_map(params![service_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = stmt.query_map(params![service_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn instances_in_status(&self, statuses: &[&str]) -> Result<Vec<(String, u32)>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT service_id, instance_number FROM instances WHERE status IN (SELECT value FROM json_each(?1))
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT service_id, instance_number FROM instances WHERE status IN (SELECT value FROM json_each(?1))
              ORDER BY service_id, instance_number",
-        )?;
-        let list = serde_json::to_string(statuses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let rows = stmt.query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            )?;
+            let list = serde_json::to_string(statuses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let rows = stmt.query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn update_instances(
@@ -599,15 +846,19 @@ impl RootStore for SqliteStore {
     }
 
     fn subnets(&self) -> Result<Vec<SubnetRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached("SELECT cluster_id, node_id, subnet FROM subnets ORDER BY rowid")?;
-        let rows =
-            stmt.query_map([], |r| Ok(SubnetRecord { cluster_id: r.get(0)?, node_id: r.get(1)?, subnet: r.get(2)? }))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT cluster_id, node_id, subnet FROM subnets ORDER BY rowid")?;
+            let rows = stmt
+                .query_map([], |r| Ok(SubnetRecord { cluster_id: r.get(0)?, node_id: r.get(1)?, subnet: r.get(2)? }))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn put_subnet(&self, record: &SubnetRecord) -> Result<()> {
-        self.write(|tx| {
+        let record = record.to_owned();
+        self.write_batched(move |tx| {
+            let record = &record;
+
             if exists(
                 tx,
                 "SELECT 1 FROM subnets WHERE subnet = ?1 AND NOT (cluster_id = ?2 AND node_id = ?3)",
@@ -626,7 +877,10 @@ impl RootStore for SqliteStore {
     }
 
     fn delete_subnets(&self, cluster_id: &str, node_ids: &[String]) -> Result<()> {
-        self.write(|tx| {
+        let (cluster_id, node_ids) = (cluster_id.to_owned(), node_ids.to_owned());
+        self.write_batched(move |tx| {
+            let (cluster_id, node_ids) = (&cluster_id, &node_ids);
+
             for node in node_ids {
                 exec(tx, "DELETE FROM subnets WHERE cluster_id = ?1 AND node_id = ?2", params![cluster_id, node])?;
             }
@@ -635,7 +889,10 @@ impl RootStore for SqliteStore {
     }
 
     fn add_cluster_token(&self, t: &ClusterTokenRecord) -> Result<()> {
-        self.write(|tx| {
+        let t = t.to_owned();
+        self.write_batched(move |tx| {
+            let t = &t;
+
             exec(
                 tx,
                 "INSERT INTO cluster_tokens (hash, created_at, id, expires_at, reusable, uses, revoked)
@@ -647,20 +904,25 @@ impl RootStore for SqliteStore {
     }
 
     fn cluster_token(&self, hash: &str) -> Result<Option<ClusterTokenRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE hash = ?1"))?;
-        Ok(stmt.query_row(params![hash], token_row).optional()?)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE hash = ?1"))?;
+            Ok(stmt.query_row(params![hash], token_row).optional()?)
+        })
     }
 
     fn list_cluster_tokens(&self) -> Result<Vec<ClusterTokenRecord>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE id <> '' ORDER BY created_at, id"))?;
-        let rows = stmt.query_map([], token_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("{TOKEN_COLUMNS} WHERE id <> '' ORDER BY created_at, id"))?;
+            let rows = stmt.query_map([], token_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
     fn use_cluster_token(&self, hash: &str) -> Result<bool> {
-        self.write(|tx| {
+        let hash = hash.to_owned();
+        self.write_batched(move |tx| {
+let hash = &hash;
+
             let n = exec(
                 tx,
                 "UPDATE cluster_tokens SET uses = uses + 1 WHERE hash = ?1 AND revoked = 0 AND (reusable <> 0 OR uses = 0)",
@@ -674,13 +936,19 @@ impl RootStore for SqliteStore {
         if hash_or_id.is_empty() {
             return Ok(0);
         }
-        self.write(|tx| {
+        let hash_or_id = hash_or_id.to_owned();
+        self.write_batched(move |tx| {
+            let hash_or_id = &hash_or_id;
+
             Ok(exec(tx, "UPDATE cluster_tokens SET revoked = 1 WHERE hash = ?1 OR id = ?1", params![hash_or_id])?)
         })
     }
 
     fn set_cluster_cert(&self, cluster_id: &str, fingerprint: &str) -> Result<()> {
-        self.write(|tx| {
+        let (cluster_id, fingerprint) = (cluster_id.to_owned(), fingerprint.to_owned());
+        self.write_batched(move |tx| {
+            let (cluster_id, fingerprint) = (&cluster_id, &fingerprint);
+
             exec(
                 tx,
                 "INSERT INTO cluster_certs (cluster_id, fingerprint) VALUES (?1, ?2)
@@ -692,27 +960,38 @@ impl RootStore for SqliteStore {
     }
 
     fn cluster_cert(&self, cluster_id: &str) -> Result<Option<String>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached("SELECT fingerprint FROM cluster_certs WHERE cluster_id = ?1")?;
-        Ok(stmt.query_row(params![cluster_id], |r| r.get(0)).optional()?)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT fingerprint FROM cluster_certs WHERE cluster_id = ?1")?;
+            Ok(stmt.query_row(params![cluster_id], |r| r.get(0)).optional()?)
+        })
     }
 
     fn cluster_by_cert(&self, fingerprint: &str) -> Result<Option<String>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached("SELECT cluster_id FROM cluster_certs WHERE fingerprint = ?1")?;
-        Ok(stmt.query_row(params![fingerprint], |r| r.get(0)).optional()?)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT cluster_id FROM cluster_certs WHERE fingerprint = ?1")?;
+            Ok(stmt.query_row(params![fingerprint], |r| r.get(0)).optional()?)
+        })
     }
 
     fn forget_cluster_cert(&self, cluster_id: &str) -> Result<bool> {
-        self.write(|tx| Ok(exec(tx, "DELETE FROM cluster_certs WHERE cluster_id = ?1", params![cluster_id])? == 1))
+        let cluster_id = cluster_id.to_owned();
+        self.write_batched(move |tx| {
+            let cluster_id = &cluster_id;
+            Ok(exec(tx, "DELETE FROM cluster_certs WHERE cluster_id = ?1", params![cluster_id])? == 1)
+        })
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.lock().query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+        self.read(|c| {
+            Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
+        })
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.write(|tx| {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write_batched(move |tx| {
+            let (key, value) = (&key, &value);
+
             exec(
                 tx,
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -720,5 +999,63 @@ impl RootStore for SqliteStore {
             )?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("root.db")).unwrap();
+        (dir, store)
+    }
+
+    fn set(key: &'static str, value: &'static str) -> impl FnOnce(&Transaction<'_>) -> Result<()> + Send + 'static {
+        move |tx| {
+            exec(tx, "INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn queued_changes_commit_together_and_a_failing_one_alone_is_undone() {
+        let (_dir, store) = store();
+        // While the writer connection is held, the writer thread can run nothing: everything
+        // queued meanwhile goes into its next batch.
+        let held = store.writer();
+        let a = store.enqueue(set("a", "1"));
+        // Writes a row, then fails: its row must not survive, the others' must.
+        let bad = store.enqueue(|tx| -> Result<()> {
+            exec(tx, "INSERT INTO meta (key, value) VALUES ('bad', 'x')", [])?;
+            Err(StoreError::Conflict("refused".into()))
+        });
+        let dup = store.enqueue(set("a", "again"));
+        let b = store.enqueue(set("b", "2"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(a.try_recv().is_err(), "nothing is answered before the commit");
+        drop(held);
+        assert!(a.recv().unwrap().is_ok());
+        assert_eq!(store.group_commits(), 1, "one transaction for the four changes");
+        assert!(matches!(bad.recv().unwrap(), Err(StoreError::Conflict(m)) if m == "refused"));
+        assert!(matches!(dup.recv().unwrap(), Err(StoreError::Db(_))), "unique key");
+        assert!(b.recv().unwrap().is_ok());
+        assert_eq!(store.meta("a").unwrap().as_deref(), Some("1"));
+        assert_eq!(store.meta("b").unwrap().as_deref(), Some("2"));
+        assert_eq!(store.meta("bad").unwrap(), None);
+        assert_eq!(store.group_commits(), 1, "nothing queued, nothing committed");
+    }
+
+    #[test]
+    fn durability_full_sets_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = SqliteStore::open_with(&dir.path().join("full.db"), Durability::Full).unwrap();
+        let normal = SqliteStore::open(&dir.path().join("normal.db")).unwrap();
+        let sync =
+            |s: &SqliteStore| -> i64 { s.writer().pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap() };
+        assert_eq!((sync(&full), sync(&normal)), (2, 1));
+        full.set_meta("k", "v").unwrap();
+        assert_eq!(full.meta("k").unwrap().as_deref(), Some("v"));
     }
 }

@@ -2,7 +2,8 @@
 //! `--cluster-timeout` counted from its last frame, its instances run on the other cluster with
 //! their instance IPs and the reason, and its own copies are removed when it returns; `direct`
 //! node constraints reach the cluster holding the node; instances spread over clusters; a root
-//! killed with SIGKILL and restarted on its data dir keeps everything without redeploying.
+//! killed with SIGKILL and restarted on its data dir keeps everything without redeploying, and
+//! killed during a burst of concurrent instance requests keeps every one it answered.
 //!
 //! Root, clusters and workers run in this process (fake runtime, real registration, MQTT and
 //! cluster channel) except for the restart test, whose root is a real `oakestra root` process.
@@ -403,4 +404,71 @@ async fn a_root_killed_and_restarted_keeps_everything_without_redeploying() {
     // The restarted root still places: a new instance runs.
     client.request_instance(&ids["web"]).await.unwrap();
     running(&client, &ids["web"], 3).await;
+}
+
+/// Issue 18: the root answers an instance request only once the instance is committed (group
+/// commit batches concurrent requests into one transaction, but answers none before it). A
+/// root killed with SIGKILL in the middle of a burst of concurrent requests has, after a
+/// restart on its data dir, every instance whose request was answered with a 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_killed_during_a_burst_of_requests_keeps_every_answered_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("root");
+    let (api, port) = (free_port(), free_port());
+    let root = RootProcess::start(&data, api, port);
+    let url = format!("http://127.0.0.1:{api}");
+    let client = login(&url).await;
+    let ids = create_app(&client, "burst", &[("web", json!({})), ("api", json!({}))]).await;
+    let services: Vec<String> = ids.values().cloned().collect();
+
+    // 32 clients request instances as fast as they are answered until the root is gone; the
+    // root is killed the moment the 200th answer arrives, with the others' requests in flight
+    // (an answer given before its commit would be lost right then).
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut senders = tokio::task::JoinSet::new();
+    for k in 0..32 {
+        let (client, answered, enough) = (client.clone(), answered.clone(), enough.clone());
+        let service = services[k % services.len()].clone();
+        senders.spawn(async move {
+            let mut failures = 0;
+            while failures < 3 {
+                match client.request_instance(&service).await {
+                    Ok(ok) => {
+                        let mut list = answered.lock().unwrap();
+                        list.push((service.clone(), ok.instance_number));
+                        if list.len() == 200 {
+                            enough.notify_one();
+                        }
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(60), enough.notified()).await.expect("200 instance requests answered");
+    root.kill();
+    while senders.join_next().await.is_some() {}
+    let answered = std::mem::take(&mut *answered.lock().unwrap());
+
+    let _root = RootProcess::start(&data, api, port);
+    let client = login(&url).await;
+    let mut stored = std::collections::BTreeSet::new();
+    for id in &services {
+        for i in client.get_service(id).await.unwrap().instance_list {
+            assert!(
+                stored.insert((id.clone(), i.instance_number)),
+                "instance {} of {id} stored twice",
+                i.instance_number
+            );
+        }
+    }
+    let missing: Vec<_> = answered.iter().filter(|a| !stored.contains(*a)).collect();
+    assert!(missing.is_empty(), "{} of {} answered requests lost: {missing:?}", missing.len(), answered.len());
+    // Numbers are not handed out twice after the restart either.
+    let next = client.request_instance(&services[0]).await.unwrap().instance_number;
+    assert!(
+        !stored.contains(&(services[0].clone(), next)),
+        "instance number {next} handed out again after the restart"
+    );
 }

@@ -1,9 +1,9 @@
 //! `/api/service/…`, `/api/services/…`: services of applications and their instances.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use oak_api::model::{Application, Service};
-use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse};
+use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse, RequestedInstance};
 use oak_api::sla::Sla;
 use oak_api::{ErrorBody, FieldError};
 use oak_core::authz::Action;
@@ -204,40 +204,108 @@ pub fn with_job_status(mut service: Service) -> Service {
     service
 }
 
-/// Request one more instance. The root scheduler picks a cluster at once and sends the instance
-/// there; when none fits the instance keeps the negative scheduling status (e.g.
-/// `TargetClusterNotActive`) and is placed as soon as a cluster can take it.
+/// Most instances one request may ask for (`?count=N`).
+pub const MAX_COUNT: u32 = 100;
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct InstanceParams {
+    /// How many instances to request at once: 1 to 100 (default 1). They are placed in one
+    /// pass, stored in one transaction and sent to each cluster in one message.
+    count: Option<String>,
+}
+
+/// `count` as given: an integer from 1 to [`MAX_COUNT`].
+fn parse_count(count: Option<&str>) -> ApiResult<u32> {
+    let Some(text) = count else { return Ok(1) };
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!("count {text:?} is not an integer from 1 to {MAX_COUNT}"))),
+    }
+}
+
+/// Request one more instance (or `count` more). The root scheduler picks a cluster at once and
+/// sends the instance there; when none fits the instance keeps the negative scheduling status
+/// (e.g. `TargetClusterNotActive`) and is placed as soon as a cluster can take it. The answer
+/// comes once the instances are stored.
 #[utoipa::path(post, path = "/api/service/{id}/instance", tag = "instances", security(("bearerAuth" = [])),
+    params(InstanceParams),
     responses((status = 200, body = InstanceRequested),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn request_instance(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(params): Query<InstanceParams>,
 ) -> ApiResult<Json<InstanceRequested>> {
+    let count = parse_count(params.count.as_deref())?;
+    // Off the async runtime: the store answers only after the group commit holding the
+    // instances, and waiting for it must not hold up the runtime's few threads.
+    blocking(move || request_instances_now(&st, &caller, &id, count, params.count.is_some())).await.map(Json)
+}
+
+/// Runs `f` on the blocking pool; a panic there is a 500, as on the runtime.
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("request handler failed: {e}")))?
+}
+
+fn request_instances_now(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    count: u32,
+    list: bool,
+) -> ApiResult<InstanceRequested> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
-    let (service, app) = owned(&st, &caller, &id, true, false)?;
-    crate::quotas::check(&st, &caller, &app.user_id, Usage { instances: 1, ..Usage::default() })?;
-    // Its overlay address, kept for the instance's life (also when it moves).
-    let ip = st.fleet.allocate_instance_ip(&id)?;
-    let number = match st.store.allocate_instance_number(&id) {
+    let (service, app) = owned(st, caller, id, true, false)?;
+    crate::quotas::check(st, caller, &app.user_id, Usage { instances: count as usize, ..Usage::default() })?;
+    // Their overlay addresses, kept for the instances' life (also when they move).
+    let mut ips = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        match st.fleet.allocate_instance_ip(id) {
+            Ok(ip) => ips.push(ip),
+            Err(e) => {
+                st.fleet.release_addresses(id, &ips);
+                return Err(e.into());
+            }
+        }
+    }
+    let numbers = match st.store.allocate_instance_numbers(id, count) {
         Ok(n) => n,
         Err(e) => {
-            st.fleet.release_addresses(&id, [&ip]);
+            st.fleet.release_addresses(id, &ips);
             return Err(e.into());
         }
     };
-    let mut instance = st.fleet.place(&service, number, None);
-    instance.instance_ip = Some(ip);
-    if let Err(e) = st.store.put_instance(&id, &instance) {
-        st.fleet.undeploy(&id, std::slice::from_ref(&instance));
-        st.fleet.release_addresses(&id, instance.instance_ip.iter());
+    let instances: Vec<_> = numbers
+        .zip(ips)
+        .map(|(number, ip)| {
+            let mut instance = st.fleet.place(&service, number, None);
+            instance.instance_ip = Some(ip);
+            instance
+        })
+        .collect();
+    if let Err(e) = st.store.put_instances(id, &instances) {
+        st.fleet.undeploy(id, &instances);
+        st.fleet.release_addresses(id, instances.iter().filter_map(|i| i.instance_ip.as_ref()));
         return Err(e.into());
     }
-    st.fleet.dispatch(&service, &instance);
-    st.fleet.routes_changed([id.as_str()]);
-    Ok(Json(InstanceRequested { message: "ok".into(), instance_number: number, status: instance.status }))
+    st.fleet.dispatch_all(&service, &instances);
+    st.fleet.routes_changed([id]);
+    let first = &instances[0];
+    Ok(InstanceRequested {
+        message: "ok".into(),
+        instance_number: first.instance_number,
+        status: first.status.clone(),
+        instances: if list {
+            instances
+                .iter()
+                .map(|i| RequestedInstance { instance_number: i.instance_number, status: i.status.clone() })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    })
 }
 
 /// Remove one instance of a service.

@@ -1,6 +1,6 @@
 //! Placing instances on clusters, sending them there, and taking the clusters' instance reports.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use oak_api::channel::{DeployInstance, InstanceRef, InstanceReport, RootMsg};
@@ -93,24 +93,32 @@ impl Fleet {
     /// Sends a `CLUSTER_SCHEDULED` instance to its cluster (after it was stored). A cluster
     /// that is not connected gets it in the full desired set when it re-dials.
     pub fn dispatch(&self, service: &Service, instance: &Instance) {
-        if instance.status != status::CLUSTER_SCHEDULED {
+        self.dispatch_all(service, std::slice::from_ref(instance));
+    }
+
+    /// Sends the `CLUSTER_SCHEDULED` ones of `instances` of one service to their clusters: one
+    /// `Deploy` frame per cluster for all of its instances.
+    pub fn dispatch_all(&self, service: &Service, instances: &[Instance]) {
+        let mut per_cluster: BTreeMap<&str, Vec<DeployInstance>> = BTreeMap::new();
+        let mut job = None;
+        for instance in instances.iter().filter(|i| i.status == status::CLUSTER_SCHEDULED) {
+            let Some(cluster_id) = instance.cluster_id.as_deref() else { continue };
+            let job = job.get_or_insert_with(|| job_spec(service));
+            per_cluster.entry(cluster_id).or_default().push(DeployInstance {
+                instance_number: instance.instance_number,
+                job: job.clone(),
+                instance_ip: instance.instance_ip.clone(),
+            });
+        }
+        if per_cluster.is_empty() {
             return;
         }
-        let Some(cluster_id) = instance.cluster_id.as_deref() else { return };
         let mut inner = self.lock();
-        if let Some(link) = inner.links.get_mut(cluster_id) {
-            link.seq += 1;
-            let msg = RootMsg::Deploy {
-                full: false,
-                seq: link.seq,
-                instances: vec![DeployInstance {
-                    instance_number: instance.instance_number,
-                    job: job_spec(service),
-                    instance_ip: instance.instance_ip.clone(),
-                }],
-                last: true,
-            };
-            let _ = link.send(msg);
+        for (cluster_id, instances) in per_cluster {
+            if let Some(link) = inner.links.get_mut(cluster_id) {
+                link.seq += 1;
+                let _ = link.send(RootMsg::Deploy { full: false, seq: link.seq, instances, last: true });
+            }
         }
     }
 

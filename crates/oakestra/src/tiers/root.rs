@@ -14,6 +14,13 @@ const MIN_CLUSTER_TIMEOUT: f64 = 2.0;
 /// A week: longer is a typo, not a policy.
 const MAX_CLUSTER_TIMEOUT: f64 = 7.0 * 24.0 * 3600.0;
 
+/// `--store-sync`: SQLite's `synchronous` setting for the root's database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreSync {
+    Normal,
+    Full,
+}
+
 #[derive(Args)]
 pub struct RootArgs {
     /// Port of the public REST API.
@@ -32,6 +39,10 @@ pub struct RootArgs {
     /// Directory of the root's database and key material.
     #[arg(long, default_value = "/var/lib/oakestra/root", env = "OAKESTRA_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// What an answered request survives: `normal` (a crash of the root process; the database's
+    /// log is synced at checkpoints) or `full` (a power cut too; one sync per group commit).
+    #[arg(long, value_enum, default_value_t = StoreSync::Normal, env = "OAKESTRA_STORE_SYNC")]
+    pub store_sync: StoreSync,
     /// Password of the `Admin` user created at first start (default: `Admin` if the API listens
     /// on loopback only, else a generated one written to `<data-dir>/admin-password`).
     #[arg(long, env = "OAKESTRA_ADMIN_PASSWORD", hide_env_values = true)]
@@ -123,6 +134,10 @@ impl RootArgs {
             api_addr: SocketAddr::new(self.api_addr, self.api_port),
             channel_addr: SocketAddr::new(self.api_addr, self.cluster_port),
             data_dir: self.data_dir.clone(),
+            store_durability: match self.store_sync {
+                StoreSync::Normal => oak_root::Durability::Normal,
+                StoreSync::Full => oak_root::Durability::Full,
+            },
             admin_password: self.admin_password.clone(),
             fleet: oak_root::fleet::FleetConfig {
                 quotas: Quotas {
@@ -199,6 +214,16 @@ mod tests {
         assert!(parse(&[]).is_empty(), "only Admin unless told otherwise");
         let roles = parse(&["--privileged-roles", "Organization_Admin,Application_Provider"]);
         assert_eq!(roles, ["Organization_Admin", "Application_Provider"]);
+    }
+
+    #[test]
+    fn the_store_sync_is_normal_unless_full_is_asked_for() {
+        let parse = |extra: &[&str]| Cli::try_parse_from(["oakestra"].iter().chain(extra)).map(|c| c.args.config());
+        let durability = |extra: &[&str]| parse(extra).unwrap().unwrap().store_durability;
+        assert_eq!(durability(&[]), oak_root::Durability::Normal);
+        assert_eq!(durability(&["--store-sync", "full"]), oak_root::Durability::Full);
+        let e = parse(&["--store-sync", "always"]).err().unwrap().to_string();
+        assert!(e.contains("--store-sync") && e.contains("normal, full"), "{e}");
     }
 
     #[test]

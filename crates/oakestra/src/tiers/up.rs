@@ -85,6 +85,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         dashboard_port: 0,
         cluster_port: args.cluster_port,
         data_dir: args.data_dir.join("root"),
+        store_sync: super::root::StoreSync::Normal,
         admin_password: args.admin_password,
         privileged_roles: args.privileged_roles,
         quotas: Default::default(),

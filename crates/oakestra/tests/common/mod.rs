@@ -77,6 +77,7 @@ pub async fn start_root_with(
         api_addr,
         channel_addr,
         data_dir: dir.to_path_buf(),
+        store_durability: Default::default(),
         admin_password: None,
         fleet,
         privileged_roles: Vec::new(),
