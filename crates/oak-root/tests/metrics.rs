@@ -18,6 +18,7 @@ async fn open(dir: &std::path::Path) -> Root {
         admin_password: None,
         fleet: FleetConfig::default(),
         privileged_roles: Vec::new(),
+        store_durability: Default::default(),
     })
     .await
     .unwrap()
