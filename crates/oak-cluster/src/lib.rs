@@ -94,6 +94,8 @@ pub struct Ctx {
     workers_sent: Mutex<workers::Sent>,
     /// The registry behind `/metrics` and who may read it.
     metrics: metrics::ClusterMetrics,
+    /// The node API's bound port (told to the root for its scrape targets).
+    api_port: u16,
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
@@ -148,6 +150,7 @@ impl Cluster {
             workers_sent: Mutex::new(workers::Sent::default()),
             wake: tokio::sync::Notify::new(),
             metrics,
+            api_port: api.local_addr().port(),
             config,
         });
         let _ = ctx_cell.set(Arc::downgrade(&ctx));
@@ -278,6 +281,11 @@ impl Ctx {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The node API's port (where `/metrics` is).
+    fn api_port(&self) -> u16 {
+        self.api_port
     }
 
     /// Messages queued for the root, while connected.

@@ -61,6 +61,7 @@ async fn run_worker(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let metrics = Arc::new(crate::metrics::WorkerMetrics::new(config.metrics_token.clone()));
+    let metrics_port = config.metrics_addr.map_or(0, |a| a.port());
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             crate::metrics::listen(&metrics, addr).await.map_err(|e| WorkerError::Metrics(format!("{addr}: {e}")))?,
@@ -92,6 +93,7 @@ async fn run_worker(
         node_name: config.node_name.clone(),
         virtualization: deps.runtimes.iter().map(|r| r.name().to_string()).collect(),
         net: net.clone(),
+        metrics_port: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or(metrics_port, |a| a.port()),
     };
 
     // Subscribe to runtime events before adopting, so no exit falls between the two.

@@ -1,6 +1,6 @@
 //! The worker's `/metrics` (`--metrics-port`, 10190): the node (CPU, memory, disk, GPU) as last
-//! sampled for the cluster, every instance this worker runs (labels `service_id`, `job`,
-//! `instance`: CPU seconds, memory and its limit, OOM kills, exits, state) as last observed,
+//! sampled for the cluster, every instance this worker runs (labels `service_id`, `job_name`,
+//! `instance_number`, not `job`/`instance`, which Prometheus gives every target: CPU seconds, memory and its limit, OOM kills, exits, state) as last observed,
 //! the runtimes' deploy and undeploy times, and the overlay's refusals by reason.
 //!
 //! Instance series follow each observation: an instance no runtime lists any more is gone from
@@ -134,8 +134,8 @@ impl WorkerMetrics {
         let labels = |key: &Key, row: &InstanceRow| {
             vec![
                 ("service_id", oak_metrics::label_value(&row.service_id)),
-                ("job", oak_metrics::label_value(&key.0)),
-                ("instance", key.1.to_string()),
+                ("job_name", oak_metrics::label_value(&key.0)),
+                ("instance_number", key.1.to_string()),
             ]
         };
         let mut cpu = Vec::new();
@@ -244,7 +244,7 @@ mod tests {
         metrics.exited(&key);
         metrics.operation("docker", "deploy", Duration::from_millis(1200));
         let text = metrics.render();
-        let l = "service_id=\"svc1\",job=\"app.ns.web.ns\",instance=\"3\"";
+        let l = "service_id=\"svc1\",job_name=\"app.ns.web.ns\",instance_number=\"3\"";
         for line in [
             format!("oakestra_instance_memory_bytes{{{l}}} 1048576\n"),
             format!("oakestra_instance_memory_limit_bytes{{{l}}} 268435456\n"),
@@ -277,14 +277,14 @@ mod tests {
         metrics.instances(BTreeMap::from([(key.clone(), row("s", "creating", None))]));
         let text = metrics.render();
         assert!(
-            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job=\"j\",instance=\"0\"} 3"),
+            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job_name=\"j\",instance_number=\"0\"} 3"),
             "{text}"
         );
         assert!(text.contains("state=\"creating\"} 1"), "{text}");
         metrics.deleted(&key);
         let text = metrics.render();
         assert!(
-            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job=\"j\",instance=\"0\"} 0"),
+            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job_name=\"j\",instance_number=\"0\"} 0"),
             "{text}"
         );
     }
