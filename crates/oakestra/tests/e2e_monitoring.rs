@@ -4,7 +4,7 @@
 //! so behind the scrape token) found through the root's scrape-targets file. Through
 //! Prometheus' HTTP API: `up == 1` for all four targets, the memory series of a running
 //! instance (real containerd, image from a local registry), and that series gone after the
-//! undeploy.
+//! undeploy; and the deploy's id in the logs of all three tiers.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -262,6 +262,14 @@ fn scenario(work: &Workdir) -> Result<()> {
         }
         Ok((inst["status"] == "RUNNING").then_some(()))
     })?;
+    // One grep follows the deploy through the three tiers' logs.
+    let grep = format!("deploy_id={id}.0");
+    for logs in [&["root"][..], &["cluster"], &["w1", "w2"]] {
+        let found = logs
+            .iter()
+            .any(|name| std::fs::read_to_string(work.join(format!("{name}.log"))).is_ok_and(|log| log.contains(&grep)));
+        assert!(found, "{grep} is not in the log of {logs:?}");
+    }
     let memory = format!("oakestra_instance_memory_bytes{{service_id=\"{id}\"}}");
     let series =
         wait_until("the instance's memory in Prometheus", Duration::from_secs(60), Duration::from_secs(1), || {

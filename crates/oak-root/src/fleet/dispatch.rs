@@ -97,6 +97,9 @@ impl Fleet {
             return;
         }
         let Some(cluster_id) = instance.cluster_id.as_deref() else { return };
+        let deploy_id = oak_core::deploy_id(&service.id, instance.instance_number);
+        let _span = tracing::info_span!("deploy", %deploy_id).entered();
+        tracing::info!(cluster = cluster_id, job = %service.job_name, "instance sent to its cluster");
         let mut inner = self.lock();
         if let Some(link) = inner.links.get_mut(cluster_id) {
             link.seq += 1;
