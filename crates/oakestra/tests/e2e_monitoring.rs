@@ -56,6 +56,33 @@ impl Drop for Procs {
     }
 }
 
+/// Removes every task and container of the test's namespaces when dropped (before its
+/// containerd stops), so a failed run leaves no container running.
+struct RemoveContainers<'a> {
+    socket: &'a Path,
+    namespaces: [&'static str; 2],
+}
+
+impl Drop for RemoveContainers<'_> {
+    fn drop(&mut self) {
+        for ns in self.namespaces {
+            let ids = |what: &str| -> Vec<String> {
+                e2e::ctr(self.socket, ns, &[what, "ls", "-q"])
+                    .map(|out| out.lines().map(str::to_string).collect())
+                    .unwrap_or_default()
+            };
+            for task in ids("tasks") {
+                let _ = e2e::ctr(self.socket, ns, &["tasks", "kill", "-s", "SIGKILL", &task]);
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = e2e::ctr(self.socket, ns, &["tasks", "rm", "-f", &task]);
+            }
+            for container in ids("containers") {
+                let _ = e2e::ctr(self.socket, ns, &["containers", "rm", &container]);
+            }
+        }
+    }
+}
+
 fn port() -> Result<u16> {
     oak_e2e::registry::free_port("127.0.0.1".parse()?)
 }
@@ -96,6 +123,7 @@ fn prometheus_scrapes_every_tier_and_follows_instances() -> Result<()> {
 
 fn scenario(work: &Workdir) -> Result<()> {
     let containerd = oak_e2e::containerd::Containerd::start()?;
+    let _remove = RemoveContainers { socket: containerd.socket(), namespaces: ["oakmon-w1", "oakmon-w2"] };
     let registry = Registry::start_local()?;
     let spec = images::ImageSpec::shell("monitored", "echo started; while true; do sleep 1; done");
     let image = registry.push(&images::build_image(&work.join("images"), &spec)?, "latest", "e2e/monitored")?;
@@ -284,6 +312,15 @@ fn scenario(work: &Workdir) -> Result<()> {
     assert!(node == "w1" || node == "w2", "the target's labels from the targets file: {series:?}");
     let limit = query(&prom, &format!("oakestra_instance_memory_limit_bytes{{service_id=\"{id}\"}}"))?;
     assert_eq!(limit.first().map(|s| s["value"][1].clone()), Some(json!((64u64 << 20).to_string())), "{limit:?}");
+
+    // containerd's deploy steps were timed.
+    for operation in ["pull", "create", "start"] {
+        let q = format!("oakestra_runtime_operation_seconds_count{{runtime=\"docker\",operation=\"{operation}\"}}");
+        let found = wait_until(&format!("{operation} timed"), Duration::from_secs(30), Duration::from_secs(1), || {
+            Ok(Some(query(&prom, &q)?).filter(|r| !r.is_empty()))
+        })?;
+        assert_eq!(found[0]["value"][1], "1", "{operation}: {found:?}");
+    }
 
     // Undeployed: the series is gone.
     call(reqwest::Method::DELETE, &format!("/api/service/{id}/instance/0"), None)?;
