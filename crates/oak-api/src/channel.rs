@@ -56,6 +56,10 @@ pub enum ClusterMsg {
         cluster_id: String,
         cluster_name: String,
         cluster_location: String,
+        /// Port of the cluster's node API, where its `/metrics` are (0: not said), for the
+        /// root's scrape targets.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        metrics_port: u16,
     },
     /// Aggregated resources, sent every few seconds.
     Report { resources: ClusterResources },
@@ -329,6 +333,9 @@ pub struct WorkerSummary {
     pub gpus: u32,
     /// The worker reported within the cluster's `--worker-timeout`.
     pub active: bool,
+    /// Port of the worker's `/metrics` (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub metrics_port: u16,
 }
 
 impl WorkerSummary {

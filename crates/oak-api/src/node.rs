@@ -49,6 +49,13 @@ pub struct NodeInfo {
     /// Present when the worker runs the overlay network (not `--no-overlay`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay: Option<crate::net::OverlayInfo>,
+    /// Port of the worker's Prometheus `/metrics` (0: none), for the root's scrape targets.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub metrics_port: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

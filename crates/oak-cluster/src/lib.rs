@@ -94,6 +94,8 @@ pub struct Ctx {
     workers_sent: Mutex<workers::Sent>,
     /// The registry behind `/metrics` and who may read it.
     metrics: metrics::ClusterMetrics,
+    /// The node API's bound port (told to the root for its scrape targets).
+    api_port: u16,
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
@@ -148,6 +150,7 @@ impl Cluster {
             workers_sent: Mutex::new(workers::Sent::default()),
             wake: tokio::sync::Notify::new(),
             metrics,
+            api_port: api.local_addr().port(),
             config,
         });
         let _ = ctx_cell.set(Arc::downgrade(&ctx));
@@ -280,6 +283,11 @@ impl Ctx {
         }
     }
 
+    /// The node API's port (where `/metrics` is).
+    fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
     /// Messages queued for the root, while connected.
     fn root_queue(&self) -> Option<usize> {
         let root = self.root.lock().unwrap_or_else(|e| e.into_inner());
@@ -378,7 +386,13 @@ impl Ctx {
             // Placement happens in the next step (woken at once, spaced by the steps' own cost),
             // once for everything that arrived: a burst costs one pass over the nodes, not one each.
             match msg {
-                RootMsg::Deploy { full: false, instances, .. } => st.deploy(instances, false, now),
+                RootMsg::Deploy { full: false, instances, .. } => {
+                    for d in &instances {
+                        let deploy_id = oak_core::deploy_id(&d.job.id, d.instance_number);
+                        tracing::info!(parent: &tracing::info_span!("deploy", %deploy_id), job = %d.job.job_name, "deploy received from the root");
+                    }
+                    st.deploy(instances, false, now)
+                }
                 RootMsg::Deploy { full: true, instances, last, .. } => {
                     let mut parts = self.full_deploy.lock().unwrap_or_else(|e| e.into_inner());
                     parts.extend(instances);
@@ -501,7 +515,11 @@ impl Ctx {
         let mut forgotten = false;
         for e in effects {
             let (topic_name, payload) = match e {
-                Effect::Deploy { node, cmd } => (topic::deploy(&node), serde_json::to_vec(&cmd)),
+                Effect::Deploy { node, cmd } => {
+                    let deploy_id = oak_core::deploy_id(&cmd.job.id, cmd.instance_number);
+                    tracing::info!(parent: &tracing::info_span!("deploy", %deploy_id), %node, job = %cmd.job.job_name, "instance sent to its worker");
+                    (topic::deploy(&node), serde_json::to_vec(&cmd))
+                }
                 Effect::Delete { node, cmd } => (topic::delete(&node), serde_json::to_vec(&cmd)),
                 Effect::NodeError { node, message } => {
                     (topic::error(&node), serde_json::to_vec(&oak_api::node::ControlError { message }))

@@ -96,6 +96,7 @@ async fn session(ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         cluster_id: known_id.clone(),
         cluster_name: ctx.config.name.clone(),
         cluster_location: ctx.config.location.clone(),
+        metrics_port: ctx.api_port(),
     };
     wr.write_all(&channel::encode(&hello)).await?;
     let first = tokio::time::timeout(Duration::from_secs(10), read_frame::<RootMsg>(&mut rd))

@@ -27,6 +27,7 @@ pub fn summary(id: &str, info: &NodeInfo, active: bool) -> WorkerSummary {
         memory_free_mb: info.memory,
         gpus: info.vgpus,
         active,
+        metrics_port: info.metrics_port,
     }
 }
 

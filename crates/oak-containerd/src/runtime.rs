@@ -275,6 +275,7 @@ impl Inner {
             self.remove(&id).await?;
         }
 
+        let pulling = Instant::now();
         let image = {
             let lock = self.pull_lock(&image_ref.to_string()).await;
             let _held = lock.lock().await;
@@ -288,6 +289,7 @@ impl Inner {
             };
             self.puller.ensure(&image_ref, &platform, &progress).await?
         };
+        self.timed("pull", pulling);
         // The overlay gives each instance a namespace of its own (prepared with its veth before
         // the container exists); without it, containers share the worker's.
         let joins_netns = self.config.host_network || cmd.netns.is_some();
@@ -329,6 +331,7 @@ impl Inner {
     ) -> Result<(), RuntimeError> {
         // The snapshot is unreferenced until the container record exists: a lease keeps
         // containerd's garbage collector off it meanwhile.
+        let creating = Instant::now();
         let lease = self.puller.create_lease().await?;
         let created = self.create_container(id, cmd, image, parent, spec, &lease).await;
         self.puller.delete_lease(&lease).await;
@@ -351,13 +354,21 @@ impl Inner {
             }))
             .await
             .map_err(|e| grpc_error("create task", e))?;
+        self.timed("create", creating);
+        let starting = Instant::now();
         self.watch(id.to_string());
         self.cd
             .tasks()
             .start(self.cd.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }))
             .await
             .map_err(|e| grpc_error("start task", e))?;
+        self.timed("start", starting);
         Ok(())
+    }
+
+    /// Tells the worker how long a step (`pull`, `create`, `start`, `stop`) took.
+    fn timed(&self, operation: &'static str, since: Instant) {
+        let _ = self.events.send(RuntimeEvent::Timed { operation, took: since.elapsed() });
     }
 
     /// The container's snapshot and record, under `lease`; returns the rootfs mounts.
@@ -429,6 +440,7 @@ impl Inner {
     async fn stop_and_remove(&self, id: &str) -> Result<(), RuntimeError> {
         if let Some((status, _)) = self.task_exit(id).await? {
             if status != TaskStatus::Stopped {
+                let stopping = Instant::now();
                 self.kill(id, libc::SIGTERM as u32).await?;
                 let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline {
@@ -447,6 +459,7 @@ impl Inner {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
+                self.timed("stop", stopping);
             }
         }
         self.remove(id).await

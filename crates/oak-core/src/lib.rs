@@ -27,3 +27,20 @@ pub mod routes;
 pub mod sla;
 pub mod stats;
 pub mod utc;
+
+/// The id a deploy carries through the logs of root, cluster and worker (the `deploy_id` field
+/// of their `deploy` spans): the service id and the instance number, which every tier knows
+/// from the messages it already gets, so `grep deploy_id=<id>` follows one instance's deploys
+/// across the tiers' logs.
+pub fn deploy_id(service_id: &str, instance_number: u32) -> String {
+    format!("{service_id}.{instance_number}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_deploy_id_names_the_service_and_the_instance() {
+        assert_eq!(super::deploy_id("65f0c1", 3), "65f0c1.3");
+        assert_ne!(super::deploy_id("a", 12), super::deploy_id("a1", 2));
+    }
+}

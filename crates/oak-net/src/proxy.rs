@@ -284,6 +284,11 @@ impl Proxy {
         self.routes.has_job(job)
     }
 
+    /// The last probed round-trip time to each worker (read for metrics).
+    pub fn peer_rtts(&self) -> Vec<(SocketAddrV4, std::time::Duration)> {
+        self.routes.rtts().collect()
+    }
+
     pub fn stats(&self) -> ProxyStats {
         ProxyStats { flows: self.flows.len(), queued: self.queue.len(), jobs: self.routes.len(), ..self.stats }
     }

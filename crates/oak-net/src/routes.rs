@@ -267,6 +267,11 @@ impl Routes {
         self.jobs.get(job).map(|r| r.last_used)
     }
 
+    /// The last probed round-trip time to each worker (read for metrics).
+    pub fn rtts(&self) -> impl Iterator<Item = (SocketAddrV4, Duration)> + '_ {
+        self.rtts.iter().map(|(ep, rtt)| (*ep, *rtt))
+    }
+
     pub fn set_rtt(&mut self, peer: SocketAddrV4, rtt: Duration) {
         self.rtts.insert(peer, rtt);
     }

@@ -32,6 +32,10 @@ pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use oak_store::Durability;
 pub use state::AppState;
 
+/// The Prometheus scrape targets in the data dir, unless [`Root::set_prometheus_sd_file`] says
+/// otherwise.
+pub const PROMETHEUS_TARGETS_FILE: &str = "prometheus-targets.json";
+
 /// Directory in the data dir of the root's CA (`ca.pem`, `ca-key.pem`).
 pub const TLS_DIR: &str = "tls";
 
@@ -64,6 +68,8 @@ pub struct RootConfig {
 
 pub struct Root {
     config: RootConfig,
+    /// Where the Prometheus scrape targets are written (`None`: nowhere).
+    sd_file: Option<PathBuf>,
     state: AppState,
     /// More listeners answering like the API's (the dashboard's own port).
     extra: Vec<tokio::net::TcpListener>,
@@ -107,7 +113,8 @@ impl Root {
             )),
             admin_password_file: Arc::new(dir.join(bootstrap::ADMIN_PASSWORD_FILE)),
         };
-        Ok(Root { config, state, extra: Vec::new(), api_cert: None })
+        let sd_file = Some(dir.join(PROMETHEUS_TARGETS_FILE));
+        Ok(Root { config, state, extra: Vec::new(), api_cert: None, sd_file })
     }
 
     /// The file holding the generated `Admin` password, if this data directory has one.
@@ -130,6 +137,12 @@ impl Root {
     /// (`--metrics-token`); without one only an Admin's access token reads it there.
     pub fn set_metrics_token(&mut self, token: Option<String>) {
         self.state.metrics = Arc::new(metrics::RootMetrics::new(&self.state.fleet, token));
+    }
+
+    /// Where the scrape targets of every tier are kept for Prometheus' file-based discovery
+    /// (default `<data-dir>/prometheus-targets.json`; `None`: not written).
+    pub fn set_prometheus_sd_file(&mut self, path: Option<PathBuf>) {
+        self.sd_file = path;
     }
 
     pub fn state(&self) -> AppState {
@@ -202,6 +215,10 @@ impl Root {
             tracing::warn!("the API listens beyond loopback and no --metrics-token is set: /metrics answers only to an Admin's access token");
         }
         let mut extra_tasks = Vec::new();
+        if let (Some(path), Ok(addr)) = (self.sd_file.clone(), listener.local_addr()) {
+            let root = fleet::RootTarget { addr, https: cert.is_some() };
+            tokio::spawn(fleet::write_scrape_targets(self.state.fleet.clone(), path, root, stopped()));
+        }
         for extra in self.extra {
             tracing::info!(addr = ?extra.local_addr().ok(), "dashboard and API also listening");
             extra_tasks.push(https::spawn_serve(extra, service.clone(), cert.clone(), stopped()));

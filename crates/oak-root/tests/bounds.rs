@@ -219,6 +219,7 @@ async fn a_stranger_cannot_send_a_big_first_frame() {
         cluster_id: String::new(),
         cluster_name: "c1".into(),
         cluster_location: String::new(),
+        metrics_port: 0,
     };
     tls.write_all(&channel::encode(&hello)).await.unwrap();
     let mut header = [0u8; 4];

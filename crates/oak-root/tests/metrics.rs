@@ -135,3 +135,23 @@ async fn on_loopback_metrics_are_open() {
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("text/plain; version=0.0.4"), "{body}");
 }
+
+#[tokio::test]
+async fn the_scrape_targets_file_names_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut root = open(dir.path()).await;
+    let file = dir.path().join("sd/targets.json");
+    root.set_prometheus_sd_file(Some(file.clone()));
+    let (addr, _stop) = serve(root, "127.0.0.1:0").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no targets file");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let groups: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        groups,
+        json!([{"targets": [addr.to_string()], "labels": {"tier": "root", "__scheme__": "http"}}]),
+        "no cluster has joined yet"
+    );
+}

@@ -173,6 +173,7 @@ impl TestCluster {
             cluster_id: String::new(),
             cluster_name: name.into(),
             cluster_location: String::new(),
+            metrics_port: 0,
         })
         .await;
         match c.next().await {

@@ -62,6 +62,9 @@ pub enum RuntimeEvent {
     /// What a deploy in progress is doing (pulling an image, unpacking, starting), for the
     /// instance's `status_detail`.
     Progress { job_name: String, instance: u32, detail: String },
+    /// One step of a deploy or undeploy finished successfully and took `took`: `pull`,
+    /// `create`, `start` or `stop` (for the worker's `/metrics`).
+    Timed { operation: &'static str, took: std::time::Duration },
 }
 
 /// A virtualization the worker can run instances with.

@@ -61,6 +61,7 @@ async fn run_worker(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let metrics = Arc::new(crate::metrics::WorkerMetrics::new(config.metrics_token.clone()));
+    let metrics_port = config.metrics_addr.map_or(0, |a| a.port());
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             crate::metrics::listen(&metrics, addr).await.map_err(|e| WorkerError::Metrics(format!("{addr}: {e}")))?,
@@ -88,19 +89,24 @@ async fn run_worker(
         Some(net) => WorkerDeps { runtimes: Networked::wrap_all(deps.runtimes, net.clone()), ..deps },
         None => deps,
     };
+    if let Some(net) = &net {
+        metrics.set_overlay(net.clone());
+    }
     let stamp = NodeStamp {
         node_name: config.node_name.clone(),
         virtualization: deps.runtimes.iter().map(|r| r.name().to_string()).collect(),
         net: net.clone(),
+        metrics_port: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or(metrics_port, |a| a.port()),
     };
 
     // Subscribe to runtime events before adopting, so no exit falls between the two.
     let mut tasks = JoinSet::new();
     if let Some(listener) = metrics_listener {
-        tasks.spawn(crate::metrics::run(metrics, listener, std::future::pending()).in_current_span());
+        tasks.spawn(crate::metrics::run(metrics.clone(), listener, std::future::pending()).in_current_span());
     }
     for (index, rt) in deps.runtimes.iter().enumerate() {
-        tasks.spawn(forward_events(index, rt.events(), engine_tx.clone()).in_current_span());
+        let timed = (metrics.clone(), rt.name().to_string());
+        tasks.spawn(forward_events(index, rt.events(), engine_tx.clone(), timed).in_current_span());
     }
     let (stop_engine, engine_stopped) = oneshot::channel();
     let engine = Engine::new(deps.runtimes.clone(), config.data_dir.clone(), shared.clone(), outbox_tx.clone());
@@ -207,6 +213,7 @@ async fn forward_events(
     runtime: usize,
     mut events: broadcast::Receiver<RuntimeEvent>,
     engine: mpsc::UnboundedSender<EngineMsg>,
+    (metrics, runtime_name): (Arc<crate::metrics::WorkerMetrics>, String),
 ) {
     loop {
         match events.recv().await {
@@ -220,6 +227,7 @@ async fn forward_events(
                     return;
                 }
             }
+            Ok(RuntimeEvent::Timed { operation, took }) => metrics.operation(&runtime_name, operation, took),
             Ok(other) => tracing::debug!(?other, "ignoring runtime event"),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "missed runtime events; the next observation catches up");
@@ -241,4 +249,29 @@ fn distinct_runtimes(runtimes: Vec<Arc<dyn Runtime>>) -> Vec<Arc<dyn Runtime>> {
             first
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runtime_step_times_reach_the_metrics() {
+        let (events_tx, events) = broadcast::channel(8);
+        let (engine, _inbox) = mpsc::unbounded_channel();
+        let metrics = Arc::new(crate::metrics::WorkerMetrics::new(None));
+        let forwarding = tokio::spawn(forward_events(0, events, engine, (metrics.clone(), "docker".into())));
+        for operation in ["pull", "create", "start", "stop", "pull"] {
+            events_tx.send(RuntimeEvent::Timed { operation, took: Duration::from_millis(40) }).unwrap();
+        }
+        drop(events_tx);
+        forwarding.await.unwrap();
+        let text = metrics.render();
+        for (operation, n) in [("pull", 2), ("create", 1), ("start", 1), ("stop", 1)] {
+            let line = format!(
+                "oakestra_runtime_operation_seconds_count{{runtime=\"docker\",operation=\"{operation}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+    }
 }

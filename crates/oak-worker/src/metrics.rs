@@ -1,6 +1,6 @@
 //! The worker's `/metrics` (`--metrics-port`, 10190): the node (CPU, memory, disk, GPU) as last
-//! sampled for the cluster, every instance this worker runs (labels `service_id`, `job`,
-//! `instance`: CPU seconds, memory and its limit, OOM kills, exits, state) as last observed,
+//! sampled for the cluster, every instance this worker runs (labels `service_id`, `job_name`,
+//! `instance_number`, not `job`/`instance`, which Prometheus gives every target: CPU seconds, memory and its limit, OOM kills, exits, state) as last observed,
 //! the runtimes' deploy and undeploy times, and the overlay's refusals by reason.
 //!
 //! Instance series follow each observation: an instance no runtime lists any more is gone from
@@ -53,6 +53,8 @@ pub struct WorkerMetrics {
     ops: OpFamily,
     observed: Mutex<Observed>,
     pub(crate) access: ScrapeAccess,
+    /// The overlay, when the worker runs it: its counters are read at each scrape.
+    overlay: std::sync::OnceLock<Arc<crate::net::NetManager>>,
 }
 
 impl WorkerMetrics {
@@ -61,10 +63,21 @@ impl WorkerMetrics {
         let ops = OpFamily::new_with_constructor(oak_metrics::slow_histogram);
         registry.register(
             "oakestra_runtime_operation_seconds",
-            "Runtime calls by runtime and operation: deploy (pull, create, start) and undeploy (stop, remove)",
+            "Runtime work by runtime and operation: deploy and undeploy as the worker calls them, and their steps pull, create, start, stop where the runtime reports them",
             ops.clone(),
         );
-        WorkerMetrics { registry, ops, observed: Mutex::default(), access: ScrapeAccess::new(token) }
+        WorkerMetrics {
+            registry,
+            ops,
+            observed: Mutex::default(),
+            access: ScrapeAccess::new(token),
+            overlay: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The overlay whose data-path counters `/metrics` shows.
+    pub(crate) fn set_overlay(&self, net: Arc<crate::net::NetManager>) {
+        let _ = self.overlay.set(net);
     }
 
     fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
@@ -116,6 +129,9 @@ impl WorkerMetrics {
     }
 
     fn observe(&self, s: &mut Scrape) {
+        if let Some((stats, rtts)) = self.overlay.get().and_then(|net| net.observe()) {
+            overlay_families(s, &stats, &rtts);
+        }
         let observed = self.observed();
         if let Some(n) = &observed.node {
             s.gauge("oakestra_node_cpu_percent", "CPU utilisation of the whole node, 0-100", n.cpu_percent);
@@ -134,8 +150,8 @@ impl WorkerMetrics {
         let labels = |key: &Key, row: &InstanceRow| {
             vec![
                 ("service_id", oak_metrics::label_value(&row.service_id)),
-                ("job", oak_metrics::label_value(&key.0)),
-                ("instance", key.1.to_string()),
+                ("job_name", oak_metrics::label_value(&key.0)),
+                ("instance_number", key.1.to_string()),
             ]
         };
         let mut cpu = Vec::new();
@@ -175,6 +191,38 @@ impl WorkerMetrics {
             exits,
         );
     }
+}
+
+/// The overlay's data path: packets by direction and fate, drops by reason, the probed
+/// round-trip time to each peer worker (one series per peer the tables name).
+fn overlay_families(s: &mut Scrape, stats: &oak_net::ProxyStats, rtts: &[(std::net::SocketAddrV4, Duration)]) {
+    let dir = |d: &str, n: u64| (vec![("direction", d.to_string())], n);
+    s.counters(
+        "oakestra_overlay_packets",
+        "Overlay packets through the proxy: out (from local instances) and in (from the tunnel)",
+        vec![dir("out", stats.packets_out), dir("in", stats.packets_in)],
+    );
+    let fate = |f: &str, n: u64| (vec![("fate", f.to_string())], n);
+    s.counters(
+        "oakestra_overlay_forwarded_packets",
+        "Overlay packets by where they went: tunneled to a peer, local to an instance here, delivered from the tunnel",
+        vec![fate("tunneled", stats.tunneled), fate("local", stats.local), fate("delivered", stats.delivered)],
+    );
+    let drops = oak_net::DropReason::ALL
+        .iter()
+        .map(|r| (vec![("reason", r.as_str().to_string())], stats.drops.get(*r)))
+        .collect();
+    s.counters("oakestra_overlay_drops", "Overlay packets the proxy dropped, by reason", drops);
+    s.gauge("oakestra_overlay_flows", "Overlay connections (5-tuple flows) tracked", stats.flows as f64);
+    s.gauge("oakestra_overlay_queued_packets", "Overlay packets waiting for a route table", stats.queued as f64);
+    let mut rtts: Vec<_> =
+        rtts.iter().map(|(peer, rtt)| (vec![("peer", peer.to_string())], rtt.as_secs_f64())).collect();
+    rtts.sort_by(|a, b| a.0.cmp(&b.0));
+    s.gauges(
+        "oakestra_overlay_peer_rtt_seconds",
+        "Probed round-trip time through the tunnel to each peer worker",
+        rtts,
+    );
 }
 
 fn mb(v: u64) -> f64 {
@@ -244,7 +292,7 @@ mod tests {
         metrics.exited(&key);
         metrics.operation("docker", "deploy", Duration::from_millis(1200));
         let text = metrics.render();
-        let l = "service_id=\"svc1\",job=\"app.ns.web.ns\",instance=\"3\"";
+        let l = "service_id=\"svc1\",job_name=\"app.ns.web.ns\",instance_number=\"3\"";
         for line in [
             format!("oakestra_instance_memory_bytes{{{l}}} 1048576\n"),
             format!("oakestra_instance_memory_limit_bytes{{{l}}} 268435456\n"),
@@ -277,14 +325,14 @@ mod tests {
         metrics.instances(BTreeMap::from([(key.clone(), row("s", "creating", None))]));
         let text = metrics.render();
         assert!(
-            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job=\"j\",instance=\"0\"} 3"),
+            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job_name=\"j\",instance_number=\"0\"} 3"),
             "{text}"
         );
         assert!(text.contains("state=\"creating\"} 1"), "{text}");
         metrics.deleted(&key);
         let text = metrics.render();
         assert!(
-            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job=\"j\",instance=\"0\"} 0"),
+            text.contains("oakestra_instance_restarts_total{service_id=\"s\",job_name=\"j\",instance_number=\"0\"} 0"),
             "{text}"
         );
     }
@@ -321,6 +369,33 @@ mod tests {
         let server = tokio::spawn(run(open, listener, std::future::pending()));
         assert!(get(port, None).await.starts_with("HTTP/1.1 200"));
         server.abort();
+    }
+
+    #[test]
+    fn overlay_counters_and_peer_rtts_are_exported() {
+        let mut stats =
+            oak_net::ProxyStats { packets_out: 10, packets_in: 7, tunneled: 9, flows: 3, ..Default::default() };
+        stats.drops.add(oak_net::DropReason::ALL[0], 2);
+        let peer: std::net::SocketAddrV4 = "10.0.0.2:50103".parse().unwrap();
+        let mut registry = Registry::default();
+        registry.register_collector(oak_metrics::live(move |s| {
+            overlay_families(s, &stats, &[(peer, Duration::from_micros(1500))])
+        }));
+        let text = oak_metrics::render(&registry);
+        let reason = oak_net::DropReason::ALL[0].as_str();
+        for line in [
+            "oakestra_overlay_packets_total{direction=\"out\"} 10\n".to_string(),
+            "oakestra_overlay_packets_total{direction=\"in\"} 7\n".to_string(),
+            "oakestra_overlay_forwarded_packets_total{fate=\"tunneled\"} 9\n".to_string(),
+            format!("oakestra_overlay_drops_total{{reason=\"{reason}\"}} 2\n"),
+            "oakestra_overlay_flows 3\n".to_string(),
+            "oakestra_overlay_peer_rtt_seconds{peer=\"10.0.0.2:50103\"} 0.0015\n".to_string(),
+        ] {
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        if let Some(verdict) = oak_testenv::promtool_check_metrics("overlay_metrics_pass_promtool", &text) {
+            assert_eq!(verdict, Ok(()), "{text}");
+        }
     }
 
     #[test]

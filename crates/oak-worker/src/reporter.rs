@@ -23,6 +23,8 @@ pub(crate) struct NodeStamp {
     pub node_name: String,
     pub virtualization: Vec<String>,
     pub net: Option<Arc<crate::net::NetManager>>,
+    /// Port of `/metrics` (0: none).
+    pub metrics_port: u16,
 }
 
 impl NodeStamp {
@@ -30,6 +32,7 @@ impl NodeStamp {
         info.host = self.node_name.clone();
         info.virtualization = self.virtualization.clone();
         info.overlay = self.net.as_ref().map(|net| net.info());
+        info.metrics_port = self.metrics_port;
         info
     }
 }

@@ -67,7 +67,8 @@ async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<
         Ok(Err(e)) => return Err(bad_hello(&fleet, e)),
         Ok(Ok(m)) => m,
     };
-    let ClusterMsg::Hello { protocol, token, csr, cluster_id, cluster_name, cluster_location } = hello else {
+    let ClusterMsg::Hello { protocol, token, csr, cluster_id, cluster_name, cluster_location, metrics_port } = hello
+    else {
         return refuse(&fleet, peer, &mut wr, Refusal::new("bad_hello", "the first message must be a hello")).await;
     };
     if protocol != PROTOCOL_VERSION {
@@ -84,6 +85,7 @@ async fn connection(fleet: Arc<Fleet>, stream: Tls, peer: SocketAddr) -> Result<
     };
     let id = joined.cluster_id.clone();
     fleet.heard(&id);
+    fleet.cluster_metrics_at(&id, peer.ip(), metrics_port);
     tracing::info!(cluster = %id, name = %cluster_name, %peer, "cluster joined");
     let desired = match fleet.desired_for(&id) {
         Ok(d) => d,

@@ -103,6 +103,9 @@ impl Fleet {
         let mut job = None;
         for instance in instances.iter().filter(|i| i.status == status::CLUSTER_SCHEDULED) {
             let Some(cluster_id) = instance.cluster_id.as_deref() else { continue };
+            let deploy_id = oak_core::deploy_id(&service.id, instance.instance_number);
+            let _span = tracing::info_span!("deploy", %deploy_id).entered();
+            tracing::info!(cluster = cluster_id, job = %service.job_name, "instance sent to its cluster");
             let job = job.get_or_insert_with(|| job_spec(service));
             per_cluster.entry(cluster_id).or_default().push(DeployInstance {
                 instance_number: instance.instance_number,

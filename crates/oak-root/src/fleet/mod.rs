@@ -16,8 +16,11 @@ mod observe;
 mod retry;
 mod routes;
 mod spread;
+mod targets;
 mod trust;
 mod workers;
+
+pub use targets::{write_scrape_targets, RootTarget, TargetGroup};
 
 /// Fixtures the fleet's unit tests share.
 #[cfg(test)]
@@ -110,6 +113,8 @@ pub struct Fleet {
     spread: Mutex<spread::Spread>,
     /// The CA and TLS config of the cluster channel, and its refusal counters.
     trust: ChannelTrust,
+    /// Where the clusters' `/metrics` are, for the scrape targets.
+    cluster_addresses: Mutex<targets::ClusterAddresses>,
     /// When this root started: clusters not heard from since count their silence from here.
     started: Instant,
 }
@@ -149,6 +154,7 @@ impl Fleet {
             workers: Mutex::new(workers::Known::default()),
             spread: Mutex::new(spread::Spread::default()),
             trust,
+            cluster_addresses: Mutex::default(),
             started: Instant::now(),
         }))
     }

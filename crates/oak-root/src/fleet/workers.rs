@@ -27,6 +27,11 @@ struct Workers {
 }
 
 impl Known {
+    /// Every cluster id with its workers as last reported.
+    pub(super) fn all(&self) -> Vec<(String, Vec<WorkerSummary>)> {
+        (self.clusters.iter()).map(|(id, w)| (id.clone(), w.current.values().cloned().collect())).collect()
+    }
+
     /// Per cluster id: workers active and inactive as last reported.
     pub(super) fn counts(&self) -> Vec<(String, usize, usize)> {
         (self.clusters.iter())

@@ -483,7 +483,9 @@ impl Engine {
                 self.spawn_undeploy(key, runtime);
             }
             Ok(()) => {
-                tracing::info!(job = %key.0, instance = key.1, "instance deployed");
+                let deploy_id = entry.cmd.as_ref().map(|c| oak_core::deploy_id(&c.job.id, c.instance_number));
+                let span = tracing::info_span!("deploy", deploy_id = %deploy_id.as_deref().unwrap_or(""));
+                span.in_scope(|| tracing::info!(job = %key.0, instance = key.1, "instance deployed"));
                 entry.phase = Phase::Running { since: self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1 };
                 self.report(&key.0, key.1, status::CREATED, "");
                 if let Some(code) = exit_code {
@@ -494,7 +496,9 @@ impl Engine {
                 if delete_requested {
                     self.report(&key.0, key.1, status::UNDEPLOYED, "");
                 } else {
-                    tracing::warn!(job = %key.0, instance = key.1, error = %e, "deploy failed");
+                    let deploy_id = entry.cmd.as_ref().map(|c| oak_core::deploy_id(&c.job.id, c.instance_number));
+                    let span = tracing::info_span!("deploy", deploy_id = %deploy_id.as_deref().unwrap_or(""));
+                    span.in_scope(|| tracing::warn!(job = %key.0, instance = key.1, error = %e, "deploy failed"));
                     self.report(&key.0, key.1, status::FAILED, e.to_string());
                 }
                 self.remove(&key);
@@ -533,7 +537,9 @@ impl Engine {
         let phase = Phase::Deploying { exit_code: None, delete_requested: false };
         self.entries.insert(key.clone(), Entry { cmd: Some(cmd.clone()), runtime: Some(runtime), phase });
         let rt = self.runtimes[runtime].clone();
-        let span = tracing::info_span!("deploy", job = %key.0, instance = key.1);
+        let deploy_id = oak_core::deploy_id(&cmd.job.id, cmd.instance_number);
+        let span = tracing::info_span!("deploy", %deploy_id, job = %key.0, instance = key.1);
+        span.in_scope(|| tracing::info!("deploying"));
         let metrics = self.shared.metrics.clone();
         let deploy = async move {
             let started = std::time::Instant::now();

@@ -337,7 +337,7 @@ async fn metrics_show_each_observed_instance_with_its_service_until_it_goes() {
     h.observe(h.seq()).await;
     assert_eq!(h.next_resources().await.len(), 1);
     let text = h.shared.metrics.render();
-    let labels = format!("service_id=\"s1\",job=\"{JOB}\",instance=\"2\"");
+    let labels = format!("service_id=\"s1\",job_name=\"{JOB}\",instance_number=\"2\"");
     for line in [
         format!("oakestra_instance_memory_bytes{{{labels}}} 1048576\n"),
         format!("oakestra_instance_state{{{labels},state=\"running\"}} 1\n"),

@@ -173,6 +173,13 @@ impl Datapath {
         }
     }
 
+    /// The proxy's counters and the probed round-trip times per peer worker (read at a scrape of
+    /// `/metrics`, never per packet).
+    pub(crate) fn observe(&self) -> (oak_net::ProxyStats, Vec<(SocketAddrV4, std::time::Duration)>) {
+        let proxy = self.proxy.lock().unwrap();
+        (proxy.stats(), proxy.peer_rtts())
+    }
+
     /// Refused tunnel datagrams per reason; `None` for the plaintext tunnel.
     pub(crate) fn refusals(&self) -> Option<RefusalCounts> {
         self.secure.as_ref().map(|s| s.lock().unwrap().refusals())

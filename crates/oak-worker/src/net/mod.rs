@@ -168,6 +168,12 @@ impl NetManager {
     }
 
     /// What the node information says about the overlay.
+    /// The data path's counters and per-peer round-trip times, once it runs.
+    pub(crate) fn observe(&self) -> Option<(oak_net::ProxyStats, Vec<(std::net::SocketAddrV4, std::time::Duration)>)> {
+        let datapath = self.datapath.lock().unwrap().clone()?;
+        Some(datapath.observe())
+    }
+
     pub(crate) fn info(&self) -> OverlayInfo {
         let endpoint = *self.endpoint.lock().unwrap();
         let subnet = self.started.lock().unwrap().as_ref().map(|s| s.subnet.to_string()).unwrap_or_default();

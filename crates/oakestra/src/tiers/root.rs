@@ -65,6 +65,19 @@ pub struct RootArgs {
     /// API listens beyond loopback; without one only an Admin's access token reads it there.
     #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// File the root keeps the scrape targets of every tier in, for Prometheus' file-based
+    /// service discovery (default `<data-dir>/prometheus-targets.json`; empty: none).
+    #[arg(long, env = "OAKESTRA_PROMETHEUS_SD_FILE")]
+    pub prometheus_sd_file: Option<PathBuf>,
+}
+
+/// The scrape-targets file `--prometheus-sd-file` asks for (an empty path: none).
+pub fn sd_file(flag: Option<PathBuf>, data_dir: &std::path::Path) -> Option<PathBuf> {
+    match flag {
+        None => Some(data_dir.join(oak_root::PROMETHEUS_TARGETS_FILE)),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+    }
 }
 
 /// HTTPS for the public API and the dashboard.
@@ -161,6 +174,7 @@ pub fn run(args: RootArgs) -> ExitCode {
     };
     let (api_addr, dashboard_port) = (args.api_addr, args.dashboard_port);
     let metrics_token = args.metrics_token.clone();
+    let sd = sd_file(args.prometheus_sd_file.clone(), &args.data_dir);
     let cert = match args.tls.load() {
         Ok(c) => c,
         Err(e) => return config_error("root", e),
@@ -171,6 +185,7 @@ pub fn run(args: RootArgs) -> ExitCode {
             Err(e) => return config_error("root", format!("{e:#}")),
         };
         root.set_metrics_token(metrics_token);
+        root.set_prometheus_sd_file(sd);
         if let Some(cert) = cert {
             root.use_tls(cert);
         }
@@ -199,6 +214,14 @@ mod tests {
     use clap::Parser;
 
     use super::RootArgs;
+
+    #[test]
+    fn scrape_targets_go_to_the_data_dir_unless_told_otherwise() {
+        let dir = std::path::Path::new("/d");
+        assert_eq!(super::sd_file(None, dir), Some(dir.join("prometheus-targets.json")));
+        assert_eq!(super::sd_file(Some("/x/t.json".into()), dir), Some("/x/t.json".into()));
+        assert_eq!(super::sd_file(Some("".into()), dir), None, "empty: none");
+    }
 
     #[derive(Parser)]
     struct Cli {

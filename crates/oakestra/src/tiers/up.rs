@@ -75,6 +75,10 @@ pub struct UpArgs {
     /// monitoring section.
     #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// File the root keeps every tier's scrape targets in (default
+    /// `<data-dir>/root/prometheus-targets.json`; empty: none).
+    #[arg(long)]
+    pub prometheus_sd_file: Option<PathBuf>,
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
@@ -92,6 +96,7 @@ pub fn run(args: UpArgs) -> ExitCode {
         cluster_timeout: args.cluster_timeout,
         tls: args.tls.clone(),
         metrics_token: args.metrics_token.clone(),
+        prometheus_sd_file: args.prometheus_sd_file.clone(),
     };
     let root_config = match root_args.config() {
         Ok(c) => c,
@@ -108,6 +113,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
         root.set_metrics_token(args.metrics_token.clone());
+        root.set_prometheus_sd_file(super::root::sd_file(args.prometheus_sd_file.clone(), &root_args.data_dir));
         if let Some(cert) = cert {
             root.use_tls(cert);
         }

@@ -130,6 +130,18 @@ pub fn start_worker_on(
     dir: &Path,
     token: Option<String>,
 ) -> Worker {
+    start_worker_configured(machine, runtime, cluster, dir, token, |_| {})
+}
+
+/// [`start_worker_on`] with `tweak` applied to the worker's configuration.
+pub fn start_worker_configured(
+    machine: Machine,
+    runtime: Arc<FakeRuntime>,
+    cluster: &ClusterHandle,
+    dir: &Path,
+    token: Option<String>,
+    tweak: impl FnOnce(&mut oak_worker::WorkerConfig),
+) -> Worker {
     let name = machine.name.clone();
     let name = name.as_str();
     let token = token.unwrap_or_else(|| std::fs::read_to_string(cluster.dir.join("node-token")).unwrap());
@@ -137,6 +149,7 @@ pub fn start_worker_on(
     config.cluster_port = cluster.api.port();
     config.node_name = name.into();
     config.report_interval = Duration::from_millis(300);
+    tweak(&mut config);
     let deps = oak_worker::WorkerDeps { runtimes: vec![runtime], node_source: Arc::new(machine) };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(oak_worker::run(config, deps, stopped(&rx)));
