@@ -163,33 +163,75 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
     }
 }
 
-/// Writes queued messages, coalescing whatever is queued into one write; a `Ping` after
-/// [`channel::KEEPALIVE`] without any, so the cluster can tell a quiet root from a cut link.
+/// Most instances one merged `Deploy` frame carries (a job spec is at most a 64 KiB body, so
+/// such a frame stays well under [`MAX_FRAME`]).
+const DEPLOY_BATCH: usize = 100;
+
+/// Writes queued messages, coalescing whatever is queued into one write, and the incremental
+/// `Deploy`s queued back to back into one frame (one per cluster for a burst of requests); a
+/// `Ping` after [`channel::KEEPALIVE`] without any, so the cluster can tell a quiet root from a
+/// cut link.
 async fn write_loop(wr: &mut (impl AsyncWriteExt + Unpin), first: Vec<RootMsg>, rx: &mut mpsc::Receiver<RootMsg>) {
-    let mut buf = Vec::new();
-    for m in &first {
-        append(&mut buf, m);
+    let mut out = Outgoing::default();
+    for m in first {
+        out.push(m);
     }
     loop {
-        while buf.len() < 1 << 20 {
+        while out.buf.len() < 1 << 20 {
             match rx.try_recv() {
-                Ok(m) => append(&mut buf, &m),
+                Ok(m) => out.push(m),
                 Err(_) => break,
             }
         }
-        if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
+        out.flush_deploys();
+        if !out.buf.is_empty() {
+            if wr.write_all(&out.buf).await.is_err() {
                 return;
             }
-            buf.clear();
+            out.buf.clear();
         }
         match tokio::time::timeout(channel::KEEPALIVE, rx.recv()).await {
-            Err(_) => append(&mut buf, &RootMsg::Ping),
-            Ok(Some(m)) => append(&mut buf, &m),
+            Err(_) => out.push(RootMsg::Ping),
+            Ok(Some(m)) => out.push(m),
             Ok(None) => {
                 let _ = wr.shutdown().await;
                 return;
             }
+        }
+    }
+}
+
+/// Frames to write, with incremental deploys held back to be merged.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    /// Highest sequence number and the instances of the `Deploy { full: false }`s merged so far.
+    deploys: Option<(u64, Vec<channel::DeployInstance>)>,
+}
+
+impl Outgoing {
+    /// Queues `m` in order: an incremental deploy joins those before it (up to
+    /// [`DEPLOY_BATCH`] instances), anything else goes after them.
+    fn push(&mut self, m: RootMsg) {
+        match m {
+            RootMsg::Deploy { full: false, seq, instances, .. } => {
+                if self.deploys.as_ref().is_some_and(|(_, held)| held.len() + instances.len() > DEPLOY_BATCH) {
+                    self.flush_deploys();
+                }
+                let (last_seq, held) = self.deploys.get_or_insert_with(|| (seq, Vec::new()));
+                *last_seq = (*last_seq).max(seq);
+                held.extend(instances);
+            }
+            other => {
+                self.flush_deploys();
+                append(&mut self.buf, &other);
+            }
+        }
+    }
+
+    fn flush_deploys(&mut self) {
+        if let Some((seq, instances)) = self.deploys.take() {
+            append(&mut self.buf, &RootMsg::Deploy { full: false, seq, instances, last: true });
         }
     }
 }
@@ -220,6 +262,59 @@ pub async fn read_frame<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deploy(seq: u64, numbers: &[u32]) -> RootMsg {
+        let job: oak_api::node::JobSpec = serde_json::from_value(serde_json::json!({
+            "_id": "s", "job_name": "a.b.c.d", "image": "img",
+            "microservice_name": "c", "microservice_namespace": "d", "virtualization": "container", "code": "img"
+        }))
+        .unwrap();
+        let instances = numbers
+            .iter()
+            .map(|&n| channel::DeployInstance { instance_number: n, job: job.clone(), instance_ip: None })
+            .collect();
+        RootMsg::Deploy { full: false, seq, instances, last: true }
+    }
+
+    #[tokio::test]
+    async fn deploys_queued_back_to_back_go_in_one_frame_in_order() {
+        let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+        let (tx, mut rx) = mpsc::channel(512);
+        let undeploy = RootMsg::Undeploy { instances: vec![] };
+        tx.send(deploy(1, &[0])).await.unwrap();
+        tx.send(deploy(2, &[1, 2])).await.unwrap();
+        tx.send(undeploy.clone()).await.unwrap();
+        tx.send(deploy(3, &[3])).await.unwrap();
+        // More than one frame's worth: split at DEPLOY_BATCH instances.
+        for n in 4..(5 + DEPLOY_BATCH as u32) {
+            tx.send(deploy(u64::from(n), &[n])).await.unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            let (_, mut wr) = tokio::io::split(theirs);
+            write_loop(&mut wr, vec![], &mut rx).await;
+        });
+        let mut frames: Vec<RootMsg> = Vec::new();
+        for _ in 0..4 {
+            frames.push(read_frame(&mut ours, MAX_FRAME).await.unwrap());
+        }
+        let numbers = |m: &RootMsg| -> Vec<u32> {
+            match m {
+                RootMsg::Deploy { full: false, instances, .. } => instances.iter().map(|i| i.instance_number).collect(),
+                other => panic!("not an incremental deploy: {other:?}"),
+            }
+        };
+        let seq = |m: &RootMsg| match m {
+            RootMsg::Deploy { seq, .. } => *seq,
+            _ => 0,
+        };
+        assert_eq!(numbers(&frames[0]), vec![0, 1, 2]);
+        assert_eq!(seq(&frames[0]), 2, "the highest sequence number of the merged ones");
+        assert_eq!(frames[1], undeploy, "order kept");
+        assert_eq!(numbers(&frames[2]), (3..3 + DEPLOY_BATCH as u32).collect::<Vec<_>>());
+        assert_eq!(numbers(&frames[3]), vec![3 + DEPLOY_BATCH as u32, 4 + DEPLOY_BATCH as u32]);
+        drop(tx);
+        writer.abort();
+    }
 
     #[tokio::test]
     async fn a_quiet_writer_sends_keepalives_and_queued_messages_go_first() {
