@@ -226,10 +226,11 @@ fn scenario(work: &Workdir) -> Result<()> {
     std::fs::create_dir_all(&prom_dir)?;
     let targets = root_data.join(oak_root::PROMETHEUS_TARGETS_FILE);
     let config = std::fs::read_to_string(monitoring.join("prometheus.yml"))?
-        .replace("/var/lib/oakestra/root/prometheus-targets.json", &targets.display().to_string())
+        .replace("/var/lib/oakestra/prometheus-targets.json", &targets.display().to_string())
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace("evaluation_interval: 15s", "evaluation_interval: 1s")
         .replace("refresh_interval: 30s", "refresh_interval: 1s");
+    assert_eq!(config.matches(&targets.display().to_string()).count(), 3, "the three jobs read this run's targets");
     std::fs::write(prom_dir.join("prometheus.yml"), config)?;
     std::fs::copy(monitoring.join("oakestra-rules.yml"), prom_dir.join("oakestra-rules.yml"))?;
     std::fs::write(prom_dir.join("oakestra-metrics-token"), TOKEN)?;

@@ -39,6 +39,10 @@ fn the_shipped_prometheus_configuration_and_rules_pass_promtool() {
     for file in ["prometheus.yml", "oakestra-rules.yml"] {
         std::fs::copy(monitoring_dir().join(file), dir.path().join(file)).unwrap();
     }
+    // It reads the targets where `oakestra up` (data dir /var/lib/oakestra) writes them.
+    let config = std::fs::read_to_string(dir.path().join("prometheus.yml")).unwrap();
+    let up_targets = format!("/var/lib/oakestra/{}", oak_root::PROMETHEUS_TARGETS_FILE);
+    assert_eq!(config.matches(&format!("files: [{up_targets}]")).count(), 3, "{config}");
     // The token file the configuration names sits beside it (the operator writes it).
     std::fs::write(dir.path().join("oakestra-metrics-token"), "t").unwrap();
     let Some(config) = promtool(test, &["check", "config", "prometheus.yml"], dir.path()) else { return };

@@ -76,7 +76,8 @@ pub struct UpArgs {
     #[arg(long, env = "OAKESTRA_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
     /// File the root keeps every tier's scrape targets in (default
-    /// `<data-dir>/root/prometheus-targets.json`; empty: none).
+    /// `<data-dir>/prometheus-targets.json`, outside the root's private directory so that a
+    /// Prometheus of another user can read it; empty: none).
     #[arg(long)]
     pub prometheus_sd_file: Option<PathBuf>,
 }
@@ -113,7 +114,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             Err(e) => return config_error("up", format!("root: {e:#}")),
         };
         root.set_metrics_token(args.metrics_token.clone());
-        root.set_prometheus_sd_file(super::root::sd_file(args.prometheus_sd_file.clone(), &root_args.data_dir));
+        root.set_prometheus_sd_file(super::root::sd_file(args.prometheus_sd_file.clone(), &args.data_dir));
         if let Some(cert) = cert {
             root.use_tls(cert);
         }
