@@ -36,6 +36,6 @@ pub use packet::{PacketError, Protocol};
 pub use probe::{classify, Datagram, Probe, ProbeKind};
 pub use proxy::{Expired, Inbound, Outbound, Proxy, TableError, TableReport};
 pub use routes::Target;
-pub use secure::{Ipv4Net, Opened, PeerKey, Refusal, RefusalCounts, Sealed, SecureTunnel, StaticKey};
+pub use secure::{Ipv4Net, Opened, PeerKey, Refusal, RefusalCounts, Sealed, SecureTunnel, StaticKey, Traffic};
 pub use stats::{DropCounts, DropReason, ProxyStats};
 pub use tun::Tun;

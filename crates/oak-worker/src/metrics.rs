@@ -129,8 +129,9 @@ impl WorkerMetrics {
     }
 
     fn observe(&self, s: &mut Scrape) {
-        if let Some((stats, rtts)) = self.overlay.get().and_then(|net| net.observe()) {
-            overlay_families(s, &stats, &rtts);
+        if let Some(o) = self.overlay.get().and_then(|net| net.observe()) {
+            overlay_families(s, &o.stats, &o.rtts);
+            peer_traffic_families(s, &o.traffic);
         }
         let observed = self.observed();
         if let Some(n) = &observed.node {
@@ -222,6 +223,32 @@ fn overlay_families(s: &mut Scrape, stats: &oak_net::ProxyStats, rtts: &[(std::n
         "oakestra_overlay_peer_rtt_seconds",
         "Probed round-trip time through the tunnel to each peer worker",
         rtts,
+    );
+}
+
+/// Packets and bytes through the secure tunnel per peer worker and direction (one pair of
+/// series per peer this worker has keys for).
+fn peer_traffic_families(s: &mut Scrape, traffic: &[(std::net::SocketAddrV4, oak_net::Traffic)]) {
+    let mut traffic = traffic.to_vec();
+    traffic.sort_by_key(|(peer, _)| *peer);
+    let series = |pick: fn(&oak_net::Traffic) -> (u64, u64)| {
+        let mut out = Vec::new();
+        for (peer, t) in &traffic {
+            let (sent, received) = pick(t);
+            out.push((vec![("peer", peer.to_string()), ("direction", "out".to_string())], sent));
+            out.push((vec![("peer", peer.to_string()), ("direction", "in".to_string())], received));
+        }
+        out
+    };
+    s.counters(
+        "oakestra_overlay_peer_packets",
+        "Packets through the encrypted tunnel per peer worker: out (sent to it) and in (from it)",
+        series(|t| (t.sent_packets, t.received_packets)),
+    );
+    s.counters(
+        "oakestra_overlay_peer_bytes",
+        "Bytes of the packets through the encrypted tunnel per peer worker (without the tunnel's overhead)",
+        series(|t| (t.sent_bytes, t.received_bytes)),
     );
 }
 
@@ -394,6 +421,26 @@ mod tests {
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
         if let Some(verdict) = oak_testenv::promtool_check_metrics("overlay_metrics_pass_promtool", &text) {
+            assert_eq!(verdict, Ok(()), "{text}");
+        }
+    }
+
+    #[test]
+    fn traffic_per_peer_is_exported_by_direction() {
+        let peer: std::net::SocketAddrV4 = "10.0.0.2:50103".parse().unwrap();
+        let t = oak_net::Traffic { sent_packets: 4, sent_bytes: 4000, received_packets: 2, received_bytes: 120 };
+        let mut registry = Registry::default();
+        registry.register_collector(oak_metrics::live(move |s| peer_traffic_families(s, &[(peer, t)])));
+        let text = oak_metrics::render(&registry);
+        for line in [
+            "oakestra_overlay_peer_packets_total{peer=\"10.0.0.2:50103\",direction=\"out\"} 4\n",
+            "oakestra_overlay_peer_packets_total{peer=\"10.0.0.2:50103\",direction=\"in\"} 2\n",
+            "oakestra_overlay_peer_bytes_total{peer=\"10.0.0.2:50103\",direction=\"out\"} 4000\n",
+            "oakestra_overlay_peer_bytes_total{peer=\"10.0.0.2:50103\",direction=\"in\"} 120\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        if let Some(verdict) = oak_testenv::promtool_check_metrics("peer_traffic_passes_promtool", &text) {
             assert_eq!(verdict, Ok(()), "{text}");
         }
     }

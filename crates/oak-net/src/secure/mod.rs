@@ -33,6 +33,7 @@ use session::OpenError;
 use wire::Message;
 
 pub use keys::{KeyError, PeerKey, StaticKey, KEY_LEN};
+pub use peer::Traffic;
 pub use refusals::{Refusal, RefusalCounts};
 pub use session::{Cipher, Offer, SealBatch};
 pub use wire::DATA_HEADER;
@@ -226,6 +227,7 @@ impl SecureTunnel {
             let n = session.seal(packet, out);
             let rekey = session.wants_rekey(now);
             peer.sent_data(now);
+            peer.count_sent(1, packet.len());
             if rekey && peer.pending.is_none() {
                 self.initiate(key, now);
             }
@@ -242,7 +244,8 @@ impl SecureTunnel {
     /// Reserves `count` datagrams' counters of the session with the worker at `endpoint`, to
     /// seal outside this tunnel's lock (see [`SealBatch`]); `None` when there is no usable
     /// session yet: [`SecureTunnel::seal`] then queues the packets and starts a handshake.
-    pub fn reserve(&mut self, endpoint: SocketAddrV4, count: usize) -> Option<SealBatch> {
+    /// `bytes`: the packets' total size (counted as sent).
+    pub fn reserve(&mut self, endpoint: SocketAddrV4, count: usize, bytes: usize) -> Option<SealBatch> {
         let now = Instant::now();
         let key = *self.by_endpoint.get(&endpoint)?;
         let peer = self.peers.get_mut(&key)?;
@@ -250,6 +253,7 @@ impl SecureTunnel {
         let batch = session.reserve(count as u64);
         let rekey = session.wants_rekey(now);
         peer.sent_data(now);
+        peer.count_sent(count, bytes);
         if rekey && peer.pending.is_none() {
             self.initiate(key, now);
         }
@@ -386,6 +390,10 @@ impl SecureTunnel {
             Err(OpenError::Expired) => return Opened::Refused(Refusal::NoSession),
         };
         peer.received(len > 0, now);
+        if len > 0 {
+            peer.traffic.received_packets += 1;
+            peer.traffic.received_bytes += len as u64;
+        }
         if slot == Slot::Next {
             let retired = peer.promote_next();
             self.forget_indices(retired);
@@ -479,6 +487,7 @@ impl SecureTunnel {
             out.truncate(n);
             self.outbox.push((endpoint, out));
             peer.sent_data(now);
+            peer.count_sent(1, packet.len());
         }
     }
 
@@ -650,6 +659,11 @@ impl SecureTunnel {
 
     pub fn refusals(&self) -> RefusalCounts {
         self.refusals
+    }
+
+    /// What each peer and this worker exchanged, by the peer's endpoint.
+    pub fn peer_traffic(&self) -> Vec<(SocketAddrV4, Traffic)> {
+        self.peers.values().map(|p| (p.endpoint, p.traffic)).collect()
     }
 
     pub fn peer_count(&self) -> usize {

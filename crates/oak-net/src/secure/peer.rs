@@ -17,6 +17,16 @@ use super::Ipv4Net;
 /// Packets kept per peer while its handshake runs; older ones are dropped first.
 pub const MAX_QUEUED: usize = 128;
 
+/// What one peer and this worker exchanged (for metrics): IPv4 packets and their bytes, without
+/// the tunnel's overhead; keepalives and handshakes are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub received_packets: u64,
+    pub received_bytes: u64,
+}
+
 pub struct Peer {
     /// Where its datagrams go: the endpoint of its table entries, or where it last spoke from.
     pub endpoint: SocketAddrV4,
@@ -30,6 +40,7 @@ pub struct Peer {
     /// Since when this worker has been trying to get a session (cleared once it has one).
     pub trying_since: Option<Instant>,
     pub queue: VecDeque<Vec<u8>>,
+    pub traffic: Traffic,
     /// The newest initiation timestamp accepted from it: older or equal ones are replays.
     pub last_timestamp: u64,
     /// Since when data went to it with nothing authenticated back: long enough, and its
@@ -59,6 +70,7 @@ impl Peer {
             pending: None,
             trying_since: None,
             queue: VecDeque::new(),
+            traffic: Traffic::default(),
             last_timestamp: 0,
             awaiting_reply_since: None,
             reply_owed_since: None,
@@ -128,6 +140,12 @@ impl Peer {
         if data {
             self.reply_owed_since.get_or_insert(now);
         }
+    }
+
+    /// Packets of `bytes` in total went out to it.
+    pub fn count_sent(&mut self, packets: usize, bytes: usize) {
+        self.traffic.sent_packets += packets as u64;
+        self.traffic.sent_bytes += bytes as u64;
     }
 
     pub fn enqueue(&mut self, packet: &[u8]) {

@@ -433,9 +433,9 @@ fn initiation_floods_are_rate_limited() {
 fn batches_sealed_outside_the_tunnel_open_at_the_peer_in_order() {
     let (mut a, mut b) = (worker(1), worker(2));
     introduce(&mut a, &mut b);
-    assert!(a.tunnel.reserve(b.endpoint, 3).is_none(), "no session yet: nothing to reserve");
+    assert!(a.tunnel.reserve(b.endpoint, 3, 300).is_none(), "no session yet: nothing to reserve");
     let (mut a, mut b) = connected();
-    let mut batch = a.tunnel.reserve(b.endpoint, 3).expect("a session");
+    let mut batch = a.tunnel.reserve(b.endpoint, 3, 300).expect("a session");
     let before = b.received.len();
     for marker in [&b"batch one"[..], b"batch two", b"batch three"] {
         let pkt = packet(marker);
@@ -447,5 +447,22 @@ fn batches_sealed_outside_the_tunnel_open_at_the_peer_in_order() {
     }
     assert_eq!(b.received.len(), before + 3);
     let unknown = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 50103);
-    assert!(a.tunnel.reserve(unknown, 1).is_none(), "no peer there");
+    assert!(a.tunnel.reserve(unknown, 1, 100).is_none(), "no peer there");
+}
+
+#[test]
+fn traffic_per_peer_counts_packets_and_bytes_both_ways() {
+    let (mut a, mut b) = connected();
+    let sent = |w: &Worker, to: SocketAddrV4| w.tunnel.peer_traffic().into_iter().find(|(e, _)| *e == to).unwrap().1;
+    let (a0, b0) = (sent(&a, b.endpoint), sent(&b, a.endpoint));
+    let pkt = packet(b"counted");
+    let wire = seal(&mut a, &b, &pkt);
+    assert!(matches!(deliver(&mut b, a.endpoint, &wire), Opened::Packet { .. }));
+    let _ = a.tunnel.reserve(b.endpoint, 3, 300).expect("a session");
+    let (a1, b1) = (sent(&a, b.endpoint), sent(&b, a.endpoint));
+    assert_eq!(a1.sent_packets - a0.sent_packets, 4);
+    assert_eq!(a1.sent_bytes - a0.sent_bytes, pkt.len() as u64 + 300);
+    assert_eq!(b1.received_packets - b0.received_packets, 1);
+    assert_eq!(b1.received_bytes - b0.received_bytes, pkt.len() as u64);
+    assert_eq!((a1.received_packets, b1.sent_packets), (a0.received_packets, b0.sent_packets));
 }

@@ -173,11 +173,15 @@ impl Datapath {
         }
     }
 
-    /// The proxy's counters and the probed round-trip times per peer worker (read at a scrape of
-    /// `/metrics`, never per packet).
-    pub(crate) fn observe(&self) -> (oak_net::ProxyStats, Vec<(SocketAddrV4, std::time::Duration)>) {
-        let proxy = self.proxy.lock().unwrap();
-        (proxy.stats(), proxy.peer_rtts())
+    /// The proxy's counters, the probed round-trip times and the traffic per peer worker (read
+    /// at a scrape of `/metrics`, never per packet).
+    pub(crate) fn observe(&self) -> Observed {
+        let (stats, rtts) = {
+            let proxy = self.proxy.lock().unwrap();
+            (proxy.stats(), proxy.peer_rtts())
+        };
+        let traffic = self.secure.as_ref().map(|s| s.lock().unwrap().peer_traffic()).unwrap_or_default();
+        Observed { stats, rtts, traffic }
     }
 
     /// Refused tunnel datagrams per reason; `None` for the plaintext tunnel.
@@ -375,7 +379,8 @@ impl Datapath {
         };
         let stride = size + OVERHEAD;
         let count = scratch.sealed.len().div_ceil(stride);
-        let reserved = secure.lock().unwrap().reserve(peer, count);
+        let bytes = scratch.sealed.len() - count * OVERHEAD;
+        let reserved = secure.lock().unwrap().reserve(peer, count, bytes);
         if let Some(mut batch) = reserved {
             for datagram in scratch.sealed.chunks_mut(stride) {
                 let len = datagram.len() - OVERHEAD;
@@ -433,6 +438,15 @@ impl Datapath {
             }
         }
     }
+}
+
+/// The data path's figures for `/metrics`.
+pub(crate) struct Observed {
+    pub stats: oak_net::ProxyStats,
+    /// Probed round-trip time per peer worker.
+    pub rtts: Vec<(SocketAddrV4, std::time::Duration)>,
+    /// Packets and bytes per peer worker (the secure tunnel only).
+    pub traffic: Vec<(SocketAddrV4, oak_net::Traffic)>,
 }
 
 /// Reusable buffers of one packet thread.

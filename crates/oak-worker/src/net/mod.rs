@@ -169,7 +169,7 @@ impl NetManager {
 
     /// What the node information says about the overlay.
     /// The data path's counters and per-peer round-trip times, once it runs.
-    pub(crate) fn observe(&self) -> Option<(oak_net::ProxyStats, Vec<(std::net::SocketAddrV4, std::time::Duration)>)> {
+    pub(crate) fn observe(&self) -> Option<datapath::Observed> {
         let datapath = self.datapath.lock().unwrap().clone()?;
         Some(datapath.observe())
     }
