@@ -135,6 +135,11 @@ impl Bus {
                 };
                 let workers = WorkerBroker { port: ext.port, scheme: if ext.tls { "mqtts" } else { "mqtt" }, ca_pem };
                 let (client, mut eventloop) = AsyncClient::new(options, 65_536);
+                // rumqttc leaves Nagle's algorithm on: small commands would wait for the
+                // broker's delayed ACK of the previous one.
+                let mut network = rumqttc::NetworkOptions::new();
+                network.set_tcp_nodelay(true);
+                eventloop.set_network_options(network);
                 let subscriber = client.clone();
                 tokio::spawn(async move {
                     loop {

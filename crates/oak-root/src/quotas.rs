@@ -14,9 +14,8 @@ pub fn check(st: &AppState, caller: &Caller, owner: &str, adding: Usage) -> ApiR
     if caller.is_admin() || adding == Usage::default() {
         return Ok(());
     }
-    let mut held = Usage::default();
-    for app in st.store.list_applications(Some(owner))? {
-        held = held.plus(Usage::of_services(&st.store.list_services(Some(&app.id))?));
-    }
+    // Counted in the store: loading every service and instance of the user took a scan per request.
+    let u = st.store.owner_usage(owner)?;
+    let held = Usage { services: u.services, instances: u.instances, service_ips: u.services + u.closest_ips };
     oak_core::quotas::check(&st.fleet.quotas(), held, adding).map_err(|e| ApiError::QuotaExceeded(e.to_string()))
 }

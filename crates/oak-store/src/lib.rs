@@ -30,6 +30,15 @@ pub struct UserRecord {
     pub token_generation: u64,
 }
 
+/// Counts of what one user's applications hold (for quotas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnerUsage {
+    pub services: usize,
+    pub instances: usize,
+    /// Services that have a closest IP besides their round-robin IP.
+    pub closest_ips: usize,
+}
+
 /// A worker's overlay subnet (`10.18.0.64/26`), given by the root to a node of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetRecord {
@@ -124,6 +133,11 @@ pub trait RootStore: Send + Sync + 'static {
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>>;
     /// Services of one application, or all services when `None`.
     fn list_services(&self, app_id: Option<&str>) -> Result<Vec<Service>>;
+    /// `(id, job name)` of the services whose round-robin IP is `ip` (an indexed lookup).
+    fn services_with_rr_ip(&self, ip: &str) -> Result<Vec<(String, String)>>;
+    /// What the applications of `owner` hold: services, instances, and services with a closest
+    /// IP (counted in the store, without loading documents).
+    fn owner_usage(&self, owner: &str) -> Result<OwnerUsage>;
     /// Deletes a service with its instances and removes it from its application.
     fn delete_service(&self, id: &str) -> Result<()>;
 

@@ -89,4 +89,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         fingerprint TEXT NOT NULL UNIQUE
     );
     "#,
+    // 6: services by round-robin IP (uniqueness checks without reading every service)
+    r#"
+    CREATE INDEX services_rr_ip ON services(json_extract(doc, '$.RR_ip'));
+    "#,
 ];

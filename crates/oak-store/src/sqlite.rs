@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::migrations::MIGRATIONS;
-use crate::{ClusterTokenRecord, Result, RootStore, StoreError, SubnetRecord, UserRecord};
+use crate::{ClusterTokenRecord, OwnerUsage, Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
 /// What an answered write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -668,6 +668,38 @@ impl RootStore for SqliteStore {
         })
     }
 
+    fn services_with_rr_ip(&self, ip: &str) -> Result<Vec<(String, String)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_name FROM services WHERE json_extract(doc, '$.RR_ip') = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![ip], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn owner_usage(&self, owner: &str) -> Result<OwnerUsage> {
+        self.read(|conn| {
+            let (services, closest_ips): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(json_extract(s.doc, '$.closest_ip') IS NOT NULL), 0)
+                 FROM services s JOIN applications a ON s.app_id = a.id WHERE a.owner = ?1",
+                )?
+                .query_row(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let instances: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM instances i JOIN services s ON i.service_id = s.id
+                     JOIN applications a ON s.app_id = a.id WHERE a.owner = ?1",
+                )?
+                .query_row(params![owner], |r| r.get(0))?;
+            Ok(OwnerUsage {
+                services: services as usize,
+                instances: instances as usize,
+                closest_ips: closest_ips as usize,
+            })
+        })
+    }
+
     fn delete_service(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
         self.write_batched(move |tx| {
@@ -1045,6 +1077,24 @@ mod tests {
         assert_eq!(store.meta("b").unwrap().as_deref(), Some("2"));
         assert_eq!(store.meta("bad").unwrap(), None);
         assert_eq!(store.group_commits(), 1, "nothing queued, nothing committed");
+    }
+
+    #[test]
+    fn lookups_by_address_and_owner_use_indexes() {
+        let (_dir, store) = store();
+        let plan = |sql: &str| -> String {
+            let conn = store.writer();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map(["x"], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let rr = plan("SELECT id, job_name FROM services WHERE json_extract(doc, '$.RR_ip') = ?1 ORDER BY seq");
+        assert!(rr.contains("USING INDEX services_rr_ip"), "{rr}");
+        let owner = plan(
+            "SELECT COUNT(*) FROM instances i JOIN services s ON i.service_id = s.id
+             JOIN applications a ON s.app_id = a.id WHERE a.owner = ?1",
+        );
+        assert!(!owner.contains("SCAN i") && !owner.contains("SCAN instances"), "{owner}");
     }
 
     #[test]

@@ -193,3 +193,32 @@ fn token_generation_moves_on_password_change_and_role_loss_only() {
     assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (3, 1));
     assert!(store.list_users().unwrap().iter().all(|u| u.token_generation == generation(&store, &u.id)));
 }
+
+#[test]
+fn services_by_rr_ip_and_an_owners_usage_come_from_queries() {
+    let store = SqliteStore::in_memory().unwrap();
+    let shop = app("a1", "alice", "shop");
+    let mut web = service("s1", &shop, "web");
+    web.rr_ip = Some("10.30.0.5".into());
+    let mut api = service("s2", &shop, "api");
+    api.rr_ip = Some("10.30.0.6".into());
+    api.closest_ip = Some("10.30.0.7".into());
+    store.create_application(&shop, &[web, api]).unwrap();
+    let other = app("b1", "bob", "blog");
+    store.create_application(&other, &[service("s3", &other, "web")]).unwrap();
+    for n in 0..3 {
+        store.put_instance("s1", &Instance::new(n, "RUNNING", "", 0.0)).unwrap();
+    }
+    store.put_instance("s3", &Instance::new(0, "RUNNING", "", 0.0)).unwrap();
+
+    assert_eq!(store.services_with_rr_ip("10.30.0.5").unwrap(), [("s1".to_string(), "shop.test.web.test".to_string())]);
+    assert!(store.services_with_rr_ip("10.30.0.7").unwrap().is_empty(), "a closest IP is not a round-robin IP");
+    let alice = store.owner_usage("alice").unwrap();
+    assert_eq!((alice.services, alice.instances, alice.closest_ips), (2, 3, 1));
+    let bob = store.owner_usage("bob").unwrap();
+    assert_eq!((bob.services, bob.instances, bob.closest_ips), (1, 1, 0));
+    assert_eq!(store.owner_usage("carol").unwrap(), Default::default());
+    store.delete_service("s1").unwrap();
+    assert!(store.services_with_rr_ip("10.30.0.5").unwrap().is_empty());
+    assert_eq!(store.owner_usage("alice").unwrap().instances, 0);
+}

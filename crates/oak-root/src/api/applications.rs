@@ -34,22 +34,22 @@ pub fn owned_app(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiR
 /// Refuses round-robin IPs already taken by another service or asked for twice.
 pub fn check_rr_ips(st: &AppState, new: &[Service]) -> ApiResult<()> {
     let ids: HashSet<&str> = new.iter().map(|s| s.id.as_str()).collect();
-    let existing = st.store.list_services(None)?;
-    let mut seen: Vec<(&str, &str)> = existing
-        .iter()
-        .filter(|s| !ids.contains(s.id.as_str()))
-        .filter_map(|s| s.rr_ip.as_deref().map(|ip| (ip, s.job_name.as_str())))
-        .collect();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
     for s in new {
-        if let Some(ip) = s.rr_ip.as_deref() {
-            if let Some((_, other)) = seen.iter().find(|(taken, _)| *taken == ip) {
-                return Err(ApiError::Conflict(format!(
-                    "rr_ip {ip} of service {} is already used by service {other}",
-                    s.job_name
-                )));
-            }
-            seen.push((ip, s.job_name.as_str()));
+        let Some(ip) = s.rr_ip.as_deref() else { continue };
+        // One indexed lookup per address, not a read of every service.
+        let holder = st.store.services_with_rr_ip(ip)?.into_iter().find(|(id, _)| !ids.contains(id.as_str()));
+        let other = holder
+            .as_ref()
+            .map(|(_, job)| job.as_str())
+            .or_else(|| seen.iter().find(|(taken, _)| *taken == ip).map(|(_, job)| *job));
+        if let Some(other) = other {
+            return Err(ApiError::Conflict(format!(
+                "rr_ip {ip} of service {} is already used by service {other}",
+                s.job_name
+            )));
         }
+        seen.push((ip, s.job_name.as_str()));
     }
     Ok(())
 }

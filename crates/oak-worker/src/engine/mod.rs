@@ -151,6 +151,25 @@ impl Engine {
         loop {
             tokio::select! {
                 msg = inbox.recv() => match msg {
+                    Some(EngineMsg::Deploy(first)) => {
+                        // Deploys queued back to back are recorded with one write of the
+                        // desired set (one sync), then started together.
+                        let mut payloads = vec![first];
+                        let mut after = None;
+                        while let Ok(next) = inbox.try_recv() {
+                            match next {
+                                EngineMsg::Deploy(p) => payloads.push(p),
+                                other => {
+                                    after = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        self.on_deploys(payloads).await;
+                        if let Some(msg) = after {
+                            self.handle(msg).await;
+                        }
+                    }
                     Some(msg) => self.handle(msg).await,
                     None => break,
                 },
@@ -164,7 +183,7 @@ impl Engine {
 
     async fn handle(&mut self, msg: EngineMsg) {
         match msg {
-            EngineMsg::Deploy(payload) => self.on_deploy(&payload).await,
+            EngineMsg::Deploy(payload) => self.on_deploys(vec![payload]).await,
             EngineMsg::Delete(payload) => self.on_delete(&payload),
             EngineMsg::Logs(payload) => self.on_logs(&payload),
             EngineMsg::Exited { runtime, job_name, instance, code } => {
@@ -190,13 +209,34 @@ impl Engine {
 
     // ---- control commands ----
 
-    async fn on_deploy(&mut self, payload: &[u8]) {
+    /// Deploy commands received together: each checked, the new instances among them recorded
+    /// in one write of the desired set, then each started (or refused if the write failed).
+    async fn on_deploys(&mut self, payloads: Vec<Vec<u8>>) {
+        let checked: Vec<(Key, usize, DeployCommand, bool)> =
+            payloads.iter().filter_map(|p| self.check_deploy(p)).collect();
+        let new: Vec<&DeployCommand> = checked.iter().filter(|c| c.3).map(|c| &c.2).collect();
+        let recorded = if new.is_empty() { Ok(()) } else { self.record(&new).await };
+        for (key, runtime, cmd, starts) in checked {
+            if starts {
+                if let Err(detail) = &recorded {
+                    tracing::error!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
+                    self.report(&key.0, key.1, status::FAILED, detail.clone());
+                    continue;
+                }
+            }
+            self.apply_deploy(key, runtime, cmd);
+        }
+    }
+
+    /// A deploy command parsed and checked: its instance, runtime, command and whether it starts
+    /// a new instance (which must be recorded first); `None` (reported `FAILED`) if refused.
+    fn check_deploy(&mut self, payload: &[u8]) -> Option<(Key, usize, DeployCommand, bool)> {
         let cmd = match commands::parse_deploy(payload) {
             Ok(cmd) => cmd,
             Err(rejected) => {
                 tracing::warn!(job = %rejected.job_name, instance = rejected.instance, detail = %rejected.detail, "rejecting deploy command");
                 self.report(&rejected.job_name, rejected.instance, status::FAILED, rejected.detail);
-                return;
+                return None;
             }
         };
         let key: Key = (cmd.job.job_name.clone(), cmd.instance_number);
@@ -208,20 +248,18 @@ impl Engine {
             let detail = format!("unknown virtualization {:?}: {runs}", cmd.job.spec.virtualization);
             tracing::warn!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
             self.report(&key.0, key.1, status::FAILED, detail);
-            return;
+            return None;
         };
         // A new instance (or a new one after the old copy stops) is recorded first.
         let starts = match self.entries.get(&key).map(|e| &e.phase) {
             None | Some(Phase::Stopping { .. }) => true,
             Some(Phase::Deploying { .. } | Phase::Running { .. }) => false,
         };
-        if starts {
-            if let Err(detail) = self.record(&cmd).await {
-                tracing::error!(job = %key.0, instance = key.1, %detail, "rejecting deploy command");
-                self.report(&key.0, key.1, status::FAILED, detail);
-                return;
-            }
-        }
+        Some((key, runtime, cmd, starts))
+    }
+
+    /// Acts on a checked (and, if new, recorded) deploy command.
+    fn apply_deploy(&mut self, key: Key, runtime: usize, cmd: DeployCommand) {
         self.dirty = true;
         let Some(entry) = self.entries.get_mut(&key) else {
             self.start_deploy(key, runtime, cmd);
@@ -240,12 +278,14 @@ impl Engine {
         }
     }
 
-    /// Writes the desired set with `cmd` added (replacing a command for the same instance), or
-    /// says why it could not: the instance must not start unrecorded. The old file stays intact.
-    async fn record(&mut self, cmd: &DeployCommand) -> Result<(), String> {
+    /// Writes the desired set with `cmds` added (replacing commands for the same instances), or
+    /// says why it could not: an instance must not start unrecorded. The old file stays intact.
+    async fn record(&mut self, cmds: &[&DeployCommand]) -> Result<(), String> {
         let mut desired = self.desired();
-        desired.retain(|d| (&d.job.job_name, d.instance_number) != (&cmd.job.job_name, cmd.instance_number));
-        desired.push(cmd.clone());
+        for cmd in cmds {
+            desired.retain(|d| (&d.job.job_name, d.instance_number) != (&cmd.job.job_name, cmd.instance_number));
+            desired.push((*cmd).clone());
+        }
         desired.sort_by(|a, b| (&a.job.job_name, a.instance_number).cmp(&(&b.job.job_name, b.instance_number)));
         match desired::save(&self.data_dir, &desired).await {
             Ok(()) => {

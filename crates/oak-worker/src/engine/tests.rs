@@ -354,3 +354,41 @@ async fn metrics_show_each_observed_instance_with_its_service_until_it_goes() {
     assert!(!text.contains(JOB), "the undeployed instance's series are gone: {text}");
     assert!(text.contains("operation=\"undeploy\"} 1\n"), "{text}");
 }
+
+#[tokio::test]
+async fn deploys_queued_together_are_recorded_and_started_together() {
+    let mut h = Harness::start();
+    // Queued before the engine first runs: one batch (one write of the desired set).
+    for n in 0..4 {
+        h.deploy(n, "img", false);
+    }
+    h.deploy(2, "img", false); // the same instance twice in one batch: deployed once
+    h.inbox.send(EngineMsg::Deploy(b"not json".to_vec())).unwrap(); // refused alone
+    let mut created = std::collections::BTreeSet::new();
+    while created.len() < 4 {
+        let report = h.next_job().await;
+        if report.status == "CREATED" {
+            created.insert(report.instance);
+        }
+    }
+    assert_eq!(created.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(h.docker.deploy_calls(), 4);
+    let desired = h.desired().await;
+    assert_eq!(desired.iter().map(|d| d.instance_number).collect::<Vec<_>>(), [0, 1, 2, 3]);
+
+    // A batch whose record fails: its new instances fail, an already running one is untouched.
+    let blocker = h.dir.path().join("instances.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    h.deploy(0, "img", false);
+    h.deploy(7, "img", false);
+    h.deploy(8, "img", false);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let r = h.next_job().await;
+        seen.push((r.instance, r.status.clone()));
+    }
+    seen.sort();
+    assert_eq!(seen, [(0, "RUNNING".into()), (7, "FAILED".into()), (8, "FAILED".into())]);
+    assert!(h.docker.status(JOB, 7).is_none() && h.docker.status(JOB, 8).is_none());
+    assert_eq!(h.desired().await.len(), 4);
+}
