@@ -44,3 +44,18 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         _ => ApiError::BadRequest(format!("the request body is not valid JSON: {e}")),
     })
 }
+
+/// A query string in the API's error format (axum's `Query` answers plain text): a repeated or
+/// malformed parameter is a 400 with a JSON body naming it.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest(format!("the query string does not fit: {}", e.body_text())))
+    }
+}

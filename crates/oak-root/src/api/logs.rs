@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oak_api::model::Instance;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::auth::extract::Caller;
+use crate::body::QueryParams;
 use crate::error::{ApiError, ApiResult};
 use crate::fleet::LogsError;
 use crate::state::AppState;
@@ -24,6 +25,7 @@ const READ_BYTES: u64 = 256 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsParams {
     /// Only the last N lines.
     tail: Option<String>,
@@ -42,7 +44,7 @@ pub async fn logs(
     State(st): State<AppState>,
     caller: Caller,
     Path((id, number)): Path<(String, String)>,
-    Query(params): Query<LogsParams>,
+    QueryParams(params): QueryParams<LogsParams>,
 ) -> ApiResult<Response> {
     let number: u32 = number
         .parse()

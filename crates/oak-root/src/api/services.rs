@@ -1,6 +1,6 @@
 //! `/api/service/…`, `/api/services/…`: services of applications and their instances.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use oak_api::model::{Application, Service};
 use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse, RequestedInstance};
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::applications::{assign_addresses, check_rr_ips, owned_app};
 use crate::auth::extract::Caller;
-use crate::body::JsonBody;
+use crate::body::{JsonBody, QueryParams};
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;
@@ -208,6 +208,7 @@ pub fn with_job_status(mut service: Service) -> Service {
 pub const MAX_COUNT: u32 = 100;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceParams {
     /// How many instances to request at once: 1 to 100 (default 1). They are placed in one
     /// pass, stored in one transaction and sent to each cluster in one message.
@@ -236,7 +237,7 @@ pub async fn request_instance(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(params): Query<InstanceParams>,
+    QueryParams(params): QueryParams<InstanceParams>,
 ) -> ApiResult<Json<InstanceRequested>> {
     let count = parse_count(params.count.as_deref())?;
     // Off the async runtime: the store answers only after the group commit holding the
