@@ -125,7 +125,8 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
 
     // A namespace of this run's own: leftovers of an interrupted run cannot collide with it.
     let namespace = format!("oak-bench-{}", std::process::id());
-    let (mut children, url, worker_pid) = start_tiers(&args.oakestra, dir, &namespace, &[])?;
+    let (mut children, url, worker_pid) =
+        start_tiers(&args.oakestra, dir, &namespace, &["--fetch-allow", registry.addr()])?;
 
     let result = measure(&args, &url, &image, worker_pid, &mut children, dir, &namespace).await;
     children.shutdown(Duration::from_secs(15));
@@ -287,7 +288,10 @@ async fn measure(
     // The same deploy straight through the worker's runtime (no root, cluster or MQTT): what
     // scheduling and the control plane add is the difference (P2).
     let direct_ns = format!("{namespace}-direct");
-    let config = oak_containerd::ContainerdConfig::new(socket.clone(), direct_ns.clone(), dir.join("direct-logs"));
+    let mut config = oak_containerd::ContainerdConfig::new(socket.clone(), direct_ns.clone(), dir.join("direct-logs"));
+    // The image's registry (`host:port/…`) is on loopback: allowed as the worker's is.
+    let registry = image.split('/').next().unwrap_or_default();
+    config.egress = std::sync::Arc::new(oak_core::egress::EgressPolicy::parse([registry]).map_err(anyhow::Error::msg)?);
     let runtime = oak_containerd::ContainerdRuntime::connect(config).await?;
     let cmd: oak_api::node::DeployCommand = serde_json::from_value(json!({
         "_id": "direct", "job_name": "bench.direct.sleeper.direct", "image": image, "instance_number": 0,

@@ -94,8 +94,10 @@ async fn run(args: UnikernelArgs) -> anyhow::Result<ExitCode> {
     )]))?;
 
     let namespace = format!("oak-bench-{}", std::process::id());
+    // The kernel server is on loopback, which a worker fetches from only when allowed.
+    let web_host = web.trim_start_matches("http://").to_string();
     let (mut children, url, worker_pid) =
-        start_tiers(&args.oakestra, dir, &namespace, &["-u", "--unikernel-accel", "tcg"])?;
+        start_tiers(&args.oakestra, dir, &namespace, &["-u", "--unikernel-accel", "tcg", "--fetch-allow", &web_host])?;
 
     let floor_ns = FloorNet::create(std::process::id())?;
     let result = measure(&args, &url, &web, worker_pid, &mut children, dir, &floor_ns).await;

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 mod client;
+pub mod egress;
 pub mod image;
 pub mod logs;
 pub mod pull;

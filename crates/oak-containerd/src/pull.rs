@@ -61,6 +61,7 @@ impl Puller {
         platform: &Platform,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<Unpacked, RuntimeError> {
+        self.registry.check(image).map_err(|e| registry_error(image, e))?;
         match self.local(image, platform).await {
             Ok(Some(unpacked)) => return Ok(unpacked),
             Ok(None) => {}

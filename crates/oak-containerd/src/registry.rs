@@ -2,11 +2,15 @@
 //! anonymous bearer-token dance registries such as Docker Hub and ghcr.io require. Built on the
 //! workspace's `reqwest` rather than a registry crate, which would bring a second HTTP stack.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use oak_core::egress::EgressPolicy;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode, Url};
 
+use crate::egress;
 use crate::image::{sha256_digest, MANIFEST_ACCEPT};
 use crate::reference::ImageRef;
 
@@ -24,6 +28,8 @@ pub enum RegistryError {
     Denied { host: String, repository: String, status: u16 },
     #[error("registry {host}: {message}")]
     Protocol { host: String, message: String },
+    #[error("registry {host} refused by this worker: {message}")]
+    Refused { host: String, message: String },
 }
 
 /// A fetched manifest or config document.
@@ -38,6 +44,7 @@ pub struct Document {
 pub struct Registry {
     http: reqwest::Client,
     insecure: Vec<String>,
+    egress: Arc<EgressPolicy>,
 }
 
 /// A pull's view of one repository: where it is and the token it was given.
@@ -50,15 +57,16 @@ pub struct Session<'a> {
 
 impl Registry {
     /// `insecure`: registries (`host:port` or `host`) spoken to over plain HTTP. Loopback
-    /// registries always are, as Docker does.
-    pub fn new(insecure: Vec<String>) -> Self {
-        let http = reqwest::Client::builder()
+    /// registries always are, as Docker does. `egress`: where requests may go (registries,
+    /// token services, redirects).
+    pub fn new(insecure: Vec<String>, egress: Arc<EgressPolicy>) -> Self {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("oakestra/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Self { http, insecure }
+            .user_agent(concat!("oakestra/", env!("CARGO_PKG_VERSION")));
+        // Building fails only when TLS cannot be set up, which a worker cannot do without.
+        let http = egress::client(egress.clone(), builder).expect("the registry HTTP client");
+        Self { http, insecure, egress }
     }
 
     pub fn plain_http(&self, image: &ImageRef) -> bool {
@@ -66,6 +74,15 @@ impl Registry {
         self.insecure.iter().any(|i| i == &image.registry || i == host)
             || host == "localhost"
             || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Whether this worker may pull from the image's registry at all; checked before an image
+    /// already in containerd is used too, so taking an allowance away also takes away what was
+    /// pulled under it.
+    pub fn check(&self, image: &ImageRef) -> Result<(), RegistryError> {
+        let session = self.session(image);
+        let url = Url::parse(&session.base).map_err(|e| session.protocol(format!("bad registry address: {e}")))?;
+        session.allowed(&url)
     }
 
     pub fn session<'a>(&'a self, image: &'a ImageRef) -> Session<'a> {
@@ -136,7 +153,15 @@ impl Session<'_> {
         self.send(url, accept).await
     }
 
+    /// Refuses a URL the egress policy does not allow, before anything is sent.
+    fn allowed(&self, url: &Url) -> Result<(), RegistryError> {
+        egress::check_url(&self.registry.egress, url)
+            .map_err(|refusal| RegistryError::Refused { host: self.host(), message: refusal.to_string() })
+    }
+
     async fn send(&self, url: &str, accept: Option<&str>) -> Result<Response, RegistryError> {
+        let url = Url::parse(url).map_err(|e| self.protocol(format!("bad URL {url:?}: {e}")))?;
+        self.allowed(&url)?;
         let mut req = self.registry.http.get(url);
         if let Some(accept) = accept {
             req = req.header(ACCEPT, accept);
@@ -144,7 +169,7 @@ impl Session<'_> {
         if let Some(token) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        req.send().await.map_err(|e| RegistryError::Unreachable { host: self.host(), message: error_chain(&e) })
+        req.send().await.map_err(|e| self.unreachable(&e, ""))
     }
 
     async fn fetch_token(&self, params: &[(String, String)]) -> Result<String, RegistryError> {
@@ -153,10 +178,8 @@ impl Session<'_> {
             params.iter().filter(|(k, _)| k != "realm").map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let url = Url::parse_with_params(realm, &query)
             .map_err(|e| self.protocol(format!("bad token realm {realm:?}: {e}")))?;
-        let resp = self.registry.http.get(url).send().await.map_err(|e| RegistryError::Unreachable {
-            host: self.host(),
-            message: format!("token service: {}", error_chain(&e)),
-        })?;
+        self.allowed(&url)?;
+        let resp = self.registry.http.get(url).send().await.map_err(|e| self.unreachable(&e, "token service: "))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Denied {
                 host: self.host(),
@@ -187,6 +210,15 @@ impl Session<'_> {
                 })
             }
             s => Err(self.protocol(format!("{what}: HTTP {}", s.as_u16()))),
+        }
+    }
+
+    /// A failed request: refused by the egress policy (on resolving or redirecting) or not
+    /// answered.
+    fn unreachable(&self, e: &reqwest::Error, what: &str) -> RegistryError {
+        match egress::refusal_in(e) {
+            Some(refusal) => RegistryError::Refused { host: self.host(), message: format!("{what}{refusal}") },
+            None => RegistryError::Unreachable { host: self.host(), message: format!("{what}{}", error_chain(e)) },
         }
     }
 
@@ -294,7 +326,7 @@ mod tests {
 
     #[test]
     fn loopback_and_listed_registries_use_plain_http() {
-        let r = Registry::new(vec!["10.0.0.5:5000".into(), "reg.local".into()]);
+        let r = Registry::new(vec!["10.0.0.5:5000".into(), "reg.local".into()], Default::default());
         let plain = |s: &str| r.plain_http(&ImageRef::parse(s).unwrap());
         assert!(plain("127.0.0.1:5000/x"));
         assert!(plain("localhost:5000/x"));

@@ -20,6 +20,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use oak_api::node::{DeployCommand, ServiceResources};
+use oak_core::egress::EgressPolicy;
 use oak_runtime::{
     parse_task_id, task_id, InstanceState, InstanceStatus, LogChunk, LogCursor, Runtime, RuntimeError, RuntimeEvent,
     EVENT_CAPACITY,
@@ -60,6 +61,8 @@ pub struct ContainerdConfig {
     pub log_cap: u64,
     /// Registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Where pulls may go: public addresses and the operator's allowances.
+    pub egress: Arc<EgressPolicy>,
     /// Run containers in the node's network namespace (no overlay network).
     pub host_network: bool,
     pub snapshotter: String,
@@ -75,6 +78,7 @@ impl ContainerdConfig {
             log_dir,
             log_cap: 10 * 1024 * 1024,
             insecure_registries: Vec::new(),
+            egress: Arc::default(),
             host_network: true,
             snapshotter: "overlayfs".into(),
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
@@ -110,7 +114,7 @@ impl ContainerdRuntime {
         let cd = Containerd::connect(&config.socket, &config.namespace).await?;
         let puller = Puller {
             cd: cd.clone(),
-            registry: Registry::new(config.insecure_registries.clone()),
+            registry: Registry::new(config.insecure_registries.clone(), config.egress.clone()),
             snapshotter: config.snapshotter.clone(),
         };
         let (events, _) = broadcast::channel(EVENT_CAPACITY);

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use oak_api::node::{DeployCommand, JobSpec};
 use oak_containerd::supervise::{self, OwnContainerd};
 use oak_containerd::{ContainerdConfig, ContainerdRuntime};
+use oak_core::egress::{Allow, EgressPolicy};
 use oak_e2e::{images, Registry, Workdir};
 use oak_runtime::{InstanceStatus, Runtime, RuntimeError, RuntimeEvent};
 
@@ -106,6 +107,8 @@ where
 
     let registry = Registry::start_local()?;
     let mut config = ContainerdConfig::new(own.socket.clone(), namespace(), work.join("logs"));
+    // The test registry is on loopback, where a worker pulls from only when allowed.
+    config.egress = Arc::new(EgressPolicy::parse([registry.addr()]).map_err(anyhow::Error::msg)?);
     configure(&mut config);
     let rt = Arc::new(ContainerdRuntime::connect(config.clone()).await?);
     let env = Env { rt: rt.clone(), config, own, registry, work: work.path().to_path_buf() };
@@ -125,7 +128,13 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_instances_on_real_containerd() -> Result<()> {
     let port = oak_e2e::registry::free_port("127.0.0.1".parse()?)?;
-    with_containerd("containerd-runtime", |_| {}, move |env| scenario(env, port)).await
+    // Port 1 of loopback, allowed so that its refused connection shows as "unreachable".
+    let also_port_1 = |c: &mut ContainerdConfig| {
+        let mut allow = c.egress.allowances().to_vec();
+        allow.push(Allow::parse("127.0.0.1:1").unwrap());
+        c.egress = Arc::new(EgressPolicy::new(allow));
+    };
+    with_containerd("containerd-runtime", also_port_1, move |env| scenario(env, port)).await
 }
 
 async fn scenario(env: Env, port: u16) -> Result<()> {
@@ -230,6 +239,43 @@ const TEST_PIDS_LIMIT: u32 = 16;
 /// the seccomp filter), printing each outcome.
 /// The instance's log once it holds `last` (or after 10 s, whatever it holds then): an exit event
 /// can come before the last output is copied into the log.
+/// A tenant names the image, and so the registry a worker sends requests to: one on an internal
+/// address the worker's operator did not allow is refused before anything is sent, by address
+/// or by a name resolving there, and also once the image is already in containerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_on_internal_addresses_are_refused_unless_allowed() -> Result<()> {
+    with_containerd("containerd-egress", |_| {}, egress).await
+}
+
+async fn egress(env: Env) -> Result<()> {
+    let image = env.image(&images::one_shot("pulled"), "test/egress")?;
+    let job = "t.test.egress.w";
+    // Allowed (the test registry's address): pulled and run.
+    env.rt.deploy(&command(job, 0, &image, 0)).await?;
+    env.rt.undeploy(job, 0).await?;
+
+    // The same containerd, the image in it, the allowance gone.
+    let mut closed = env.config.clone();
+    closed.egress = Arc::default();
+    let rt = ContainerdRuntime::connect(closed).await?;
+    let refused = async |n: u32, image: &str| -> String {
+        match rt.deploy(&command(job, n, image, 0)).await {
+            Ok(()) => panic!("{image} was deployed"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(1, &image).await;
+    assert!(e.contains("refused by this worker") && e.contains("is a loopback address"), "{e}");
+    let by_name = image.replacen("127.0.0.1", "localhost", 1);
+    let e = refused(2, &by_name).await;
+    assert!(e.contains("refused by this worker") && e.contains("localhost resolves to 127.0.0.1"), "{e}");
+    let e = refused(3, "169.254.169.254/latest/meta-data:1").await;
+    assert!(e.contains("169.254.169.254:443 is a link-local address"), "{e}");
+    assert!(e.contains("--fetch-allow"), "the refusal says how to allow it: {e}");
+    assert_eq!(ctr(&env.own.socket, &["containers", "ls", "-q"])?.trim(), "", "nothing was created");
+    Ok(())
+}
+
 async fn logs_with(rt: &ContainerdRuntime, job: &str, last: &str) -> Result<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

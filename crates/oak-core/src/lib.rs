@@ -9,6 +9,8 @@ pub mod authz;
 pub mod cluster_loss;
 /// Who may ask for privileged containers and reserved host ports.
 pub mod descriptor_policy;
+/// Where workers may fetch from on a tenant's behalf: public addresses and operator allowances.
+pub mod egress;
 pub mod jobs;
 pub mod log_budget;
 /// The cluster tier's scheduler and resource report: which worker runs an instance, a node's

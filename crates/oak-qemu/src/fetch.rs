@@ -1,10 +1,13 @@
 //! Kernel archives are downloaded once per URL into `<cache>/<sha256 of the URL>.tar.gz`
 //! (written to a temporary name and renamed when complete), at most `max_bytes` and within
-//! `timeout`; only `http` and `https` URLs are fetched.
+//! `timeout`; only `http` and `https` URLs the egress policy allows are fetched, and the policy
+//! is checked before the cache too, so an archive fetched while a URL was allowed is not handed
+//! out after the allowance is gone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use oak_core::egress::EgressPolicy;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -15,18 +18,21 @@ pub fn cache_path(cache: &Path, url: &str) -> PathBuf {
 /// The cached archive of `url`, downloading it first if needed.
 pub async fn fetch(
     http: &reqwest::Client,
+    egress: &EgressPolicy,
     cache: &Path,
     url: &str,
     max_bytes: u64,
     timeout: Duration,
 ) -> Result<PathBuf, String> {
-    let path = cache_path(cache, url);
-    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
-        return Ok(path);
-    }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("kernel url {url:?} is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("kernel url {url:?}: only http and https are supported"));
+    }
+    oak_containerd::egress::check_url(egress, &parsed)
+        .map_err(|refusal| format!("kernel url {url:?} refused by this worker: {refusal}"))?;
+    let path = cache_path(cache, url);
+    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+        return Ok(path);
     }
     tokio::fs::create_dir_all(cache).await.map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
     let tmp = path.with_extension(format!("part.{}", std::process::id()));
@@ -48,7 +54,10 @@ pub async fn fetch(
 }
 
 async fn download(http: &reqwest::Client, url: reqwest::Url, tmp: &Path, max_bytes: u64) -> Result<(), String> {
-    let mut response = http.get(url).send().await.map_err(|e| format!("download failed: {e}"))?;
+    let mut response = http.get(url).send().await.map_err(|e| match oak_containerd::egress::refusal_in(&e) {
+        Some(refusal) => format!("refused by this worker: {refusal}"),
+        None => format!("download failed: {}", oak_containerd::registry::error_chain(&e)),
+    })?;
     if !response.status().is_success() {
         return Err(format!("download failed: HTTP {}", response.status()));
     }
@@ -103,6 +112,8 @@ mod tests {
     async fn downloads_once_and_refuses_404_big_and_slow_answers() {
         let dir = tempfile::tempdir().unwrap();
         let http = reqwest::Client::new();
+        let loopback = EgressPolicy::parse(["127.0.0.0/8"]).unwrap();
+        let fetch = |http, dir, url, max, t| fetch(http, &loopback, dir, url, max, t);
         let t = Duration::from_secs(5);
         let url = server(ok(b"archive")).await;
         let path = fetch(&http, dir.path(), &url, 100, t).await.unwrap();
@@ -124,5 +135,21 @@ mod tests {
         assert!(fetch(&http, dir.path(), "file:///etc/passwd", 100, t).await.unwrap_err().contains("only http"));
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "only the one good archive stays in the cache");
+    }
+
+    #[tokio::test]
+    async fn an_internal_url_is_refused_even_when_its_archive_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let http = reqwest::Client::new();
+        let t = Duration::from_secs(5);
+        let url = server(ok(b"archive")).await;
+        let allowed = EgressPolicy::parse(["127.0.0.1"]).unwrap();
+        fetch(&http, &allowed, dir.path(), &url, 100, t).await.unwrap();
+        let closed = EgressPolicy::default();
+        let e = fetch(&http, &closed, dir.path(), &url, 100, t).await.unwrap_err();
+        assert!(e.contains("refused by this worker") && e.contains("is a loopback address"), "{e}");
+        let e =
+            fetch(&http, &closed, dir.path(), "http://169.254.169.254/latest/meta-data/", 100, t).await.unwrap_err();
+        assert!(e.contains("169.254.169.254:80 is a link-local address"), "{e}");
     }
 }

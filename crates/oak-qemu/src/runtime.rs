@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use oak_api::node::{DeployCommand, ServiceResources};
+use oak_containerd::egress;
 use oak_containerd::logs::LogFiles;
+use oak_core::egress::EgressPolicy;
 use oak_runtime::{
     parse_task_id, task_id, InstanceState, InstanceStatus, LogChunk, LogCursor, Runtime, RuntimeError, RuntimeEvent,
     EVENT_CAPACITY,
@@ -40,6 +42,8 @@ pub struct QemuConfig {
     pub arch: String,
     pub max_download: u64,
     pub download_timeout: Duration,
+    /// Where kernels may be downloaded from: public addresses and the operator's allowances.
+    pub egress: Arc<EgressPolicy>,
     pub limits: Limits,
     /// Where QMP sockets are (`/run/oakestra-qemu`).
     pub socket_dir: PathBuf,
@@ -60,6 +64,7 @@ impl QemuConfig {
             arch,
             max_download: 512 << 20,
             download_timeout: Duration::from_secs(300),
+            egress: Arc::default(),
             limits: Limits::default(),
             socket_dir: PathBuf::from("/run/oakestra-qemu"),
             stop_grace: Duration::from_secs(5),
@@ -104,10 +109,8 @@ impl QemuRuntime {
         for dir in [&instances, &config.socket_dir] {
             tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let http = egress::client(config.egress.clone(), builder).map_err(|e| format!("http client: {e}"))?;
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let inner = Arc::new(Inner {
@@ -186,7 +189,7 @@ impl QemuRuntime {
         let archive = {
             let lock = self.inner.downloads.lock().unwrap().entry(url.clone()).or_default().clone();
             let _one_at_a_time = lock.lock().await;
-            fetch::fetch(&self.inner.http, &c.dir.join("cache"), &url, c.max_download, c.download_timeout)
+            fetch::fetch(&self.inner.http, &c.egress, &c.dir.join("cache"), &url, c.max_download, c.download_timeout)
                 .await
                 .map_err(RuntimeError::Failed)?
         };

@@ -78,6 +78,9 @@ async fn a_vm_runs_is_adopted_ends_and_leaves_nothing() {
         "amd64".into(),
     );
     config.socket_dir = dir.path().join("s");
+    // The kernel server is on loopback, where a worker fetches from only when allowed.
+    config.egress =
+        std::sync::Arc::new(oak_core::egress::EgressPolicy::parse([web.trim_start_matches("http://")]).unwrap());
     let run = format!("rt{}", std::process::id());
     let job = format!("{run}.t.k.t");
     let id = format!("{job}.instance.0");

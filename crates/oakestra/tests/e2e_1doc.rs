@@ -70,7 +70,7 @@ fn scenario(work: &Workdir) -> Result<()> {
 
     let data = work.join("data");
     let ports = Ports::free()?;
-    let mut up = Up::start(&data, &work.join("up.log"), &ports)?;
+    let mut up = Up::start(&data, &work.join("up.log"), &ports, registry.addr())?;
 
     let base = format!("http://127.0.0.1:{}", ports.api);
     // `up` listens on every address: the first start generates Admin's password into a file.
@@ -197,6 +197,45 @@ fn scenario(work: &Workdir) -> Result<()> {
     assert!(!snapshots.contains(&container), "snapshot left behind: {snapshots}");
     assert!(!data.join(format!("worker/logs/{container}.log")).exists(), "log file left behind");
     assert!(oak_e2e::http::get_timeout(&addr, "/", Duration::from_millis(500)).is_err(), "server still answers");
+    api.call(reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
+    internal_images_are_refused(&api, &mut up, ports.api)
+}
+
+/// A tenant names the image, so its registry: one on the machine's loopback (here the root's
+/// own API port) is not fetched from, and the instance says why.
+fn internal_images_are_refused(api: &Api, up: &mut Up, api_port: u16) -> Result<()> {
+    let image = format!("127.0.0.1:{api_port}/e2e/probe:1");
+    let sla = json!({
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{
+            "applicationID": "", "application_name": "probe", "application_namespace": "e2e", "application_desc": "",
+            "microservices": [{
+                "microserviceID": "", "microservice_name": "probe", "microservice_namespace": "e2e",
+                "virtualization": "container", "cmd": [], "memory": 16, "vcpus": 0, "code": image,
+                "port": "", "added_files": [], "constraints": []
+            }]
+        }]
+    });
+    api.call(reqwest::Method::POST, "/api/application/", Some(sla))?;
+    let services = api.call(reqwest::Method::GET, "/api/services/", None)?;
+    let service = services
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["microservice_name"] == "probe"))
+        .context("no probe service")?
+        .clone();
+    let id = service["microserviceID"].as_str().or(service["_id"].as_str()).context("service id")?.to_string();
+    api.call(reqwest::Method::POST, &format!("/api/service/{id}/instance"), None)?;
+    let inst = wait_until("the probe to FAIL", Duration::from_secs(60), Duration::from_millis(300), || {
+        up.alive()?;
+        let inst = api.call(reqwest::Method::GET, &format!("/api/service/{id}"), None)?["instance_list"][0].clone();
+        ensure!(inst["status"] != "RUNNING", "an image from the node's loopback runs: {inst}");
+        Ok((inst["status"] == "FAILED").then_some(inst))
+    })?;
+    let detail = inst["status_detail"].as_str().unwrap_or_default();
+    ensure!(
+        detail.contains(&format!("refused by this worker: 127.0.0.1:{api_port} is a loopback address")),
+        "the refusal should name the address and why: {inst}"
+    );
     api.call(reqwest::Method::DELETE, &format!("/api/service/{id}"), None)?;
     Ok(())
 }

@@ -66,7 +66,7 @@ fn scenario(work: &Workdir) -> Result<()> {
 
     let data = work.join("data");
     let ports = Ports::free()?;
-    let mut up = Up::start(&data, &work.join("up.log"), &ports)?;
+    let mut up = Up::start(&data, &work.join("up.log"), &ports, registry.addr())?;
     let api_base = format!("http://127.0.0.1:{}", ports.api);
     let password_file = data.join("root/admin-password");
     let (token, password) =

@@ -150,6 +150,8 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
             .args(["--api-port", &ports[0].to_string(), "--cluster-port", &ports[1].to_string()])
             .args(["--cluster-api-port", &ports[2].to_string(), "--mqtt-port", &ports[3].to_string()])
             .args(["--tunnel-port", &ports[4].to_string(), "-u", "--unikernel-accel", "tcg"])
+            // The kernel server and the registry are on loopback: allowed, unlike the rest of it.
+            .args(["--fetch-allow", web.trim_start_matches("http://"), "--fetch-allow", registry.addr()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -195,6 +197,8 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
                 service("nokernel", &format!("{web}/nokernel.tar.gz"), &["amd64"], &[]),
                 service("missing", &format!("{web}/missing.tar.gz"), &["amd64"], &[]),
                 service("armonly", &format!("{web}/good.tar.gz"), &["arm64"], &[]),
+                // A cloud's metadata service: a worker fetches no internal address it was not told to.
+                service("internal", "http://169.254.169.254/latest/meta-data/k.tar.gz", &["amd64"], &[]),
                 oneshot,
                 client,
             ]
@@ -335,6 +339,7 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
         ("nokernel", "no file named \"kernel\""),
         ("missing", "HTTP 404"),
         ("armonly", "no active cluster offering \"unikernel\" has a worker of architecture arm64"),
+        ("internal", "refused by this worker: 169.254.169.254:80 is a link-local address"),
     ] {
         let last = std::cell::RefCell::new(Value::Null);
         wait_until(&format!("{name} to say why"), Duration::from_secs(60), Duration::from_millis(300), || {

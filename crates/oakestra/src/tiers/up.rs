@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// Registry (`host:port`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
     pub insecure_registries: Vec<String>,
+    /// Beyond public addresses, where the worker may fetch images and kernels tenants name
+    /// (`ADDRESS[:PORT]`, `NETWORK/PREFIX`, `HOST[:PORT]`); see `oakestra worker --help`.
+    #[arg(long = "fetch-allow", value_delimiter = ',', env = "OAKESTRA_FETCH_ALLOW")]
+    pub fetch_allow: Vec<String>,
     /// Run without the overlay network (containers share the host's network namespace).
     #[arg(long)]
     pub no_overlay: bool,
@@ -199,6 +203,7 @@ pub fn run(args: UpArgs) -> ExitCode {
             containerd_socket: args.containerd_socket,
             containerd_namespace: "oakestra".into(),
             insecure_registries: args.insecure_registries,
+            fetch_allow: args.fetch_allow,
             pids_limit: oak_containerd::DEFAULT_PIDS_LIMIT,
             unikernel: args.unikernel,
             unikernel_accel: args.unikernel_accel,

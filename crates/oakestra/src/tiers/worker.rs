@@ -70,6 +70,12 @@ pub struct WorkerArgs {
     /// always are.
     #[arg(long = "insecure-registry", value_delimiter = ',', env = "OAKESTRA_INSECURE_REGISTRIES")]
     pub insecure_registries: Vec<String>,
+    /// Beyond public addresses, where the worker may fetch images and kernels that tenants
+    /// name: `ADDRESS[:PORT]`, `NETWORK/PREFIX` or `HOST[:PORT]`; repeatable. Loopback, private,
+    /// link-local and other internal addresses are refused otherwise (an `--insecure-registry`
+    /// is allowed too).
+    #[arg(long = "fetch-allow", value_delimiter = ',', env = "OAKESTRA_FETCH_ALLOW")]
+    pub fetch_allow: Vec<String>,
     /// Most processes and threads each container may have at once, so a fork bomb cannot
     /// exhaust the node's pids; 0: no limit.
     #[arg(long, default_value_t = oak_containerd::DEFAULT_PIDS_LIMIT, env = "OAKESTRA_PIDS_LIMIT")]
@@ -100,6 +106,8 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// How the worker's container runtime is set up.
 pub struct RuntimeArgs {
     pub containerd: oak_containerd::ContainerdConfig,
+    /// Where fetches tenants name may go, for every runtime.
+    pub egress: Arc<oak_core::egress::EgressPolicy>,
     pub default_socket: bool,
     /// The unikernel runtime's accelerator, when `--unikernel` asks for it.
     pub unikernel: Option<oak_qemu::AccelChoice>,
@@ -114,6 +122,7 @@ impl WorkerArgs {
         }
         let insecure: Vec<String> =
             self.insecure_registries.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        let egress = Arc::new(fetch_policy(&self.fetch_allow, &insecure)?);
         let default_socket = self.containerd_socket.as_os_str() == DEFAULT_CONTAINERD_SOCKET;
         let socket = self.containerd_socket.clone();
         let pids_limit = (self.pids_limit > 0).then_some(self.pids_limit);
@@ -121,8 +130,9 @@ impl WorkerArgs {
         let config = self.config()?;
         let mut containerd = oak_containerd::ContainerdConfig::new(socket, namespace, config.data_dir.join("logs"));
         containerd.insecure_registries = insecure;
+        containerd.egress = egress.clone();
         containerd.pids_limit = pids_limit;
-        Ok((config, RuntimeArgs { containerd, default_socket, unikernel }))
+        Ok((config, RuntimeArgs { containerd, egress, default_socket, unikernel }))
     }
 
     pub fn config(self) -> Result<oak_worker::WorkerConfig, String> {
@@ -176,7 +186,7 @@ pub async fn deps(
     }
     let mut runtimes: Vec<Arc<dyn oak_runtime::Runtime>> = vec![Arc::new(containerd)];
     if let Some(accel) = runtime.unikernel {
-        match unikernel_runtime(config, accel).await {
+        match unikernel_runtime(config, accel, runtime.egress.clone()).await {
             Ok(qemu) => runtimes.push(Arc::new(qemu)),
             Err(why) => tracing::warn!("unikernel is not offered: {why}"),
         }
@@ -192,6 +202,18 @@ pub async fn deps(
     Ok((deps, supervisor))
 }
 
+/// `--fetch-allow` plus the insecure registries, which the operator named as registries to use.
+fn fetch_policy(allow: &[String], insecure: &[String]) -> Result<oak_core::egress::EgressPolicy, String> {
+    let mut entries = Vec::new();
+    for entry in allow.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        entries.push(oak_core::egress::Allow::parse(entry).map_err(|e| format!("--fetch-allow: {e}"))?);
+    }
+    for registry in insecure {
+        entries.push(oak_core::egress::Allow::parse(registry).map_err(|e| format!("--insecure-registry: {e}"))?);
+    }
+    Ok(oak_core::egress::EgressPolicy::new(entries))
+}
+
 /// The node's architecture as the SLA's `arch` names it.
 fn node_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -205,19 +227,21 @@ fn node_arch() -> &'static str {
 async fn unikernel_runtime(
     config: &oak_worker::WorkerConfig,
     accel: oak_qemu::AccelChoice,
+    egress: Arc<oak_core::egress::EgressPolicy>,
 ) -> Result<oak_qemu::QemuRuntime, String> {
     let arch = node_arch();
     let probed = oak_qemu::probe(arch, accel).await?;
     if let Some(warning) = &probed.warning {
         tracing::warn!("{warning}");
     }
-    let qemu = oak_qemu::QemuConfig::new(
+    let mut qemu = oak_qemu::QemuConfig::new(
         config.data_dir.join("unikernel"),
         config.data_dir.join("logs"),
         probed.binary.clone(),
         probed.accel,
         arch.to_string(),
     );
+    qemu.egress = egress;
     let runtime = oak_qemu::QemuRuntime::open(qemu).await?;
     tracing::info!(binary = %probed.binary.display(), accel = probed.accel.as_str(), "unikernels offered");
     Ok(runtime)
@@ -287,6 +311,24 @@ mod tests {
         assert_eq!(limit(&["--pids-limit", "0"]), None, "0: no limit");
         let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN, "--pids-limit", "-1"];
         assert!(Cli::try_parse_from(base).is_err(), "a negative limit is refused");
+    }
+
+    #[test]
+    fn fetches_go_to_public_addresses_and_what_the_operator_allows() {
+        use oak_core::egress::{Dest, EgressPolicy};
+        let policy = |extra: &[&str]| -> Result<std::sync::Arc<EgressPolicy>, String> {
+            let base = ["oakestra", "-a", "127.0.0.1", "--token", TOKEN];
+            Cli::try_parse_from(base.iter().chain(extra)).unwrap().args.configs().map(|c| c.1.egress)
+        };
+        let loopback = Dest::Ip("127.0.0.1".parse().unwrap());
+        assert!(policy(&[]).unwrap().check(loopback, 5000).is_err(), "nothing internal by default");
+        let p = policy(&["--fetch-allow", "127.0.0.1:5000,10.0.0.0/8", "--insecure-registry", "reg.lan:5000"]).unwrap();
+        assert!(p.check(loopback, 5000).is_ok());
+        assert!(p.check(loopback, 10190).is_err());
+        assert!(p.check(Dest::Ip("10.9.9.9".parse().unwrap()), 80).is_ok());
+        assert!(p.check(Dest::Name("reg.lan"), 5000).is_ok(), "an insecure registry is one to use");
+        let e = policy(&["--fetch-allow", "http://reg.lan"]).unwrap_err();
+        assert!(e.starts_with("--fetch-allow: fetch allowance \"http://reg.lan\""), "{e}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ pub struct Up {
 
 impl Up {
     /// Starts `oakestra up` with its data under `data`, its log in `log` and what it prints for
-    /// the user (the banner) in `log` with the extension `out`.
-    pub fn start(data: &Path, log: &Path, ports: &Ports) -> Result<Up> {
+    /// the user (the banner) in `log` with the extension `out`; the worker may fetch from
+    /// `fetch_allow` (the test's registry on loopback) besides public addresses.
+    pub fn start(data: &Path, log: &Path, ports: &Ports, fetch_allow: &str) -> Result<Up> {
         let out = std::fs::File::create(log.with_extension("out"))?;
         let log = std::fs::File::create(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_oakestra"))
@@ -22,6 +23,7 @@ impl Up {
             .arg("--data-dir")
             .arg(data)
             .args(ports.args())
+            .args(["--fetch-allow", fetch_allow])
             .env("RUST_LOG", "info")
             .stdout(out)
             .stderr(log)
