@@ -52,6 +52,17 @@ pub struct NodeInfo {
     /// Port of the worker's Prometheus `/metrics` (0: none), for the root's scrape targets.
     #[serde(skip_serializing_if = "is_zero")]
     pub metrics_port: u16,
+    /// Protocol features the worker understands beyond the original's ([`features`]), so a
+    /// cluster uses them only with workers that do (older workers send none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// Names of the protocol features in [`NodeInfo::features`].
+pub mod features {
+    /// `control/deploy` may carry a JSON array of deploy commands: the cluster sends the
+    /// instances it placed on one worker in one step as one message.
+    pub const DEPLOY_BATCH: &str = "deploy_batch";
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -110,7 +121,8 @@ pub struct RegisterNodeResponse {
 }
 
 /// What a worker needs to run one instance: the job document plus the instance number
-/// (`nodes/<id>/control/deploy`).
+/// (`nodes/<id>/control/deploy`: one command as a JSON object, or, to a worker announcing
+/// [`features::DEPLOY_BATCH`], several as a JSON array).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployCommand {
     #[serde(flatten)]

@@ -8,6 +8,7 @@
 
 mod bus;
 mod credentials;
+mod deploy_batches;
 mod logs;
 mod metrics;
 mod node_api;
@@ -21,6 +22,7 @@ mod subnets;
 mod tls;
 mod workers;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -513,12 +515,20 @@ impl Ctx {
 
     fn perform(&self, effects: Vec<Effect>) {
         let mut forgotten = false;
+        let mut deploys = deploy_batches::DeployBatches::new(self.batching_nodes(&effects));
         for e in effects {
+            if let Some(node) = e.node().filter(|_| !matches!(e, Effect::Deploy { .. })) {
+                // Whatever else goes to a node goes after the deploys sent to it before.
+                for (topic_name, payload) in deploys.take(node) {
+                    self.publish(topic_name, payload);
+                }
+            }
             let (topic_name, payload) = match e {
                 Effect::Deploy { node, cmd } => {
                     let deploy_id = oak_core::deploy_id(&cmd.job.id, cmd.instance_number);
                     tracing::info!(parent: &tracing::info_span!("deploy", %deploy_id), %node, job = %cmd.job.job_name, "instance sent to its worker");
-                    (topic::deploy(&node), serde_json::to_vec(&cmd))
+                    deploys.add(node, *cmd);
+                    continue;
                 }
                 Effect::Delete { node, cmd } => (topic::delete(&node), serde_json::to_vec(&cmd)),
                 Effect::NodeError { node, message } => {
@@ -536,15 +546,46 @@ impl Ctx {
                     continue;
                 }
             };
-            match payload {
-                Ok(p) => self.bus.publish(topic_name, p),
-                Err(err) => tracing::error!(error = %err, "cannot encode a command"),
-            }
+            self.publish(topic_name, payload);
+        }
+        for (topic_name, payload) in deploys.take_all() {
+            self.publish(topic_name, payload);
         }
         if forgotten {
             // The root gives the forgotten nodes' subnets back.
             self.send_root(ClusterMsg::Nodes { node_ids: self.node_ids() });
         }
+    }
+
+    fn publish(&self, topic_name: String, payload: serde_json::Result<Vec<u8>>) {
+        match payload {
+            Ok(p) => self.bus.publish(topic_name, p),
+            Err(err) => tracing::error!(error = %err, "cannot encode a command"),
+        }
+    }
+
+    /// The nodes deployed to in `effects` whose workers take several deploy commands in one
+    /// message.
+    fn batching_nodes(&self, effects: &[Effect]) -> HashSet<String> {
+        let mut seen = HashSet::new();
+        let repeated: HashSet<&String> = effects
+            .iter()
+            .filter_map(|e| if let Effect::Deploy { node, .. } = e { Some(node) } else { None })
+            .filter(|node| !seen.insert(*node))
+            .collect();
+        if repeated.is_empty() {
+            return HashSet::new();
+        }
+        let st = self.state();
+        repeated
+            .into_iter()
+            .filter(|n| {
+                st.nodes.get(*n).is_some_and(|node| {
+                    node.record.info.features.iter().any(|f| f == oak_api::node::features::DEPLOY_BATCH)
+                })
+            })
+            .cloned()
+            .collect()
     }
 
     /// Every node the cluster knows, for the root's subnet bookkeeping: those registering now

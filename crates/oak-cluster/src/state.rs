@@ -84,6 +84,21 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The node a message of this effect goes to, if any.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Effect::Deploy { node, .. }
+            | Effect::Delete { node, .. }
+            | Effect::NodeError { node, .. }
+            | Effect::Peer { node, .. }
+            | Effect::Table { node, .. }
+            | Effect::Forgotten { node } => Some(node),
+            Effect::Root(_) => None,
+        }
+    }
+}
+
 pub struct Node {
     pub record: NodeRecord,
     pub last_seen: Option<Instant>,

@@ -15,6 +15,19 @@ pub(crate) struct Rejected {
     pub detail: String,
 }
 
+/// The deploy commands of one `control/deploy` payload: a JSON array's elements each on its own
+/// (a batch), anything else as it is (one command, or garbage [`parse_deploy`] rejects).
+pub(crate) fn split_deploys(payload: Vec<u8>) -> Vec<Vec<u8>> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return vec![payload];
+    }
+    match serde_json::from_slice::<Vec<Value>>(&payload) {
+        // Re-encoded elements are valid JSON, so each is judged by `parse_deploy` alone.
+        Ok(items) => items.iter().map(|v| serde_json::to_vec(v).unwrap_or_default()).collect(),
+        Err(_) => vec![payload],
+    }
+}
+
 pub(crate) fn parse_deploy(payload: &[u8]) -> Result<DeployCommand, Rejected> {
     let value = parse_object(payload, "deploy")?;
     let (job_name, instance) = best_effort_ids(&value);
@@ -77,6 +90,27 @@ mod tests {
             "virtualization": "docker", "code": "docker.io/library/nginx:latest", "one_shot": false,
             "instance_list": [{"instance_number": 3}], "status": "NODE_SCHEDULED",
         })
+    }
+
+    #[test]
+    fn a_batch_is_split_into_its_commands_each_judged_alone() {
+        let mut second = deploy_json();
+        second["instance_number"] = json!(4);
+        let batch =
+            serde_json::to_vec(&json!([deploy_json(), {"job_name": "x.y.z.w", "instance_number": 9}, second])).unwrap();
+        let parts = split_deploys(batch);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parse_deploy(&parts[0]).unwrap().instance_number, 3);
+        let bad = parse_deploy(&parts[1]).unwrap_err();
+        assert_eq!((bad.job_name.as_str(), bad.instance), ("x.y.z.w", 9), "{bad:?}");
+        assert_eq!(parse_deploy(&parts[2]).unwrap().instance_number, 4);
+        // One command and garbage stay as they are, for `parse_deploy` to judge.
+        let one = serde_json::to_vec(&deploy_json()).unwrap();
+        assert_eq!(split_deploys(one.clone()), vec![one]);
+        assert_eq!(split_deploys(b" [1, 2".to_vec()), vec![b" [1, 2".to_vec()]);
+        let e = parse_deploy(&split_deploys(b"[1]".to_vec())[0]).unwrap_err();
+        assert!(e.detail.contains("expected a JSON object"), "{e:?}");
+        assert!(split_deploys(b"[]".to_vec()).is_empty(), "an empty batch deploys nothing");
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl NodeStamp {
         info.virtualization = self.virtualization.clone();
         info.overlay = self.net.as_ref().map(|net| net.info());
         info.metrics_port = self.metrics_port;
+        info.features = vec![oak_api::node::features::DEPLOY_BATCH.to_string()];
         info
     }
 }

@@ -204,3 +204,78 @@ async fn a_worker_cannot_use_another_nodes_topics() {
     let _ = cluster.stop.send(true);
     let _ = cluster.task.await;
 }
+
+/// Instances a step places on one worker reach it as one `control/deploy` message (a JSON array)
+/// when the worker announces the `deploy_batch` feature, as the real worker does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batching_worker_gets_a_steps_instances_in_one_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, channel, _root) = start_root(&tmp.path().join("root")).await;
+    let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
+    let cluster = start_cluster("c", &tmp.path().join("c"), channel, token.trim(), embedded()).await;
+    let info = NodeInfo {
+        host: "batcher".into(),
+        vcpus: 4,
+        memory: 4096,
+        memory_total: 4096,
+        architecture: "amd64".into(),
+        virtualization: vec!["docker".into()],
+        features: vec![oak_api::node::features::DEPLOY_BATCH.into()],
+        ..Default::default()
+    };
+    let req = RegisterNodeRequest { node: info.clone(), token: node_token(&cluster), node_secret: String::new() };
+    let resp = cluster_http(&cluster)
+        .post(format!("https://{}/api/node/register", cluster.api))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let me: RegisterNodeResponse = resp.json().await.unwrap();
+    let port: u16 = me.mqtt_broker_port.parse().unwrap();
+    let (mqtt, mut events, ok) = connect(port, &me, &me.mqtt_password, broker_tls(&cluster)).await;
+    assert!(ok);
+    mqtt.subscribe(oak_api::node::topic::deploy(&me.id), QoS::AtLeastOnce).await.unwrap();
+    // Reports every second, as a worker does, so the node stays active.
+    let info = NodeInfo { id: me.id.clone(), ..info };
+    let (reporter, id) = (mqtt.clone(), me.id.clone());
+    tokio::spawn(async move {
+        loop {
+            let payload = serde_json::to_vec(&info).unwrap();
+            if reporter.publish(oak_api::node::topic::information(&id), QoS::AtLeastOnce, false, payload).await.is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+
+    let deliveries = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = deliveries.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                seen.lock().unwrap().push(serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+    });
+    let client = admin_client(&url).await;
+    one_cluster_with_one_worker(&client).await;
+    let mut sla: Value = serde_json::from_str(NGINX).unwrap();
+    // Without its host port, which holds a node for one instance.
+    sla["applications"][0]["microservices"][0]["port"] = Value::from("");
+    let apps = client.create_application(&sla).await.unwrap();
+    let service = client.list_app_services(&apps[0].id).await.unwrap().remove(0);
+    client.request_instances(&service.id, 3).await.unwrap();
+    let got = eventually("the deploy commands", async || {
+        let got = deliveries.lock().unwrap().clone();
+        let commands: usize = got.iter().map(|m| m.as_array().map_or(1, Vec::len)).sum();
+        (commands >= 3).then_some(got)
+    })
+    .await;
+    assert_eq!(got.len(), 1, "one message for the three instances: {got:?}");
+    let numbers: Vec<u64> = got[0].as_array().unwrap().iter().map(|c| c["instance_number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, vec![0, 1, 2]);
+    let _ = cluster.stop.send(true);
+    let _ = cluster.task.await;
+}

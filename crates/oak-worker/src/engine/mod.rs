@@ -212,6 +212,7 @@ impl Engine {
     /// Deploy commands received together: each checked, the new instances among them recorded
     /// in one write of the desired set, then each started (or refused if the write failed).
     async fn on_deploys(&mut self, payloads: Vec<Vec<u8>>) {
+        let payloads: Vec<Vec<u8>> = payloads.into_iter().flat_map(commands::split_deploys).collect();
         let checked: Vec<(Key, usize, DeployCommand, bool)> =
             payloads.iter().filter_map(|p| self.check_deploy(p)).collect();
         let new: Vec<&DeployCommand> = checked.iter().filter(|c| c.3).map(|c| &c.2).collect();

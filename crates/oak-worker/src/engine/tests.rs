@@ -392,3 +392,26 @@ async fn deploys_queued_together_are_recorded_and_started_together() {
     assert!(h.docker.status(JOB, 7).is_none() && h.docker.status(JOB, 8).is_none());
     assert_eq!(h.desired().await.len(), 4);
 }
+
+#[tokio::test]
+async fn a_batch_message_deploys_each_of_its_commands_and_rejects_only_the_bad_one() {
+    let mut h = Harness::start();
+    let cmd = |n: u32| {
+        json!({
+            "_id": "s1", "job_name": JOB, "image": "img", "instance_number": n,
+            "microservice_name": "svc", "microservice_namespace": "ns", "virtualization": "docker", "code": "img",
+        })
+    };
+    let batch = json!([cmd(0), {"job_name": JOB, "instance_number": 1, "virtualization": ""}, cmd(2)]);
+    h.inbox.send(EngineMsg::Deploy(batch.to_string().into_bytes())).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let report = h.next_job().await;
+        let (job, n, status) = status_of(&report);
+        seen.push((job.to_string(), n, status.to_string()));
+    }
+    seen.sort();
+    let want = |n: u32, s: &str| (JOB.to_string(), n, s.to_string());
+    assert_eq!(seen, vec![want(0, "CREATED"), want(1, "FAILED"), want(2, "CREATED")]);
+    assert_eq!(h.docker.deploy_calls(), 2);
+}
