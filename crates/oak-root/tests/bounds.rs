@@ -328,3 +328,41 @@ async fn the_openapi_document_lists_the_error_statuses() {
         assert!(doc["paths"][path]["post"]["responses"].get("429").is_some(), "{path} does not list the quota's 429");
     }
 }
+
+/// Concurrent requests of one user are counted one after the other: a burst of `?count=` requests
+/// cannot take a user beyond the instance quota (each used to pass on the same count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_concurrent_requests_stays_within_the_quota() {
+    let root = std::sync::Arc::new(serve(Quotas { services: 10, instances: 10, service_ips: 10 }).await);
+    let admin = root.login("Admin", "Admin").await;
+    let alice = root.provider(&admin, "alice").await;
+    let mut one = sla("one");
+    one["applications"][0]["microservices"].as_array_mut().unwrap().truncate(1);
+    let (s, v) = root.call(Method::POST, "/api/application", Some(&alice), Some(one.to_string())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, services) = root.call(Method::GET, "/api/services", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK, "{services}");
+    let service = services[0]["microserviceID"].as_str().unwrap().to_string();
+
+    let path = format!("/api/service/{service}/instance?count=4");
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let (root, alice, path) = (root.clone(), alice.clone(), path.clone());
+            tokio::spawn(async move { root.call(Method::POST, &path, Some(&alice), None).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for r in requests {
+        let (s, v) = r.await.unwrap();
+        match s {
+            StatusCode::OK => granted += v["instances"].as_array().unwrap().len(),
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}: {v}"),
+        }
+    }
+    let (_, doc) = root.call(Method::GET, &format!("/api/service/{service}"), Some(&alice), None).await;
+    let held = doc["instance_list"].as_array().unwrap().len();
+    assert_eq!(held, granted, "every granted instance exists");
+    assert!(held <= 10, "{held} instances with a quota of 10");
+    assert_eq!(held, 8, "two requests of four fit, a third would pass ten");
+}

@@ -123,7 +123,7 @@ pub async fn create(
     super::policy::check_sla(&st, &caller, &sla)?;
     let owner = caller.principal.username.as_str();
     let mut planned = build(owner, sla, &st.store.list_applications(Some(owner))?)?;
-    crate::quotas::check(&st, &caller, owner, Usage::of_services(planned.iter().flat_map(|(_, s)| s)))?;
+    let _quota = crate::quotas::check(&st, &caller, owner, Usage::of_services(planned.iter().flat_map(|(_, s)| s)))?;
     let all_services: Vec<Service> = planned.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
     check_rr_ips(&st, &all_services)?;
     assign_addresses(&st, planned.iter_mut().flat_map(|(_, s)| s.iter_mut()))?;

@@ -60,7 +60,7 @@ pub async fn create(
     let app = owned_app(&st, &caller, &requested.application_id, true)?;
     let mut services: Vec<Service> =
         requested.microservices.into_iter().map(|ms| new_service(ids::new_id(), &app, ms)).collect();
-    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_services(&services))?;
+    let _quota = crate::quotas::check(&st, &caller, &app.user_id, Usage::of_services(&services))?;
     check_rr_ips(&st, &services)?;
     assign_addresses(&st, services.iter_mut())?;
     if let Err(e) = st.store.add_services(&app.id, &services) {
@@ -125,7 +125,12 @@ pub async fn update(
     }
     let previous = service.clone();
     apply_update(&mut service, &app, ms);
-    crate::quotas::check(&st, &caller, &app.user_id, Usage::of_service(&service).beyond(Usage::of_service(&previous)))?;
+    let _quota = crate::quotas::check(
+        &st,
+        &caller,
+        &app.user_id,
+        Usage::of_service(&service).beyond(Usage::of_service(&previous)),
+    )?;
     check_rr_ips(&st, std::slice::from_ref(&service))?;
     st.fleet.assign_addresses(&mut service, Some(&previous))?;
     if let Err(e) = st.store.update_service(&service) {
@@ -259,7 +264,8 @@ fn request_instances_now(
 ) -> ApiResult<InstanceRequested> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
     let (service, app) = owned(st, caller, id, true, false)?;
-    crate::quotas::check(st, caller, &app.user_id, Usage { instances: count as usize, ..Usage::default() })?;
+    let _quota =
+        crate::quotas::check(st, caller, &app.user_id, Usage { instances: count as usize, ..Usage::default() })?;
     // Their overlay addresses, kept for the instances' life (also when they move).
     let mut ips = Vec::with_capacity(count as usize);
     for _ in 0..count {
