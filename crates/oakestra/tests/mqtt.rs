@@ -122,11 +122,11 @@ async fn an_instance_runs_through(dir: &Path, mode: oak_cluster::MqttMode) -> Cl
 }
 
 async fn register(cluster: &ClusterHandle, token: &str, name: &str) -> RegisterNodeResponse {
-    let req = RegisterNodeRequest {
-        node: NodeInfo { host: name.into(), vcpus: 1, memory: 100, ..Default::default() },
-        token: token.into(),
-        node_secret: String::new(),
-    };
+    register_as(cluster, token, NodeInfo { host: name.into(), vcpus: 1, memory: 100, ..Default::default() }).await
+}
+
+async fn register_as(cluster: &ClusterHandle, token: &str, node: NodeInfo) -> RegisterNodeResponse {
+    let req = RegisterNodeRequest { node, token: token.into(), node_secret: String::new() };
     let url = format!("https://{}/api/node/register", cluster.api);
     let resp = cluster_http(cluster).post(url).json(&req).send().await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
@@ -223,15 +223,7 @@ async fn a_batching_worker_gets_a_steps_instances_in_one_message() {
         features: vec![oak_api::node::features::DEPLOY_BATCH.into()],
         ..Default::default()
     };
-    let req = RegisterNodeRequest { node: info.clone(), token: node_token(&cluster), node_secret: String::new() };
-    let resp = cluster_http(&cluster)
-        .post(format!("https://{}/api/node/register", cluster.api))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    let me: RegisterNodeResponse = resp.json().await.unwrap();
+    let me = register_as(&cluster, &node_token(&cluster), info.clone()).await;
     let port: u16 = me.mqtt_broker_port.parse().unwrap();
     let (mqtt, mut events, ok) = connect(port, &me, &me.mqtt_password, broker_tls(&cluster)).await;
     assert!(ok);
