@@ -8,6 +8,7 @@
 pub mod containerd;
 pub mod http;
 pub mod images;
+pub mod lab_proc;
 pub mod netns;
 pub mod procs;
 pub mod registry;

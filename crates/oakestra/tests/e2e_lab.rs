@@ -34,7 +34,7 @@ mod tunnel_security;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -52,65 +52,15 @@ const SUBNET: u8 = 77;
 /// Port of the HTTP server of the worker-restart scenario (on the worker's own address).
 const WEB_PORT: u16 = 18080;
 const POLL: Duration = Duration::from_millis(200);
-/// How long a process gets for a clean stop on SIGTERM (undeploys take up to 10 s of grace).
-const STOP_GRACE: Duration = Duration::from_secs(20);
 const LOG_TAIL: usize = 60;
 
 /// One process of the topology, restartable with the same flags.
-struct Proc {
-    /// `root`, `cluster-east`, `worker-e1`, …: also its log's file name.
-    name: String,
-    host: Host,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
+type Proc = oak_e2e::lab_proc::LabProc;
 
-impl Proc {
-    fn new(name: &str, host: &Host, work: &Workdir, args: Vec<String>) -> Proc {
-        Proc { name: name.into(), host: host.clone(), args, log: work.join(format!("{name}.log")), child: None }
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        // The overlay's packet path at debug level: a lost packet (a table miss, a dropped or
-        // queued packet, a handshake waiting) then leaves a line saying why.
-        let log = std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "info,oak_worker::net::datapath=debug".into());
-        let child = self.host.spawn(BIN, &args, &[("RUST_LOG", log.as_str()), ("NO_COLOR", "1")], &self.log)?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// SIGTERM, and the exit status (SIGKILL after [`STOP_GRACE`]).
-    fn stop(&mut self) -> Result<Option<ExitStatus>> {
-        match self.child.take() {
-            Some(mut c) => Ok(Some(oak_e2e::procs::terminate(&mut c, STOP_GRACE)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// SIGKILL: a worker that dies without cleaning up.
-    fn kill(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Fails if the process exited on its own.
-    fn ensure_alive(&mut self) -> Result<()> {
-        if let Some(c) = &mut self.child {
-            if let Some(status) = c.try_wait()? {
-                bail!("{} exited unexpectedly: {status} (log {})", self.name, self.log.display());
-            }
-        }
-        Ok(())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// A process of the lab, logging the overlay's packet path at debug level: a lost packet (a table
+/// miss, a dropped or queued packet, a handshake waiting) then leaves a line saying why.
+fn new_proc(name: &str, host: &Host, work: &Workdir, args: Vec<String>) -> Proc {
+    Proc::new(Path::new(BIN), name, host, work.path(), args).log_filter("info,oak_worker::net::datapath=debug")
 }
 
 struct Worker {
@@ -317,7 +267,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     let root_ip = root_host.ip();
     let root_data = work.join("data/root");
     let api = format!("http://{root_ip}:10000");
-    let mut root = Proc::new("root", &root_host, work, oak_e2e::procs::root_args(&root_data));
+    let mut root = new_proc("root", &root_host, work, oak_e2e::procs::root_args(&root_data));
     root.start()?;
     let token = wait_until("the root to log Admin in", Duration::from_secs(30), POLL, || {
         root.ensure_alive()?;
@@ -332,7 +282,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
     for (host, location) in [(&east_host, "48.1,11.6"), (&west_host, "40.4,-3.7")] {
         let name = host.name();
         let data = work.join(format!("data/cluster-{name}"));
-        let mut p = Proc::new(
+        let mut p = new_proc(
             &format!("cluster-{name}"),
             host,
             work,
@@ -353,7 +303,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         let cluster_ip = if cluster == "east" { east_host.ip() } else { west_host.ip() };
         let node_token = work.join(format!("data/cluster-{cluster}/node-token"));
         wait_until(&format!("cluster {cluster}'s node-token file"), Duration::from_secs(30), POLL, || {
-            for c in &mut clusters {
+            for c in &clusters {
                 c.ensure_alive()?;
             }
             Ok(node_token.exists().then_some(()))
@@ -362,7 +312,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
         let data = work.join(format!("data/worker-{name}"));
         let ns = format!("{PREFIX}-{name}");
         let advertised = public.get(&name).copied().unwrap_or(host.ip());
-        let mut p = Proc::new(&format!("worker-{name}"), &host, work, {
+        let mut p = new_proc(&format!("worker-{name}"), &host, work, {
             let mut args = oak_e2e::procs::WorkerFlags {
                 cluster: cluster_ip,
                 data_dir: &data,
@@ -416,13 +366,7 @@ fn setup(lab: &mut Lab, work: &Workdir, socket: &Path) -> Result<Topology> {
 
 /// The last [`LOG_TAIL`] lines of `path` to stderr, framed with its name.
 fn print_tail(path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(LOG_TAIL);
-    eprintln!("----- {} (last {} of {} lines) -----", path.display(), lines.len() - from, lines.len());
-    for l in &lines[from..] {
-        eprintln!("{l}");
-    }
+    oak_e2e::lab_proc::print_tail(path, LOG_TAIL);
 }
 
 /// `s` without its `logs` fields (instances' last log lines), which would drown the rest.
@@ -612,19 +556,7 @@ impl Topology {
 
     /// `(task id, pid, status)` of the tasks in `ns`.
     fn tasks(&self, ns: &str) -> Result<Vec<(String, u32, String)>> {
-        let out = self.ctr(ns, &["tasks", "ls"])?;
-        let mut tasks = Vec::new();
-        for line in out.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if let [id, pid, status, ..] = f[..] {
-                tasks.push((
-                    id.to_string(),
-                    pid.parse().with_context(|| format!("pid in {line:?}"))?,
-                    status.to_string(),
-                ));
-            }
-        }
-        Ok(tasks)
+        oak_e2e::lab_proc::parse_tasks(&self.ctr(ns, &["tasks", "ls"])?)
     }
 
     /// Containers of `job` per worker name (workers without any left out).
@@ -664,16 +596,8 @@ impl Topology {
     }
 
     fn ensure_all_alive(&self) -> Result<()> {
-        // `try_wait` needs `&mut`; a shared check through `kill(pid, 0)` is enough here: an exited
-        // but unreaped child still exists as a zombie, so look at /proc's state instead.
         for p in self.procs() {
-            if let Some(c) = &p.child {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
-                let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("?");
-                if state == "Z" || state == "?" {
-                    bail!("{} exited unexpectedly (log {})", p.name, p.log.display());
-                }
-            }
+            p.ensure_alive()?;
         }
         Ok(())
     }
@@ -699,15 +623,8 @@ impl Topology {
     /// logs the CLI in.
     fn wait_for_fleet(&mut self) -> Result<()> {
         for i in 0..self.workers.len() {
-            let file = self.workers[i].data.join("node.json");
-            let name = self.workers[i].name.clone();
-            let id =
-                wait_until(&format!("worker {name} to register (node.json)"), Duration::from_secs(60), POLL, || {
-                    self.ensure_all_alive()?;
-                    let v: Value = serde_json::from_slice(&std::fs::read(&file)?)?;
-                    Ok(v["id"].as_str().filter(|s| !s.is_empty()).map(str::to_string))
-                })?;
-            self.workers[i].id = id;
+            let (name, data) = (self.workers[i].name.clone(), self.workers[i].data.clone());
+            self.workers[i].id = oak_e2e::lab_proc::wait_node_id(&name, &data, || self.ensure_all_alive())?;
         }
         let want: BTreeMap<&str, u64> = [("east", 2), ("west", 1)].into();
         let clusters = wait_until("east (2 workers) and west (1) to be active", Duration::from_secs(60), POLL, || {
@@ -777,18 +694,8 @@ impl Topology {
         }
     }
 
-    /// runc leaves the (empty) parent cgroups `/oakestra/<namespace>` of the workers' containers
-    /// in every hierarchy, and the shim its (empty) state directory `/run/containerd/runc/<ns>`
-    /// (shared by every containerd of the machine); remove ours.
     fn remove_leftover_dirs(&self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-        let hierarchies: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
-        for w in &self.workers {
-            for h in &hierarchies {
-                let _ = std::fs::remove_dir(h.join("oakestra").join(&w.ns));
-            }
-            let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&w.ns));
-        }
+        oak_e2e::lab_proc::remove_leftover_dirs(self.workers.iter().map(|w| w.ns.as_str()));
     }
 
     /// Everything needed to see why a run failed: log tails, API state, containerd's view.

@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use oak_e2e::containerd::Containerd;
 use oak_e2e::{images, wait_until, Host, Lab, Registry, Workdir};
 use reqwest::{Method, StatusCode};
@@ -31,72 +31,13 @@ pub const CLUSTER_TIMEOUT_S: u64 = 8;
 pub const TMPFS_SIZE: &str = "16m";
 /// The worker whose data directory is the tmpfs.
 pub const DISK_WORKER: &str = "w2";
-const STOP_GRACE: Duration = Duration::from_secs(20);
 const LOG_TAIL: usize = 40;
 
 /// One process of the topology, restartable with the same flags.
-pub struct Proc {
-    /// `root`, `cluster-east`, `worker-e1`, …: also its log's file name.
-    pub name: String,
-    pub host: Host,
-    args: Vec<String>,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
+pub type Proc = oak_e2e::lab_proc::LabProc;
 
-impl Proc {
-    fn new(name: &str, host: &Host, work: &Path, args: Vec<String>) -> Proc {
-        Proc { name: name.into(), host: host.clone(), args, log: work.join(format!("{name}.log")), child: None }
-    }
-
-    pub fn start(&mut self) -> Result<()> {
-        ensure!(self.child.is_none(), "{} is already running", self.name);
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let log = std::env::var("OAK_E2E_LOG").unwrap_or_else(|_| "info".into());
-        let child = self.host.spawn(BIN, &args, &[("RUST_LOG", log.as_str()), ("NO_COLOR", "1")], &self.log)?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// SIGTERM, and the exit status (SIGKILL after a grace).
-    pub fn stop(&mut self) -> Result<Option<ExitStatus>> {
-        match self.child.take() {
-            Some(mut c) => Ok(Some(oak_e2e::procs::terminate(&mut c, STOP_GRACE)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// `kill -9` of the process: no clean-up of any kind.
-    pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    /// The log's length now (to read what comes after with [`Proc::log_since`]).
-    pub fn log_len(&self) -> u64 {
-        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// The log written after `offset`.
-    pub fn log_since(&self, offset: u64) -> String {
-        let text = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
-    }
-
-    /// Fails if the process exited on its own (an exited child stays a zombie until reaped).
-    pub fn ensure_alive(&self) -> Result<()> {
-        if let Some(c) = &self.child {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("?");
-            if state == "Z" || state == "?" {
-                bail!("{} exited unexpectedly (log {})", self.name, self.log.display());
-            }
-        }
-        Ok(())
-    }
+fn new_proc(name: &str, host: &Host, work: &Path, args: Vec<String>) -> Proc {
+    Proc::new(Path::new(BIN), name, host, work, args)
 }
 
 pub struct Cluster {
@@ -267,7 +208,7 @@ impl FaultLab {
             root_args.extend(["--cluster-timeout".into(), CLUSTER_TIMEOUT_S.to_string()]);
             flags.push(format!("root --cluster-timeout {CLUSTER_TIMEOUT_S}"));
         }
-        let mut root = Proc::new("root", &root_host, work.path(), root_args);
+        let mut root = new_proc("root", &root_host, work.path(), root_args);
         root.start()?;
         let api = Api::new(&format!("http://{}:10000", root_host.ip()), Duration::from_secs(10));
         wait_until("the root to log Admin in", Duration::from_secs(30), POLL, || {
@@ -295,7 +236,7 @@ impl FaultLab {
             .args();
             args.extend([timeout_flag.to_string(), WORKER_TIMEOUT_S.to_string()]);
             args.extend(["--deploy-timeout".to_string(), DEPLOY_TIMEOUT_S.to_string()]);
-            let mut proc = Proc::new(&format!("cluster-{name}"), host, work.path(), args);
+            let mut proc = new_proc(&format!("cluster-{name}"), host, work.path(), args);
             proc.start()?;
             clusters.push(Cluster { name: name.into(), proc });
         }
@@ -328,7 +269,7 @@ impl FaultLab {
                 registry: &format!("{gateway}:{port}"),
             }
             .args();
-            let mut proc = Proc::new(&format!("worker-{name}"), &host, work.path(), args);
+            let mut proc = new_proc(&format!("worker-{name}"), &host, work.path(), args);
             proc.start()?;
             workers.push(Worker { name, cluster: cluster.into(), proc, data, ns, id: String::new(), containerd });
         }
@@ -353,15 +294,8 @@ impl FaultLab {
     /// Waits for every worker's node id and both clusters to be active with two workers.
     fn wait_for_fleet(&mut self) -> Result<()> {
         for i in 0..self.workers.len() {
-            let file = self.workers[i].data.join("node.json");
-            let name = self.workers[i].name.clone();
-            let id =
-                wait_until(&format!("worker {name} to register (node.json)"), Duration::from_secs(60), POLL, || {
-                    self.ensure_all_alive()?;
-                    let v: Value = serde_json::from_slice(&std::fs::read(&file)?)?;
-                    Ok(v["id"].as_str().filter(|s| !s.is_empty()).map(str::to_string))
-                })?;
-            self.workers[i].id = id;
+            let (name, data) = (self.workers[i].name.clone(), self.workers[i].data.clone());
+            self.workers[i].id = oak_e2e::lab_proc::wait_node_id(&name, &data, || self.ensure_all_alive())?;
         }
         self.wait_fleet_active(Duration::from_secs(60))?;
         let cs = self.api.get("/api/clusters")?;
@@ -444,13 +378,7 @@ impl FaultLab {
 
     /// `(task id, pid, status)` of the tasks of `w`.
     pub fn tasks(&self, w: &Worker) -> Result<Vec<(String, u32, String)>> {
-        let mut tasks = Vec::new();
-        for line in self.ctr(w, &["tasks", "ls"])?.lines().skip(1) {
-            if let [id, pid, status, ..] = line.split_whitespace().collect::<Vec<_>>()[..] {
-                tasks.push((id.to_string(), pid.parse().unwrap_or(0), status.to_string()));
-            }
-        }
-        Ok(tasks)
+        oak_e2e::lab_proc::parse_tasks(&self.ctr(w, &["tasks", "ls"])?)
     }
 
     /// Creates application `name` with one container microservice `name` (namespace `flt`),
@@ -552,26 +480,12 @@ impl FaultLab {
         self.remove_leftover_dirs();
     }
 
-    /// runc's empty parent cgroups `/oakestra/<namespace>` and the shims' state directories.
     pub fn remove_leftover_dirs(&self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-        let hierarchies: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
-        for w in &self.workers {
-            for h in &hierarchies {
-                let _ = std::fs::remove_dir(h.join("oakestra").join(&w.ns));
-            }
-            let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&w.ns));
-        }
+        oak_e2e::lab_proc::remove_leftover_dirs(self.workers.iter().map(|w| w.ns.as_str()));
     }
 }
 
 /// The last lines of `path` to stderr, framed with its name.
 pub fn print_tail(path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(LOG_TAIL);
-    eprintln!("----- {} (last {} of {} lines) -----", path.display(), lines.len() - from, lines.len());
-    for l in &lines[from..] {
-        eprintln!("{l}");
-    }
+    oak_e2e::lab_proc::print_tail(path, LOG_TAIL);
 }

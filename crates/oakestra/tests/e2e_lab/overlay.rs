@@ -165,7 +165,7 @@ pub(super) fn scenario_service_ips(t: &mut Topology) -> Result<()> {
         Ok(fetch_from(t, "w1", &t.overlay.client_job, 0, &url).ok().filter(|h| *h == hostname(n)))
     })?;
     let killed = Instant::now();
-    t.worker_mut(&victim).proc.kill()?;
+    t.worker_mut(&victim).proc.kill9()?;
     let inst = t.wait_instance(&server, n, "the lost instance to run elsewhere", Duration::from_secs(60), |i| {
         Ok(status_of(i) == "RUNNING" && t.worker_name_of(i) != victim)
     })?;
