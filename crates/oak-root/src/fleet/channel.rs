@@ -130,51 +130,37 @@ async fn refuse(
     Err(format!("refused: {}", refusal.message))
 }
 
-async fn read_loop(fleet: &Arc<Fleet>, id: &str, conn: u64, rd: &mut (impl AsyncRead + Unpin)) -> Result<(), String> {
+async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead + Unpin)) -> Result<(), String> {
     loop {
         let msg = match tokio::time::timeout(fleet.config.idle_timeout, read_frame::<ClusterMsg>(rd, MAX_FRAME)).await {
             Err(_) => return Err(format!("cluster silent for {:?}", fleet.config.idle_timeout)),
             Ok(m) => m?,
         };
         fleet.heard(id);
-        if matches!(msg, ClusterMsg::Ping) {
-            continue;
+        match msg {
+            ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
+            ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
+            ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(id, request_id, data, cursor, error),
+            ClusterMsg::SubnetRequest { request_id, node_id } => {
+                let (subnet, error) = match fleet.subnet_for(id, &node_id) {
+                    Ok(s) => (s, String::new()),
+                    Err(e) => (String::new(), e),
+                };
+                fleet.send_to(id, Some(conn), RootMsg::Subnet { request_id, node_id, subnet, error });
+            }
+            ClusterMsg::Nodes { node_ids } => fleet.keep_subnets(id, &node_ids),
+            ClusterMsg::TableQuery { request_id, job_name, ip } => {
+                fleet.on_table_query(id, conn, request_id, &job_name, &ip)
+            }
+            ClusterMsg::Uninterest { job_name } => fleet.on_uninterest(id, &job_name),
+            ClusterMsg::PeerQuery { request_id, public_key } => fleet.on_peer_query(id, conn, request_id, &public_key),
+            ClusterMsg::Workers { full, workers, removed, last } => {
+                fleet.on_workers(id, conn, full, workers, removed, last)
+            }
+            ClusterMsg::Ping => {}
+            ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
         }
-        // Handling may wait for a store commit: on the blocking pool, so ten clusters' reports
-        // never hold the runtime's threads (and the API with them); awaited, so in order.
-        let (fleet, cluster) = (fleet.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || handle(&fleet, &cluster, conn, msg))
-            .await
-            .map_err(|e| format!("handling a cluster message failed: {e}"))??;
     }
-}
-
-/// One message of an authenticated cluster.
-fn handle(fleet: &Fleet, id: &str, conn: u64, msg: ClusterMsg) -> Result<(), String> {
-    match msg {
-        ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
-        ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
-        ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(id, request_id, data, cursor, error),
-        ClusterMsg::SubnetRequest { request_id, node_id } => {
-            let (subnet, error) = match fleet.subnet_for(id, &node_id) {
-                Ok(s) => (s, String::new()),
-                Err(e) => (String::new(), e),
-            };
-            fleet.send_to(id, Some(conn), RootMsg::Subnet { request_id, node_id, subnet, error });
-        }
-        ClusterMsg::Nodes { node_ids } => fleet.keep_subnets(id, &node_ids),
-        ClusterMsg::TableQuery { request_id, job_name, ip } => {
-            fleet.on_table_query(id, conn, request_id, &job_name, &ip)
-        }
-        ClusterMsg::Uninterest { job_name } => fleet.on_uninterest(id, &job_name),
-        ClusterMsg::PeerQuery { request_id, public_key } => fleet.on_peer_query(id, conn, request_id, &public_key),
-        ClusterMsg::Workers { full, workers, removed, last } => {
-            fleet.on_workers(id, conn, full, workers, removed, last)
-        }
-        ClusterMsg::Ping => {}
-        ClusterMsg::Hello { .. } => return Err("a second hello on one connection".into()),
-    }
-    Ok(())
 }
 
 /// Most instances one merged `Deploy` frame carries (a job spec is at most a 64 KiB body, so
