@@ -47,8 +47,22 @@ pub struct GuestNet {
     pub mask: String,
 }
 
+/// QEMU's seccomp sandbox for a VM: obsolete system calls, spawning processes and changing
+/// resource limits or scheduling are refused. (`elevateprivileges=deny` would also refuse the
+/// set*id calls `-runas` makes.)
+pub const SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
+
+/// The options confining a VM's QEMU: it gives up root for `uid` (and the same gid, with no
+/// supplementary groups) before the guest runs, after it opened what needs root (tap, log,
+/// QMP socket, pid file, kernel), and runs in the seccomp [`SANDBOX`].
+pub fn confinement(uid: u32) -> [String; 4] {
+    ["-runas".into(), format!("{uid}:{uid}"), "-sandbox".into(), SANDBOX.into()]
+}
+
 pub struct Launch<'a> {
     pub name: &'a str,
+    /// The user QEMU runs the guest as ([`confinement`]); `None`: stays root.
+    pub uid: Option<u32>,
     pub arch: &'a str,
     pub accel: Accel,
     pub memory_mb: u64,
@@ -71,6 +85,10 @@ pub fn qemu_args(l: &Launch<'_>, paths: &InstancePaths) -> Vec<String> {
     }
     push(&["-m", &l.memory_mb.to_string(), "-smp", &l.vcpus.max(1).to_string()]);
     push(&["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"]);
+    if let Some(uid) = l.uid {
+        let [runas, user, sandbox, rules] = confinement(uid);
+        push(&[&runas, &user, &sandbox, &rules]);
+    }
     push(&["-chardev", &format!("file,id=console,path={},append=on", opt_path(&paths.log))]);
     push(&["-serial", "chardev:console"]);
     push(&["-qmp", &format!("unix:{},server=on,wait=off", opt_path(&paths.qmp))]);
@@ -153,6 +171,7 @@ mod tests {
         let cmd = s(&["hello", "world"]);
         let l = Launch {
             name: "a.b.c.d.instance.0",
+            uid: Some(2_000_000_007),
             arch: "amd64",
             accel: Accel::Tcg,
             memory_mb: 64,
@@ -167,6 +186,7 @@ mod tests {
             "-accel tcg -cpu max",
             "-m 64 -smp 1",
             "-nographic -nodefaults -no-user-config",
+            "-runas 2000000007:2000000007 -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny",
             "-chardev file,id=console,path=/l/x,,y.log,append=on -serial chardev:console",
             "-qmp unix:/i/qmp,server=on,wait=off",
             "-kernel /d/kernel -initrd /d/initramfs.cpio",
@@ -177,9 +197,10 @@ mod tests {
             assert!(a.contains(want), "{a}\nlacks {want}");
         }
         let bare = Unpacked { kernel: "/k".into(), initrd: None, cmdline: String::new(), files: None };
-        let l = Launch { arch: "arm64", accel: Accel::Kvm, unpacked: &bare, cmd: &[], net: None, ..l };
+        let l = Launch { uid: None, arch: "arm64", accel: Accel::Kvm, unpacked: &bare, cmd: &[], net: None, ..l };
         let a = qemu_args(&l, &paths).join(" ");
         assert!(a.contains("-machine virt -accel kvm -cpu host"), "{a}");
+        assert!(!a.contains("-runas") && !a.contains("-sandbox"), "{a}");
         assert!(!a.contains("-append") && !a.contains("-initrd") && !a.contains("-netdev"), "{a}");
     }
 }

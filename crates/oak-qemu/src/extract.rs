@@ -89,11 +89,37 @@ pub fn unpack_from(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unp
     }
     let initrd = Some(dest.join("initramfs.cpio")).filter(|p| p.is_file());
     let files = Some(dest.join("files")).filter(|p| p.is_dir());
+    if let Some(files) = &files {
+        // Served over 9p by a QEMU that no longer runs as root, whatever the worker's umask.
+        set_mode(dest, 0o755)?;
+        readable_by_all(files)?;
+    }
     let cmdline = match fs::read_to_string(dest.join("cmdline")) {
         Ok(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
         Err(_) => String::new(),
     };
     Ok(Unpacked { kernel, initrd, cmdline, files })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
+}
+
+/// Directories 0755 and files 0644 below `dir` (only those: links were refused when unpacking).
+fn readable_by_all(dir: &Path) -> Result<(), String> {
+    set_mode(dir, 0o755)?;
+    for entry in fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))? {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let path = entry.path();
+        if entry.file_type().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.is_dir() {
+            readable_by_all(&path)?;
+        } else {
+            set_mode(&path, 0o644)?;
+        }
+    }
+    Ok(())
 }
 
 /// The path with `.` parts dropped, or `None` if it is absolute or goes up.
@@ -155,6 +181,11 @@ mod tests {
         assert!(u.initrd.is_some());
         assert_eq!(u.cmdline, "console=ttyS0 quiet");
         assert_eq!(fs::read(dir.path().join("x/files/a/b.txt")).unwrap(), b"hello");
+        // Readable by the unprivileged user QEMU runs as, whatever the modes the archive had.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("x"), mode("x/files"), mode("x/files/a")), (0o755, 0o755, 0o755));
+        assert_eq!(mode("x/files/a/b.txt"), 0o644);
     }
 
     #[test]

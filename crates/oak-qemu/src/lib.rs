@@ -12,7 +12,7 @@ pub mod qmp;
 mod runtime;
 
 pub use probe::{probe, AccelChoice, Probed};
-pub use runtime::{QemuConfig, QemuRuntime};
+pub use runtime::{QemuConfig, QemuRuntime, VM_UID_BASE};
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,6 +91,8 @@ async fn start_and_quit(binary: &std::path::Path, accel: Accel) -> Result<(), St
         "-monitor",
         "stdio",
     ])
+    // The confinement every VM gets: a QEMU without `-runas` or the seccomp sandbox is refused here.
+    .args(crate::command::confinement(crate::runtime::VM_UID_BASE))
     .stdin(Stdio::piped())
     .stdout(Stdio::null())
     .stderr(Stdio::piped())

@@ -73,9 +73,16 @@ impl QemuConfig {
     }
 }
 
+/// The first of the users VMs run as: VM `n` (counted among this worker's running VMs) runs as
+/// uid and gid `VM_UID_BASE + n`, which no account uses, so a guest that escaped into its QEMU
+/// is an unprivileged user that owns nothing and cannot touch another VM's QEMU.
+pub const VM_UID_BASE: u32 = 2_000_000_000;
+
 struct Vm {
     /// `None` while the deploy is still downloading and starting.
     pid: Option<u32>,
+    /// The user its QEMU runs as; `None` until it is chosen at start.
+    uid: Option<u32>,
     /// The exit code once QEMU ended (-1: ended, code unknown).
     exit: watch::Receiver<Option<i32>>,
     /// Set by undeploy, so the exit it causes is not reported as an event.
@@ -143,11 +150,10 @@ impl QemuRuntime {
                 (true, Some(pid), true) => {
                     tracing::info!(instance = %id, pid, "adopting running unikernel");
                     let (tx, rx) = watch::channel(None);
-                    self.inner
-                        .vms
-                        .lock()
-                        .unwrap()
-                        .insert(id.clone(), Vm { pid: Some(pid), exit: rx, stopping: false, cpu_sample: None });
+                    self.inner.vms.lock().unwrap().insert(
+                        id.clone(),
+                        Vm { pid: Some(pid), uid: proc_uid(pid), exit: rx, stopping: false, cpu_sample: None },
+                    );
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
                         while Path::new(&format!("/proc/{pid}")).exists() && is_our_qemu(pid, &id) {
@@ -202,6 +208,11 @@ impl QemuRuntime {
             .await
             .map_err(|e| RuntimeError::Failed(format!("unpacking failed: {e}")))?
             .map_err(|e| RuntimeError::Failed(format!("kernel {url}: {e}")))?;
+        if unpacked.files.is_some() {
+            // The way to `files/` for the unprivileged QEMU (passing through, not listing).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
+        }
         let log = self.inner.logs.prepare(id)?;
         let paths = InstancePaths { log, qmp: self.qmp_socket(id), pid: dir.join("pid") };
         let guest_net = match &cmd.netns {
@@ -213,6 +224,7 @@ impl QemuRuntime {
         };
         let launch = Launch {
             name: id,
+            uid: Some(self.inner.assign_uid(id)),
             arch: &c.arch,
             accel: c.accel,
             memory_mb: cmd.job.spec.memory_mb(),
@@ -319,6 +331,18 @@ impl QemuRuntime {
 }
 
 impl Inner {
+    /// The first user of [`VM_UID_BASE`] on that no other VM of this worker runs as, now held
+    /// by VM `id`.
+    fn assign_uid(&self, id: &str) -> u32 {
+        let mut vms = self.vms.lock().unwrap();
+        let used: std::collections::HashSet<u32> = vms.values().filter_map(|vm| vm.uid).collect();
+        let uid = (VM_UID_BASE..).find(|u| !used.contains(u)).unwrap_or(VM_UID_BASE);
+        if let Some(vm) = vms.get_mut(id) {
+            vm.uid = Some(uid);
+        }
+        uid
+    }
+
     fn exited(&self, id: &str, code: i32) {
         let report = {
             let vms = self.vms.lock().unwrap();
@@ -346,7 +370,7 @@ impl Runtime for QemuRuntime {
                 return Err(RuntimeError::AlreadyDeployed(id));
             }
             let (_, rx) = watch::channel(None);
-            vms.insert(id.clone(), Vm { pid: None, exit: rx, stopping: false, cpu_sample: None });
+            vms.insert(id.clone(), Vm { pid: None, uid: None, exit: rx, stopping: false, cpu_sample: None });
         }
         let result = self.start(cmd, &id).await;
         if result.is_err() {
@@ -496,6 +520,12 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     Some((ticks, rss_kb * 1024))
+}
+
+/// The real uid of a process (an adopted VM's QEMU keeps the user it was started as).
+fn proc_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
 }
 
 fn mem_total() -> Option<u64> {

@@ -97,6 +97,16 @@ async fn a_vm_runs_is_adopted_ends_and_leaves_nothing() {
     })
     .await;
     assert!(logs.contains(oak_e2e::unikernel::MARKER), "{logs}");
+    // The guest runs under a QEMU that gave up root and runs in its seccomp sandbox.
+    let pids = oak_e2e::unikernel::qemu_pids(&id);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
+    let uid = oak_qemu::VM_UID_BASE.to_string();
+    assert_eq!(field("Uid:").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4], "{status}");
+    assert_eq!(field("Gid:").split_whitespace().next(), Some(uid.as_str()), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "{status}");
     let stats = rt.stats().await.unwrap();
     assert!(stats[0].memory_bytes.parse::<u64>().unwrap() > 0, "{stats:?}");
     assert_eq!(stats[0].virtualization, "unikernel");

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use oak_e2e::{unikernel, wait_until, Workdir};
 use serde_json::{json, Value};
 
@@ -238,6 +238,10 @@ fn scenario(work: &Workdir, run: &str) -> Result<()> {
     })?;
     let task = format!("{good_job}.instance.0");
     assert_eq!(oak_e2e::unikernel::qemu_pids(&task).len(), 1, "one QEMU runs the instance");
+    // Not as root: a guest that escaped into QEMU is a user that owns nothing.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", oak_e2e::unikernel::qemu_pids(&task)[0]))?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default().split_whitespace().next();
+    ensure!(uid.and_then(|u| u.parse::<u32>().ok()) >= Some(oak_qemu::VM_UID_BASE), "QEMU's status: {status}");
     let logs_path = format!("{base}/api/service/{good_id}/instance/0/logs");
     let console = wait_until("the marker in the logs", Duration::from_secs(60), Duration::from_millis(500), || {
         let text = e2e::http().get(&logs_path).bearer_auth(&token).send()?.text()?;
