@@ -16,6 +16,8 @@ mod state;
 #[cfg(test)]
 mod test_netns;
 mod tunnel_key;
+#[cfg(test)]
+mod wiring_tests;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
