@@ -279,6 +279,17 @@ mod tests {
         assert_eq!(refused.errno, Some(libc::ENETUNREACH));
     }
 
+    /// Whatever links this machine has (bridges, TUNs, veths of other software), their dump
+    /// parses: a failure here would hide leftover veths. Needs no privilege.
+    #[test]
+    fn the_links_of_this_namespace_are_read() {
+        let mut rtnl = Rtnl::open().expect("a route netlink socket");
+        rtnl.link_names_of_kind(&InfoKind::Veth).expect("the link dump parses");
+        assert_eq!(rtnl.link_index("lo").expect("lo is found by name"), 1);
+        let missing = rtnl.link_index("oakv-not-there").unwrap_err();
+        assert_eq!((missing.errno, missing.to_string().as_str()), (Some(libc::ENODEV), "No such device"));
+    }
+
     /// An acknowledgement's attributes follow the capped request header: a message attribute
     /// (type 1) with its NUL, then another one that is not read.
     #[test]
