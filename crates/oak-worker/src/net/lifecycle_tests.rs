@@ -72,7 +72,7 @@ async fn stop_after_cut_short_work(data_dir: &Path) {
     // The undeploy is cut short at its first wait, as the worker's stop aborts running work.
     let mut detach = Box::pin(net.detach(JOB, 0));
     std::future::poll_fn(|cx| {
-        assert!(detach.as_mut().poll(cx).is_pending(), "the detach waits for `ip`");
+        assert!(detach.as_mut().poll(cx).is_pending(), "the detach waits for the thread that unwires");
         Poll::Ready(())
     })
     .await;

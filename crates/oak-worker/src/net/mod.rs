@@ -1,21 +1,26 @@
 //! The NetManager: the worker's part of the overlay network (spec `oakestra-net.md` §3.1, §4).
 //!
-//! Host plumbing (`plumbing`: bridge, per-instance namespace and veth, iptables) is done with
-//! `ip`/`iptables`; packets to service IPs go through `oak_net::Proxy` (`datapath`: TUN reader,
-//! UDP tunnel, probes, expiry); route tables arrive from the cluster over MQTT. Runtimes see the
-//! overlay only as a network namespace to join (`networked`: a runtime decorator that wires an
-//! instance before it starts and unwires it after it stopped).
+//! Host plumbing (`plumbing`: bridge and iptables with `ip`/`iptables`; per-instance namespace,
+//! veth, address and route in-process through `netns` and `netlink`); packets to service IPs go
+//! through `oak_net::Proxy` (`datapath`: TUN reader, UDP tunnel, probes, expiry); route tables
+//! arrive from the cluster over MQTT. Runtimes see the overlay only as a network namespace to
+//! join (`networked`: a runtime decorator that wires an instance before it starts and unwires it
+//! after it stopped).
 
 mod datapath;
 #[cfg(test)]
 mod lifecycle_tests;
 mod names;
+mod netlink;
+mod netns;
 mod networked;
 mod plumbing;
 mod state;
 #[cfg(test)]
 mod test_netns;
 mod tunnel_key;
+#[cfg(test)]
+mod wiring_tests;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};

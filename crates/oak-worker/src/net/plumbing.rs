@@ -1,14 +1,22 @@
-//! Host plumbing of the overlay, done with `ip` and `iptables` (iproute2 and iptables are what
-//! every edge distribution ships, and their semantics are what operators debug with). Every
-//! operation is idempotent ("ensure"/"remove if present"), so set-up after a crash and
+//! Host plumbing of the overlay. What is set up once per worker (bridge, TUN route, iptables
+//! chains) and the port mappings are done with `ip` and `iptables`: iproute2 and iptables are
+//! what every edge distribution ships, and their semantics are what operators debug with. An
+//! instance's namespace, veth, address and route, made and removed at every deploy, are done
+//! in-process (`netns`, `netlink`): an `ip` process per step cost several milliseconds a deploy.
+//! Every operation is idempotent ("ensure"/"remove if present"), so set-up after a crash and
 //! reconciliation are the same code path.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Instant;
 
+use netlink_packet_route::link::InfoKind;
 use tokio::process::Command;
 
 use super::names::{self, Subnet};
+use super::netlink::{describe, Rtnl, Veth};
+use super::netns;
 
 /// A port mapping as iptables needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,39 +55,19 @@ async fn ip(args: &[&str]) -> Result<String, String> {
     run("ip", args).await
 }
 
-/// Several `ip` commands in one process (`ip -batch -`): an instance's wiring costs two
-/// processes instead of eight, which is most of what the overlay adds to a deploy.
-async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
-    }
-    cmd.args(["-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run ip: {e} (is iproute2 installed?)"))?;
-    let mut input = lines.join("\n");
-    input.push('\n');
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).await.map_err(|e| format!("writing to ip -batch: {e}"))?;
-    }
-    let out = child.wait_with_output().await.map_err(|e| format!("ip -batch: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip -batch ({}): {}", lines.join("; "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// Whether the link exists in this process's network namespace. Asks the kernel (an ioctl),
 /// not `/sys/class/net`: that shows the namespace sysfs was mounted in, which differs for a
 /// worker started with `nsenter --net` (and for many containerised workers).
 pub fn link_exists(name: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(name) else { return false };
+    link_index(name).is_some()
+}
+
+/// The link's index in this thread's network namespace (see [`link_exists`]).
+fn link_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 async fn iptables(args: &[&str]) -> Result<String, String> {
@@ -257,35 +245,17 @@ fn port_rule(nsip: Ipv4Addr, m: &Mapping) -> Vec<String> {
 }
 
 /// Namespace, veth into it with the instance's address and default route via the bridge, and
-/// the port mappings. Whatever existed under the same names before is replaced.
+/// the port mappings. Whatever existed under the same names before is replaced; a failure
+/// removes what was made.
 pub async fn attach(w: &Wiring, subnet: Subnet) -> Result<(), String> {
     if Path::new(&w.netns_path()).exists() || link_exists(&w.veth) {
         detach(w).await;
     }
-    let (mtu, gso) = (names::MTU, names::INSTANCE_GSO_MAX);
-    let (veth, netns, eth) = (&w.veth, &w.netns, names::INSTANCE_IF);
+    let start = Instant::now();
     let result = async {
-        ip_batch(
-            None,
-            &[
-                format!("netns add {netns}"),
-                format!(
-                    "link add {veth} mtu {mtu} gso_max_size {gso} type veth peer name {eth} mtu {mtu} gso_max_size {gso} netns {netns}"
-                ),
-                format!("link set dev {veth} master {} up", names::BRIDGE),
-            ],
-        )
-        .await?;
-        ip_batch(
-            Some(netns),
-            &[
-                "link set dev lo up".to_string(),
-                format!("addr add {}/{} dev {eth}", w.nsip, Subnet::PREFIX),
-                format!("link set dev {eth} up"),
-                format!("route add default via {}", subnet.bridge_ip()),
-            ],
-        )
-        .await?;
+        let (wiring, gateway) = (w.clone(), subnet.bridge_ip());
+        netns::on_own_thread("wiring an instance", move || wire(&wiring, gateway)).await??;
+        tracing::debug!(netns = %w.netns, micros = start.elapsed().as_micros() as u64, "instance namespace wired");
         add_ports(w).await
     }
     .await;
@@ -293,6 +263,38 @@ pub async fn attach(w: &Wiring, subnet: Subnet) -> Result<(), String> {
         detach(w).await;
     }
     result
+}
+
+/// Makes the namespace, the veth pair into it and, inside, loopback, address and default route.
+/// Only on a thread of its own: it enters the new namespace.
+fn wire(w: &Wiring, gateway: Ipv4Addr) -> Result<(), String> {
+    let (veth, ns, eth) = (&w.veth, &w.netns, names::INSTANCE_IF);
+    // Opened before the thread leaves the worker's namespace, so it stays there.
+    let mut host = Rtnl::open().map_err(|e| format!("cannot open a netlink socket: {e}"))?;
+    let bridge = link_index(names::BRIDGE).ok_or_else(|| format!("bridge {} does not exist", names::BRIDGE))?;
+    netns::create_and_enter(ns)?;
+    let inside_ns = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| format!("cannot open network namespace {ns}: {}", describe(&e)))?;
+    let pair = Veth {
+        name: veth,
+        peer: eth,
+        mtu: names::MTU,
+        gso_max_size: names::INSTANCE_GSO_MAX,
+        master: bridge,
+        peer_netns: inside_ns.as_fd(),
+    };
+    host.add_veth(&pair).map_err(|e| format!("cannot add veth {veth} with peer {eth} in namespace {ns}: {e}"))?;
+    let mut inside = Rtnl::open().map_err(|e| format!("cannot open a netlink socket in namespace {ns}: {e}"))?;
+    inside.set_up("lo").map_err(|e| format!("cannot set lo up in namespace {ns}: {e}"))?;
+    let addr = format!("{}/{}", w.nsip, Subnet::PREFIX);
+    let index = inside.link_index(eth).map_err(|e| format!("cannot find {eth} in namespace {ns}: {e}"))?;
+    inside
+        .add_address(index, w.nsip, Subnet::PREFIX)
+        .map_err(|e| format!("cannot add address {addr} in namespace {ns}: {e}"))?;
+    inside.set_up(eth).map_err(|e| format!("cannot set {eth} up in namespace {ns}: {e}"))?;
+    inside
+        .add_default_route(gateway)
+        .map_err(|e| format!("cannot add default route via {gateway} in namespace {ns}: {e}"))
 }
 
 /// Adds the instance's port mappings (again, after the chain was emptied at start-up).
@@ -313,27 +315,26 @@ pub async fn detach(w: &Wiring) {
         delete_rule("nat", names::CHAIN_PORTS, &rule).await;
     }
     if link_exists(&w.veth) {
-        let _ = ip(&["link", "del", "dev", &w.veth]).await;
+        remove_link(&w.veth).await;
     }
     if Path::new(&w.netns_path()).exists() {
-        if let Err(e) = ip(&["netns", "del", &w.netns]).await {
-            tracing::warn!(netns = %w.netns, error = %e, "cannot remove an instance's network namespace");
-        }
+        remove_netns(&w.netns).await;
     }
 }
 
 /// Whether any process still runs in the wiring's namespace (its instance is alive).
 pub async fn in_use(w: &Wiring) -> bool {
-    match ip(&["netns", "pids", &w.netns]).await {
-        Ok(out) => !out.trim().is_empty(),
+    let name = w.netns.clone();
+    match tokio::task::spawn_blocking(move || netns::pids(&name)).await {
+        Ok(Ok(pids)) => !pids.is_empty(),
         // Cannot tell: keep it.
-        Err(_) => Path::new(&w.netns_path()).exists(),
+        _ => Path::new(&w.netns_path()).exists(),
     }
 }
 
 /// Whether the instance's wiring is still in place (after a worker restart).
 pub async fn intact(w: &Wiring) -> bool {
-    Path::new(&w.netns_path()).exists() && ip(&["link", "show", "dev", &w.veth]).await.is_ok()
+    Path::new(&w.netns_path()).exists() && link_exists(&w.veth)
 }
 
 /// This node's instance namespaces and our veths that exist now.
@@ -347,27 +348,38 @@ pub async fn leftovers(netns_prefix: &str) -> (Vec<String>, Vec<String>) {
             }
         }
     }
-    let mut veths = Vec::new();
-    if let Ok(out) = ip(&["-o", "link", "show", "type", "veth"]).await {
-        for line in out.lines() {
-            // "12: oakv0123456789@if11: <...>"
-            if let Some(name) = line.split(": ").nth(1) {
-                let name = name.split('@').next().unwrap_or(name);
-                if name.starts_with(names::VETH_PREFIX) {
-                    veths.push(name.to_string());
-                }
-            }
+    let listed = netns::on_own_thread("listing veths", || {
+        Rtnl::open().and_then(|mut rtnl| rtnl.link_names_of_kind(&InfoKind::Veth)).map_err(|e| e.to_string())
+    })
+    .await;
+    let veths = match listed.and_then(|r| r) {
+        Ok(all) => all.into_iter().filter(|n| n.starts_with(names::VETH_PREFIX)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list veths to find leftovers");
+            Vec::new()
         }
-    }
+    };
     (namespaces, veths)
 }
 
+/// Removes a namespace (unmounts and deletes its file), logging a failure.
 pub async fn remove_netns(name: &str) {
-    let _ = ip(&["netns", "del", name]).await;
+    let owned = name.to_string();
+    if let Err(e) = netns::on_own_thread("removing a namespace", move || netns::remove(&owned)).await.and_then(|r| r) {
+        tracing::warn!(netns = %name, error = %e, "cannot remove an instance's network namespace");
+    }
 }
 
+/// Deletes a link of the worker's namespace if it exists, logging a failure.
 pub async fn remove_link(name: &str) {
-    let _ = ip(&["link", "del", "dev", name]).await;
+    let owned = name.to_string();
+    let deleted = netns::on_own_thread("deleting a link", move || {
+        Rtnl::open().and_then(|mut rtnl| rtnl.delete_link(&owned)).map_err(|e| e.to_string())
+    })
+    .await;
+    if let Err(e) = deleted.and_then(|r| r) {
+        tracing::warn!(link = %name, error = %e, "cannot delete an instance's veth");
+    }
 }
 
 #[cfg(test)]
