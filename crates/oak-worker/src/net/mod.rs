@@ -22,7 +22,7 @@ mod tunnel_key;
 #[cfg(test)]
 mod wiring_tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -93,6 +93,9 @@ pub(crate) struct NetManager {
     spare: tokio::sync::Mutex<Option<plumbing::Wiring>>,
     /// Set at shutdown: no more namespaces are prepared.
     stopping: std::sync::atomic::AtomicBool,
+    /// Addresses whose wiring is being removed, outside the `attachments` lock (the kernel takes
+    /// tens of milliseconds to delete a veth); not handed out again until that is done.
+    releasing: Mutex<BTreeSet<Ipv4Addr>>,
     /// nsIPs by instance, for the job reports (read without waiting on plumbing).
     nsips: Mutex<BTreeMap<(String, u32), Ipv4Addr>>,
     datapath: Mutex<Option<Arc<datapath::Datapath>>>,
@@ -164,6 +167,7 @@ impl NetManager {
             ready: watch::channel(false).0,
             attachments: tokio::sync::Mutex::new(Attachments::default()),
             spare: tokio::sync::Mutex::new(None),
+            releasing: Mutex::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             nsips: Mutex::new(BTreeMap::new()),
             datapath: Mutex::new(None),
@@ -290,7 +294,7 @@ impl NetManager {
         if spare.is_some() || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let Some(nsip) = state::free_nsip(&attachments, subnet) else { return };
+        let Some(nsip) = state::free_nsip(&attachments, &self.releasing.lock().unwrap(), subnet) else { return };
         let wiring = plumbing::Wiring {
             netns: names::netns(&node_id, nsip),
             veth: names::veth(&node_id, nsip),
@@ -335,9 +339,10 @@ impl NetManager {
                 wiring
             }
             None => {
-                let nsip = state::free_nsip(&attachments, subnet).ok_or_else(|| {
-                    format!("all {} overlay addresses of subnet {subnet} are in use", Subnet::HOSTS.count())
-                })?;
+                let nsip =
+                    state::free_nsip(&attachments, &self.releasing.lock().unwrap(), subnet).ok_or_else(|| {
+                        format!("all {} overlay addresses of subnet {subnet} are in use", Subnet::HOSTS.count())
+                    })?;
                 let wiring = plumbing::Wiring {
                     netns: names::netns(&node_id, nsip),
                     veth: names::veth(&node_id, nsip),
@@ -363,13 +368,23 @@ impl NetManager {
         Ok(path)
     }
 
-    /// Removes an instance's wiring (nothing happens if it has none).
+    /// Removes an instance's wiring (nothing happens if it has none). The entry goes at once;
+    /// the namespace and veth are removed after the lock is released, so a deploy arriving
+    /// meanwhile does not wait for the kernel; their address stays taken until they are gone.
+    /// A removal cut short leaves a namespace no entry names, which the shutdown's or the next
+    /// start's sweep removes.
     pub(crate) async fn detach(&self, job_name: &str, instance: u32) {
         let key = (job_name.to_string(), instance);
-        let mut attachments = self.attachments.lock().await;
-        if self.remove_attachment(&mut attachments, &key).await {
+        let wiring = {
+            let mut attachments = self.attachments.lock().await;
+            let Some(a) = attachments.remove(&key) else { return };
+            self.forget_local(&key, &a);
+            self.releasing.lock().unwrap().insert(a.wiring.nsip);
             self.save(&attachments).await;
-        }
+            a.wiring
+        };
+        plumbing::detach(&wiring).await;
+        self.releasing.lock().unwrap().remove(&wiring.nsip);
     }
 
     /// Unwires an instance, then forgets it (whether it had an entry). In this order, a removal
@@ -382,11 +397,16 @@ impl NetManager {
     }
 
     async fn unwire(&self, key: &(String, u32), a: &Attachment) {
+        self.forget_local(key, a);
+        plumbing::detach(&a.wiring).await;
+    }
+
+    /// Takes the instance out of the proxy and the address list.
+    fn forget_local(&self, key: &(String, u32), a: &Attachment) {
         if let Some(d) = self.datapath.lock().unwrap().clone() {
             d.remove_local(a.wiring.nsip);
         }
         self.nsips.lock().unwrap().remove(key);
-        plumbing::detach(&a.wiring).await;
     }
 
     /// Removes wirings of instances no runtime holds any more (e.g. stopped while the worker was

@@ -1,7 +1,7 @@
 //! The overlay's persisted state: which instance has which wiring (`<data>/overlay.json`), so a
 //! restarted worker re-attaches its running instances and removes what nobody owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -24,8 +24,12 @@ pub struct Attachment {
 pub type Attachments = BTreeMap<(String, u32), Attachment>;
 
 /// The lowest instance address of `subnet` no attachment uses.
-pub fn free_nsip(attachments: &Attachments, subnet: Subnet) -> Option<Ipv4Addr> {
-    Subnet::HOSTS.map(|offset| subnet.host(offset)).find(|ip| !attachments.values().any(|a| a.wiring.nsip == *ip))
+/// The lowest address of `subnet` no attachment holds and none of `releasing` (wirings being
+/// removed, whose namespace and veth names the address still gives).
+pub fn free_nsip(attachments: &Attachments, releasing: &BTreeSet<Ipv4Addr>, subnet: Subnet) -> Option<Ipv4Addr> {
+    Subnet::HOSTS
+        .map(|offset| subnet.host(offset))
+        .find(|ip| !releasing.contains(ip) && !attachments.values().any(|a| a.wiring.nsip == *ip))
 }
 
 pub async fn load(data_dir: &Path) -> Attachments {
@@ -69,14 +73,17 @@ mod tests {
     fn lowest_free_address_is_reused_and_exhausts() {
         let subnet = Subnet::parse("10.18.0.64/26").unwrap();
         let mut all = Attachments::default();
-        assert_eq!(free_nsip(&all, subnet), Some(Ipv4Addr::new(10, 18, 0, 66)));
+        let none = BTreeSet::new();
+        assert_eq!(free_nsip(&all, &none, subnet), Some(Ipv4Addr::new(10, 18, 0, 66)));
         for n in 0..61 {
-            let ip = free_nsip(&all, subnet).unwrap();
+            let ip = free_nsip(&all, &none, subnet).unwrap();
             all.insert(("j".into(), n), attachment("j", n, ip));
         }
-        assert_eq!(free_nsip(&all, subnet), None, "61 addresses per worker");
+        assert_eq!(free_nsip(&all, &none, subnet), None, "61 addresses per worker");
         all.remove(&("j".into(), 5));
-        assert_eq!(free_nsip(&all, subnet), Some(Ipv4Addr::new(10, 18, 0, 71)));
+        assert_eq!(free_nsip(&all, &none, subnet), Some(Ipv4Addr::new(10, 18, 0, 71)));
+        let releasing = BTreeSet::from([Ipv4Addr::new(10, 18, 0, 71)]);
+        assert_eq!(free_nsip(&all, &releasing, subnet), None, "an address being released stays taken");
     }
 
     #[tokio::test]
