@@ -37,6 +37,10 @@ pub struct DeployArgs {
     /// Where the JSON result goes.
     #[arg(long, default_value = "bench/results")]
     pub results: PathBuf,
+    /// Keep the run directory (the tiers' data and logs; each deploy's way through them is in
+    /// the logs under its `deploy_id`) and print where it is.
+    #[arg(long)]
+    pub keep_dir: bool,
 }
 
 pub fn main(args: DeployArgs) -> anyhow::Result<ExitCode> {
@@ -201,6 +205,9 @@ async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     });
     let path = report::write_json(&args.results, "deploy", &out)?;
     println!("results: {}", path.display());
+    if args.keep_dir {
+        println!("run directory (data, logs): {}", work.keep().display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -276,6 +283,9 @@ async fn measure(
     api.undeploy_one(&service, number).await?;
     number += 1;
 
+    // The worker's containerd (its own one if it started it): the floor runs on it too.
+    let own = dir.join("worker/containerd/containerd.sock");
+    let socket = if own.exists() { own } else { PathBuf::from("/run/containerd/containerd.sock") };
     let mut latencies = Vec::with_capacity(args.deploys);
     let mut stamped = Vec::with_capacity(args.deploys);
     for _ in 0..args.deploys {
@@ -283,12 +293,13 @@ async fn measure(
         latencies.push(polled);
         stamped.push(stamp);
         api.undeploy_one(&service, number).await?;
+        // The root forgets an instance before its worker has removed the container: the next
+        // deploy starts once it is gone, as each direct runtime deploy starts after the previous
+        // undeploy returned, so neither measures a deploy racing an undeploy.
+        wait_no_containers(&socket, namespace, Duration::from_secs(60)).await?;
         number += 1;
     }
 
-    // Floor on the same containerd (the worker's own one if it started it).
-    let own = dir.join("worker/containerd/containerd.sock");
-    let socket = if own.exists() { own } else { PathBuf::from("/run/containerd/containerd.sock") };
     let floor_ns = format!("{namespace}-floor");
     let ctr_in = |ns: &str, args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new("ctr").arg("-a").arg(&socket).args(["-n", ns]).args(args).output()?;
@@ -343,16 +354,28 @@ async fn measure(
     for n in first..number {
         api.undeploy_one(&service, n).await?;
     }
-    // The root forgets an instance before its worker has removed the container: wait for that,
-    // so stopping the worker leaves nothing running.
-    let start = Instant::now();
-    while !ctr_in(namespace, &["containers", "ls", "-q"])?.trim().is_empty() {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("containers of the benchmark still exist 60 s after their undeploy");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // So stopping the worker leaves nothing running.
+    wait_no_containers(&socket, namespace, Duration::from_secs(60)).await?;
     Ok(Measured { latencies, stamped, floor, direct, idle })
+}
+
+/// Waits until containerd namespace `ns` holds no container (the worker removed what the root
+/// already forgot).
+async fn wait_no_containers(socket: &Path, ns: &str, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("ctr").arg("-a").arg(socket).args(["-n", ns, "containers", "ls", "-q"]).output()?;
+        if !out.status.success() {
+            bail!("ctr containers ls: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("containers of the benchmark still exist {} s after their undeploy", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// RSS at the end and CPU % of one core over `seconds` of the worker doing nothing new.
