@@ -94,6 +94,8 @@ pub fn debian_package(tool: &str) -> &str {
         "mosquitto_pub" | "mosquitto_sub" => "mosquitto-clients",
         "mosquitto_passwd" => "mosquitto",
         "promtool" => "prometheus",
+        // Debian's iptables ships the nf_tables ebtables.
+        "ebtables" | "ebtables-restore" => "iptables",
         other => other,
     }
 }

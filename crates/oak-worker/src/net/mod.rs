@@ -254,8 +254,8 @@ impl NetManager {
         for (key, a) in std::mem::take(&mut *attachments).into_iter() {
             let ours = subnet.offset_of(a.wiring.nsip).is_some();
             if ours && plumbing::intact(&a.wiring).await {
-                if let Err(e) = plumbing::add_ports(&a.wiring).await {
-                    tracing::warn!(job = %key.0, instance = key.1, error = %e, "cannot restore port mappings");
+                if let Err(e) = plumbing::add_rules(&a.wiring).await {
+                    tracing::warn!(job = %key.0, instance = key.1, error = %e, "cannot restore source guard or port mappings");
                 }
                 datapath.add_local(&a);
                 self.nsips.lock().unwrap().insert(key.clone(), a.wiring.nsip);

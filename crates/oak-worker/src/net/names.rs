@@ -21,6 +21,9 @@ pub const CHAIN_FORWARD: &str = "OAK-FWD";
 pub const CHAIN_POSTROUTING: &str = "OAK-POST";
 /// nat-table chain jumped to from `PREROUTING` and `OUTPUT` (port mappings).
 pub const CHAIN_PORTS: &str = "OAK-PORTS";
+/// ebtables chain (bridge `filter` table, jumped to from INPUT and FORWARD) holding each
+/// instance's source rules.
+pub const CHAIN_GUARD: &str = "OAK-GUARD";
 /// The service range routed into the TUN.
 pub const SERVICE_RANGE: &str = "10.30.0.0/16";
 /// MTU of bridge, veths and TUN: 1500 minus the tunnel's outer IPv4 and UDP headers (28) and

@@ -55,6 +55,27 @@ async fn ip(args: &[&str]) -> Result<String, String> {
     run("ip", args).await
 }
 
+/// `program args…` with `input` on its standard input (several rules, one process).
+async fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e} (is it installed?)"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(|e| format!("writing to {program}: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// Whether the link exists in this process's network namespace. Asks the kernel (an ioctl),
 /// not `/sys/class/net`: that shows the namespace sysfs was mounted in, which differs for a
 /// worker started with `nsenter --net` (and for many containerised workers).
@@ -156,6 +177,16 @@ pub async fn setup_host(subnet: Subnet) -> Result<(), String> {
     // the bridge (allowed by route_localnet) and is masqueraded below so the instance can answer.
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/route_localnet", names::BRIDGE), "1")?;
 
+    // Instances' source guards: added back by their attach (or re-attach after a restart).
+    if run("ebtables", &["-N", names::CHAIN_GUARD, "-P", "RETURN"]).await.is_err() {
+        run("ebtables", &["-F", names::CHAIN_GUARD]).await?;
+    }
+    for hook in ["INPUT", "FORWARD"] {
+        let listed = run("ebtables", &["-L", hook]).await?;
+        if !listed.lines().any(|l| l.trim() == format!("-j {}", names::CHAIN_GUARD)) {
+            run("ebtables", &["-A", hook, "-j", names::CHAIN_GUARD]).await?;
+        }
+    }
     fresh_chain("filter", names::CHAIN_FORWARD).await?;
     for dir in ["-i", "-o"] {
         for dev in [names::BRIDGE, names::TUN] {
@@ -207,6 +238,10 @@ pub async fn teardown_host() {
         delete_rule(table, chain, rule).await;
     }
     remove_chain("filter", names::CHAIN_FORWARD).await;
+    for hook in ["INPUT", "FORWARD"] {
+        let _ = run("ebtables", &["-D", hook, "-j", names::CHAIN_GUARD]).await;
+    }
+    let _ = run("ebtables", &["-X", names::CHAIN_GUARD]).await;
     remove_chain("nat", names::CHAIN_POSTROUTING).await;
     remove_chain("nat", names::CHAIN_PORTS).await;
     let _ = ip(&["link", "del", "dev", names::BRIDGE]).await;
@@ -256,13 +291,43 @@ pub async fn attach(w: &Wiring, subnet: Subnet) -> Result<(), String> {
         let (wiring, gateway) = (w.clone(), subnet.bridge_ip());
         netns::on_own_thread("wiring an instance", move || wire(&wiring, gateway)).await??;
         tracing::debug!(netns = %w.netns, micros = start.elapsed().as_micros() as u64, "instance namespace wired");
-        add_ports(w).await
+        add_rules(w).await
     }
     .await;
     if result.is_err() {
         detach(w).await;
     }
     result
+}
+
+/// The bridge rules that let only the instance's own address in from its veth: IPv4 whose
+/// source is its address and ARP whose sender is; IPv6 not at all (the overlay has none).
+/// Otherwise an instance with a raw socket (containers keep `CAP_NET_RAW`), or a VM, which owns
+/// its NIC, could send as another instance of this worker, of another tenant: the proxy would
+/// carry it under that instance's service IP, and a forged ARP answer would draw that
+/// instance's traffic. The host end of the veth is out of the instance's reach.
+fn guard_rules(w: &Wiring) -> [String; 3] {
+    let (chain, veth, ip) = (names::CHAIN_GUARD, &w.veth, w.nsip);
+    [
+        format!("{chain} -i {veth} -p IPv4 --ip-src ! {ip} -j DROP"),
+        format!("{chain} -i {veth} -p ARP --arp-ip-src ! {ip} -j DROP"),
+        format!("{chain} -i {veth} -p IPv6 -j DROP"),
+    ]
+}
+
+/// Adds (`-A`) or deletes (`-D`) the instance's [`guard_rules`], in one `ebtables-restore`.
+async fn guard(w: &Wiring, op: &str) -> Result<(), String> {
+    let rules: String = guard_rules(w).iter().map(|r| format!("{op} {r}\n")).collect();
+    run_with_input("ebtables-restore", &["--noflush"], &format!("*filter\n{rules}COMMIT\n"))
+        .await
+        .map_err(|e| format!("cannot limit {} to the source {}: {e}", w.veth, w.nsip))
+}
+
+/// Adds the rules every wired instance has besides its wiring: its source guard and its port
+/// mappings (at attach, and again after a restart emptied the chains).
+pub async fn add_rules(w: &Wiring) -> Result<(), String> {
+    guard(w, "-A").await?;
+    add_ports(w).await
 }
 
 /// Makes the namespace, the veth pair into it and, inside, loopback, address and default route.
@@ -309,6 +374,8 @@ pub async fn add_ports(w: &Wiring) -> Result<(), String> {
 
 /// Removes the port mappings, the veth (its peer goes with it) and the namespace.
 pub async fn detach(w: &Wiring) {
+    // Absent rules (a wiring cut short) are fine.
+    let _ = guard(w, "-D").await;
     for m in &w.ports {
         let rule = port_rule(w.nsip, m);
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();

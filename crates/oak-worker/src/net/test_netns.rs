@@ -3,10 +3,13 @@
 
 use oak_testenv::Need::{Path, Root, Tool};
 
-/// Whether the test can run (root, `ip`, `iptables` and a TUN device), decided by
+/// Whether the test can run (root, `ip`, `iptables`, `ebtables` and a TUN device), decided by
 /// `oak_testenv::can_run`: skipped with a note on a developer machine, failed under `CI=true`.
 pub fn root_or_skip(test: &str) -> bool {
-    oak_testenv::can_run(test, &[Root, Tool("ip"), Tool("iptables"), Path("/dev/net/tun")])
+    oak_testenv::can_run(
+        test,
+        &[Root, Tool("ip"), Tool("iptables"), Tool("ebtables"), Tool("ebtables-restore"), Path("/dev/net/tun")],
+    )
 }
 
 /// Runs `f` on a thread of its own in a fresh network namespace (unshare moves only the calling

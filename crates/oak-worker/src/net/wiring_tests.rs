@@ -200,3 +200,82 @@ fn a_failed_wiring_names_its_step_and_leaves_nothing() {
         assert_gone(&w);
     });
 }
+
+/// An IPv4/UDP packet from `src` to `dst` (checksums left to the kernel and UDP's optional one).
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&4444u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Sends `packet` as it is (a raw socket, as a process with `CAP_NET_RAW` in the instance can)
+/// from inside the namespace at `netns`.
+fn send_raw_from(netns: String, dst: Ipv4Addr, packet: Vec<u8>) {
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(&netns).unwrap();
+        // SAFETY: setns/socket/sendto/close with valid descriptors and buffers; the thread ends
+        // in the namespace it entered.
+        unsafe {
+            assert_eq!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns {netns}");
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(sent, packet.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// An instance cannot send as another one of the worker: a packet with the other's source
+/// address does not leave its veth, one with its own does.
+#[test]
+fn an_instance_sends_only_from_its_own_address() {
+    with_host("an_instance_sends_only_from_its_own_address", |node_id, subnet| async move {
+        let (a, b) = (wiring(&node_id, subnet.host(2)), wiring(&node_id, subnet.host(3)));
+        plumbing::attach(&a, subnet).await.expect("a is wired");
+        plumbing::attach(&b, subnet).await.expect("b is wired");
+        let host = std::net::UdpSocket::bind((subnet.bridge_ip(), 0)).unwrap();
+        host.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let port = host.local_addr().unwrap().port();
+        let mut buf = [0u8; 64];
+
+        send_raw_from(a.netns_path(), subnet.bridge_ip(), udp_packet(a.nsip, subnet.bridge_ip(), port, b"own"));
+        let (n, from) = host.recv_from(&mut buf).expect("a's packet with its own source arrives");
+        assert_eq!((&buf[..n], from.ip()), (&b"own"[..], std::net::IpAddr::V4(a.nsip)));
+
+        send_raw_from(a.netns_path(), subnet.bridge_ip(), udp_packet(b.nsip, subnet.bridge_ip(), port, b"forged"));
+        send_raw_from(a.netns_path(), subnet.bridge_ip(), udp_packet(a.nsip, subnet.bridge_ip(), port, b"after"));
+        let (n, from) = host.recv_from(&mut buf).expect("a's next own packet arrives");
+        assert_eq!(
+            (&buf[..n], from.ip()),
+            (&b"after"[..], std::net::IpAddr::V4(a.nsip)),
+            "the packet forged with b's address must not arrive"
+        );
+        plumbing::detach(&a).await;
+        plumbing::detach(&b).await;
+    });
+}
