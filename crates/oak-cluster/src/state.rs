@@ -238,6 +238,9 @@ pub struct ClusterState {
     pub name: String,
     pub timing: Timing,
     pub nodes: BTreeMap<String, Node>,
+    /// Each node's position in `nodes` (its view's index in a placement step), kept between
+    /// steps: building it cloned every node id at every step. Emptied when a node comes or goes.
+    node_index: HashMap<String, usize>,
     pub instances: BTreeMap<Key, Inst>,
     /// job name → job id, to read workers' reports (they name jobs by name).
     by_name: HashMap<String, String>,
@@ -274,6 +277,7 @@ impl ClusterState {
             name,
             timing,
             nodes: BTreeMap::new(),
+            node_index: HashMap::new(),
             instances: BTreeMap::new(),
             by_name: HashMap::new(),
             to_root: BTreeSet::new(),
@@ -330,6 +334,7 @@ impl ClusterState {
             }
             None => {
                 self.nodes.insert(id.clone(), Node::new(record, now));
+                self.node_index.clear();
             }
         }
         // Registering just as it was being forgotten: it stays.
@@ -557,7 +562,10 @@ impl ClusterState {
             })
             .collect();
         let mut touched = vec![false; views.len()];
-        let index: HashMap<String, usize> = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        if self.node_index.len() != self.nodes.len() {
+            self.node_index = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        }
+        let index = std::mem::take(&mut self.node_index);
         // Per service: how many of its instances each node holds, counted once per step.
         let mut siblings: HashMap<String, Vec<u32>> = HashMap::new();
         let mut effects = Vec::new();
@@ -622,6 +630,7 @@ impl ClusterState {
         for ((node, view), touched) in self.nodes.values_mut().zip(views).zip(touched) {
             node.view = (!touched).then_some(view);
         }
+        self.node_index = index;
         effects
     }
 
@@ -850,6 +859,7 @@ impl ClusterState {
         for id in gone {
             tracing::warn!(node = %id, silent_s = after.as_secs(), "forgetting a silent worker");
             self.nodes.remove(&id);
+            self.node_index.clear();
             self.dirty_nodes.remove(&id);
             effects.extend(self.routes.forget_node(&id));
             self.peers.forget_node(&id);
