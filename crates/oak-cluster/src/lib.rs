@@ -65,6 +65,8 @@ pub struct ClusterConfig {
 
 /// Period of the control loop (timeouts, placement, reports, store writes) when nothing wakes it.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the cluster asks whether its server certificate is due for renewal.
+const CERT_CHECK: Duration = Duration::from_secs(3600);
 /// Least and most time between two steps when woken early, so a stream of events cannot make
 /// the loop spin; events in between are handled together. Within these bounds the gap is the
 /// last step's duration times [`STEP_SHARE_INVERSE`].
@@ -83,6 +85,8 @@ pub struct Ctx {
     node_token_hash: String,
     /// Connections the node API and the broker refused during the TLS handshake.
     tls_refusals: Arc<tls::Refusals>,
+    /// The CA and the server certificate, kept for the certificate's renewals.
+    _tls: Arc<tls::ClusterTls>,
     /// The root this cluster trusts and its identity there (join token, then certificate).
     root_trust: root_trust::RootTrust,
     root: Mutex<Option<mpsc::Sender<ClusterMsg>>>,
@@ -119,7 +123,18 @@ impl Cluster {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let store = ClusterStore::open(&dir.join("cluster.db"))
             .with_context(|| format!("cannot open the database in {}", dir.display()))?;
-        let tls = tls::ClusterTls::load(&config)?;
+        let tls = Arc::new(tls::ClusterTls::load(&config)?);
+        // The renewal check ends with the cluster (the context holds the only strong reference).
+        let renewing = Arc::downgrade(&tls);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CERT_CHECK).await;
+                match renewing.upgrade() {
+                    Some(tls) => tls.renew_if_due(),
+                    None => return,
+                }
+            }
+        });
         let token = credentials::node_token(dir, tls.authority.fingerprint())?;
         let root_trust = root_trust::RootTrust::open(dir, &config.root_token)?;
         let now = Instant::now();
@@ -140,7 +155,8 @@ impl Cluster {
         }
         let ctx = Arc::new(Ctx {
             node_token_hash: credentials::hash(token.secret.as_bytes()),
-            tls_refusals: tls.refusals,
+            tls_refusals: tls.refusals.clone(),
+            _tls: tls.clone(),
             root_trust,
             state: Mutex::new(state),
             store,

@@ -23,6 +23,8 @@ pub struct ClusterTls {
     /// For both listeners: workers authenticate with the node token and MQTT credentials inside
     /// the session, so no client certificates.
     pub server: Arc<ServerConfig>,
+    /// The certificate `server` presents, issued again while the cluster runs.
+    cert: Arc<oak_tls::RenewingCert>,
     pub refusals: Arc<Refusals>,
 }
 
@@ -31,11 +33,21 @@ impl ClusterTls {
         let dir = config.data_dir.join(TLS_DIR);
         let authority = Authority::load_or_create(&dir, &format!("Oakestra cluster {} CA", config.name))
             .with_context(|| format!("cannot set up the cluster's certificate authority in {}", dir.display()))?;
-        let identity = authority
-            .issue_server(CLUSTER_SERVER_NAME, &alt_names(config))
-            .context("cannot issue the cluster's server certificate")?;
-        let server = oak_tls::server_config(&identity, ClientAuth::None)?;
-        Ok(ClusterTls { authority, server, refusals: Arc::default() })
+        let cert =
+            oak_tls::RenewingCert::issue(&authority, CLUSTER_SERVER_NAME, &alt_names(config), oak_tls::RENEW_AFTER)
+                .context("cannot issue the cluster's server certificate")?;
+        let server = oak_tls::renewing_server_config(cert.clone(), ClientAuth::None)?;
+        Ok(ClusterTls { authority, server, cert, refusals: Arc::default() })
+    }
+
+    /// Issues the server certificate (node API and broker) again when it is due; new
+    /// handshakes get the new one.
+    pub fn renew_if_due(&self) {
+        match self.cert.renew_if_due(&self.authority, std::time::Instant::now()) {
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "server certificate renewed"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot renew the server certificate; the old one stays"),
+        }
     }
 }
 

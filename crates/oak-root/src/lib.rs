@@ -38,6 +38,8 @@ pub const PROMETHEUS_TARGETS_FILE: &str = "prometheus-targets.json";
 
 /// Directory in the data dir of the root's CA (`ca.pem`, `ca-key.pem`).
 pub const TLS_DIR: &str = "tls";
+/// How often the root asks whether its channel certificate is due for renewal.
+const CERT_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Names in the channel certificate besides `oak_tls::ROOT_SERVER_NAME`: the address it listens
 /// on, when that is one address (clusters verify the pinned CA, not the address they dialled).
@@ -200,6 +202,19 @@ impl Root {
         };
         let channel_task = tokio::spawn(fleet::serve_channel(channel, self.state.fleet.clone(), stopped()));
         let retry_task = tokio::spawn(fleet::run_retries(self.state.fleet.clone(), stopped()));
+        let renewals = {
+            let fleet = self.state.fleet.clone();
+            let stop = stopped();
+            tokio::spawn(async move {
+                let checks = async {
+                    loop {
+                        tokio::time::sleep(CERT_CHECK).await;
+                        fleet.trust().renew_if_due();
+                    }
+                };
+                tokio::select! { _ = checks => {}, _ = stop => {} }
+            })
+        };
         let trim: fn(axum::http::Request<axum::body::Body>) -> axum::http::Request<axum::body::Body> =
             api::trim_trailing_slash;
         let service = tower::util::MapRequestLayer::new(trim).layer(api::router(self.state.clone()));
@@ -235,6 +250,7 @@ impl Root {
         };
         let _ = channel_task.await;
         let _ = retry_task.await;
+        let _ = renewals.await;
         for task in extra_tasks {
             match task.await {
                 Ok(Err(e)) => tracing::error!(error = %e, "the dashboard listener failed"),

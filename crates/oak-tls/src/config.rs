@@ -30,15 +30,28 @@ pub enum ClientAuth {
 
 /// A server config presenting `identity`.
 pub fn server_config(identity: &Identity, clients: ClientAuth) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(Arc::new(server_builder(clients)?.with_single_cert(identity.chain.clone(), identity.key.clone_key())?))
+}
+
+/// A server config presenting whatever certificate `cert` holds at each handshake.
+pub fn renewing_server_config(
+    cert: Arc<crate::RenewingCert>,
+    clients: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(Arc::new(server_builder(clients)?.with_cert_resolver(cert)))
+}
+
+fn server_builder(
+    clients: ClientAuth,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
     let provider = provider();
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match clients {
+    Ok(match clients {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider, true)?),
         ClientAuth::Required(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider, false)?),
-    };
-    Ok(Arc::new(builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?))
+    })
 }
 
 fn client_verifier(

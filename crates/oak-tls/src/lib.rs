@@ -14,16 +14,21 @@ mod files;
 mod fingerprint;
 mod listener;
 mod reload;
+mod renew;
 mod token;
 mod verifier;
 
 pub use authority::{to_pem, Authority, ClientKey, Identity};
-pub use config::{ca_client_config, peer_certificate, pinned_client_config, provider, server_config, ClientAuth};
+pub use config::{
+    ca_client_config, peer_certificate, pinned_client_config, provider, renewing_server_config, server_config,
+    ClientAuth,
+};
 pub use error::TlsError;
 pub use files::write_private;
 pub use fingerprint::Fingerprint;
 pub use listener::{refusal_label, OnRefused, TlsListener};
 pub use reload::{reloadable_server_config, ReloadableCert};
+pub use renew::{RenewingCert, RENEW_AFTER};
 pub use token::{JoinToken, TokenError, TokenKind};
 pub use verifier::PinnedCa;
 

@@ -248,3 +248,27 @@ fn a_reloaded_certificate_replaces_the_old_one_and_a_bad_file_keeps_it() {
     assert_eq!(cert.fingerprint(), b.fingerprint());
     reloadable_server_config(cert).unwrap();
 }
+
+/// The server certificate in use, as a client of the CA sees it in a handshake.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Authority) -> Fingerprint {
+    let config = pinned_client_config(ca.fingerprint(), ROOT_SERVER_NAME, None).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(config).connect(ServerName::try_from("10.0.0.1").unwrap(), tcp).await.unwrap();
+    Fingerprint::of(&tls.get_ref().1.peer_certificates().unwrap()[0])
+}
+
+#[tokio::test]
+async fn a_server_certificate_is_issued_again_while_the_listener_runs() {
+    let ca = Authority::generate("root CA").unwrap();
+    let cert = RenewingCert::issue(&ca, ROOT_SERVER_NAME, &["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
+    let (addr, _, _) = echo_server(renewing_server_config(cert.clone(), ClientAuth::None).unwrap()).await;
+    let first = served_certificate(addr, &ca).await;
+    assert_eq!(first, cert.fingerprint());
+
+    let start = std::time::Instant::now();
+    assert_eq!(cert.renew_if_due(&ca, start).unwrap(), None, "not due yet");
+    let renewed = cert.renew_if_due(&ca, start + Duration::from_secs(3601)).unwrap().expect("due after an hour");
+    assert_ne!(renewed, first);
+    assert_eq!(served_certificate(addr, &ca).await, renewed, "the same listener serves the new certificate");
+    assert_eq!(cert.renew_if_due(&ca, start + Duration::from_secs(3602)).unwrap(), None, "due again an hour later");
+}

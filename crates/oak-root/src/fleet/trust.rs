@@ -37,6 +37,8 @@ pub const REFUSAL_REASONS: &[&str] = &[
 pub struct ChannelTrust {
     pub authority: Authority,
     pub server: Arc<oak_tls::rustls::ServerConfig>,
+    /// The channel's certificate, issued again while the root runs ([`ChannelTrust::renew_if_due`]).
+    cert: Arc<oak_tls::RenewingCert>,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// A port scan must not fill the log: a few lines per window, then a sum.
     refusal_log: Mutex<LogBudget>,
@@ -54,15 +56,25 @@ impl ChannelTrust {
 
     /// The same with a given CA (tests).
     pub fn with(authority: Authority, addresses: &[String]) -> Result<Self, oak_tls::TlsError> {
-        let identity = authority.issue_server(ROOT_SERVER_NAME, addresses)?;
-        let server = oak_tls::server_config(&identity, ClientAuth::Optional(authority.cert().clone()))?;
+        let cert = oak_tls::RenewingCert::issue(&authority, ROOT_SERVER_NAME, addresses, oak_tls::RENEW_AFTER)?;
+        let server = oak_tls::renewing_server_config(cert.clone(), ClientAuth::Optional(authority.cert().clone()))?;
         Ok(ChannelTrust {
             authority,
             server,
+            cert,
             refusals: Mutex::new(BTreeMap::new()),
             refusal_log: Mutex::new(LogBudget::new(Instant::now())),
             stray_answers: AtomicU64::new(0),
         })
+    }
+
+    /// Issues the channel's certificate again when it is due; new handshakes get the new one.
+    pub fn renew_if_due(&self) {
+        match self.cert.renew_if_due(&self.authority, Instant::now()) {
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint, "cluster channel certificate renewed"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot renew the cluster channel certificate; the old one stays"),
+        }
     }
 
     pub fn ca(&self) -> Fingerprint {
