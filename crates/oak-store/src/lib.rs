@@ -129,6 +129,13 @@ pub trait RootStore: Send + Sync + 'static {
     /// A service without loading its instances (`instance_list` empty): for hot paths that only
     /// need the descriptor.
     fn service_spec(&self, id: &str) -> Result<Option<Service>>;
+    /// A service without its instances and the application it belongs to, read together (one
+    /// read where the two calls would take two): the ownership check of every instance request.
+    fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
+        let Some(service) = self.service_spec(id)? else { return Ok(None) };
+        let app = self.application(&service.application_id)?;
+        Ok(Some((service, app)))
+    }
     /// A service with its `instance_list`, by job name.
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>>;
     /// Services of one application, or all services when `None`.

@@ -118,9 +118,9 @@ impl SqliteStore {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(128);
-        // Pages read through a memory map instead of copied out of the file: a read connection's
-        // cache starts over after every commit of the writer.
-        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+        // No memory map: after each commit of the writer a read connection's next transaction
+        // unmaps and maps the file again, and under a stream of commits the munmaps (TLB
+        // shootdowns on every core) cost more than copying the few pages a read needs.
         Ok(conn)
     }
 
@@ -642,6 +642,16 @@ impl RootStore for SqliteStore {
 
     fn service_spec(&self, id: &str) -> Result<Option<Service>> {
         self.read(|c| query_doc(c, "SELECT doc FROM services WHERE id = ?1", params![id]))
+    }
+
+    fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
+        self.read(|c| {
+            let Some(service) = query_doc::<Service>(c, "SELECT doc FROM services WHERE id = ?1", params![id])? else {
+                return Ok(None);
+            };
+            let app = query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![service.application_id])?;
+            Ok(Some((service, app)))
+        })
     }
 
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>> {

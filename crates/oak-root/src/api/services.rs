@@ -32,9 +32,14 @@ pub(super) fn owned_service(
 /// Like [`owned_service`]; without `instances` the instance list stays empty (cheap for big services).
 fn owned(st: &AppState, caller: &Caller, id: &str, modify: bool, instances: bool) -> ApiResult<(Service, Application)> {
     let what = format!("service {id}");
-    let service = if instances { st.store.service(id)? } else { st.store.service_spec(id)? };
-    let service = service.ok_or_else(|| ApiError::not_found(&what))?;
-    let app = st.store.application(&service.application_id)?.ok_or_else(|| ApiError::not_found(&what))?;
+    let (service, app) = if instances {
+        let service = st.store.service(id)?.ok_or_else(|| ApiError::not_found(&what))?;
+        let app = st.store.application(&service.application_id)?;
+        (service, app)
+    } else {
+        st.store.service_spec_with_application(id)?.ok_or_else(|| ApiError::not_found(&what))?
+    };
+    let app = app.ok_or_else(|| ApiError::not_found(&what))?;
     caller.require_owner(&app.user_id, modify, &what)?;
     Ok((service, app))
 }
