@@ -109,15 +109,23 @@ pub struct Node {
     /// Host ports the instances placed here map, each with the number of instances mapping it
     /// (more than one only for instances placed before ports were counted).
     pub ports: BTreeMap<HostPort, u32>,
-    /// The scheduler's view of the node, kept between steps (building one clones the node's
-    /// names and lists, and a burst places many times per second); `None` once `record.info`
-    /// or what is placed changed.
-    view: Option<NodeView>,
+    /// Whether the scheduler's view of the node (kept between steps in
+    /// [`ClusterState::views`]: building one clones the node's names and lists, and a burst
+    /// places many times per second) must be built again: `record.info` or what is placed
+    /// changed.
+    stale: bool,
 }
 
 impl Node {
     fn new(record: NodeRecord, now: Instant) -> Self {
-        Node { record, last_seen: None, last_heard: now, placed: Demand::default(), ports: BTreeMap::new(), view: None }
+        Node {
+            record,
+            last_seen: None,
+            last_heard: now,
+            placed: Demand::default(),
+            ports: BTreeMap::new(),
+            stale: true,
+        }
     }
 
     /// An instance of `job` was placed here: it holds its demand and host ports.
@@ -126,7 +134,7 @@ impl Node {
         for port in host_ports(&job.port) {
             *self.ports.entry(port).or_default() += 1;
         }
-        self.view = None;
+        self.stale = true;
     }
 
     /// An instance of `job` left: what it held is free again.
@@ -140,7 +148,7 @@ impl Node {
                 }
             }
         }
-        self.view = None;
+        self.stale = true;
     }
 
     /// The scheduler's view of the node: free resources and taken host ports.
@@ -241,6 +249,10 @@ pub struct ClusterState {
     /// Each node's position in `nodes` (its view's index in a placement step), kept between
     /// steps: building it cloned every node id at every step. Emptied when a node comes or goes.
     node_index: HashMap<String, usize>,
+    /// The scheduler's view of each node, in `nodes` order, kept between steps like
+    /// `node_index` (moving a thousand views in and out of the nodes at every step was a good
+    /// part of a step); a node's entry is built again when the node is `stale`.
+    views: Vec<NodeView>,
     pub instances: BTreeMap<Key, Inst>,
     /// job name → job id, to read workers' reports (they name jobs by name).
     by_name: HashMap<String, String>,
@@ -263,7 +275,14 @@ pub struct ClusterState {
     pub placement_seconds: oak_metrics::Histogram,
     /// Whether some instance may be placeable now (skip scheduling passes otherwise).
     pending: bool,
+    /// When every instance was last checked for a stuck deploy or a missing worker.
+    instances_checked: Option<Instant>,
 }
+
+/// How often every instance is checked for a stuck deploy or a worker no longer registered
+/// (both measured in tens of seconds). Instances of a worker that goes silent are checked at
+/// once; scanning all of them at every periodic step was a tenth of a busy cluster's CPU.
+const INSTANCE_CHECK: Duration = Duration::from_secs(1);
 
 impl ClusterState {
     pub fn new(
@@ -278,6 +297,7 @@ impl ClusterState {
             timing,
             nodes: BTreeMap::new(),
             node_index: HashMap::new(),
+            views: Vec::new(),
             instances: BTreeMap::new(),
             by_name: HashMap::new(),
             to_root: BTreeSet::new(),
@@ -291,6 +311,7 @@ impl ClusterState {
             placement: Samples::new(100_000),
             placement_seconds: oak_metrics::latency_histogram(),
             pending: true,
+            instances_checked: None,
         };
         for record in nodes {
             // A restarted cluster cannot tell how long a node was silent: it gets the whole
@@ -326,7 +347,7 @@ impl ClusterState {
                 let moved = endpoint(&node.record.info) != endpoint(&record.info)
                     || tunnel_key(&node.record.info) != tunnel_key(&record.info);
                 node.record = record;
-                node.view = None;
+                node.stale = true;
                 node.last_heard = now;
                 if moved {
                     self.endpoint_changed(&id);
@@ -382,7 +403,7 @@ impl ClusterState {
         };
         let offers_changed = offers_differ(&node.record.info, &info);
         node.record.info = info;
-        node.view = None;
+        node.stale = true;
         node.last_seen = Some(now);
         node.last_heard = now;
         if !was_active {
@@ -538,33 +559,36 @@ impl ClusterState {
         if !self.pending {
             return Vec::new();
         }
-        self.pending = false;
+        // Instances still waiting keep the loop looking.
+        let mut waiting = false;
         let due: Vec<Key> = self
             .instances
             .iter()
-            .filter(|(_, i)| wants_placement(&i.status) && i.next_try <= now)
+            .filter(|(_, i)| {
+                let wants = wants_placement(&i.status);
+                waiting |= wants;
+                wants && i.next_try <= now
+            })
             .map(|(k, _)| k.clone())
             .collect();
-        // Instances still waiting keep the loop looking.
-        self.pending = self.instances.values().any(|i| wants_placement(&i.status));
+        self.pending = waiting;
         if due.is_empty() {
             return Vec::new();
         }
-        // The nodes' cached views, moved out for this step and back in after it.
         let timeout = self.timing.node_timeout;
-        let mut views: Vec<NodeView> = self
-            .nodes
-            .values_mut()
-            .map(|n| {
-                let mut view = n.view.take().unwrap_or_else(|| n.fresh_view(false));
-                view.active = n.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
-                view
-            })
-            .collect();
-        let mut touched = vec![false; views.len()];
-        if self.node_index.len() != self.nodes.len() {
+        if self.node_index.len() != self.nodes.len() || self.views.len() != self.nodes.len() {
             self.node_index = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+            self.views = self.nodes.values().map(|n| n.fresh_view(false)).collect();
+            self.nodes.values_mut().for_each(|n| n.stale = false);
         }
+        for (node, view) in self.nodes.values_mut().zip(self.views.iter_mut()) {
+            if node.stale {
+                *view = node.fresh_view(false);
+                node.stale = false;
+            }
+            view.active = node.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
+        }
+        let mut views = std::mem::take(&mut self.views);
         let index = std::mem::take(&mut self.node_index);
         // Per service: how many of its instances each node holds, counted once per step.
         let mut siblings: HashMap<String, Vec<u32>> = HashMap::new();
@@ -591,8 +615,8 @@ impl ClusterState {
                     view.free_gpus = view.free_gpus.saturating_sub(demand.gpus);
                     view.host_ports.extend(host_ports(&job.spec.port));
                     let node = self.nodes.get_mut(&view.id).expect("views come from nodes");
+                    // Built again next step from what is placed, not from this step's subtraction.
                     node.hold(&job.spec);
-                    touched[i] = true;
                     inst.status = status::NODE_SCHEDULED.into();
                     inst.detail = format!("sent to worker {}", node.record.info.host);
                     inst.worker_id = Some(view.id.clone());
@@ -625,11 +649,7 @@ impl ClusterState {
             self.dirty.insert(key.clone());
             self.to_root.insert(key);
         }
-        // Nodes placed on get a fresh view next time (computed from what is placed, not from
-        // this step's running subtraction).
-        for ((node, view), touched) in self.nodes.values_mut().zip(views).zip(touched) {
-            node.view = (!touched).then_some(view);
-        }
+        self.views = views;
         self.node_index = index;
         effects
     }
@@ -793,6 +813,12 @@ impl ClusterState {
             .filter(|(_, n)| n.last_seen.is_some_and(|t| now.duration_since(t) > self.timing.node_timeout))
             .map(|(id, _)| id.clone())
             .collect();
+        let recently = self.instances_checked.is_some_and(|t| now.saturating_duration_since(t) < INSTANCE_CHECK);
+        if silent.is_empty() && recently {
+            effects.extend(self.forget_silent_nodes(now));
+            return effects;
+        }
+        self.instances_checked = Some(now);
         let mut moves = Vec::new();
         for (key, inst) in &self.instances {
             if !on_node(&inst.status) {

@@ -241,6 +241,39 @@ fn stuck_deployments_time_out_and_move() {
 }
 
 #[test]
+fn periodic_steps_check_every_instance_once_a_second_and_a_silent_worker_at_once() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 1000)], t);
+    let j = job("web", 100);
+    let k = job("api", 100);
+    assert_eq!(placed_on(&deploy(&mut st, &j, 0, t)), ["a"]);
+    assert_eq!(placed_on(&deploy(&mut st, &k, 0, t)), ["b"]);
+    running(&mut st, "b", &k, 0, t);
+    // Steps every 100 ms, as the control loop runs them; worker a keeps reporting, b goes silent
+    // after t, and a's deploy of `web` never finishes (the deploy timeout is 120 s).
+    let deadline = t + Duration::from_secs(120);
+    let mut moved_web = None;
+    let mut moved_api = None;
+    for step in 1..=1250u64 {
+        let now = t + Duration::from_millis(100 * step);
+        if step % 20 == 0 {
+            st.node_information("a", info("a", 1000), now);
+        }
+        for e in st.check_timeouts(now) {
+            if let Effect::Delete { node, .. } = e {
+                let slot = if node == "a" { &mut moved_web } else { &mut moved_api };
+                slot.get_or_insert(now);
+            }
+        }
+    }
+    // b is silent for more than 6 s from t + 6.1 s on: acted on at that very step.
+    assert_eq!(moved_api, Some(t + Duration::from_millis(6100)));
+    let moved_web = moved_web.expect("the stuck deploy is found");
+    assert!(moved_web > deadline && moved_web <= deadline + Duration::from_secs(1), "{:?}", moved_web - deadline);
+    assert!(st.instances[&(j.id.clone(), 0)].detail.contains("did not start it"));
+}
+
+#[test]
 fn full_desired_set_removes_what_the_root_no_longer_wants() {
     let t = Instant::now();
     let mut st = state(&[("a", 1000)], t);
