@@ -18,29 +18,47 @@ pub(crate) struct Rejected {
 /// The deploy commands of one `control/deploy` payload: a JSON array's elements each on its own
 /// (a batch), anything else as it is (one command, or garbage [`parse_deploy`] rejects).
 pub(crate) fn split_deploys(payload: Vec<u8>) -> Vec<Vec<u8>> {
-    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+    if first_byte(&payload) != Some(b'[') {
         return vec![payload];
     }
-    match serde_json::from_slice::<Vec<Value>>(&payload) {
-        // Re-encoded elements are valid JSON, so each is judged by `parse_deploy` alone.
-        Ok(items) => items.iter().map(|v| serde_json::to_vec(v).unwrap_or_default()).collect(),
+    match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&payload) {
+        // Each element's own text (valid JSON), judged by `parse_deploy` alone.
+        Ok(items) => items.iter().map(|v| v.get().as_bytes().to_vec()).collect(),
         Err(_) => vec![payload],
     }
 }
 
 pub(crate) fn parse_deploy(payload: &[u8]) -> Result<DeployCommand, Rejected> {
+    // The common case decodes straight into the command; only a command that fails goes
+    // through a JSON value, to name its job and instance in the rejection.
+    if first_byte(payload) == Some(b'{') {
+        if let Ok(cmd) = serde_json::from_slice::<DeployCommand>(payload) {
+            if check_deploy(&cmd).is_ok() {
+                return Ok(cmd);
+            }
+        }
+    }
     let value = parse_object(payload, "deploy")?;
     let (job_name, instance) = best_effort_ids(&value);
     let reject = |detail: String| Rejected { job_name: job_name.clone(), instance, detail };
     let cmd: DeployCommand =
-        serde_json::from_value(value.clone()).map_err(|e| reject(format!("invalid deploy command: {e}")))?;
+        serde_json::from_value(value).map_err(|e| reject(format!("invalid deploy command: {e}")))?;
+    check_deploy(&cmd).map_err(reject)?;
+    Ok(cmd)
+}
+
+fn check_deploy(cmd: &DeployCommand) -> Result<(), String> {
     if cmd.job.job_name.trim().is_empty() {
-        return Err(reject("invalid deploy command: job_name is empty".into()));
+        return Err("invalid deploy command: job_name is empty".into());
     }
     if cmd.job.spec.virtualization.trim().is_empty() {
-        return Err(reject("invalid deploy command: virtualization is empty".into()));
+        return Err("invalid deploy command: virtualization is empty".into());
     }
-    Ok(cmd)
+    Ok(())
+}
+
+fn first_byte(payload: &[u8]) -> Option<u8> {
+    payload.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 pub(crate) fn parse_delete(payload: &[u8]) -> Result<DeleteCommand, Rejected> {
