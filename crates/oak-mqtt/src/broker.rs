@@ -267,6 +267,13 @@ impl BrokerHandle {
         self.shared.router.stats.snapshot()
     }
 
+    /// Every node with a connection open now, with when it last heard from that node (any
+    /// packet, keep-alive pings included). A node's connection is closed after one and a half
+    /// keep-alive periods of silence.
+    pub fn nodes_heard(&self) -> Vec<(String, std::time::Instant)> {
+        self.shared.router.nodes_heard()
+    }
+
     /// Closes every connection authenticated as node `node_id` (e.g. after it was deregistered);
     /// returns how many there were. The node may reconnect if its credentials are still accepted,
     /// and then resumes its persistent session (kept sessions are forgotten after an hour).

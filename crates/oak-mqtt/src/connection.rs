@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::acl::{AuthError, Principal};
 use crate::broker::Shared;
-use crate::router::{Delivery, KickReason, KillSwitch, RemoteClient};
+use crate::router::{Delivery, Heard, KickReason, KillSwitch, RemoteClient};
 use crate::stats::Counters;
 use crate::subscriptions::SubscriberId;
 use crate::Message;
@@ -115,6 +115,7 @@ struct Session {
     keep_alive: Duration,
     rx: mpsc::Receiver<Delivery>,
     kill: Arc<KillSwitch>,
+    heard: Arc<Heard>,
     next_pkid: u16,
     /// Reused for routing and for encoding outgoing PUBLISHes, so that the hot path doesn't allocate.
     scratch: Vec<(SubscriberId, QoS)>,
@@ -286,6 +287,8 @@ impl<S: Stream> Connection<S> {
         let label: Arc<str> = format!("{principal} (client id {client_id:?}, {})", self.peer).into();
         let (tx, rx) = mpsc::channel(self.shared.config.outgoing_queue.max(1));
         let kill = Arc::new(KillSwitch::default());
+        let heard = Arc::new(Heard::default());
+        heard.now(&self.shared.router);
         let registered = self.shared.router.register_remote(RemoteClient {
             principal: &principal,
             client_id: &client_id,
@@ -293,6 +296,7 @@ impl<S: Stream> Connection<S> {
             label: label.clone(),
             sink: tx,
             kill: kill.clone(),
+            heard: heard.clone(),
         });
         let Some((id, session_present)) = registered else {
             let code = ConnectReturnCode::ServiceUnavailable;
@@ -309,6 +313,7 @@ impl<S: Stream> Connection<S> {
             keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
             rx,
             kill,
+            heard,
             next_pkid: 0,
             scratch: Vec::new(),
             out: Publish::from_bytes(String::new(), QoS::AtMostOnce, Bytes::new()),
@@ -381,6 +386,7 @@ impl<S: Stream> Connection<S> {
                     Ok(0) => return Close::PeerClosed,
                     Ok(_) => {
                         last_read = Instant::now();
+                        session.heard.now(&shared.router);
                         if let Err(close) = session.handle_input(rbuf, wbuf) {
                             return close;
                         }

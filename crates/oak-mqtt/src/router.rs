@@ -53,6 +53,17 @@ impl KickReason {
     }
 }
 
+/// When a connection last read anything from its peer (keep-alive pings included), in
+/// milliseconds since its router started: how the cluster knows a quiet worker is alive.
+#[derive(Default)]
+pub(crate) struct Heard(AtomicU64);
+
+impl Heard {
+    pub fn now(&self, router: &Router) {
+        self.0.store(router.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
 /// Tells a connection task to close, with the first reason given.
 #[derive(Default)]
 pub(crate) struct KillSwitch {
@@ -104,6 +115,8 @@ struct Subscriber {
     /// Connected with `clean_session = 0`: parked when it disconnects.
     persistent: bool,
     dropped: AtomicU64,
+    /// `None` for local clients.
+    heard: Option<Arc<Heard>>,
 }
 
 /// A disconnected persistent session: its subscriptions stay in the tree under its old id.
@@ -163,6 +176,8 @@ impl State {
 }
 
 pub(crate) struct Router {
+    /// What [`Heard`] counts from.
+    epoch: Instant,
     state: RwLock<State>,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -178,11 +193,13 @@ pub(crate) struct RemoteClient<'a> {
     pub label: Arc<str>,
     pub sink: mpsc::Sender<Delivery>,
     pub kill: Arc<KillSwitch>,
+    pub heard: Arc<Heard>,
 }
 
 impl Router {
     pub fn new() -> Self {
         Router {
+            epoch: Instant::now(),
             state: RwLock::default(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -267,6 +284,7 @@ impl Router {
                 session: Some(key),
                 persistent: !client.clean_session,
                 dropped: AtomicU64::new(0),
+                heard: Some(client.heard),
             },
         );
         Some((id, session_present))
@@ -289,6 +307,7 @@ impl Router {
                 session: None,
                 persistent: false,
                 dropped: AtomicU64::new(0),
+                heard: None,
             },
         );
         Some(id)
@@ -397,6 +416,22 @@ impl Router {
             }
         }
         queued
+    }
+
+    /// Every node with a connection open now, with when that connection last read anything
+    /// (the latest of its connections).
+    pub fn nodes_heard(&self) -> Vec<(String, Instant)> {
+        let state = self.read();
+        let mut heard: HashMap<&str, u64> = HashMap::new();
+        for sub in state.subscribers.values() {
+            let node = sub.session.as_ref().and_then(|(p, _)| p.node_id());
+            if let (Some(node), Some(h)) = (node, &sub.heard) {
+                let ms = h.0.load(Ordering::Relaxed);
+                let e = heard.entry(node).or_insert(ms);
+                *e = (*e).max(ms);
+            }
+        }
+        heard.into_iter().map(|(node, ms)| (node.to_string(), self.epoch + Duration::from_millis(ms))).collect()
     }
 
     /// Tells every connection authenticated as node `node_id` to close; returns how many. Its

@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{options, within, Client, Ev, TestBroker};
+use common::{options, within, Client, Ev, Raw, TestBroker};
 use oak_mqtt::{LocalError, Message};
 use rumqttc::{ConnectReturnCode, Packet, QoS, SubscribeReasonCode};
 
@@ -282,6 +282,34 @@ async fn disconnect_node_and_shutdown_close_connections() {
     let mut late = handle.local_client("late");
     assert_eq!(late.subscribe("#"), Err(LocalError::Closed));
     assert_eq!(late.recv().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_heard_follows_each_nodes_last_packet_and_connection() {
+    let broker = TestBroker::start().await;
+    let heard = |node: &str| broker.handle.nodes_heard().into_iter().find(|(n, _)| n == node).map(|(_, at)| at);
+    assert!(broker.handle.nodes_heard().is_empty());
+    let before = std::time::Instant::now();
+    let mut n1 = Raw::login(broker.addr, "n1-ne", "n1", "pw1", 30).await;
+    let _n2 = Raw::login(broker.addr, "n2-ne", "n2", "pw2", 30).await;
+    let connected = heard("n1").expect("n1 is connected");
+    assert!(connected >= before - std::time::Duration::from_millis(5), "stamped at CONNECT");
+    assert!(heard("n2").is_some());
+    // A keep-alive ping is enough to be heard.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let pinged = std::time::Instant::now();
+    n1.send(Packet::PingReq).await;
+    assert!(matches!(n1.recv().await, Some(Packet::PingResp)));
+    let after_ping = heard("n1").unwrap();
+    assert!(after_ping > connected && after_ping >= pinged - std::time::Duration::from_millis(5), "{after_ping:?}");
+    assert_eq!(heard("n2").map(|t| t <= after_ping), Some(true));
+    // Gone with its connection.
+    assert_eq!(broker.handle.disconnect_node("n1"), 1);
+    n1.until_closed().await;
+    broker.wait_stats("n1 gone", |s| s.connections == 1).await;
+    assert_eq!(heard("n1"), None);
+    assert!(heard("n2").is_some());
+    broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
