@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::sla::Microservice;
 
-/// What a worker says about itself: sent at registration and, every 2 s, on
-/// `nodes/<id>/information`. Unlike the original, every report carries the full description (no
+/// What a worker says about itself: sent at registration and, every 2 s (with
+/// [`features::QUIET_REPORTS`], when it changed noticeably), on `nodes/<id>/information`. Unlike the original, every report carries the full description (no
 /// empty strings overwriting the host name or architecture).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -63,6 +63,11 @@ pub mod features {
     /// `control/deploy` may carry a JSON array of deploy commands: the cluster sends the
     /// instances it placed on one worker in one step as one message.
     pub const DEPLOY_BATCH: &str = "deploy_batch";
+    /// Offered by a cluster in [`RegisterNodeResponse::features`](super::RegisterNodeResponse):
+    /// it hears that a worker is alive from the worker's MQTT connection itself (keep-alive
+    /// pings included), so the worker publishes `information` only when it changed noticeably,
+    /// and at least every few minutes, instead of every 2 s.
+    pub const QUIET_REPORTS: &str = "quiet_reports";
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -118,6 +123,10 @@ pub struct RegisterNodeResponse {
     /// against it for the host it dials. Empty: the cluster's own CA, pinned by the node token.
     #[serde(default)]
     pub mqtt_ca: String,
+    /// Protocol features the cluster offers beyond the original's ([`features`]); an older
+    /// cluster sends none, and the worker then behaves as the original does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// What a worker needs to run one instance: the job document plus the instance number

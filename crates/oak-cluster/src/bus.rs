@@ -207,6 +207,16 @@ impl Bus {
         }
     }
 
+    /// Every worker connected to the embedded broker, with when the broker last heard from it
+    /// (any packet, keep-alive pings included); `None` with an external broker, which does not
+    /// tell.
+    pub fn nodes_heard(&self) -> Option<Vec<(String, std::time::Instant)>> {
+        match &self.kind {
+            Kind::Embedded { handle, .. } => Some(handle.nodes_heard()),
+            Kind::External { .. } => None,
+        }
+    }
+
     pub fn shutdown(&self) {
         if let Kind::Embedded { stop, .. } = &self.kind {
             let _ = stop.send(true);

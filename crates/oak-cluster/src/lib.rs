@@ -73,6 +73,13 @@ const CERT_CHECK: Duration = Duration::from_secs(3600);
 const MIN_TICK_GAP: Duration = Duration::from_millis(1);
 const MAX_TICK_GAP: Duration = Duration::from_millis(50);
 const STEP_SHARE_INVERSE: u32 = 5;
+/// How often the control loop asks the broker whom it heard from.
+const HEARD_PULL: Duration = Duration::from_secs(1);
+
+/// Shortest worker timeout with which workers may report quietly: a quiet worker is heard at
+/// least at each keep-alive ping (every 5 s), so the timeout must span three of them.
+const QUIET_MIN_NODE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Messages queued for the root; beyond this the connection is dropped and resynced.
 const ROOT_QUEUE: usize = 16 * 1024;
 
@@ -105,6 +112,8 @@ pub struct Ctx {
     /// Wakes the control loop early: a deploy to place or a state change to pass on should not
     /// wait for the next 100 ms tick (that wait would be most of a deploy's latency).
     wake: tokio::sync::Notify,
+    /// When the broker was last asked whom it heard from.
+    heard_pulled: Mutex<Option<Instant>>,
 }
 
 /// A cluster orchestrator bound to its ports, ready to run.
@@ -167,6 +176,7 @@ impl Cluster {
             subnets: Mutex::new(subnets::Waits::default()),
             workers_sent: Mutex::new(workers::Sent::default()),
             wake: tokio::sync::Notify::new(),
+            heard_pulled: Mutex::new(None),
             metrics,
             api_port: api.local_addr().port(),
             config,
@@ -476,6 +486,9 @@ impl Ctx {
     /// tick also timeouts and due metrics (scans over everything, too costly for every event).
     fn tick(&self, periodic: bool, report: bool) {
         let now = Instant::now();
+        if periodic {
+            self.pull_heard(now);
+        }
         let expired = self.logs.lock().unwrap_or_else(|e| e.into_inner()).expire(now);
         for (request_id, node) in expired {
             let _ = self.send_root(logs::error(request_id, format!("worker {node} did not answer within 10 s")));
@@ -517,6 +530,29 @@ impl Ctx {
             if let Err(e) = self.store.write(batch) {
                 tracing::error!(error = %e, "cannot write cluster state");
             }
+        }
+    }
+
+    /// Whether workers may report quietly ([`oak_api::node::features::QUIET_REPORTS`]): the
+    /// embedded broker tells when it last heard from each, and the worker timeout spans three
+    /// of their keep-alive pings.
+    pub(crate) fn quiet_reports(&self) -> bool {
+        self.bus.nodes_heard().is_some() && self.config.timing.node_timeout >= QUIET_MIN_NODE_TIMEOUT
+    }
+
+    /// Once a second, what the broker heard from each worker counts as a report of its liveness.
+    fn pull_heard(&self, now: Instant) {
+        {
+            let mut pulled = self.heard_pulled.lock().unwrap_or_else(|e| e.into_inner());
+            if pulled.is_some_and(|t| now.saturating_duration_since(t) < HEARD_PULL) {
+                return;
+            }
+            *pulled = Some(now);
+        }
+        let Some(heard) = self.bus.nodes_heard() else { return };
+        let mut st = self.state();
+        for (node, at) in heard {
+            st.heard(&node, at);
         }
     }
 

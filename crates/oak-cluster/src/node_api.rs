@@ -129,6 +129,11 @@ async fn register(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
         mqtt_username: id,
         mqtt_password: secret,
         subnet,
+        features: if ctx.quiet_reports() {
+            vec![oak_api::node::features::QUIET_REPORTS.to_string()]
+        } else {
+            Vec::new()
+        },
     })
     .into_response()
 }

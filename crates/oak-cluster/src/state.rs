@@ -422,6 +422,18 @@ impl ClusterState {
         Vec::new()
     }
 
+    /// The broker heard from an active worker at `at` (any packet on its connection): as alive
+    /// as an `information` report would make it. A worker that is not active stays so until it
+    /// reports what it offers.
+    pub fn heard(&mut self, node_id: &str, at: Instant) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            if let Some(seen) = node.last_seen.as_mut() {
+                *seen = (*seen).max(at);
+                node.last_heard = node.last_heard.max(at);
+            }
+        }
+    }
+
     /// A worker became active, or what it offers changed: instances that found no node try again now, their back-off
     /// starting over (a crash-looping instance keeps its own).
     fn workers_changed(&mut self, now: Instant) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     admin_client, broker_tls, cluster_http, embedded, eventually, node_token, one_cluster_with_one_worker,
-    start_cluster, start_root, start_worker, ClusterHandle,
+    start_cluster, start_cluster_timed, start_root, start_worker, ClusterHandle,
 };
 use oak_api::node::{NodeInfo, RegisterNodeRequest, RegisterNodeResponse};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode, Transport};
@@ -207,6 +207,64 @@ async fn a_worker_cannot_use_another_nodes_topics() {
 
 /// Instances a step places on one worker reach it as one `control/deploy` message (a JSON array)
 /// when the worker announces the `deploy_batch` feature, as the real worker does.
+/// Quiet reports: with its default worker timeout (15 s) the cluster offers them, and a worker
+/// that says nothing after its first description, keep-alive pings aside, stays active; once
+/// its connection is gone it goes inactive after the timeout. A cluster with a 2 s timeout
+/// does not offer them (a ping every few seconds could not keep a worker active there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_worker_stays_active_on_keep_alive_pings_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, channel, _root) = start_root(&tmp.path().join("root")).await;
+    let token = std::fs::read_to_string(tmp.path().join("root/cluster-token")).unwrap();
+    let timing = oak_cluster::state::Timing { node_timeout: Duration::from_secs(15), ..Default::default() };
+    let cluster = start_cluster_timed("c", &tmp.path().join("c"), channel, token.trim(), embedded(), timing).await;
+    let info = NodeInfo {
+        host: "quiet".into(),
+        vcpus: 4,
+        memory: 4096,
+        memory_total: 4096,
+        architecture: "amd64".into(),
+        virtualization: vec!["docker".into()],
+        ..Default::default()
+    };
+    let me = register_as(&cluster, &node_token(&cluster), info.clone()).await;
+    assert_eq!(me.features, [oak_api::node::features::QUIET_REPORTS]);
+    let port: u16 = me.mqtt_broker_port.parse().unwrap();
+    let mut options = MqttOptions::new(format!("{}-ne", me.id), "127.0.0.1", port);
+    options.set_credentials(me.mqtt_username.clone(), me.mqtt_password.clone());
+    options.set_transport(broker_tls(&cluster));
+    options.set_keep_alive(Duration::from_secs(5));
+    let (mqtt, mut events) = AsyncClient::new(options, 16);
+    let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let info = NodeInfo { id: me.id.clone(), ..info };
+    let payload = serde_json::to_vec(&info).unwrap();
+    mqtt.publish(oak_api::node::topic::information(&me.id), QoS::AtLeastOnce, false, payload).await.unwrap();
+    let client = admin_client(&url).await;
+    one_cluster_with_one_worker(&client).await;
+    let active = async || client.list_active_clusters().await.unwrap().first().map_or(0, |c| c.active_nodes);
+    // Well past the timeout with nothing but pings.
+    let quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(20) {
+        assert_eq!(active().await, 1, "inactive {:?} after its last description", quiet_since.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Gone: inactive once the timeout has passed since the broker last heard it.
+    pump.abort();
+    drop(mqtt);
+    let gone = std::time::Instant::now();
+    eventually("the worker inactive", async || (active().await == 0).then_some(())).await;
+    // Its last ping came at most a keep-alive period (5 s) before its connection went.
+    assert!(gone.elapsed() >= Duration::from_secs(9), "inactive after {:?}", gone.elapsed());
+
+    let other = start_cluster("d", &tmp.path().join("d"), channel, token.trim(), embedded()).await;
+    let answer = register(&other, &node_token(&other), "loud").await;
+    assert!(answer.features.is_empty(), "{:?}", answer.features);
+    for c in [cluster, other] {
+        let _ = c.stop.send(true);
+        let _ = c.task.await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batching_worker_gets_a_steps_instances_in_one_message() {
     let tmp = tempfile::tempdir().unwrap();

@@ -274,6 +274,24 @@ fn periodic_steps_check_every_instance_once_a_second_and_a_silent_worker_at_once
 }
 
 #[test]
+fn what_the_broker_heard_keeps_an_active_worker_active_but_wakes_no_inactive_one() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 1000), ("b", 1000)], t);
+    // a is heard (pings) until t + 20 s, b is not: only b times out.
+    for s in 1..=20 {
+        st.heard("a", t + Duration::from_secs(s));
+    }
+    st.check_timeouts(t + Duration::from_secs(21));
+    assert_eq!(st.active_nodes(t + Duration::from_secs(21)), 1);
+    // Heard again, b stays inactive until it describes itself.
+    st.heard("b", t + Duration::from_secs(22));
+    assert_eq!(st.active_nodes(t + Duration::from_secs(22)), 1);
+    st.node_information("b", info("b", 1000), t + Duration::from_secs(23));
+    assert_eq!(st.active_nodes(t + Duration::from_secs(23)), 2);
+    st.heard("nobody", t);
+}
+
+#[test]
 fn full_desired_set_removes_what_the_root_no_longer_wants() {
     let t = Instant::now();
     let mut st = state(&[("a", 1000)], t);

@@ -96,6 +96,19 @@ pub async fn start_cluster(
     token: &str,
     mqtt: oak_cluster::MqttMode,
 ) -> ClusterHandle {
+    let timing = oak_cluster::state::Timing { node_timeout: Duration::from_secs(2), ..Default::default() };
+    start_cluster_timed(name, dir, channel, token, mqtt, timing).await
+}
+
+/// [`start_cluster`] with the given timeouts.
+pub async fn start_cluster_timed(
+    name: &str,
+    dir: &Path,
+    channel: SocketAddr,
+    token: &str,
+    mqtt: oak_cluster::MqttMode,
+    timing: oak_cluster::state::Timing,
+) -> ClusterHandle {
     let config = oak_cluster::ClusterConfig {
         name: name.into(),
         location: "48.1,11.6".into(),
@@ -107,7 +120,7 @@ pub async fn start_cluster(
         mqtt_advertise: None,
         data_dir: dir.to_path_buf(),
         report_interval: Duration::from_millis(300),
-        timing: oak_cluster::state::Timing { node_timeout: Duration::from_secs(2), ..Default::default() },
+        timing,
         metrics_token: None,
     };
     let cluster = oak_cluster::Cluster::open(config).await.unwrap();
