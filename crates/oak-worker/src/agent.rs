@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,6 +190,7 @@ async fn stay_connected(
             net.start(&node_id, &registration.subnet).await.map_err(|e| WorkerError::Overlay(e.0))?;
         }
 
+        shared.quiet_reports.store(registration.quiet_reports, Ordering::Relaxed);
         let session_span = tracing::info_span!("session", %node_id);
         let end = session::run(&registration, outbox, &mut carry, engine, shared, net).instrument(session_span).await;
         match end {

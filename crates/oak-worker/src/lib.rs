@@ -23,6 +23,7 @@ mod host_info;
 mod identity;
 mod metrics;
 mod net;
+mod quiet;
 mod register;
 mod reporter;
 mod reports;

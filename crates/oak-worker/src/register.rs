@@ -56,6 +56,9 @@ pub(crate) struct Registration {
     pub node_ip: String,
     /// The overlay subnet the cluster gave this node ("" without the overlay).
     pub subnet: String,
+    /// The cluster hears this node's liveness from its broker connection
+    /// ([`oak_api::node::features::QUIET_REPORTS`]).
+    pub quiet_reports: bool,
 }
 
 /// One failed attempt: worth retrying, or not.
@@ -180,6 +183,7 @@ fn interpret(
         mqtt: MqttEndpoint { host, port, username: answer.mqtt_username, password: answer.mqtt_password, tls },
         node_ip: String::new(),
         subnet: answer.subnet,
+        quiet_reports: answer.features.iter().any(|f| f == oak_api::node::features::QUIET_REPORTS),
     })
 }
 
@@ -249,6 +253,7 @@ mod tests {
             subnet: String::new(),
             mqtt_scheme: String::new(),
             mqtt_ca: String::new(),
+            features: Vec::new(),
         }
     }
 

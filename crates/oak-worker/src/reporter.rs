@@ -1,6 +1,7 @@
 //! The periodic report (spec §5.4, every 2 s by default): asks every runtime what it runs and
 //! hands that to the engine (which reconciles and publishes `jobs/resources`), and publishes the
-//! node description on `information`. Skipped while the broker is unreachable.
+//! node description on `information` (with quiet reports, only when [`crate::quiet`] says so).
+//! Skipped while the broker is unreachable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{EngineMsg, Observation, Shared};
 use crate::host_info::NodeInfoSource;
+use crate::quiet::{random_phase, InfoGate};
 use crate::reports::Outgoing;
 
 /// A runtime that does not answer within this time is reported as unavailable for this round.
@@ -52,6 +54,7 @@ impl Reporter {
     pub(crate) async fn run(self) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut gate = InfoGate::new(random_phase());
         loop {
             ticker.tick().await;
             if !self.shared.connected.load(Ordering::Relaxed) {
@@ -68,6 +71,11 @@ impl Reporter {
             }
             let info = self.stamp.apply(self.source.sample().await);
             self.shared.metrics.node(&info);
+            let session = self.shared.sessions.load(Ordering::Relaxed);
+            let quiet = self.shared.quiet_reports.load(Ordering::Relaxed);
+            if !gate.due(&info, std::time::Instant::now(), session, quiet) {
+                continue;
+            }
             if self.outbox.send(Outgoing::Info(Box::new(info))).is_err() {
                 return;
             }

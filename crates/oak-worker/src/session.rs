@@ -143,6 +143,7 @@ pub(crate) async fn run(
                     tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "connected to the broker");
                     session.connected = true;
                     session.was_connected = true;
+                    shared.sessions.fetch_add(1, Ordering::Relaxed);
                     shared.connected.store(true, Ordering::Relaxed);
                     session.subscribe().await;
                     if let Some(net) = session.net {

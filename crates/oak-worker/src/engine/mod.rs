@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub seq: AtomicU64,
     /// What `/metrics` shows.
     pub metrics: Arc<WorkerMetrics>,
+    /// Whether the cluster of the current registration offered quiet reports.
+    pub quiet_reports: AtomicBool,
+    /// Broker sessions so far: the first reports of a new one are never held back.
+    pub sessions: AtomicU64,
 }
 
 impl Shared {
@@ -53,7 +57,13 @@ impl Shared {
     }
 
     pub(crate) fn with_metrics(metrics: Arc<WorkerMetrics>) -> Self {
-        Self { connected: AtomicBool::new(false), seq: AtomicU64::new(1), metrics }
+        Self {
+            connected: AtomicBool::new(false),
+            seq: AtomicU64::new(1),
+            metrics,
+            quiet_reports: AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
+        }
     }
 }
 
@@ -439,7 +449,10 @@ impl Engine {
         // Later observations start after every removal recorded so far.
         self.tombstones.retain(|_, removed| *removed > seq);
         services.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));
-        let _ = self.outbox.send(Outgoing::Resources(ResourcesReport { services }));
+        // An empty report tells the cluster nothing; a quiet worker keeps its link idle.
+        if !services.is_empty() || !self.shared.quiet_reports.load(Ordering::Relaxed) {
+            let _ = self.outbox.send(Outgoing::Resources(ResourcesReport { services }));
+        }
         self.shared.metrics.instances(rows);
     }
 

@@ -263,6 +263,7 @@ async fn register(State(app): State<AppState>, Json(req): Json<RegisterNodeReque
             subnet: String::new(),
             mqtt_scheme: "mqtt".into(),
             mqtt_ca: String::new(),
+            features: Vec::new(),
         };
         cluster.answers.push(answer.clone());
         answer
