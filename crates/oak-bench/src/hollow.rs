@@ -20,6 +20,8 @@
 //! - placement decision p50/p99 from the root's and each cluster's `/metrics`.
 //! - RSS (VmRSS) at the end and peak (VmHWM) of the root and the clusters; CPU seconds each
 //!   process used during the measured phase.
+//! - P10: bytes per idle worker per second on the MQTT links (both ways, TLS included, as the
+//!   kernel counted them) over the idle window before the requests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -36,6 +38,7 @@ use oak_client::Client;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::link_bytes::{self, LinkBytes};
 use crate::machine::{Commit, Machine};
 use crate::procs::{self, Children, Kind, ProcUsage};
 use crate::report::{self, Summary, Table};
@@ -45,6 +48,7 @@ use crate::signals::Signals;
 const P3_MAX_P99_S: f64 = 0.001;
 const P4_MIN_PER_S: f64 = 2000.0;
 const P6_MAX_MB: f64 = 400.0;
+const P10_MAX_KBIT_S: f64 = 0.25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,6 +137,10 @@ pub struct HollowArgs {
     /// Seconds between a hollow worker's reports (the real worker's default is 2).
     #[arg(long, default_value_t = 2.0)]
     pub report_interval: f64,
+    /// The clusters' `--worker-timeout` in seconds [default: the cluster's own, 15]; below 15
+    /// the clusters do not offer quiet reports, and workers report every interval.
+    #[arg(long)]
+    pub worker_timeout: Option<f64>,
     /// Seconds to measure the idle fleet's CPU use before the requests.
     #[arg(long, default_value_t = 5.0)]
     pub idle_window: f64,
@@ -164,6 +172,7 @@ struct Params {
     worker_vcpus: u32,
     worker_memory_mb: u64,
     report_interval_s: f64,
+    worker_timeout_s: Option<f64>,
     idle_window_s: f64,
     oakestra: PathBuf,
     #[serde(skip)]
@@ -216,6 +225,7 @@ impl Params {
             worker_vcpus: args.worker_vcpus,
             worker_memory_mb: args.worker_memory,
             report_interval_s: args.report_interval,
+            worker_timeout_s: args.worker_timeout,
             idle_window_s: args.idle_window.max(0.0),
             oakestra: oakestra.canonicalize().unwrap_or(oakestra),
             worker_log: args.worker_log.clone(),
@@ -420,7 +430,7 @@ async fn execute(
     // ---- clusters ----
     for (i, (api, mqtt)) in layout.cluster_ports.iter().enumerate() {
         let name = cluster_name(i);
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "cluster".into(),
             "--name".into(),
             name.clone(),
@@ -439,6 +449,9 @@ async fn execute(
             "--listen-addr".into(),
             "127.0.0.1".into(),
         ];
+        if let Some(timeout) = params.worker_timeout_s {
+            args.extend(["--worker-timeout".into(), s(&timeout)]);
+        }
         let log = layout.run_dir.join(format!("cluster-{name}.log"));
         children.spawn(&format!("cluster {name}"), Kind::Cluster, oakestra, &args, &log)?;
     }
@@ -563,13 +576,26 @@ async fn execute(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // ---- background: what the idle fleet costs (reports, timers) before any instance ----
+    let mqtt_ports: Vec<u16> = layout.cluster_ports.iter().map(|(_, mqtt)| *mqtt).collect();
+    let link_before = link_bytes::to_ports(&mqtt_ports)?;
     let idle_start = (Instant::now(), usage_by_process(children));
     tokio::time::sleep(Duration::from_secs_f64(params.idle_window_s)).await;
     let idle = IdleWindow {
         wall_s: idle_start.0.elapsed().as_secs_f64(),
         before: idle_start.1,
         after: usage_by_process(children),
+        link_before,
+        link_after: link_bytes::to_ports(&mqtt_ports)?,
     };
+    progress(
+        started,
+        format!(
+            "idle links carry {:.0} bytes/s per worker ({:.3} kbit/s) over {} connections",
+            idle.bytes_per_worker_s(params.total_workers()),
+            idle.kbit_per_worker_s(params.total_workers()),
+            idle.link_after.connections
+        ),
+    );
     progress(
         started,
         format!(
@@ -1040,9 +1066,21 @@ struct IdleWindow {
     wall_s: f64,
     before: Vec<(Kind, ProcSample)>,
     after: Vec<(Kind, ProcSample)>,
+    /// The MQTT links' bytes at the start and the end.
+    link_before: LinkBytes,
+    link_after: LinkBytes,
 }
 
 impl IdleWindow {
+    /// Bytes each worker's link carried per second, both ways.
+    fn bytes_per_worker_s(&self, workers: usize) -> f64 {
+        self.link_before.since(&self.link_after) as f64 / workers.max(1) as f64 / self.wall_s.max(1e-9)
+    }
+
+    fn kbit_per_worker_s(&self, workers: usize) -> f64 {
+        self.bytes_per_worker_s(workers) * 8.0 / 1000.0
+    }
+
     /// Cores used by all processes of `kind` (CPU seconds / wall seconds).
     fn cores(&self, kind: Kind) -> f64 {
         cpu_seconds(&self.before, &self.after, kind) / self.wall_s.max(1e-9)
@@ -1253,6 +1291,19 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         format!("{:.1} MB, {:.1} KB", mb(workers_rss), workers_rss as f64 / p.total_workers() as f64),
         "",
     );
+    t.section("P10 idle control traffic (MQTT links, both ways, TLS included)");
+    let p10_kbit = s.idle.kbit_per_worker_s(p.total_workers());
+    let p10_ok = s.idle.link_after.connections as usize >= p.total_workers() && p10_kbit <= P10_MAX_KBIT_S;
+    t.row(
+        "per idle worker",
+        format!("{:.1} bytes/s = {p10_kbit:.3} kbit/s", s.idle.bytes_per_worker_s(p.total_workers())),
+        format!("<= {P10_MAX_KBIT_S} kbit/s {}", verdict(p10_ok)),
+    );
+    t.row(
+        "links / bytes in the window",
+        format!("{} / {}", s.idle.link_after.connections, s.idle.link_before.since(&s.idle.link_after)),
+        format!("over {:.1} s", s.idle.wall_s),
+    );
     t.section("CPU seconds during the measured phase");
     t.row(
         "root / clusters / workers",
@@ -1357,6 +1408,15 @@ fn summarize(s: Summarize<'_>) -> Outcome {
             "workers_rss_kb": workers_rss,
             "target_mb": P6_MAX_MB,
             "pass": p6_ok,
+        },
+        "p10_idle_traffic": {
+            "bytes_per_worker_s": s.idle.bytes_per_worker_s(p.total_workers()),
+            "kbit_per_worker_s": p10_kbit,
+            "links": s.idle.link_after.connections,
+            "bytes_before": s.idle.link_before.total(),
+            "bytes_after": s.idle.link_after.total(),
+            "target_kbit_s": P10_MAX_KBIT_S,
+            "pass": p10_ok,
         },
         "idle_window": {
             "wall_s": s.idle.wall_s,

@@ -26,6 +26,7 @@
 
 mod deploy;
 mod hollow;
+mod link_bytes;
 mod machine;
 mod overlay;
 mod placement;
