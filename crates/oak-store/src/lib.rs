@@ -5,6 +5,7 @@
 //! (an application with its services, a deletion with everything under it) are single calls.
 
 mod migrations;
+mod spec_cache;
 mod sqlite;
 
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};
@@ -131,6 +132,9 @@ pub trait RootStore: Send + Sync + 'static {
     fn service_spec(&self, id: &str) -> Result<Option<Service>>;
     /// A service without its instances and the application it belongs to, read together (one
     /// read where the two calls would take two): the ownership check of every instance request.
+    /// The SQLite store keeps them in memory until either changes, so the service's
+    /// `next_instance_progressive_number` may be behind (instance numbers come from
+    /// [`RootStore::allocate_instance_numbers`]).
     fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
         let Some(service) = self.service_spec(id)? else { return Ok(None) };
         let app = self.application(&service.application_id)?;

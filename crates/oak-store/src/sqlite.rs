@@ -16,6 +16,7 @@
 //! (`synchronous = FULL`) also syncs the WAL at every commit, so answered changes survive a
 //! power cut; group commit makes that one sync per batch, not per request.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::migrations::MIGRATIONS;
+use crate::spec_cache::SpecCache;
 use crate::{ClusterTokenRecord, OwnerUsage, Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
 /// What an answered write survives.
@@ -66,6 +68,12 @@ pub struct SqliteStore {
     path: Option<PathBuf>,
     readers: Mutex<Vec<Connection>>,
     commits: Arc<AtomicU64>,
+    /// Each service's next free instance number, once this process took one: numbers are
+    /// handed out here without a write (an instance request then needs one commit, not two),
+    /// and the stored counter catches up in the transaction storing the instances.
+    next_numbers: Mutex<HashMap<String, u32>>,
+    /// Services with their applications as instance requests read them.
+    specs: SpecCache<(Service, Option<Application>)>,
 }
 
 impl SqliteStore {
@@ -102,7 +110,15 @@ impl SqliteStore {
         let (w, c) = (writer.clone(), commits.clone());
         // Ends when the store is dropped (the queue's sender with it).
         std::thread::Builder::new().name("oak-store-writer".into()).spawn(move || group_commits(&w, &queued, &c))?;
-        Ok(Self { writer, queue, path, readers: Mutex::new(Vec::new()), commits })
+        Ok(Self {
+            writer,
+            queue,
+            path,
+            readers: Mutex::new(Vec::new()),
+            commits,
+            next_numbers: Mutex::default(),
+            specs: SpecCache::default(),
+        })
     }
 
     /// The writer connection. A panic while holding it cannot leave SQLite inconsistent
@@ -162,6 +178,17 @@ impl SqliteStore {
         answered.recv().unwrap_or_else(|_| Err(StoreError::Commit("a panic while writing dropped the change".into())))
     }
 
+    /// [`SqliteStore::write_batched`] for a change to services or applications: the kept
+    /// descriptors are dropped once it is committed (or failed).
+    fn write_specs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.write_batched(f);
+        self.specs.changed();
+        out
+    }
+
     /// Queues `f` for the next group commit; its answer arrives on the receiver.
     fn enqueue<T: Send + 'static>(
         &self,
@@ -186,6 +213,14 @@ impl SqliteStore {
             job(Err("the store's writer thread has stopped"))(None);
         }
         answered
+    }
+
+    /// Drops the in-memory instance counters of deleted services.
+    fn forget_numbers(&self, services: &[String]) {
+        let mut numbers = self.next_numbers.lock().unwrap_or_else(|e| e.into_inner());
+        for s in services {
+            numbers.remove(s);
+        }
     }
 
     /// Group-commit transactions run so far (each holding one or more changes).
@@ -386,16 +421,34 @@ fn put_instance_tx(tx: &Connection, service_id: &str, inst: &Instance) -> Result
     Ok(())
 }
 
+/// Raises the stored instance counter of a service past `numbers` (never lowers it), so that
+/// after a restart no stored instance's number is handed out again.
+fn counter_past_tx(tx: &Connection, service_id: &str, numbers: impl IntoIterator<Item = u32>) -> Result<()> {
+    let Some(last) = numbers.into_iter().max() else { return Ok(()) };
+    exec(
+        tx,
+        "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
+             max(?2, COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0)))
+         WHERE id = ?1 AND COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0) < ?2",
+        params![service_id, i64::from(last) + 1],
+    )?;
+    Ok(())
+}
+
 fn update_service_tx(tx: &Connection, s: &Service) -> Result<()> {
     if exists(tx, "SELECT 1 FROM services WHERE job_name = ?1 AND id <> ?2", params![s.job_name, s.id])? {
         return Err(StoreError::Conflict(format!("a service named {:?} already exists", s.job_name)));
     }
     let mut doc = s.clone();
     doc.instance_list.clear();
+    // The instance counter never goes back: `s` may have been read before instances were added.
     let n = exec(
         tx,
-        "UPDATE services SET job_name = ?2, doc = ?3 WHERE id = ?1",
-        params![s.id, s.job_name, to_doc(&doc)?],
+        "UPDATE services SET job_name = ?2,
+             doc = json_set(?3, '$.next_instance_progressive_number',
+                 max(?4, COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0)))
+         WHERE id = ?1",
+        params![s.id, s.job_name, to_doc(&doc)?, s.next_instance_progressive_number],
     )?;
     expect_changed(n, || format!("service {}", s.id))
 }
@@ -555,7 +608,7 @@ impl RootStore for SqliteStore {
 
     fn create_application(&self, app: &Application, services: &[Service]) -> Result<()> {
         let (app, services) = (app.to_owned(), services.to_owned());
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let (app, services) = (&app, &services);
 
             check_app_unique(tx, app)?;
@@ -571,7 +624,7 @@ impl RootStore for SqliteStore {
 
     fn update_application(&self, app: &Application) -> Result<()> {
         let app = app.to_owned();
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let app = &app;
             update_app_tx(tx, app)
         })
@@ -579,7 +632,7 @@ impl RootStore for SqliteStore {
 
     fn update_application_with_services(&self, app: &Application, services: &[Service]) -> Result<()> {
         let (app, services) = (app.to_owned(), services.to_owned());
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let (app, services) = (&app, &services);
 
             update_app_tx(tx, app)?;
@@ -600,18 +653,24 @@ impl RootStore for SqliteStore {
 
     fn delete_application(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let id = &id;
 
+            let services: Vec<String> = tx
+                .prepare_cached("SELECT id FROM services WHERE app_id = ?1")?
+                .query_map(params![id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             // Instances and services go with it (ON DELETE CASCADE).
             let n = exec(tx, "DELETE FROM applications WHERE id = ?1", params![id])?;
-            expect_changed(n, || format!("application {id}"))
+            expect_changed(n, || format!("application {id}"))?;
+            Ok(services)
         })
+        .map(|services| self.forget_numbers(&services))
     }
 
     fn add_services(&self, app_id: &str, services: &[Service]) -> Result<()> {
         let (app_id, services) = (app_id.to_owned(), services.to_owned());
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let (app_id, services) = (&app_id, &services);
 
             let mut app: Application = query_doc(tx, "SELECT doc FROM applications WHERE id = ?1", params![app_id])?
@@ -624,7 +683,7 @@ impl RootStore for SqliteStore {
 
     fn update_service(&self, service: &Service) -> Result<()> {
         let service = service.to_owned();
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let service = &service;
             update_service_tx(tx, service)
         })
@@ -645,13 +704,21 @@ impl RootStore for SqliteStore {
     }
 
     fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
-        self.read(|c| {
+        let generation = match self.specs.get(id) {
+            Ok(kept) => return Ok(Some(kept)),
+            Err(generation) => generation,
+        };
+        let read = self.read(|c| {
             let Some(service) = query_doc::<Service>(c, "SELECT doc FROM services WHERE id = ?1", params![id])? else {
                 return Ok(None);
             };
             let app = query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![service.application_id])?;
             Ok(Some((service, app)))
-        })
+        })?;
+        if let Some(spec) = &read {
+            self.specs.keep(id, generation, spec);
+        }
+        Ok(read)
     }
 
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>> {
@@ -711,8 +778,9 @@ impl RootStore for SqliteStore {
     }
 
     fn delete_service(&self, id: &str) -> Result<()> {
+        let deleted = [id.to_owned()];
         let id = id.to_owned();
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let id = &id;
 
             let app_id: Option<String> =
@@ -726,20 +794,26 @@ impl RootStore for SqliteStore {
                 exec(tx, "UPDATE applications SET doc = ?2 WHERE id = ?1", params![app.id, to_doc(&app)?])?;
             }
             Ok(())
-        })
+        })?;
+        self.forget_numbers(&deleted);
+        Ok(())
     }
 
     fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()> {
         let (service_id, instance) = (service_id.to_owned(), instance.to_owned());
         self.write_batched(move |tx| {
             let (service_id, instance) = (&service_id, &instance);
-            put_instance_tx(tx, service_id, instance)
+            put_instance_tx(tx, service_id, instance)?;
+            counter_past_tx(tx, service_id, [instance.instance_number])
         })
     }
 
     fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()> {
         let (service_id, instances) = (service_id.to_owned(), instances.to_owned());
-        self.write_batched(move |tx| instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i)))
+        self.write_batched(move |tx| {
+            instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i))?;
+            counter_past_tx(tx, &service_id, instances.iter().map(|i| i.instance_number))
+        })
     }
 
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {
@@ -758,7 +832,7 @@ impl RootStore for SqliteStore {
 
     fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()> {
         let (service, instance) = (service.to_owned(), instance.to_owned());
-        self.write_batched(move |tx| {
+        self.write_specs(move |tx| {
             let (service, instance) = (&service, &instance);
 
             update_service_tx(tx, service)?;
@@ -771,24 +845,32 @@ impl RootStore for SqliteStore {
     }
 
     fn allocate_instance_numbers(&self, service_id: &str, count: u32) -> Result<std::ops::Range<u32>> {
-        // Bumped inside SQLite: parsing and re-serializing the whole service document in Rust
-        // for one counter was most of the cost of scaling a service.
-        let service_id = service_id.to_owned();
-        self.write_batched(move |tx| {
-            let next: Option<i64> = tx
-                .prepare_cached(
-                    "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
-                         json_extract(doc, '$.next_instance_progressive_number') + ?2)
-                     WHERE id = ?1
-                     RETURNING json_extract(doc, '$.next_instance_progressive_number')",
-                )?
-                .query_row(params![service_id, count], |r| r.get(0))
-                .optional()?;
-            let next = next.ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
-            let corrupt = || StoreError::Corrupt(format!("service {service_id} has instance counter {next}"));
-            let end = u32::try_from(next).map_err(|_| corrupt())?;
-            Ok(end.checked_sub(count).ok_or_else(corrupt)?..end)
-        })
+        // Handed out in memory, under one lock: every number this process gives is taken here,
+        // so the stored counter is only read once per service (it holds what earlier processes
+        // stored). Numbers whose instances were never stored may be handed out again after a
+        // restart, which nobody can tell apart.
+        let mut numbers = self.next_numbers.lock().unwrap_or_else(|e| e.into_inner());
+        let next = match numbers.get(service_id) {
+            Some(&next) => next,
+            None => {
+                let stored: Option<i64> = self.read(|c| {
+                    Ok(c.prepare_cached(
+                        "SELECT COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0)
+                         FROM services WHERE id = ?1",
+                    )?
+                    .query_row(params![service_id], |r| r.get(0))
+                    .optional()?)
+                })?;
+                let stored = stored.ok_or_else(|| StoreError::NotFound(format!("service {service_id}")))?;
+                u32::try_from(stored)
+                    .map_err(|_| StoreError::Corrupt(format!("service {service_id} has instance counter {stored}")))?
+            }
+        };
+        let end = next.checked_add(count).ok_or_else(|| {
+            StoreError::Conflict(format!("service {service_id} has used up its instance numbers ({next} taken)"))
+        })?;
+        numbers.insert(service_id.to_owned(), end);
+        Ok(next..end)
     }
 
     fn put_cluster(&self, cluster: &Cluster) -> Result<()> {

@@ -123,3 +123,71 @@ fn numbers_are_taken_in_runs_and_instances_stored_together() {
     assert!(store.put_instances("nope", &run).is_err());
     assert!(store.put_instances("t", &[Instance::new(0, "REQUESTED", "", 0.0)]).is_ok());
 }
+
+#[test]
+fn a_service_update_read_before_instances_were_added_never_hands_their_numbers_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        shop(&store);
+        // A descriptor update read the service (counter 0) while a request added three instances.
+        let stale = store.service("s").unwrap().unwrap();
+        let taken = store.allocate_instance_numbers("s", 3).unwrap();
+        let run: Vec<Instance> = taken.map(|n| Instance::new(n, "REQUESTED", "", 0.0)).collect();
+        store.put_instances("s", &run).unwrap();
+        store.update_service(&stale).unwrap();
+        assert_eq!(store.service("s").unwrap().unwrap().next_instance_progressive_number, 3);
+        assert_eq!(store.allocate_instance_number("s").unwrap(), 3, "in the same process");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.allocate_instance_number("s").unwrap(), 3, "after a restart");
+}
+
+#[test]
+fn numbers_come_from_memory_and_a_restart_continues_after_the_stored_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        shop(&store);
+        let commits = store.group_commits();
+        assert_eq!(store.allocate_instance_numbers("t", 4).unwrap(), 0..4);
+        assert_eq!(store.group_commits(), commits, "taking numbers writes nothing");
+        store.put_instances("t", &[Instance::new(2, "REQUESTED", "", 0.0)]).unwrap();
+        // 4 and 5 are taken but their instances never stored.
+        assert_eq!(store.allocate_instance_numbers("t", 2).unwrap(), 4..6);
+        // A deleted service's counter goes with it.
+        store.delete_service("t").unwrap();
+        assert!(matches!(store.allocate_instance_number("t"), Err(StoreError::NotFound(_))));
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let stored = store.allocate_instance_numbers("s", 2).unwrap();
+    store.put_instances("s", &stored.map(|n| Instance::new(n, "REQUESTED", "", 0.0)).collect::<Vec<_>>()).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.allocate_instance_number("s").unwrap(), 2);
+}
+
+#[test]
+fn an_instance_requests_view_of_a_service_follows_every_change() {
+    let store = SqliteStore::in_memory().unwrap();
+    shop(&store);
+    let (service, app) = store.service_spec_with_application("s").unwrap().unwrap();
+    assert_eq!(app.as_ref().map(|a| a.user_id.as_str()), Some("u"));
+    // Changes committed after the first read are what the next read sees.
+    let mut renamed = service.clone();
+    renamed.image = "img:2".into();
+    store.update_service(&renamed).unwrap();
+    let mut moved = app.unwrap();
+    moved.user_id = "other".into();
+    store.update_application(&moved).unwrap();
+    let (service, app) = store.service_spec_with_application("s").unwrap().unwrap();
+    assert_eq!(service.image, "img:2");
+    assert_eq!(app.map(|a| a.user_id), Some("other".into()), "an ownership check on the old owner");
+    store.delete_service("s").unwrap();
+    assert!(store.service_spec_with_application("s").unwrap().is_none());
+    assert!(store.service_spec_with_application("t").unwrap().is_some());
+    store.delete_application("a").unwrap();
+    assert!(store.service_spec_with_application("t").unwrap().is_none());
+}
