@@ -562,7 +562,10 @@ async fn execute(
     let service_ids: Arc<Vec<String>> = Arc::new(services.iter().map(|s| s.id.clone()).collect());
 
     // ---- reference: trivial authenticated requests, same root, client and concurrency ----
-    let reference = run_reference(&client, params.instances, params.concurrency).await;
+    let root_cpu = || procs::usage(root_pid).map(|u| u.cpu_seconds).unwrap_or_default();
+    let root_cpu_before = root_cpu();
+    let mut reference = run_reference(&client, params.instances, params.concurrency).await;
+    reference.root_cpu_s = root_cpu() - root_cpu_before;
     progress(
         started,
         format!(
@@ -729,6 +732,8 @@ struct Reference {
     duration_s: f64,
     latencies_ms: Vec<f64>,
     errors: Vec<String>,
+    /// CPU seconds the root used while answering them.
+    root_cpu_s: f64,
 }
 
 impl Reference {
@@ -1253,6 +1258,16 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         format!("{:.3}", request_rate / reference_rate),
         format!(">= 0.6 {}", verdict(request_rate / reference_rate >= 0.6)),
     );
+    // What each request costs the root itself: on its own machine (clusters and workers
+    // elsewhere) this, not the shared cores, bounds the rate it accepts requests at.
+    let root_per_get_us = s.reference.root_cpu_s / s.reference.requests.max(1) as f64 * 1e6;
+    let root_per_request_us = cpu_delta(Kind::Root) / m.sent.len().max(1) as f64 * 1e6;
+    t.row(
+        "root CPU per GET / per instance request",
+        format!("{root_per_get_us:.0} / {root_per_request_us:.0} µs"),
+        "instance requests' include their reports",
+    );
+    t.row("ratio root CPU per GET / per instance request", format!("{:.3}", root_per_get_us / root_per_request_us), "");
     t.section("P3 placement decision");
     t.row(
         "root p50 / p99",
@@ -1383,6 +1398,8 @@ fn summarize(s: Summarize<'_>) -> Outcome {
             "requests": s.reference.requests,
             "duration_s": s.reference.duration_s,
             "rate_per_s": reference_rate,
+            "root_cpu_s": s.reference.root_cpu_s,
+            "root_cpu_per_request_us": root_per_get_us,
             "latency_ms": reference_latency,
             "errors": s.reference.errors.iter().take(20).collect::<Vec<_>>(),
             "error_count": s.reference.errors.len(),
@@ -1433,6 +1450,7 @@ fn summarize(s: Summarize<'_>) -> Outcome {
             "clusters": cpu_delta(Kind::Cluster),
             "workers": cpu_delta(Kind::Workers),
             "wall_s": phase_s,
+            "root_per_instance_request_us": root_per_request_us,
         },
         "processes_before": s.cpu_before.iter().map(|(_, x)| x).collect::<Vec<_>>(),
         "processes_end": s.cpu_after.iter().map(|(_, x)| x).collect::<Vec<_>>(),
