@@ -1263,11 +1263,15 @@ fn summarize(s: Summarize<'_>) -> Outcome {
     let root_per_get_us = s.reference.root_cpu_s / s.reference.requests.max(1) as f64 * 1e6;
     let root_per_request_us = cpu_delta(Kind::Root) / m.sent.len().max(1) as f64 * 1e6;
     t.row(
-        "root CPU per GET / per instance request",
+        "root CPU per GET / per instance asked for",
         format!("{root_per_get_us:.0} / {root_per_request_us:.0} µs"),
         "instance requests' include their reports",
     );
-    t.row("ratio root CPU per GET / per instance request", format!("{:.3}", root_per_get_us / root_per_request_us), "");
+    t.row(
+        "ratio root CPU per GET / per instance asked for",
+        format!("{:.3}", root_per_get_us / root_per_request_us),
+        "",
+    );
     t.section("P3 placement decision");
     t.row(
         "root p50 / p99",
