@@ -28,12 +28,14 @@ use crate::stats::Counters;
 use crate::subscriptions::SubscriberId;
 use crate::Message;
 
-/// Read buffer growth step.
-const READ_CHUNK: usize = 8 * 1024;
+/// Read buffer growth step. Small: a broker holds one per connection (a cluster a thousand),
+/// and a worker's messages are mostly a few hundred bytes; a bigger one grows it.
+const READ_CHUNK: usize = 2 * 1024;
 /// With this much unsent data we stop reading packets and taking deliveries until it drains.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Empty buffers larger than this are released (after a big message).
-const KEEP_BUFFER: usize = 64 * 1024;
+/// Empty buffers larger than this are released (after a big message, e.g. a batch of deploys),
+/// so that an idle connection holds little more than a read chunk.
+const KEEP_BUFFER: usize = 4 * 1024;
 /// How long a closing connection may take to send its last packets (e.g. a refusing CONNACK).
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 

@@ -418,3 +418,30 @@ async fn a_persistent_session_gets_the_commands_sent_while_it_was_away() {
     assert_eq!(&n1.next_publish().await.payload[..], b"after kick");
     broker.stop().await;
 }
+
+/// Connections keep small buffers and grow them for a big message, both ways; the small messages
+/// around big ones arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_much_bigger_than_the_buffers_pass_both_ways_between_small_ones() {
+    let broker = TestBroker::start().await;
+    let mut cluster = broker.handle.local_client("cluster");
+    cluster.subscribe("nodes/+/job").unwrap();
+    let mut n1 = Client::connect(broker.addr, "n1", "n1", "pw1").await;
+    assert_eq!(
+        n1.subscribe("nodes/n1/control/#", QoS::AtMostOnce).await,
+        SubscribeReasonCode::Success(QoS::AtMostOnce)
+    );
+    let sizes = [10usize, 100_000, 3_000, 10, 700_000, 10, 5_000];
+    let payload = |i: usize, len: usize| -> Vec<u8> { (0..len).map(|j| (i * 31 + j * 7) as u8).collect() };
+    for (i, &len) in sizes.iter().enumerate() {
+        n1.client.publish("nodes/n1/job", QoS::AtMostOnce, false, payload(i, len)).await.unwrap();
+        assert_eq!(cluster.publish("nodes/n1/control/deploy", payload(i, len)).unwrap(), 1);
+    }
+    for (i, &len) in sizes.iter().enumerate() {
+        let up = within("a message from the node", cluster.recv()).await.unwrap();
+        assert_eq!((up.payload.len(), &up.payload[..] == payload(i, len)), (len, true), "message {i} up");
+        let down = n1.next_publish().await;
+        assert_eq!((down.payload.len(), &down.payload[..] == payload(i, len)), (len, true), "message {i} down");
+    }
+    broker.stop().await;
+}
