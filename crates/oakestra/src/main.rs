@@ -34,6 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fewer_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Root(args) => tiers::root::run(args),
@@ -41,5 +42,20 @@ fn main() -> ExitCode {
         Command::Worker(args) => tiers::worker::run(args),
         Command::Up(args) => tiers::up::run(args),
         Command::Client(cmd) => cli::run(&cli.client, cmd),
+    }
+}
+
+/// glibc gives threads that contend for the heap arenas of their own, up to eight per core, and
+/// memory freed into one is not reused by the others; one per core serves a runtime of one
+/// worker thread per core and holds less (hollow, 10,000 instances: the root 64 → 54 MB). An
+/// operator's `MALLOC_ARENA_MAX` still wins.
+fn fewer_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        // SAFETY: mallopt only changes a malloc parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
+        }
     }
 }
