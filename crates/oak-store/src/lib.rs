@@ -4,8 +4,8 @@
 //! can be added without touching it. Operations that must not leave half a change behind
 //! (an application with its services, a deletion with everything under it) are single calls.
 
+mod doc_cache;
 mod migrations;
-mod spec_cache;
 mod sqlite;
 
 use oak_api::model::{Application, Cluster, Instance, Organization, Service};

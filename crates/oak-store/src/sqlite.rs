@@ -27,8 +27,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::doc_cache::DocCache;
 use crate::migrations::MIGRATIONS;
-use crate::spec_cache::SpecCache;
 use crate::{ClusterTokenRecord, OwnerUsage, Result, RootStore, StoreError, SubnetRecord, UserRecord};
 
 /// What an answered write survives.
@@ -73,7 +73,10 @@ pub struct SqliteStore {
     /// and the stored counter catches up in the transaction storing the instances.
     next_numbers: Mutex<HashMap<String, u32>>,
     /// Services with their applications as instance requests read them.
-    specs: SpecCache<(Service, Option<Application>)>,
+    specs: DocCache<(Service, Option<Application>)>,
+    /// Users and organizations by id, as every authenticated request reads them.
+    users: DocCache<UserRecord>,
+    orgs: DocCache<Organization>,
 }
 
 impl SqliteStore {
@@ -117,7 +120,9 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             commits,
             next_numbers: Mutex::default(),
-            specs: SpecCache::default(),
+            specs: DocCache::default(),
+            users: DocCache::default(),
+            orgs: DocCache::default(),
         })
     }
 
@@ -176,6 +181,19 @@ impl SqliteStore {
     ) -> Result<T> {
         let answered = self.enqueue(f);
         answered.recv().unwrap_or_else(|_| Err(StoreError::Commit("a panic while writing dropped the change".into())))
+    }
+
+    /// [`SqliteStore::write_batched`] for a change to users or organizations (a user's token
+    /// generation changes with an organization's roles): the kept ones are dropped once it is
+    /// committed (or failed).
+    fn write_accounts<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.write_batched(f);
+        self.users.changed();
+        self.orgs.changed();
+        out
     }
 
     /// [`SqliteStore::write_batched`] for a change to services or applications: the kept
@@ -475,7 +493,7 @@ fn update_app_tx(tx: &Connection, app: &Application) -> Result<()> {
 impl RootStore for SqliteStore {
     fn insert_user(&self, user: &UserRecord) -> Result<()> {
         let user = user.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let user = &user;
 
             if exists(tx, "SELECT 1 FROM users WHERE name = ?1", params![user.name])? {
@@ -492,7 +510,7 @@ impl RootStore for SqliteStore {
 
     fn update_user(&self, user: &UserRecord) -> Result<()> {
         let user = user.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let user = &user;
 
             let old: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE id = ?1", params![user.id])?
@@ -512,9 +530,11 @@ impl RootStore for SqliteStore {
     }
 
     fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>> {
-        let users =
-            self.read(|c| query_users(c, "SELECT doc, token_generation FROM users WHERE id = ?1", params![id]))?;
-        Ok(users.into_iter().next())
+        self.users.get_or_read(id, || {
+            let users =
+                self.read(|c| query_users(c, "SELECT doc, token_generation FROM users WHERE id = ?1", params![id]))?;
+            Ok(users.into_iter().next())
+        })
     }
 
     fn list_users(&self) -> Result<Vec<UserRecord>> {
@@ -523,7 +543,7 @@ impl RootStore for SqliteStore {
 
     fn delete_user(&self, name: &str) -> Result<()> {
         let name = name.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let name = &name;
 
             let user: UserRecord = query_doc(tx, "SELECT doc FROM users WHERE name = ?1", params![name])?
@@ -543,7 +563,7 @@ impl RootStore for SqliteStore {
 
     fn insert_organization(&self, org: &Organization) -> Result<()> {
         let org = org.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let org = &org;
 
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1", params![org.name])? {
@@ -560,7 +580,7 @@ impl RootStore for SqliteStore {
 
     fn update_organization(&self, org: &Organization) -> Result<()> {
         let org = org.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let org = &org;
 
             if exists(tx, "SELECT 1 FROM organizations WHERE name = ?1 AND id <> ?2", params![org.name, org.id])? {
@@ -581,7 +601,8 @@ impl RootStore for SqliteStore {
     }
 
     fn organization_by_id(&self, id: &str) -> Result<Option<Organization>> {
-        self.read(|c| query_doc(c, "SELECT doc FROM organizations WHERE id = ?1", params![id]))
+        self.orgs
+            .get_or_read(id, || self.read(|c| query_doc(c, "SELECT doc FROM organizations WHERE id = ?1", params![id])))
     }
 
     fn organization_by_name(&self, name: &str) -> Result<Option<Organization>> {
@@ -594,7 +615,7 @@ impl RootStore for SqliteStore {
 
     fn delete_organization(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
-        self.write_batched(move |tx| {
+        self.write_accounts(move |tx| {
             let id = &id;
 
             let old: Option<Organization> = query_doc(tx, "SELECT doc FROM organizations WHERE id = ?1", params![id])?;
@@ -704,21 +725,16 @@ impl RootStore for SqliteStore {
     }
 
     fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
-        let generation = match self.specs.get(id) {
-            Ok(kept) => return Ok(Some(kept)),
-            Err(generation) => generation,
-        };
-        let read = self.read(|c| {
-            let Some(service) = query_doc::<Service>(c, "SELECT doc FROM services WHERE id = ?1", params![id])? else {
-                return Ok(None);
-            };
-            let app = query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![service.application_id])?;
-            Ok(Some((service, app)))
-        })?;
-        if let Some(spec) = &read {
-            self.specs.keep(id, generation, spec);
-        }
-        Ok(read)
+        self.specs.get_or_read(id, || {
+            self.read(|c| {
+                let Some(service) = query_doc::<Service>(c, "SELECT doc FROM services WHERE id = ?1", params![id])?
+                else {
+                    return Ok(None);
+                };
+                let app = query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![service.application_id])?;
+                Ok(Some((service, app)))
+            })
+        })
     }
 
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>> {

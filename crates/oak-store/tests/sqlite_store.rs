@@ -186,12 +186,18 @@ fn token_generation_moves_on_password_change_and_role_loss_only() {
         vec![member("u1", &["Application_Provider", "Organization_Admin"]), member("u2", &["Application_Provider"])];
     store.update_organization(&org).unwrap();
     assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (1, 0));
+    assert_eq!(store.organization_by_id("o1").unwrap().unwrap().member.len(), 2);
     org.member = vec![member("u1", &["Organization_Admin"])];
     store.update_organization(&org).unwrap();
     assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (2, 1));
+    // Every request reads these two (kept in memory): the next one sees the change.
+    assert_eq!(store.organization_by_id("o1").unwrap().unwrap().member, org.member);
     store.delete_organization("o1").unwrap();
+    assert!(store.organization_by_id("o1").unwrap().is_none());
     assert_eq!((generation(&store, "u1"), generation(&store, "u2")), (3, 1));
     assert!(store.list_users().unwrap().iter().all(|u| u.token_generation == generation(&store, &u.id)));
+    store.delete_user("bob").unwrap();
+    assert!(store.user_by_id("u2").unwrap().is_none());
 }
 
 #[test]
