@@ -445,8 +445,7 @@ fn counter_past_tx(tx: &Connection, service_id: &str, numbers: impl IntoIterator
     let Some(last) = numbers.into_iter().max() else { return Ok(()) };
     exec(
         tx,
-        "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number',
-             max(?2, COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0)))
+        "UPDATE services SET doc = json_set(doc, '$.next_instance_progressive_number', ?2)
          WHERE id = ?1 AND COALESCE(json_extract(doc, '$.next_instance_progressive_number'), 0) < ?2",
         params![service_id, i64::from(last) + 1],
     )?;
