@@ -21,7 +21,9 @@
 //! - RSS (VmRSS) at the end and peak (VmHWM) of the root and the clusters; CPU seconds each
 //!   process used during the measured phase.
 //! - P10: bytes per idle worker per second on the MQTT links (both ways, TLS included, as the
-//!   kernel counted them) over the idle window before the requests.
+//!   kernel counted them) over the idle window before the requests; the same with every instance
+//!   running, over a window after the measured phase (quiet workers refresh usage every 10 s).
+//! - MQTT messages published at the clusters' brokers during the measured phase, per instance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -580,16 +582,7 @@ async fn execute(
 
     // ---- background: what the idle fleet costs (reports, timers) before any instance ----
     let mqtt_ports: Vec<u16> = layout.cluster_ports.iter().map(|(_, mqtt)| *mqtt).collect();
-    let link_before = link_bytes::to_ports(&mqtt_ports)?;
-    let idle_start = (Instant::now(), usage_by_process(children));
-    tokio::time::sleep(Duration::from_secs_f64(params.idle_window_s)).await;
-    let idle = IdleWindow {
-        wall_s: idle_start.0.elapsed().as_secs_f64(),
-        before: idle_start.1,
-        after: usage_by_process(children),
-        link_before,
-        link_after: link_bytes::to_ports(&mqtt_ports)?,
-    };
+    let idle = watch_fleet(children, &mqtt_ports, params.idle_window_s).await?;
     progress(
         started,
         format!(
@@ -616,16 +609,37 @@ async fn execute(
         .zip(&cluster_http)
         .map(|((api, _), client)| (client.clone(), format!("https://127.0.0.1:{api}/metrics")))
         .collect();
+    let mut mqtt_before = Vec::new();
+    for (client, url) in &cluster_metrics_urls {
+        mqtt_before.push(scrape_placement(client, url).await);
+    }
     let measured = measure(params, children, &cluster_metrics_urls, &client, &app.id, service_ids.clone()).await?;
     let cpu_after = usage_by_process(children);
-
-    // ---- after: metrics and memory ----
     let root_metrics = scrape_placement(&http, &format!("{}/metrics", layout.root_url())).await;
     let mut cluster_metrics = Vec::new();
     for (i, (client, url)) in cluster_metrics_urls.iter().enumerate() {
         let m = scrape_placement(client, url).await;
         cluster_metrics.push((cluster_name(i), m));
     }
+
+    // ---- after: the fleet with every instance running, once the first usage reports are out ----
+    let busy = if !measured.timed_out {
+        tokio::time::sleep(BUSY_SETTLE).await;
+        let busy = watch_fleet(children, &mqtt_ports, BUSY_WINDOW_S).await?;
+        progress(
+            started,
+            format!(
+                "with every instance running, links carry {:.0} bytes/s per worker; the fleet uses {:.2} / {:.2} / {:.2} cores",
+                busy.bytes_per_worker_s(params.total_workers()),
+                busy.cores(Kind::Root),
+                busy.cores(Kind::Cluster),
+                busy.cores(Kind::Workers)
+            ),
+        );
+        Some(busy)
+    } else {
+        None
+    };
     let bench_usage = procs::usage(std::process::id()).unwrap_or_default();
     Ok(summarize(Summarize {
         params,
@@ -636,7 +650,9 @@ async fn execute(
         measured,
         root_metrics,
         cluster_metrics,
+        mqtt_before,
         idle,
+        busy,
         cpu_before,
         cpu_after,
         bench_usage,
@@ -1025,6 +1041,10 @@ struct Placement {
     count: u64,
     /// Whether `/metrics` answered with the three figures.
     scraped: bool,
+    /// Messages published to a cluster's embedded broker so far (0 for the root).
+    mqtt_in: u64,
+    /// Deliveries the broker queued to subscribers so far.
+    mqtt_out: u64,
 }
 
 async fn scrape_placement(http: &reqwest::Client, url: &str) -> Placement {
@@ -1041,8 +1061,12 @@ fn parse_placement(text: &str) -> Placement {
     let p50 = value("oakestra_placement_p50_seconds ");
     let p99 = value("oakestra_placement_p99_seconds ");
     let count = value("oakestra_placement_seconds_count");
+    let mqtt_in = value("oakestra_mqtt_messages_received_total ").unwrap_or(0.0) as u64;
+    let mqtt_out = value("oakestra_mqtt_messages_delivered_total ").unwrap_or(0.0) as u64;
     match (p50, p99, count) {
-        (Some(p50_s), Some(p99_s), Some(count)) => Placement { p50_s, p99_s, count: count as u64, scraped: true },
+        (Some(p50_s), Some(p99_s), Some(count)) => {
+            Placement { p50_s, p99_s, count: count as u64, scraped: true, mqtt_in, mqtt_out }
+        }
         _ => Placement::default(),
     }
 }
@@ -1092,6 +1116,27 @@ impl IdleWindow {
     }
 }
 
+/// How long the fleet is watched with every instance running: a quiet worker refreshes its
+/// instances' usage every 10 s, so a shorter window would miss part of the refreshes.
+const BUSY_WINDOW_S: f64 = 10.0;
+/// Wait before that window: the first usage reports of the last instances go within a report
+/// interval (2 s) of their start.
+const BUSY_SETTLE: Duration = Duration::from_secs(3);
+
+/// What the fleet's processes and MQTT links use over `window_s` seconds of doing nothing new.
+async fn watch_fleet(children: &Children, mqtt_ports: &[u16], window_s: f64) -> anyhow::Result<IdleWindow> {
+    let link_before = link_bytes::to_ports(mqtt_ports)?;
+    let (start, before) = (Instant::now(), usage_by_process(children));
+    tokio::time::sleep(Duration::from_secs_f64(window_s)).await;
+    Ok(IdleWindow {
+        wall_s: start.elapsed().as_secs_f64(),
+        before,
+        after: usage_by_process(children),
+        link_before,
+        link_after: link_bytes::to_ports(mqtt_ports)?,
+    })
+}
+
 /// CPU seconds the processes of `kind` used between two samples.
 fn cpu_seconds(before: &[(Kind, ProcSample)], after: &[(Kind, ProcSample)], kind: Kind) -> f64 {
     let sum =
@@ -1110,7 +1155,11 @@ struct Summarize<'a> {
     measured: Measured,
     root_metrics: Placement,
     cluster_metrics: Vec<(String, Placement)>,
+    /// The clusters' `/metrics` just before the measured phase (for its MQTT message counts).
+    mqtt_before: Vec<Placement>,
     idle: IdleWindow,
+    /// The same, after the measured phase, with every instance running.
+    busy: Option<IdleWindow>,
     cpu_before: Vec<(Kind, ProcSample)>,
     cpu_after: Vec<(Kind, ProcSample)>,
     bench_usage: ProcUsage,
@@ -1323,6 +1372,23 @@ fn summarize(s: Summarize<'_>) -> Outcome {
         format!("{} / {}", s.idle.link_after.connections, s.idle.link_before.since(&s.idle.link_after)),
         format!("over {:.1} s", s.idle.wall_s),
     );
+    if let Some(busy) = &s.busy {
+        t.row(
+            "per worker, every instance running",
+            format!(
+                "{:.1} bytes/s = {:.3} kbit/s",
+                busy.bytes_per_worker_s(p.total_workers()),
+                busy.kbit_per_worker_s(p.total_workers())
+            ),
+            format!(
+                "fleet cores {:.2} / {:.2} / {:.2} (root / clusters / workers) over {:.1} s",
+                busy.cores(Kind::Root),
+                busy.cores(Kind::Cluster),
+                busy.cores(Kind::Workers),
+                busy.wall_s
+            ),
+        );
+    }
     t.section("CPU seconds during the measured phase");
     t.row(
         "root / clusters / workers",
@@ -1338,6 +1404,17 @@ fn summarize(s: Summarize<'_>) -> Outcome {
             s.idle.cores(Kind::Workers)
         ),
         format!("over {:.1} s", s.idle.wall_s),
+    );
+    let mqtt_delta = |f: fn(&Placement) -> u64| {
+        let after: u64 = s.cluster_metrics.iter().map(|(_, m)| f(m)).sum();
+        after.saturating_sub(s.mqtt_before.iter().map(f).sum())
+    };
+    let (mqtt_in, mqtt_out) = (mqtt_delta(|m| m.mqtt_in), mqtt_delta(|m| m.mqtt_out));
+    let per_instance = |n: u64| n as f64 / p.instances.max(1) as f64;
+    t.row(
+        "MQTT messages published / delivered at the clusters",
+        format!("{mqtt_in} / {mqtt_out}"),
+        format!("{:.2} / {:.2} per instance", per_instance(mqtt_in), per_instance(mqtt_out)),
     );
     t.row("machine load average at start (1/5/15 min)", s.machine.loadavg.clone(), "other jobs share the cores");
 
@@ -1449,12 +1526,27 @@ fn summarize(s: Summarize<'_>) -> Outcome {
             "processes_before": s.idle.before.iter().map(|(_, x)| x).collect::<Vec<_>>(),
             "processes_after": s.idle.after.iter().map(|(_, x)| x).collect::<Vec<_>>(),
         },
+        "busy_window": s.busy.as_ref().map(|b| serde_json::json!({
+            "what": "after the measured phase, every instance running, nothing new asked",
+            "wall_s": b.wall_s,
+            "bytes_per_worker_s": b.bytes_per_worker_s(p.total_workers()),
+            "kbit_per_worker_s": b.kbit_per_worker_s(p.total_workers()),
+            "cores": {
+                "root": b.cores(Kind::Root),
+                "clusters": b.cores(Kind::Cluster),
+                "workers": b.cores(Kind::Workers),
+            },
+        })),
         "cpu_seconds_measured_phase": {
             "root": cpu_delta(Kind::Root),
             "clusters": cpu_delta(Kind::Cluster),
             "workers": cpu_delta(Kind::Workers),
             "wall_s": phase_s,
             "root_per_instance_request_us": root_per_request_us,
+        },
+        "mqtt_measured_phase": {
+            "published_at_clusters": mqtt_in,
+            "delivered_at_clusters": mqtt_out,
         },
         "processes_before": s.cpu_before.iter().map(|(_, x)| x).collect::<Vec<_>>(),
         "processes_end": s.cpu_after.iter().map(|(_, x)| x).collect::<Vec<_>>(),
@@ -1481,10 +1573,13 @@ mod tests {
                     oakestra_placement_p99_seconds 0.00031\n\
                     # TYPE oakestra_placement_seconds histogram\n\
                     oakestra_placement_seconds_bucket{le=\"+Inf\"} 10000\n\
-                    oakestra_placement_seconds_count 10000\n";
+                    oakestra_placement_seconds_count 10000\n\
+                    oakestra_mqtt_messages_received_total 4321\n\
+                    oakestra_mqtt_messages_delivered_total 4000\n";
         let p = parse_placement(text);
         assert!(p.scraped);
         assert_eq!((p.p50_s, p.p99_s, p.count), (0.000012, 0.00031, 10_000));
+        assert_eq!((p.mqtt_in, p.mqtt_out), (4321, 4000));
         assert!(!parse_placement("oakestra_clusters 3\n").scraped);
     }
 
