@@ -66,7 +66,8 @@ pub mod features {
     /// Offered by a cluster in [`RegisterNodeResponse::features`](super::RegisterNodeResponse):
     /// it hears that a worker is alive from the worker's MQTT connection itself (keep-alive
     /// pings included), so the worker publishes `information` only when it changed noticeably,
-    /// and at least every few minutes, instead of every 2 s.
+    /// and at least every minute, instead of every 2 s; its instances' usage
+    /// (`jobs/resources`) likewise when it changed noticeably, and at least every 10 s.
     pub const QUIET_REPORTS: &str = "quiet_reports";
 }
 

@@ -3,10 +3,13 @@
 //! but publishes `information` only when it changed noticeably, at the start of every broker
 //! session, and at least every [`INFO_REFRESH`]. An idle worker then costs its link a keep-alive
 //! ping every few seconds and one description a minute instead of one every 2 s (target P10).
+//! Its instances' usage (`jobs/resources`) goes the same way ([`UsageGate`]): when the set of
+//! instances, their output or their usage changed noticeably, and at least every
+//! [`USAGE_REFRESH`], which is as often as the cluster passes usage on to the root.
 
 use std::time::{Duration, Instant};
 
-use oak_api::node::NodeInfo;
+use oak_api::node::{NodeInfo, ServiceResources};
 
 /// Longest time between two descriptions of a quiet worker: a safety net for a lost message
 /// (they go at QoS 0), not how changes travel.
@@ -88,6 +91,74 @@ fn steady(info: &NodeInfo) -> NodeInfo {
     }
 }
 
+/// Longest time between two usage reports of a quiet worker with instances: the cluster passes an
+/// instance's usage on to the root at most this often anyway (its `metrics_interval`).
+pub(crate) const USAGE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Decides, observation by observation, which `jobs/resources` reports a worker publishes.
+#[derive(Debug, Default)]
+pub(crate) struct UsageGate {
+    last: Option<PublishedUsage>,
+}
+
+#[derive(Debug)]
+struct PublishedUsage {
+    services: Vec<ServiceResources>,
+    at: Instant,
+    session: u64,
+}
+
+impl UsageGate {
+    /// Whether the usage of `services` (sorted by instance), observed at `now` during broker
+    /// session `session`, is to be published; if so it counts as published. Without `quiet`,
+    /// every report is; with it, never an empty one (it tells the cluster nothing).
+    pub(crate) fn due(&mut self, services: &[ServiceResources], now: Instant, session: u64, quiet: bool) -> bool {
+        let due = if !quiet {
+            true
+        } else if services.is_empty() {
+            false
+        } else {
+            match &self.last {
+                None => true,
+                Some(last) => {
+                    last.session != session
+                        || now.saturating_duration_since(last.at) >= USAGE_REFRESH
+                        || last.services.len() != services.len()
+                        || last.services.iter().zip(services).any(|(a, b)| usage_changed(a, b))
+                }
+            }
+        };
+        if due {
+            self.last = Some(PublishedUsage { services: services.to_vec(), at: now, session });
+        }
+        due
+    }
+}
+
+/// Whether the cluster should hear of the change from `before` to `after` for one instance: it is
+/// another instance, its output or limits changed, the OOM killer struck, or its usage moved by
+/// what placement or an operator could notice (CPU by 10 points, memory by 5 points or a tenth,
+/// disk by a tenth). CPU seconds only ever grow and are the worker's own `/metrics`' business.
+fn usage_changed(before: &ServiceResources, after: &ServiceResources) -> bool {
+    let number = |s: &str| s.trim().parse::<f64>().ok();
+    // Unparsable figures count as changed when their text did.
+    let moved = |a: &str, b: &str, by: &dyn Fn(f64) -> f64| match (number(a), number(b)) {
+        (Some(x), Some(y)) => (x - y).abs() >= by(x),
+        _ => a != b,
+    };
+    const MIB_16: f64 = 16.0 * 1024.0 * 1024.0;
+    before.job_name != after.job_name
+        || before.instance != after.instance
+        || before.virtualization != after.virtualization
+        || before.logs != after.logs
+        || before.memory_limit_bytes != after.memory_limit_bytes
+        || before.oom_kills != after.oom_kills
+        || moved(&before.cpu_percent, &after.cpu_percent, &|_| 10.0)
+        || moved(&before.memory_percent, &after.memory_percent, &|_| 5.0)
+        || moved(&before.memory_bytes, &after.memory_bytes, &|x| (x / 10.0).max(MIB_16))
+        || moved(&before.disk, &after.disk, &|x| (x / 10.0).max(MIB_16))
+}
+
 /// A number in `[0, 1)` that differs between workers and runs (the standard library's hash
 /// seeds), for [`InfoGate::new`].
 pub(crate) fn random_phase() -> f64 {
@@ -162,6 +233,62 @@ mod tests {
         // Without the cluster's consent, every sample.
         assert!(gate.due(&busy, at(98), 2, false));
         assert!(gate.due(&busy, at(100), 2, false));
+    }
+
+    fn usage(instance: u32, cpu: &str, memory_bytes: &str) -> ServiceResources {
+        ServiceResources {
+            job_name: "app.ns.svc.ns".into(),
+            instance,
+            virtualization: "docker".into(),
+            cpu_percent: cpu.into(),
+            memory_percent: "2.0".into(),
+            memory_bytes: memory_bytes.into(),
+            disk: "1000".into(),
+            cpu_seconds: Some(1.0),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quiet_usage_goes_on_change_new_sessions_and_every_refresh() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        let mut gate = UsageGate::default();
+        let one = vec![usage(0, "5.0", "100000000")];
+        assert!(!gate.due(&[], at(0), 1, true), "an empty report is never news");
+        assert!(gate.due(&one, at(0), 1, true), "the first report");
+        let mut noise = one.clone();
+        noise[0].cpu_percent = "12.5".into();
+        noise[0].memory_bytes = "105000000".into();
+        noise[0].cpu_seconds = Some(3.0);
+        assert!(!gate.due(&noise, at(2), 1, true), "small usage changes wait for the refresh");
+        assert!(!gate.due(&noise, at(8), 1, true));
+        assert!(gate.due(&noise, at(10), 1, true), "the refresh");
+        assert!(!gate.due(&noise, at(12), 1, true));
+        assert!(gate.due(&noise, at(14), 2, true), "a new broker session");
+        let two = vec![usage(0, "12.5", "105000000"), usage(1, "0", "0")];
+        assert!(gate.due(&two, at(16), 2, true), "another instance");
+        assert!(gate.due(&two[..1], at(18), 2, true), "one instance fewer");
+        for change in [
+            |u: &mut ServiceResources| u.cpu_percent = "40".into(),
+            |u: &mut ServiceResources| u.memory_percent = "9".into(),
+            |u: &mut ServiceResources| u.memory_bytes = "300000000".into(),
+            |u: &mut ServiceResources| u.disk = "900000000".into(),
+            |u: &mut ServiceResources| u.logs = "hello\n".into(),
+            |u: &mut ServiceResources| u.oom_kills = Some(1),
+            |u: &mut ServiceResources| u.memory_limit_bytes = Some(1 << 30),
+            |u: &mut ServiceResources| u.cpu_percent = "n/a".into(),
+        ] {
+            let mut gate = UsageGate::default();
+            let mut changed = noise.clone();
+            change(&mut changed[0]);
+            assert!(gate.due(&noise, at(0), 1, true));
+            assert!(gate.due(&changed, at(1), 1, true), "{changed:?}");
+        }
+        // Without the cluster's consent, every report, empty ones included.
+        assert!(gate.due(&[], at(20), 2, false));
+        assert!(gate.due(&noise, at(21), 2, false));
+        assert!(gate.due(&noise, at(22), 2, false));
     }
 
     #[test]

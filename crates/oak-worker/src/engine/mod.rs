@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::commands;
 use crate::desired;
 use crate::metrics::{InstanceRow, WorkerMetrics};
+use crate::quiet::UsageGate;
 use crate::reports::{self, Outgoing};
 
 /// Output returned for a logs query without `tail`, and the most one answer carries (it
@@ -129,6 +130,8 @@ pub(crate) struct Engine {
     /// Whether the desired set may have changed since it was last written.
     dirty: bool,
     saved: Option<Vec<DeployCommand>>,
+    /// Which usage reports go out (with quiet reports, only news and a periodic refresh).
+    usage_gate: UsageGate,
 }
 
 impl Engine {
@@ -149,6 +152,7 @@ impl Engine {
             op_keys: HashMap::new(),
             dirty: false,
             saved: None,
+            usage_gate: UsageGate::default(),
         }
     }
 
@@ -449,8 +453,9 @@ impl Engine {
         // Later observations start after every removal recorded so far.
         self.tombstones.retain(|_, removed| *removed > seq);
         services.sort_by(|a, b| (&a.job_name, a.instance).cmp(&(&b.job_name, b.instance)));
-        // An empty report tells the cluster nothing; a quiet worker keeps its link idle.
-        if !services.is_empty() || !self.shared.quiet_reports.load(Ordering::Relaxed) {
+        let session = self.shared.sessions.load(Ordering::Relaxed);
+        let quiet = self.shared.quiet_reports.load(Ordering::Relaxed);
+        if self.usage_gate.due(&services, std::time::Instant::now(), session, quiet) {
             let _ = self.outbox.send(Outgoing::Resources(ResourcesReport { services }));
         }
         self.shared.metrics.instances(rows);

@@ -415,3 +415,29 @@ async fn a_batch_message_deploys_each_of_its_commands_and_rejects_only_the_bad_o
     assert_eq!(seen, vec![want(0, "CREATED"), want(1, "FAILED"), want(2, "CREATED")]);
     assert_eq!(h.docker.deploy_calls(), 2);
 }
+
+#[tokio::test]
+async fn a_quiet_worker_reports_usage_only_when_it_is_news() {
+    let mut h = Harness::start();
+    h.shared.quiet_reports.store(true, Ordering::Relaxed);
+    h.observe(h.seq()).await;
+    h.deploy(0, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 0, "CREATED"));
+    h.observe(h.seq()).await;
+    assert_eq!(h.next_resources().await.len(), 1, "a new instance is news");
+    // The same usage again: nothing goes out before the barrier's answer.
+    h.observe(h.seq()).await;
+    h.inbox.send(EngineMsg::Deploy(b"barrier".to_vec())).unwrap();
+    match tokio::time::timeout(WAIT, h.outbox.recv()).await.expect("an answer in time").expect("engine alive") {
+        Outgoing::Job(report) => assert_eq!(report.status, "FAILED", "{report:?}"),
+        other => panic!("an unchanged usage report went out: {other:?}"),
+    }
+    // A second instance is news again; a new broker session republishes.
+    h.deploy(1, "img", false);
+    assert_eq!(status_of(&h.next_job().await), (JOB, 1, "CREATED"));
+    h.observe(h.seq()).await;
+    assert_eq!(h.next_resources().await.len(), 2);
+    h.shared.sessions.fetch_add(1, Ordering::Relaxed);
+    h.observe(h.seq()).await;
+    assert_eq!(h.next_resources().await.len(), 2, "a new session hears the usage at once");
+}
