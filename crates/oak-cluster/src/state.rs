@@ -12,7 +12,7 @@ use oak_api::net::{RouteTable, TableQuery};
 use oak_api::node::{DeleteCommand, DeployCommand, JobSpec, JobStatusReport, NodeInfo, ResourcesReport};
 use oak_api::sla::Microservice;
 use oak_api::status;
-use oak_core::node_placement::{aggregate, choose_node_spread, Demand, NodeView};
+use oak_core::node_placement::{aggregate, choose_node_spread, rank_by_name, Demand, NodeView};
 use oak_core::ports::{host_ports, HostPort};
 use oak_core::stats::Samples;
 
@@ -588,17 +588,26 @@ impl ClusterState {
             return Vec::new();
         }
         let timeout = self.timing.node_timeout;
+        let mut renamed = false;
         if self.node_index.len() != self.nodes.len() || self.views.len() != self.nodes.len() {
             self.node_index = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
             self.views = self.nodes.values().map(|n| n.fresh_view(false)).collect();
             self.nodes.values_mut().for_each(|n| n.stale = false);
+            renamed = true;
         }
         for (node, view) in self.nodes.values_mut().zip(self.views.iter_mut()) {
             if node.stale {
+                let rank = view.rank;
+                let old_name = std::mem::take(&mut view.name);
                 *view = node.fresh_view(false);
+                renamed |= view.name != old_name;
+                view.rank = rank;
                 node.stale = false;
             }
             view.active = node.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
+        }
+        if renamed {
+            rank_by_name(&mut self.views);
         }
         let mut views = std::mem::take(&mut self.views);
         let index = std::mem::take(&mut self.node_index);

@@ -757,3 +757,23 @@ fn a_worker_offering_more_cuts_the_back_off_short() {
     st.node_information("a", with_addon("a", "gpu-magic"), at);
     assert_eq!(placed_on(&st.schedule(at)), ["a"]);
 }
+
+#[test]
+fn equal_nodes_go_by_name_even_after_a_rename() {
+    let t0 = Instant::now();
+    // Ids sort the other way round from the names.
+    let mut st = ClusterState::new("c1".into(), timing(), Vec::new(), Vec::new(), t0);
+    for (id, host) in [("a", "zeta"), ("b", "mu"), ("c", "eta")] {
+        let record =
+            NodeRecord { id: id.into(), secret_hash: String::new(), info: info(host, 4000), subnet: String::new() };
+        st.register_node(record, t0);
+        assert!(st.node_information(id, info(host, 4000), t0).is_empty());
+    }
+    let mut packed = job("packed", 100);
+    packed.spec.spread = false;
+    assert_eq!(placed_on(&deploy(&mut st, &packed, 0, t0)), ["c"], "eta is the lowest name");
+    st.undeploy(&[InstanceRef { job_id: packed.id.clone(), instance_number: 0 }]);
+    // The node renames itself: the order follows.
+    assert!(st.node_information("a", info("alpha", 4000), t0).is_empty());
+    assert_eq!(placed_on(&deploy(&mut st, &packed, 1, t0)), ["a"], "alpha is now the lowest name");
+}

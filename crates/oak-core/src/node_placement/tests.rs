@@ -712,3 +712,63 @@ fn spreading_prefers_nodes_with_fewer_siblings() {
     }
     assert_eq!(packed_siblings, [3, 0, 0], "without spread, the same views give the same node");
 }
+
+#[test]
+fn ranked_views_choose_what_names_would() {
+    // Equal nodes in shuffled name order, some with more free memory: the winner must not depend
+    // on whether ties are broken by rank or by name.
+    let names = ["n-07", "n-02", "n-11", "n-02", "n-05", "n-10", "n-01", "n-09"];
+    let views: Vec<NodeView> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            id(node(name, "amd64", 4.0, if i % 3 == 0 { 4000 } else { 2000 }, 0), &format!("id-{}", 9 - i))
+        })
+        .collect();
+    let mut ranked = views.clone();
+    rank_by_name(&mut ranked);
+    let mut ranks: Vec<u32> = ranked.iter().map(|v| v.rank.unwrap()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, (0..names.len() as u32).collect::<Vec<_>>(), "one rank each");
+    let same_name: Vec<&NodeView> = ranked.iter().filter(|v| v.name == "n-02").collect();
+    assert!(same_name[0].id > same_name[1].id && same_name[0].rank > same_name[1].rank, "a name tie goes by id");
+    for free in [0, 2000, 4000] {
+        let mut plain = views.clone();
+        let mut fast = ranked.clone();
+        for v in plain.iter_mut().chain(fast.iter_mut()).filter(|v| v.free_memory_mb == free) {
+            v.free_memory_mb = 1000;
+        }
+        let j = job(1, 100, 0);
+        assert_eq!(choose_node(&j, CLUSTER, &plain), choose_node(&j, CLUSTER, &fast), "free {free}");
+        let counts: Vec<u32> = (0..names.len() as u32).map(|i| i % 2).collect();
+        assert_eq!(
+            choose_node_spread(&j, CLUSTER, &plain, &counts),
+            choose_node_spread(&j, CLUSTER, &fast, &counts),
+            "free {free}, with siblings"
+        );
+    }
+}
+
+#[test]
+fn runtimes_match_by_bit_or_by_name() {
+    let info = |virt: &[&str]| NodeInfo {
+        id: format!("id-{}", virt.join("-")),
+        host: virt.join("-"),
+        vcpus: 4,
+        memory: 4000,
+        virtualization: virt.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    let nodes: Vec<NodeView> = [&["unikernel"][..], &["docker", "firecracker"], &["wasm"]]
+        .iter()
+        .map(|v| NodeView::from_info(&info(v), true, []))
+        .collect();
+    assert!(nodes.iter().all(|n| n.runtime_bits.is_some()));
+    let asking = |runtime: &str| with(job(1, 100, 0), |j| j.virtualization = runtime.into());
+    assert_eq!(choose_node(&asking("docker"), CLUSTER, &nodes), Ok(1));
+    assert_eq!(choose_node(&asking("unikernel"), CLUSTER, &nodes), Ok(0));
+    assert_eq!(choose_node(&asking("wasm"), CLUSTER, &nodes), Ok(2));
+    assert_eq!(choose_node(&asking("firecracker"), CLUSTER, &nodes), Ok(1), "an uncommon runtime, by name");
+    let none = choose_node(&asking("crosvm"), CLUSTER, &nodes).unwrap_err();
+    assert_eq!(none.status, status::NO_QUALIFIED_WORKER_FOUND);
+}
