@@ -85,6 +85,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A service without its instances, and the application it belongs to (if it still exists).
+pub type SpecWithApplication = std::sync::Arc<(Service, Option<Application>)>;
+
 /// Everything the root keeps across restarts.
 pub trait RootStore: Send + Sync + 'static {
     // --- users ---
@@ -135,10 +138,11 @@ pub trait RootStore: Send + Sync + 'static {
     /// The SQLite store keeps them in memory until either changes, so the service's
     /// `next_instance_progressive_number` may be behind (instance numbers come from
     /// [`RootStore::allocate_instance_numbers`]).
-    fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
+    /// Shared, not copied: a service's descriptor and its application are big next to a request.
+    fn service_spec_with_application(&self, id: &str) -> Result<Option<SpecWithApplication>> {
         let Some(service) = self.service_spec(id)? else { return Ok(None) };
         let app = self.application(&service.application_id)?;
-        Ok(Some((service, app)))
+        Ok(Some(std::sync::Arc::new((service, app))))
     }
     /// A service with its `instance_list`, by job name.
     fn service_by_job_name(&self, job_name: &str) -> Result<Option<Service>>;

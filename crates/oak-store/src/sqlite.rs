@@ -29,7 +29,9 @@ use serde::Serialize;
 
 use crate::doc_cache::DocCache;
 use crate::migrations::MIGRATIONS;
-use crate::{ClusterTokenRecord, OwnerUsage, Result, RootStore, StoreError, SubnetRecord, UserRecord};
+use crate::{
+    ClusterTokenRecord, OwnerUsage, Result, RootStore, SpecWithApplication, StoreError, SubnetRecord, UserRecord,
+};
 
 /// What an answered write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +75,7 @@ pub struct SqliteStore {
     /// and the stored counter catches up in the transaction storing the instances.
     next_numbers: Mutex<HashMap<String, u32>>,
     /// Services with their applications as instance requests read them.
-    specs: DocCache<(Service, Option<Application>)>,
+    specs: DocCache<SpecWithApplication>,
     /// Users and organizations by id, as every authenticated request reads them.
     users: DocCache<UserRecord>,
     orgs: DocCache<Organization>,
@@ -723,7 +725,7 @@ impl RootStore for SqliteStore {
         self.read(|c| query_doc(c, "SELECT doc FROM services WHERE id = ?1", params![id]))
     }
 
-    fn service_spec_with_application(&self, id: &str) -> Result<Option<(Service, Option<Application>)>> {
+    fn service_spec_with_application(&self, id: &str) -> Result<Option<SpecWithApplication>> {
         self.specs.get_or_read(id, || {
             self.read(|c| {
                 let Some(service) = query_doc::<Service>(c, "SELECT doc FROM services WHERE id = ?1", params![id])?
@@ -731,7 +733,7 @@ impl RootStore for SqliteStore {
                     return Ok(None);
                 };
                 let app = query_doc(c, "SELECT doc FROM applications WHERE id = ?1", params![service.application_id])?;
-                Ok(Some((service, app)))
+                Ok(Some(Arc::new((service, app))))
             })
         })
     }

@@ -173,7 +173,7 @@ fn numbers_come_from_memory_and_a_restart_continues_after_the_stored_instances()
 fn an_instance_requests_view_of_a_service_follows_every_change() {
     let store = SqliteStore::in_memory().unwrap();
     shop(&store);
-    let (service, app) = store.service_spec_with_application("s").unwrap().unwrap();
+    let (service, app) = (*store.service_spec_with_application("s").unwrap().unwrap()).clone();
     assert_eq!(app.as_ref().map(|a| a.user_id.as_str()), Some("u"));
     // Changes committed after the first read are what the next read sees.
     let mut renamed = service.clone();
@@ -182,7 +182,7 @@ fn an_instance_requests_view_of_a_service_follows_every_change() {
     let mut moved = app.unwrap();
     moved.user_id = "other".into();
     store.update_application(&moved).unwrap();
-    let (service, app) = store.service_spec_with_application("s").unwrap().unwrap();
+    let (service, app) = (*store.service_spec_with_application("s").unwrap().unwrap()).clone();
     assert_eq!(service.image, "img:2");
     assert_eq!(app.map(|a| a.user_id), Some("other".into()), "an ownership check on the old owner");
     store.delete_service("s").unwrap();

@@ -10,6 +10,7 @@ use oak_core::authz::Action;
 use oak_core::jobs::{apply_update, job_status, new_service};
 use oak_core::quotas::Usage;
 use oak_core::sla::{job_name, validate_service_update, validate_sla, Purpose};
+use oak_store::SpecWithApplication;
 use serde_json::Value;
 
 use super::applications::{assign_addresses, check_rr_ips, owned_app};
@@ -26,22 +27,21 @@ pub(super) fn owned_service(
     id: &str,
     modify: bool,
 ) -> ApiResult<(Service, Application)> {
-    owned(st, caller, id, modify, true)
-}
-
-/// Like [`owned_service`]; without `instances` the instance list stays empty (cheap for big services).
-fn owned(st: &AppState, caller: &Caller, id: &str, modify: bool, instances: bool) -> ApiResult<(Service, Application)> {
     let what = format!("service {id}");
-    let (service, app) = if instances {
-        let service = st.store.service(id)?.ok_or_else(|| ApiError::not_found(&what))?;
-        let app = st.store.application(&service.application_id)?;
-        (service, app)
-    } else {
-        st.store.service_spec_with_application(id)?.ok_or_else(|| ApiError::not_found(&what))?
-    };
-    let app = app.ok_or_else(|| ApiError::not_found(&what))?;
+    let service = st.store.service(id)?.ok_or_else(|| ApiError::not_found(&what))?;
+    let app = st.store.application(&service.application_id)?.ok_or_else(|| ApiError::not_found(&what))?;
     caller.require_owner(&app.user_id, modify, &what)?;
     Ok((service, app))
+}
+
+/// Like [`owned_service`] without the instance list (cheap for big services), shared with the
+/// store's cache rather than copied: the check every instance request starts with.
+fn owned_spec(st: &AppState, caller: &Caller, id: &str, modify: bool) -> ApiResult<SpecWithApplication> {
+    let what = format!("service {id}");
+    let found = st.store.service_spec_with_application(id)?.ok_or_else(|| ApiError::not_found(&what))?;
+    let app = found.1.as_ref().ok_or_else(|| ApiError::not_found(&what))?;
+    caller.require_owner(&app.user_id, modify, &what)?;
+    Ok(found)
 }
 
 /// Add services to an existing application (`applications[0].applicationID`), all or nothing.
@@ -268,7 +268,10 @@ fn request_instances_now(
     list: bool,
 ) -> ApiResult<InstanceRequested> {
     // The descriptor suffices here: loading every instance would make scaling a big service slow.
-    let (service, app) = owned(st, caller, id, true, false)?;
+    let found = owned_spec(st, caller, id, true)?;
+    let (service, Some(app)) = (&found.0, found.1.as_ref()) else {
+        return Err(ApiError::not_found(format!("service {id}")));
+    };
     let _quota =
         crate::quotas::check(st, caller, &app.user_id, Usage { instances: count as usize, ..Usage::default() })?;
     // Their overlay addresses, kept for the instances' life (also when they move).
