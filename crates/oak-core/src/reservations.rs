@@ -210,6 +210,23 @@ impl Reservations {
         cluster.vgpus = cluster.vgpus.saturating_sub(total.gpus);
     }
 
+    /// [`Reservations::apply`] on `cluster`, a copy of `base` made earlier and maybe applied to
+    /// then: the free amounts start again from `base`'s. A scheduler can keep such a copy for
+    /// every placement instead of cloning the whole document each time. `cluster` must have the
+    /// architecture entries of `base` (it was copied from it and `base` did not change since).
+    pub fn apply_over(&self, base: &Cluster, cluster: &mut Cluster) {
+        cluster.vcpus = base.vcpus;
+        cluster.memory = base.memory;
+        cluster.vgpus = base.vgpus;
+        let entries = cluster.aggregation_per_architecture.values_mut();
+        for (t, b) in entries.zip(base.aggregation_per_architecture.values()) {
+            t.free_vcpus = b.free_vcpus;
+            t.free_memory_mb = b.free_memory_mb;
+            t.free_gpus = b.free_gpus;
+        }
+        self.apply(cluster);
+    }
+
     /// Copies of `clusters` with [`Reservations::apply`] done: what the root scheduler decides on.
     pub fn applied(&self, clusters: &[Cluster]) -> Vec<Cluster> {
         clusters
@@ -372,6 +389,27 @@ mod tests {
         r.confirm("c1", 2);
         assert!(r.is_empty());
         assert_eq!(r.outstanding("c1"), Demand::default());
+    }
+
+    #[test]
+    fn a_kept_copy_applied_again_equals_a_fresh_one() {
+        let mut base = cluster("c1", 8.0, 8000, 2);
+        base.aggregation_per_architecture.insert("amd64".into(), totals(4.0, 4000, 1));
+        base.aggregation_per_architecture.insert("arm64".into(), totals(4.0, 4000, 1));
+        let mut r = Reservations::new();
+        r.reserve("c1", 1, key("a", 0), d(1.0, 1000, 1));
+        let mut kept = base.clone();
+        r.apply(&mut kept);
+        for next in [d(2.0, 500, 0), d(0.5, 100, 1)] {
+            r.reserve("c1", 1, key("a", r.len() as u32), next);
+            r.apply_over(&base, &mut kept);
+            let mut fresh = base.clone();
+            r.apply(&mut fresh);
+            assert_eq!(kept, fresh);
+        }
+        r.confirm("c1", 1);
+        r.apply_over(&base, &mut kept);
+        assert_eq!(kept, base, "nothing outstanding: the base again");
     }
 
     fn totals(free_vcpus: f64, free_memory_mb: u64, free_gpus: u64) -> ResourceTotals {

@@ -41,23 +41,31 @@ impl Fleet {
         } else {
             Default::default()
         };
-        let mut inner = self.lock();
-        let reachable = |inner: &super::Inner, id: &str| self.reach_of(inner, id, started) == Reach::Active;
-        let mut candidates: Vec<Cluster> = Vec::with_capacity(inner.links.len() + offline.len());
-        for link in inner.links.values() {
-            let mut c = link.view.clone();
-            c.active = reachable(&inner, &c.id);
-            inner.reservations.apply(&mut c);
-            candidates.push(c);
+        let mut guard = self.lock();
+        let reachable: Vec<bool> =
+            guard.links.keys().map(|id| self.reach_of(&guard, id, started) == Reach::Active).collect();
+        let inner = &mut *guard;
+        let copied = inner.links.values().map(|l| (l.conn, l.reports));
+        if !copied.clone().eq(inner.placement_copied.iter().copied()) {
+            inner.placement_copied = copied.collect();
+            inner.placement_views = inner.links.values().map(|l| l.view.clone()).collect();
         }
-        for mut c in offline {
-            if !inner.links.contains_key(&c.id) {
-                c.active = false;
-                candidates.push(c);
-            }
+        for ((view, link), active) in inner.placement_views.iter_mut().zip(inner.links.values()).zip(reachable) {
+            view.active = active;
+            inner.reservations.apply_over(&link.view, view);
         }
+        let with_offline: Vec<Cluster>;
+        let candidates = if offline.is_empty() {
+            &inner.placement_views
+        } else {
+            let offline = offline.into_iter().filter(|c| !inner.links.contains_key(&c.id));
+            with_offline = (inner.placement_views.iter().cloned())
+                .chain(offline.map(|c| Cluster { active: false, ..c }))
+                .collect();
+            &with_offline
+        };
         let decision =
-            choose(service, &candidates, hosts.as_ref(), &others).map(|c| (c.id.clone(), c.cluster_location.clone()));
+            choose(service, candidates, hosts.as_ref(), &others).map(|c| (c.id.clone(), c.cluster_location.clone()));
         let mut instance = previous.cloned().unwrap_or_else(|| Instance::new(number, status::REQUESTED, "", now));
         instance.last_modified_timestamp = now;
         match decision {
@@ -82,7 +90,7 @@ impl Fleet {
                 instance.cluster_location = None;
             }
         }
-        drop(inner);
+        drop(guard);
         self.spread().placed(&service.id, number, instance.cluster_id.as_deref());
         let took = started.elapsed();
         self.placement.lock().unwrap_or_else(|e| e.into_inner()).record(took.as_micros() as u64);

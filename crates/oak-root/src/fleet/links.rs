@@ -34,7 +34,8 @@ pub(super) struct Link {
     tx: mpsc::Sender<RootMsg>,
     /// Tells the writer to close the connection (its queue overflowed).
     overflow: Arc<Notify>,
-    /// The cluster document with its latest reported resources.
+    /// The cluster document with its latest reported resources. Changed only by a report, which
+    /// `reports` counts: the scheduler's copies are taken again when that count moves.
     pub view: Cluster,
     pub reported_at: Option<Instant>,
     /// Reports received on this connection; reservations acknowledged before report `n` are
@@ -397,6 +398,57 @@ mod tests {
         assert_eq!(rejoined.cluster_id, first.cluster_id);
         let e = fleet.join(Credential::Certificate(cert), "", "edge", "").err().unwrap();
         assert_eq!(e.reason, "unknown_certificate");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_placements_follows_reservations_reports_and_departures() {
+        let (_dir, fleet, token) = fleet();
+        let report = |free_memory_mb: u64| ClusterResources {
+            active_nodes: 1,
+            totals: oak_api::channel::ResourceTotals {
+                nodes: 1,
+                total_cpu_cores: 64.0,
+                free_vcpus: 64.0,
+                memory_in_mb: 4000,
+                free_memory_mb,
+                ..Default::default()
+            },
+            virtualization: vec!["docker".into()],
+            ..Default::default()
+        };
+        let mut joined = Vec::new();
+        for name in ["a", "b"] {
+            let j = fleet.join(Credential::Token { token: &token, csr: &csr() }, "", name, "").unwrap();
+            fleet.heard(&j.cluster_id);
+            fleet.on_report(&j.cluster_id, j.conn, report(1000));
+            joined.push(j);
+        }
+        crate::fleet::test_fixtures::store_shop_with_service_s(&*fleet.store);
+        let mut service = fleet.store.service("s").unwrap().unwrap();
+        (service.spec.memory, service.spec.vcpus, service.spec.spread) = (300, 1, false);
+        let place = |n: u32| fleet.place(&service, n, None).cluster_id;
+        // 1000 MB each, 300 MB an instance: three fit on each cluster, then none.
+        let placed: Vec<Option<String>> = (0..7).map(place).collect();
+        for j in &joined {
+            let on = placed.iter().filter(|c| c.as_deref() == Some(j.cluster_id.as_str())).count();
+            assert_eq!(on, 3, "{placed:?}");
+        }
+        assert_eq!(placed[6], None, "a seventh instance over-committed a cluster");
+        let (a, b) = (&joined[0], &joined[1]);
+        // A report of more free memory (the held reservations still counted) makes room for one.
+        fleet.on_report(&b.cluster_id, b.conn, report(1300));
+        assert_eq!(place(7).as_deref(), Some(b.cluster_id.as_str()));
+        assert_eq!(place(8), None, "b holds 4 × 300 MB of 1300");
+        // What a report says beyond the free amounts counts at once too.
+        let unikernel_only = ClusterResources { virtualization: vec!["unikernel".into()], ..report(4000) };
+        fleet.on_report(&b.cluster_id, b.conn, unikernel_only);
+        assert_eq!(place(9), None, "placed on a cluster without the runtime");
+        fleet.on_report(&b.cluster_id, b.conn, report(4000));
+        fleet.on_report(&a.cluster_id, a.conn, report(4000));
+        assert_eq!(place(10).as_deref(), Some(a.cluster_id.as_str()), "a has 3100 MB free, b 2500");
+        // A cluster that left is no candidate.
+        fleet.lock().links.remove(&a.cluster_id);
+        assert_eq!(place(11).as_deref(), Some(b.cluster_id.as_str()), "placed on a cluster that left");
     }
 
     #[tokio::test]

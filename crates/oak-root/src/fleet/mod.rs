@@ -128,6 +128,11 @@ struct Inner {
     heard: HashMap<String, Instant>,
     /// Clusters whose loss was logged (a cluster heard again leaves it).
     lost: HashSet<String>,
+    /// The root scheduler's copies of the connected clusters' views, with the connection and
+    /// report count of the link each was copied from: copied again only when a cluster
+    /// connects, leaves or reports, not for every instance placed.
+    placement_views: Vec<oak_api::model::Cluster>,
+    placement_copied: Vec<(u64, u64)>,
 }
 
 impl Fleet {
@@ -144,6 +149,8 @@ impl Fleet {
                 next_conn: 1,
                 heard: HashMap::new(),
                 lost: HashSet::new(),
+                placement_views: Vec::new(),
+                placement_copied: Vec::new(),
             }),
             wake: Notify::new(),
             placement: Mutex::new(Samples::new(100_000)),
