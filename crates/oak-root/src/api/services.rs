@@ -295,7 +295,7 @@ fn request_instances_now(
     let instances: Vec<_> = numbers
         .zip(ips)
         .map(|(number, ip)| {
-            let mut instance = st.fleet.place(&service, number, None);
+            let mut instance = st.fleet.place(service, number, None);
             instance.instance_ip = Some(ip);
             instance
         })
@@ -305,7 +305,7 @@ fn request_instances_now(
         st.fleet.release_addresses(id, instances.iter().filter_map(|i| i.instance_ip.as_ref()));
         return Err(e.into());
     }
-    st.fleet.dispatch_all(&service, &instances);
+    st.fleet.dispatch_all(service, &instances);
     st.fleet.routes_changed([id]);
     let first = &instances[0];
     Ok(InstanceRequested {
