@@ -588,25 +588,26 @@ impl ClusterState {
             return Vec::new();
         }
         let timeout = self.timing.node_timeout;
-        let mut renamed = false;
+        // The ranks follow the names: numbered again when the views are rebuilt or a name changed.
+        let mut rerank = false;
         if self.node_index.len() != self.nodes.len() || self.views.len() != self.nodes.len() {
             self.node_index = self.nodes.keys().enumerate().map(|(i, id)| (id.clone(), i)).collect();
             self.views = self.nodes.values().map(|n| n.fresh_view(false)).collect();
             self.nodes.values_mut().for_each(|n| n.stale = false);
-            renamed = true;
+            rerank = true;
         }
         for (node, view) in self.nodes.values_mut().zip(self.views.iter_mut()) {
             if node.stale {
                 let rank = view.rank;
                 let old_name = std::mem::take(&mut view.name);
                 *view = node.fresh_view(false);
-                renamed |= view.name != old_name;
+                rerank |= view.name != old_name;
                 view.rank = rank;
                 node.stale = false;
             }
             view.active = node.last_seen.is_some_and(|t| now.duration_since(t) <= timeout);
         }
-        if renamed {
+        if rerank {
             rank_by_name(&mut self.views);
         }
         let mut views = std::mem::take(&mut self.views);
