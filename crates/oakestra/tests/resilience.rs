@@ -127,12 +127,25 @@ async fn clusters_ready(client: &Client, want: &[(&str, u64)]) -> BTreeMap<Strin
     .await
 }
 
+/// Waits until the service has `n` instances, all RUNNING; on timeout the failure shows where
+/// each instance was stuck (status, detail, cluster, worker), not just that it was.
 async fn running(client: &Client, service: &str, n: usize) -> Service {
-    eventually(&format!("{n} instances of {service} RUNNING"), async || {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let s = client.get_service(service).await.unwrap();
-        (s.instance_list.len() == n && s.instance_list.iter().all(|i| i.status == "RUNNING")).then_some(s)
-    })
-    .await
+        if s.instance_list.len() == n && s.instance_list.iter().all(|i| i.status == "RUNNING") {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            let seen: Vec<_> = s
+                .instance_list
+                .iter()
+                .map(|i| (i.instance_number, &i.status, &i.status_detail, &i.cluster_id, &i.worker_name))
+                .collect();
+            panic!("timed out waiting for {n} instances of {service} RUNNING; last seen: {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn on_cluster<'a>(s: &'a Service, cluster: &Cluster) -> Vec<&'a Instance> {
