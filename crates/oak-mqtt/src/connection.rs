@@ -5,10 +5,14 @@
 //! Anything unexpected — garbage, an unknown packet, QoS 2, a second CONNECT, an oversized packet —
 //! closes this connection only; no input can make the task panic or touch other connections.
 
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +20,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{valid_filter, valid_topic, Error as CodecError, Protocol, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -28,14 +32,10 @@ use crate::stats::Counters;
 use crate::subscriptions::SubscriberId;
 use crate::Message;
 
-/// Read buffer growth step. Small: a broker holds one per connection (a cluster a thousand),
-/// and a worker's messages are mostly a few hundred bytes; a bigger one grows it.
-const READ_CHUNK: usize = 2 * 1024;
+/// Most bytes one read takes from the stream, into a buffer on the poll's stack ([`read_some`]).
+const READ_CHUNK: usize = 8 * 1024;
 /// With this much unsent data we stop reading packets and taking deliveries until it drains.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Empty buffers larger than this are released (after a big message, e.g. a batch of deploys),
-/// so that an idle connection holds little more than a read chunk.
-const KEEP_BUFFER: usize = 4 * 1024;
 /// How long a closing connection may take to send its last packets (e.g. a refusing CONNACK).
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -79,19 +79,24 @@ enum Close {
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
-pub(crate) async fn serve<S: Stream>(stream: S, peer: SocketAddr, open: OpenConnection) {
-    let shared = open.0.clone();
-    // Reading and writing proceed independently (a TLS stream cannot be split by reference).
+/// The task serving one connection. The stream is split before the task starts, so that it
+/// lives only in the halves' shared state and not also in the task's future: a TLS stream is
+/// over a kilobyte, and a cluster's broker serves a thousand connections.
+pub(crate) fn serve<S: Stream>(stream: S, peer: SocketAddr, open: OpenConnection) -> impl Future<Output = ()> {
     let (reader, writer) = tokio::io::split(stream);
-    let mut conn = Connection {
+    let conn = Connection {
         reader,
         writer,
         peer,
-        shared,
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        shared: open.0.clone(),
+        rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         label: None,
     };
+    serve_split(conn, open)
+}
+
+async fn serve_split<S: Stream>(mut conn: Connection<S>, open: OpenConnection) {
     let close = conn.run().await;
     conn.finish(close).await;
     drop(open);
@@ -191,12 +196,25 @@ fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(name_at + 2 + name_len).copied()
 }
 
-/// Makes sure a read has room to go into.
-fn make_room(rbuf: &mut BytesMut) {
-    if rbuf.is_empty() && rbuf.capacity() > KEEP_BUFFER {
-        *rbuf = BytesMut::with_capacity(READ_CHUNK);
-    } else if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-        rbuf.reserve(READ_CHUNK);
+/// Appends what `reader` has (at most [`READ_CHUNK`] bytes) to `rbuf`; 0 at the end of the
+/// stream. The bytes pass through a buffer on the stack of the poll, not in the connection's
+/// task, so an idle connection holds no read buffer: a cluster's broker keeps a thousand.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
+/// Releases an empty buffer: an idle connection keeps no allocation for its reads or writes
+/// (taking a new one for the next packet costs less than a thousand connections holding theirs).
+fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
     }
 }
 
@@ -237,8 +255,7 @@ impl<S: Stream> Connection<S> {
                 }
                 Err(e) => return Err(Close::Protocol(format!("malformed CONNECT: {e}"))),
             }
-            make_room(&mut self.rbuf);
-            match self.reader.read_buf(&mut self.rbuf).await {
+            match read_some(&mut self.reader, &mut self.rbuf).await {
                 Ok(0) => return Err(Close::PeerClosed),
                 Ok(_) => {}
                 Err(e) => return Err(Close::Io(e)),
@@ -368,14 +385,12 @@ impl<S: Stream> Connection<S> {
         loop {
             if wbuf.is_empty() {
                 write_progress = Instant::now();
-                if wbuf.capacity() > KEEP_BUFFER {
-                    *wbuf = BytesMut::new();
-                }
+                release_if_empty(wbuf);
             }
+            release_if_empty(rbuf);
             if let Some(reason) = session.kill.reason() {
                 return Close::Kicked(reason);
             }
-            make_room(rbuf);
             let room = wbuf.len() < WRITE_HIGH_WATER;
             tokio::select! {
                 reason = session.kill.tripped() => return Close::Kicked(reason),
@@ -384,7 +399,7 @@ impl<S: Stream> Connection<S> {
                     Ok(_) => write_progress = Instant::now(),
                     Err(e) => return Close::Io(e),
                 },
-                read = reader.read_buf(rbuf), if room => match read {
+                read = read_some(reader, rbuf), if room => match read {
                     Ok(0) => return Close::PeerClosed,
                     Ok(_) => {
                         last_read = Instant::now();
@@ -585,7 +600,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::connect_protocol_level;
+    use super::{connect_protocol_level, read_some, release_if_empty, BytesMut, READ_CHUNK};
 
     #[test]
     fn protocol_level_is_found_once_it_arrived() {
@@ -599,5 +614,30 @@ mod tests {
         assert_eq!(connect_protocol_level(&[0x30, 0, 0, 4, b'M', b'Q', b'T', b'T', 5]), None);
         assert_eq!(connect_protocol_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
         assert_eq!(connect_protocol_level(&[]), None);
+    }
+
+    /// Reads append to what is already buffered, in chunks, up to the end of the stream; an
+    /// emptied buffer gives its allocation back.
+    #[tokio::test]
+    async fn reads_append_through_the_stack_and_empty_buffers_are_released() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        tokio::io::AsyncWriteExt::write_all(&mut client, &sent).await.unwrap();
+        drop(client);
+        let mut rbuf = BytesMut::from(&b"xy"[..]);
+        loop {
+            let n = read_some(&mut server, &mut rbuf).await.unwrap();
+            assert!(n <= READ_CHUNK);
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(&rbuf[..2], b"xy");
+        assert_eq!(&rbuf[2..], &sent[..]);
+        release_if_empty(&mut rbuf);
+        assert!(rbuf.capacity() > 0, "a buffer holding bytes is kept");
+        rbuf.clear();
+        release_if_empty(&mut rbuf);
+        assert_eq!(rbuf.capacity(), 0);
     }
 }
