@@ -22,7 +22,7 @@ pub(crate) struct SubscriptionTree {
 #[derive(Default)]
 struct Level {
     /// Children by literal level name.
-    children: HashMap<Box<str>, Level>,
+    children: Children,
     /// The `+` child.
     plus: Option<Box<Level>>,
     /// Filters ending at this level.
@@ -37,10 +37,89 @@ impl Level {
     }
 }
 
+/// Levels with more children than this keep them in a hash map.
+const FEW_CHILDREN: usize = 8;
+
+/// A level's children by literal name: a short list while there are few, a hash map beyond.
+/// Most levels have one to three children (a worker's `nodes/<id>/control/{deploy,delete,logs}`),
+/// and a cluster's broker holds a thousand workers' levels: hash maps there cost about a
+/// kilobyte per worker, lists a few hundred bytes. Only `nodes/` itself has many.
+enum Children {
+    Few(Vec<(Box<str>, Level)>),
+    /// Boxed: a map is twice a list's size, and every level holds one of the two.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<Box<str>, Level>>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(few) => few.is_empty(),
+            Children::Many(many) => many.is_empty(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Level> {
+        match self {
+            Children::Few(few) => few.iter().find(|(n, _)| &**n == name).map(|(_, level)| level),
+            Children::Many(many) => many.get(name),
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Level> {
+        match self {
+            Children::Few(few) => few.iter_mut().find(|(n, _)| &**n == name).map(|(_, level)| level),
+            Children::Many(many) => many.get_mut(name),
+        }
+    }
+
+    /// The child named `name`, added empty if there is none.
+    fn entry(&mut self, name: &str) -> &mut Level {
+        if let Children::Few(few) = self {
+            if few.len() >= FEW_CHILDREN && !few.iter().any(|(n, _)| &**n == name) {
+                *self = Children::Many(Box::new(std::mem::take(few).into_iter().collect()));
+            }
+        }
+        match self {
+            Children::Few(few) => {
+                let at = match few.iter().position(|(n, _)| &**n == name) {
+                    Some(at) => at,
+                    None => {
+                        few.push((name.into(), Level::default()));
+                        few.shrink_to_fit();
+                        few.len() - 1
+                    }
+                };
+                &mut few[at].1
+            }
+            Children::Many(many) => many.entry(name.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        match self {
+            Children::Few(few) => few.retain(|(n, _)| &**n != name),
+            Children::Many(many) => {
+                many.remove(name);
+            }
+        }
+    }
+}
+
+/// Subscription lists change rarely and are mostly one entry long: they are kept exact.
 fn upsert(subs: &mut Vec<(SubscriberId, QoS)>, id: SubscriberId, qos: QoS) {
     match subs.iter_mut().find(|(s, _)| *s == id) {
         Some(entry) => entry.1 = qos,
-        None => subs.push((id, qos)),
+        None => {
+            subs.push((id, qos));
+            subs.shrink_to_fit();
+        }
     }
 }
 
@@ -61,7 +140,7 @@ impl SubscriptionTree {
                     return;
                 }
                 "+" => level = level.plus.get_or_insert_with(Box::default),
-                _ => level = level.children.entry(name.into()).or_default(),
+                _ => level = level.children.entry(name),
             }
         }
         upsert(&mut level.here, id, qos);
@@ -218,6 +297,29 @@ mod tests {
         tree.insert("$SYS/+", 3, QoS::AtMostOnce);
         assert_eq!(ids(&tree, "$SYS/x"), vec![3]);
         assert_eq!(ids(&tree, "SYS/x"), vec![1, 2]);
+    }
+
+    /// Past [`FEW_CHILDREN`] a level's children move to a hash map: routing and removal agree
+    /// across the switch, for a cluster's worth of nodes.
+    #[test]
+    fn levels_with_many_children_route_and_prune_the_same() {
+        let mut tree = SubscriptionTree::default();
+        let filters: Vec<String> =
+            (0..1000).flat_map(|i| ["deploy", "delete", "logs"].map(|c| format!("nodes/n{i}/control/{c}"))).collect();
+        for (i, f) in filters.iter().enumerate() {
+            tree.insert(f, i as SubscriberId, QoS::AtLeastOnce);
+        }
+        tree.insert("nodes/+/control/deploy", 5000, QoS::AtMostOnce);
+        assert_eq!(ids(&tree, "nodes/n0/control/deploy"), vec![0, 5000]);
+        assert_eq!(ids(&tree, "nodes/n7/control/logs"), vec![23]);
+        assert_eq!(ids(&tree, "nodes/n999/control/delete"), vec![2998]);
+        assert_eq!(ids(&tree, "nodes/n1000/control/deploy"), vec![5000]);
+        assert_eq!(ids(&tree, "nodes/n1/control"), Vec::<SubscriberId>::new());
+        for (i, f) in filters.iter().enumerate() {
+            assert!(tree.remove(f, i as SubscriberId), "{f}");
+        }
+        assert!(tree.remove("nodes/+/control/deploy", 5000));
+        assert!(tree.is_empty());
     }
 
     #[test]
