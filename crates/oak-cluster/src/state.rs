@@ -319,7 +319,7 @@ impl ClusterState {
             st.nodes.insert(record.id.clone(), Node::new(record, now));
         }
         for r in instances {
-            let job = Arc::new(r.job);
+            let job = st.shared_job(r.job);
             st.by_name.insert(job.job_name.clone(), job.id.clone());
             let key = (job.id.clone(), r.instance_number);
             let mut inst = Inst::new(job, r.instance_number, r.status, r.status_detail, now);
@@ -502,13 +502,9 @@ impl ClusterState {
                     self.to_root.insert(key);
                 }
                 None => {
-                    let mut inst = Inst::new(
-                        Arc::new(d.job),
-                        d.instance_number,
-                        status::REQUESTED.into(),
-                        "waiting for a worker".into(),
-                        now,
-                    );
+                    let job = self.shared_job(d.job);
+                    let mut inst =
+                        Inst::new(job, d.instance_number, status::REQUESTED.into(), "waiting for a worker".into(), now);
                     inst.instance_ip = d.instance_ip;
                     self.instances.insert(key.clone(), inst);
                     self.dirty.insert(key.clone());
@@ -524,6 +520,17 @@ impl ClusterState {
             }
         }
         effects
+    }
+
+    /// `job` as an [`Arc`] shared with the instances of the same job that have the same
+    /// descriptor: the root sends it with every instance, and a thousand instances of a few
+    /// services would otherwise hold a thousand copies.
+    fn shared_job(&self, job: JobSpec) -> Arc<JobSpec> {
+        let first = (job.id.clone(), 0);
+        match self.instances.range(first..).next() {
+            Some(((id, _), sibling)) if *id == job.id && *sibling.job == job => sibling.job.clone(),
+            _ => Arc::new(job),
+        }
     }
 
     /// The root no longer wants these instances here.

@@ -100,6 +100,9 @@ impl Batch {
     }
 }
 
+/// SQLite's page cache for the cluster store, in KiB.
+const PAGE_CACHE_KIB: i64 = 256;
+
 impl ClusterStore {
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
@@ -108,6 +111,10 @@ impl ClusterStore {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The cluster's state lives in memory ([`crate::state::ClusterState`]); this file is
+        // written and read back only at start, so SQLite's default 2 MiB page cache would hold a
+        // second copy of it. Pages it misses come from the kernel's cache.
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version as usize > MIGRATIONS.len() {
@@ -195,5 +202,24 @@ impl ClusterStore {
             params![key, value],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store keeps a small page cache (the state it holds is in memory anyway) and still
+    /// reads back what it wrote after reopening.
+    #[test]
+    fn the_page_cache_is_small_and_writes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.db");
+        let store = ClusterStore::open(&path).unwrap();
+        let cache: i64 = store.lock().pragma_query_value(None, "cache_size", |r| r.get(0)).unwrap();
+        assert_eq!(cache, -PAGE_CACHE_KIB);
+        store.set_meta("k", "v").unwrap();
+        drop(store);
+        assert_eq!(ClusterStore::open(&path).unwrap().meta("k").unwrap().as_deref(), Some("v"));
     }
 }

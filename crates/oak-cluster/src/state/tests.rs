@@ -1,5 +1,6 @@
 //! Lifecycle rules of the cluster state, without sockets: time is passed in.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oak_api::channel::{ClusterMsg, DeployInstance, InstanceRef};
@@ -776,4 +777,30 @@ fn equal_nodes_go_by_name_even_after_a_rename() {
     // The node renames itself: the order follows.
     assert!(st.node_information("a", info("alpha", 4000), t0).is_empty());
     assert_eq!(placed_on(&deploy(&mut st, &packed, 1, t0)), ["a"], "alpha is now the lowest name");
+}
+
+/// Instances of one job with the same descriptor share one copy of it, also after a restart; a
+/// different descriptor gets its own.
+#[test]
+fn instances_of_a_job_share_its_descriptor() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 8000)], t);
+    let web = job("web", 100);
+    for n in 0..3 {
+        deploy(&mut st, &web, n, t);
+    }
+    let key = |n: u32| (web.id.clone(), n);
+    let shared =
+        |st: &ClusterState, a: u32, b: u32| Arc::ptr_eq(&st.instances[&key(a)].job, &st.instances[&key(b)].job);
+    assert!(shared(&st, 0, 1) && shared(&st, 0, 2));
+    let mut bigger = web.clone();
+    bigger.spec.memory = 200;
+    deploy(&mut st, &bigger, 3, t);
+    assert!(!shared(&st, 0, 3));
+    assert_eq!(st.instances[&key(3)].job.spec.memory, 200);
+
+    let batch = st.take_batch();
+    let restarted = ClusterState::new("c1".into(), timing(), batch.nodes, batch.instances, t);
+    assert!(shared(&restarted, 0, 1) && shared(&restarted, 0, 2));
+    assert_eq!(restarted.instances[&key(3)].job.spec.memory, 200);
 }
