@@ -91,8 +91,8 @@ impl WorkerMetrics {
     }
 
     /// The node as last sampled.
-    pub(crate) fn node(&self, info: &NodeInfo) {
-        self.observed().node = Some(info.clone());
+    pub(crate) fn node(&self, info: NodeInfo) {
+        self.observed().node = Some(info);
     }
 
     /// What the runtimes list now: replaces the instances of the last observation.
@@ -379,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn beyond_loopback_the_scrape_token_is_needed_on_loopback_not() {
         let metrics = Arc::new(WorkerMetrics::new(Some("w-s3cret".into())));
-        metrics.node(&NodeInfo { vcpus: 2, ..Default::default() });
+        metrics.node(NodeInfo { vcpus: 2, ..Default::default() });
         let listener = listen(&metrics, "0.0.0.0:0".parse().unwrap()).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(run(metrics, listener, std::future::pending()));
@@ -456,7 +456,7 @@ mod tests {
             cpu_percent: 12.5,
             ..Default::default()
         };
-        metrics.node(&info);
+        metrics.node(info);
         let text = metrics.render();
         for line in [
             "oakestra_node_memory_total_bytes 2147483648\n",

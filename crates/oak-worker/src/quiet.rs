@@ -63,7 +63,7 @@ impl InfoGate {
 /// Whether the cluster should hear of the change from `before` to `after`: anything but the
 /// load figures changed, or a load figure moved by what placement could notice.
 pub(crate) fn noticeably_changed(before: &NodeInfo, after: &NodeInfo) -> bool {
-    if steady(before) != steady(after) {
+    if !same_but_load(before, after) {
         return true;
     }
     let moved = |a: f64, b: f64, by: f64| (a - b).abs() >= by;
@@ -77,18 +77,57 @@ pub(crate) fn noticeably_changed(before: &NodeInfo, after: &NodeInfo) -> bool {
         || moved(before.vram_percent, after.vram_percent, 5.0)
 }
 
-/// `info` without its load figures.
-fn steady(info: &NodeInfo) -> NodeInfo {
-    NodeInfo {
-        cpu_percent: 0.0,
-        memory_percent: 0.0,
-        memory: 0,
-        disk_free: 0,
-        gpu_usage: 0.0,
-        gpu_temp: 0.0,
-        vram_percent: 0.0,
-        ..info.clone()
-    }
+/// Whether `a` and `b` agree on everything but their load figures. Compared in place, not on
+/// copies: every worker samples its node every report interval. The pattern names every field,
+/// so a field added to [`NodeInfo`] cannot be forgotten here.
+fn same_but_load(a: &NodeInfo, b: &NodeInfo) -> bool {
+    let NodeInfo {
+        id,
+        host,
+        ip,
+        port,
+        system_info,
+        cpu_percent: _,
+        vcpus,
+        architecture,
+        memory_percent: _,
+        memory: _,
+        memory_total,
+        disk_free: _,
+        disk_info,
+        network_info,
+        gpu_driver,
+        gpu_usage: _,
+        vgpus,
+        gpu_temp: _,
+        vram_percent: _,
+        vram,
+        virtualization,
+        supported_addons,
+        csi_drivers,
+        overlay,
+        metrics_port,
+        features,
+    } = a;
+    *id == b.id
+        && *host == b.host
+        && *ip == b.ip
+        && *port == b.port
+        && *system_info == b.system_info
+        && *vcpus == b.vcpus
+        && *architecture == b.architecture
+        && *memory_total == b.memory_total
+        && *disk_info == b.disk_info
+        && *network_info == b.network_info
+        && *gpu_driver == b.gpu_driver
+        && *vgpus == b.vgpus
+        && *vram == b.vram
+        && *virtualization == b.virtualization
+        && *supported_addons == b.supported_addons
+        && *csi_drivers == b.csi_drivers
+        && *overlay == b.overlay
+        && *metrics_port == b.metrics_port
+        && *features == b.features
 }
 
 /// Longest time between two usage reports of a quiet worker with instances: the cluster passes an
@@ -204,6 +243,22 @@ mod tests {
             |n: &mut NodeInfo| n.virtualization.push("unikernel".into()),
             |n: &mut NodeInfo| n.vcpus = 8,
             |n: &mut NodeInfo| n.gpu_temp = 80.0,
+            |n: &mut NodeInfo| n.id = "other".into(),
+            |n: &mut NodeInfo| n.host = "other".into(),
+            |n: &mut NodeInfo| n.port = "1".into(),
+            |n: &mut NodeInfo| n.system_info.kernel_version = "7.0".into(),
+            |n: &mut NodeInfo| n.architecture = "arm64".into(),
+            |n: &mut NodeInfo| n.memory_total += 1,
+            |n: &mut NodeInfo| n.disk_info = serde_json::from_str(r#"{"sda": 1}"#).unwrap(),
+            |n: &mut NodeInfo| n.network_info = serde_json::from_str(r#"{"eth0": 1}"#).unwrap(),
+            |n: &mut NodeInfo| n.gpu_driver = "nvidia".into(),
+            |n: &mut NodeInfo| n.vgpus = 1,
+            |n: &mut NodeInfo| n.vram = 1,
+            |n: &mut NodeInfo| n.supported_addons.push("gpu".into()),
+            |n: &mut NodeInfo| n.csi_drivers.push("nfs".into()),
+            |n: &mut NodeInfo| n.overlay = Some(Default::default()),
+            |n: &mut NodeInfo| n.metrics_port = 9100,
+            |n: &mut NodeInfo| n.features.push("x".into()),
         ] {
             let mut c = node();
             change(&mut c);

@@ -70,12 +70,14 @@ impl Reporter {
                 return;
             }
             let info = self.stamp.apply(self.source.sample().await);
-            self.shared.metrics.node(&info);
             let session = self.shared.sessions.load(Ordering::Relaxed);
             let quiet = self.shared.quiet_reports.load(Ordering::Relaxed);
+            // Most samples of a quiet worker go only to `/metrics`: copied only when also sent.
             if !gate.due(&info, std::time::Instant::now(), session, quiet) {
+                self.shared.metrics.node(info);
                 continue;
             }
+            self.shared.metrics.node(info.clone());
             if self.outbox.send(Outgoing::Info(Box::new(info))).is_err() {
                 return;
             }
