@@ -55,6 +55,9 @@ impl Durability {
 /// Idle read connections kept for reuse; more are opened when more reads run at once.
 const IDLE_READERS: usize = 16;
 
+/// Page cache of each read connection, in KiB.
+const READER_CACHE_KIB: i64 = 512;
+
 /// A queued change: runs inside the batch's transaction and answers its caller once the
 /// transaction's fate is known (the commit's error, if it failed).
 type Job = Box<dyn FnOnce(std::result::Result<&Transaction<'_>, &str>) -> Answer + Send>;
@@ -141,6 +144,10 @@ impl SqliteStore {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(128);
+        // A small page cache: every commit of the writer empties a read connection's cache at its
+        // next transaction anyway (and requests commit all the time), while each of up to
+        // [`IDLE_READERS`] connections would keep SQLite's default 2 MiB allocated.
+        conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
         // No memory map: after each commit of the writer a read connection's next transaction
         // unmaps and maps the file again, and under a stream of commits the munmaps (TLB
         // shootdowns on every core) cost more than copying the few pages a read needs.
@@ -1216,5 +1223,14 @@ mod tests {
         assert_eq!((sync(&full), sync(&normal)), (2, 1));
         full.set_meta("k", "v").unwrap();
         assert_eq!(full.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn read_connections_keep_a_small_page_cache() {
+        let (_dir, store) = store();
+        store.set_meta("k", "v").unwrap();
+        let cache = store.read(|c| Ok(c.pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0))?)).unwrap();
+        assert_eq!(cache, -READER_CACHE_KIB);
+        assert_eq!(store.meta("k").unwrap().as_deref(), Some("v"));
     }
 }
