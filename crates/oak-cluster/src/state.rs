@@ -258,6 +258,10 @@ pub struct ClusterState {
     by_name: HashMap<String, String>,
     /// Instances whose state the root has not seen yet.
     to_root: BTreeSet<Key>,
+    /// Instances just placed on a node, with when their `NODE_SCHEDULED` report is due
+    /// ([`PLACED_REPORT_HOLD`] later): a worker that answers before then makes it one report to
+    /// the root (`RUNNING`) instead of two, and the root one write instead of two.
+    placed_reports: BTreeMap<Key, Instant>,
     /// Instances with metrics the root has not seen yet.
     metrics_to_root: BTreeSet<Key>,
     /// Changes not yet written to the store.
@@ -284,6 +288,11 @@ pub struct ClusterState {
 /// once; scanning all of them at every periodic step was a tenth of a busy cluster's CPU.
 const INSTANCE_CHECK: Duration = Duration::from_secs(1);
 
+/// How long the root's news of a placement may wait for the worker's answer (see
+/// `ClusterState::placed_reports`). Placements show at the root this much later; a worker that
+/// starts the instance meanwhile saves a report and a root write per instance.
+pub const PLACED_REPORT_HOLD: Duration = Duration::from_millis(250);
+
 impl ClusterState {
     pub fn new(
         name: String,
@@ -301,6 +310,7 @@ impl ClusterState {
             instances: BTreeMap::new(),
             by_name: HashMap::new(),
             to_root: BTreeSet::new(),
+            placed_reports: BTreeMap::new(),
             metrics_to_root: BTreeSet::new(),
             dirty_nodes: BTreeSet::new(),
             dirty: BTreeSet::new(),
@@ -544,6 +554,7 @@ impl ClusterState {
         self.removed.insert(key.clone());
         self.dirty.remove(key);
         self.to_root.remove(key);
+        self.placed_reports.remove(key);
         self.metrics_to_root.remove(key);
         self.pending = true;
         effect.into_iter().collect()
@@ -661,6 +672,9 @@ impl ClusterState {
                             netns: None,
                         }),
                     });
+                    self.dirty.insert(key.clone());
+                    self.placed_reports.insert(key, now + PLACED_REPORT_HOLD);
+                    continue;
                 }
                 Err(unplaced) => {
                     inst.next_try = now + backoff(inst.tries, self.timing.retry_max);
@@ -993,10 +1007,20 @@ impl ClusterState {
     pub fn root_updates(&mut self, full: bool, now: Instant) -> Vec<InstanceReport> {
         let keys: Vec<Key> = if full {
             self.to_root.clear();
+            self.placed_reports.clear();
             self.metrics_to_root.clear();
             self.instances.keys().cloned().collect()
         } else {
-            std::mem::take(&mut self.to_root).into_iter().collect()
+            let mut keys = std::mem::take(&mut self.to_root);
+            // A held placement goes once due, or now with the newer state that replaces it.
+            self.placed_reports.retain(|key, due| {
+                let send = keys.contains(key) || *due <= now;
+                if send {
+                    keys.insert(key.clone());
+                }
+                !send
+            });
+            keys.into_iter().collect()
         };
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {

@@ -9,7 +9,7 @@ use oak_api::node::{JobSpec, JobStatusReport, NodeInfo, ResourcesReport, Service
 use oak_api::sla::Microservice;
 use oak_api::status;
 
-use super::{ClusterState, Effect, Timing};
+use super::{ClusterState, Effect, Timing, PLACED_REPORT_HOLD};
 use crate::store::NodeRecord;
 
 fn job(name: &str, memory: u64) -> JobSpec {
@@ -427,7 +427,7 @@ fn overlay_instances_carry_their_addresses_and_the_tunnel_endpoint() {
     // Without the overlay, peers reach instances at the node's address, without a port.
     let mut st = state(&[("b", 1000)], t);
     deploy(&mut st, &j, 0, t);
-    let r = st.root_updates(false, t).remove(0);
+    let r = st.root_updates(false, t + PLACED_REPORT_HOLD).remove(0);
     assert_eq!((r.host_ip.as_deref(), r.host_port), (Some("10.0.0.1"), None));
 }
 
@@ -803,4 +803,35 @@ fn instances_of_a_job_share_its_descriptor() {
     let restarted = ClusterState::new("c1".into(), timing(), batch.nodes, batch.instances, t);
     assert!(shared(&restarted, 0, 1) && shared(&restarted, 0, 2));
     assert_eq!(restarted.instances[&key(3)].job.spec.memory, 200);
+}
+
+/// The root hears of a placement only if the worker has not answered within the hold: a quick
+/// start is one report (`RUNNING`), a slow one two; an instance no node takes is reported at once.
+#[test]
+fn a_placement_waits_briefly_for_the_worker_before_the_root_hears_of_it() {
+    let t = Instant::now();
+    let mut st = state(&[("a", 8000)], t);
+    let web = job("web", 100);
+    assert_eq!(placed_on(&deploy(&mut st, &web, 0, t)), ["a"]);
+    assert!(st.root_updates(false, t).is_empty(), "held for the worker's answer");
+    let soon = t + PLACED_REPORT_HOLD / 2;
+    running(&mut st, "a", &web, 0, soon);
+    let r = st.root_updates(false, soon);
+    assert_eq!(r.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), [status::RUNNING]);
+    assert!(st.root_updates(false, t + PLACED_REPORT_HOLD).is_empty(), "reported once");
+
+    deploy(&mut st, &web, 1, t);
+    assert!(st.root_updates(false, t + PLACED_REPORT_HOLD / 2).is_empty());
+    let r = st.root_updates(false, t + PLACED_REPORT_HOLD);
+    assert_eq!((r.len(), r[0].status.as_str(), r[0].instance_number), (1, status::NODE_SCHEDULED, 1));
+    assert!(st.root_updates(false, t + PLACED_REPORT_HOLD * 2).is_empty());
+
+    let huge = job("huge", 100_000);
+    deploy(&mut st, &huge, 0, t);
+    let r = st.root_updates(false, t);
+    assert_eq!((r.len(), r[0].status.as_str()), (1, status::NO_WORKER_CAPACITY), "no node: said at once");
+
+    deploy(&mut st, &web, 2, t);
+    assert_eq!(st.root_updates(true, t).len(), 4, "a full report has every instance, held ones too");
+    assert!(st.root_updates(false, t + PLACED_REPORT_HOLD).is_empty(), "and nothing stays held");
 }
