@@ -3,6 +3,7 @@
 mod applications;
 mod auth;
 mod clusters;
+mod json_array;
 mod logs;
 mod organizations;
 mod policy;

@@ -14,6 +14,7 @@ use oak_store::SpecWithApplication;
 use serde_json::Value;
 
 use super::applications::{assign_addresses, check_rr_ips, owned_app};
+use super::json_array::JsonArray;
 use crate::auth::extract::Caller;
 use crate::body::{JsonBody, QueryParams};
 use crate::error::{ApiError, ApiResult};
@@ -177,7 +178,7 @@ pub async fn list_of_app(
     State(st): State<AppState>,
     caller: Caller,
     Path(app_id): Path<String>,
-) -> ApiResult<Json<Vec<Service>>> {
+) -> ApiResult<JsonArray<Service>> {
     owned_app(&st, &caller, &app_id, false)?;
     named(&st, st.store.list_services(Some(&app_id))?)
 }
@@ -186,7 +187,7 @@ pub async fn list_of_app(
 #[utoipa::path(get, path = "/api/services", tag = "services", security(("bearerAuth" = [])),
     responses((status = 200, body = [Service]),
         (status = 401, body = ErrorBody)))]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Service>>> {
+pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<JsonArray<Service>> {
     if caller.is_admin() {
         return named(&st, st.store.list_services(None)?);
     }
@@ -198,10 +199,10 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<
 }
 
 /// Services with their job status and the names of the clusters and workers of their instances.
-fn named(st: &AppState, services: Vec<Service>) -> ApiResult<Json<Vec<Service>>> {
+fn named(st: &AppState, services: Vec<Service>) -> ApiResult<JsonArray<Service>> {
     let mut services: Vec<Service> = services.into_iter().map(with_job_status).collect();
     st.fleet.name_places(&mut services)?;
-    Ok(Json(services))
+    Ok(JsonArray(services))
 }
 
 /// A job's status follows its instances (spec §4.5, computed when read so that every instance
