@@ -644,7 +644,7 @@ impl ClusterState {
             self.placement.record(took.as_micros() as u64);
             self.placement_seconds.observe(took.as_secs_f64());
             let inst = self.instances.get_mut(&key).expect("due instances exist");
-            match decision {
+            let placed = match decision {
                 Ok(i) => {
                     counts[i] += 1;
                     inst.tries = 0;
@@ -672,9 +672,7 @@ impl ClusterState {
                             netns: None,
                         }),
                     });
-                    self.dirty.insert(key.clone());
-                    self.placed_reports.insert(key, now + PLACED_REPORT_HOLD);
-                    continue;
+                    true
                 }
                 Err(unplaced) => {
                     inst.next_try = now + backoff(inst.tries, self.timing.retry_max);
@@ -687,10 +685,15 @@ impl ClusterState {
                     } else {
                         continue;
                     }
+                    false
                 }
-            }
+            };
             self.dirty.insert(key.clone());
-            self.to_root.insert(key);
+            if placed {
+                self.placed_reports.insert(key, now + PLACED_REPORT_HOLD);
+            } else {
+                self.to_root.insert(key);
+            }
         }
         self.views = views;
         self.node_index = index;

@@ -83,6 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 /// lives only in the halves' shared state and not also in the task's future: a TLS stream is
 /// over a kilobyte, and a cluster's broker serves a thousand connections.
 pub(crate) fn serve<S: Stream>(stream: S, peer: SocketAddr, open: OpenConnection) -> impl Future<Output = ()> {
+    // Reading and writing proceed independently (a TLS stream cannot be split by reference).
     let (reader, writer) = tokio::io::split(stream);
     let conn = Connection {
         reader,
