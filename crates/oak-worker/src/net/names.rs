@@ -86,6 +86,14 @@ impl Subnet {
         self.host(1)
     }
 
+    /// The bridge's MAC: locally administered and made of its address, so it stays the same
+    /// across restarts and, unlike a bridge's default (the lowest MAC of its ports), does not
+    /// change as instances come and go.
+    pub fn bridge_mac(&self) -> String {
+        let [a, b, c, d] = self.bridge_ip().octets();
+        format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    }
+
     pub fn host(&self, offset: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) + offset)
     }
@@ -127,6 +135,7 @@ mod tests {
         assert_eq!(s.offset_of(Ipv4Addr::new(10, 18, 0, 70)), Some(6));
         assert_eq!(s.offset_of(Ipv4Addr::new(10, 18, 0, 128)), None);
         assert_eq!(s.to_string(), "10.18.0.64/26");
+        assert_eq!(s.bridge_mac(), "02:00:0a:12:00:41", "locally administered, unicast, from 10.18.0.65");
         for bad in ["10.18.0.64", "10.18.0.64/24", "10.18.0.65/26", "ten/26"] {
             assert!(Subnet::parse(bad).is_err(), "{bad}");
         }

@@ -15,6 +15,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -167,6 +168,20 @@ impl Rtnl {
         match self.call(RouteNetlinkMessage::DelLink(link), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.errno == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the neighbour entry (ARP) for `addr` on the link of index `index`; `false` if
+    /// there was none.
+    pub fn delete_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<bool, Error> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(addr))];
+        match self.call(RouteNetlinkMessage::DelNeighbour(msg), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -167,7 +167,8 @@ pub async fn setup_host(subnet: Subnet) -> Result<(), String> {
         ip(&["link", "add", names::BRIDGE, "type", "bridge"]).await?;
     }
     let mtu = names::MTU.to_string();
-    ip(&["link", "set", "dev", names::BRIDGE, "mtu", &mtu, "up"]).await?;
+    let mac = subnet.bridge_mac();
+    ip(&["link", "set", "dev", names::BRIDGE, "address", &mac, "mtu", &mtu, "up"]).await?;
     let bridge_addr = format!("{}/{}", subnet.bridge_ip(), Subnet::PREFIX);
     // Another subnet's address from an earlier identity must not linger.
     ip(&["addr", "flush", "dev", names::BRIDGE]).await?;
@@ -349,6 +350,10 @@ fn wire(w: &Wiring, gateway: Ipv4Addr) -> Result<(), String> {
         peer_netns: inside_ns.as_fd(),
     };
     host.add_veth(&pair).map_err(|e| format!("cannot add veth {veth} with peer {eth} in namespace {ns}: {e}"))?;
+    // The address may have been an earlier instance's: the worker's ARP entry for it would
+    // still name that instance's MAC, and packets would go nowhere until it aged out.
+    host.delete_neighbour(bridge, w.nsip)
+        .map_err(|e| format!("cannot forget the neighbour entry of {} on {}: {e}", w.nsip, names::BRIDGE))?;
     let mut inside = Rtnl::open().map_err(|e| format!("cannot open a netlink socket in namespace {ns}: {e}"))?;
     inside.set_up("lo").map_err(|e| format!("cannot set lo up in namespace {ns}: {e}"))?;
     let addr = format!("{}/{}", w.nsip, Subnet::PREFIX);
@@ -384,8 +389,22 @@ pub async fn detach(w: &Wiring) {
     if link_exists(&w.veth) {
         remove_link(&w.veth).await;
     }
+    forget_neighbour(w.nsip).await;
     if Path::new(&w.netns_path()).exists() {
         remove_netns(&w.netns).await;
+    }
+}
+
+/// Deletes the worker's ARP entry for an instance address that is no longer wired, logging a
+/// failure (the next wiring of the address deletes it again).
+async fn forget_neighbour(nsip: Ipv4Addr) {
+    let forgot = netns::on_own_thread("forgetting a neighbour", move || {
+        let Some(bridge) = link_index(names::BRIDGE) else { return Ok(false) };
+        Rtnl::open().and_then(|mut rtnl| rtnl.delete_neighbour(bridge, nsip)).map_err(|e| e.to_string())
+    })
+    .await;
+    if let Err(e) = forgot.and_then(|r| r) {
+        tracing::warn!(%nsip, error = %e, "cannot forget an instance's neighbour entry");
     }
 }
 
