@@ -171,6 +171,26 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]
     p
 }
 
+/// What the overlay looked like when a wait failed: the tunnel datagrams the capture saw and the
+/// workers' overlay counters from their clusters' `/metrics`.
+fn overlay_state(t: &Topology, capture: &Collector, workers: &[&str]) -> String {
+    let payloads = capture.snapshot();
+    let sealed = payloads.iter().filter(|p| p.first() == Some(&4)).count();
+    let mut out = format!("capture on e1: {} tunnel payloads ({sealed} sealed data)", payloads.len());
+    for w in workers {
+        let id = &t.worker(w).id;
+        match cluster_metrics(t, w) {
+            Ok(text) => {
+                let node = format!("node=\"{id}\"");
+                let lines = text.lines().filter(|l| l.starts_with("oakestra_overlay_") && l.contains(&node));
+                out.push_str(&format!("\n{w} ({id}):\n  {}", lines.collect::<Vec<_>>().join("\n  ")));
+            }
+            Err(e) => out.push_str(&format!("\n{w}: no metrics: {e:#}")),
+        }
+    }
+    out
+}
+
 /// e1's refused tunnel datagrams per reason, from its cluster's `/metrics`.
 fn refused(t: &Topology, worker: &str) -> Result<BTreeMap<String, u64>> {
     let text = cluster_metrics(t, worker)?;
@@ -219,7 +239,8 @@ pub(super) fn scenario_tunnel_security(t: &mut Topology) -> Result<()> {
         let (m, to) = (m.clone(), SocketAddrV4::new(instance_ip, SINK_PORT));
         in_netns(&client_ns, move || Ok(UdpSocket::bind("0.0.0.0:0")?.send_to(&m, to)?))?;
         Ok(listener.snapshot().iter().any(|d| d == marker.as_bytes()).then_some(()))
-    })?;
+    })
+    .with_context(|| overlay_state(t, &capture, &["w1", "e1"]))?;
 
     // 2. A forged plaintext packet straight to e1's tunnel port.
     let before = refused(t, "e1")?;
