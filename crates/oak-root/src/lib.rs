@@ -114,7 +114,7 @@ impl Root {
                 &[config.api_addr.port(), config.channel_addr.port()],
             )),
             admin_password_file: Arc::new(dir.join(bootstrap::ADMIN_PASSWORD_FILE)),
-            quota_locks: Arc::default(),
+            quota_reservations: Arc::default(),
         };
         let sd_file = Some(dir.join(PROMETHEUS_TARGETS_FILE));
         Ok(Root { config, state, extra: Vec::new(), api_cert: None, sd_file })

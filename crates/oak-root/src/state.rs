@@ -24,8 +24,8 @@ pub struct AppState {
     pub admin_password_file: Arc<std::path::PathBuf>,
     /// The registry behind `/metrics` and who may read it.
     pub metrics: Arc<crate::metrics::RootMetrics>,
-    /// Orders the quota checks of one owner with the writes they allow.
-    pub quota_locks: Arc<crate::quotas::OwnerLocks>,
+    /// What granted quota checks reserved until their writes are done.
+    pub quota_reservations: Arc<crate::quotas::Reservations>,
 }
 
 impl AppState {
