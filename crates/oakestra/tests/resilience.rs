@@ -154,19 +154,30 @@ fn on_cluster<'a>(s: &'a Service, cluster: &Cluster) -> Vec<&'a Instance> {
 
 struct Site {
     cluster: ClusterHandle,
-    runtime: Arc<FakeRuntime>,
+    runtimes: Vec<Arc<FakeRuntime>>,
     _workers: Vec<common::Worker>,
 }
 
-/// A cluster dialling the root at `channel`, with workers of the given names on one runtime.
+impl Site {
+    /// The runtime of a site with one worker.
+    fn runtime(&self) -> &FakeRuntime {
+        assert_eq!(self.runtimes.len(), 1, "a site with one worker");
+        &self.runtimes[0]
+    }
+}
+
+/// A cluster dialling the root at `channel`, with workers of the given names, each on a runtime
+/// of its own as on machines of their own. (Two workers on one runtime each list the other's
+/// instances as strays, and the cluster rightly tells them to stop them.)
 async fn site(tmp: &Path, name: &str, channel: SocketAddr, token: &str, workers: &[&str]) -> Site {
     let cluster = start_cluster(name, &tmp.join(name), channel, token, embedded()).await;
-    let runtime = Arc::new(FakeRuntime::new("docker"));
+    let runtimes: Vec<_> = workers.iter().map(|_| Arc::new(FakeRuntime::new("docker"))).collect();
     let workers = workers
         .iter()
-        .map(|w| start_worker_on(Machine::new(w), runtime.clone(), &cluster, &tmp.join(w), None))
+        .zip(&runtimes)
+        .map(|(w, runtime)| start_worker_on(Machine::new(w), runtime.clone(), &cluster, &tmp.join(w), None))
         .collect();
-    Site { cluster, runtime, _workers: workers }
+    Site { cluster, runtimes, _workers: workers }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -194,7 +205,7 @@ async fn a_cut_cluster_is_lost_at_its_timeout_and_its_instances_move_and_return_
     let moved = on_alpha[0].clone();
     let ip = moved.instance_ip.clone().expect("an instance IP");
     let job = before.job_name.clone();
-    assert!(alpha.runtime.status(&job, moved.instance_number).is_some());
+    assert!(alpha.runtime().status(&job, moved.instance_number).is_some());
 
     // The link is cut: no frame, no FIN. The cluster and its worker keep running.
     link.set(true);
@@ -221,9 +232,9 @@ async fn a_cut_cluster_is_lost_at_its_timeout_and_its_instances_move_and_return_
         "the reason is shown: {:?}",
         now.status_detail
     );
-    assert!(beta.runtime.status(&job, moved.instance_number).is_some());
+    assert!(beta.runtime().status(&job, moved.instance_number).is_some());
     // Meanwhile the cut-off cluster still runs its copy: it cannot know.
-    assert!(alpha.runtime.status(&job, moved.instance_number).is_some());
+    assert!(alpha.runtime().status(&job, moved.instance_number).is_some());
 
     // The link heals: alpha resyncs and removes its copy; beta keeps the instance.
     link.set(false);
@@ -232,13 +243,13 @@ async fn a_cut_cluster_is_lost_at_its_timeout_and_its_instances_move_and_return_
     })
     .await;
     eventually("alpha's copy undeployed", async || {
-        alpha.runtime.status(&job, moved.instance_number).is_none().then_some(())
+        alpha.runtime().status(&job, moved.instance_number).is_none().then_some(())
     })
     .await;
     let settled = running(&client, web, 2).await;
     let now = settled.instance_list.iter().find(|i| i.instance_number == moved.instance_number).unwrap();
     assert_eq!(now.cluster_id.as_deref(), Some(clusters["beta"].id.as_str()));
-    assert!(beta.runtime.status(&job, moved.instance_number).is_some());
+    assert!(beta.runtime().status(&job, moved.instance_number).is_some());
     // The other instance never moved.
     let stayed = before.instance_list.iter().find(|i| i.instance_number != moved.instance_number).unwrap();
     let stayed_now = settled.instance_list.iter().find(|i| i.instance_number == stayed.instance_number).unwrap();
@@ -298,7 +309,7 @@ async fn placement_at_the_root_resolves_nodes_spreads_and_says_why() {
     let s = running(&client, &ids["pinned"], 2).await;
     assert_eq!(count(&s, "beta"), 2, "{:?}", s.instance_list);
     assert!(s.instance_list.iter().all(|i| i.worker_name.as_deref() == Some("b1")), "{:?}", s.instance_list);
-    assert_eq!(beta.runtime.deploy_calls(), 4, "two spreading and two pinned instances, nothing packed");
+    assert_eq!(beta.runtime().deploy_calls(), 4, "two spreading and two pinned instances, nothing packed");
 
     // No cluster has the node: said so, and retried (still waiting, never on a wrong cluster).
     let r = client.request_instance(&ids["nowhere"]).await.unwrap();
@@ -391,7 +402,7 @@ async fn a_root_killed_and_restarted_keeps_everything_without_redeploying() {
     }
     let web = running(&client, &ids["web"], 2).await;
     let api_before = running(&client, &ids["api"], 2).await;
-    let deploys = (alpha.runtime.deploy_calls(), beta.runtime.deploy_calls());
+    let deploys = (alpha.runtime().deploy_calls(), beta.runtime().deploy_calls());
     assert_eq!(deploys.0 + deploys.1, 4);
 
     root.kill();
@@ -410,8 +421,8 @@ async fn a_root_killed_and_restarted_keeps_everything_without_redeploying() {
     let api_after = running(&client, &ids["api"], 2).await;
     assert_eq!(place(&web_after), place(&web), "same instances, clusters, workers and IPs");
     assert_eq!(place(&api_after), place(&api_before));
-    assert_eq!((alpha.runtime.deploy_calls(), beta.runtime.deploy_calls()), deploys, "nothing redeployed");
-    assert_eq!(alpha.runtime.undeploy_calls() + beta.runtime.undeploy_calls(), 0, "nothing stopped");
+    assert_eq!((alpha.runtime().deploy_calls(), beta.runtime().deploy_calls()), deploys, "nothing redeployed");
+    assert_eq!(alpha.runtime().undeploy_calls() + beta.runtime().undeploy_calls(), 0, "nothing stopped");
     assert!(clusters_by_name(&client).await.values().all(|c| c.status == "active"));
 
     // The restarted root still places: a new instance runs.
