@@ -88,6 +88,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// A service without its instances, and the application it belongs to (if it still exists).
 pub type SpecWithApplication = std::sync::Arc<(Service, Option<Application>)>;
 
+/// Where the outcome of a change goes once it is committed or failed.
+pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
 /// Everything the root keeps across restarts.
 pub trait RootStore: Send + Sync + 'static {
     // --- users ---
@@ -160,6 +163,10 @@ pub trait RootStore: Send + Sync + 'static {
     fn put_instance(&self, service_id: &str, instance: &Instance) -> Result<()>;
     /// Inserts or replaces several instances of a service, all or nothing.
     fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()>;
+    /// [`RootStore::put_instances`] without waiting for it: `done` gets the outcome once the
+    /// change is committed or failed. It runs on the store's writer thread, so it only hands the
+    /// outcome on (an async caller awaits it instead of holding a thread).
+    fn put_instances_then(&self, service_id: &str, instances: &[Instance], done: Done<()>);
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()>;
     /// Updates the service document and one instance together.
     fn put_service_and_instance(&self, service: &Service, instance: &Instance) -> Result<()>;

@@ -222,6 +222,21 @@ impl SqliteStore {
         f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     ) -> mpsc::Receiver<Result<T>> {
         let (answer, answered) = mpsc::sync_channel::<Result<T>>(1);
+        self.enqueue_then(
+            f,
+            Box::new(move |out| {
+                let _ = answer.send(out);
+            }),
+        );
+        answered
+    }
+
+    /// Queues `f` for the next group commit; `done` gets its answer after the commit.
+    fn enqueue_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+        done: crate::Done<T>,
+    ) {
         let job: Job = Box::new(move |tx| {
             let out = match tx {
                 Ok(tx) => in_savepoint(tx, f),
@@ -232,14 +247,13 @@ impl SqliteStore {
                     (Ok(_), Some(e)) => Err(StoreError::Commit(e.to_string())),
                     (out, _) => out,
                 };
-                let _ = answer.send(out);
+                done(out);
             })
         });
         if let Err(mpsc::SendError(job)) = self.queue.send(job) {
             // The writer thread is gone (it panicked): the change is answered with that.
             job(Err("the store's writer thread has stopped"))(None);
         }
-        answered
     }
 
     /// Drops the in-memory instance counters of deleted services.
@@ -253,6 +267,18 @@ impl SqliteStore {
     /// Group-commit transactions run so far (each holding one or more changes).
     pub fn group_commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// The change that stores `instances` of a service and moves its instance counter past them.
+fn insert_instances(
+    service_id: &str,
+    instances: &[Instance],
+) -> impl FnOnce(&Transaction<'_>) -> Result<()> + Send + 'static {
+    let (service_id, instances) = (service_id.to_owned(), instances.to_owned());
+    move |tx| {
+        instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i))?;
+        counter_past_tx(tx, &service_id, instances.iter().map(|i| i.instance_number))
     }
 }
 
@@ -833,11 +859,11 @@ impl RootStore for SqliteStore {
     }
 
     fn put_instances(&self, service_id: &str, instances: &[Instance]) -> Result<()> {
-        let (service_id, instances) = (service_id.to_owned(), instances.to_owned());
-        self.write_batched(move |tx| {
-            instances.iter().try_for_each(|i| put_instance_tx(tx, &service_id, i))?;
-            counter_past_tx(tx, &service_id, instances.iter().map(|i| i.instance_number))
-        })
+        self.write_batched(insert_instances(service_id, instances))
+    }
+
+    fn put_instances_then(&self, service_id: &str, instances: &[Instance], done: crate::Done<()>) {
+        self.enqueue_then(insert_instances(service_id, instances), done);
     }
 
     fn delete_instance(&self, service_id: &str, instance_number: u32) -> Result<()> {

@@ -124,6 +124,33 @@ fn numbers_are_taken_in_runs_and_instances_stored_together() {
     assert!(store.put_instances("t", &[Instance::new(0, "REQUESTED", "", 0.0)]).is_ok());
 }
 
+/// The callback form answers after the commit, on the writer thread, with what the waiting form
+/// would return: stored instances are readable by then, a failed run stores nothing.
+#[test]
+fn instances_stored_without_waiting_are_answered_after_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("root.db")).unwrap();
+    shop(&store);
+    let run: Vec<Instance> = (0..3).map(|n| Instance::new(n, "REQUESTED", "", 0.0)).collect();
+    let (done, answered) = std::sync::mpsc::channel();
+    let (ok, failed) = (done.clone(), done);
+    store.put_instances_then("s", &run, Box::new(move |r| ok.send(("s", r, std::thread::current().id())).unwrap()));
+    store.put_instances_then(
+        "nope",
+        &run,
+        Box::new(move |r| failed.send(("nope", r, std::thread::current().id())).unwrap()),
+    );
+    let mut answers: Vec<_> =
+        (0..2).map(|_| answered.recv_timeout(std::time::Duration::from_secs(10)).unwrap()).collect();
+    answers.sort_by_key(|a| a.0);
+    assert!(matches!(answers[0], ("nope", Err(_), _)), "{:?}", answers[0]);
+    assert!(matches!(answers[1], ("s", Ok(()), _)), "{:?}", answers[1]);
+    assert_ne!(answers[1].2, std::thread::current().id(), "answered by the writer thread");
+    let numbers: Vec<u32> =
+        store.service("s").unwrap().unwrap().instance_list.iter().map(|i| i.instance_number).collect();
+    assert_eq!(numbers, [0, 1, 2], "readable once answered");
+}
+
 #[test]
 fn a_service_update_read_before_instances_were_added_never_hands_their_numbers_out_again() {
     let dir = tempfile::tempdir().unwrap();

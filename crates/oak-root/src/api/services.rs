@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use oak_api::model::{Application, Service};
+use oak_api::model::{Application, Instance, Service};
 use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse, RequestedInstance};
 use oak_api::sla::Sla;
 use oak_api::{ErrorBody, FieldError};
@@ -251,17 +251,31 @@ pub async fn request_instance(
     QueryParams(params): QueryParams<InstanceParams>,
 ) -> ApiResult<Json<InstanceRequested>> {
     let count = parse_count(params.count.as_deref())?;
-    // Off the async runtime: the store answers only after the group commit holding the
-    // instances, and waiting for it must not hold up the runtime's few threads.
-    blocking(move || request_instances_now(&st, &caller, &id, count, params.count.is_some())).await.map(Json)
+    let list = params.count.is_some();
+    // A task of its own runs to the end also if the client goes away: stored instances are
+    // always dispatched (or their addresses released).
+    tokio::spawn(async move { request_instances(&st, &caller, &id, count, list).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("request handler failed: {e}")))?
+        .map(Json)
 }
 
-/// Runs `f` on the blocking pool; a panic there is a 500, as on the runtime.
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("request handler failed: {e}")))?
+/// Stores `instances` in the next group commit and awaits it without holding a thread.
+async fn store_instances(st: &AppState, id: &str, instances: &[Instance]) -> Result<(), oak_store::StoreError> {
+    let (done, committed) = tokio::sync::oneshot::channel();
+    st.store.put_instances_then(
+        id,
+        instances,
+        Box::new(move |out| {
+            let _ = done.send(out);
+        }),
+    );
+    committed.await.unwrap_or_else(|_| Err(oak_store::StoreError::Commit("the store dropped the change".into())))
 }
 
-fn request_instances_now(
+/// The checks, numbers, addresses and clusters of the request take no time worth a thread of
+/// the blocking pool (the service descriptor is cached); only the commit is waited for.
+async fn request_instances(
     st: &AppState,
     caller: &Caller,
     id: &str,
@@ -301,7 +315,7 @@ fn request_instances_now(
             instance
         })
         .collect();
-    if let Err(e) = st.store.put_instances(id, &instances) {
+    if let Err(e) = store_instances(st, id, &instances).await {
         st.fleet.undeploy(id, &instances);
         st.fleet.release_addresses(id, instances.iter().filter_map(|i| i.instance_ip.as_ref()));
         return Err(e.into());
