@@ -91,6 +91,9 @@ pub type SpecWithApplication = std::sync::Arc<(Service, Option<Application>)>;
 /// Where the outcome of a change goes once it is committed or failed.
 pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
+/// An edit of the instance at an index of the keys, answering whether to save it.
+pub type Change = Box<dyn FnMut(usize, &mut Instance) -> bool + Send>;
+
 /// Everything the root keeps across restarts.
 pub trait RootStore: Send + Sync + 'static {
     // --- users ---
@@ -199,6 +202,10 @@ pub trait RootStore: Send + Sync + 'static {
         keys: &[(String, u32)],
         change: &mut dyn FnMut(usize, &mut Instance) -> bool,
     ) -> Result<Vec<bool>>;
+    /// [`RootStore::update_instances`] in the next group commit, without waiting: `done` gets
+    /// the answer once it is committed (on the writer thread, as for
+    /// [`RootStore::put_instances_then`]).
+    fn update_instances_then(&self, keys: Vec<(String, u32)>, change: Change, done: Done<Vec<bool>>);
 
     // --- overlay subnets of workers ---
     /// Every subnet given to a node.

@@ -270,6 +270,29 @@ impl SqliteStore {
     }
 }
 
+/// Loads each instance of `keys`, lets `change` edit it and saves it if asked; which existed.
+fn update_instances_tx(
+    tx: &Connection,
+    keys: &[(String, u32)],
+    change: &mut dyn FnMut(usize, &mut Instance) -> bool,
+) -> Result<Vec<bool>> {
+    let mut found = Vec::with_capacity(keys.len());
+    for (i, (service_id, number)) in keys.iter().enumerate() {
+        let doc: Option<Instance> = query_doc(
+            tx,
+            "SELECT doc FROM instances WHERE service_id = ?1 AND instance_number = ?2",
+            params![service_id, number],
+        )?;
+        found.push(doc.is_some());
+        if let Some(mut inst) = doc {
+            if change(i, &mut inst) {
+                put_instance_tx(tx, service_id, &inst)?;
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The change that stores `instances` of a service and moves its instance counter past them.
 fn insert_instances(
     service_id: &str,
@@ -1000,23 +1023,11 @@ impl RootStore for SqliteStore {
         keys: &[(String, u32)],
         change: &mut dyn FnMut(usize, &mut Instance) -> bool,
     ) -> Result<Vec<bool>> {
-        self.write(|tx| {
-            let mut found = Vec::with_capacity(keys.len());
-            for (i, (service_id, number)) in keys.iter().enumerate() {
-                let doc: Option<Instance> = query_doc(
-                    tx,
-                    "SELECT doc FROM instances WHERE service_id = ?1 AND instance_number = ?2",
-                    params![service_id, number],
-                )?;
-                found.push(doc.is_some());
-                if let Some(mut inst) = doc {
-                    if change(i, &mut inst) {
-                        put_instance_tx(tx, service_id, &inst)?;
-                    }
-                }
-            }
-            Ok(found)
-        })
+        self.write(|tx| update_instances_tx(tx, keys, change))
+    }
+
+    fn update_instances_then(&self, keys: Vec<(String, u32)>, mut change: crate::Change, done: crate::Done<Vec<bool>>) {
+        self.enqueue_then(move |tx| update_instances_tx(tx, &keys, &mut change), done);
     }
 
     fn subnets(&self) -> Result<Vec<SubnetRecord>> {

@@ -151,6 +151,33 @@ fn instances_stored_without_waiting_are_answered_after_their_commit() {
     assert_eq!(numbers, [0, 1, 2], "readable once answered");
 }
 
+/// Reports go into a group commit too: the edit runs on the writer thread, the answer says which
+/// keys existed, and the edited documents are stored once answered.
+#[test]
+fn instance_updates_without_waiting_are_applied_and_answered_after_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("root.db")).unwrap();
+    shop(&store);
+    store
+        .put_instances("s", &[Instance::new(0, "REQUESTED", "", 0.0), Instance::new(1, "REQUESTED", "", 0.0)])
+        .unwrap();
+    let keys = vec![("s".to_string(), 1), ("s".to_string(), 7), ("s".to_string(), 0)];
+    let (done, answered) = std::sync::mpsc::channel();
+    store.update_instances_then(
+        keys,
+        Box::new(|i, inst| {
+            inst.status = "RUNNING".into();
+            i == 0 // only the first key's edit is saved
+        }),
+        Box::new(move |found| done.send(found).unwrap()),
+    );
+    let found = answered.recv_timeout(std::time::Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(found, [true, false, true], "instance 7 does not exist");
+    let s = store.service("s").unwrap().unwrap();
+    let statuses: Vec<(u32, &str)> = s.instance_list.iter().map(|i| (i.instance_number, i.status.as_str())).collect();
+    assert_eq!(statuses, [(0, "REQUESTED"), (1, "RUNNING")], "only the saved edit is stored");
+}
+
 #[test]
 fn a_service_update_read_before_instances_were_added_never_hands_their_numbers_out_again() {
     let dir = tempfile::tempdir().unwrap();

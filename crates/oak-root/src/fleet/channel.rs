@@ -139,7 +139,7 @@ async fn read_loop(fleet: &Fleet, id: &str, conn: u64, rd: &mut (impl AsyncRead 
         fleet.heard(id);
         match msg {
             ClusterMsg::Report { resources } => fleet.on_report(id, conn, resources),
-            ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates),
+            ClusterMsg::Instances { updates, .. } => fleet.on_instances(id, conn, updates).await,
             ClusterMsg::Logs { request_id, data, cursor, error } => fleet.on_logs(id, request_id, data, cursor, error),
             ClusterMsg::SubnetRequest { request_id, node_id } => {
                 let (subnet, error) = match fleet.subnet_for(id, &node_id) {

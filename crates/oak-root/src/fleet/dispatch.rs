@@ -1,6 +1,7 @@
 //! Placing instances on clusters, sending them there, and taking the clusters' instance reports.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use oak_api::channel::{DeployInstance, InstanceRef, InstanceReport, RootMsg};
@@ -150,23 +151,46 @@ impl Fleet {
     /// Applies a cluster's instance reports. Reports about instances the root does not know, or
     /// that now belong to another cluster (they moved), change nothing and are undeployed there.
     /// Jobs whose route tables changed are pushed to the clusters interested in them.
-    pub(super) fn on_instances(&self, cluster_id: &str, conn: u64, updates: Vec<InstanceReport>) {
+    ///
+    /// The reports go into the store's next group commit, awaited without holding a thread.
+    pub(super) async fn on_instances(&self, cluster_id: &str, conn: u64, updates: Vec<InstanceReport>) {
         let now = ids::now();
         let keys: Vec<(String, u32)> = updates.iter().map(|u| (u.job_id.clone(), u.instance_number)).collect();
-        let mut foreign = vec![false; updates.len()];
-        let mut rerouted: BTreeSet<String> = BTreeSet::new();
-        let found = self.store.update_instances(&keys, &mut |i, inst| {
-            if inst.cluster_id.as_deref() != Some(cluster_id) {
-                foreign[i] = true;
-                return false;
-            }
-            let before = route_instance(inst);
-            merge_report(inst, &updates[i], now);
-            if route_instance(inst) != before {
-                rerouted.insert(keys[i].0.clone());
-            }
-            true
-        });
+        /// What the edit on the writer thread saw: instances of another cluster, jobs rerouted.
+        #[derive(Default)]
+        struct Seen {
+            foreign: Vec<bool>,
+            rerouted: BTreeSet<String>,
+        }
+        let seen = Arc::new(Mutex::new(Seen { foreign: vec![false; updates.len()], ..Seen::default() }));
+        let updates = Arc::new(updates);
+        let change = {
+            let (seen, updates, cluster) = (seen.clone(), updates.clone(), cluster_id.to_string());
+            Box::new(move |i: usize, inst: &mut Instance| {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if inst.cluster_id.as_deref() != Some(cluster.as_str()) {
+                    seen.foreign[i] = true;
+                    return false;
+                }
+                let before = route_instance(inst);
+                merge_report(inst, &updates[i], now);
+                if route_instance(inst) != before {
+                    seen.rerouted.insert(updates[i].job_id.clone());
+                }
+                true
+            })
+        };
+        let (done, answered) = tokio::sync::oneshot::channel();
+        self.store.update_instances_then(
+            keys.clone(),
+            change,
+            Box::new(move |found| {
+                let _ = done.send(found);
+            }),
+        );
+        let found = answered
+            .await
+            .unwrap_or_else(|_| Err(oak_store::StoreError::Commit("the store dropped the change".into())));
         let found = match found {
             Ok(f) => f,
             Err(e) => {
@@ -174,6 +198,7 @@ impl Fleet {
                 return;
             }
         };
+        let Seen { foreign, rerouted } = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
         self.routes_changed(rerouted.iter().map(String::as_str));
         let mut inner = self.lock();
         let Some(link) = inner.links.get(cluster_id).filter(|l| l.conn == conn) else { return };
