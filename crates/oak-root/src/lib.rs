@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod bootstrap;
 pub mod cluster_tokens;
+mod committed;
 mod dashboard;
 mod error;
 pub mod fleet;

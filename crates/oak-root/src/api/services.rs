@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use oak_api::model::{Application, Instance, Service};
+use oak_api::model::{Application, Service};
 use oak_api::rest::{CreateServicesResponse, DeployedService, InstanceRequested, MessageResponse, RequestedInstance};
 use oak_api::sla::Sla;
 use oak_api::{ErrorBody, FieldError};
@@ -17,6 +17,7 @@ use super::applications::{assign_addresses, check_rr_ips, owned_app};
 use super::json_array::JsonArray;
 use crate::auth::extract::Caller;
 use crate::body::{JsonBody, QueryParams};
+use crate::committed::committed;
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::state::AppState;
@@ -260,19 +261,6 @@ pub async fn request_instance(
         .map(Json)
 }
 
-/// Stores `instances` in the next group commit and awaits it without holding a thread.
-async fn store_instances(st: &AppState, id: &str, instances: &[Instance]) -> Result<(), oak_store::StoreError> {
-    let (done, committed) = tokio::sync::oneshot::channel();
-    st.store.put_instances_then(
-        id,
-        instances,
-        Box::new(move |out| {
-            let _ = done.send(out);
-        }),
-    );
-    committed.await.unwrap_or_else(|_| Err(oak_store::StoreError::Commit("the store dropped the change".into())))
-}
-
 /// The checks, numbers, addresses and clusters of the request take no time worth a thread of
 /// the blocking pool (the service descriptor is cached); only the commit is waited for.
 async fn request_instances(
@@ -315,7 +303,7 @@ async fn request_instances(
             instance
         })
         .collect();
-    if let Err(e) = store_instances(st, id, &instances).await {
+    if let Err(e) = committed(|done| st.store.put_instances_then(id, &instances, done)).await {
         st.fleet.undeploy(id, &instances);
         st.fleet.release_addresses(id, instances.iter().filter_map(|i| i.instance_ip.as_ref()));
         return Err(e.into());

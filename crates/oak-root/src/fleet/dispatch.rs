@@ -14,6 +14,7 @@ use oak_core::placement::choose;
 use oak_core::routes::route_instance;
 
 use super::Fleet;
+use crate::committed::committed;
 use crate::ids;
 
 impl Fleet {
@@ -180,17 +181,7 @@ impl Fleet {
                 true
             })
         };
-        let (done, answered) = tokio::sync::oneshot::channel();
-        self.store.update_instances_then(
-            keys.clone(),
-            change,
-            Box::new(move |found| {
-                let _ = done.send(found);
-            }),
-        );
-        let found = answered
-            .await
-            .unwrap_or_else(|_| Err(oak_store::StoreError::Commit("the store dropped the change".into())));
+        let found = committed(|done| self.store.update_instances_then(keys.clone(), change, done)).await;
         let found = match found {
             Ok(f) => f,
             Err(e) => {
